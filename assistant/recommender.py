@@ -1,0 +1,473 @@
+"""The pipeline: retrieve (hybrid sources) -> rerank (optional LLM) -> explain (evidence).
+
+>>> from assistant import Recommender
+>>> rec = Recommender.open()              # the default data dir (~/.readnext or READNEXT_HOME)
+>>> for r in rec.recommend(user_id="u0001", k=5):
+...     print(r.title, "-", r.explanation)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from retrieval import evidence as ev
+from retrieval.config import Settings
+from retrieval.constraints import Constraints
+from retrieval.embed import Embedder
+from retrieval.errors import NotFoundError, ReadnextError
+from retrieval.feedback import SIGNALS, FeedbackStore, normalize_signal
+from retrieval.index import Index
+from retrieval.library import LIKED
+from retrieval.profiles import Profile, profile_from_history, update_profile
+from retrieval.sources import CandidateSource, build_sources
+from retrieval.types import Book, Candidate, Evidence, Rating, UserContext
+
+from .explain import template_explanation
+
+
+@dataclass
+class Recommendation:
+    """One recommended book with everything needed to show and justify it."""
+
+    book_id: str
+    title: str
+    authors: list[str]
+    year: int | None
+    tags: list[str]
+    score: float
+    sources: list[str]
+    evidence: list[Evidence]
+    explanation: str
+    explanation_source: str = "template"  # "template" | "llm"
+    blurb: str | None = None
+    llm_score: float | None = None
+    retrieval_score: float | None = None
+    rank: int = 0
+    image_url: str | None = None
+    description: str = ""
+    series: str | None = None
+    series_index: float | None = None
+    prompt_version: str | None = None
+    rejected_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("book_id", "title", "authors", "year", "tags", "score", "sources",
+                                           "explanation", "explanation_source", "blurb", "llm_score",
+                                           "retrieval_score", "rank", "image_url", "series", "series_index")}
+        d["evidence"] = [e.to_dict() for e in self.evidence]
+        if self.prompt_version:
+            d["prompt_version"] = self.prompt_version
+        if self.rejected_reason:
+            d["llm_rejected"] = self.rejected_reason
+        return d
+
+
+@dataclass
+class RecommendResult:
+    """Recommendations plus notes on how they were produced (fallbacks, cold start...)."""
+
+    items: list[Recommendation]
+    notes: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Recommender:
+    """The one entry point to readnext: open an index, recommend, explain, learn from feedback."""
+
+    def __init__(self, index: Index, settings: Settings, llm: Any = None) -> None:
+        self.settings = settings
+        self.index = index
+        self.meta = index.meta
+        self.dataset = index.meta["dataset"]
+        self.lib = index.library()
+        self.books: dict[str, Book] = self.lib.by_id
+        self.feedback = FeedbackStore(settings.home / "feedback.sqlite")
+        self._embedder: Embedder | None = None
+        self._store = None
+        self.sources: dict[str, CandidateSource] = build_sources(
+            self.lib, settings.fusion, settings.cf, settings.profile, embed_query=self._embed_query,
+            store=None, cf_model=index.cf_model())
+        self._llm_spec = llm if llm is not None else settings.llm.backend
+        self._llm = None
+        self.last_notes: list[str] = []
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, data_dir: str | Path | None = None, settings: Settings | None = None,
+             llm: Any = None, config_file: str | Path | None = None) -> "Recommender":
+        """Open the live index in ``data_dir`` (None: ``READNEXT_HOME`` or ``~/.readnext``).
+
+        ``llm``: None (from config), ``"none"``, ``"local"``, a HF model id/path, an endpoint URL,
+        or an ``LLMBackend`` instance.
+        """
+        settings = settings or Settings.load(config_file=config_file, home=data_dir)
+        if data_dir is not None:
+            settings.home = Path(data_dir).expanduser()
+        return cls(Index.open(settings.home), settings, llm)
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            e = self.settings.embedder
+            self._embedder = Embedder(e.model, e.device, e.batch_size, cache_dir=self.settings.home / "cache")
+        return self._embedder
+
+    def _embed_query(self, text: str) -> np.ndarray:
+        return self.embedder.encode([text])[0]
+
+    @property
+    def store(self):
+        """The Chroma collections of this index (opened on first use)."""
+        if self._store is None:
+            from retrieval.store import VectorStore
+
+            self._store = VectorStore(self.index.path / "chroma", self.embedder)
+            self.sources["content"].store = self._store
+        return self._store
+
+    @property
+    def llm(self):
+        """The LLM backend (loaded on first use); ``None`` when the backend is "none"."""
+        if self._llm is None and self._llm_spec not in (None, "none"):
+            if isinstance(self._llm_spec, str):
+                from .llm import load_backend
+
+                c = self.settings.llm
+                self._llm = load_backend(self._llm_spec, model=c.model, api_key=c.api_key)
+            else:
+                self._llm = self._llm_spec
+        return self._llm
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # -- readers ----------------------------------------------------------------------------------
+
+    def users(self) -> list[dict]:
+        """Every reader: ``[{"user_id", "n_ratings"}]`` (index readers plus readers created here)."""
+        counts = self.lib.R.getnnz(axis=1)
+        out = {u: int(c) for u, c in zip(self.lib.user_ids, counts)}
+        extra: dict[str, int] = {}
+        for e in self.feedback.events(self.dataset):
+            if e.rating is not None:
+                extra[e.user_id] = extra.get(e.user_id, 0) + 1
+        for u in self.feedback.readers(self.dataset):
+            out.setdefault(u, 0)
+        for u, n in extra.items():
+            out[u] = out.get(u, 0) + n
+        return [{"user_id": u, "n_ratings": n} for u, n in sorted(out.items(), key=lambda x: _natural(x[0]))]
+
+    def has_user(self, user_id: str) -> bool:
+        return user_id in self.lib.user_index or user_id in set(self.feedback.readers(self.dataset))
+
+    def _require_user(self, user_id: str) -> None:
+        if not self.has_user(user_id):
+            raise NotFoundError(f"unknown user {user_id!r}: see `readnext users` for valid ids")
+
+    def book(self, book_id: str) -> Book:
+        b = self.books.get(str(book_id))
+        if b is None:
+            raise NotFoundError(f"unknown book {book_id!r}: not in the {self.dataset} catalog")
+        return b
+
+    def history(self, user_id: str) -> list[Rating]:
+        """Index ratings plus feedback ratings, oldest first (a later rating of a book wins)."""
+        self._require_user(user_id)
+        return self._history(user_id)[0]
+
+    def _history(self, user_id: str) -> tuple[list[Rating], set[str], set[str]]:
+        """(history, excluded ids, to-read ids) for a reader, feedback included."""
+        base = self.lib.history(user_id)
+        events = self.feedback.events(self.dataset, user_id)
+        to_read = self.lib.to_read_of(user_id)
+        exclude: set[str] = set()
+        if not events:
+            return base, exclude, to_read
+        has_ts = self.lib.has_timestamps
+        t_next = (max((r.ts for r in base), default=0.0) + 1) if not has_ts else None
+        by_book = {r.book_id: r for r in base}
+        order = [r.book_id for r in base]
+        for i, e in enumerate(events):
+            if e.signal == "to_read":
+                to_read.add(e.book_id)
+                continue
+            exclude.add(e.book_id)
+            if e.rating is None:
+                continue
+            ts = e.ts if has_ts else t_next + i  # type: ignore[operator]
+            if e.book_id in by_book:
+                order.remove(e.book_id)
+            by_book[e.book_id] = Rating(user_id, e.book_id, e.rating, ts)
+            order.append(e.book_id)
+        return [by_book[b] for b in order], exclude, to_read
+
+    def context(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
+                query: str | None = None, exclude: Iterable[str] = ()) -> UserContext:
+        """Build the request context every candidate source reads."""
+        hist: list[Rating] = []
+        excl: set[str] = set(exclude)
+        to_read: set[str] = set()
+        if user_id is not None:
+            self._require_user(user_id)
+            hist, ex, to_read = self._history(user_id)
+            excl |= ex
+        if history is not None:
+            hist = list(hist) + [r if isinstance(r, Rating) else Rating(user_id or "anonymous", str(r[0]), float(r[1]),
+                                                                          float(r[2]) if len(r) > 2 else float(i))
+                                 for i, r in enumerate(history)]
+        return UserContext(user_id=user_id, history=hist, query=query or None, exclude=excl, to_read=to_read)
+
+    # -- recommend --------------------------------------------------------------------------------
+
+    def recommend(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
+                  query: str | None = None, k: int = 10, source: str = "hybrid", rerank: str | None = None,
+                  explain_llm: bool | int | None = None, constraints: Constraints | None = None,
+                  exclude: Iterable[str] = ()) -> list[Recommendation]:
+        """Top ``k`` books for a reader (by id, by an explicit history, by a query, or a mix).
+
+        ``source``: hybrid | content | cf | popularity | series. ``rerank="llm"`` reranks the
+        top ``settings.llm.top_n`` with the LLM; ``explain_llm`` (True or a count) asks the LLM
+        for explanation text and a blurb for the top picks. Notes about fallbacks are left in
+        ``self.last_notes``.
+        """
+        return self.recommend_full(user_id, history, query, k, source, rerank, explain_llm, constraints,
+                                   exclude).items
+
+    def recommend_full(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
+                       query: str | None = None, k: int = 10, source: str = "hybrid", rerank: str | None = None,
+                       explain_llm: bool | int | None = None, constraints: Constraints | None = None,
+                       exclude: Iterable[str] = ()) -> RecommendResult:
+        """Like :meth:`recommend`, returning notes and stage timings too."""
+        if k <= 0:
+            raise ReadnextError(f"k must be positive, got {k}")
+        if source not in self.sources:
+            raise ReadnextError(f"unknown source {source!r}: use one of {', '.join(self.sources)}")
+        t0 = time.perf_counter()
+        ctx = self.context(user_id, history, query, exclude)
+        notes = self._notes(ctx)
+        if query:
+            self.store  # the live content path asks Chroma
+        n_cand = max(k, self.settings.llm.top_n if rerank == "llm" else k)
+        src = self.sources[source]
+        if source == "hybrid" and constraints is not None and not constraints.is_empty():
+            cands = src.candidates(ctx, n_cand, allow=constraints.allows, boost=constraints.boost)  # type: ignore[call-arg]
+            notes.append(f"constraints applied: {constraints.describe()}")
+        else:
+            cands = src.candidates(ctx, n_cand)
+        t1 = time.perf_counter()
+        llm_scores: dict[str, float] = {}
+        if rerank == "llm":
+            cands, llm_scores = self._rerank(ctx, cands, notes)
+        t2 = time.perf_counter()
+        recs = [self._to_rec(c, ctx, rank=i + 1) for i, c in enumerate(cands[:k])]
+        for r in recs:
+            if r.book_id in llm_scores:
+                r.llm_score = llm_scores[r.book_id]
+        n_llm = self.settings.llm.explain_top if explain_llm is True else int(explain_llm or 0)
+        if n_llm:
+            self._explain_llm(recs[:n_llm], ctx, notes)
+        t3 = time.perf_counter()
+        self.last_notes = notes
+        return RecommendResult(recs, notes, {"retrieve": round((t1 - t0) * 1e3, 2), "rerank": round((t2 - t1) * 1e3, 2),
+                                             "explain": round((t3 - t2) * 1e3, 2)})
+
+    def _notes(self, ctx: UserContext) -> list[str]:
+        notes = []
+        if not ctx.history:
+            notes.append("cold start: no reading history yet, so results come from "
+                         + ("your request and " if ctx.query else "") + "what is popular here")
+        elif not any(r.book_id in self.lib.index and self.lib.pop_count[self.lib.index[r.book_id]] > 0
+                     for r in ctx.history):
+            notes.append("collaborative filtering has no co-readers for your books: using content similarity")
+        return notes
+
+    def _to_rec(self, c: Candidate, ctx: UserContext, rank: int) -> Recommendation:
+        b = self.books[c.book_id]
+        rated = {r.book_id: r.rating for r in ctx.history}
+        return Recommendation(
+            book_id=b.book_id, title=b.title, authors=list(b.authors), year=b.year, tags=list(b.tags),
+            score=round(float(c.score), 6), sources=c.source.split("+"), evidence=list(c.evidence),
+            explanation=template_explanation(c.evidence, self.books, rated), rank=rank,
+            retrieval_score=round(float(c.score), 6), image_url=b.image_url, description=b.description,
+            series=b.series, series_index=b.series_index)
+
+    def recommend_batch(self, user_ids: Sequence[str], k: int = 10, source: str = "hybrid") -> dict[str, list[str]]:
+        """Top-``k`` book ids for many readers at once (vectorised scoring; no explanations)."""
+        from retrieval.sources import top_k
+
+        ctxs = [self.context(u) for u in user_ids]
+        S = self.sources[source].score_batch(ctxs)
+        out = {}
+        for u, c, s in zip(user_ids, ctxs, S):
+            idx = top_k(s, k, self.sources[source].exclude_idx(c))
+            out[u] = [self.lib.books[i].book_id for i in idx]
+        return out
+
+    # -- explain ----------------------------------------------------------------------------------
+
+    def explain(self, user_id: str, book_id: str, llm: bool = False) -> Recommendation:
+        """Why ``book_id`` for ``user_id``: all evidence the system holds, rendered."""
+        self.book(book_id)
+        ctx = self.context(user_id)
+        i = self.lib.index[book_id]
+        content = self.sources["content"]
+        evidence = ev.collect(self.lib, i, ctx.history, None, None, ctx.to_read)
+        series = self.sources["series"]
+        if np.isfinite(series.score(ctx)[i]):
+            evidence = series.evidence(ctx, i, ev.liked_items(self.lib, ctx.history))
+        found_by = [n for n in ("content", "cf", "popularity", "series")
+                    if np.isfinite(self.sources[n].score(ctx)[i])]
+        score = float(content.score(ctx)[i]) if ctx.history else 0.0
+        rec = self._to_rec(Candidate(book_id, score, "+".join(found_by) or "none", evidence), ctx, rank=0)
+        if any(r.book_id == book_id for r in ctx.history):
+            rec.explanation = f"You have already rated this book. {rec.explanation}"
+        if llm:
+            self._explain_llm([rec], ctx, [])
+        return rec
+
+    # -- feedback ---------------------------------------------------------------------------------
+
+    def add_feedback(self, user_id: str, book_id: str, rating_or_signal: float | int | str,
+                     create_user: bool = False) -> Profile | None:
+        """Record a rating (1-5) or a signal (like, dislike, read, not_interested, to_read).
+
+        The event is durable before this returns; the reader's profile vector in Chroma is
+        updated in place (no rebuild), and the next recommendation reflects it.
+        """
+        self.book(book_id)
+        if not self.has_user(user_id):
+            if not create_user:
+                raise NotFoundError(f"unknown user {user_id!r}: see `readnext users` (or create the reader first)")
+            self.feedback.add_reader(self.dataset, user_id, "feedback")
+        signal, rating = normalize_signal(rating_or_signal)
+        e = self.feedback.add(self.dataset, user_id, book_id, signal, rating)
+        if rating is None:
+            return None
+        return self._update_profile(user_id, book_id, rating, e.ts)
+
+    def _update_profile(self, user_id: str, book_id: str, rating: float, ts: float) -> Profile:
+        store = self.store
+        meta = store.get_metadata("users", [user_id]).get(user_id)
+        old = None
+        if meta:
+            vec = store.get_vectors("users", [user_id])[user_id]
+            old = Profile(vec, float(meta["norm"]), float(meta["t_ref"]), int(meta["n_ratings"]))
+        new = update_profile(old, self.lib.vectors[self.lib.index[book_id]], rating, ts, self.settings.profile,
+                             self.lib.has_timestamps)
+        store.upsert("users", [user_id], new.vector[None, :], [new.to_metadata()])
+        return new
+
+    def profile(self, user_id: str) -> Profile | None:
+        """The stored (incrementally updated) taste vector of a reader."""
+        meta = self.store.get_metadata("users", [user_id]).get(user_id)
+        if not meta:
+            return None
+        vec = self.store.get_vectors("users", [user_id])[user_id]
+        return Profile(vec, float(meta["norm"]), float(meta["t_ref"]), int(meta["n_ratings"]))
+
+    def similar_readers(self, user_id: str, n: int = 10) -> list[tuple[str, float]]:
+        """Readers whose stored taste vectors are nearest (Chroma ``users`` collection)."""
+        p = self.profile(user_id)
+        if p is None:
+            ctx = self.context(user_id)
+            p = profile_from_history(ctx.history, None, self.settings.profile, self.lib.has_timestamps,
+                                     matrix=self.lib.vectors, index=self.lib.index)
+        if p is None:
+            return []
+        return [(u, s) for u, s in self.store.query("users", p.vector, n + 1) if u != user_id][:n]
+
+    def create_reader(self, user_id: str, ratings: Sequence[tuple[str, float]] = (), origin: str = "app",
+                      to_read: Iterable[str] = (), timestamps: Sequence[float | None] | None = None) -> None:
+        """Create (or extend) a reader from a list of (book_id, rating); e.g. onboarding, imports."""
+        if user_id in self.lib.user_index:
+            raise ReadnextError(f"reader {user_id!r} already exists in the dataset; choose another name")
+        self.feedback.add_reader(self.dataset, user_id, origin)
+        for i, (b, r) in enumerate(ratings):
+            self.book(b)
+            signal, rating = normalize_signal(r)
+            ts = timestamps[i] if timestamps is not None else None
+            e = self.feedback.add(self.dataset, user_id, b, signal, rating, ts)
+            if rating is not None:
+                self._update_profile(user_id, b, rating, e.ts)
+        for b in to_read:
+            self.feedback.add(self.dataset, user_id, b, "to_read", None)
+
+    # -- LLM stages -------------------------------------------------------------------------------
+
+    def _history_books(self, ctx: UserContext, n: int = 8) -> list[tuple[Book, float]]:
+        """The reader's best and most recent books, for prompts."""
+        hist = [r for r in ctx.history if r.book_id in self.books]
+        recent = hist[-n:]
+        best = sorted(hist, key=lambda r: -r.rating)[:n]
+        seen, out = set(), []
+        for r in best[: n // 2] + list(reversed(recent)):
+            if r.book_id not in seen and len(out) < n:
+                seen.add(r.book_id)
+                out.append((self.books[r.book_id], r.rating))
+        return out
+
+    def _rerank(self, ctx: UserContext, cands: list[Candidate], notes: list[str]):
+        llm = self.llm
+        if llm is None:
+            notes.append("LLM rerank asked for, but no LLM is configured (--llm): kept the retrieval order")
+            return cands, {}
+        from .rerank import LLMReranker
+
+        c = self.settings.llm
+        rr = LLMReranker(llm, weight=c.rerank_weight, top_n=c.top_n)
+        res = rr.rerank(self._history_books(ctx), [(self.books[x.book_id], x.score) for x in cands])
+        by_id = {x.book_id: x for x in cands}
+        out = []
+        scores = {}
+        for r in res:
+            cand = by_id[r.book_id]
+            out.append(Candidate(cand.book_id, float(r.fused_score), cand.source + ("+llm" if r.llm_score is not None else ""),
+                                 cand.evidence))
+            if r.llm_score is not None:
+                scores[r.book_id] = round(float(r.llm_score), 4)
+        return out, scores
+
+    def explainer(self):
+        if not hasattr(self, "_explainer"):
+            from .llm_text import Explainer
+
+            self._explainer = Explainer(self.llm, max_new_tokens=self.settings.llm.max_new_tokens)
+        return self._explainer
+
+    def _explain_llm(self, recs: list[Recommendation], ctx: UserContext, notes: list[str]) -> None:
+        llm = self.llm
+        if llm is None:
+            notes.append("no LLM configured: explanations are templates built from the evidence")
+            return
+        hist = [b for b, _ in self._history_books(ctx)]
+        ex = self.explainer()
+        fallbacks = 0
+        for r in recs:
+            res = ex.explain(self.books[r.book_id], r.evidence, hist, self.books, r.explanation, query=ctx.query)
+            self.apply_explanation(r, res)
+            fallbacks += res.source != "llm"
+        if fallbacks:
+            notes.append(f"{fallbacks} LLM explanation(s) failed the grounding check: showing the template text")
+
+    @staticmethod
+    def apply_explanation(r: Recommendation, res) -> None:
+        r.prompt_version = res.prompt_version
+        if res.source == "llm":
+            r.explanation, r.blurb, r.explanation_source = res.why, res.blurb, "llm"
+        else:
+            r.rejected_reason = res.rejected_reason
+
+
+def _natural(s: str):
+    """Sort 'u2' before 'u10' and '2' before '10'."""
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]

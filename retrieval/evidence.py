@@ -1,0 +1,160 @@
+"""Evidence: the facts behind a recommendation, computed from data the system holds.
+
+Every explanation (template or LLM) is built from these records, and eval re-checks each one
+against the ratings, so a claim without evidence cannot reach a reader.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .library import LIKED, Library
+from .types import Evidence, Rating
+
+SIMILAR_MIN = 0.35  # below this cosine, "close to a book you liked" is not a fair claim
+CO_READERS_MIN = 3  # fewer co-readers than this is anecdote, not evidence
+
+
+def liked_items(lib: Library, history: Sequence[Rating]) -> list[tuple[int, float]]:
+    """(item index, rating) of history books rated at or above LIKED, newest first."""
+    return [(lib.index[r.book_id], r.rating) for r in reversed(history)
+            if r.rating >= LIKED and r.book_id in lib.index]
+
+
+def similar_to(lib: Library, item: int, liked: list[tuple[int, float]], top: int = 2) -> Evidence | None:
+    if not liked:
+        return None
+    idx = np.array([i for i, _ in liked])
+    sims = lib.vectors[idx] @ lib.vectors[item]
+    order = np.argsort(-sims, kind="stable")[:top]
+    keep = [o for o in order if sims[o] >= SIMILAR_MIN]
+    if not keep:
+        return None
+    return Evidence("similar_to", book_ids=tuple(lib.books[idx[o]].book_id for o in keep),
+                    value=round(float(sims[keep[0]]), 3))
+
+
+def shared_tags(lib: Library, item: int, liked: list[tuple[int, float]], max_tags: int = 4) -> Evidence | None:
+    tags = lib.tag_sets[item]
+    if not tags or not liked:
+        return None
+    counts: dict[str, list[int]] = {}
+    for i, _ in liked:
+        for t in tags & lib.tag_sets[i]:
+            counts.setdefault(t, []).append(i)
+    if not counts:
+        return None
+    # Prefer tags shared with many liked books; keep the book's own tag order for ties.
+    order = {t.lower(): k for k, t in enumerate(lib.books[item].tags)}
+    best = sorted(counts, key=lambda t: (-len(counts[t]), order.get(t, 99)))[:max_tags]
+    books: list[int] = []
+    for t in best:
+        for i in counts[t]:
+            if i not in books:
+                books.append(i)
+    return Evidence("shared_tags", tags=tuple(best), book_ids=tuple(lib.books[i].book_id for i in books[:3]),
+                    count=len(books))
+
+
+def same_author(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evidence | None:
+    authors = lib.author_sets[item]
+    if not authors:
+        return None
+    hits = [i for i, _ in liked if authors & lib.author_sets[i]]
+    if not hits:
+        return None
+    shared = authors & lib.author_sets[hits[0]]
+    names = tuple(a for a in lib.books[item].authors if a.lower() in shared)
+    return Evidence("same_author", authors=names, book_ids=tuple(lib.books[i].book_id for i in hits[:3]))
+
+
+def co_readers(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evidence | None:
+    """How readers who liked one of your books rated this one (from the ratings matrix)."""
+    if not liked or lib.R.shape[0] == 0:
+        return None
+    col = lib.R_csc[:, item]
+    raters = col.indices
+    if len(raters) < CO_READERS_MIN:
+        return None
+    their = col.data
+    sub = lib.R[raters][:, [i for i, _ in liked]].toarray() >= LIKED  # raters x liked books
+    counts = sub.sum(axis=0)
+    best = int(np.argmax(counts))
+    n = int(counts[best])
+    if n < CO_READERS_MIN:
+        return None
+    r = their[sub[:, best]]
+    return Evidence("co_readers", book_ids=(lib.books[liked[best][0]].book_id,), count=n,
+                    value=round(float(r.mean()), 2), share=round(float((r >= LIKED).mean()), 2))
+
+
+def popular(lib: Library, item: int) -> Evidence | None:
+    n = int(lib.pop_count[item])
+    if n < CO_READERS_MIN:
+        return None
+    return Evidence("popular", count=n, value=round(float(lib.pop_mean[item]), 2))
+
+
+def query_match(lib: Library, item: int, query: str | None, qvec: np.ndarray | None,
+                threshold: float = 0.25) -> Evidence | None:
+    if not query or qvec is None:
+        return None
+    sim = float(lib.vectors[item] @ qvec)
+    if sim < threshold:
+        return None
+    return Evidence("query_match", text=query, value=round(sim, 3))
+
+
+def collect(lib: Library, item: int, history: Sequence[Rating], query: str | None = None,
+            qvec: np.ndarray | None = None, to_read: set[str] | None = None,
+            liked: list[tuple[int, float]] | None = None) -> list[Evidence]:
+    """All evidence the system holds for recommending ``item`` to a reader with ``history``."""
+    liked = liked_items(lib, history) if liked is None else liked
+    out = [similar_to(lib, item, liked), same_author(lib, item, liked), shared_tags(lib, item, liked),
+           co_readers(lib, item, liked), query_match(lib, item, query, qvec)]
+    if to_read and lib.books[item].book_id in to_read:
+        out.append(Evidence("to_read", book_ids=(lib.books[item].book_id,)))
+    if not any(e is not None for e in out):
+        out.append(popular(lib, item))
+    return [e for e in out if e is not None]
+
+
+def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], tol: float = 0.011) -> bool:
+    """Re-check one evidence record against the data (used by eval's faithfulness rate)."""
+    if book_id not in lib.index:
+        return False
+    item = lib.index[book_id]
+    rated = {r.book_id: r.rating for r in history}
+    liked = {b for b, r in rated.items() if r >= LIKED}
+    if ev.kind == "similar_to":
+        return bool(ev.book_ids) and all(b in liked for b in ev.book_ids) and \
+            abs(float(lib.vectors[lib.index[ev.book_ids[0]]] @ lib.vectors[item]) - (ev.value or 0)) < tol
+    if ev.kind == "shared_tags":
+        tags = lib.tag_sets[item]
+        return bool(ev.tags) and all(t in tags for t in ev.tags) and all(b in liked for b in ev.book_ids) and \
+            all(any(t in lib.tag_sets[lib.index[b]] for t in ev.tags) for b in ev.book_ids)
+    if ev.kind == "same_author":
+        return bool(ev.authors) and all(b in liked for b in ev.book_ids) and all(
+            a.lower() in lib.author_sets[item] and a.lower() in lib.author_sets[lib.index[b]]
+            for a in ev.authors for b in ev.book_ids[:1])
+    if ev.kind == "co_readers":
+        h = ev.book_ids[0]
+        if h not in liked or h not in lib.index:
+            return False
+        hcol = lib.R_csc[:, lib.index[h]]
+        likers = set(hcol.indices[hcol.data >= LIKED])
+        col = lib.R_csc[:, item]
+        r = np.array([v for u, v in zip(col.indices, col.data) if u in likers])
+        return len(r) == ev.count and abs(r.mean() - (ev.value or 0)) < tol and \
+            abs((r >= LIKED).mean() - (ev.share or 0)) < tol
+    if ev.kind == "popular":
+        return int(lib.pop_count[item]) == ev.count and abs(float(lib.pop_mean[item]) - (ev.value or 0)) < tol
+    if ev.kind == "series_next":
+        b = lib.books[item]
+        prev = ev.book_ids[0] if ev.book_ids else None
+        return b.series == ev.series and prev in rated and lib.book(prev).series == b.series
+    if ev.kind in ("query_match", "to_read"):
+        return True  # these restate the reader's own input
+    return False

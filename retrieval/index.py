@@ -1,0 +1,202 @@
+"""The on-disk index: build it atomically (``ingest``) and open it (``Index.open``).
+
+Layout of the data directory (``--data-dir`` / ``READNEXT_HOME``, default ``~/.readnext``)::
+
+    CURRENT                 name of the live index folder (swapped atomically at the end of ingest)
+    indexes/<name>/         meta.json, books.jsonl, ratings.npz, to_read.npz, vectors.npy,
+                            chroma/ (collections "books" and "users"), cf.npz
+    feedback.sqlite         reader feedback, survives re-ingests
+    cache/                  embedding cache (content-addressed)
+
+An interrupted or failed ingest leaves ``CURRENT`` pointing at the previous, complete index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+import numpy as np
+import pandas as pd
+
+from .config import Settings
+from .data import Dataset
+from .embed import Embedder
+from .errors import NotFoundError, ReadnextError
+from .library import Library
+from .profiles import build_profiles
+from .types import Book
+
+SCHEMA = 1
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def current_index_dir(home: Path) -> Path:
+    """The live index folder, or a clear error if there is none."""
+    ptr = home / "CURRENT"
+    if not home.is_dir():
+        raise NotFoundError(f"data dir {home} does not exist: run `readnext ingest` first (or set --data-dir / READNEXT_HOME)")
+    if not ptr.is_file():
+        raise NotFoundError(f"no index in {home}: run `readnext ingest` first")
+    d = home / "indexes" / ptr.read_text().strip()
+    if not (d / "meta.json").is_file():
+        raise NotFoundError(f"index {d} is incomplete or missing: run `readnext ingest` again")
+    return d
+
+
+def _write_atomic(path: Path, data: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool = False,
+           fail_after: str | None = None) -> Path:
+    """Build a complete index for ``ds`` beside the live one, then swap it in.
+
+    ``fail_after`` (testing aid) raises after the named step to prove atomicity.
+    """
+    from tqdm.auto import tqdm
+
+    from .sources import CFSource
+    from .store import VectorStore
+
+    home = settings.home
+    (home / "indexes").mkdir(parents=True, exist_ok=True)
+    name = f"{ds.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    out = home / "indexes" / name
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir()
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    store = None
+    try:
+        steps = tqdm(total=6, desc="ingest", unit="step", disable=not progress)
+
+        def step(label: str, t: float) -> None:
+            timings[label] = round(time.perf_counter() - t, 3)
+            steps.update(1)
+            steps.set_postfix_str(label)
+            if fail_after == label:
+                raise ReadnextError(f"simulated failure after {label}")
+
+        t = time.perf_counter()
+        with open(out / "books.jsonl", "w") as f:
+            for b in ds.books:
+                f.write(json.dumps(asdict(b), ensure_ascii=False) + "\n")
+        r = ds.ratings
+        np.savez(out / "ratings.npz", user_id=r["user_id"].to_numpy(dtype=str), book_id=r["book_id"].to_numpy(dtype=str),
+                 rating=r["rating"].to_numpy(dtype=np.float32), ts=r["ts"].to_numpy(dtype=np.float64))
+        tr = ds.to_read
+        np.savez(out / "to_read.npz", user_id=tr["user_id"].to_numpy(dtype=str), book_id=tr["book_id"].to_numpy(dtype=str))
+        step("catalog", t)
+
+        t = time.perf_counter()
+        emb = Embedder(settings.embedder.model, settings.embedder.device, settings.embedder.batch_size,
+                       cache_dir=home / "cache")
+        vectors = emb.encode([b.embedding_text() for b in ds.books], show_progress=progress, desc="embed books")
+        np.save(out / "vectors.npy", vectors)
+        step("embed", t)
+
+        t = time.perf_counter()
+        store = VectorStore(out / "chroma", emb)
+        metas = [{"title": b.title, "authors": ", ".join(b.authors), "year": b.year if b.year is not None else -9999,
+                  "tags": "|".join(b.tags)} for b in ds.books]
+        store.upsert("books", [b.book_id for b in ds.books], vectors, metas,
+                     documents=[b.embedding_text() for b in ds.books], progress=progress)
+        step("chroma-books", t)
+
+        t = time.perf_counter()
+        index = {b.book_id: i for i, b in enumerate(ds.books)}
+        users, uvecs, umeta = build_profiles(ds.ratings, index, vectors, settings.profile, ds.has_timestamps)
+        if users:
+            store.upsert("users", users, uvecs, umeta, progress=progress)
+        step("profiles", t)
+
+        t = time.perf_counter()
+        lib = Library(ds.books, vectors, ds.ratings, ds.has_timestamps, ds.to_read, ds.name)
+        cf = CFSource(lib, settings.cf.model, settings.cf.params, settings.cf.max_ease_items)
+        cf.save(out / "cf.npz")
+        step("cf", t)
+
+        meta = {
+            "schema": SCHEMA, "name": name, "dataset": ds.name, "label": ds.label or ds.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "has_timestamps": ds.has_timestamps,
+            "ordered": ds.ordered, "embedder": settings.embedder.model, "dim": int(vectors.shape[1]),
+            "cf_model": cf.model_name, "cf_params": getattr(cf.model, "params", {}),
+            "stats": ds.stats(), "notes": ds.notes, "timings_s": timings,
+        }
+        _write_atomic(out / "meta.json", json.dumps(meta, indent=2))
+        step("meta", t)
+        steps.close()
+        store.close()
+        store = None
+        # The swap: one atomic rename of the pointer file.
+        old = (home / "CURRENT").read_text().strip() if (home / "CURRENT").is_file() else None
+        _write_atomic(home / "CURRENT", name)
+        for d in (home / "indexes").iterdir():
+            if d.name not in (name,) and d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+        _log(f"ingested {ds.label or ds.name}: {len(ds.books):,} books, {len(ds.ratings):,} ratings, "
+             f"{len(users):,} readers in {time.perf_counter() - t0:.1f}s -> {out}"
+             + (f" (replaced {old})" if old else ""), quiet)
+        return out
+    except BaseException:
+        if store is not None:
+            store.close()
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+@dataclass
+class Index:
+    """A loaded index (read-only parts); the Recommender adds feedback on top."""
+
+    path: Path
+    meta: dict
+    books: list[Book]
+    ratings: pd.DataFrame
+    to_read: pd.DataFrame
+    vectors: np.ndarray
+
+    @classmethod
+    def open(cls, home: Path) -> "Index":
+        d = current_index_dir(home)
+        meta = json.loads((d / "meta.json").read_text())
+        if meta.get("schema") != SCHEMA:
+            raise ReadnextError(f"index {d} has schema {meta.get('schema')}, this readnext needs {SCHEMA}: "
+                                "run `readnext ingest` again")
+        books = []
+        with open(d / "books.jsonl") as f:
+            for line in f:
+                x = json.loads(line)
+                x["authors"], x["tags"] = tuple(x["authors"]), tuple(x["tags"])
+                books.append(Book(**x))
+        z = np.load(d / "ratings.npz")
+        ratings = pd.DataFrame({"user_id": z["user_id"].astype(object), "book_id": z["book_id"].astype(object),
+                                "rating": z["rating"].astype(np.float64), "ts": z["ts"]})
+        t = np.load(d / "to_read.npz")
+        to_read = pd.DataFrame({"user_id": t["user_id"].astype(object), "book_id": t["book_id"].astype(object)})
+        vectors = np.load(d / "vectors.npy")
+        return cls(d, meta, books, ratings, to_read, vectors)
+
+    def library(self) -> Library:
+        return Library(self.books, self.vectors, self.ratings, bool(self.meta["has_timestamps"]), self.to_read,
+                       self.meta["dataset"])
+
+    def cf_model(self):
+        """The CF model fitted at ingest (over the rated books only, see CFSource)."""
+        from .cf import ItemScorer
+
+        return ItemScorer.load(self.path / "cf.npz")

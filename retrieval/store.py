@@ -1,0 +1,127 @@
+"""Chroma collections for book vectors and reader-history vectors.
+
+We always hand Chroma our own vectors (and register our own embedding function for text
+queries), because Chroma's default embedding function downloads a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .embed import Embedder, offline_env
+
+BOOKS = "books"
+USERS = "users"
+
+
+def _chroma():
+    offline_env()
+    import chromadb
+    from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
+    from chromadb.utils.embedding_functions import register_embedding_function
+
+    return chromadb, Documents, EmbeddingFunction, Embeddings, register_embedding_function
+
+
+def make_embedding_function(embedder: Embedder):
+    """A Chroma embedding function backed by our (offline) sentence-transformer."""
+    chromadb, Documents, EmbeddingFunction, Embeddings, register = _chroma()
+
+    class ReadnextEmbeddingFunction(EmbeddingFunction[Documents]):
+        def __init__(self, model: str = embedder.model_name) -> None:
+            self._embedder = embedder if model == embedder.model_name else Embedder(model)
+
+        def __call__(self, input: Documents) -> Embeddings:
+            return list(self._embedder.encode(list(input)))
+
+        @staticmethod
+        def name() -> str:
+            return "readnext-sentence-transformer"
+
+        def get_config(self) -> dict[str, Any]:
+            return {"model": self._embedder.model_name}
+
+        @staticmethod
+        def build_from_config(config: dict[str, Any]) -> "ReadnextEmbeddingFunction":
+            return ReadnextEmbeddingFunction(config.get("model", embedder.model_name))
+
+        def default_space(self):
+            return "cosine"
+
+    try:
+        register(ReadnextEmbeddingFunction)
+    except ValueError:
+        pass  # already registered in this process
+    return ReadnextEmbeddingFunction()
+
+
+class VectorStore:
+    """The two Chroma collections of one index: ``books`` and ``users`` (cosine space)."""
+
+    def __init__(self, path: str | Path, embedder: Embedder | None = None) -> None:
+        chromadb, *_ = _chroma()
+        from chromadb.config import Settings as ChromaSettings
+
+        self.path = Path(path)
+        self.client = chromadb.PersistentClient(
+            path=str(self.path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+        ef = make_embedding_function(embedder) if embedder is not None else None
+        kw: dict[str, Any] = {"configuration": {"hnsw": {"space": "cosine"}}}
+        if ef is not None:
+            kw["embedding_function"] = ef
+        else:
+            kw["embedding_function"] = None
+        self.books = self.client.get_or_create_collection(BOOKS, **kw)
+        self.users = self.client.get_or_create_collection(USERS, **kw)
+
+    def _batches(self, n: int) -> Iterable[slice]:
+        size = min(4000, self.client.get_max_batch_size())
+        for s in range(0, n, size):
+            yield slice(s, min(n, s + size))
+
+    def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray,
+               metadatas: Sequence[dict] | None = None, documents: Sequence[str] | None = None,
+               progress: bool = False) -> None:
+        col = self.books if collection == BOOKS else self.users
+        rng = list(self._batches(len(ids)))
+        if progress and len(rng) > 1:
+            from tqdm.auto import tqdm
+            rng = tqdm(rng, desc=f"chroma {collection}", unit="batch")
+        for sl in rng:
+            col.upsert(ids=list(ids[sl]), embeddings=vectors[sl].astype(np.float32),
+                       metadatas=list(metadatas[sl]) if metadatas is not None else None,
+                       documents=list(documents[sl]) if documents is not None else None)
+
+    def query(self, collection: str, vector: np.ndarray, n: int,
+              where: dict | None = None) -> list[tuple[str, float]]:
+        """Nearest neighbours of ``vector``: ``[(id, cosine similarity)]``, best first."""
+        col = self.books if collection == BOOKS else self.users
+        n = max(1, min(n, col.count()))
+        res = col.query(query_embeddings=[vector.astype(np.float32)], n_results=n, where=where,
+                        include=["distances"])
+        return [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0])]
+
+    def get_vectors(self, collection: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        col = self.books if collection == BOOKS else self.users
+        res = col.get(ids=list(ids), include=["embeddings"])
+        return {i: np.asarray(e, dtype=np.float32) for i, e in zip(res["ids"], res["embeddings"])}
+
+    def get_metadata(self, collection: str, ids: Sequence[str]) -> dict[str, dict]:
+        col = self.books if collection == BOOKS else self.users
+        res = col.get(ids=list(ids), include=["metadatas"])
+        return dict(zip(res["ids"], res["metadatas"]))
+
+    def count(self, collection: str) -> int:
+        return (self.books if collection == BOOKS else self.users).count()
+
+    def close(self) -> None:
+        # Chroma caches one system per path in-process; clearing it lets the index dir be removed.
+        try:
+            self.client._system.stop()
+            from chromadb.api.shared_system_client import SharedSystemClient
+            SharedSystemClient.clear_system_cache()
+        except Exception:  # pragma: no cover - best effort on shutdown
+            pass

@@ -1,0 +1,107 @@
+"""Core data types shared by every layer.
+
+Evidence is plain data (kind + ids + numbers): retrieval produces it, templates render it,
+the LLM receives it, and eval checks it against the ratings. Nothing here imports a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+EvidenceKind = Literal[
+    "similar_to",  # a liked book whose embedding is close: book_ids=[liked], value=cosine
+    "shared_tags",  # tags shared with liked books: tags=[...], book_ids=[liked books having them]
+    "same_author",  # author shared with liked books: authors=[...], book_ids=[liked]
+    "co_readers",  # readers who liked book_ids[0] rated this: count=n, value=mean rating, share=fraction >=4
+    "popular",  # count=number of ratings, value=mean rating
+    "series_next",  # next unread volume: series=name, value=volume index, book_ids=[previous volume read]
+    "query_match",  # matches the reader's request: text=query, value=cosine
+    "to_read",  # the reader shelved it as to-read
+]
+
+
+@dataclass(frozen=True)
+class Book:
+    """One catalog item. ``book_id`` is always a string (dataset ids are stringified)."""
+
+    book_id: str
+    title: str
+    authors: tuple[str, ...] = ()
+    year: int | None = None
+    tags: tuple[str, ...] = ()
+    description: str = ""
+    isbn: str | None = None
+    image_url: str | None = None
+    series: str | None = None
+    series_index: float | None = None
+
+    def embedding_text(self) -> str:
+        """The text we embed: title, authors, year, tags and description."""
+        parts = [self.title]
+        if self.authors:
+            parts.append("by " + ", ".join(self.authors))
+        if self.year is not None:
+            parts.append(f"({self.year})")
+        if self.tags:
+            parts.append("Tags: " + ", ".join(self.tags))
+        if self.description:
+            parts.append(self.description)
+        return ". ".join(parts)
+
+
+@dataclass(frozen=True)
+class Rating:
+    """One interaction. ``ts`` is a unix time, or the event's position where data has no clock."""
+
+    user_id: str
+    book_id: str
+    rating: float
+    ts: float
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A fact the system holds that supports a recommendation."""
+
+    kind: EvidenceKind
+    book_ids: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    authors: tuple[str, ...] = ()
+    series: str | None = None
+    text: str | None = None
+    count: int | None = None
+    value: float | None = None
+    share: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if v not in (None, (), [])}
+        for k in ("book_ids", "tags", "authors"):
+            if k in d:
+                d[k] = list(d[k])
+        return d
+
+
+@dataclass
+class Candidate:
+    """A book proposed by a candidate source, with the evidence that source holds for it."""
+
+    book_id: str
+    score: float
+    source: str
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+@dataclass
+class UserContext:
+    """Everything a candidate source may use for one request.
+
+    ``history`` is the reader's rated books (oldest first); ``query`` is free text from chat;
+    ``exclude`` are books never to return (read, dismissed).
+    """
+
+    user_id: str | None = None
+    history: list[Rating] = field(default_factory=list)
+    query: str | None = None
+    exclude: set[str] = field(default_factory=set)
+    to_read: set[str] = field(default_factory=set)
