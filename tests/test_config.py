@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from retrieval.config import Settings
+from retrieval.errors import ReadnextError
+
+
+def test_defaults_toml_env_precedence(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('seed = 7\n[fusion]\nrrf_k = 10.0\nweights = { content = 2.0, cf = 1.0 }\n[llm]\nbackend = "local"\n')
+    s = Settings.load(home=tmp_path, env={})
+    assert s.seed == 7 and s.fusion.rrf_k == 10.0 and s.fusion.weights["content"] == 2.0 and s.llm.backend == "local"
+    s = Settings.load(home=tmp_path, env={"READNEXT_LLM_BACKEND": "none", "READNEXT_FUSION_RRF_K": "30",
+                                          "READNEXT_PROFILE_HALF_LIFE_DAYS": "90", "READNEXT_SEED": "3",
+                                          "READNEXT_FUSION_WEIGHTS": '{"content": 1.5}'})
+    assert s.llm.backend == "none" and s.fusion.rrf_k == 30.0 and s.profile.half_life_days == 90.0 and s.seed == 3
+    assert s.fusion.weights == {"content": 1.5}
+    assert Settings.load(env={}).fusion.rrf_k == 60.0
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    (tmp_path / "config.toml").write_text("[fusion]\nrrf_kk = 3\n")
+    with pytest.raises(ReadnextError, match="fusion.rrf_kk"):
+        Settings.load(home=tmp_path, env={})
+    with pytest.raises(ReadnextError, match="READNEXT_CHAT_PORT"):
+        Settings.load(env={"READNEXT_CHAT_PORT": "eighty"})
+    (tmp_path / "config.toml").write_text("[fusion\n")
+    with pytest.raises(ReadnextError, match="invalid TOML"):
+        Settings.load(home=tmp_path, env={})
