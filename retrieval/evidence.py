@@ -154,7 +154,10 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
     if ev.kind == "series_next":
         b = lib.books[item]
         prev = ev.book_ids[0] if ev.book_ids else None
-        return b.series == ev.series and prev in rated and lib.book(prev).series == b.series
+        from .series import series_key
+
+        return (b.series == ev.series and prev in rated
+                and series_key(lib.book(prev).series or "") == series_key(b.series or ""))
     if ev.kind in ("query_match", "to_read"):
         return True  # these restate the reader's own input
     return False

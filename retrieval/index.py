@@ -199,4 +199,5 @@ class Index:
         """The CF model fitted at ingest (over the rated books only, see CFSource)."""
         from .cf import ItemScorer
 
-        return ItemScorer.load(self.path / "cf.npz")
+        p = self.path / "cf.npz"
+        return ItemScorer.load(p) if p.exists() else None

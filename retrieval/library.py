@@ -76,6 +76,13 @@ class Library:
         return {b.book_id: b for b in self.books}
 
     @cached_property
+    def series_index(self):
+        """Series facts of the catalog, built once (see retrieval.series)."""
+        from .series import SeriesIndex
+
+        return SeriesIndex.build(self.by_id)
+
+    @cached_property
     def tag_sets(self) -> list[frozenset[str]]:
         return [frozenset(t.lower() for t in b.tags) for b in self.books]
 

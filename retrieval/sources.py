@@ -19,7 +19,7 @@ from . import evidence as ev
 from .config import CFConfig, FusionConfig, ProfileConfig
 from .library import Library
 from .profiles import profile_from_history
-from .series import next_in_series, series_filter
+from .series import next_in_series, series_filter, series_key
 from .types import Candidate, Evidence, UserContext
 
 NEG = -np.inf
@@ -236,8 +236,14 @@ class CFSource(CandidateSource):
     def score(self, ctx: UserContext) -> np.ndarray:
         return self.score_batch([ctx])[0]
 
+    @property
+    def fitted(self) -> bool:
+        return bool(len(self.active)) and self.lib.R.shape[0] > 0
+
     def save(self, path: Path) -> None:
-        self.model.save(path)
+        """Save the fitted model; a catalog without ratings has none to save."""
+        if self.fitted:
+            self.model.save(path)
 
 
 class SeriesSource(CandidateSource):
@@ -251,20 +257,23 @@ class SeriesSource(CandidateSource):
 
     def _next(self, ctx: UserContext):
         rated = {r.book_id: r.rating for r in ctx.history}
-        return next_in_series(rated, self.lib.by_id, self.liked_threshold)
+        return next_in_series(rated, self.lib.by_id, self.liked_threshold, index=self.lib.series_index)
 
     def score(self, ctx: UserContext) -> np.ndarray:
         s = np.full(self.lib.n_items, NEG)
         rated = {r.book_id: r.rating for r in ctx.history}
-        for series, book in self._next(ctx).items():
-            vols = [r for b, r in rated.items() if self.lib.by_id.get(b) and self.lib.by_id[b].series == series]
+        for _series, book in self._next(ctx).items():
+            key = series_key(book.series or "")
+            vols = [r for b, r in rated.items() if self.lib.by_id.get(b) and
+                    series_key(self.lib.by_id[b].series or "") == key]
             s[self.lib.index[book.book_id]] = float(np.mean(vols)) if vols else 0.0
         return s
 
     def evidence(self, ctx, item, liked):
         book = self.lib.books[item]
         rated = {r.book_id: r.rating for r in ctx.history}
-        prev = [b for b in rated if self.lib.by_id.get(b) and self.lib.by_id[b].series == book.series
+        key = series_key(book.series or "")
+        prev = [b for b in rated if self.lib.by_id.get(b) and series_key(self.lib.by_id[b].series or "") == key
                 and (self.lib.by_id[b].series_index or 0) < (book.series_index or 0)]
         prev.sort(key=lambda b: self.lib.by_id[b].series_index or 0)
         out = [Evidence("series_next", series=book.series, value=book.series_index,
@@ -320,7 +329,8 @@ class HybridSource(CandidateSource):
         finite = np.flatnonzero(np.isfinite(fused))
         # series order: never volume n+2 while n+1 is unread
         read = {r.book_id for r in ctx.history}
-        drop = series_filter([self.lib.books[i].book_id for i in finite], read, self.lib.by_id)
+        drop = series_filter([self.lib.books[i].book_id for i in finite], read, self.lib.by_id,
+                             index=self.lib.series_index)
         for b in drop:
             fused[self.lib.index[b]] = NEG
         if allow is not None or boost is not None:

@@ -1,0 +1,359 @@
+"""The chat assistant's brain, free of any UI: intents -> recommendations, feedback, onboarding.
+
+The Gradio app (``assistant.chat``) is a thin layer over :class:`ChatEngine`, so the same logic
+is tested directly and through a real browser.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from retrieval.constraints import Constraints
+from retrieval.errors import ReadnextError
+from retrieval.types import Rating
+
+from .intent import Intent, parse_intent
+from .recommender import Recommendation, Recommender
+
+HELP = ("Ask me **what should I read next?**, or: *something like Dune but shorter*, *more fantasy*, "
+        "*not romance*, *books by Ursula K. Le Guin*, *published after 2000*, *why #2?*, "
+        "*tell me more about #1*, *I've read #3*, *not interested in #2*. "
+        "Use 👍 / 👎 / read it / not interested on the cards to teach me your taste.")
+
+
+@dataclass
+class ChatState:
+    """Per-session state (kept in ``gr.State``; plain data so it serialises)."""
+
+    user_id: str | None = None
+    recs: list[str] = field(default_factory=list)  # book ids shown, in order
+    constraints: dict = field(default_factory=dict)
+    query: str | None = None
+    ref_book: str | None = None  # "something like X"
+    guest: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_any(cls, x: Any) -> "ChatState":
+        if isinstance(x, ChatState):
+            return x
+        return cls(**x) if isinstance(x, dict) else cls()
+
+
+@dataclass
+class Reply:
+    """One assistant turn: text for the chat, result cards, notes on fallbacks."""
+
+    text: str
+    cards: list[Recommendation] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    state: ChatState = field(default_factory=ChatState)
+    streaming: bool = False  # more text for the cards is coming
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "items": [c.to_dict() for c in self.cards], "notes": self.notes,
+                "user_id": self.state.user_id}
+
+
+class ChatEngine:
+    """Turns chat messages and card clicks into recommendations, using one shared Recommender."""
+
+    def __init__(self, rec: Recommender, k: int = 5, llm_picks: int | None = None) -> None:
+        self.rec = rec
+        self.k = k
+        self.llm_picks = rec.settings.llm.explain_top if llm_picks is None else llm_picks
+        books = list(rec.books.values())
+        self._titles = [b.title for b in books]
+        self._title_to_id = {b.title: b.book_id for b in books}
+        tag_counts: dict[str, int] = {}
+        for b in books:
+            for t in b.tags:
+                tag_counts[t] = tag_counts.get(t, 0) + 1
+        self.tags = sorted(tag_counts, key=lambda t: -tag_counts[t])
+        authors = {a for b in books for a in b.authors}
+        self._authors = sorted(authors)
+
+    # -- who is reading -------------------------------------------------------------------------
+
+    def select_reader(self, user_id: str) -> tuple[ChatState, str]:
+        user_id = (user_id or "").strip()
+        if not self.rec.has_user(user_id):
+            raise ReadnextError(f"unknown reader {user_id!r}: pick one from the list or start as a new reader")
+        n = len(self.rec.history(user_id))
+        return ChatState(user_id=user_id), f"Hi **{user_id}**: I know {n} books you rated. {HELP}"
+
+    def new_reader(self, name: str | None, loved: str = "", genres: list[str] | None = None) -> tuple[ChatState, str]:
+        """Onboarding: a few loved books and/or genres -> a reader with a profile, at once."""
+        name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"guest-{uuid.uuid4().hex[:8]}"
+        if self.rec.has_user(name) and name in self.rec.lib.user_index:
+            raise ReadnextError(f"the name {name!r} is taken by a reader in the dataset; choose another")
+        ids: list[str] = []
+        unmatched: list[str] = []
+        for part in re.split(r"[\n;]+|,(?=\s*[A-Z0-9])", loved or ""):
+            part = part.strip()
+            if not part:
+                continue
+            b = self.find_title(part)
+            if b:
+                ids.append(b)
+            else:
+                unmatched.append(part)
+        if not self.rec.has_user(name):
+            self.rec.create_reader(name, [(b, 5) for b in dict.fromkeys(ids)], origin="onboarding")
+        else:
+            for b in dict.fromkeys(ids):
+                self.rec.add_feedback(name, b, 5)
+        st = ChatState(user_id=name, guest=True, constraints={"include_tags": list(genres or [])})
+        msg = f"Welcome, **{name}**!"
+        if ids:
+            msg += " You loved " + ", ".join(f"“{self.rec.books[b].title}”" for b in ids) + "."
+        if unmatched:
+            msg += " I could not find " + ", ".join(f"“{u}”" for u in unmatched) + " in this catalog."
+        if genres:
+            msg += " Genres: " + ", ".join(genres) + "."
+        return st, msg
+
+    def import_goodreads(self, path: str | Path, name: str | None) -> tuple[ChatState, str, dict]:
+        from retrieval.goodreads import match_rows, read_goodreads_export, to_history
+
+        rows = read_goodreads_export(path)
+        report = match_rows(rows, list(self.rec.books.values()))
+        name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"reader-{uuid.uuid4().hex[:6]}"
+        ratings, to_read, _current = to_history(report, name)
+        self.rec.create_reader(name, [(r.book_id, r.rating) for r in ratings], origin="goodreads",
+                               to_read=to_read, timestamps=[r.ts for r in ratings])
+        unmatched = [getattr(u, "title", str(u)) for u in report.unmatched]
+        summary = {"user_id": name, "rows": len(rows), "matched": len(report.matched), "ratings": len(ratings),
+                   "to_read": len(to_read), "unmatched": unmatched}
+        msg = (f"Imported **{len(ratings)}** rated books and **{len(to_read)}** to-read books as **{name}**."
+               + (f" {len(unmatched)} rows are not in this catalog: " + ", ".join(f"“{t}”" for t in unmatched[:8])
+                  + ("…" if len(unmatched) > 8 else "") if unmatched else ""))
+        return ChatState(user_id=name), msg, summary
+
+    def find_title(self, text: str) -> str | None:
+        """Catalog book id for a loosely typed title ("the hobbit", "dune by frank herbert")."""
+        from rapidfuzz import fuzz, process
+
+        q = re.split(r"\s+(?:by|-)\s+", text.strip(), maxsplit=1)[0]
+        hit = process.extractOne(q, self._titles, scorer=fuzz.WRatio, score_cutoff=86,
+                                 processor=lambda s: re.sub(r"\s*\(.*?\)\s*$", "", s).lower())
+        return self._title_to_id[hit[0]] if hit else None
+
+    # -- conversation -----------------------------------------------------------------------------
+
+    def parse(self, message: str) -> Intent:
+        return parse_intent(message, self._titles, self.tags, self._authors)
+
+    def _target(self, st: ChatState, intent: Intent) -> str | None:
+        if intent.ref_index is not None and st.recs:
+            i = intent.ref_index - 1 if intent.ref_index > 0 else len(st.recs) - 1
+            if 0 <= i < len(st.recs):
+                return st.recs[i]
+            return None
+        if intent.title_ref:
+            return self._title_to_id.get(intent.title_ref) or self.find_title(intent.title_ref)
+        return st.recs[0] if st.recs else None
+
+    def respond(self, state: Any, message: str) -> Iterator[Reply]:
+        """Answer one message. Yields a first reply with template text at once, then updates as
+        LLM text streams into the top picks (when an LLM is configured)."""
+        st = ChatState.from_any(state)
+        message = (message or "").strip()
+        if not message:
+            yield Reply("Tell me what you are in the mood for, or ask *what should I read next?*", state=st)
+            return
+        intent = self.parse(message)
+        if intent.kind in ("help", "greeting"):
+            yield Reply(("Hello! " if intent.kind == "greeting" else "") + HELP, state=st)
+            return
+        if intent.kind in ("why", "details", "read_it", "not_interested") and not (
+                intent.kind == "not_interested" and intent.exclude_tags):
+            target = self._target(st, intent)
+            if target is None:
+                yield Reply("Which book do you mean? Ask for recommendations first, then refer to them as #1, #2…",
+                            state=st)
+                return
+            if intent.kind == "why":
+                yield self._why(st, target)
+                return
+            if intent.kind == "details":
+                yield self._details(st, target)
+                return
+            yield from self.feedback(st, target, "read" if intent.kind == "read_it" else "not_interested")
+            return
+        # recommend / more_like / refine
+        c = Constraints(**st.constraints) if intent.kind == "refine" else Constraints()
+        if intent.kind == "refine" and st.query:
+            query = st.query
+        else:
+            query = intent.query_text or None
+        ref = None
+        if intent.kind == "more_like":
+            ref = self._target(st, intent)
+            if ref:
+                query = self.rec.books[ref].embedding_text()
+        elif intent.kind == "refine":
+            ref = st.ref_book
+        c.include_tags = list(dict.fromkeys(c.include_tags + intent.include_tags))
+        c.exclude_tags = list(dict.fromkeys(c.exclude_tags + intent.exclude_tags))
+        c.include_tags = [t for t in c.include_tags if t not in c.exclude_tags]
+        c.authors = intent.authors or c.authors
+        c.year_min = intent.year_min if intent.year_min is not None else c.year_min
+        c.year_max = intent.year_max if intent.year_max is not None else c.year_max
+        for flag in ("shorter", "lighter", "newer", "older"):
+            setattr(c, flag, getattr(intent, flag) or getattr(c, flag))
+        c.ref_year = self.rec.books[ref].year if ref and (c.newer or c.older) else None
+        if query and _generic_request(query):
+            query = None
+        st.query, st.ref_book = query, ref
+        st.constraints = {k: v for k, v in asdict(c).items() if k != "ref_year"}
+        yield from self._recommend(st, c, exclude=[ref] if ref else [])
+
+    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = ()) -> Iterator[Reply]:
+        if st.user_id is None:
+            st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
+            st.guest = True
+            self.rec.feedback.add_reader(self.rec.dataset, st.user_id, "chat")
+        res = self.rec.recommend_full(user_id=st.user_id, query=st.query, k=self.k, constraints=c, exclude=exclude)
+        st.recs = [r.book_id for r in res.items]
+        if not res.items:
+            yield Reply("Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",
+                        notes=res.notes, state=st)
+            return
+        intro = _intro(st, c, self.rec)
+        llm = self.rec.llm
+        notes = list(res.notes)
+        if llm is None:
+            notes.append("no LLM configured: explanations are built from the evidence with templates")
+        reply = Reply(intro, res.items, notes, st, streaming=llm is not None and self.llm_picks > 0)
+        yield reply
+        if llm is None or self.llm_picks <= 0:
+            return
+        yield from self._stream_llm(reply)
+
+    def _stream_llm(self, reply: Reply) -> Iterator[Reply]:
+        rec = self.rec
+        ctx = rec.context(reply.state.user_id, query=reply.state.query)
+        hist = [b for b, _ in rec._history_books(ctx)]
+        ex = rec.explainer()
+        fallbacks = 0
+        for card in reply.cards[: self.llm_picks]:
+            book = rec.books[card.book_id]
+            final = None
+            template = card.explanation
+            for part in ex.stream_explain(book, card.evidence, hist, rec.books, template, query=ctx.query):
+                if isinstance(part, str):
+                    card.blurb = part  # raw text as it streams; replaced by the checked result below
+                    card.explanation_source = "streaming"
+                    yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=True)
+                else:
+                    final = part
+            card.blurb = None
+            card.explanation_source = "template"
+            if final is not None:
+                Recommender.apply_explanation(card, final)
+                card.explanation = card.explanation if final.source == "llm" else template
+                fallbacks += final.source != "llm"
+            yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=True)
+        if fallbacks:
+            reply.notes.append(f"{fallbacks} LLM text(s) failed the grounding check: showing template text instead")
+        yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=False)
+
+    def _why(self, st: ChatState, book_id: str) -> Reply:
+        e = self.rec.explain(st.user_id, book_id) if st.user_id else None
+        b = self.rec.books[book_id]
+        if e is None:
+            return Reply(f"“{b.title}” is popular here; tell me books you like so I can be specific.", state=st)
+        lines = [f"**Why “{b.title}”?** {e.explanation}"]
+        from .explain import render_evidence
+
+        rated = {r.book_id: r.rating for r in self.rec.history(st.user_id)}
+        more = [render_evidence(x, self.rec.books, rated) for x in e.evidence]
+        extra = [m for m in more if m and m not in e.explanation]
+        if extra:
+            lines.append("Also: " + " ".join(extra))
+        return Reply("\n\n".join(lines), state=st)
+
+    def _details(self, st: ChatState, book_id: str) -> Reply:
+        b = self.rec.books[book_id]
+        parts = [f"**{b.title}** by {', '.join(b.authors) or 'unknown author'}"
+                 + (f" ({b.year})" if b.year is not None else "")]
+        if b.series:
+            parts.append(f"Part of *{b.series}*" + (f", #{b.series_index:g}" if b.series_index else "") + ".")
+        if b.description:
+            parts.append(b.description)
+        if b.tags:
+            parts.append("Tags: " + ", ".join(b.tags))
+        i = self.rec.lib.index[book_id]
+        n = int(self.rec.lib.pop_count[i])
+        if n:
+            parts.append(f"{n} readers here rated it, {self.rec.lib.pop_mean[i]:.1f}★ on average.")
+        return Reply("\n\n".join(parts), state=st)
+
+    def feedback(self, state: Any, book: str | int, signal: str) -> Iterator[Reply]:
+        """A card button or a chat phrase: record it, then show the updated list."""
+        st = ChatState.from_any(state)
+        book_id = st.recs[book] if isinstance(book, int) and 0 <= book < len(st.recs) else str(book)
+        if book_id not in self.rec.books:
+            yield Reply("That card is gone; ask for new recommendations.", state=st)
+            return
+        if st.user_id is None:
+            st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
+            st.guest = True
+        self.rec.add_feedback(st.user_id, book_id, signal, create_user=True)
+        title = self.rec.books[book_id].title
+        said = {"like": f"Noted: you liked “{title}”.", "dislike": f"Noted: not “{title}”-style books.",
+                "read": f"Noted: you've read “{title}”.", "not_interested": f"OK, “{title}” is off your list.",
+                "to_read": f"Saved “{title}” to your to-read list."}.get(signal, f"Noted: {signal} for “{title}”.")
+        c = Constraints(**st.constraints) if st.constraints else Constraints()
+        for r in self._recommend(st, c):
+            r.text = said + " Here is your updated list:\n\n" + r.text
+            yield r
+
+
+def _generic_request(q: str) -> bool:
+    """'what should I read next' carries no topic: do not embed it as a query."""
+    words = set(re.findall(r"[a-z']+", q.lower()))
+    return words <= {"what", "should", "i", "read", "next", "something", "a", "book", "books", "good", "to",
+                     "recommend", "me", "please", "some", "give", "any", "suggestions", "suggest", "can", "you",
+                     "another", "new", "now", "more", "the", "one", "ones", "else", "could", "would", "like"}
+
+
+def _intro(st: ChatState, c: Constraints, rec: Recommender) -> str:
+    bits = []
+    if st.ref_book:
+        bits.append(f"like “{rec.books[st.ref_book].title}”")
+    if st.query and not st.ref_book:
+        bits.append(f"for “{st.query}”")
+    d = c.describe()
+    if d:
+        bits.append(f"({d})")
+    return "Here are my picks" + (" " + " ".join(bits) if bits else "") + ":"
+
+
+def card_html(r: Recommendation, n: int) -> str:
+    """A result card. All text is escaped: titles and LLM output are data, never markup."""
+    e = html.escape
+    cover = (f'<img class="rn-cover" src="{e(r.image_url)}" alt="" loading="lazy">' if r.image_url else
+             '<div class="rn-cover rn-nocover">📖</div>')
+    tags = "".join(f'<span class="rn-tag">{e(t)}</span>' for t in r.tags[:6])
+    srcs = "".join(f'<span class="rn-src">{e(s)}</span>' for s in r.sources)
+    meta = e(", ".join(r.authors)) + (f" · {r.year}" if r.year is not None else "")
+    why_label = {"llm": "Why you (LLM, checked against evidence)", "streaming": "Why you (writing…)"}.get(
+        r.explanation_source, "Why you")
+    blurb = f'<p class="rn-blurb">{e(r.blurb)}</p>' if r.blurb else ""
+    return (f'<div class="rn-card" data-book-id="{e(r.book_id)}">{cover}<div class="rn-body">'
+            f'<div class="rn-title">#{n} {e(r.title)}</div><div class="rn-meta">{meta}</div>'
+            f'<div class="rn-tags">{tags}</div><div class="rn-why"><b>{why_label}:</b> {e(r.explanation)}</div>'
+            f'{blurb}<div class="rn-sources">found by {srcs}</div></div></div>')
+
+
+def history_from_pairs(pairs: list[tuple[str, float]], user: str = "guest") -> list[Rating]:
+    return [Rating(user, b, float(r), float(i)) for i, (b, r) in enumerate(pairs)]

@@ -1,0 +1,692 @@
+"""Rule-based chat intent parser: the fallback when no LLM is available.
+
+``parse_intent("something like Dune but shorter", known_titles=...)`` gives
+``Intent(kind="more_like", title_ref="Dune", shorter=True, ...)``. The parser never invents
+facts: tags are only those present in ``known_tags``; titles and authors are taken from
+``known_titles``/``known_authors`` when those are given (and left unset when nothing matches),
+or copied verbatim from the text when those lists are empty.
+
+Kinds:
+  recommend       a fresh request ("what should I read next?", "a short funny book")
+  more_like       books similar to a title or to a listed item ("something like Dune")
+  refine          adjust the current list ("more fantasy", "not romance", "published after 2000");
+                  a caller with no current list should treat it as ``recommend``
+  why             explain a recommendation ("why #2?")
+  details         describe a book ("tell me more about #2")
+  read_it         the reader has read it ("already read #3")
+  not_interested  dismiss a book ("not interested in Twilight")
+  greeting, help  small talk and usage help
+
+``ref_index`` is 1-based as shown to the reader ("#2" -> 2); "the last one" gives -1. None with
+a kind that needs a target means "the book under discussion".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from rapidfuzz import fuzz, process
+
+from retrieval.goodreads import normalize_title
+
+__all__ = ["Intent", "IntentKind", "parse_intent", "TAG_SYNONYMS"]
+
+IntentKind = Literal["recommend", "more_like", "refine", "why", "details", "read_it",
+                     "not_interested", "greeting", "help"]
+
+
+@dataclass
+class Intent:
+    """What the reader asked for. See the module docstring for the kinds."""
+
+    kind: IntentKind
+    ref_index: int | None = None
+    title_ref: str | None = None
+    include_tags: list[str] = field(default_factory=list)
+    exclude_tags: list[str] = field(default_factory=list)
+    authors: list[str] = field(default_factory=list)
+    year_min: int | None = None
+    year_max: int | None = None
+    shorter: bool = False
+    lighter: bool = False
+    newer: bool = False
+    older: bool = False
+    query_text: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists copied), e.g. for JSON logs or an LLM prompt."""
+        return asdict(self)
+
+
+# Phrase -> tags it may mean. Only tags present in ``known_tags`` are ever output.
+TAG_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "sci fi": ("science-fiction", "sci-fi"), "scifi": ("science-fiction", "sci-fi", "scifi"),
+    "science fiction": ("science-fiction", "sci-fi"), "sf": ("science-fiction", "sci-fi", "sf"),
+    "ya": ("young-adult", "ya"), "young adult": ("young-adult", "ya"),
+    "teen": ("young-adult", "teen"), "teens": ("young-adult", "teen"),
+    "scary": ("horror",), "creepy": ("horror",), "spooky": ("horror",), "horror": ("horror",),
+    "funny": ("humor", "funny", "comedy", "humour"), "humorous": ("humor", "funny", "comedy"),
+    "hilarious": ("humor", "funny", "comedy"), "comic": ("humor", "funny", "comedy"),
+    "humour": ("humor", "humour", "funny"), "humor": ("humor", "humour", "funny"),
+    "light": ("lighthearted", "funny", "heartwarming"),
+    "lighthearted": ("lighthearted", "funny", "heartwarming"),
+    "light hearted": ("lighthearted", "funny", "heartwarming"),
+    "feel good": ("feel-good", "heartwarming", "lighthearted"),
+    "uplifting": ("uplifting", "heartwarming", "inspirational"),
+    "heartwarming": ("heartwarming", "feel-good"), "cozy": ("cozy", "cozy-mystery"),
+    "dark": ("dark",), "grim": ("dark", "grimdark"), "grimdark": ("grimdark", "dark"),
+    "romantic": ("romance",), "love story": ("romance",), "love stories": ("romance",),
+    "whodunit": ("mystery",), "whodunnit": ("mystery",), "detective": ("detective", "mystery"),
+    "true story": ("non-fiction", "nonfiction"), "non fiction": ("non-fiction", "nonfiction"),
+    "nonfiction": ("non-fiction", "nonfiction"), "historical": ("historical-fiction", "historical"),
+    "kids": ("childrens", "children", "kids"), "children": ("childrens", "children"),
+    "childrens": ("childrens", "children"), "graphic novel": ("graphic-novels", "graphic-novel"),
+    "graphic novels": ("graphic-novels", "graphic-novel"), "memoir": ("memoir", "memoirs"),
+    "biography": ("biography", "biographies"), "thriller": ("thriller", "thrillers"),
+    "thrillers": ("thriller", "thrillers"), "dystopia": ("dystopia", "dystopian"),
+    "dystopian": ("dystopian", "dystopia"), "classic": ("classics", "classic"),
+    "classics": ("classics", "classic"), "spy": ("spy", "espionage"), "space": ("space-opera",),
+    "vampire": ("vampires", "vampire"), "vampires": ("vampires", "vampire"),
+}
+
+# Words that are tags in goodbooks but mean something else in a request.
+_NOT_TAGS = {"book", "books", "novel", "novels", "read", "reads", "reading", "short", "new", "love",
+             "king", "play", "series", "one", "more", "like", "good", "best", "me", "i", "it", "a",
+             "the", "and", "or", "not", "no", "to", "of", "in", "on", "by", "for", "with",
+             "something", "anything", "please", "next", "novella", "lighter"}
+
+# Words that may not start or end a multi-word tag phrase.
+_EDGE_WORDS = {"book", "books", "novel", "novels", "read", "reads", "reading", "the", "a", "an",
+               "and", "or", "of", "in", "on", "for", "with", "to", "me", "i", "it", "more", "like",
+               "something", "anything", "please", "some", "any"}
+
+_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6,
+             "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10, "1st": 1, "2nd": 2, "3rd": 3,
+             "4th": 4, "5th": 5, "6th": 6, "7th": 7, "8th": 8, "9th": 9, "10th": 10, "last": -1}
+_NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
+                 "eight": 8, "nine": 9, "ten": 10}
+_ORD = "|".join(_ORDINALS)
+_NUMW = "|".join(_NUMBER_WORDS)
+_ITEM = r"(?:one|book|option|pick|suggestion|recommendation|title)"
+_REF_RES = [
+    re.compile(r"#\s*(\d{1,2})\b"),
+    re.compile(rf"\b(?:number|no\.|num\.?)\s*(\d{{1,2}}|{_NUMW})\b", re.I),
+    re.compile(rf"\b{_ITEM}\s+(?:#\s*)?(\d{{1,2}})\b", re.I),
+    re.compile(rf"\b(?:the\s+)?({_ORD})\s+{_ITEM}\b", re.I),
+    re.compile(rf"\bthe\s+({_ORD})\b(?=\s*(?:[?.!,;]|$))", re.I),
+]
+
+_GREETING_RE = re.compile(
+    r"^\s*(?:hi|hello|hey|hiya|howdy|hallo|yo|greetings|good\s+(?:morning|afternoon|evening)|"
+    r"thanks|thank\s+you|cheers)\b(?:\s+there)?[\s!,.?]*"
+    r"(?:how\s+are\s+you(?:\s+doing)?)?[\s!,.?]*", re.I)
+_HELP_RE = re.compile(
+    r"^\s*(?:/?help|\?|commands)\s*[!?.]*\s*$|\bwhat\s+can\s+(?:you|i)\s+do\b|"
+    r"\bhow\s+(?:does|do)\s+(?:this|it|you)\s+work\b|\bhow\s+do\s+i\s+use\b|"
+    r"\bwhat\s+do\s+you\s+do\b", re.I)
+_WHY_RE = re.compile(r"\bwhy\b(?:\s+(?:did|do|would)\s+you\s+(?:recommend|suggest|pick|choose|"
+                     r"include|show)(?:ed)?)?(?:\s+(?:is|was))?", re.I)
+_READ_IT_RE = re.compile(
+    r"\b(?:(?:already|i(?:'|\u2019)ve|i\s+have|i\s+had|i(?:'|\u2019)d)\s+(?:already\s+)?"
+    r"(?:read|finished)(?:\s+(?:it|that|this)(?:\s+one)?\s+already)?|"
+    r"(?:^\s*|\bi\s+)(?:read|finished)\s+(?=(?:it|that|this)\b)|"
+    r"(?:i\s+)?(?:read|finished)\s+(?=#|number\b|the\s+(?:" + _ORD + r")\b))", re.I)
+# "should I read #2?" asks, it does not report.
+_MODAL_BEFORE_RE = re.compile(r"\b(?:should|shall|can|could|would|will|to|want|going)\s+(?:i\s+)?$", re.I)
+_READ_BEFORE_REF_RE = re.compile(r"\b(?:i\s+)?(?:already\s+)?(?:read|finished)\s*$", re.I)
+_NOT_INTERESTED_RE = re.compile(
+    r"\b(?:not\s+interested(?:\s+in)?|no\s+interest\s+in|not\s+for\s+me|"
+    r"not\s+my\s+(?:thing|cup\s+of\s+tea)|(?:i\s+)?(?:don'?t|do\s+not)\s+(?:want|like|recommend|"
+    r"show(?:\s+me)?)|dismiss|remove|hide|skip)\b", re.I)
+_DETAILS_RE = re.compile(
+    r"\b(?:tell\s+me\s+(?:more\s+)?about|more\s+(?:info(?:rmation)?|details)(?:\s+(?:on|about))?|"
+    r"more\s+about|details\s+(?:on|about|of|for)|what(?:'s|\s+is)(?=.*\babout\s*[?.!]*\s*$)|"
+    r"describe|who\s+wrote|summary\s+of|synopsis\s+of|details)\b", re.I)
+_MORE_LIKE_RE = re.compile(
+    r"(?:\b(?:something|anything|books?|stuff|more|others?|ones?|titles?|novels?|reads?)\s+"
+    r"(?:(?:just|a\s+bit|kind\s+of|sort\s+of|a\s+lot)\s+)?like|\bsimilar\s+to|"
+    r"\bin\s+the\s+(?:vein|style|spirit)\s+of|\breminiscent\s+of|\bcomparable\s+to|"
+    r"\b(?:for\s+)?fans?\s+of|^\s*like|\bi\s+(?:really\s+)?(?:loved|liked|enjoyed|adored))\b", re.I)
+_REQUEST_RE = re.compile(
+    r"\b(?:what\s+(?:should|shall|can|could|do)\s+i\s+read(?:\s+next)?|what\s+to\s+read(?:\s+next)?|"
+    r"read\s+next|(?:can|could|would)\s+you\s+(?:please\s+)?(?:recommend|suggest|find|give|show)"
+    r"(?:\s+me)?|(?:please\s+)?(?:recommend|suggest)(?:\s+me)?|i(?:'m|\s+am)\s+looking\s+for|"
+    r"looking\s+for|i\s+(?:want|need)(?:\s+to\s+read)?|i(?:'d|\s+would)\s+like(?:\s+to\s+read)?|"
+    r"give\s+me|find\s+me|show\s+me|any\s+(?:good\s+)?(?:recommendations?|suggestions?|ideas?)|"
+    r"recommendations?|suggestions?)\b", re.I)
+_BOOKISH_RE = re.compile(r"\b(?:books?|novels?|reads?)\b", re.I)
+_REFINE_START_RE = re.compile(r"^\s*(?:more|less|fewer|only|just|not|no|without|but|and|except|"
+                              r"something|anything|maybe|how\s+about|what\s+about|instead)\b", re.I)
+
+_YEAR = r"([12]\d{3})"
+_PUB = r"(?:(?:published|written|released|came\s+out|from)\s+)?"
+_YEAR_RES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(rf"\bbetween\s+{_YEAR}\s+and\s+{_YEAR}\b", re.I), "between"),
+    (re.compile(rf"\b(?:newer|more\s+recent|later)\s+than\s+{_YEAR}\b", re.I), "after"),
+    (re.compile(rf"\b(?:older|earlier)\s+than\s+{_YEAR}\b", re.I), "before"),
+    (re.compile(rf"\b{_PUB}(?:after|post)\s+(?:the\s+year\s+)?{_YEAR}\b", re.I), "after"),
+    (re.compile(rf"\b{_PUB}(?:since|from)\s+(?:the\s+year\s+)?{_YEAR}(?:\s+on(?:wards?)?)?\b",
+                re.I), "since"),
+    (re.compile(rf"\b{_PUB}(?:before|prior\s+to|pre)\s+(?:the\s+year\s+)?{_YEAR}\b", re.I),
+     "before"),
+    (re.compile(rf"\b{_PUB}(?:until|up\s+to|through)\s+{_YEAR}\b", re.I), "until"),
+    (re.compile(r"\b(?:(?:published|written|set|from|in)\s+)?(?:the\s+)?(1\d|20)(\d)0'?s\b", re.I),
+     "decade4"),
+    (re.compile(r"\b(?:(?:published|written|from|in)\s+)?the\s+'?(\d)0'?s\b", re.I), "decade2"),
+    (re.compile(r"\b(?:(?:published|written|from|in)\s+)?(?:the\s+)?(1\d|20|21)(?:st|nd|rd|th)"
+                r"\s+century\b", re.I), "century"),
+    (re.compile(rf"\b(?:published|written|released|came\s+out)\s+in\s+{_YEAR}\b", re.I), "in"),
+]
+_SHORTER_RE = re.compile(r"\b(?:shorter|short(?!\s+stor)|quick(?:er)?(?:\s+reads?)?|brief|"
+                         r"less\s+long|not\s+(?:too|so|very)\s+long|fewer\s+pages|"
+                         r"under\s+\d+\s+pages)\b", re.I)
+_LIGHTER_RE = re.compile(r"\b(?:lighter|less\s+(?:dark|heavy|serious|intense|depressing|sad|grim)|"
+                         r"not\s+(?:so|too|as)\s+(?:dark|heavy|serious|intense|depressing|sad|grim)|"
+                         r"happier|more\s+upbeat|more\s+cheerful)\b", re.I)
+_LIGHT_ADJ_RE = re.compile(r"\b(?:light|light-?hearted|feel[-\s]?good|uplifting|cheerful|"
+                           r"heartwarming)\b(?!\s+(?:on|of)\b)", re.I)
+_NEWER_RE = re.compile(r"\b(?:newer|more\s+recent|recent(?:ly\s+published)?|latest|"
+                       r"new\s+releases?)\b", re.I)
+_OLDER_RE = re.compile(r"\b(?:older|less\s+recent|vintage|old(?:er)?[-\s]school)\b", re.I)
+_AUTHOR_CUE_RE = re.compile(r"\b(?:written\s+by|authored\s+by|by|author)\s+", re.I)
+# Where a title/author phrase ends: punctuation or a word that starts a modifier.
+# A period ends a phrase unless it follows an initial ("Ursula K. Le Guin").
+_STOP_RE = re.compile(r"[,;!?\x00]|(?<![\s.][A-Z])\.|\s(?:but|except|though|although|please|only|"
+                      r"instead|yet|published|written|released|which|that\s+(?:is|are)|"
+                      r"and\s+(?:not|no|more|less|something|also)|"
+                      r"with(?:out)?\s+(?:less|more|fewer|no|any)|or\s+something)\b", re.I)
+_DEICTIC_RE = re.compile(r"^(?:it|that|this|these|those|them|one|the\s+(?:book|one)|"
+                         r"(?:this|that)\s+(?:one|book|title))\b", re.I)
+_LEADING_FILLER_RE = re.compile(r"^(?:(?:did|do|would)\s+you\s+(?:recommend|suggest|pick|choose)"
+                                r"(?:ed)?|recommend(?:ed)?|suggest(?:ed)?|in|about|on|to|of|is|was|"
+                                r"the\s+book|a\s+book\s+called|called|me|please)\s+", re.I)
+_NEG_WORDS = {"not", "no", "without", "except", "avoid", "exclude", "excluding", "nothing", "none",
+              "hate", "dislike", "never", "less", "fewer", "skip", "minus"}
+_NEG_PHRASES_RE = re.compile(r"\b(?:don'?t|do\s+not|doesn'?t|won'?t)\s+(?:like|want|enjoy|need)\b|"
+                             r"\banything\s+but\b|\bother\s+than\b|\binstead\s+of\b|\bbut\s+not\b|"
+                             r"\bnot\s+interested\s+in\b", re.I)
+_POS_RESET = {"more", "only", "just", "prefer", "rather", "want", "like", "love", "instead"}
+_CLAUSE_END = {"but", "though", "however", "yet", "although"}
+_FILLER = {"a", "an", "the", "some", "something", "anything", "any", "book", "books", "novel",
+           "novels", "read", "reads", "please", "more", "me", "for", "to", "of", "and", "or",
+           "but", "with", "that", "this", "one", "ones", "is", "are", "i", "like", "thanks",
+           "other", "others", "also", "maybe", "just", "really", "very", "good", "great", "nice",
+           "else", "again", "now", "next", "it", "in", "about", "on", "no", "not", "from", "by",
+           "stuff", "kind", "sort", "what", "bit", "lot", "much", "can", "you",
+           "would", "could", "should", "so", "too", "there", "here", "why", "similar", "than",
+           "get", "try", "let's", "lets", "how"}
+
+_TITLE_CUTOFF = 88.0
+_AUTHOR_CUTOFF = 85.0
+
+
+# ---------------------------------------------------------------------------- lookup tables
+
+@lru_cache(maxsize=8)
+def _title_table(titles: tuple[str, ...]) -> tuple[dict[str, str], list[str], list[str]]:
+    exact: dict[str, str] = {}
+    norms, originals = [], []
+    for t in titles:
+        n = normalize_title(t)
+        if not n:
+            continue
+        exact.setdefault(n, t)  # first wins: callers list popular books first
+        norms.append(n)
+        originals.append(t)
+    return exact, norms, originals
+
+
+def _tag_key(s: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", s.lower().replace("'", "").replace("\u2019", "")).strip()
+
+
+@lru_cache(maxsize=8)
+def _tag_table(tags: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Surface phrase (space-separated, lower-case) -> known tags it means."""
+    by_key: dict[str, str] = {}
+    for t in tags:
+        by_key.setdefault(_tag_key(t), t)
+    known = set(tags)
+    table: dict[str, list[str]] = {}
+
+    def add(surface: str, tag: str) -> None:
+        lst = table.setdefault(surface, [])
+        if tag not in lst:
+            lst.append(tag)
+
+    for key, tag in by_key.items():
+        if key in _NOT_TAGS or len(key) < 2:
+            continue
+        add(key, tag)
+        # Plural/singular variants point at the same tag ("thrillers" also means "thriller").
+        for v in _variants(key):
+            if v not in _NOT_TAGS and v in by_key:
+                add(key, by_key[v])
+            if v not in _NOT_TAGS:
+                add(v, tag)
+    for phrase, syn in TAG_SYNONYMS.items():
+        for t in syn:
+            if t in known:
+                add(phrase, t)
+    return {k: tuple(v) for k, v in table.items()}
+
+
+def _variants(key: str) -> list[str]:
+    out = []
+    if key.endswith("ies"):
+        out.append(key[:-3] + "y")
+    elif key.endswith("s") and not key.endswith("ss"):
+        out.append(key[:-1])
+    if key.endswith("y"):
+        out.append(key[:-1] + "ies")
+    elif not key.endswith("s"):
+        out.append(key + "s")
+    return out
+
+
+@lru_cache(maxsize=8)
+def _author_table(authors: tuple[str, ...]) -> tuple[dict[str, str], list[str], list[str]]:
+    full: dict[str, str] = {}
+    norms, originals = [], []
+    for a in authors:
+        n = _tag_key(re.sub(r"[.]", " ", a))
+        if n:
+            full.setdefault(n, a)
+            norms.append(n)
+            originals.append(a)
+    return full, norms, originals
+
+
+# ---------------------------------------------------------------------------- the parser
+
+class _Work:
+    """The text with consumed (control) spans blanked out, offsets preserved."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.chars = list(text)
+
+    @property
+    def s(self) -> str:
+        return "".join(self.chars)
+
+    def consume(self, start: int, end: int) -> None:
+        for i in range(start, end):
+            self.chars[i] = "\x00"
+
+    def remaining(self) -> str:
+        return re.sub(r"\x00+", " ", self.s)
+
+
+def _phrase_after(work: _Work, pos: int) -> tuple[int, int]:
+    """Span of the phrase starting at ``pos`` (leading fillers skipped) up to a stop."""
+    s = work.s
+    start = pos
+    while start < len(s) and s[start] in " \t":
+        start += 1
+    while True:
+        m = _LEADING_FILLER_RE.match(s, start)
+        if not m:
+            break
+        start = m.end()
+    stop = _STOP_RE.search(s, start)
+    end = stop.start() if stop else len(s)
+    while end > start and s[end - 1] in " \t'\"":
+        end -= 1
+    while start < end and s[start] in "'\"":
+        start += 1
+    return start, end
+
+
+def _word_ends(s: str, start: int, end: int) -> list[int]:
+    """Offsets where a word inside s[start:end] ends, longest prefix first."""
+    return sorted({start + m.end() for m in re.finditer(r"\S+", s[start:end])}, reverse=True)
+
+
+def _match_title(work: _Work, start: int, end: int, titles: tuple[str, ...],
+                 exact_only: bool = False) -> tuple[str, int] | None:
+    """Known title named at s[start:end]: (title, end offset of the words it used).
+
+    Prefixes are tried longest first and the first one matching exactly or fuzzily wins, so
+    "Stand by Me" is not cut down to "The Stand" and a typo in the full title still matches.
+    """
+    exact, norms, originals = _title_table(titles)
+    s = work.s
+    for e in _word_ends(s, start, end)[:12]:
+        n = normalize_title(s[start:e])
+        if not n:
+            continue
+        if n in exact:
+            return exact[n], e
+        if exact_only or len(n) < 4:
+            continue
+        hit = process.extractOne(n, norms, scorer=fuzz.ratio, score_cutoff=_TITLE_CUTOFF)
+        if hit:
+            return originals[hit[2]], e
+    return None
+
+
+def _find_ref(work: _Work) -> tuple[int, int] | None:
+    """Consume the first list reference ("#2", "the second one"): (1-based index, start)."""
+    for rx in _REF_RES:
+        m = rx.search(work.s)
+        if m:
+            g = m.group(1).lower()
+            val = int(g) if g.isdigit() else _ORDINALS.get(g, _NUMBER_WORDS.get(g))
+            work.consume(m.start(), m.end())
+            return val, m.start()
+    return None
+
+
+def _find_years(work: _Work, intent: Intent) -> None:
+    for rx, how in _YEAR_RES:
+        for m in list(rx.finditer(work.s)):
+            g = m.groups()
+            lo = hi = None
+            if how == "between":
+                lo, hi = sorted((int(g[0]), int(g[1])))
+            elif how == "after":
+                lo = int(g[0]) + 1  # "after 2000" excludes 2000
+            elif how == "since":
+                lo = int(g[0])
+            elif how == "before":
+                hi = int(g[0]) - 1  # "before 1950" excludes 1950
+            elif how == "until":
+                hi = int(g[0])
+            elif how == "decade4":
+                lo = int(g[0]) * 100 + int(g[1]) * 10
+                hi = lo + 9
+            elif how == "decade2":
+                d = int(g[0]) * 10
+                lo = (1900 + d) if d >= 30 else (2000 + d)  # "the 90s" -> 1990s, "the 10s" -> 2010s
+                hi = lo + 9
+            elif how == "century":
+                lo = (int(g[0]) - 1) * 100
+                hi = lo + 99
+            elif how == "in":
+                lo = hi = int(g[0])
+            if lo is not None:
+                intent.year_min = lo if intent.year_min is None else max(intent.year_min, lo)
+            if hi is not None:
+                intent.year_max = hi if intent.year_max is None else min(intent.year_max, hi)
+            work.consume(m.start(), m.end())
+
+
+def _find_flags(work: _Work, intent: Intent) -> None:
+    for rx, attr in ((_SHORTER_RE, "shorter"), (_LIGHTER_RE, "lighter"),
+                     (_NEWER_RE, "newer"), (_OLDER_RE, "older")):
+        for m in list(rx.finditer(work.s)):
+            setattr(intent, attr, True)
+            work.consume(m.start(), m.end())
+    if _LIGHT_ADJ_RE.search(work.s):
+        intent.lighter = True  # kept in the text: these words also carry tags and meaning
+
+
+def _find_authors(work: _Work, authors: tuple[str, ...], intent: Intent) -> None:
+    full, norms, originals = _author_table(authors)
+    for m in list(_AUTHOR_CUE_RE.finditer(work.s)):
+        start, end = _phrase_after(work, m.end())
+        phrase = work.s[start:end].strip()
+        if not phrase:
+            continue
+        words = phrase.split()[:6]
+        if not authors:
+            # Names are capitalised words: stop at the first lower-case word after the name. A
+            # reader typing all in lower case gets up to three non-filler words.
+            lower = not any(c.isupper() for c in work.text)
+            name = []
+            for w in words:
+                if lower and (w.lower() in _FILLER or len(name) == 3):
+                    break
+                if not lower and not w[:1].isupper():
+                    break
+                name.append(w)
+            found = " ".join(name).strip()
+            if found:
+                intent.authors.append(found)
+                work.consume(m.start(), start + len(found))
+            continue
+        got = None
+        for k in range(len(words), 0, -1):
+            cand = " ".join(words[:k])
+            key = _tag_key(cand.replace(".", " "))
+            if key in full:
+                got = (full[key], cand)
+                break
+            # "by Pratchett" / "by Le Guin": a surname (or tail of the name) that is unique.
+            tails = [o for n, o in zip(norms, originals) if n.endswith(" " + key)]
+            if len(set(tails)) == 1 and len(key) > 2:
+                got = (tails[0], cand)
+                break
+        if got is None:
+            hit = process.extractOne(_tag_key(phrase.replace(".", " ")), norms,
+                                     scorer=fuzz.token_sort_ratio, score_cutoff=_AUTHOR_CUTOFF)
+            if hit:
+                got = (originals[hit[2]], phrase)
+        if got:
+            if got[0] not in intent.authors:
+                intent.authors.append(got[0])
+            work.consume(m.start(), start + len(got[1]))
+    if authors:
+        # Full names named without "by" ("more Ursula K. Le Guin").
+        toks = [(mm.start(), mm.end(), mm.group().lower()) for mm in re.finditer(r"[\w']+", work.s)]
+        for i in range(len(toks)):
+            for n in range(5, 1, -1):
+                if i + n > len(toks):
+                    continue
+                key = " ".join(t[2] for t in toks[i:i + n])
+                if key in full:
+                    if full[key] not in intent.authors:
+                        intent.authors.append(full[key])
+                    work.consume(toks[i][0], toks[i + n - 1][1])
+                    break
+
+
+def _find_tags(work: _Work, tags: tuple[str, ...], intent: Intent) -> bool:
+    """Tags named in the remaining text; a negation cue flips them to ``exclude_tags``.
+
+    Every word in a negated clause is removed from the text, tag or not, so refused things never
+    reach the embedding query. Returns True when the text held a negation.
+    """
+    negated = False
+    table = _tag_table(tags)
+    s = work.s
+    neg_spans = [(m.start(), m.end()) for m in _NEG_PHRASES_RE.finditer(s)]
+    toks = [(m.start(), m.end(), m.group().lower().replace("'", "").replace("\u2019", ""))
+            for m in re.finditer(r"[\w'\u2019]+", s)]
+    neg = False
+    cue: tuple[int, int] | None = None
+    used_cues: list[tuple[int, int]] = []
+    i = 0
+    while i < len(toks):
+        st, en, w = toks[i]
+        gap = s[toks[i - 1][1]:st] if i else ""
+        if re.search(r"[,;.!?]", gap):
+            neg = False
+        phrase_neg = next((sp for sp in neg_spans if sp[0] <= st < sp[1]), None)
+        if phrase_neg:
+            neg, cue = True, phrase_neg
+            while i < len(toks) and toks[i][0] < phrase_neg[1]:
+                i += 1
+            continue
+        if w in _NEG_WORDS:
+            neg, cue = True, (st, en)
+            i += 1
+            continue
+        if w in _CLAUSE_END:
+            neg = False
+        elif w in _POS_RESET and not (i and toks[i - 1][2] in _NEG_WORDS):
+            neg = False
+        hit = None
+        for n in range(4, 0, -1):
+            if i + n > len(toks):
+                continue
+            # Words of one phrase: separated by spaces/hyphens/slashes only.
+            if any(not re.fullmatch(r"[\s\-/]+", s[toks[j][1]:toks[j + 1][0]])
+                   for j in range(i, i + n - 1)):
+                continue
+            if n > 1 and (toks[i][2] in _EDGE_WORDS or toks[i + n - 1][2] in _EDGE_WORDS):
+                continue  # "ya books" is the tag "ya", not the shelf "ya-books"
+            key = " ".join(t[2] for t in toks[i:i + n])
+            if key in table:
+                hit = (n, table[key])
+                break
+        if hit is None:
+            if neg and w not in _CLAUSE_END:
+                work.consume(st, en)
+                negated = True
+                if cue and cue not in used_cues:
+                    used_cues.append(cue)
+            i += 1
+            continue
+        n, found = hit
+        target = intent.exclude_tags if neg else intent.include_tags
+        for t in found:
+            if t not in target:
+                target.append(t)
+        if neg:
+            negated = True
+            work.consume(st, toks[i + n - 1][1])
+            if cue and cue not in used_cues:
+                used_cues.append(cue)
+        i += n
+    for a, b in used_cues:
+        work.consume(a, b)
+    # A tag both asked for and refused ("fantasy, no dark fantasy") counts as refused.
+    intent.include_tags = [t for t in intent.include_tags if t not in intent.exclude_tags]
+    return negated
+
+
+def _clean_query(text: str) -> str:
+    s = _REQUEST_RE.sub(" ", text)
+    s = re.sub(r"[?!]+|\s[-\u2013\u2014]\s", " ", s)
+    words = s.split()
+
+    def bare(w: str) -> str:
+        return w.strip(".,;:!?\"'()").lower()
+
+    while words and (bare(words[0]) in _FILLER or not bare(words[0])):
+        words.pop(0)
+    while words and (bare(words[-1]) in _FILLER or not bare(words[-1])):
+        words.pop()
+    return " ".join(words).strip(" ,;:.")
+
+
+def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequence[str] = (),
+                 known_authors: Sequence[str] = ()) -> Intent:
+    """Parse one chat message into an :class:`Intent` with rules only (no model).
+
+    ``known_titles``/``known_authors``: when given, ``title_ref`` and ``authors`` are elements of
+    them (exact normalised match on the longest prefix of the phrase, else fuzzy ratio >= 88/85);
+    when empty, the phrase is copied from the text. ``known_tags``: the only tags ever output;
+    phrases are mapped through :data:`TAG_SYNONYMS` and plural/singular forms. ``query_text`` is
+    the message without control phrases (requests, references, refused tags, years, modifiers,
+    the title and author phrases), meant for embedding search.
+    """
+    titles, tags, authors = tuple(known_titles), tuple(known_tags), tuple(known_authors)
+    raw = " ".join((text or "").split())
+    if _HELP_RE.search(raw):
+        return Intent(kind="help")
+    g = _GREETING_RE.match(raw)
+    if g and not raw[g.end():].strip(" !?.,"):
+        return Intent(kind="greeting")
+    work = _Work(raw)
+    if g:
+        work.consume(0, g.end())
+    intent = Intent(kind="recommend")
+    ref = _find_ref(work)
+    intent.ref_index = ref[0] if ref else None
+    _find_years(work, intent)
+
+    cue_kind, cue_end = _find_cue(work, ref)
+    targeted = (cue_kind is not None and intent.ref_index is None
+                and not _deictic_at(work, cue_end))
+    refused: list[str] = []
+    if targeted and cue_kind == "not_interested":
+        refused = _genre_target(work, cue_end, titles, tags)
+    if targeted and not refused and titles:
+        st, en = _phrase_after(work, cue_end)
+        hit = _match_title(work, st, en, titles)
+        if hit:
+            intent.title_ref = hit[0]
+            work.consume(st, hit[1])
+
+    _find_flags(work, intent)
+    _find_authors(work, authors, intent)
+
+    if targeted and not refused and not titles and cue_kind != "why":
+        # No catalog to check against: the phrase itself is the reference.
+        st, en = _phrase_after(work, cue_end)
+        if work.s[st:en].strip():
+            intent.title_ref = work.s[st:en].strip()
+            work.consume(st, en)
+    if refused:
+        st, en = _phrase_after(work, cue_end)
+        intent.exclude_tags.extend(refused)
+        work.consume(st, en)
+    negated = _find_tags(work, tags, intent)
+    intent.query_text = _clean_query(work.remaining())
+    intent.kind = _decide_kind(intent, cue_kind, bool(refused), negated, targeted, titles, raw, g)
+    return intent
+
+
+def _find_cue(work: _Work, ref: tuple[int, int] | None) -> tuple[IntentKind | None, int]:
+    """The first kind cue by priority (why > read_it > not_interested > details > more_like)."""
+    for rx, kind in ((_WHY_RE, "why"), (_READ_IT_RE, "read_it"),
+                     (_NOT_INTERESTED_RE, "not_interested"), (_DETAILS_RE, "details"),
+                     (_MORE_LIKE_RE, "more_like")):
+        m = rx.search(work.s)
+        if m is None and kind == "read_it" and ref:
+            # "I read the second one": the reference itself is already consumed.
+            m = _READ_BEFORE_REF_RE.search(work.s, 0, ref[1])
+        if m and kind == "read_it" and _MODAL_BEFORE_RE.search(work.s, 0, m.start()):
+            m = None
+        if m:
+            work.consume(m.start(), m.end())
+            return kind, m.end()  # type: ignore[return-value]
+    return None, 0
+
+
+def _deictic_at(work: _Work, pos: int) -> bool:
+    """True when the phrase at ``pos`` is empty or points at the current book ("that one")."""
+    st, en = _phrase_after(work, pos)
+    return st >= en or bool(_DEICTIC_RE.match(work.s[st:en]))
+
+
+def _genre_target(work: _Work, pos: int, titles: tuple[str, ...], tags: tuple[str, ...]) -> list[str]:
+    """Tags refused by "not interested in <phrase>" when the phrase is only genre words.
+
+    A phrase that names a known title exactly ("not interested in Twilight") is a book, not a
+    genre, and gives [].
+    """
+    st, en = _phrase_after(work, pos)
+    if not tags or (titles and _match_title(work, st, en, titles, exact_only=True)):
+        return []
+    sub = _Work("not " + work.s[st:en])
+    probe = Intent(kind="refine")
+    _find_tags(sub, tags, probe)
+    return probe.exclude_tags if not _clean_query(sub.remaining()) else []
+
+
+def _decide_kind(intent: Intent, cue: IntentKind | None, refused: bool, negated: bool,
+                 targeted: bool, titles: tuple[str, ...], raw: str,
+                 greeting: re.Match[str] | None) -> IntentKind:
+    if refused:
+        return "refine"  # "not interested in romance"
+    if cue == "more_like" and targeted and titles and intent.title_ref is None:
+        return "recommend"  # "something like a cozy mystery": no known title, a free request
+    if cue is not None:
+        return cue
+    if _REQUEST_RE.search(raw) or intent.authors:
+        return "recommend"
+    modifiers = (intent.year_min is not None or intent.year_max is not None or intent.shorter
+                 or intent.lighter or intent.newer or intent.older or negated)
+    body = raw[greeting.end():] if greeting else raw
+    if _REFINE_START_RE.match(body) or (modifiers and not intent.query_text
+                                        and not _BOOKISH_RE.search(raw)):
+        return "refine"  # "more fantasy", "not romance", "published after 2000"
+    return "recommend"
