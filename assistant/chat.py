@@ -27,7 +27,15 @@ CSS = """
 .rn-why{margin:6px 0}.rn-blurb{font-style:italic;margin:4px 0}
 """
 
-SIGNALS = [("👍", "like"), ("👎", "dislike"), ("read it", "read"), ("not interested", "not_interested")]
+SIGNALS = [("👍 like", "like"), ("👎 dislike", "dislike"), ("✓ read it", "read"), ("✕ not interested", "not_interested")]
+
+
+def theme():
+    """Soft theme with local system fonts: the default themes fetch web fonts from the internet."""
+    import gradio as gr
+
+    return gr.themes.Soft(font=["system-ui", "Segoe UI", "Roboto", "sans-serif"],
+                          font_mono=["ui-monospace", "Menlo", "monospace"])
 
 
 def _loopback(host: str) -> bool:
@@ -247,5 +255,5 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
     print(f"readnext chat on http://{host}:{port}  (data: {rec.meta.get('label')}, "
           f"LLM: {settings.llm.backend})", flush=True)
     app.launch(server_name=host, server_port=port, auth=creds, inbrowser=open_browser, share=False,
-               prevent_thread_lock=not block, quiet=True, css=CSS, theme=gr.themes.Soft())
+               prevent_thread_lock=not block, quiet=True, css=CSS, theme=theme())
     return app

@@ -314,7 +314,7 @@ class ChatEngine:
                 "to_read": f"Saved “{title}” to your to-read list."}.get(signal, f"Noted: {signal} for “{title}”.")
         c = Constraints(**st.constraints) if st.constraints else Constraints()
         for r in self._recommend(st, c):
-            r.text = said + " Here is your updated list:\n\n" + r.text
+            r.text = said + " Here is your updated list."
             yield r
 
 

@@ -38,9 +38,9 @@ else
   echo "$want" > $stamp
 fi
 
-if [[ $WANT_TEST == 1 ]] && ! command -v chromium >/dev/null 2>&1; then
-  echo "==> installing Debian chromium for the browser test"
+if [[ $WANT_TEST == 1 ]] && { ! command -v chromium >/dev/null 2>&1 || [[ ! -d /usr/share/fonts/truetype/noto ]]; }; then
+  echo "==> installing Debian chromium (+ emoji font) for the browser test"
   SUDO=""; [[ $(id -u) != 0 ]] && SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null
 fi
 echo "==> setup done"

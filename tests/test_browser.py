@@ -1,0 +1,81 @@
+"""A real headless Chromium (Debian package) drives the chat: type, wait for cards, click 👍, screenshot."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from assistant import Recommender
+from assistant.chat import CSS, build_app, theme
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.browser
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed (scripts/setup.sh --test installs it)")
+def test_chat_in_a_real_browser(demo_home, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home, symlinks=True)
+    rec = Recommender.open(home)
+    app = build_app(rec, k=5)
+    app.queue()
+    port = _port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
+               theme=theme())
+    user = next(x["user_id"] for x in rec.users() if x["n_ratings"] >= 30)
+    shot = tmp_path / "chat.png"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            outbound: list[str] = []
+            page.on("request", lambda r: outbound.append(r.url) if not r.url.startswith(
+                ("http://127.0.0.1", "data:", "blob:")) else None)
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            # sign in as an existing reader
+            page.locator("#rn-reader input").fill(user)
+            page.locator("#rn-reader input").press("Enter")
+            page.locator("#rn-use").click()
+            page.get_by_text(f"Reading as {user}").wait_for(timeout=30_000)
+            # ask, and wait for the cards
+            page.locator("#rn-input textarea").fill("what should I read next?")
+            page.locator("#rn-send").click()
+            first = page.locator("#rn-card-0 .rn-card")
+            first.wait_for(state="visible", timeout=60_000)
+            page.locator("#rn-card-4 .rn-card").wait_for(state="visible", timeout=30_000)
+            titles = [page.locator(f"#rn-card-{i} .rn-title").inner_text() for i in range(5)]
+            assert all(t.startswith(f"#{i + 1} ") for i, t in enumerate(titles))
+            assert "Why you" in page.locator("#rn-card-0 .rn-why").inner_text()
+            liked_id = first.get_attribute("data-book-id")
+            # 👍 the first card: the list updates and the liked book leaves it
+            page.locator("#rn-like-0").click()
+            page.get_by_text("Noted: you liked").first.wait_for(timeout=60_000)
+            page.wait_for_function(
+                "id => !document.querySelector(`#rn-card-0 .rn-card[data-book-id='${id}']`)", arg=liked_id,
+                timeout=60_000)
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+            assert not outbound, f"the page made outbound requests: {outbound[:5]}"
+    finally:
+        app.close()
+    assert shot.stat().st_size > 10_000
+    assert liked_id in {r.book_id for r in rec.history(user)}
+    rec.close()
+    if os.environ.get("READNEXT_UPDATE_SCREENSHOT"):  # opt-in: refresh the README screenshot
+        out = Path(__file__).resolve().parent.parent / "docs"
+        out.mkdir(exist_ok=True)
+        shutil.copy(shot, out / "chat.png")
