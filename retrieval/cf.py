@@ -478,12 +478,14 @@ class EASE(ItemScorer):
 
     ``score = X_u @ B``. Closed form and usually the strongest model on small catalogs, but
     ``B`` is dense: fitting needs about ``3 * 8 * n_items**2`` bytes (~10 GB at 20k items), so
-    it refuses catalogs above ``max_items``.
+    it refuses catalogs above ``max_items``. ``l2`` acts against ``X^T X``, whose entries grow
+    with the number of users (and with squared weights if not ``binarize``): the default suits
+    a few thousand readers; use several hundred or more for tens of thousands.
     """
 
     name = "ease"
 
-    def __init__(self, l2: float = 500.0, binarize: bool = True, max_items: int = 20000) -> None:
+    def __init__(self, l2: float = 200.0, binarize: bool = True, max_items: int = 20000) -> None:
         if not l2 > 0:
             raise ValueError(f"EASE: l2 must be > 0, got {l2}")
         super().__init__(l2=float(l2), binarize=bool(binarize), max_items=int(max_items))
@@ -555,6 +557,8 @@ class ALS(_FactorModel):
 
     Confidence is ``c_ui = alpha * weight_ui`` (implicit 0.7 semantics: no ``1 +``), so with
     binary weights ``alpha`` is how much more an interaction counts than a missing entry.
+    implicit does not scale ``regularization`` with history length, so it is large here:
+    on the goodbooks sample, ``regularization`` ~ 5-10x ``alpha`` was the good ridge.
     Scoring folds each history row in with the exact user solve
     ``x_u = (Y^T Y + Y^T (C_u - I) Y + reg I)^-1 Y^T C_u p_u`` against the fitted item factors,
     vectorised over the batch. Fitting is deterministic for a given ``seed`` (each half-step
@@ -566,8 +570,8 @@ class ALS(_FactorModel):
     def __init__(
         self,
         factors: int = 64,
-        regularization: float = 0.05,
-        alpha: float = 1.0,
+        regularization: float = 50.0,
+        alpha: float = 10.0,
         iterations: int = 15,
         seed: int = 0,
         num_threads: int = 0,
@@ -658,7 +662,8 @@ class BPR(_FactorModel):
     ``item_factors`` (user side fixed at 1). Fold-in approximation: a user vector is the mean
     latent vector of the history items (bias column kept at 1), i.e. "near what you read,
     tilted to what is generally liked"; no per-user optimisation, so it is cheap and
-    deterministic but weaker than the trained user factors for heavy readers.
+    deterministic. On the goodbooks sample it ranked held-out books about twice as well as
+    implicit's own (overfitted) trained user factors. An empty history scores by item bias.
     ``num_threads=1`` by default because implicit's multi-threaded (Hogwild) SGD is not
     reproducible; any other value trades determinism for speed.
     """
@@ -668,9 +673,9 @@ class BPR(_FactorModel):
     def __init__(
         self,
         factors: int = 64,
-        learning_rate: float = 0.01,
+        learning_rate: float = 0.05,
         regularization: float = 0.01,
-        iterations: int = 100,
+        iterations: int = 200,
         seed: int = 0,
         num_threads: int = 1,
     ) -> None:
