@@ -68,7 +68,7 @@ class CFConfig:
 class LLMConfig:
     """The LLM stage: reranking and explanation text."""
 
-    backend: str = "none"  # none | local | <hf model id or local path> | http(s)://.../v1
+    backend: str = "local"  # none | local (offline SmolLM2-135M) | <hf model id or local path> | http(s)://.../v1
     model: str | None = None  # model name for an endpoint backend
     api_key: str | None = None
     rerank_weight: float = 0.0  # weight of the LLM score in the fused rerank score (tuned by eval)

@@ -74,18 +74,18 @@ def co_readers(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evide
     """How readers who liked one of your books rated this one (from the ratings matrix)."""
     if not liked or lib.R.shape[0] == 0:
         return None
-    col = lib.R_csc[:, item]
-    raters = col.indices
+    raters, their = lib.raters(item)
     if len(raters) < CO_READERS_MIN:
         return None
-    their = col.data
-    sub = lib.R[raters][:, [i for i, _ in liked]].toarray() >= LIKED  # raters x liked books
-    counts = sub.sum(axis=0)
-    best = int(np.argmax(counts))
-    n = int(counts[best])
+    best, best_mask, n = -1, None, 0
+    for k, (h, _) in enumerate(liked):
+        mask = np.isin(raters, lib.likers(h), assume_unique=True)
+        c = int(mask.sum())
+        if c > n:
+            best, best_mask, n = k, mask, c
     if n < CO_READERS_MIN:
         return None
-    r = their[sub[:, best]]
+    r = their[best_mask]
     return Evidence("co_readers", book_ids=(lib.books[liked[best][0]].book_id,), count=n,
                     value=round(float(r.mean()), 2), share=round(float((r >= LIKED).mean()), 2))
 

@@ -57,7 +57,9 @@ class Library:
 
     @cached_property
     def R_csc(self) -> sp.csc_matrix:
-        return self.R.tocsc()
+        c = self.R.tocsc()
+        c.sort_indices()
+        return c
 
     @cached_property
     def pop_count(self) -> np.ndarray:
@@ -117,10 +119,32 @@ class Library:
             out.setdefault(str(u), []).append(Rating(str(u), str(b), float(r), float(t)))
         return out
 
-    def to_read_of(self, user_id: str) -> set[str]:
+    @cached_property
+    def _to_read_groups(self) -> dict[str, set[str]]:
         if self.to_read is None or not len(self.to_read):
-            return set()
-        return set(self.to_read.loc[self.to_read["user_id"] == user_id, "book_id"])
+            return {}
+        out: dict[str, set[str]] = {}
+        for u, b in zip(self.to_read["user_id"].to_numpy(dtype=str), self.to_read["book_id"].to_numpy(dtype=str)):
+            out.setdefault(u, set()).add(b)
+        return out
+
+    def to_read_of(self, user_id: str) -> set[str]:
+        """Books the reader shelved as to-read (a copy: callers may add to it)."""
+        return set(self._to_read_groups.get(user_id, ()))
+
+    def raters(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """(user rows, ratings) of everyone who rated ``item``; user rows sorted."""
+        c = self.R_csc
+        s, e = c.indptr[item], c.indptr[item + 1]
+        return c.indices[s:e], c.data[s:e]
+
+    def likers(self, item: int) -> np.ndarray:
+        """Sorted user rows who rated ``item`` at or above LIKED (cached)."""
+        cache = self.__dict__.setdefault("_likers", {})
+        if item not in cache:
+            users, r = self.raters(item)
+            cache[item] = users[r >= LIKED]
+        return cache[item]
 
     def book(self, book_id: str) -> Book:
         return self.books[self.index[book_id]]

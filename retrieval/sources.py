@@ -270,15 +270,18 @@ class SeriesSource(CandidateSource):
         return s
 
     def evidence(self, ctx, item, liked):
+        return self.series_evidence(ctx, item) + ev.collect(self.lib, item, ctx.history, None, None, ctx.to_read, liked)
+
+    def series_evidence(self, ctx: UserContext, item: int) -> list[Evidence]:
+        """"Next in a series you read": the volume and the previous one the reader rated."""
         book = self.lib.books[item]
         rated = {r.book_id: r.rating for r in ctx.history}
         key = series_key(book.series or "")
         prev = [b for b in rated if self.lib.by_id.get(b) and series_key(self.lib.by_id[b].series or "") == key
                 and (self.lib.by_id[b].series_index or 0) < (book.series_index or 0)]
         prev.sort(key=lambda b: self.lib.by_id[b].series_index or 0)
-        out = [Evidence("series_next", series=book.series, value=book.series_index,
-                        book_ids=(prev[-1],) if prev else ())]
-        return out + ev.collect(self.lib, item, ctx.history, None, None, ctx.to_read, liked)
+        return [Evidence("series_next", series=book.series, value=book.series_index,
+                         book_ids=(prev[-1],) if prev else ())]
 
 
 class HybridSource(CandidateSource):
@@ -343,14 +346,16 @@ class HybridSource(CandidateSource):
         idx = top_k(fused, k, excl)
         liked = ev.liked_items(self.lib, ctx.history)
         rank_sets = {n: set(r.tolist()) for n, r in ranks.items()}
+        content = self.sources.get("content")
+        qvec = content.query_vector(ctx.query) if isinstance(content, ContentSource) else None
         out = []
         for i in idx:
             srcs = [n for n in ranks if int(i) in rank_sets[n]]
-            evidence: list[Evidence] = []
-            for n in srcs:
-                for e in self.sources[n].evidence(ctx, int(i), liked):
-                    if e not in evidence:
-                        evidence.append(e)
+            # evidence is computed once per book (not once per source that found it)
+            evidence = ev.collect(self.lib, int(i), ctx.history, ctx.query, qvec, ctx.to_read, liked)
+            series = self.sources.get("series")
+            if "series" in srcs and isinstance(series, SeriesSource):
+                evidence = series.series_evidence(ctx, int(i)) + evidence
             out.append(Candidate(self.lib.books[i].book_id, float(fused[i]), "+".join(srcs), evidence))
         return out
 

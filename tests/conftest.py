@@ -17,6 +17,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Fast tests use template text; the LLM tests ask for the real model explicitly.
+os.environ["READNEXT_LLM_BACKEND"] = "none"
 
 
 def shared(name: str) -> Path:

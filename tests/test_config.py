@@ -8,9 +8,9 @@ from retrieval.errors import ReadnextError
 
 def test_defaults_toml_env_precedence(tmp_path):
     cfg = tmp_path / "config.toml"
-    cfg.write_text('seed = 7\n[fusion]\nrrf_k = 10.0\nweights = { content = 2.0, cf = 1.0 }\n[llm]\nbackend = "local"\n')
+    cfg.write_text('seed = 7\n[fusion]\nrrf_k = 10.0\nweights = { content = 2.0, cf = 1.0 }\n[llm]\nbackend = "http://127.0.0.1:9/v1"\n')
     s = Settings.load(home=tmp_path, env={})
-    assert s.seed == 7 and s.fusion.rrf_k == 10.0 and s.fusion.weights["content"] == 2.0 and s.llm.backend == "local"
+    assert s.seed == 7 and s.fusion.rrf_k == 10.0 and s.fusion.weights["content"] == 2.0 and s.llm.backend == "http://127.0.0.1:9/v1"
     s = Settings.load(home=tmp_path, env={"READNEXT_LLM_BACKEND": "none", "READNEXT_FUSION_RRF_K": "30",
                                           "READNEXT_PROFILE_HALF_LIFE_DAYS": "90", "READNEXT_SEED": "3",
                                           "READNEXT_FUSION_WEIGHTS": '{"content": 1.5}'})
