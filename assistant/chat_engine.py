@@ -148,8 +148,68 @@ class ChatEngine:
 
     # -- conversation -----------------------------------------------------------------------------
 
-    def parse(self, message: str) -> Intent:
-        return parse_intent(message, self._titles, self.tags, self._authors)
+    def parse(self, message: str, st: ChatState | None = None) -> Intent:
+        """The LLM parses the message when configured (validated strictly); rules otherwise."""
+        rules = parse_intent(message, self._titles, self.tags, self._authors)
+        if not self._use_llm_intent():
+            return rules
+        try:
+            got = self._llm_intent(message, st)
+        except Exception:  # any backend/parse failure: the rules answer
+            got = None
+        if got is None:
+            self.intent_fallbacks += 1
+            return rules
+        got.query_text = rules.query_text
+        return got
+
+    intent_fallbacks = 0
+
+    def _use_llm_intent(self) -> bool:
+        mode = self.rec.settings.chat.llm_intent
+        spec = str(self.rec.settings.llm.backend if self.rec._llm_spec is None else self.rec._llm_spec)
+        if mode == "off" or spec == "none" or self.rec.llm is None:
+            return False
+        return mode == "on" or spec.lower() not in ("local", "none")
+
+    def _llm_intent(self, message: str, st: ChatState | None) -> Intent | None:
+        """Ask the LLM for {"intent", "constraints"}; keep only values the catalog knows."""
+        import json
+
+        from prompts import delimit, render_messages
+
+        shown = "\n".join(f"#{i + 1} {self.rec.books[b].title}" for i, b in enumerate((st.recs if st else [])[:10]))
+        msgs, _version = render_messages("chat_intent", context=shown or "(none)", utterance=delimit(message, 500))
+        raw = self.rec.llm.generate(msgs, max_new_tokens=160)
+        m = re.search(r"\{.*\}", raw, re.S)
+        if not m:
+            return None
+        data = json.loads(m.group(0))
+        kind = data.get("intent")
+        if kind not in ("recommend", "more_like", "refine", "why", "details", "read_it", "not_interested"):
+            return None
+        c = data.get("constraints") or {}
+        known = {t.lower(): t for t in self.tags}
+        authors = {a.lower(): a for a in self._authors}
+        intent = Intent(kind=kind)
+        intent.include_tags = [known[t.lower()] for t in c.get("include_tags") or [] if str(t).lower() in known]
+        intent.exclude_tags = [known[t.lower()] for t in c.get("exclude_tags") or [] if str(t).lower() in known]
+        intent.authors = [authors[a.lower()] for a in c.get("authors") or [] if str(a).lower() in authors]
+        for key in ("year_min", "year_max"):
+            v = c.get(key)
+            setattr(intent, key, int(v) if isinstance(v, (int, float)) and -3000 < v < 2100 else None)
+        for key in ("shorter", "lighter", "newer"):
+            setattr(intent, key, c.get(key) is True)
+        ref = c.get("title_ref")
+        if isinstance(ref, str) and ref.strip():
+            num = re.fullmatch(r"#?\s*(\d{1,2})", ref.strip())
+            if num:
+                intent.ref_index = int(num.group(1))
+            else:
+                intent.title_ref = self.find_title(ref)
+        elif isinstance(ref, int):
+            intent.ref_index = ref
+        return intent
 
     def _target(self, st: ChatState, intent: Intent) -> str | None:
         if intent.ref_index is not None and st.recs:
@@ -169,7 +229,7 @@ class ChatEngine:
         if not message:
             yield Reply("Tell me what you are in the mood for, or ask *what should I read next?*", state=st)
             return
-        intent = self.parse(message)
+        intent = self.parse(message, st)
         if intent.kind in ("help", "greeting"):
             yield Reply(("Hello! " if intent.kind == "greeting" else "") + HELP, state=st)
             return

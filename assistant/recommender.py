@@ -139,7 +139,9 @@ class Recommender:
                 from .llm import load_backend
 
                 c = self.settings.llm
-                self._llm = load_backend(self._llm_spec, model=c.model, api_key=c.api_key)
+                spec = self._llm_spec
+                opts = {k: v for k, v in (("model", c.model), ("api_key", c.api_key)) if v}
+                self._llm = load_backend(spec, **(opts if spec.lower().startswith(("http://", "https://")) else {}))
             else:
                 self._llm = self._llm_spec
         return self._llm
@@ -264,11 +266,13 @@ class Recommender:
             cands = src.candidates(ctx, n_cand)
         t1 = time.perf_counter()
         llm_scores: dict[str, float] = {}
+        retrieval = {c.book_id: c.score for c in cands}
         if rerank == "llm":
             cands, llm_scores = self._rerank(ctx, cands, notes)
         t2 = time.perf_counter()
         recs = [self._to_rec(c, ctx, rank=i + 1) for i, c in enumerate(cands[:k])]
         for r in recs:
+            r.retrieval_score = round(float(retrieval[r.book_id]), 6)
             if r.book_id in llm_scores:
                 r.llm_score = llm_scores[r.book_id]
         n_llm = self.settings.llm.explain_top if explain_llm is True else int(explain_llm or 0)
@@ -427,9 +431,13 @@ class Recommender:
         by_id = {x.book_id: x for x in cands}
         out = []
         scores = {}
+        if getattr(rr, "last_error", None):
+            notes.append(f"LLM rerank failed ({rr.last_error}): kept the retrieval order")
         for r in res:
             cand = by_id[r.book_id]
-            out.append(Candidate(cand.book_id, float(r.fused_score), cand.source + ("+llm" if r.llm_score is not None else ""),
+            # after a rerank, `score` is the fused z-score for the reranked head, else retrieval's
+            score = r.fused_score if r.fused_score is not None else cand.score
+            out.append(Candidate(cand.book_id, float(score), cand.source + ("+llm" if r.llm_score is not None else ""),
                                  cand.evidence))
             if r.llm_score is not None:
                 scores[r.book_id] = round(float(r.llm_score), 4)

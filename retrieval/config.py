@@ -86,6 +86,9 @@ class ChatConfig:
     concurrency: int = 4
     k: int = 5
     auth: str | None = None  # "user:password"; required when host is not loopback
+    # Parse chat intents with the LLM: "auto" = only with a model bigger than the offline 135M one
+    # (which produces unusable JSON for this task); "on" / "off" force it.
+    llm_intent: str = "auto"
 
 
 @dataclass

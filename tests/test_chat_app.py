@@ -143,3 +143,40 @@ def test_public_bind_requires_auth(chat_home):
     s = Settings.load(home=chat_home, env={})
     with pytest.raises(ReadnextError, match="--auth"):
         launch(s, host="0.0.0.0", port=free_port(), block=False)
+
+
+class _ScriptedLLM:
+    """A fake LLM for fast unit tests of the intent path: returns a fixed reply."""
+
+    name = "scripted"
+    model_id = "scripted"
+    supports_logprobs = False
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.calls = 0
+
+    def generate(self, messages, max_new_tokens=160, stop=None) -> str:
+        self.calls += 1
+        assert "<<<" in messages[-1]["content"]  # the reader's text arrives delimited
+        return self.reply
+
+
+def test_llm_intent_is_validated_and_rules_are_the_fallback(chat_home):
+    from retrieval.index import Index
+
+    s = Settings.load(home=chat_home, env={})
+    good = _ScriptedLLM('{"intent": "refine", "constraints": {"include_tags": ["horror", "not-a-tag"], '
+                        '"exclude_tags": [], "authors": ["Nobody Atall"], "year_min": 1990, "year_max": null, '
+                        '"shorter": false, "lighter": false, "newer": false, "title_ref": null}}')
+    rec = Recommender(Index.open(chat_home), s, llm=good)
+    eng = ChatEngine(rec, k=5, llm_picks=0)
+    it = eng.parse("give me something scary and recent")
+    assert good.calls == 1 and it.kind == "refine"
+    assert it.include_tags == ["horror"] and it.authors == [] and it.year_min == 1990  # unknown values dropped
+    bad = _ScriptedLLM("Sure! Here are some great books for you.")
+    rec2 = Recommender(Index.open(chat_home), s, llm=bad)
+    eng2 = ChatEngine(rec2, k=5, llm_picks=0)
+    it2 = eng2.parse("not romance")
+    assert bad.calls == 1 and eng2.intent_fallbacks == 1
+    assert it2.kind == "refine" and it2.exclude_tags == ["romance"]  # the rule-based parse
