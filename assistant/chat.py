@@ -70,30 +70,26 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
         who = f"Reading as **{reply.state.user_id}**" if reply.state.user_id else "Not signed in: pick a reader or start as new"
         return [chat, reply.state.to_dict(), notes, who, *groups, *htmls]
 
-    def on_message(message: str, chat: list[dict], state: dict):
-        chat = list(chat or []) + [{"role": "user", "content": message}]
+    def stream(replies, chat: list[dict], state: dict):
+        """The first reply adds its text to the chat; later ones (LLM text streaming into the
+        cards) only refresh the cards and notes."""
         first = True
         try:
-            for reply in engine.respond(state, message):
-                yield outputs_for(reply, chat, True)
+            for reply in replies:
+                yield outputs_for(reply, chat, first)
                 if first:
                     chat = chat + [{"role": "assistant", "content": reply.text}]
                     first = False
         except ReadnextError as e:
             yield outputs_for(Reply(f"⚠️ {e}", state=ChatState.from_any(state)), chat, True)
 
+    def on_message(message: str, chat: list[dict], state: dict):
+        chat = list(chat or []) + [{"role": "user", "content": message}]
+        yield from stream(engine.respond(state, message), chat, state)
+
     def on_feedback(i: int, signal: str):
         def handler(chat: list[dict], state: dict):
-            chat = list(chat or [])
-            first = True
-            try:
-                for reply in engine.feedback(state, i, signal):
-                    yield outputs_for(reply, chat, first)
-                    if first:
-                        chat = chat + [{"role": "assistant", "content": reply.text}]
-                        first = False
-            except ReadnextError as e:
-                yield outputs_for(Reply(f"⚠️ {e}", state=ChatState.from_any(state)), chat, True)
+            yield from stream(engine.feedback(state, i, signal), list(chat or []), state)
         return handler
 
     def on_select(user_id: str, chat: list[dict]):
