@@ -141,7 +141,9 @@ class Recommender:
                 c = self.settings.llm
                 spec = self._llm_spec
                 opts = {k: v for k, v in (("model", c.model), ("api_key", c.api_key)) if v}
-                self._llm = load_backend(spec, **(opts if spec.lower().startswith(("http://", "https://")) else {}))
+                if not spec.lower().startswith(("http://", "https://")):
+                    opts = {"num_threads": c.threads} if c.threads > 0 else {}
+                self._llm = load_backend(spec, **opts)
             else:
                 self._llm = self._llm_spec
         return self._llm

@@ -75,6 +75,7 @@ class LLMConfig:
     top_n: int = 20  # candidates the reranker scores
     explain_top: int = 3  # picks that get LLM text (the rest keep templates)
     max_new_tokens: int = 160
+    threads: int = 0  # torch threads for a local model (0 = torch's default); env READNEXT_LLM_THREADS
 
 
 @dataclass
