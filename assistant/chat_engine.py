@@ -261,14 +261,7 @@ class ChatEngine:
                 query = self.rec.books[ref].embedding_text()
         elif intent.kind == "refine":
             ref = st.ref_book
-        c.include_tags = list(dict.fromkeys(c.include_tags + intent.include_tags))
-        c.exclude_tags = list(dict.fromkeys(c.exclude_tags + intent.exclude_tags))
-        c.include_tags = [t for t in c.include_tags if t not in c.exclude_tags]
-        c.authors = intent.authors or c.authors
-        c.year_min = intent.year_min if intent.year_min is not None else c.year_min
-        c.year_max = intent.year_max if intent.year_max is not None else c.year_max
-        for flag in ("shorter", "lighter", "newer", "older"):
-            setattr(c, flag, getattr(intent, flag) or getattr(c, flag))
+        c = c.refined_by(intent)
         c.ref_year = self.rec.books[ref].year if ref and (c.newer or c.older) else None
         if query and _generic_request(query):
             query = None

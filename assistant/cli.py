@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--user")
     a.add_argument("--query")
     a.add_argument("-k", type=int, default=10)
-    a.add_argument("--source", default="hybrid", choices=["hybrid", "content", "cf", "popularity", "series"])
+    a.add_argument("--source", default="hybrid", choices=["hybrid", "content", "cf", "popularity", "series", "sequence"],
+                   help="candidate source (sequence: only for data with an order of events)")
     a.add_argument("--rerank", choices=["llm"], help="rerank the top candidates with the LLM")
     a.add_argument("--llm", help="LLM backend: none | local | HF model id or path | http://host:port/v1")
     a.add_argument("--llm-model", help="model name for an endpoint backend")

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
 from rapidfuzz import fuzz, process
 
+from retrieval.constraints import Constraints
 from retrieval.goodreads import normalize_title
 
 __all__ = ["Intent", "IntentKind", "parse_intent", "TAG_SYNONYMS"]
@@ -40,26 +41,21 @@ IntentKind = Literal["recommend", "more_like", "refine", "why", "details", "read
 
 
 @dataclass
-class Intent:
-    """What the reader asked for. See the module docstring for the kinds."""
+class Intent(Constraints):
+    """What the reader asked for: a kind (see the module docstring) plus the constraints they
+    stated (tags, authors, years, shorter/lighter/newer/older, inherited from
+    :class:`~retrieval.constraints.Constraints`)."""
 
-    kind: IntentKind
+    kind: IntentKind = "recommend"
     ref_index: int | None = None
     title_ref: str | None = None
-    include_tags: list[str] = field(default_factory=list)
-    exclude_tags: list[str] = field(default_factory=list)
-    authors: list[str] = field(default_factory=list)
-    year_min: int | None = None
-    year_max: int | None = None
-    shorter: bool = False
-    lighter: bool = False
-    newer: bool = False
-    older: bool = False
     query_text: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists copied), e.g. for JSON logs or an LLM prompt."""
-        return asdict(self)
+        d = asdict(self)
+        d.pop("ref_year")  # set by the chat from a referenced book, never parsed from a message
+        return d
 
 
 # Phrase -> tags it may mean. Only tags present in ``known_tags`` are ever output.

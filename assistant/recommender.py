@@ -91,7 +91,8 @@ class Recommender:
         self._store = None
         self.sources: dict[str, CandidateSource] = build_sources(
             self.lib, settings.fusion, settings.cf, settings.profile, embed_query=self._embed_query,
-            store=None, cf_model=index.cf_model())
+            store=None, cf_model=index.cf_model(), sequence=settings.sequence,
+            popularity=settings.popularity)
         self._llm_spec = llm if llm is not None else settings.llm.backend
         self._llm = None
         self.last_notes: list[str] = []
@@ -329,8 +330,8 @@ class Recommender:
         series = self.sources["series"]
         if np.isfinite(series.score(ctx)[i]):
             evidence = series.evidence(ctx, i, ev.liked_items(self.lib, ctx.history))
-        found_by = [n for n in ("content", "cf", "popularity", "series")
-                    if np.isfinite(self.sources[n].score(ctx)[i])]
+        found_by = [n for n in ("content", "cf", "popularity", "series", "sequence")
+                    if n in self.sources and np.isfinite(self.sources[n].score(ctx)[i])]
         score = float(content.score(ctx)[i]) if ctx.history else 0.0
         rec = self._to_rec(Candidate(book_id, score, "+".join(found_by) or "none", evidence), ctx, rank=0)
         if any(r.book_id == book_id for r in ctx.history):

@@ -170,7 +170,9 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
 
     abl = m.get("ablation", {})
     if abl:
-        L += ["## Hybrid ablation (main slice; same tuned settings, one change each, nothing re-tuned)", ""]
+        L += ["## Hybrid ablation (main slice; same tuned settings, one change each, nothing re-tuned)", "",
+              "\"Shipped defaults\" is what `readnext ingest` + `readnext recommend` build on this training data "
+              "with no config file (`FusionConfig`, `CFConfig`, `SequenceConfig` defaults; its own CF fit).", ""]
         keys = list(next(iter(abl.values())).keys())
         full = models.get("hybrid", {})
         rows = [["hybrid (as tuned)"] + [_cell(full.get(x), x) for x in keys]]
@@ -193,7 +195,9 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
                   + (f" (rrf_k={b.get('rrf_k')})" if b.get("method") == "rrf" else " (per-reader z-scores)")
                   + f", weights `{b.get('weights')}`, CF model `{b.get('cf_model')}` with user-vector half-life "
                     f"{b.get('cf_half_life')} events and liked boost {b.get('cf_liked_boost')}, sequence source "
-                    f"`{b.get('sequence')}`; validation ndcg@10 {_num(h.get('validation_ndcg@10'))}."]
+                    f"`{b.get('sequence')}`; validation ndcg@10 {_num(h.get('validation_ndcg@10'))}. "
+                    "These settings as a readnext config file: `tuned-config.toml` (the live `readnext recommend` "
+                    "runs the same `HybridSource` class eval ranks with)."]
         if "hybrid+llm" in tun:
             t = tun["hybrid+llm"]
             grid = ", ".join(f"{g.get('weight')}: {_num(g.get('ndcg@10'))}" for g in t.get("weight_grid", []))

@@ -40,8 +40,9 @@ from tqdm.auto import tqdm
 from retrieval.config import Settings
 from retrieval.data import Dataset, detect_format, load_dataset, load_demo
 from retrieval.errors import DataError, ReadnextError
+from retrieval.fusion import fuse_matrices, top_k_matrix
 from retrieval.library import Library
-from retrieval.sources import CandidateSource
+from retrieval.sources import CandidateSource, HybridSource
 from retrieval.types import Book, UserContext
 
 from .metrics import ACCURACY_METRICS, BEYOND_METRICS, RunResult, evaluate_rankings, rank_scores
@@ -52,9 +53,7 @@ from .models import (
     SINGLE_MODELS,
     build_hybrid,
     build_model,
-    fuse_matrices,
-    hybrid_evidence,
-    top_k_matrix,
+    tuned_config_toml,
 )
 from .splits import Split, cold_start_users, relevant_items, temporal_holdout, validation_split
 from .stats import paired_test, summarize
@@ -442,7 +441,7 @@ def _paired(a: RunResult, b: RunResult, key: str, cfg: EvalConfig) -> dict[str, 
 # --------------------------------------------------------------------------- explanations
 
 
-def _faithfulness(hybrid: CandidateSource, prep: Prepared, rankings: Mapping[str, list[str]], cfg: EvalConfig,
+def _faithfulness(hybrid: HybridSource, prep: Prepared, rankings: Mapping[str, list[str]], cfg: EvalConfig,
                   k: int) -> dict[str, Any]:
     """Re-check every evidence record behind the hybrid's top ``k`` against the training data."""
     from retrieval.evidence import verify
@@ -457,7 +456,7 @@ def _faithfulness(hybrid: CandidateSource, prep: Prepared, rankings: Mapping[str
         ctx = by_id[u]
         ids = rankings.get(u, [])[:k]
         items = [prep.lib.index[b] for b in ids]
-        for b, evs in zip(ids, hybrid_evidence(hybrid, ctx, items)):  # type: ignore[arg-type]
+        for b, evs in zip(ids, hybrid.evidence_for(ctx, items)):
             n_items += 1
             no_evidence += not evs
             for e in evs:
@@ -605,7 +604,7 @@ def _hallucination(reason: str) -> str:
     return "other"
 
 
-def _llm_explanations(backend, prep: Prepared, hybrid: CandidateSource, ctxs: Sequence[UserContext],
+def _llm_explanations(backend, prep: Prepared, hybrid: HybridSource, ctxs: Sequence[UserContext],
                       rankings: Mapping[str, list[str]], cfg: EvalConfig) -> dict[str, Any]:
     """LLM explanations for the top pick of the first ``cfg.llm_explain`` LLM readers: guard stats."""
     try:
@@ -623,7 +622,7 @@ def _llm_explanations(backend, prep: Prepared, hybrid: CandidateSource, ctxs: Se
         if not top:
             continue
         item = lib.index[top[0]]
-        evs = hybrid_evidence(hybrid, c, [item])[0]  # type: ignore[arg-type]
+        evs = hybrid.evidence_for(c, [item])[0]
         rated = {r.book_id: r.rating for r in c.history}
         text = template_explanation(evs, lib.by_id, rated)
         hist = [lib.by_id[r.book_id] for r in c.history if r.book_id in lib.by_id]
@@ -702,7 +701,7 @@ class _Study:
         self.hybrid_tuned: TuningResult | None = None
         self.fitted: dict[str, CandidateSource] = {}
         self.runs: dict[str, _Run] = {}
-        self.hybrid: CandidateSource | None = None
+        self.hybrid: HybridSource | None = None
         self.ablation_runs: dict[str, dict[str, list[str]]] = {}
         self.llm_info: dict[str, Any] | None = None
         self.sampler: _Sampler | None = None
@@ -888,29 +887,30 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     metrics = _clean(metrics)
     study.log(f"writing {out}")
     _write(out, metrics, study.runs, prep, cfg)
+    if study.hybrid_tuned is not None:
+        (out / "tuned-config.toml").write_text(tuned_config_toml(
+            study.hybrid_tuned.best, {n: r.best for n, r in study.tuned.items()}, prep.info["dataset"]["label"], cfg.seed))
     return metrics
 
 
-def _ablation_hook(hybrid: CandidateSource, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
+def _ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
                    prep: Prepared, kmax: int, fitted: Mapping[str, CandidateSource], seed: int):
     """Ablations of the tuned hybrid, fused from the same per-source matrices (nothing re-tuned).
 
     Returns ``(hook, rankings)``: the hook (for :func:`_score_model`) fills ``rankings[variant]``
     for the main slice. Variants: each weighted source dropped, the CF source alone, the sequence
-    source alone, the plain (unweighted) CF user vector, and the live default fusion
-    (:class:`~retrieval.config.FusionConfig`: RRF over content/cf/popularity/series, plain CF).
+    source alone, the plain (unweighted) CF user vector, and the shipped defaults: what
+    ``readnext ingest`` + ``recommend`` build on this training data with default settings
+    (:func:`retrieval.sources.build_sources`, its own CF fit), so the report shows how far the
+    untuned product is from the tuned hybrid.
     """
-    from retrieval.config import FusionConfig
-
-    from .models import RecencyCFSource, hybrid_sources
+    from retrieval.sources import CFSource, build_sources
 
     weights = dict(params["weights"])
     method, rrf_k = params.get("method", "score"), float(params.get("rrf_k", 60.0))
-    cf = hybrid.sources["cf"]  # type: ignore[attr-defined]
-    plain = RecencyCFSource(prep.lib, cf.model_name, None, fitted=cf.model, max_ease_items=10**9)
-    everything = hybrid_sources(prep.lib, params, tuned, seed, fitted)
-    missing = {n: s for n, s in everything.items() if n not in hybrid.sources}  # type: ignore[attr-defined]
-    live = FusionConfig()
+    cf = hybrid.sources["cf"]
+    plain = CFSource(prep.lib, cf.model_name, None, fitted=cf.model, max_ease_items=10**9)  # type: ignore[attr-defined]
+    shipped = build_sources(prep.lib)["hybrid"]
     variants: dict[str, Any] = {}
     for n, w in weights.items():
         if w > 0 and n != "cf":
@@ -920,20 +920,17 @@ def _ablation_hook(hybrid: CandidateSource, params: Mapping[str, Any], tuned: Ma
         variants["sequence source alone"] = {"sequence": 1.0}
     if getattr(cf, "weighted", False):
         variants["hybrid with a plain CF user vector"] = "plain"
-    variants["live default fusion (RRF k=60, FusionConfig weights, plain CF)"] = "live"
+    variants["shipped defaults (readnext's default settings, untuned)"] = "shipped"
     out: dict[str, dict[str, list[str]]] = {n: {} for n in variants}
 
     def hook(chunk, per, excl, slice_name):
         if slice_name != "main":
             return
-        plain_s = plain.score_batch(chunk)
-        full = {**per, **{n: s.score_batch(chunk) for n, s in missing.items() if n in live.weights}}
         for name, w in variants.items():
             if w == "plain":
-                S = fuse_matrices({**per, "cf": plain_s}, weights, excl, method, rrf_k)
-            elif w == "live":
-                srcs = {n: (plain_s if n == "cf" else full[n]) for n in live.weights if n in full}
-                S = fuse_matrices(srcs, live.weights, excl, "rrf", live.rrf_k, live.depth)
+                S = fuse_matrices({**per, "cf": plain.score_batch(chunk)}, weights, excl, method, rrf_k)
+            elif w == "shipped":
+                S = shipped.score_batch(chunk)
             else:
                 S = fuse_matrices(per, w, excl, method, rrf_k)
             for c, r in zip(chunk, _rank_rows(prep.lib, S, excl, kmax)):

@@ -8,7 +8,7 @@ The hybrid is tuned in documented stages (:data:`HYBRID_SPACE`), reusing the val
 single models so nothing is fitted twice:
 
 1-2. ``cf_model`` and its user vector (``cf_half_life``, ``cf_liked_boost``, see
-   :class:`eval.models.RecencyCFSource`) jointly: each tuned CF model (itemknn/als/bpr/ease,
+   :class:`retrieval.sources.CFSource`) jointly: each tuned CF model (itemknn/als/bpr/ease,
    with its tuned hyper-parameters) under each user-vector variant, by the CF source's own
    validation ndcg@10;
 3. the sequence source's variant (or none), by its own validation ndcg@10 (ordered data only);
@@ -27,20 +27,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from retrieval.fusion import INDICATOR_SOURCES, combine, source_contribution, top_k_matrix
 from retrieval.library import Library
-from retrieval.sources import CandidateSource
+from retrieval.sources import CandidateSource, CFSource, SequenceSource
 from retrieval.types import UserContext
 
-from .models import (
-    CF_MODELS,
-    RecencyCFSource,
-    SequenceSource,
-    build_model,
-    combine,
-    hybrid_sources,
-    source_contribution,
-    top_k_matrix,
-)
+from .models import CF_MODELS, build_model, hybrid_sources
 
 __all__ = [
     "HYBRID_SPACE",
@@ -217,8 +209,8 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
             variants = [(None, 0.0)]
         fit = getattr(tuned[cf_model].model, "model", None)
         for hl, boost in variants:
-            src = RecencyCFSource(ts.lib, cf_model, tuned[cf_model].best, half_life=hl, liked_boost=boost,
-                                  fitted=fit, max_ease_items=10**9)
+            src = CFSource(ts.lib, cf_model, tuned[cf_model].best, max_ease_items=10**9, fitted=fit,
+                           half_life_events=hl, liked_boost=boost)
             S = score_matrix(src, ts.ctxs, ts.chunk)
             score = _ndcg(S, ts)
             table.append({"stage": "cf_user_vector", "cf_model": cf_model, "cf_half_life": hl,
@@ -250,7 +242,7 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
     # Stage 4: fusion method and weights.
     best: tuple[float, str, float, dict[str, float]] | None = None
     for method, rrf_k in space["fusion"]:
-        contribs = {n: source_contribution(S, ts.exclude, method, rrf_k or 60.0, 200, n == "series")
+        contribs = {n: source_contribution(S, ts.exclude, method, rrf_k or 60.0, 200, n in INDICATOR_SOURCES)
                     for n, S in raw.items()}
 
         def evaluate(w: dict[str, float]) -> float:

@@ -24,6 +24,8 @@ from typing import Any, Mapping
 from .errors import ReadnextError
 
 DEFAULT_HOME = Path.home() / ".readnext"
+FUSION_METHODS = ("score", "rrf")
+SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence")
 
 
 @dataclass
@@ -46,22 +48,48 @@ class ProfileConfig:
 
 @dataclass
 class FusionConfig:
-    """Weighted reciprocal-rank fusion of candidate sources (the hybrid)."""
+    """How the hybrid fuses its candidate sources (see ``retrieval.fusion``).
 
+    Defaults are the values ``readnext eval`` chose on goodbooks' validation split
+    (``eval/results/goodbooks-partial/report.md``); ``readnext eval`` writes the values it tunes
+    for any dataset to ``OUT/tuned-config.toml``, ready to use as a config file.
+    """
+
+    method: str = "score"  # score (weighted per-reader z-scores) | rrf (weighted reciprocal-rank fusion)
     weights: dict[str, float] = field(
-        default_factory=lambda: {"content": 1.0, "cf": 1.0, "popularity": 0.15, "series": 1.0}
+        default_factory=lambda: {"cf": 1.0, "content": 0.2, "popularity": 0.05, "series": 3.0, "sequence": 0.35}
     )
     rrf_k: float = 60.0
-    depth: int = 200  # how deep each source's ranking is read
+    depth: int = 200  # how deep each source's ranking is read (rrf; and which sources "found" a book)
 
 
 @dataclass
 class CFConfig:
-    """The collaborative-filtering model trained at ingest."""
+    """The collaborative-filtering model trained at ingest, and the reader's fold-in row."""
 
     model: str = "auto"  # auto | ease | als | itemknn | bpr ; auto = EASE up to max_ease_items else ALS
     max_ease_items: int = 15000
     params: dict[str, Any] = field(default_factory=dict)
+    # Recency half-life of the reader's row in events (0 or None: all books count alike); ordered data only.
+    half_life_events: float | None = 2.0
+    liked_boost: float = 0.5  # EASE / item-kNN: a book rated r >= 3 counts 1 + liked_boost * (r - 3)
+
+
+@dataclass
+class PopularityConfig:
+    """The popularity source (also the cold-start fallback)."""
+
+    damping: float = 20.0  # pseudo-ratings pulling a book's mean rating toward the global mean
+
+
+@dataclass
+class SequenceConfig:
+    """The sequence source: what readers rated next after the reader's latest books."""
+
+    window: int = 3  # successors up to this many events later count (weight 1 / distance)
+    norm: float = 1.0  # 1: each book's successors form a distribution; 0: raw counts
+    last: int = 5  # how many of the reader's latest books are used
+    half_life: float = 1.0  # in events, among those latest books
 
 
 @dataclass
@@ -102,6 +130,8 @@ class Settings:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     cf: CFConfig = field(default_factory=CFConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    popularity: PopularityConfig = field(default_factory=PopularityConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
 
@@ -143,7 +173,23 @@ class Settings:
         for k, v in overrides.items():
             if v is not None and k != "home":
                 s._apply({k: v} if not isinstance(v, dict) else {k: v}, "argument")
+        s.validate(str(path) if path is not None else "settings")
         return s
+
+    def validate(self, origin: str = "settings") -> None:
+        """Refuse values that would only fail later, deep inside a recommend call."""
+        f = self.fusion
+        if f.method not in FUSION_METHODS:
+            raise ReadnextError(f"{origin}: fusion.method = {f.method!r}; use one of {', '.join(FUSION_METHODS)}")
+        bad = sorted(set(f.weights) - set(SOURCE_NAMES))
+        if bad:
+            raise ReadnextError(f"{origin}: fusion.weights names unknown source(s) {', '.join(bad)}; "
+                                f"sources are {', '.join(SOURCE_NAMES)}")
+        if any(not isinstance(w, (int, float)) or w < 0 for w in f.weights.values()) or \
+                not any(w > 0 for w in f.weights.values()):
+            raise ReadnextError(f"{origin}: fusion.weights must be numbers >= 0, at least one > 0; got {f.weights}")
+        if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
+            raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 
     def _apply(self, data: Mapping[str, Any], origin: str) -> None:
         for key, value in data.items():

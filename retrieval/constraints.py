@@ -18,6 +18,8 @@ DARK_TAGS = {"dark", "horror", "grim", "tragedy", "war", "dystopia", "bleak"}
 
 @dataclass
 class Constraints:
+    """What the reader asked to see more or less of; ``allows`` filters, ``boost`` reweighs."""
+
     include_tags: list[str] = field(default_factory=list)
     exclude_tags: list[str] = field(default_factory=list)
     authors: list[str] = field(default_factory=list)
@@ -28,6 +30,21 @@ class Constraints:
     newer: bool = False
     older: bool = False
     ref_year: int | None = None  # for newer/older relative to a referenced book
+
+    def refined_by(self, new: "Constraints") -> "Constraints":
+        """These constraints with a follow-up request applied ("not fantasy" after "more horror").
+
+        Tags accumulate (a newly excluded tag wins over an earlier include), authors and years
+        are replaced when the follow-up names them, flags stay on once asked for.
+        """
+        exclude = list(dict.fromkeys(self.exclude_tags + new.exclude_tags))
+        include = [t for t in dict.fromkeys(self.include_tags + new.include_tags) if t not in exclude]
+        return Constraints(
+            include_tags=include, exclude_tags=exclude, authors=list(new.authors or self.authors),
+            year_min=new.year_min if new.year_min is not None else self.year_min,
+            year_max=new.year_max if new.year_max is not None else self.year_max,
+            shorter=new.shorter or self.shorter, lighter=new.lighter or self.lighter,
+            newer=new.newer or self.newer, older=new.older or self.older, ref_year=self.ref_year)
 
     def is_empty(self) -> bool:
         return not (self.include_tags or self.exclude_tags or self.authors or self.year_min is not None

@@ -193,7 +193,7 @@ class Index:
 
     def library(self) -> Library:
         return Library(self.books, self.vectors, self.ratings, bool(self.meta["has_timestamps"]), self.to_read,
-                       self.meta["dataset"])
+                       self.meta["dataset"], bool(self.meta.get("ordered", True)))
 
     def cf_model(self):
         """The CF model fitted at ingest (over the rated books only, see CFSource)."""

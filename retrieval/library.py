@@ -33,6 +33,7 @@ class Library:
     has_timestamps: bool = False
     to_read: pd.DataFrame | None = None
     name: str = ""
+    ordered: bool = True  # events carry an order (timestamps or a chronological file)
     index: dict[str, int] = field(init=False)
     user_ids: list[str] = field(init=False)
     user_index: dict[str, int] = field(init=False)
@@ -148,6 +149,29 @@ class Library:
 
     def book(self, book_id: str) -> Book:
         return self.books[self.index[book_id]]
+
+    def history_matrix(self, histories: Sequence[Sequence[Rating]], weight) -> sp.csr_matrix:
+        """Readers x items matrix with ``weight(ratings, ages) -> weights`` per reader's history.
+
+        ``ages`` counts events back from the newest (0 = the last book rated; histories are
+        oldest first); books outside the library are skipped.
+        """
+        rows, cols, vals = [], [], []
+        for i, h in enumerate(histories):
+            known = [r for r in h if r.book_id in self.index]
+            if not known:
+                continue
+            ratings = np.array([r.rating for r in known], dtype=np.float64)
+            ages = np.arange(len(known) - 1, -1, -1, dtype=np.float64)
+            rows.append(np.full(len(known), i))
+            cols.append(np.array([self.index[r.book_id] for r in known], dtype=np.int64))
+            vals.append(weight(ratings, ages))
+        if not rows:
+            return sp.csr_matrix((len(histories), self.n_items))
+        m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                          shape=(len(histories), self.n_items))
+        m.sum_duplicates()
+        return m
 
     def history_row(self, history: Sequence[Rating], confidence) -> sp.csr_matrix:
         """One reader's history as a 1 x items CF input row (unknown books skipped)."""

@@ -28,3 +28,18 @@ def test_bad_config_is_a_clear_error(tmp_path):
     (tmp_path / "config.toml").write_text("[fusion\n")
     with pytest.raises(ReadnextError, match="invalid TOML"):
         Settings.load(home=tmp_path, env={})
+
+
+def test_fusion_and_cf_settings_are_validated_and_reach_the_sources(tmp_path):
+    s = Settings.load(env={"READNEXT_FUSION_METHOD": "rrf", "READNEXT_CF_HALF_LIFE_EVENTS": "0",
+                           "READNEXT_SEQUENCE_LAST": "3"})
+    assert (s.fusion.method, s.cf.half_life_events, s.sequence.last) == ("rrf", 0.0, 3)
+    with pytest.raises(ReadnextError, match="fusion.method"):
+        Settings.load(env={"READNEXT_FUSION_METHOD": "borda"})
+    with pytest.raises(ReadnextError, match="unknown source.*contnet"):
+        Settings.load(env={"READNEXT_FUSION_WEIGHTS": '{"contnet": 1.0}'})
+    with pytest.raises(ReadnextError, match="at least one > 0"):
+        Settings.load(env={"READNEXT_FUSION_WEIGHTS": '{"cf": 0}'})
+    (tmp_path / "config.toml").write_text("[cf]\nhalf_life_events = -2.0\n")
+    with pytest.raises(ReadnextError, match="config.toml: cf.half_life_events"):
+        Settings.load(home=tmp_path, env={})

@@ -19,10 +19,11 @@ import pytest
 
 from assistant.cli import main
 from eval.metrics import rank_scores
-from eval.models import SequenceSource, _RRFHybrid, build_model, top_k_matrix
+from eval.models import build_model
 from eval.runner import SAMPLED_WARNING
 from retrieval.library import Library
-from retrieval.sources import HybridSource
+from retrieval.fusion import top_k_matrix
+from retrieval.sources import HybridSource, SequenceSource, top_k
 from retrieval.types import Book, Rating, UserContext
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "goodbooks-sample"
@@ -229,18 +230,42 @@ def test_sequence_source_counts_successors_by_hand():
     assert np.all(np.isneginf(src.score(UserContext("new", [Rating("new", "b2", 5.0, 0.0)]))))  # no successor
 
 
-def test_vectorised_rrf_matches_the_live_hybrid():
+def _toy_hybrid(method: str) -> tuple[Library, HybridSource, list[UserContext]]:
     lib = _toy_library()
     srcs = {"cf": build_model("ease", lib, {"l2": 1.0}), "content": build_model("content", lib, {}),
             "popularity": build_model("popularity", lib, {})}
     weights = {"cf": 1.0, "content": 0.5, "popularity": 0.2}
     ctxs = [UserContext(u, lib.history(u)) for u in ("u1", "u2", "u3", "u4")]
     ctxs.append(UserContext("new", [Rating("new", "b4", 4.0, 0.0)]))
-    # depth = catalog size: retrieval.sources.top_k breaks ties at its cut-off arbitrarily
-    # (argpartition), while eval breaks them by lower index, so a shallower depth could differ on ties.
-    live = HybridSource(lib, srcs, weights, rrf_k=5.0, depth=6)
-    ours = _RRFHybrid(lib, srcs, weights, rrf_k=5.0, depth=6)
-    np.testing.assert_allclose(ours.score_batch(ctxs), np.vstack([live.score(c) for c in ctxs]))
+    # depth = catalog size: retrieval.sources.top_k and top_k_matrix break exact ties the same
+    # way (lower index), but a shallow RRF depth would make the tie at the cut-off matter.
+    return lib, HybridSource(lib, srcs, weights, rrf_k=5.0, depth=6, method=method), ctxs
+
+
+def test_rrf_fusion_is_the_hand_computed_sum():
+    lib, hybrid, ctxs = _toy_hybrid("rrf")
+    for c in ctxs:
+        want = np.zeros(lib.n_items)
+        found = np.zeros(lib.n_items, dtype=bool)
+        for n, src in hybrid.sources.items():
+            for rank, i in enumerate(top_k(src.score(c), 6, hybrid.exclude_idx(c)), start=1):
+                want[i] += hybrid.weights[n] / (5.0 + rank)
+                found[i] = True
+        want[~found] = -np.inf
+        np.testing.assert_allclose(hybrid.score(c), want)
+
+
+@pytest.mark.parametrize("method", ["score", "rrf"])
+def test_live_candidates_follow_the_batch_scores_eval_ranks(method):
+    """What `readnext recommend` returns (candidates, one reader) is what eval ranks (score_batch)."""
+    lib, hybrid, ctxs = _toy_hybrid(method)
+    S = hybrid.score_batch(ctxs)
+    excl = hybrid.exclude_mask(ctxs)
+    idx, valid = top_k_matrix(S, excl, 3)
+    for i, c in enumerate(ctxs):
+        got = [x.book_id for x in hybrid.candidates(c, 3)]
+        assert got == [lib.books[j].book_id for j in idx[i][valid[i]]]
+        assert not {r.book_id for r in c.history} & set(got)
 
 
 def test_top_k_matrix_matches_rank_scores():
@@ -254,3 +279,30 @@ def test_top_k_matrix_matches_rank_scores():
         idx, valid = top_k_matrix(S, excl, k)
         for i in range(n):
             assert idx[i][valid[i]].tolist() == list(rank_scores(S[i], None, k, excl[i]))
+
+
+def test_tuned_config_makes_the_live_hybrid_rank_as_eval_did(sample_run):
+    """`OUT/tuned-config.toml` + the live source builder reproduce eval's hybrid rankings exactly."""
+    from eval.runner import EvalConfig, prepare
+    from retrieval.config import Settings
+    from retrieval.sources import build_sources
+
+    out, _ = sample_run
+    settings = Settings.load(config_file=out / "tuned-config.toml", env={})
+    m = json.loads((out / "metrics.json").read_text())
+    best = m["tuning"]["hybrid"]["best"]
+    assert settings.fusion.method == best["method"] and settings.cf.model == best["cf_model"]
+    assert settings.fusion.weights == {n: w for n, w in best["weights"].items() if w > 0}
+    cfg = EvalConfig(dataset=str(SAMPLE), users=300, seed=7, quick=True, cache_dir=str(CACHE), progress=False,
+                     verbose=False)
+    prep = prepare(cfg, settings)
+    live = build_sources(prep.lib, settings.fusion, settings.cf, settings.profile, sequence=settings.sequence,
+                         popularity=settings.popularity)["hybrid"]
+    want = {x["user_id"]: x["rankings"]["hybrid"] for x in _lines(out / "rankings.jsonl")}
+    ctxs = prep.main[:80]
+    idx, valid = top_k_matrix(live.score_batch(ctxs), live.exclude_mask(ctxs), 20)
+    for c, row, ok in zip(ctxs, idx, valid):
+        assert [prep.lib.books[j].book_id for j in row[ok]] == want[c.user_id], c.user_id
+    # and one reader through the chat/CLI path (candidates with evidence), not just the batch scorer
+    c = ctxs[0]
+    assert [x.book_id for x in live.candidates(c, 10)] == want[c.user_id][:10]
