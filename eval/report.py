@@ -114,8 +114,10 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
           f"- Cut-offs K = {', '.join(map(str, ks))}. 95% percentile bootstrap CIs over readers "
           f"({p.get('bootstrap', {}).get('n_boot')} resamples). Significance: {p.get('significance_test')}.",
           f"- Tuning: every model's grid is searched on a validation split carved from the training part only "
-          f"({p.get('validation', {}).get('method')} holdout of the last {p.get('holdout', 0.2):.0%} of each training "
-          f"history; {_num(p.get('validation', {}).get('validation_readers'))} seeded warm validation readers), "
+          + (f"(temporal holdout of the last {p.get('holdout', 0.2):.0%} of each training history; "
+             if p.get('validation', {}).get('method') == "temporal" else
+             f"(seeded random holdout of {p.get('holdout', 0.2):.0%} of each training history; ")
+          + f"{_num(p.get('validation', {}).get('validation_readers'))} seeded warm validation readers), "
           "best ndcg@10. The test split is used once, for the tables below.",
           f"- To-read shelves: {p.get('to_read')}."]
     if p.get("users_subset"):

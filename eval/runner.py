@@ -250,7 +250,8 @@ def prepare(cfg: EvalConfig, settings: Settings) -> Prepared:
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else settings.home / "cache"
     vectors = _embed(catalog, settings, cache_dir, given, cfg.progress)
     train = split.train.reset_index(drop=True)
-    lib = Library(catalog, vectors, train, ds.has_timestamps, None, ds.name)
+    # ordered: the training rows carry an event order (what the live index records in its meta)
+    lib = Library(catalog, vectors, train, ds.has_timestamps, None, ds.name, split.method == "temporal")
 
     rel = relevant_items(split.test, cfg.relevant)
     test_users = _subset(list(rel), cfg.users, cfg.seed, 1)
@@ -276,7 +277,7 @@ def tuning_set(prep: Prepared, cfg: EvalConfig) -> tuple[TuningSet, dict[str, An
     """Validation readers: the last share of each training history, carved from training only."""
     val = validation_split(prep.split, frac=cfg.holdout, min_test=1, seed=cfg.seed)
     lib = Library(prep.lib.books, prep.lib.vectors, val.train.reset_index(drop=True), prep.lib.has_timestamps,
-                  None, prep.lib.name)
+                  None, prep.lib.name, prep.lib.ordered)
     rel = relevant_items(val.test, cfg.relevant)
     counts = val.train["user_id"].value_counts()
     warm = [u for u, r in rel.items() if r and counts.get(u, 0) >= cfg.cold_threshold]

@@ -67,7 +67,7 @@ class FusionConfig:
 class CFConfig:
     """The collaborative-filtering model trained at ingest, and the reader's fold-in row."""
 
-    model: str = "auto"  # auto | ease | als | itemknn | bpr ; auto = EASE up to max_ease_items else ALS
+    model: str = "auto"  # auto | ease | als | itemknn | bpr ; auto = EASE up to max_ease_items else item-kNN
     max_ease_items: int = 15000
     params: dict[str, Any] = field(default_factory=dict)
     # Recency half-life of the reader's row in events (0 or None: all books count alike); ordered data only.

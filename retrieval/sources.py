@@ -202,7 +202,8 @@ class CFSource(CandidateSource):
         self.active = np.flatnonzero(lib.pop_count > 0)
         n_active = len(self.active)
         if model == "auto":
-            model = "ease" if n_active <= max_ease_items else "als"
+            # beyond EASE's dense inverse, item-kNN: on Book-Crossing (36k books) it beat ALS untuned and tuned
+            model = "ease" if n_active <= max_ease_items else "itemknn"
         self.model_name = model
         self.half_life_events = half_life_events
         self.liked_boost = float(liked_boost)
