@@ -20,27 +20,22 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.config import ProfileConfig
+from retrieval.config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, SequenceConfig
 from retrieval.library import Library
-from retrieval.sources import (
-    CandidateSource,
-    CFSource,
-    ContentSource,
-    HybridSource,
-    PopularitySource,
-    SeriesSource,
-    SequenceSource,
-)
+from retrieval.registry import BuildDeps, build_source, section_configs, source_names
+from retrieval.registry import build_hybrid as registry_hybrid
+from retrieval.registry import build_sources as registry_sources
+from retrieval.sources import CandidateSource, HybridSource
 
 __all__ = [
     "ALL_MODELS",
     "CF_MODELS",
     "GRIDS",
-    "HYBRID_SOURCES",
     "QUICK_GRIDS",
     "SINGLE_MODELS",
     "build_hybrid",
     "build_model",
+    "hybrid_configs",
     "hybrid_sources",
     "tuned_config_toml",
 ]
@@ -48,7 +43,7 @@ __all__ = [
 SINGLE_MODELS = ("popularity", "itemknn", "als", "bpr", "ease", "content")
 CF_MODELS = ("itemknn", "als", "bpr", "ease")
 ALL_MODELS = (*SINGLE_MODELS, "hybrid", "hybrid+llm")
-HYBRID_SOURCES = ("cf", "content", "popularity", "series", "sequence")
+# The hybrid's sources are the registry's (retrieval.registry.source_names()), not a list here.
 
 # Hyper-parameter grids, searched exhaustively on the validation split (best ndcg@10).
 # Ranges follow each model's usual good region; EASE's l2 and ALS's ridge scale with the number
@@ -78,72 +73,91 @@ QUICK_GRIDS: dict[str, list[dict[str, Any]]] = {
 # --------------------------------------------------------------------------- builders
 
 
+def _profile_config(p: Mapping[str, Any]) -> ProfileConfig:
+    cfg = ProfileConfig(half_life_events=float(p.get("half_life_events", 40.0)), pivot=float(p.get("pivot", 2.5)))
+    if "half_life_days" in p:
+        cfg.half_life_days = float(p["half_life_days"])
+    return cfg
+
+
+def _cf_params(name: str, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    p = dict(params)
+    if name in ("als", "bpr"):
+        p.setdefault("seed", seed)
+    return p
+
+
 def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 0) -> CandidateSource:
     """A single-source model ``name`` (one of :data:`SINGLE_MODELS`) fitted on ``lib``.
 
-    ``params`` is one point of the model's grid; ALS and BPR also get ``seed``.
+    ``params`` is one point of the model's grid; ALS and BPR also get ``seed``. Built by the
+    registry's factory (:func:`retrieval.registry.build_source`), as the product builds sources;
+    a CF peer scores the plain confidence row (no recency weighting), as published.
     """
-    p = dict(params)
     if name == "popularity":
-        src: CandidateSource = PopularitySource(lib, damping=float(p.get("damping", 20.0)))
+        src = build_source("popularity", lib, PopularityConfig(damping=float(params.get("damping", 20.0))))
     elif name == "content":
-        cfg = ProfileConfig(half_life_events=float(p.get("half_life_events", 40.0)),
-                            pivot=float(p.get("pivot", 2.5)))
-        if "half_life_days" in p:
-            cfg.half_life_days = float(p["half_life_days"])
-        src = ContentSource(lib, cfg)
+        src = build_source("content", lib, _profile_config(params))
     elif name in CF_MODELS:
-        if name in ("als", "bpr"):
-            p.setdefault("seed", seed)
-        src = CFSource(lib, name, p, max_ease_items=10**9, name=name)
+        cfg = CFConfig(model=name, params=_cf_params(name, params, seed), max_ease_items=10**9,
+                       half_life_events=None, liked_boost=0.0)
+        src = build_source("cf", lib, cfg)
     else:
         raise ValueError(f"build_model: unknown model {name!r}; choose one of {', '.join(SINGLE_MODELS)}")
     src.name = name
     return src
 
 
+def hybrid_configs(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
+                   seed: int = 0) -> tuple[dict[str, Any], FusionConfig]:
+    """The per-source configs and fusion config of the hybrid for tuned ``params``.
+
+    One translation from eval's tuned values to the product's settings: :func:`build_hybrid`
+    builds from it and :func:`tuned_config_toml` writes it, so the live hybrid ranks as eval's.
+    ``params`` keys: ``cf_model``, ``cf_half_life``, ``cf_liked_boost`` (the CF user vector, see
+    :class:`~retrieval.sources.CFSource`), ``sequence`` (:class:`~retrieval.config.SequenceConfig`
+    fields, or None to leave it out), ``method``, ``rrf_k``, ``depth``, ``weights``.
+    """
+    cf_name = params["cf_model"]
+    configs = section_configs(None)
+    configs["cf"] = CFConfig(model=cf_name, params=_cf_params(cf_name, tuned.get(cf_name, {}), seed),
+                             max_ease_items=10**9, half_life_events=params.get("cf_half_life"),
+                             liked_boost=float(params.get("cf_liked_boost", 0.0)))
+    configs["content"] = _profile_config(tuned.get("content", {}))
+    if "damping" in tuned.get("popularity", {}):
+        configs["popularity"] = PopularityConfig(damping=float(tuned["popularity"]["damping"]))
+    if params.get("sequence"):
+        configs["sequence"] = SequenceConfig(**params["sequence"])
+    # the hybrid ignores weights of sources it does not have (no sequence variant chosen)
+    fusion = FusionConfig(method=params.get("method", "score"),
+                          weights={n: float(w) for n, w in params.get("weights", {"cf": 1.0}).items()},
+                          rrf_k=float(params.get("rrf_k", 60.0)), depth=int(params.get("depth", 200)))
+    return configs, fusion
+
+
 def hybrid_sources(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
                    seed: int = 0, fitted: Mapping[str, CandidateSource] | None = None) -> dict[str, CandidateSource]:
     """The hybrid's component sources for hybrid ``params`` and the tuned single-model settings.
 
-    ``params`` keys: ``cf_model`` (one of :data:`CF_MODELS`), ``cf_half_life``,
-    ``cf_liked_boost`` (the CF user vector, see :class:`~retrieval.sources.CFSource`),
-    ``sequence`` (kwargs of :class:`~retrieval.sources.SequenceSource`, or None to leave it
-    out). ``fitted`` may supply already-fitted single models (by model name) to reuse their fits.
+    Every registered source that applies to ``lib`` (the sequence source when ``params`` names
+    one), built by the registry's factory. ``fitted`` may supply already-fitted single models
+    (by model name) to reuse their CF fit.
     """
-    cf_name = params["cf_model"]
-    cf_params = dict(tuned.get(cf_name, {}))
-    if cf_name in ("als", "bpr"):
-        cf_params.setdefault("seed", seed)
-    pre = (fitted or {}).get(cf_name)
-    cf = CFSource(lib, cf_name, cf_params, max_ease_items=10**9, fitted=getattr(pre, "model", None), name="cf",
-                  half_life_events=params.get("cf_half_life"), liked_boost=float(params.get("cf_liked_boost", 0.0)))
-    srcs: dict[str, CandidateSource] = {
-        "cf": cf,
-        "content": (fitted or {}).get("content") or build_model("content", lib, tuned.get("content", {}), seed),
-        "popularity": (fitted or {}).get("popularity") or build_model("popularity", lib, tuned.get("popularity", {}), seed),
-        "series": SeriesSource(lib),
-    }
-    if params.get("sequence"):
-        srcs["sequence"] = SequenceSource(lib, **params["sequence"])
-    for n, s in srcs.items():
-        s.name = n
+    configs, _ = hybrid_configs(params, tuned, seed)
+    pre = (fitted or {}).get(params["cf_model"])
+    deps = BuildDeps(fitted={"cf": getattr(pre, "model", None)}, seed=seed)
+    # every source on (weight 1) so each gets built; the weights that count are the fusion's
+    on = FusionConfig(weights={n: 1.0 for n in source_names() if n != "sequence" or params.get("sequence")})
+    srcs = registry_sources(lib, configs=configs, fusion=on, deps=deps)
+    srcs.pop("hybrid")
     return srcs
 
 
 def build_hybrid(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
                  seed: int = 0, fitted: Mapping[str, CandidateSource] | None = None) -> HybridSource:
-    """The live :class:`~retrieval.sources.HybridSource` for tuned ``params``.
-
-    ``params``: see :func:`hybrid_sources`, plus ``method`` (score | rrf), ``rrf_k``, ``depth``
-    and ``weights``.
-    """
-    srcs = hybrid_sources(lib, params, tuned, seed, fitted)
-    weights = {n: float(w) for n, w in params["weights"].items() if n in srcs}
-    h = HybridSource(lib, srcs, weights, float(params.get("rrf_k", 60.0)), int(params.get("depth", 200)),
-                     params.get("method", "score"))
-    h.name = "hybrid"
-    return h
+    """The live :class:`~retrieval.sources.HybridSource` for tuned ``params`` (see :func:`hybrid_configs`)."""
+    _, fusion = hybrid_configs(params, tuned, seed)
+    return registry_hybrid(lib, hybrid_sources(lib, params, tuned, seed, fitted), fusion)
 
 
 def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]], label: str,

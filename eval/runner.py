@@ -42,6 +42,7 @@ from retrieval.data import Dataset, detect_format, load_dataset, load_demo
 from retrieval.errors import DataError, ReadnextError
 from retrieval.fusion import fuse_matrices, top_k_matrix
 from retrieval.library import Library
+from retrieval.ranking import rank_matrix
 from retrieval.sources import CandidateSource, HybridSource
 from retrieval.types import Book, UserContext
 
@@ -306,8 +307,9 @@ def _exclude(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
     return m
 
 
-def _rank_rows(lib: Library, S: np.ndarray, exclude: np.ndarray, k: int) -> list[list[str]]:
-    idx, valid = top_k_matrix(S, exclude, k)
+def _rank_rows(lib: Library, S: np.ndarray, ctxs: Sequence[UserContext], k: int,
+               series_order: bool = False) -> list[list[str]]:
+    idx, valid, _ = rank_matrix(lib, S, ctxs, k, series_order=series_order)
     ids = [b.book_id for b in lib.books]
     return [[ids[j] for j in row[ok]] for row, ok in zip(idx, valid)]
 
@@ -364,9 +366,10 @@ class _Run:
 
 
 def _score_model(model: CandidateSource, prep: Prepared, kmax: int, sampler: _Sampler | None, progress: bool,
-                 desc: str, extra=None) -> _Run:
-    """Rank the full catalog for every main and cold reader; ``extra(chunk, per_source, S, excl, slice)``
-    lets the hybrid reuse its per-source matrices for ablations."""
+                 desc: str, extra=None, series_order: bool = False) -> _Run:
+    """Rank the full catalog for every main and cold reader through the product's rank path
+    (:func:`retrieval.ranking.rank_matrix`; ``series_order`` for readnext's own models);
+    ``extra(chunk, per_source, excl, slice)`` lets the hybrid reuse its per-source matrices for ablations."""
     run = _Run()
     t = time.perf_counter()
     size = _chunk(prep.lib.n_items)
@@ -378,7 +381,7 @@ def _score_model(model: CandidateSource, prep: Prepared, kmax: int, sampler: _Sa
             per = model.source_scores(chunk) if extra is not None else None
             S = model.fuse(per, chunk) if per is not None else model.score_batch(chunk)
             excl = _exclude(prep.lib, chunk)
-            for c, ranking in zip(chunk, _rank_rows(prep.lib, S, excl, kmax)):
+            for c, ranking in zip(chunk, _rank_rows(prep.lib, S, chunk, kmax, series_order)):
                 out[c.user_id] = ranking
             if sampler is not None and slice_name == "main":
                 for i, c in enumerate(chunk):

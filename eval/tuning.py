@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from retrieval.fusion import INDICATOR_SOURCES, combine, source_contribution, top_k_matrix
+from retrieval.fusion import combine, source_contribution, top_k_matrix
 from retrieval.library import Library
 from retrieval.sources import CandidateSource, CFSource, SequenceSource
 from retrieval.types import UserContext
@@ -242,7 +242,7 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
     # Stage 4: fusion method and weights.
     best: tuple[float, str, float, dict[str, float]] | None = None
     for method, rrf_k in space["fusion"]:
-        contribs = {n: source_contribution(S, ts.exclude, method, rrf_k or 60.0, 200, n in INDICATOR_SOURCES)
+        contribs = {n: source_contribution(S, ts.exclude, method, rrf_k or 60.0, 200, srcs[n].indicator)
                     for n, S in raw.items()}
 
         def evaluate(w: dict[str, float]) -> float:
