@@ -406,16 +406,8 @@ class Recommender:
     # -- LLM stages -------------------------------------------------------------------------------
 
     def _history_books(self, ctx: UserContext, n: int = 8) -> list[tuple[Book, float]]:
-        """The reader's best and most recent books, for prompts."""
-        hist = [r for r in ctx.history if r.book_id in self.books]
-        recent = hist[-n:]
-        best = sorted(hist, key=lambda r: -r.rating)[:n]
-        seen, out = set(), []
-        for r in best[: n // 2] + list(reversed(recent)):
-            if r.book_id not in seen and len(out) < n:
-                seen.add(r.book_id)
-                out.append((self.books[r.book_id], r.rating))
-        return out
+        """The reader's best and most recent books, for prompts (see :func:`prompt_history`)."""
+        return prompt_history(ctx.history, self.books, n)
 
     def _rerank(self, ctx: UserContext, cands: list[Candidate], notes: list[str]):
         llm = self.llm
@@ -471,6 +463,22 @@ class Recommender:
             r.explanation, r.blurb, r.explanation_source = res.why, res.blurb, "llm"
         else:
             r.rejected_reason = res.rejected_reason
+
+
+def prompt_history(history: Sequence[Rating], books: dict[str, Book], n: int = 8) -> list[tuple[Book, float]]:
+    """The reader's best and most recent books (at most ``n``), as the LLM prompts see them.
+
+    Used by the live reranker and explainer and by eval's LLM stage, so both prompt alike.
+    """
+    hist = [r for r in history if r.book_id in books]
+    recent = hist[-n:]
+    best = sorted(hist, key=lambda r: -r.rating)[:n]
+    seen, out = set(), []
+    for r in best[: n // 2] + list(reversed(recent)):
+        if r.book_id not in seen and len(out) < n:
+            seen.add(r.book_id)
+            out.append((books[r.book_id], r.rating))
+    return out
 
 
 class _LazyStore:
