@@ -280,6 +280,9 @@ def protocol_dict(cfg: EvalConfig, prep: Prepared, ks: Sequence[int], val_desc: 
         "relevant_threshold": cfg.relevant, "ks": list(ks), "ranking": "full catalog",
         "catalog": ("books with at least one rating in the data" if cfg.catalog == "rated" else "every catalog book"),
         "exclude": "the reader's training books",
+        "series_order": ("readnext's own models (hybrid, its ablations, hybrid+llm) rank through the product's rank "
+                         "path (retrieval.ranking), which never offers volume n > 1 of a series whose volume n-1 the "
+                         "reader has not read; the peers rank as published (exclusions and top-k only)"),
         "cold_start_threshold": cfg.cold_threshold,
         "main_slice": f"test readers with >= {cfg.cold_threshold} training ratings and >= 1 relevant held-out book",
         "users_subset": cfg.users, "models": list(models), "skipped_models": dict(skipped),

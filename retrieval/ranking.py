@@ -55,7 +55,8 @@ class Ranked:
     def book_ids(self, lib: Library) -> list[str]:
         return [lib.books[i].book_id for i in self.items]
 
-    def candidates(self, source: CandidateSource, ctx: UserContext | None = None) -> list[Candidate]:
+    def candidates(self, source: CandidateSource,
+                   ctx: UserContext | None = None) -> list[Candidate]:
         """The evidence step: ``Candidate`` (book, score, found-by sources, evidence) per item."""
         ctx = ctx or self.ctx
         items = [int(i) for i in self.items]
@@ -119,15 +120,16 @@ def rank_matrix(lib: Library, S: np.ndarray, ctxs: Sequence[UserContext], k: int
 
 
 def _scores(source: CandidateSource, ctxs: Sequence[UserContext]):
-    """The source's score matrix and, for a hybrid, its per-source matrices (reused for evidence)."""
+    """The source's score matrix and, for a hybrid, its per-source matrices (reused later)."""
     if hasattr(source, "source_scores") and hasattr(source, "fuse"):
         per = source.source_scores(ctxs)  # type: ignore[attr-defined]
         return source.fuse(per, ctxs), per  # type: ignore[attr-defined]
     return source.score_batch(ctxs), None
 
 
-def rank(source: CandidateSource, ctxs: Sequence[UserContext], k: int, constraints: Constraints | None = None,
-         series_order: bool = True, scores: np.ndarray | None = None) -> list[Ranked]:
+def rank(source: CandidateSource, ctxs: Sequence[UserContext], k: int,
+         constraints: Constraints | None = None, series_order: bool = True,
+         scores: np.ndarray | None = None) -> list[Ranked]:
     """Rank the catalog for many readers with ``source`` (batched; ``scores`` = precomputed).
 
     Args:
@@ -157,8 +159,8 @@ def rank(source: CandidateSource, ctxs: Sequence[UserContext], k: int, constrain
     return out
 
 
-def rank_one(source: CandidateSource, ctx: UserContext, k: int, constraints: Constraints | None = None,
-             series_order: bool = True) -> Ranked:
+def rank_one(source: CandidateSource, ctx: UserContext, k: int,
+             constraints: Constraints | None = None, series_order: bool = True) -> Ranked:
     """:func:`rank` for one reader (the live path): the same arithmetic, a batch of one."""
     return rank(source, [ctx], k, constraints, series_order)[0]
 

@@ -25,7 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, SequenceConfig, SeriesConfig
+from .config import (
+    CFConfig,
+    FusionConfig,
+    PopularityConfig,
+    ProfileConfig,
+    SequenceConfig,
+    SeriesConfig,
+)
 from .library import Library
 
 __all__ = ["BuildDeps", "SOURCES", "SourceSpec", "build_hybrid", "build_source", "build_sources",
@@ -61,7 +68,8 @@ class SourceSpec:
     def available(self, lib: Library) -> str | None:
         """``None`` when the source can be built on ``lib``, else why not (one line)."""
         if self.needs_order and not lib.ordered:
-            return f"{self.name}: the ratings carry no event order (no timestamps, no documented row order)"
+            return (f"{self.name}: the ratings carry no event order "
+                    "(no timestamps, no documented row order)")
         return None
 
 
@@ -102,7 +110,7 @@ SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
     SourceSpec("content", "profile", ProfileConfig, _content,
                summary="embedding similarity of the reader's profile (and request) to each book"),
     SourceSpec("cf", "cf", CFConfig, _cf,
-               summary="collaborative filtering (EASE / ALS / item-kNN / BPR) with a weighted reader row"),
+               summary="collaborative filtering (EASE, ALS, item-kNN, BPR), weighted row"),
     SourceSpec("popularity", "popularity", PopularityConfig, _popularity,
                summary="most-rated books, damped mean rating as a tie-breaker"),
     SourceSpec("series", "series", SeriesConfig, _series,
@@ -134,7 +142,8 @@ def build_source(name: str, lib: Library, config: Any = None, deps: BuildDeps | 
         raise ValueError(f"unknown source {name!r}; sources are {', '.join(SOURCES)}")
     cfg = spec.config() if config is None else config
     if not isinstance(cfg, spec.config):
-        raise ValueError(f"source {name}: config must be a {spec.config.__name__}, got {type(cfg).__name__}")
+        raise ValueError(f"source {name}: config must be a {spec.config.__name__}, "
+                         f"got {type(cfg).__name__}")
     why = spec.available(lib)
     if why:
         raise ValueError(why)
@@ -148,8 +157,8 @@ def build_hybrid(lib: Library, sources: Mapping[str, Any], fusion: FusionConfig 
     from .sources import HybridSource
 
     f = fusion or FusionConfig()
-    h = HybridSource(lib, sources, {n: w for n, w in f.weights.items() if n in sources}, f.rrf_k, f.depth,
-                     f.method)
+    weights = {n: w for n, w in f.weights.items() if n in sources}
+    h = HybridSource(lib, sources, weights, f.rrf_k, f.depth, f.method)
     h.name = "hybrid"
     return h
 

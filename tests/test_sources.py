@@ -27,7 +27,7 @@ NAMES = [*source_names(), "hybrid"]
 
 @pytest.fixture(scope="module")
 def world(demo_home):
-    """(library, settings, deps, readers): the demo index and a mix of readers, cold ones included."""
+    """(library, settings, deps, readers): the demo index and a mix of readers, cold ones too."""
     idx = Index.open(demo_home)
     lib = idx.library()
     settings = Settings.load(home=demo_home, env={})
@@ -42,7 +42,8 @@ def world(demo_home):
         UserContext("cold"),  # nothing read, no request
         UserContext("asks", query="a funny fantasy with dragons"),  # a request only
         UserContext("short", [Rating("short", lib.books[3].book_id, 5.0, 0.0)]),  # one book
-        UserContext(first.user_id, first.history, exclude={lib.books[0].book_id, lib.books[1].book_id}),
+        UserContext(first.user_id, first.history,
+                    exclude={lib.books[0].book_id, lib.books[1].book_id}),
     ]
     return lib, settings, deps, readers
 
@@ -76,7 +77,8 @@ def test_batch_scores_equal_single_scores(name, world):
     for i, c in enumerate(readers):
         one = src.score(c)
         np.testing.assert_array_equal(np.isfinite(one), np.isfinite(S[i]))
-        np.testing.assert_allclose(one[np.isfinite(one)], S[i][np.isfinite(S[i])], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(one[np.isfinite(one)], S[i][np.isfinite(S[i])],
+                                   rtol=1e-5, atol=1e-6)
     batched = rank(src, readers, 20)
     for c, r in zip(readers, batched):
         assert rank_one(src, c, 20).items.tolist() == r.items.tolist()
@@ -98,7 +100,8 @@ def test_rankings_exclude_rated_and_dismissed_books_and_keep_series_order(name, 
         ids = r.book_ids(lib)
         assert len(ids) == len(set(ids))
         assert not set(ids) & ({h.book_id for h in c.history} | c.exclude), (name, c.user_id)
-        blocked = series_filter(ids, [h.book_id for h in c.history], lib.by_id, index=lib.series_index)
+        read = [h.book_id for h in c.history]
+        blocked = series_filter(ids, read, lib.by_id, index=lib.series_index)
         assert not blocked, f"{name} offers {sorted(blocked)} to {c.user_id} out of series order"
         assert np.all(np.diff(r.scores) <= 0)  # best first
 
@@ -121,7 +124,8 @@ def test_evidence_of_the_top_picks_verifies_against_the_data(name, world):
 def test_config_is_a_validated_dataclass_with_defaults(name, world):
     lib = world[0]
     spec = SOURCES[name]
-    assert dataclasses.is_dataclass(spec.config) and callable(getattr(spec.config, "validate", None))
+    assert dataclasses.is_dataclass(spec.config)
+    assert callable(getattr(spec.config, "validate", None))
     spec.config().validate(spec.section)  # the defaults are valid
     assert isinstance(getattr(Settings(), spec.section), spec.config)  # overridable in the TOML
     with pytest.raises(ValueError, match="config must be"):
@@ -132,7 +136,8 @@ def test_config_is_a_validated_dataclass_with_defaults(name, world):
     ("cf", "model", "svd"), ("cf", "liked_boost", -1.0), ("popularity", "damping", -5.0),
     ("series", "liked_threshold", 9.0), ("sequence", "window", 0), ("content", "query_weight", 1.5),
 ])
-def test_a_bad_source_setting_is_refused_on_construction_and_in_the_toml(name, field, bad, world, tmp_path):
+def test_a_bad_source_setting_is_refused_on_construction_and_in_the_toml(name, field, bad, world,
+                                                                         tmp_path):
     lib = world[0]
     spec = SOURCES[name]
     cfg = dataclasses.replace(spec.config(), **{field: bad})
