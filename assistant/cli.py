@@ -200,7 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--user")
     a.add_argument("--query")
     a.add_argument("-k", type=int, default=10)
-    a.add_argument("--source", default="hybrid", choices=["hybrid", "content", "cf", "popularity", "series", "sequence"],
+    from retrieval.registry import source_names
+
+    a.add_argument("--source", default="hybrid", choices=["hybrid", *source_names()],
                    help="candidate source (sequence: only for data with an order of events)")
     a.add_argument("--rerank", choices=["llm"], help="rerank the top candidates with the LLM")
     a.add_argument("--llm", help="LLM backend: none | local | HF model id or path | http://host:port/v1")

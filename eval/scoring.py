@@ -8,6 +8,7 @@ series reading order; the published peers rank as published (exclusions and top-
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -169,12 +170,12 @@ def ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mappin
     untuned product is from the tuned hybrid. Every variant but the one without it ranks with
     the series order, as the product does.
     """
-    from retrieval.registry import build_sources
-    from retrieval.sources import CFSource
+    from retrieval.registry import BuildDeps, build_source, build_sources
 
     weights = dict(params["weights"])
     cf = hybrid.sources["cf"]
-    plain = CFSource(prep.lib, cf.model_name, None, fitted=cf.model, max_ease_items=10**9)  # type: ignore[attr-defined]
+    plain_cfg = dataclasses.replace(cf.config, half_life_events=None, liked_boost=0.0)
+    plain = build_source("cf", prep.lib, plain_cfg, BuildDeps(fitted={"cf": cf.model}))  # type: ignore[attr-defined]
     shipped = build_sources(prep.lib)["hybrid"]
     variants: dict[str, Any] = {}
     for n, w in weights.items():

@@ -31,7 +31,9 @@ from tqdm.auto import tqdm
 from retrieval.fusion import combine, source_contribution, top_k_matrix
 from retrieval.library import Library
 from retrieval.ranking import series_mask
-from retrieval.sources import CandidateSource, CFSource, SequenceSource
+from retrieval.config import CFConfig, SequenceConfig
+from retrieval.registry import BuildDeps, build_source
+from retrieval.sources import CandidateSource
 from retrieval.types import UserContext
 
 from .metrics import ndcg_from_hits
@@ -216,8 +218,9 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
             variants = [(None, 0.0)]
         fit = getattr(tuned[cf_model].model, "model", None)
         for hl, boost in variants:
-            src = CFSource(ts.lib, cf_model, tuned[cf_model].best, max_ease_items=10**9, fitted=fit,
+            cfg = CFConfig(model=cf_model, params=dict(tuned[cf_model].best), max_ease_items=10**9,
                            half_life_events=hl, liked_boost=boost)
+            src = build_source("cf", ts.lib, cfg, BuildDeps(fitted={"cf": fit}))
             S = score_matrix(src, ts.ctxs, ts.chunk)
             score = _ndcg(S, ts)
             table.append({"stage": "cf_user_vector", "cf_model": cf_model, "cf_half_life": hl,
@@ -232,7 +235,7 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
     for variant in space["sequence"] if ordered else [None]:
         if variant is None:
             continue
-        S = score_matrix(SequenceSource(ts.lib, **variant), ts.ctxs, ts.chunk)
+        S = score_matrix(build_source("sequence", ts.lib, SequenceConfig(**variant)), ts.ctxs, ts.chunk)
         score = _ndcg(S, ts)
         table.append({"stage": "sequence", "params": variant, "ndcg@10": round(score, 6)})
         if score > seq_best[0] + 1e-9:
