@@ -14,6 +14,7 @@ from the tuned settings; what the report measures is what ``readnext recommend``
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ import scipy.sparse as sp
 
 from retrieval.config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, SequenceConfig
 from retrieval.library import Library
-from retrieval.registry import BuildDeps, build_source, section_configs, source_names
+from retrieval.registry import SOURCES, BuildDeps, build_source, section_configs, source_names
 from retrieval.registry import build_hybrid as registry_hybrid
 from retrieval.registry import build_sources as registry_sources
 from retrieval.sources import CandidateSource, HybridSource
@@ -164,9 +165,10 @@ def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str
                       seed: int = 0) -> str:
     """A ``readnext`` config file (TOML) that makes the live hybrid the tuned one.
 
-    Every setting the tuned hybrid depends on: fusion, the CF model with its parameters (and
-    ``seed`` for ALS/BPR) and user vector, the sequence source, the content profile and the
-    popularity damping.
+    Written from :func:`hybrid_configs`, the configs :func:`build_hybrid` builds from: ``[fusion]``
+    and one section per registered source the hybrid uses (``[cf]`` with the model, its
+    parameters, ``seed`` for ALS/BPR and the user vector; ``[profile]``, ``[popularity]``,
+    ``[series]``, ``[sequence]``, and any source registered later), every field spelled out.
     """
     def val(v: Any) -> str:
         if isinstance(v, bool):
@@ -177,25 +179,21 @@ def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str
             return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
         return repr(float(v)) if isinstance(v, float) else str(v)
 
-    cf_name = params["cf_model"]
-    cf_params = dict(tuned.get(cf_name, {}))
-    if cf_name in ("als", "bpr"):
-        cf_params.setdefault("seed", seed)
-    weights = {n: float(w) for n, w in params["weights"].items() if float(w) > 0}
+    configs, fusion = hybrid_configs(params, tuned, seed)
+    weights = {n: float(w) for n, w in fusion.weights.items() if float(w) > 0}
+    cf = configs["cf"]
     lines = [f"# readnext settings tuned by `readnext eval` on {label}.",
              "# Use: READNEXT_CONFIG=this-file readnext recommend ...  (or copy to ~/.readnext/config.toml)",
              "# [cf] takes effect at the next `readnext ingest` (the model is fitted there), [profile] for stored",
              "# reader vectors too. With these settings the live hybrid ranks exactly as eval's `hybrid`.",
-             "", "[fusion]", f"method = {val(params.get('method', 'score'))}", f"weights = {val(weights)}",
-             f"rrf_k = {val(float(params.get('rrf_k', 60.0)))}", f"depth = {int(params.get('depth', 200))}",
-             "", "[cf]", f"model = {val(cf_name)}", f"params = {val(cf_params)}",
-             f"half_life_events = {val(float(params.get('cf_half_life') or 0.0))}  # 0 = off",
-             f"liked_boost = {val(float(params.get('cf_liked_boost', 0.0)))}"]
-    if params.get("sequence"):
-        lines += ["", "[sequence]"] + [f"{k} = {val(v)}" for k, v in params["sequence"].items()]
-    content = tuned.get("content", {})
-    if content:
-        lines += ["", "[profile]"] + [f"{k} = {val(float(v))}" for k, v in content.items()]
-    if "damping" in tuned.get("popularity", {}):
-        lines += ["", "[popularity]", f"damping = {val(float(tuned['popularity']['damping']))}"]
+             "", "[fusion]", f"method = {val(fusion.method)}", f"weights = {val(weights)}",
+             f"rrf_k = {val(float(fusion.rrf_k))}", f"depth = {int(fusion.depth)}",
+             "", "[cf]", f"model = {val(cf.model)}", f"params = {val(cf.params)}",
+             f"half_life_events = {val(float(cf.half_life_events or 0.0))}  # 0 = off",
+             f"liked_boost = {val(float(cf.liked_boost))}", f"confidence = {val(cf.confidence)}"]
+    for name, spec in SOURCES.items():
+        if name == "cf" or (spec.optional and weights.get(name, 0) <= 0):
+            continue  # an optional source the hybrid does not weight is not built live either
+        fields = {k: v for k, v in dataclasses.asdict(configs[name]).items() if v is not None}
+        lines += ["", f"[{spec.section}]"] + [f"{k} = {val(v)}" for k, v in fields.items()]
     return "\n".join(lines) + "\n"
