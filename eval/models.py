@@ -2,24 +2,23 @@
 
 Names (exactly these, they key ``metrics.json``): ``popularity``, ``itemknn``, ``als``, ``bpr``,
 ``ease``, ``content`` (single-source models), ``hybrid`` (our fusion) and ``hybrid+llm`` (the
-hybrid reranked by the LLM; built by :mod:`eval.runner`, not here).
+hybrid reranked by the LLM; built by :mod:`eval.llm_stage`, not here).
 
 Every model has a small documented hyper-parameter grid (:data:`GRIDS`, :data:`QUICK_GRIDS`)
 searched on a validation split by :mod:`eval.tuning`. The hybrid is built from the tuned
 single-source settings plus its own fusion parameters (:func:`build_hybrid`).
 
-The hybrid is :class:`retrieval.sources.HybridSource`, the class the live pipeline uses, built
-from the tuned settings; what the report measures is what ``readnext recommend`` runs.
+Every model is built by the registry's factory (:mod:`retrieval.registry`), the one the
+product uses; the hybrid is :class:`retrieval.sources.HybridSource` over every registered source
+that applies, built from the tuned settings (:func:`hybrid_configs`), and ranked through the
+product's rank path: what the report measures is what ``readnext recommend`` runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
-import scipy.sparse as sp
 
 from retrieval.config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, SequenceConfig
 from retrieval.library import Library
