@@ -27,7 +27,7 @@ from retrieval.profiles import Profile, profile_from_history, update_profile
 from retrieval.sources import CandidateSource, build_sources
 from retrieval.types import Book, Candidate, Evidence, Rating, UserContext
 
-from .explain import template_explanation
+from .explain import list_explanations, template_explanation
 
 
 @dataclass
@@ -274,6 +274,10 @@ class Recommender:
             cands, llm_scores = self._rerank(ctx, cands, notes)
         t2 = time.perf_counter()
         recs = [self._to_rec(c, ctx, rank=i + 1) for i, c in enumerate(cands[:k])]
+        # One pass over the list, so picks do not all cite the same book of yours.
+        rated = {r.book_id: r.rating for r in ctx.history}
+        for r, text in zip(recs, list_explanations([r.evidence for r in recs], self.books, rated)):
+            r.explanation = text
         for r in recs:
             r.retrieval_score = round(float(retrieval[r.book_id]), 6)
             if r.book_id in llm_scores:
@@ -321,24 +325,51 @@ class Recommender:
     # -- explain ----------------------------------------------------------------------------------
 
     def explain(self, user_id: str, book_id: str, llm: bool = False) -> Recommendation:
-        """Why ``book_id`` for ``user_id``: all evidence the system holds, rendered."""
+        """Why ``book_id`` for ``user_id``: all evidence the system holds, rendered.
+
+        For a book the reader already rated or dismissed, the explanation says so plainly, and
+        the evidence is computed against the reader's *other* books (a book is never its own
+        reason: "by the author of itself").
+        """
         self.book(book_id)
         ctx = self.context(user_id)
         i = self.lib.index[book_id]
+        own = self._own_verdict(user_id, book_id, ctx)
+        history = [r for r in ctx.history if r.book_id != book_id]
         content = self.sources["content"]
-        evidence = ev.collect(self.lib, i, ctx.history, None, None, ctx.to_read)
+        evidence = ev.collect(self.lib, i, history, None, None, ctx.to_read)
         series = self.sources["series"]
-        if np.isfinite(series.score(ctx)[i]):
+        if own is None and np.isfinite(series.score(ctx)[i]):
             evidence = series.evidence(ctx, i, ev.liked_items(self.lib, ctx.history))
         found_by = [n for n in ("content", "cf", "popularity", "series", "sequence")
                     if n in self.sources and np.isfinite(self.sources[n].score(ctx)[i])]
         score = float(content.score(ctx)[i]) if ctx.history else 0.0
         rec = self._to_rec(Candidate(book_id, score, "+".join(found_by) or "none", evidence), ctx, rank=0)
-        if any(r.book_id == book_id for r in ctx.history):
-            rec.explanation = f"You have already rated this book. {rec.explanation}"
+        if own is not None:
+            rec.explanation = own
+            return rec  # no LLM praise for a book the reader already judged
         if llm:
             self._explain_llm([rec], ctx, [])
         return rec
+
+    def _own_verdict(self, user_id: str, book_id: str, ctx: UserContext) -> str | None:
+        """A plain sentence when the reader already rated or dismissed ``book_id``, else None."""
+        last = None
+        for e in self.feedback.events(self.dataset, user_id):
+            if e.book_id == book_id and e.signal != "to_read":
+                last = e
+        said = {"like": "You gave this book a 👍, so it is not among your recommendations.",
+                "dislike": "You gave this book a 👎, so it stays off your lists.",
+                "read": "You have already read this book, so it is not among your recommendations.",
+                "not_interested": "You said you are not interested in this book, so it stays off your lists.",
+                "currently_reading": "You are reading this book now, so it is not among your recommendations."}
+        if last is not None and last.signal in said:
+            return said[last.signal]
+        rated = next((r for r in reversed(ctx.history) if r.book_id == book_id), None)
+        if rated is not None:
+            return (f"You have already read this book (you rated it {rated.rating:g}★), "
+                    "so it is not among your recommendations.")
+        return None
 
     # -- feedback ---------------------------------------------------------------------------------
 

@@ -14,7 +14,14 @@ from .library import LIKED, Library
 from .types import Evidence, Rating
 
 SIMILAR_MIN = 0.35  # below this cosine, "close to a book you liked" is not a fair claim
-CO_READERS_MIN = 3  # fewer co-readers than this is anecdote, not evidence
+CO_READERS_MIN = 3  # fewer raters than this is anecdote, not evidence (also for "popular")
+
+# Co-reader evidence is a *reason* only when it is favourable: "45% of them gave it 4★" is true
+# but argues against the book. A record is kept only with at least this many co-readers, a mean
+# at or above FAVOURABLE_MEAN and a share of >= 4★ ratings at or above FAVOURABLE_SHARE.
+CO_READERS_FAVOURABLE_MIN = 5
+FAVOURABLE_MEAN = 3.8
+FAVOURABLE_SHARE = 0.6
 
 
 def liked_items(lib: Library, history: Sequence[Rating]) -> list[tuple[int, float]]:
@@ -70,24 +77,50 @@ def same_author(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evid
     return Evidence("same_author", authors=names, book_ids=tuple(lib.books[i].book_id for i in hits[:3]))
 
 
+def favourable(count: int, mean: float, share: float) -> bool:
+    """Whether co-reader numbers argue *for* a book (see ``CO_READERS_FAVOURABLE_MIN`` etc.)."""
+    return count >= CO_READERS_FAVOURABLE_MIN and mean >= FAVOURABLE_MEAN and share >= FAVOURABLE_SHARE
+
+
+def _wilson_lower(share: float, n: int, z: float = 1.64) -> float:
+    """Lower bound of a proportion's confidence interval: 9/10 outranks 1/1 and 40/80."""
+    if n <= 0:
+        return 0.0
+    d = 1 + z * z / n
+    centre = share + z * z / (2 * n)
+    margin = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return float((centre - margin) / d)
+
+
 def co_readers(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evidence | None:
-    """How readers who liked one of your books rated this one (from the ratings matrix)."""
+    """How readers who liked one of your books rated this one (from the ratings matrix).
+
+    Among your liked books, the one whose co-readers are *most convincingly* positive about
+    ``item`` is cited (highest lower confidence bound of the >= 4★ share), and only when that
+    record is :func:`favourable`; otherwise there is no co-reader evidence at all.
+    """
     if not liked or lib.R.shape[0] == 0:
         return None
     raters, their = lib.raters(item)
-    if len(raters) < CO_READERS_MIN:
+    if len(raters) < CO_READERS_FAVOURABLE_MIN:
         return None
-    best, best_mask, n = -1, None, 0
+    best: tuple[float, int, int, float, float] | None = None  # (bound, n, k, mean, share)
     for k, (h, _) in enumerate(liked):
         mask = np.isin(raters, lib.likers(h), assume_unique=True)
-        c = int(mask.sum())
-        if c > n:
-            best, best_mask, n = k, mask, c
-    if n < CO_READERS_MIN:
+        n = int(mask.sum())
+        if n < CO_READERS_FAVOURABLE_MIN:
+            continue
+        r = their[mask]
+        mean, share = round(float(r.mean()), 2), round(float((r >= LIKED).mean()), 2)
+        if not favourable(n, mean, share):
+            continue
+        bound = _wilson_lower(share, n)
+        if best is None or (bound, n) > (best[0], best[1]):
+            best = (bound, n, k, mean, share)
+    if best is None:
         return None
-    r = their[best_mask]
-    return Evidence("co_readers", book_ids=(lib.books[liked[best][0]].book_id,), count=n,
-                    value=round(float(r.mean()), 2), share=round(float((r >= LIKED).mean()), 2))
+    _, n, k, mean, share = best
+    return Evidence("co_readers", book_ids=(lib.books[liked[k][0]].book_id,), count=n, value=mean, share=share)
 
 
 def popular(lib: Library, item: int) -> Evidence | None:
@@ -121,6 +154,41 @@ def collect(lib: Library, item: int, history: Sequence[Rating], query: str | Non
     return [e for e in out if e is not None]
 
 
+# How much a record says about *this* reader and *this* book, in [0, 1]. The template shows the
+# strongest one or two; the bands keep the kinds in a sensible order (the next volume of your
+# series beats "popular here"), and within a band the numbers decide (a 0.7 cosine beats 0.4,
+# 90% of 40 co-readers beats 61% of 6).
+_BASE = {"series_next": 0.95, "to_read": 0.85, "same_author": 0.75, "query_match": 0.55,
+         "similar_to": 0.45, "co_readers": 0.5, "shared_tags": 0.3, "popular": 0.1}
+
+
+def strength(ev: Evidence) -> float:
+    """Strength of one evidence record in [0, 1]: higher is a more specific, better-supported reason.
+
+    Args:
+        ev: an evidence record, as :func:`collect` (or a candidate source) produced it.
+
+    Returns:
+        The score used to rank a pick's reasons; unknown kinds get 0.
+    """
+    base = _BASE.get(ev.kind, 0.0)
+    v = float(ev.value or 0.0)
+    if ev.kind == "same_author":
+        return min(0.9, base + 0.05 * (len(ev.book_ids) - 1))
+    if ev.kind == "similar_to":  # cosine SIMILAR_MIN..0.75 -> 0.45..0.85
+        return base + 0.4 * float(np.clip((v - SIMILAR_MIN) / (0.75 - SIMILAR_MIN), 0.0, 1.0))
+    if ev.kind == "co_readers":  # share 0.6..1 and more readers -> 0.5..0.85
+        bound = _wilson_lower(float(ev.share or 0.0), int(ev.count or 0))
+        return base + 0.35 * float(np.clip((bound - 0.4) / 0.55, 0.0, 1.0))
+    if ev.kind == "shared_tags":  # more shared tags, with more liked books -> 0.3..0.5
+        return base + min(0.2, 0.04 * len(ev.tags) + 0.02 * int(ev.count or 0))
+    if ev.kind == "query_match":  # cosine 0.25..0.6 -> 0.55..0.75
+        return base + 0.2 * float(np.clip((v - 0.25) / 0.35, 0.0, 1.0))
+    if ev.kind == "popular":
+        return base + 0.1 * float(np.clip((v - 3.0) / 2.0, 0.0, 1.0))
+    return base
+
+
 def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], tol: float = 0.011) -> bool:
     """Re-check one evidence record against the data (used by eval's faithfulness rate)."""
     if book_id not in lib.index:
@@ -147,8 +215,10 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
         likers = set(hcol.indices[hcol.data >= LIKED])
         col = lib.R_csc[:, item]
         r = np.array([v for u, v in zip(col.indices, col.data) if u in likers])
+        # The numbers must be right, and the record must be favourable: it is shown as a reason.
         return len(r) == ev.count and abs(r.mean() - (ev.value or 0)) < tol and \
-            abs((r >= LIKED).mean() - (ev.share or 0)) < tol
+            abs((r >= LIKED).mean() - (ev.share or 0)) < tol and \
+            favourable(ev.count or 0, ev.value or 0.0, ev.share or 0.0)
     if ev.kind == "popular":
         return int(lib.pop_count[item]) == ev.count and abs(float(lib.pop_mean[item]) - (ev.value or 0)) < tol
     if ev.kind == "series_next":
