@@ -121,21 +121,12 @@ class ChatEngine:
         return st, msg
 
     def import_goodreads(self, path: str | Path, name: str | None) -> tuple[ChatState, str, dict]:
-        from retrieval.goodreads import match_rows, read_goodreads_export, to_history
+        """Import an export as reader ``name`` (idempotent; see :mod:`assistant.importer`)."""
+        from .importer import import_export
 
-        rows = read_goodreads_export(path)
-        report = match_rows(rows, list(self.rec.books.values()))
         name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"reader-{uuid.uuid4().hex[:6]}"
-        ratings, to_read, _current = to_history(report, name)
-        self.rec.create_reader(name, [(r.book_id, r.rating) for r in ratings], origin="goodreads",
-                               to_read=to_read, timestamps=[r.ts for r in ratings])
-        unmatched = [getattr(u, "title", str(u)) for u in report.unmatched]
-        summary = {"user_id": name, "rows": len(rows), "matched": len(report.matched), "ratings": len(ratings),
-                   "to_read": len(to_read), "unmatched": unmatched}
-        msg = (f"Imported **{len(ratings)}** rated books and **{len(to_read)}** to-read books as **{name}**."
-               + (f" {len(unmatched)} rows are not in this catalog: " + ", ".join(f"“{t}”" for t in unmatched[:8])
-                  + ("…" if len(unmatched) > 8 else "") if unmatched else ""))
-        return ChatState(user_id=name), msg, summary
+        res = import_export(self.rec, path, name, origin="goodreads")
+        return ChatState(user_id=name), res.message(bold=True), res.to_dict()
 
     def find_title(self, text: str) -> str | None:
         """Catalog book id for a loosely typed title ("the hobbit", "dune by frank herbert")."""

@@ -160,14 +160,16 @@ class Recommender:
         """Every reader: ``[{"user_id", "n_ratings"}]`` (index readers plus readers created here)."""
         counts = self.lib.R.getnnz(axis=1)
         out = {u: int(c) for u, c in zip(self.lib.user_ids, counts)}
-        extra: dict[str, int] = {}
+        extra: dict[str, set[str]] = {}  # distinct books: re-rating a book is not a new rating
         for e in self.feedback.events(self.dataset):
             if e.rating is not None:
-                extra[e.user_id] = extra.get(e.user_id, 0) + 1
+                extra.setdefault(e.user_id, set()).add(e.book_id)
         for u in self.feedback.readers(self.dataset):
             out.setdefault(u, 0)
-        for u, n in extra.items():
-            out[u] = out.get(u, 0) + n
+        for u, books in extra.items():
+            if u in self.lib.user_index:
+                books = books - {r.book_id for r in self.lib.history(u)}
+            out[u] = out.get(u, 0) + len(books)
         return [{"user_id": u, "n_ratings": n} for u, n in sorted(out.items(), key=lambda x: _natural(x[0]))]
 
     def has_user(self, user_id: str) -> bool:
@@ -437,6 +439,72 @@ class Recommender:
                 self._update_profile(user_id, b, rating, e.ts)
         for b in to_read:
             self.feedback.add(self.dataset, user_id, b, "to_read", None)
+
+    def sync_reader(self, user_id: str, ratings: Sequence[Rating], to_read: Iterable[str] = (),
+                    reading: Iterable[str] = (), origin: str = "import") -> dict[str, int]:
+        """Bring a reader up to date with an imported history; importing the same data twice
+        changes nothing, and a newer export wins (same book -> its latest rating or shelf).
+
+        Args:
+            user_id: the reader (created when new; a dataset reader is refused).
+            ratings: imported ratings (``ts`` = when read), oldest first.
+            to_read: books on the to-read shelf.
+            reading: books being read now: excluded from recommendations, not learned from.
+            origin: where the reader came from (kept for new readers).
+
+        Returns:
+            Counts: ``added`` (new rated books), ``updated`` (rating changed), ``unchanged``,
+            ``to_read_added``, ``reading_added``.
+        """
+        if user_id in self.lib.user_index:
+            raise ReadnextError(f"reader {user_id!r} already exists in the dataset; choose another name")
+        self.feedback.add_reader(self.dataset, user_id, origin)
+        rating_of: dict[str, float | None] = {}
+        shelf: dict[str, str] = {}  # the latest non-rating signal per book
+        for e in self.feedback.events(self.dataset, user_id):
+            if e.rating is not None:
+                rating_of[e.book_id] = e.rating
+            if e.signal in ("to_read", "currently_reading"):
+                shelf[e.book_id] = e.signal
+            elif e.signal != "rating":
+                shelf.pop(e.book_id, None)
+        out = {"added": 0, "updated": 0, "unchanged": 0, "to_read_added": 0, "reading_added": 0}
+        changed = False
+        for r in ratings:
+            self.book(r.book_id)
+            old = rating_of.get(r.book_id)
+            if old is not None and abs(old - r.rating) < 1e-9:
+                out["unchanged"] += 1
+                continue
+            e = self.feedback.add(self.dataset, user_id, r.book_id, "rating", float(r.rating), r.ts)
+            if old is None:
+                out["added"] += 1
+                if not changed:  # the O(d) update is exact for a new book; a change needs a rebuild
+                    self._update_profile(user_id, r.book_id, float(r.rating), e.ts)
+            else:
+                out["updated"] += 1
+                changed = True
+            rating_of[r.book_id] = float(r.rating)
+        for signal, books, key in (("currently_reading", reading, "reading_added"),
+                                   ("to_read", to_read, "to_read_added")):
+            for b in books:
+                self.book(b)
+                if shelf.get(b) == signal or b in rating_of:
+                    continue
+                self.feedback.add(self.dataset, user_id, b, signal, None)
+                shelf[b] = signal
+                out[key] += 1
+        if changed:
+            self._rebuild_profile(user_id)
+        return out
+
+    def _rebuild_profile(self, user_id: str) -> None:
+        """The reader's stored vector recomputed from the whole history (after a changed rating)."""
+        hist = self._history(user_id)[0]
+        p = profile_from_history(hist, None, self.settings.profile, self.lib.has_timestamps,
+                                 matrix=self.lib.vectors, index=self.lib.index)
+        if p is not None:
+            self.store.upsert("users", [user_id], p.vector[None, :], [p.to_metadata()])
 
     # -- LLM stages -------------------------------------------------------------------------------
 
