@@ -257,6 +257,7 @@ class Recommender:
             raise ReadnextError(f"k must be positive, got {k}")
         if source not in self.sources:
             raise ReadnextError(f"unknown source {source!r}: use one of {', '.join(self.sources)}")
+        check_query_length(query, self.settings.chat.max_message_chars)
         t0 = time.perf_counter()
         ctx = self.context(user_id, history, query, exclude)
         notes = self._notes(ctx)
@@ -574,6 +575,18 @@ class Recommender:
             r.explanation, r.blurb, r.explanation_source = res.why, res.blurb, "llm"
         else:
             r.rejected_reason = res.rejected_reason
+
+
+def check_query_length(query: str | None, limit: int) -> None:
+    """Refuse a request longer than ``limit`` characters, without quoting it back.
+
+    Raises:
+        ReadnextError: one line naming the length, the limit and the setting.
+    """
+    if query is not None and len(query) > limit:
+        raise ReadnextError(f"the request is {len(query):,} characters long and the limit is {limit:,}: "
+                            "describe what you want to read in a sentence or two "
+                            "(setting chat.max_message_chars, env READNEXT_CHAT_MAX_MESSAGE_CHARS)")
 
 
 def _natural(s: str):
