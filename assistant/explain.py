@@ -69,7 +69,7 @@ def excerpt(text: str, n: int) -> str:
 
 
 SECOND_MIN = 0.35  # a second reason is shown only when it is at least this strong (after penalties)
-REPEAT_BOOK = 0.2  # penalty per earlier pick that already cited the same book of yours
+REPEAT_BOOK = 0.3  # penalty per earlier pick that already cited the same book of yours
 REPEAT_KIND = 0.04  # penalty per earlier pick that already used the same kind of reason
 
 
