@@ -357,7 +357,11 @@ class ChatEngine:
         from .explain import render_evidence
 
         rated = {r.book_id: r.rating for r in self.rec.history(st.user_id)}
-        ranked = sorted(e.evidence, key=lambda x: -strength(x))
+        ranked, kinds = [], set()
+        for x in sorted(e.evidence, key=lambda x: -strength(x)):  # one extra sentence per kind
+            if x.kind not in kinds:
+                kinds.add(x.kind)
+                ranked.append(x)
         more = [render_evidence(x, self.rec.books, rated) for x in ranked]
         extra = [m for m in more if m and m not in e.explanation][:3]
         if extra and not e.explanation.startswith("You "):

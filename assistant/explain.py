@@ -41,7 +41,7 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
     if e.kind == "similar_to":
         return f"It is close in subject and style to {_titles(books, e.book_ids, rated)}, which you rated highly."
     if e.kind == "shared_tags":
-        tags = ", ".join(e.tags)
+        tags = ", ".join(e.tags[:3])  # the three most shared; more reads as a list, not a reason
         return f"It shares {tags} with books you liked, such as {_titles(books, e.book_ids, rated)}."
     if e.kind == "same_author":
         return f"It is by {', '.join(e.authors)}, who also wrote {_titles(books, e.book_ids, rated, 1)}."

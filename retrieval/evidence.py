@@ -22,6 +22,7 @@ CO_READERS_MIN = 3  # fewer raters than this is anecdote, not evidence (also for
 CO_READERS_FAVOURABLE_MIN = 5
 FAVOURABLE_MEAN = 3.8
 FAVOURABLE_SHARE = 0.6
+CO_READERS_PER_BOOK = 3  # favourable records kept per pick (different books of yours), best first
 
 
 def liked_items(lib: Library, history: Sequence[Rating]) -> list[tuple[int, float]]:
@@ -92,19 +93,20 @@ def _wilson_lower(share: float, n: int, z: float = 1.64) -> float:
     return float((centre - margin) / d)
 
 
-def co_readers(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evidence | None:
+def co_readers(lib: Library, item: int, liked: list[tuple[int, float]], top: int = 1) -> list[Evidence]:
     """How readers who liked one of your books rated this one (from the ratings matrix).
 
-    Among your liked books, the one whose co-readers are *most convincingly* positive about
-    ``item`` is cited (highest lower confidence bound of the >= 4★ share), and only when that
-    record is :func:`favourable`; otherwise there is no co-reader evidence at all.
+    Your liked books are ranked by how *convincingly* their co-readers liked ``item`` (the
+    lower confidence bound of the >= 4★ share); the best ``top`` of them are returned, and only
+    :func:`favourable` records: no co-reader evidence at all when none is. More than one lets a
+    list of picks cite different books of yours.
     """
     if not liked or lib.R.shape[0] == 0:
-        return None
+        return []
     raters, their = lib.raters(item)
     if len(raters) < CO_READERS_FAVOURABLE_MIN:
-        return None
-    best: tuple[float, int, int, float, float] | None = None  # (bound, n, k, mean, share)
+        return []
+    found: list[tuple[float, int, int, float, float]] = []  # (bound, n, k, mean, share)
     for k, (h, _) in enumerate(liked):
         mask = np.isin(raters, lib.likers(h), assume_unique=True)
         n = int(mask.sum())
@@ -112,15 +114,11 @@ def co_readers(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evide
             continue
         r = their[mask]
         mean, share = round(float(r.mean()), 2), round(float((r >= LIKED).mean()), 2)
-        if not favourable(n, mean, share):
-            continue
-        bound = _wilson_lower(share, n)
-        if best is None or (bound, n) > (best[0], best[1]):
-            best = (bound, n, k, mean, share)
-    if best is None:
-        return None
-    _, n, k, mean, share = best
-    return Evidence("co_readers", book_ids=(lib.books[liked[k][0]].book_id,), count=n, value=mean, share=share)
+        if favourable(n, mean, share):
+            found.append((_wilson_lower(share, n), n, k, mean, share))
+    found.sort(key=lambda x: (-x[0], -x[1], x[2]))
+    return [Evidence("co_readers", book_ids=(lib.books[liked[k][0]].book_id,), count=n, value=mean, share=share)
+            for _, n, k, mean, share in found[:top]]
 
 
 def popular(lib: Library, item: int) -> Evidence | None:
@@ -146,7 +144,7 @@ def collect(lib: Library, item: int, history: Sequence[Rating], query: str | Non
     """All evidence the system holds for recommending ``item`` to a reader with ``history``."""
     liked = liked_items(lib, history) if liked is None else liked
     out = [similar_to(lib, item, liked), same_author(lib, item, liked), shared_tags(lib, item, liked),
-           co_readers(lib, item, liked), query_match(lib, item, query, qvec)]
+           *co_readers(lib, item, liked, top=CO_READERS_PER_BOOK), query_match(lib, item, query, qvec)]
     if to_read and lib.books[item].book_id in to_read:
         out.append(Evidence("to_read", book_ids=(lib.books[item].book_id,)))
     if not any(e is not None for e in out):
