@@ -87,8 +87,9 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             yield outputs_for(Reply(f"⚠️ {e}", state=ChatState.from_any(state)), base, True)
 
     def shown(message: str) -> str:
-        """The reader's bubble: a message over the limit is cut (it is refused, not echoed)."""
-        m = message or ""
+        """The reader's bubble: a message over the limit is cut (it is refused, not echoed). The
+        textbox has no max_length on purpose: the browser would cut silently, mid-sentence."""
+        m = (message or "").strip()  # the length the engine reports
         return m if len(m) <= limit else excerpt(m, 200) + f" [{len(m):,} characters]"
 
     def on_message(message: str, chat: list[dict], state: dict):
@@ -131,8 +132,7 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
                     use = gr.Button("Use this reader", elem_id="rn-use")
                 with gr.Tab("I'm new"):
                     new_name = gr.Textbox(label="Your name (optional)", elem_id="rn-new-name")
-                    loved = gr.Textbox(label="A few books you loved (one per line)", lines=3, elem_id="rn-loved",
-                                       max_length=limit)
+                    loved = gr.Textbox(label="A few books you loved (one per line)", lines=3, elem_id="rn-loved")
                     genres = gr.CheckboxGroup(engine.tags[:24], label="Genres you enjoy", elem_id="rn-genres")
                     start = gr.Button("Start", elem_id="rn-start")
                 with gr.Tab("Import Goodreads"):
@@ -144,7 +144,7 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
                 chatbot = gr.Chatbot(label="readnext", height=320, elem_id="rn-chat", feedback_options=None)
                 with gr.Row():
                     msg = gr.Textbox(placeholder="what should I read next?", show_label=False, scale=5,
-                                     elem_id="rn-input", submit_btn=False, max_length=limit)
+                                     elem_id="rn-input", submit_btn=False)
                     send = gr.Button("Send", variant="primary", scale=1, elem_id="rn-send")
                 notes = gr.Markdown("", elem_id="rn-notes")
                 groups, htmls, buttons = [], [], []

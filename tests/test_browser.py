@@ -86,15 +86,23 @@ def test_chat_in_a_real_browser(demo_home, tmp_path):
                 timeout=60_000)
             page.locator("#rn-card-4 .rn-card").wait_for(state="visible", timeout=30_000)
             page.screenshot(path=str(shot), full_page=True)
+            # an 8,000-character message: a polite refusal, no echo, and the cards stay
+            after = page.locator("#rn-card-0 .rn-card").get_attribute("data-book-id")
+            page.locator("#rn-input textarea").fill("dragons " * 1000)
+            page.locator("#rn-send").click()
+            page.get_by_text("characters long; I read up to").first.wait_for(timeout=60_000)
+            assert page.locator("#rn-chat").inner_text().count("dragons") <= 30
+            assert page.locator("#rn-card-0 .rn-card").get_attribute("data-book-id") == after
+            page.screenshot(path=str(shots / "4-long.png"), full_page=True)
             browser.close()
             assert not outbound, f"the page made outbound requests: {outbound[:5]}"
     finally:
         app.close()
-    assert all((shots / n).stat().st_size > 10_000 for n in ("1-picks.png", "2-why.png", "3-liked.png"))
+    assert all((shots / n).stat().st_size > 10_000 for n in ("1-picks.png", "2-why.png", "3-liked.png", "4-long.png"))
     if os.environ.get("READNEXT_SCREENSHOT_DIR"):  # opt-in: keep the screenshots to look at
         keep = Path(os.environ["READNEXT_SCREENSHOT_DIR"])
         keep.mkdir(parents=True, exist_ok=True)
-        for n in ("1-picks.png", "2-why.png", "3-liked.png"):
+        for n in ("1-picks.png", "2-why.png", "3-liked.png", "4-long.png"):
             shutil.copy(shots / n, keep / n)
     assert liked_id in {r.book_id for r in rec.history(user)}
     rec.close()
