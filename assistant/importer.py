@@ -51,9 +51,15 @@ class ImportResult:
     def message(self, bold: bool = False) -> str:
         """A few natural sentences ("1 book is not in this catalog")."""
         b = (lambda s: f"**{s}**") if bold else (lambda s: s)  # noqa: E731
-        if self.ratings and not (self.added or self.updated or self.to_read_added) and self.unchanged:
-            head = (f"Nothing new for {b(self.user_id)}: the {plural(self.ratings, 'rated book')} in this "
-                    "export were already imported.")
+        if (
+            self.ratings
+            and not (self.added or self.updated or self.to_read_added)
+            and self.unchanged
+        ):
+            head = (
+                f"Nothing new for {b(self.user_id)}: the {plural(self.ratings, 'rated book')} in this "
+                "export were already imported."
+            )
         else:
             got = [plural(self.ratings, "rated book")]
             if self.to_read:
@@ -69,16 +75,22 @@ class ImportResult:
         parts = [head]
         if self.currently_reading:
             n = len(self.currently_reading)
-            parts.append(f"{plural(n, 'book')} you are reading now ({_titles(self.currently_reading)}) "
-                         f"{'is' if n == 1 else 'are'} left out of your picks.")
+            parts.append(
+                f"{plural(n, 'book')} you are reading now ({_titles(self.currently_reading)}) "
+                f"{'is' if n == 1 else 'are'} left out of your picks."
+            )
         if self.unmatched:
             n = len(self.unmatched)
-            parts.append(f"{plural(n, 'book')} {'is' if n == 1 else 'are'} not in this catalog: "
-                         f"{_titles(self.unmatched)}.")
+            parts.append(
+                f"{plural(n, 'book')} {'is' if n == 1 else 'are'} not in this catalog: "
+                f"{_titles(self.unmatched)}."
+            )
         return " ".join(parts)
 
 
-def import_export(rec: Recommender, path: str | Path, user_id: str, origin: str | None = None) -> ImportResult:
+def import_export(
+    rec: Recommender, path: str | Path, user_id: str, origin: str | None = None
+) -> ImportResult:
     """Read, match and store one export for ``user_id``.
 
     Args:
@@ -96,16 +108,30 @@ def import_export(rec: Recommender, path: str | Path, user_id: str, origin: str 
     rows = read_goodreads_export(path)
     report = match_rows(rows, list(rec.books.values()))
     if not report.matched:  # storing nothing would leave an empty reader behind
-        raise DataError(f"{path}: none of the {plural(len(rows), 'book')} in this file "
-                        f"{'is' if len(rows) == 1 else 'are'} in the {rec.dataset} catalog "
-                        f"(first: “{excerpt(rows[0].title, TITLE_EXCERPT)}”); nothing was imported: "
-                        "check that the file and the ingested catalog match")
+        raise DataError(
+            f"{path}: none of the {plural(len(rows), 'book')} in this file "
+            f"{'is' if len(rows) == 1 else 'are'} in the {rec.dataset} catalog "
+            f"(first: “{excerpt(rows[0].title, TITLE_EXCERPT)}”); nothing was imported: "
+            "check that the file and the ingested catalog match"
+        )
     ratings, to_read, reading = to_history(report, user_id)
-    counts = rec.sync_reader(user_id, ratings, to_read=sorted(to_read), reading=sorted(reading),
-                             origin=origin or f"goodreads:{Path(path).name}")
+    counts = rec.sync_reader(
+        user_id,
+        ratings,
+        to_read=sorted(to_read),
+        reading=sorted(reading),
+        origin=origin or f"goodreads:{Path(path).name}",
+    )
     return ImportResult(
-        user_id=user_id, rows=len(rows), matched=len(report.matched), ratings=len(ratings),
-        to_read=len(to_read), added=counts["added"], updated=counts["updated"],
-        unchanged=counts["unchanged"], to_read_added=counts["to_read_added"],
+        user_id=user_id,
+        rows=len(rows),
+        matched=len(report.matched),
+        ratings=len(ratings),
+        to_read=len(to_read),
+        added=counts["added"],
+        updated=counts["updated"],
+        unchanged=counts["unchanged"],
+        to_read_added=counts["to_read_added"],
         currently_reading=[rec.books[b].title for b in sorted(reading)],
-        unmatched=[u.title for u in report.unmatched])
+        unmatched=[u.title for u in report.unmatched],
+    )

@@ -34,7 +34,9 @@ from retrieval.types import Evidence
 from .conftest import ROOT
 
 EXPORT = ROOT / "tests" / "data" / "goodreads_library_export.csv"
-CO_READER_RE = re.compile(r"(\d+)% of the (\d+) readers who liked .*? gave it 4★ or more \(([\d.]+)★ on average\)")
+CO_READER_RE = re.compile(
+    r"(\d+)% of the (\d+) readers who liked .*? gave it 4★ or more \(([\d.]+)★ on average\)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +71,20 @@ def test_strength_orders_reasons_by_how_much_they_say():
     popular = Evidence("popular", count=300, value=4.1)
     assert strength(series) > strength(author) > strength(close) > strength(loose)
     assert strength(strong_co) > strength(weak_co) > strength(tags) > strength(popular)
-    assert all(0 <= strength(e) <= 1 for e in (series, author, close, loose, strong_co, weak_co, tags, popular))
+    assert all(
+        0 <= strength(e) <= 1
+        for e in (series, author, close, loose, strong_co, weak_co, tags, popular)
+    )
 
 
 def test_later_picks_do_not_repeat_the_book_earlier_picks_cited():
     # Two picks hold the same evidence: the first leads with its strongest records; the second
     # would repeat "co-readers of B" and "close to A", so it leads with the tags shared with D, E.
-    same = [Evidence("similar_to", book_ids=("A",), value=0.62),
-            Evidence("co_readers", book_ids=("B",), count=40, value=4.4, share=0.9),
-            Evidence("shared_tags", tags=("fantasy", "magic"), book_ids=("D", "E"), count=2)]
+    same = [
+        Evidence("similar_to", book_ids=("A",), value=0.62),
+        Evidence("co_readers", book_ids=("B",), count=40, value=4.4, share=0.9),
+        Evidence("shared_tags", tags=("fantasy", "magic"), book_ids=("D", "E"), count=2),
+    ]
     mem = ReasonMemory()
     first = choose_reasons(same, mem)
     second = choose_reasons(same, mem)
@@ -86,8 +93,10 @@ def test_later_picks_do_not_repeat_the_book_earlier_picks_cited():
     # alone, each pick would say the same thing
     assert [e.kind for e in choose_reasons(same)] == ["co_readers", "similar_to"]
     # a second reason never names the same book of yours as the first
-    twins = [Evidence("same_author", authors=("X",), book_ids=("A",)),
-             Evidence("similar_to", book_ids=("A", "C"), value=0.7)]
+    twins = [
+        Evidence("same_author", authors=("X",), book_ids=("A",)),
+        Evidence("similar_to", book_ids=("A", "C"), value=0.7),
+    ]
     assert len(choose_reasons(twins)) == 1
 
 
@@ -105,7 +114,9 @@ def test_co_reader_evidence_is_favourable_and_verifies(rec):
                     assert e.share >= FAVOURABLE_SHARE
             for m in CO_READER_RE.finditer(r.explanation):
                 assert int(m.group(1)) >= 60 and float(m.group(3)) >= FAVOURABLE_MEAN
-            assert "rated it" not in r.explanation or "★ on average (" not in r.explanation  # old wording
+            assert (
+                "rated it" not in r.explanation or "★ on average (" not in r.explanation
+            )  # old wording
     assert seen > 0, "the demo has favourable co-reader evidence to show"
 
 
@@ -122,10 +133,15 @@ def test_an_unfavourable_co_reader_record_does_not_verify(rec):
                 n = int(mask.sum())
                 if n < CO_READERS_FAVOURABLE_MIN or int(item) == h:
                     continue
-                mean, share = round(float(r[mask].mean()), 2), round(float((r[mask] >= LIKED).mean()), 2)
+                mean, share = (
+                    round(float(r[mask].mean()), 2),
+                    round(float((r[mask] >= LIKED).mean()), 2),
+                )
                 if favourable(n, mean, share):
                     continue
-                e = Evidence("co_readers", book_ids=(lib.books[h].book_id,), count=n, value=mean, share=share)
+                e = Evidence(
+                    "co_readers", book_ids=(lib.books[h].book_id,), count=n, value=mean, share=share
+                )
                 assert not verify(lib, lib.books[int(item)].book_id, e, hist)
                 return
     pytest.skip("no unfavourable co-reader pair in the demo")
@@ -147,7 +163,9 @@ def test_reasons_vary_across_a_list(rec):
 def test_list_explanations_keep_one_or_two_sentences(rec):
     u = _readers(rec, 1)[0]
     items = rec.recommend(user_id=u, k=10)
-    texts = list_explanations([r.evidence for r in items], rec.books, {r.book_id: r.rating for r in rec.history(u)})
+    texts = list_explanations(
+        [r.evidence for r in items], rec.books, {r.book_id: r.rating for r in rec.history(u)}
+    )
     assert texts == [r.explanation for r in items]
     for t in texts:
         assert 1 <= t.count("It ") + t.count("% of the ") <= 2, t
@@ -158,8 +176,10 @@ def test_explaining_a_book_you_already_judged_says_so_plainly(rec):
     hist = rec.history(u)
     top = max(hist, key=lambda r: r.rating)
     e = rec.explain(u, top.book_id)
-    assert e.explanation == (f"You have already read this book (you rated it {top.rating:g}★), "
-                             "so it is not among your recommendations.")
+    assert e.explanation == (
+        f"You have already read this book (you rated it {top.rating:g}★), "
+        "so it is not among your recommendations."
+    )
     assert top.book_id not in {b for x in e.evidence for b in x.book_ids}  # never its own reason
     other = rec.recommend(user_id=u, k=1)[0].book_id
     rec.add_feedback(u, other, "not_interested")
@@ -224,7 +244,15 @@ def _n_ratings(rec, user):
 
 
 def test_reimport_is_idempotent_and_a_newer_export_updates(rec, home, tmp_path, capsys):
-    args = ["import-goodreads", str(EXPORT), "--user", "ux-again", "--data-dir", str(home), "--json"]
+    args = [
+        "import-goodreads",
+        str(EXPORT),
+        "--user",
+        "ux-again",
+        "--data-dir",
+        str(home),
+        "--json",
+    ]
     assert cli(args) == 0
     first = json.loads(capsys.readouterr().out)
     rec2 = rec  # reads the feedback store and Chroma afresh on every call
@@ -232,13 +260,20 @@ def test_reimport_is_idempotent_and_a_newer_export_updates(rec, home, tmp_path, 
     assert first["added"] == first["ratings"] == len(hist) == _n_ratings(rec2, "ux-again") == 19
     assert cli(args) == 0  # the same file again: nothing changes
     again = json.loads(capsys.readouterr().out)
-    assert again["added"] == again["updated"] == again["to_read_added"] == 0 and again["unchanged"] == 19
+    assert (
+        again["added"] == again["updated"] == again["to_read_added"] == 0
+        and again["unchanged"] == 19
+    )
     assert len(_events(rec2, "ux-again")) == n_ev and _n_ratings(rec2, "ux-again") == 19
     # a newer export: Hunger Games 5 -> 2 stars, and Way of Kings moved from to-read to read (4 stars)
     lines = EXPORT.read_text(encoding="utf-8").splitlines()
     lines[1] = lines[1].replace(",5,4.34,", ",2,4.34,")
-    lines = [ln.replace(",0,4.64,", ",4,4.64,").replace("to-read,to-read (#1),to-read,", ",,read,")
-             if "Way of Kings" in ln else ln for ln in lines]
+    lines = [
+        ln.replace(",0,4.64,", ",4,4.64,").replace("to-read,to-read (#1),to-read,", ",,read,")
+        if "Way of Kings" in ln
+        else ln
+        for ln in lines
+    ]
     newer = tmp_path / "newer.csv"
     newer.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert cli([*args[:1], str(newer), *args[2:]]) == 0
@@ -252,8 +287,14 @@ def test_reimport_is_idempotent_and_a_newer_export_updates(rec, home, tmp_path, 
     from retrieval.profiles import profile_from_history
 
     p = rec2.profile("ux-again")
-    want = profile_from_history(rec2.history("ux-again"), None, rec2.settings.profile, rec2.lib.has_timestamps,
-                                matrix=rec2.lib.vectors, index=rec2.lib.index)
+    want = profile_from_history(
+        rec2.history("ux-again"),
+        None,
+        rec2.settings.profile,
+        rec2.lib.has_timestamps,
+        matrix=rec2.lib.vectors,
+        index=rec2.lib.index,
+    )
     assert np.allclose(p.vector, want.vector, atol=1e-5)
 
 
@@ -262,23 +303,34 @@ def test_currently_reading_is_excluded_and_reported(rec, tmp_path):
 
     lines = EXPORT.read_text(encoding="utf-8").splitlines()
     plain = tmp_path / "plain.csv"  # everything but the currently-reading row
-    plain.write_text("\n".join(ln for ln in lines if "currently-reading" not in ln) + "\n", encoding="utf-8")
+    plain.write_text(
+        "\n".join(ln for ln in lines if "currently-reading" not in ln) + "\n", encoding="utf-8"
+    )
     import_export(rec, plain, "ux-plain")
     top = rec.recommend(user_id="ux-plain", k=1)[0]
     # the same reader, now reading that top pick: it must not be recommended
     hdr, rows = lines[0], lines[1:]
     title = top.title.replace('"', '""')
-    reading_row = f'1,"{title}",{top.authors[0]},,,,,0,4.0,P,Paperback,300,2000,2000,,2024/01/01,' \
-                  f'currently-reading,currently-reading (#1),currently-reading,,,,0,0'
+    reading_row = (
+        f'1,"{title}",{top.authors[0]},,,,,0,4.0,P,Paperback,300,2000,2000,,2024/01/01,'
+        f"currently-reading,currently-reading (#1),currently-reading,,,,0,0"
+    )
     withit = tmp_path / "reading.csv"
-    withit.write_text("\n".join([hdr, *(r for r in rows if "currently-reading" not in r), reading_row]) + "\n",
-                      encoding="utf-8")
+    withit.write_text(
+        "\n".join([hdr, *(r for r in rows if "currently-reading" not in r), reading_row]) + "\n",
+        encoding="utf-8",
+    )
     res = import_export(rec, withit, "ux-reading")
     assert top.title in res.currently_reading
-    assert "1 book you are reading now" in res.message() and "is left out of your picks" in res.message()
+    assert (
+        "1 book you are reading now" in res.message()
+        and "is left out of your picks" in res.message()
+    )
     picks = [r.book_id for r in rec.recommend(user_id="ux-reading", k=50)]
     assert top.book_id not in picks
-    assert top.book_id not in {r.book_id for r in rec.history("ux-reading")}  # nothing learned from it
+    assert top.book_id not in {
+        r.book_id for r in rec.history("ux-reading")
+    }  # nothing learned from it
 
 
 def test_import_messages_read_naturally(rec, tmp_path):
@@ -298,10 +350,19 @@ def test_empty_or_unmatched_export_is_a_one_line_error(rec, home, tmp_path, caps
     from assistant.importer import import_export
 
     header_only = tmp_path / "empty.csv"
-    header_only.write_text(EXPORT.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
-    assert cli(["import-goodreads", str(header_only), "--user", "ux-empty", "--data-dir", str(home)]) == 2
+    header_only.write_text(
+        EXPORT.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8"
+    )
+    assert (
+        cli(["import-goodreads", str(header_only), "--user", "ux-empty", "--data-dir", str(home)])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and str(header_only) in err and "no books after the header" in err
+    assert (
+        len(err.splitlines()) == 1
+        and str(header_only) in err
+        and "no books after the header" in err
+    )
     assert "Export library" in err
     assert not Recommender.open(home).has_user("ux-empty")
     nowhere = tmp_path / "nowhere.txt"
