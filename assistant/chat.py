@@ -110,12 +110,14 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
         yield outputs_for(Reply(msg, cards=[], state=st), list(chat or []), True)
 
     def on_new(name: str, loved: str, genres: list[str], chat: list[dict]):
-        yield from stream(engine.onboard(name, loved, genres), list(chat or []), ChatState().to_dict())
+        replies = engine.onboard(name, loved, genres)
+        yield from stream(replies, list(chat or []), ChatState().to_dict())
 
     def on_import(file: Any, name: str, chat: list[dict]):
         chat = list(chat or [])
         if not file:
-            yield outputs_for(Reply("Choose a Goodreads export CSV first.", state=ChatState()), chat, True)
+            ask = Reply("Choose a Goodreads export CSV first.", state=ChatState())
+            yield outputs_for(ask, chat, True)
             return
         path = file if isinstance(file, str) else file.name
         yield from stream(engine.import_file(path, name), chat, ChatState().to_dict())
@@ -195,7 +197,8 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             """Onboard a reader from loved titles (one per line) and genres; returns first picks."""
             last = None
             try:
-                for last in ChatEngine(rec, k=engine.k, llm_picks=0).onboard(name, loved, genres or []):
+                eng = ChatEngine(rec, k=engine.k, llm_picks=0)
+                for last in eng.onboard(name, loved, genres or []):
                     pass
             except ReadnextError as e:
                 return {"error": str(e)}

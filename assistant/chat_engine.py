@@ -65,8 +65,8 @@ class Reply:
         return self.cards is None
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "items": [c.to_dict() for c in self.cards or []], "notes": self.notes,
-                "user_id": self.state.user_id}
+        return {"text": self.text, "items": [c.to_dict() for c in self.cards or []],
+                "notes": self.notes, "user_id": self.state.user_id}
 
 
 class ChatEngine:
@@ -101,8 +101,8 @@ class ChatEngine:
         name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"guest-{uuid.uuid4().hex[:8]}"
         limit = self.rec.settings.chat.max_message_chars
         if len(loved or "") > limit:
-            raise ReadnextError(f"the list of loved books is {len(loved):,} characters long and the limit is "
-                                f"{limit:,}: name a few books, one per line")
+            raise ReadnextError(f"the list of loved books is {len(loved):,} characters long and "
+                                f"the limit is {limit:,}: name a few books, one per line")
         if self.rec.has_user(name) and name in self.rec.lib.user_index:
             raise ReadnextError(f"the name {name!r} is taken by a reader in the dataset; choose another")
         ids: list[str] = []
@@ -133,7 +133,8 @@ class ChatEngine:
             msg += " Genres: " + ", ".join(genres) + "."
         return st, msg
 
-    def onboard(self, name: str | None, loved: str = "", genres: list[str] | None = None) -> Iterator[Reply]:
+    def onboard(self, name: str | None, loved: str = "",
+                genres: list[str] | None = None) -> Iterator[Reply]:
         """The "I'm new" turn, streamed: the welcome at once, then the first picks (and their
         LLM text as it is written)."""
         st, msg = self.new_reader(name, loved, genres)
@@ -253,7 +254,8 @@ class ChatEngine:
             return
         limit = self.rec.settings.chat.max_message_chars
         if len(message) > limit:  # refused without quoting it: nothing echoes unbounded input
-            yield Reply(f"That message is {len(message):,} characters long; I read up to {limit:,}. "
+            yield Reply(f"That message is {len(message):,} characters long; "
+                        f"I read up to {limit:,}. "
                         "Could you say in a sentence or two what you would like to read?", state=st)
             return
         intent = self.parse(message, st)

@@ -47,8 +47,8 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
         return f"It is by {', '.join(e.authors)}, who also wrote {_titles(books, e.book_ids, rated, 1)}."
     if e.kind == "co_readers":
         pct = f"{round((e.share or 0) * 100)}%"
-        return (f"{pct} of the {e.count} readers who liked {_title(books, e.book_ids[0])} gave it 4★ or more "
-                f"({e.value:.1f}★ on average).")
+        return (f"{pct} of the {e.count} readers who liked {_title(books, e.book_ids[0])} "
+                f"gave it 4★ or more ({e.value:.1f}★ on average).")
     if e.kind == "popular":
         return f"It is widely read here: {e.count} ratings averaging {e.value:.1f}★."
     if e.kind == "series_next":
@@ -75,7 +75,8 @@ REPEAT_KIND = 0.04  # penalty per earlier pick that already used the same kind o
 
 def _cited(e: Evidence) -> tuple[str, ...]:
     """The reader's books a rendered sentence names (see :func:`render_evidence`)."""
-    n = {"similar_to": 2, "shared_tags": 2, "same_author": 1, "co_readers": 1, "series_next": 1}.get(e.kind, 0)
+    n = {"similar_to": 2, "shared_tags": 2, "same_author": 1, "co_readers": 1,
+         "series_next": 1}.get(e.kind, 0)
     return tuple(e.book_ids[:n])
 
 
@@ -90,7 +91,8 @@ class ReasonMemory:
         if e.kind in ("series_next", "to_read"):
             return 0.0  # these are about the pick itself, never stale
         books = _cited(e)
-        return REPEAT_BOOK * max((self.books[b] for b in books), default=0) + REPEAT_KIND * self.kinds[e.kind]
+        repeats = max((self.books[b] for b in books), default=0)
+        return REPEAT_BOOK * repeats + REPEAT_KIND * self.kinds[e.kind]
 
     def remember(self, chosen: Sequence[Evidence]) -> None:
         for e in chosen:
@@ -126,7 +128,8 @@ def choose_reasons(evidence: Sequence[Evidence], memory: ReasonMemory | None = N
     return chosen
 
 
-_FALLBACK = "Recommended by the model's overall ranking; we hold no specific evidence linking it to your history."
+_FALLBACK = ("Recommended by the model's overall ranking; we hold no specific evidence linking it "
+             "to your history.")
 
 
 def template_explanation(evidence: Sequence[Evidence], books: Mapping[str, Book], rated: Mapping[str, float],
@@ -143,8 +146,8 @@ def template_explanation(evidence: Sequence[Evidence], books: Mapping[str, Book]
     Returns:
         One or two plain sentences.
     """
-    sents = [s for s in (render_evidence(e, books, rated) for e in choose_reasons(evidence, memory, max_sentences))
-             if s]
+    chosen = choose_reasons(evidence, memory, max_sentences)
+    sents = [s for s in (render_evidence(e, books, rated) for e in chosen) if s]
     return " ".join(sents) if sents else _FALLBACK
 
 

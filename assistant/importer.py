@@ -57,7 +57,8 @@ class ImportResult:
             and self.unchanged
         ):
             head = (
-                f"Nothing new for {b(self.user_id)}: the {plural(self.ratings, 'rated book')} in this "
+                f"Nothing new for {b(self.user_id)}: the "
+                f"{plural(self.ratings, 'rated book')} in this "
                 "export were already imported."
             )
         else:

@@ -361,11 +361,12 @@ class Recommender:
         for e in self.feedback.events(self.dataset, user_id):
             if e.book_id == book_id and e.signal != "to_read":
                 last = e
-        said = {"like": "You gave this book a 👍, so it is not among your recommendations.",
-                "dislike": "You gave this book a 👎, so it stays off your lists.",
-                "read": "You have already read this book, so it is not among your recommendations.",
-                "not_interested": "You said you are not interested in this book, so it stays off your lists.",
-                "currently_reading": "You are reading this book now, so it is not among your recommendations."}
+        off, out = "so it stays off your lists.", "so it is not among your recommendations."
+        said = {"like": f"You gave this book a 👍, {out}",
+                "dislike": f"You gave this book a 👎, {off}",
+                "read": f"You have already read this book, {out}",
+                "not_interested": f"You said you are not interested in this book, {off}",
+                "currently_reading": f"You are reading this book now, {out}"}
         if last is not None and last.signal in said:
             return said[last.signal]
         rated = next((r for r in reversed(ctx.history) if r.book_id == book_id), None)
@@ -458,7 +459,8 @@ class Recommender:
             ``to_read_added``, ``reading_added``.
         """
         if user_id in self.lib.user_index:
-            raise ReadnextError(f"reader {user_id!r} already exists in the dataset; choose another name")
+            raise ReadnextError(f"reader {user_id!r} already exists in the dataset; "
+                                "choose another name")
         self.feedback.add_reader(self.dataset, user_id, origin)
         rating_of: dict[str, float | None] = {}
         shelf: dict[str, str] = {}  # the latest non-rating signal per book
@@ -584,9 +586,10 @@ def check_query_length(query: str | None, limit: int) -> None:
         ReadnextError: one line naming the length, the limit and the setting.
     """
     if query is not None and len(query) > limit:
-        raise ReadnextError(f"the request is {len(query):,} characters long and the limit is {limit:,}: "
-                            "describe what you want to read in a sentence or two "
-                            "(setting chat.max_message_chars, env READNEXT_CHAT_MAX_MESSAGE_CHARS)")
+        raise ReadnextError(f"the request is {len(query):,} characters long and the limit is "
+                            f"{limit:,}: describe what you want to read in a sentence or two "
+                            "(setting chat.max_message_chars, env "
+                            "READNEXT_CHAT_MAX_MESSAGE_CHARS)")
 
 
 def _natural(s: str):

@@ -80,7 +80,8 @@ def same_author(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evid
 
 def favourable(count: int, mean: float, share: float) -> bool:
     """Whether co-reader numbers argue *for* a book (see ``CO_READERS_FAVOURABLE_MIN`` etc.)."""
-    return count >= CO_READERS_FAVOURABLE_MIN and mean >= FAVOURABLE_MEAN and share >= FAVOURABLE_SHARE
+    return (count >= CO_READERS_FAVOURABLE_MIN and mean >= FAVOURABLE_MEAN
+            and share >= FAVOURABLE_SHARE)
 
 
 def _wilson_lower(share: float, n: int, z: float = 1.64) -> float:
@@ -93,7 +94,8 @@ def _wilson_lower(share: float, n: int, z: float = 1.64) -> float:
     return float((centre - margin) / d)
 
 
-def co_readers(lib: Library, item: int, liked: list[tuple[int, float]], top: int = 1) -> list[Evidence]:
+def co_readers(lib: Library, item: int, liked: list[tuple[int, float]],
+               top: int = 1) -> list[Evidence]:
     """How readers who liked one of your books rated this one (from the ratings matrix).
 
     Your liked books are ranked by how *convincingly* their co-readers liked ``item`` (the
@@ -117,8 +119,8 @@ def co_readers(lib: Library, item: int, liked: list[tuple[int, float]], top: int
         if favourable(n, mean, share):
             found.append((_wilson_lower(share, n), n, k, mean, share))
     found.sort(key=lambda x: (-x[0], -x[1], x[2]))
-    return [Evidence("co_readers", book_ids=(lib.books[liked[k][0]].book_id,), count=n, value=mean, share=share)
-            for _, n, k, mean, share in found[:top]]
+    return [Evidence("co_readers", book_ids=(lib.books[liked[k][0]].book_id,), count=n,
+                     value=mean, share=share) for _, n, k, mean, share in found[:top]]
 
 
 def popular(lib: Library, item: int) -> Evidence | None:
@@ -144,7 +146,8 @@ def collect(lib: Library, item: int, history: Sequence[Rating], query: str | Non
     """All evidence the system holds for recommending ``item`` to a reader with ``history``."""
     liked = liked_items(lib, history) if liked is None else liked
     out = [similar_to(lib, item, liked), same_author(lib, item, liked), shared_tags(lib, item, liked),
-           *co_readers(lib, item, liked, top=CO_READERS_PER_BOOK), query_match(lib, item, query, qvec)]
+           *co_readers(lib, item, liked, top=CO_READERS_PER_BOOK),
+           query_match(lib, item, query, qvec)]
     if to_read and lib.books[item].book_id in to_read:
         out.append(Evidence("to_read", book_ids=(lib.books[item].book_id,)))
     if not any(e is not None for e in out):
@@ -161,7 +164,7 @@ _BASE = {"series_next": 0.95, "to_read": 0.85, "same_author": 0.75, "query_match
 
 
 def strength(ev: Evidence) -> float:
-    """Strength of one evidence record in [0, 1]: higher is a more specific, better-supported reason.
+    """Strength of one evidence record in [0, 1]: higher is a more specific, better-supported one.
 
     Args:
         ev: an evidence record, as :func:`collect` (or a candidate source) produced it.

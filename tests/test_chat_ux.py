@@ -265,7 +265,7 @@ def test_reimport_is_idempotent_and_a_newer_export_updates(rec, home, tmp_path, 
         and again["unchanged"] == 19
     )
     assert len(_events(rec2, "ux-again")) == n_ev and _n_ratings(rec2, "ux-again") == 19
-    # a newer export: Hunger Games 5 -> 2 stars, and Way of Kings moved from to-read to read (4 stars)
+    # a newer export: Hunger Games 5 -> 2 stars; Way of Kings moved from to-read to read (4★)
     lines = EXPORT.read_text(encoding="utf-8").splitlines()
     lines[1] = lines[1].replace(",5,4.34,", ",2,4.34,")
     lines = [
