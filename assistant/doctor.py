@@ -108,7 +108,9 @@ def _endpoint(url: str, s: Settings) -> Check:
                      "start the endpoint (e.g. `readnext serve-llm --port 8000`) or fix [llm] backend")
 
 
-def _runtime(_: Settings) -> Check:
+def _runtime(s: Settings) -> Check:
+    if (s.llm.backend or "local").strip().lower() != "local":
+        return Check("llm runtime", None, f"not needed for backend {s.llm.backend!r}")
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None:
         return Check("llm runtime", False, "llama-cpp-python not installed",
