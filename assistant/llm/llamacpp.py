@@ -284,7 +284,7 @@ class LlamaCppBackend(LLMBackend):
 
     # -- generation ----------------------------------------------------------------------
     def _grammar(self, schema: dict[str, Any]) -> Any:
-        key = json.dumps(schema, sort_keys=True)
+        key = json.dumps(schema)  # property order kept: the model writes fields in schema order
         g = self._m.grammars.get(key)
         if g is None:
             from llama_cpp.llama_grammar import LlamaGrammar

@@ -173,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m assistant.llm.model_files", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="re-hash the joined file even if stamped")
     ap.add_argument("--print-sha256", action="store_true", help="join without checking; print the sha256")
+    ap.add_argument("--verified-only", action="store_true",
+                    help="exit 0 only if the joined file is there and verified; never join")
     args = ap.parse_args(argv)
     try:
+        if args.verified_only:
+            print(verify_gguf(default_gguf_path()))
+            return 0
         if args.print_sha256:
             print(sha256_file(_join_unchecked()))
             return 0
