@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     port = random.randint(20000, 60000)
     env = dict(os.environ, READNEXT_HOME=str(args.home), READNEXT_LLM_BACKEND=args.llm,
                GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(ROOT))
+               OMP_WAIT_POLICY="PASSIVE",
+               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "chat", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
