@@ -29,10 +29,8 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
-from rapidfuzz import fuzz, process
-
 from retrieval.constraints import Constraints
-from retrieval.goodreads import normalize_title
+from retrieval.matcher import CatalogMatcher
 
 __all__ = ["Intent", "IntentKind", "parse_intent", "TAG_SYNONYMS"]
 
@@ -216,24 +214,15 @@ _FILLER = {"a", "an", "the", "some", "something", "anything", "any", "book", "bo
            "would", "could", "should", "so", "too", "there", "here", "why", "similar", "than",
            "get", "try", "let's", "lets", "how"}
 
-_TITLE_CUTOFF = 88.0
-_AUTHOR_CUTOFF = 85.0
 
 
 # ---------------------------------------------------------------------------- lookup tables
 
 @lru_cache(maxsize=8)
-def _title_table(titles: tuple[str, ...]) -> tuple[dict[str, str], list[str], list[str]]:
-    exact: dict[str, str] = {}
-    norms, originals = [], []
-    for t in titles:
-        n = normalize_title(t)
-        if not n:
-            continue
-        exact.setdefault(n, t)  # first wins: callers list popular books first
-        norms.append(n)
-        originals.append(t)
-    return exact, norms, originals
+def _matcher(titles: tuple[str, ...], authors: tuple[str, ...]) -> CatalogMatcher:
+    """The shared catalog matcher over bare title/author lists (cached: callers pass the same
+    catalog on every message)."""
+    return CatalogMatcher.from_titles(titles, authors)
 
 
 def _tag_key(s: str) -> str:
@@ -284,19 +273,6 @@ def _variants(key: str) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=8)
-def _author_table(authors: tuple[str, ...]) -> tuple[dict[str, str], list[str], list[str]]:
-    full: dict[str, str] = {}
-    norms, originals = [], []
-    for a in authors:
-        n = _tag_key(re.sub(r"[.]", " ", a))
-        if n:
-            full.setdefault(n, a)
-            norms.append(n)
-            originals.append(a)
-    return full, norms, originals
-
-
 # ---------------------------------------------------------------------------- the parser
 
 class _Work:
@@ -343,27 +319,15 @@ def _word_ends(s: str, start: int, end: int) -> list[int]:
     return sorted({start + m.end() for m in re.finditer(r"\S+", s[start:end])}, reverse=True)
 
 
-def _match_title(work: _Work, start: int, end: int, titles: tuple[str, ...],
+def _match_title(work: _Work, start: int, end: int, cat: CatalogMatcher,
                  exact_only: bool = False) -> tuple[str, int] | None:
     """Known title named at s[start:end]: (title, end offset of the words it used).
 
-    Prefixes are tried longest first and the first one matching exactly or fuzzily wins, so
-    "Stand by Me" is not cut down to "The Stand" and a typo in the full title still matches.
+    Prefixes are tried longest first (see :meth:`CatalogMatcher.title_prefix`).
     """
-    exact, norms, originals = _title_table(titles)
     s = work.s
-    for e in _word_ends(s, start, end)[:12]:
-        n = normalize_title(s[start:e])
-        if not n:
-            continue
-        if n in exact:
-            return exact[n], e
-        if exact_only or len(n) < 4:
-            continue
-        hit = process.extractOne(n, norms, scorer=fuzz.ratio, score_cutoff=_TITLE_CUTOFF)
-        if hit:
-            return originals[hit[2]], e
-    return None
+    got = cat.title_prefix([(e, s[start:e]) for e in _word_ends(s, start, end)], exact_only)
+    return (got[0].title, got[1]) if got else None
 
 
 def _find_ref(work: _Work) -> tuple[int, int] | None:
@@ -422,15 +386,14 @@ def _find_flags(work: _Work, intent: Intent) -> None:
         intent.lighter = True  # kept in the text: these words also carry tags and meaning
 
 
-def _find_authors(work: _Work, authors: tuple[str, ...], intent: Intent) -> None:
-    full, norms, originals = _author_table(authors)
+def _find_authors(work: _Work, cat: CatalogMatcher | None, intent: Intent) -> None:
     for m in list(_AUTHOR_CUE_RE.finditer(work.s)):
         start, end = _phrase_after(work, m.end())
         phrase = work.s[start:end].strip()
         if not phrase:
             continue
         words = phrase.split()[:6]
-        if not authors:
+        if cat is None:
             # Names are capitalised words: stop at the first lower-case word after the name. A
             # reader typing all in lower case gets up to three non-filler words.
             lower = not any(c.isupper() for c in work.text)
@@ -449,35 +412,30 @@ def _find_authors(work: _Work, authors: tuple[str, ...], intent: Intent) -> None
         got = None
         for k in range(len(words), 0, -1):
             cand = " ".join(words[:k])
-            key = _tag_key(cand.replace(".", " "))
-            if key in full:
-                got = (full[key], cand)
-                break
-            # "by Pratchett" / "by Le Guin": a surname (or tail of the name) that is unique.
-            tails = [o for n, o in zip(norms, originals) if n.endswith(" " + key)]
-            if len(set(tails)) == 1 and len(key) > 2:
-                got = (tails[0], cand)
+            # a full name, or a surname / name tail unique in the catalog ("by Le Guin")
+            name = cat.author(cand, fuzzy=False)
+            if name:
+                got = (name, cand)
                 break
         if got is None:
-            hit = process.extractOne(_tag_key(phrase.replace(".", " ")), norms,
-                                     scorer=fuzz.token_sort_ratio, score_cutoff=_AUTHOR_CUTOFF)
-            if hit:
-                got = (originals[hit[2]], phrase)
+            name = cat.author(phrase)
+            if name:
+                got = (name, phrase)
         if got:
             if got[0] not in intent.authors:
                 intent.authors.append(got[0])
             work.consume(m.start(), start + len(got[1]))
-    if authors:
+    if cat is not None:
         # Full names named without "by" ("more Ursula K. Le Guin").
         toks = [(mm.start(), mm.end(), mm.group().lower()) for mm in re.finditer(r"[\w']+", work.s)]
         for i in range(len(toks)):
             for n in range(5, 1, -1):
                 if i + n > len(toks):
                     continue
-                key = " ".join(t[2] for t in toks[i:i + n])
-                if key in full:
-                    if full[key] not in intent.authors:
-                        intent.authors.append(full[key])
+                name = cat.full_author(" ".join(t[2].replace("'", "") for t in toks[i:i + n]))
+                if name:
+                    if name not in intent.authors:
+                        intent.authors.append(name)
                     work.consume(toks[i][0], toks[i + n - 1][1])
                     break
 
@@ -573,7 +531,7 @@ def _clean_query(text: str) -> str:
 
 
 def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequence[str] = (),
-                 known_authors: Sequence[str] = ()) -> Intent:
+                 known_authors: Sequence[str] = (), matcher: CatalogMatcher | None = None) -> Intent:
     """Parse one chat message into an :class:`Intent` with rules only (no model).
 
     ``known_titles``/``known_authors``: when given, ``title_ref`` and ``authors`` are elements of
@@ -583,7 +541,12 @@ def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequen
     the message without control phrases (requests, references, refused tags, years, modifiers,
     the title and author phrases), meant for embedding search.
     """
-    titles, tags, authors = tuple(known_titles), tuple(known_tags), tuple(known_authors)
+    tags = tuple(known_tags)
+    if matcher is None and (known_titles or known_authors):
+        matcher = _matcher(tuple(known_titles), tuple(known_authors))
+    # With a catalog, titles and authors are the catalog's own; without, phrases are copied.
+    titles = matcher if matcher is not None and (known_titles or not known_authors) else None
+    authors = matcher if matcher is not None and (known_authors or not known_titles) else None
     raw = " ".join((text or "").split())
     if _HELP_RE.search(raw):
         return Intent(kind="help")
@@ -604,7 +567,7 @@ def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequen
     refused: list[str] = []
     if targeted and cue_kind == "not_interested":
         refused = _genre_target(work, cue_end, titles, tags)
-    if targeted and not refused and titles:
+    if targeted and not refused and titles is not None:
         st, en = _phrase_after(work, cue_end)
         hit = _match_title(work, st, en, titles)
         if hit:
@@ -614,7 +577,7 @@ def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequen
     _find_flags(work, intent)
     _find_authors(work, authors, intent)
 
-    if targeted and not refused and not titles and cue_kind != "why":
+    if targeted and not refused and titles is None and cue_kind != "why":
         # No catalog to check against: the phrase itself is the reference.
         st, en = _phrase_after(work, cue_end)
         if work.s[st:en].strip():
@@ -653,14 +616,15 @@ def _deictic_at(work: _Work, pos: int) -> bool:
     return st >= en or bool(_DEICTIC_RE.match(work.s[st:en]))
 
 
-def _genre_target(work: _Work, pos: int, titles: tuple[str, ...], tags: tuple[str, ...]) -> list[str]:
+def _genre_target(work: _Work, pos: int, titles: CatalogMatcher | None,
+                  tags: tuple[str, ...]) -> list[str]:
     """Tags refused by "not interested in <phrase>" when the phrase is only genre words.
 
     A phrase that names a known title exactly ("not interested in Twilight") is a book, not a
     genre, and gives [].
     """
     st, en = _phrase_after(work, pos)
-    if not tags or (titles and _match_title(work, st, en, titles, exact_only=True)):
+    if not tags or (titles is not None and _match_title(work, st, en, titles, exact_only=True)):
         return []
     sub = _Work("not " + work.s[st:en])
     probe = Intent(kind="refine")
@@ -669,11 +633,11 @@ def _genre_target(work: _Work, pos: int, titles: tuple[str, ...], tags: tuple[st
 
 
 def _decide_kind(intent: Intent, cue: IntentKind | None, refused: bool, negated: bool,
-                 targeted: bool, titles: tuple[str, ...], raw: str,
+                 targeted: bool, titles: CatalogMatcher | None, raw: str,
                  greeting: re.Match[str] | None) -> IntentKind:
     if refused:
         return "refine"  # "not interested in romance"
-    if cue == "more_like" and targeted and titles and intent.title_ref is None:
+    if cue == "more_like" and targeted and titles is not None and intent.title_ref is None:
         return "recommend"  # "something like a cozy mystery": no known title, a free request
     if cue is not None:
         return cue
