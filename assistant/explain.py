@@ -51,6 +51,16 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
         vol = f"#{e.value:g} " if e.value is not None else ""
         prev = f", after {_titles(books, e.book_ids, rated, 1)}" if e.book_ids else ""
         return f"It is the next book ({vol}in {e.series}) for you{prev}."
+    if e.kind == "anchor":
+        like = f"Like {_title(books, e.book_ids[0])}, which you asked about"
+        bits = []
+        if e.tags:
+            bits.append(f"it shares {', '.join(e.tags)}")
+        elif (e.value or 0) >= 0.35:
+            bits.append("it is close in subject and style")
+        if e.count:
+            bits.append(f"{e.count} readers who liked it rated this {round((e.share or 0) * 100)}% 4★ or more")
+        return like + (": " + "; ".join(bits) if bits else "") + "."
     if e.kind == "query_match":
         return f"It matches what you asked for (“{e.text}”)."
     if e.kind == "to_read":
@@ -59,7 +69,7 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
 
 
 # Most persuasive and specific evidence first.
-_ORDER = {"series_next": 0, "to_read": 1, "query_match": 2, "same_author": 3, "similar_to": 4,
+_ORDER = {"series_next": 0, "anchor": 1, "to_read": 1, "query_match": 2, "same_author": 3, "similar_to": 4,
           "co_readers": 5, "shared_tags": 6, "popular": 7}
 
 

@@ -25,7 +25,7 @@ from .errors import ReadnextError
 
 DEFAULT_HOME = Path.home() / ".readnext"
 FUSION_METHODS = ("score", "rrf")
-SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence")
+SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence", "lexical", "anchor")
 
 
 @dataclass
@@ -93,6 +93,20 @@ class SequenceConfig:
 
 
 @dataclass
+class RequestConfig:
+    """How a chat request or ``--query`` is understood and retrieved.
+
+    The two request-only sources have no opinion without a request, so history-only rankings
+    (and eval's tuned weights) are unchanged by them; a ``fusion.weights`` entry overrides these.
+    """
+
+    lexical_weight: float = 0.3  # BM25 on the request's words and tags (retrieval.lexical)
+    anchor_weight: float = 1.5  # "something like X": X's neighbours, co-readers, tags
+    # A request's wanted tags multiply a book's rank score by this per tag group it carries.
+    tag_boost: float = 2.0
+
+
+@dataclass
 class LLMConfig:
     """The LLM stage: reranking and explanation text."""
 
@@ -134,6 +148,7 @@ class Settings:
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    request: RequestConfig = field(default_factory=RequestConfig)
 
     @classmethod
     def load(
@@ -188,6 +203,12 @@ class Settings:
         if any(not isinstance(w, (int, float)) or w < 0 for w in f.weights.values()) or \
                 not any(w > 0 for w in f.weights.values()):
             raise ReadnextError(f"{origin}: fusion.weights must be numbers >= 0, at least one > 0; got {f.weights}")
+        q = self.request
+        for k in ("lexical_weight", "anchor_weight", "tag_boost"):
+            v = getattr(q, k)
+            if not isinstance(v, (int, float)) or v < 0 or (k == "tag_boost" and v < 1):
+                raise ReadnextError(f"{origin}: request.{k} must be a number >= {1 if k == 'tag_boost' else 0}"
+                                    f"; got {v!r}")
         if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
             raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 

@@ -158,6 +158,10 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
 
         return (b.series == ev.series and prev in rated
                 and series_key(lib.book(prev).series or "") == series_key(b.series or ""))
+    if ev.kind == "anchor":
+        from .anchor import verify_anchor
+
+        return verify_anchor(lib, book_id, ev, tol)
     if ev.kind in ("query_match", "to_read"):
         return True  # these restate the reader's own input
     return False
