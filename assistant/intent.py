@@ -64,6 +64,7 @@ class Intent(Constraints):
         """Plain dict (lists copied), e.g. for JSON logs or an LLM prompt."""
         d = asdict(self)
         d.pop("ref_year")  # set by the chat from a referenced book, never parsed from a message
+        d.pop("tag_boost")  # a setting (request.tag_boost), not part of what the reader said
         return d
 
 
@@ -96,6 +97,12 @@ TAG_SYNONYMS: dict[str, tuple[str, ...]] = {
     "dystopian": ("dystopian", "dystopia"), "classic": ("classics", "classic"),
     "classics": ("classics", "classic"), "spy": ("spy", "espionage"), "space": ("space-opera",),
     "vampire": ("vampires", "vampire"), "vampires": ("vampires", "vampire"),
+    # comparatives and adjectives of genre nouns ("but funnier", "something philosophical")
+    "funnier": ("humor", "funny", "comedy", "humour"), "scarier": ("horror",),
+    "darker": ("dark",), "philosophical": ("philosophy",), "magical": ("magic",),
+    "mysterious": ("mystery",), "political": ("politics",), "scientific": ("science",),
+    "psychological": ("psychology",), "mythological": ("mythology",),
+    "spiritual": ("spirituality",), "romantic comedy": ("romance", "funny", "humor"),
 }
 
 # Words that are tags in goodbooks but mean something else in a request.
@@ -167,6 +174,9 @@ _BOOKISH_RE = re.compile(r"\b(?:books?|novels?|reads?)\b", re.I)
 _REFINE_START_RE = re.compile(r"^\s*(?:more|less|fewer|only|just|not|no|without|but|and|except|"
                               r"something|anything|maybe|how\s+about|what\s+about|instead)\b", re.I)
 
+# "something dark and atmospheric" is a new request; "something newer" refines the list.
+_FRESH_START_RE = re.compile(r"^\s*(?:something|anything|maybe)\b", re.I)
+
 _YEAR = r"([12]\d{3})"
 _PUB = r"(?:(?:published|written|released|came\s+out|from)\s+)?"
 _YEAR_RES: list[tuple[re.Pattern[str], str]] = [
@@ -210,7 +220,8 @@ _LEADING_FILLER_RE = re.compile(r"^(?:(?:did|do|would)\s+you\s+(?:recommend|sugg
                                 r"(?:ed)?|recommend(?:ed)?|suggest(?:ed)?|in|about|on|to|of|is|was|"
                                 r"the\s+book|a\s+book\s+called|called|me|please)\s+", re.I)
 _NEG_WORDS = {"not", "no", "without", "except", "avoid", "exclude", "excluding", "nothing", "none",
-              "hate", "dislike", "never", "less", "fewer", "skip", "minus"}
+              "hate", "dislike", "never", "less", "fewer", "skip", "minus", "isnt", "arent",
+             "wasnt", "nor"}
 _NEG_PHRASES_RE = re.compile(r"\b(?:don'?t|do\s+not|doesn'?t|won'?t)\s+(?:like|want|enjoy|need)\b|"
                              r"\banything\s+but\b|\bother\s+than\b|\binstead\s+of\b|\bbut\s+not\b|"
                              r"\bnot\s+interested\s+in\b", re.I)
@@ -494,7 +505,8 @@ def _find_tags(work: _Work, tags: tuple[str, ...], intent: Intent) -> bool:
             if any(not re.fullmatch(r"[\s\-/]+", s[toks[j][1]:toks[j + 1][0]])
                    for j in range(i, i + n - 1)):
                 continue
-            if n > 1 and (toks[i][2] in _EDGE_WORDS or toks[i + n - 1][2] in _EDGE_WORDS):
+            if n > 1 and (toks[i][2] in _EDGE_WORDS or toks[i + n - 1][2] in _EDGE_WORDS) \
+                    and " ".join(t[2] for t in toks[i:i + n]) not in TAG_SYNONYMS:
                 continue  # "ya books" is the tag "ya", not the shelf "ya-books"
             key = " ".join(t[2] for t in toks[i:i + n])
             if key in table:
@@ -657,7 +669,8 @@ def _decide_kind(intent: Intent, cue: IntentKind | None, refused: bool, negated:
     modifiers = (intent.year_min is not None or intent.year_max is not None or intent.shorter
                  or intent.lighter or intent.newer or intent.older or negated)
     body = raw[greeting.end():] if greeting else raw
-    if _REFINE_START_RE.match(body) or (modifiers and not intent.query_text
+    fresh_topic = bool(_FRESH_START_RE.match(body)) and bool(intent.include_tags or intent.query_text)
+    if (_REFINE_START_RE.match(body) and not fresh_topic) or (modifiers and not intent.query_text
                                         and not _BOOKISH_RE.search(raw)):
         return "refine"  # "more fantasy", "not romance", "published after 2000"
     return "recommend"

@@ -114,6 +114,14 @@ class CatalogMatcher:
             self._keys.append(k)
             if k:
                 self._exact.setdefault(k, pos)
+        # "like Harry Potter", "books like Mistborn": a series name means its first volume
+        self._series: dict[str, int] = {}
+        for pos, b in enumerate(self._books):
+            if b.series and b.series_index is not None:
+                k = _ARTICLE_RE.sub("", fold(b.series))
+                cur = self._series.get(k)
+                if k and (cur is None or (self._books[cur].series_index or 0) > b.series_index):
+                    self._series[k] = pos
         names = sorted({a for b in self._books for a in b.authors})
         self.authors: list[str] = names
         self._name_keys = [name_key(a) for a in names]
@@ -143,8 +151,9 @@ class CatalogMatcher:
         q = title_key(re.split(r"\s+(?:by|-)\s+", text.strip(), maxsplit=1)[0])
         if not q:
             return None
-        if q in self._exact:
-            b = self._books[self._exact[q]]
+        exact = self._exact.get(q, self._series.get(q))
+        if exact is not None:
+            b = self._books[exact]
             return TitleHit(b.book_id, b.title, 100.0)
         if exact_only or len(q) < 4:
             return None
@@ -171,8 +180,9 @@ class CatalogMatcher:
             q = title_key(text)
             if not q:
                 continue
-            if q in self._exact:
-                b = self._books[self._exact[q]]
+            exact = self._exact.get(q, self._series.get(q))
+            if exact is not None:
+                b = self._books[exact]
                 return TitleHit(b.book_id, b.title, 100.0), end
             if exact_only or len(q) < 4:
                 continue
@@ -194,7 +204,11 @@ class CatalogMatcher:
         if not fuzzy or len(key) < 4:
             return None
         hit = best_match(key, self._name_keys, self.author_cutoff, "token_sort")
-        return self.authors[hit[2]] if hit else None
+        if hit:
+            return self.authors[hit[2]]
+        # "by pratchet": a near spelling of a surname that is unique in the catalog
+        tail = best_match(key, list(self._by_tail), self.author_cutoff, "ratio")
+        return self._by_tail[tail[0]] if tail and len(key) >= 5 else None
 
     def full_author(self, key: str) -> str | None:
         """The author whose full normalised name is exactly ``key`` (no tails, no fuzz)."""
