@@ -140,10 +140,12 @@ class ChatEngine:
 
     # -- conversation -----------------------------------------------------------------------------
 
-    def parse(self, message: str, st: ChatState | None = None) -> Intent:
-        """The LLM parses the message when configured (validated strictly); rules otherwise."""
+    def parse(self, message: str, st: ChatState | None = None, llm: Any = None) -> Intent:
+        """The LLM parses the message when configured (validated strictly); rules otherwise.
+
+        ``llm``: the turn's backend view (its time budget); default: the parser's backend."""
         shown = [self.rec.books[b].title for b in (st.recs if st else [])[:10] if b in self.rec.books]
-        return self.intents.parse(message, shown)
+        return self.intents.parse(message, shown, llm=llm)
 
     @property
     def intent_fallbacks(self) -> int:
@@ -168,7 +170,9 @@ class ChatEngine:
         if not message:
             yield Reply("Tell me what you are in the mood for, or ask *what should I read next?*", state=st)
             return
-        intent = self.parse(message, st)
+        llm = self.rec.llm
+        turn = llm.for_turn() if hasattr(llm, "for_turn") else None  # one LLM budget for the turn
+        intent = self.parse(message, st, turn)
         if intent.kind in ("help", "greeting"):
             yield Reply(("Hello! " if intent.kind == "greeting" else "") + HELP, state=st)
             return
@@ -194,9 +198,11 @@ class ChatEngine:
         req = follow_up(prev, intent, anchor, self.rec.books, self.rec.settings.request.tag_boost)
         st.query, st.ref_book = req.query, req.anchor
         st.constraints = asdict(req.constraints)
-        yield from self._recommend(st, req.constraints)
+        yield from self._recommend(st, req.constraints, turn=turn)
 
-    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = ()) -> Iterator[Reply]:
+
+    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = (), turn: Any = None
+                   ) -> Iterator[Reply]:
         if st.user_id is None:
             st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
             st.guest = True
@@ -219,14 +225,14 @@ class ChatEngine:
         yield reply
         if llm is None or self.llm_picks <= 0:
             return
-        yield from self._stream_llm(reply)
+        yield from self._stream_llm(reply, turn)
 
-    def _stream_llm(self, reply: Reply) -> Iterator[Reply]:
+    def _stream_llm(self, reply: Reply, turn: Any = None) -> Iterator[Reply]:
         rec = self.rec
         ctx = rec.context(reply.state.user_id, query=reply.state.query)
         hist = [b for b, _ in rec._history_books(ctx)]
-        ex = rec.explainer()
-        fallbacks = 0
+        ex, turn = rec.explainer_for_turn(turn)  # the turn's LLM budget: later picks keep templates
+        reasons = []
         for card in reply.cards[: self.llm_picks]:
             book = rec.books[card.book_id]
             final = None
@@ -243,10 +249,12 @@ class ChatEngine:
             if final is not None:
                 Recommender.apply_explanation(card, final)
                 card.explanation = card.explanation if final.source == "llm" else template
-                fallbacks += final.source != "llm"
+                if final.source != "llm":
+                    reasons.append(final.rejected_reason)
             yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=True)
-        if fallbacks:
-            reply.notes.append(f"{fallbacks} LLM text(s) failed the grounding check: showing template text instead")
+        from .llm.resilience import count_guard_rejections, honest_notes
+
+        reply.notes.extend(honest_notes(turn, count_guard_rejections(reasons)))
         yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=False)
 
     def _why(self, st: ChatState, book_id: str) -> Reply:

@@ -801,12 +801,14 @@ class IntentParser:
         """The rule-based parse (no model)."""
         return parse_intent(text, known_tags=self.tags, matcher=self.matcher)
 
-    def parse(self, text: str, shown: Sequence[str] = ()) -> Intent:
+    def parse(self, text: str, shown: Sequence[str] = (), llm: Any = None) -> Intent:
         """Parse one message.
 
         Args:
             text: the reader's message.
             shown: titles of the list the reader sees now (numbered from 1), for "#2" context.
+            llm: a per-turn view of the backend (its time budget) to use instead of ``self.llm``;
+                ignored when this parser has no LLM.
 
         Returns:
             The intent; ``last_source`` says which parser produced it ("llm" or "rules").
@@ -815,7 +817,7 @@ class IntentParser:
         if self.llm is None:
             return self.rules(text)
         try:
-            got = self.llm_parse(text, shown)
+            got = self.llm_parse(text, shown, llm)
             self.last_error = None if got is not None else "no valid JSON intent"
         except Exception as e:  # a failing backend must never break the chat: rules answer
             got, self.last_error = None, f"{type(e).__name__}: {e}"[:200]
@@ -825,15 +827,16 @@ class IntentParser:
         self.last_source = "llm"
         return got
 
-    def llm_parse(self, text: str, shown: Sequence[str] = ()) -> Intent | None:
+    def llm_parse(self, text: str, shown: Sequence[str] = (), llm: Any = None) -> Intent | None:
         """The LLM's parse, validated, or None when it produced no usable intent."""
+        llm = llm or self.llm
         from prompts import delimit, render_messages
 
         context = "\n".join(f"#{i + 1} {t}" for i, t in enumerate(list(shown)[:10])) or "(none)"
         msgs, _version = render_messages(
             "chat_intent", context=context, utterance=delimit(text, 500),
             tags=", ".join(self.tags[: self.prompt_tags]))
-        gen_json = getattr(self.llm, "generate_json", None)
+        gen_json = getattr(llm, "generate_json", None)
         if callable(gen_json):
             import time
 
@@ -842,7 +845,7 @@ class IntentParser:
             if isinstance(data, str):
                 data = _json_object(data)
         else:
-            data = _json_object(self.llm.generate(msgs, max_new_tokens=200))
+            data = _json_object(llm.generate(msgs, max_new_tokens=200))
         return intent_from_json(data, self.tags, self.matcher)
 
 
