@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", nargs="+", default=[str(DEFAULT_SET), str(HELDOUT_SET)])
     p.add_argument("--llm", help="also score the LLM parser with this backend (local | HF id | URL)")
     p.add_argument("--out", help="write intent_scores.json and report.md here")
+    p.add_argument("--llm-deadline", type=float, default=150.0,
+                   help="seconds the LLM gets per request (CPU prompt evaluation is slow)")
     a = p.parse_args(argv)
     rec = Recommender.open(a.data_dir, llm="none")
     lib = rec.lib
@@ -109,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from assistant.llm import load_backend
 
         llm = load_backend(a.llm)
-        parsers["llm"] = IntentParser(books, llm)
+        parsers["llm"] = IntentParser(books, llm, deadline_s=a.llm_deadline)
     res: dict[str, Any] = {"sets": {}}
     for path in a.requests:
         reqs = load_requests(path)
