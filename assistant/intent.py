@@ -836,8 +836,11 @@ class IntentParser:
         msgs, _version = render_messages(
             "chat_intent", context=context, utterance=delimit(text, 500),
             tags=", ".join(self.tags[: self.prompt_tags]))
+        # A wrapper (ResilientBackend) always has generate_json; use it only when the wrapped
+        # backend implements it too (every LLMBackend does; a bare generate-only object not).
+        inner = getattr(llm, "inner", llm)
         gen_json = getattr(llm, "generate_json", None)
-        if callable(gen_json):
+        if callable(gen_json) and callable(getattr(inner, "generate_json", None)):
             import time
 
             data = gen_json(msgs, INTENT_SCHEMA, max_new_tokens=200,

@@ -87,27 +87,60 @@ class SimulatedReader:
             # the target's tag the list shows least: what a reader would say is missing
             tag = min(want, key=lambda x: (counts.get(x, 0), tags.index(x)))
             phrase = tag.replace("-", " ")
-            msg = self.rng.choice([f"more {phrase}", f"more {phrase} please",
-                                   f"can you show me more {phrase}?", f"I want something {phrase}"])
+            msg = self.rng.choice(
+                [
+                    f"more {phrase}",
+                    f"more {phrase} please",
+                    f"can you show me more {phrase}?",
+                    f"I want something {phrase}",
+                ]
+            )
             out.append((3.0, "more_tag:" + tag, msg))
-        refuse = [x for x, n in counts.most_common() if n >= 3 and x not in tags and x not in self.refused
-                  and x not in ("short", "long")]
+        refuse = [
+            x
+            for x, n in counts.most_common()
+            if n >= 3 and x not in tags and x not in self.refused and x not in ("short", "long")
+        ]
         if refuse:
             phrase = refuse[0].replace("-", " ")
             msg = self.rng.choice([f"not {phrase}", f"no {phrase} please", f"less {phrase}"])
             out.append((2.0, "not_tag:" + refuse[0], msg))
         if "like" not in self.used and self.liked:
             tset = set(tags)
-            best = max(self.liked, key=lambda b: (len(tset & set(b.tags)) / max(len(tset | set(b.tags)), 1),
-                                                  b.book_id))
+            best = max(
+                self.liked,
+                key=lambda b: (
+                    len(tset & set(b.tags)) / max(len(tset | set(b.tags)), 1),
+                    b.book_id,
+                ),
+            )
             if set(best.tags) & tset:
                 name = re.sub(r"\s*\([^)]*#[^)]*\)\s*$", "", best.title)
-                out.append((2.0, "like", self.rng.choice([f"something like {name}", f"more like {name}",
-                                                          f"books similar to {name}"])))
-        others = [b for b in self.books.values() if b.book_id != t.book_id and set(b.authors) & set(t.authors)]
+                out.append(
+                    (
+                        2.0,
+                        "like",
+                        self.rng.choice(
+                            [
+                                f"something like {name}",
+                                f"more like {name}",
+                                f"books similar to {name}",
+                            ]
+                        ),
+                    )
+                )
+        others = [
+            b
+            for b in self.books.values()
+            if b.book_id != t.book_id and set(b.authors) & set(t.authors)
+        ]
         if "author" not in self.used and t.authors and len(others) >= 2:
             out.append((1.0, "author", f"something by {t.authors[0]}"))
-        if "shorter" not in self.used and "short" in tags and sum("long" in b.tags for b in shown) >= 3:
+        if (
+            "shorter" not in self.used
+            and "short" in tags
+            and sum("long" in b.tags for b in shown) >= 3
+        ):
             out.append((1.5, "shorter", self.rng.choice(["shorter", "something shorter please"])))
         return [o for o in out if not names_target(o[2], t)]
 
@@ -150,11 +183,20 @@ def _ndcg(rank: int | None) -> float:
     return 0.0 if rank is None else 1.0 / math.log2(rank + 1)
 
 
-def run_conversation_eval(dataset: str = "demo", readers: int = 100, turns: int = 5, seed: int = 42,
-                          parsers: Sequence[str] = ("rules",), llm: str | None = None,
-                          out: str | Path | None = None, cache_dir: str | Path | None = None,
-                          min_ratings: int = 10, k: int = 10, n_boot: int = 1000,
-                          progress: bool = True) -> dict[str, Any]:
+def run_conversation_eval(
+    dataset: str = "demo",
+    readers: int = 100,
+    turns: int = 5,
+    seed: int = 42,
+    parsers: Sequence[str] = ("rules",),
+    llm: str | None = None,
+    out: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    min_ratings: int = 10,
+    k: int = 10,
+    n_boot: int = 1000,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the simulated-reader study and return (and optionally write) its metrics.
 
     Args:
@@ -180,7 +222,11 @@ def run_conversation_eval(dataset: str = "demo", readers: int = 100, turns: int 
     from retrieval.data import detect_format, load_dataset, load_demo
     from retrieval.index import ingest
 
-    ds = load_demo() if dataset == "demo" else load_dataset(detect_format(dataset), directory=dataset)
+    ds = (
+        load_demo()
+        if dataset == "demo"
+        else load_dataset(detect_format(dataset), directory=dataset)
+    )
     picks = _pick_readers(ds, readers, seed, min_ratings)
     held = {(u, b) for u, b in picks}
     r = ds.ratings
@@ -205,7 +251,10 @@ def run_conversation_eval(dataset: str = "demo", readers: int = 100, turns: int 
                 from assistant.llm import load_backend
 
                 lib = rec.lib
-                books = [lib.books[i] for i in sorted(range(lib.n_items), key=lambda i: -int(lib.pop_count[i]))]
+                books = [
+                    lib.books[i]
+                    for i in sorted(range(lib.n_items), key=lambda i: -int(lib.pop_count[i]))
+                ]
                 eng.intents = IntentParser(books, load_backend(llm), deadline_s=150.0)
             per_turn_hit = np.zeros((len(picks), turns))
             per_turn_ndcg = np.zeros((len(picks), turns))
@@ -216,7 +265,9 @@ def run_conversation_eval(dataset: str = "demo", readers: int = 100, turns: int 
             for ri, (uid, target_id) in enumerate(it):
                 target = rec.books[target_id]
                 hist = rec.history(uid)
-                liked = [rec.books[h.book_id] for h in hist if h.rating >= 4 and h.book_id in rec.books]
+                liked = [
+                    rec.books[h.book_id] for h in hist if h.rating >= 4 and h.book_id in rec.books
+                ]
                 sim = SimulatedReader(uid, target, liked, rec.books, random.Random(f"{seed}:{uid}"))
                 st, _ = eng.select_reader(uid)
                 msg, kind = sim.opening(), "opening"
@@ -231,32 +282,60 @@ def run_conversation_eval(dataset: str = "demo", readers: int = 100, turns: int 
                     ids = [c.book_id for c in reply.cards][:k]
                     rank = ids.index(target_id) + 1 if target_id in ids else None
                     last_rank = rank
-                    log.append({"turn": t + 1, "kind": kind, "message": msg, "understood": reply.text[:300],
-                                "parser": eng.intents.last_source, "rank": rank})
+                    log.append(
+                        {
+                            "turn": t + 1,
+                            "kind": kind,
+                            "message": msg,
+                            "understood": reply.text[:300],
+                            "parser": eng.intents.last_source,
+                            "rank": rank,
+                        }
+                    )
                     per_turn_hit[ri, t] = rank is not None
                     per_turn_ndcg[ri, t] = _ndcg(rank)
                     if rank is not None:
                         found = t + 1
-                        per_turn_hit[ri, t + 1:] = 1.0
-                        per_turn_ndcg[ri, t + 1:] = _ndcg(rank)
+                        per_turn_hit[ri, t + 1 :] = 1.0
+                        per_turn_ndcg[ri, t + 1 :] = _ndcg(rank)
                         break
                     nxt = sim.answer([rec.books[b] for b in ids])
                     if nxt is None:  # nothing left to say: the last list stands
-                        per_turn_hit[ri, t + 1:] = 0.0
-                        per_turn_ndcg[ri, t + 1:] = _ndcg(last_rank)
+                        per_turn_hit[ri, t + 1 :] = 0.0
+                        per_turn_ndcg[ri, t + 1 :] = _ndcg(last_rank)
                         break
                     kind, msg = nxt
                 hit_turn.append(found)
-                convs.append({"parser": parser_name, "user_id": uid, "target": target_id, "found_at": found,
-                              "turns": log})
-            res: dict[str, Any] = {"readers": len(picks), "turns": turns, "leak_rate": leaks / max(n_turns, 1),
-                                   "turns_total": n_turns, "feedback_kinds": dict(kinds),
-                                   "intent_fallbacks": eng.intents.fallbacks, "per_turn": []}
+                convs.append(
+                    {
+                        "parser": parser_name,
+                        "user_id": uid,
+                        "target": target_id,
+                        "found_at": found,
+                        "turns": log,
+                    }
+                )
+            res: dict[str, Any] = {
+                "readers": len(picks),
+                "turns": turns,
+                "leak_rate": leaks / max(n_turns, 1),
+                "turns_total": n_turns,
+                "feedback_kinds": dict(kinds),
+                "intent_fallbacks": eng.intents.fallbacks,
+                "per_turn": [],
+            }
             for t in range(turns):
                 m1, lo1, hi1 = bootstrap_ci(per_turn_hit[:, t], n_boot=n_boot, seed=seed)
                 m2, lo2, hi2 = bootstrap_ci(per_turn_ndcg[:, t], n_boot=n_boot, seed=seed)
-                res["per_turn"].append({"turn": t + 1, "recall@10": round(m1, 4), "recall_ci": [round(lo1, 4), round(hi1, 4)],
-                                        "ndcg@10": round(m2, 4), "ndcg_ci": [round(lo2, 4), round(hi2, 4)]})
+                res["per_turn"].append(
+                    {
+                        "turn": t + 1,
+                        "recall@10": round(m1, 4),
+                        "recall_ci": [round(lo1, 4), round(hi1, 4)],
+                        "ndcg@10": round(m2, 4),
+                        "ndcg_ci": [round(lo2, 4), round(hi2, 4)],
+                    }
+                )
             hits = [h for h in hit_turn if h is not None]
             res["found_within"] = round(len(hits) / max(len(picks), 1), 4)
             res["mean_turns_to_hit"] = round(float(np.mean(hits)), 3) if hits else None
@@ -266,7 +345,10 @@ def run_conversation_eval(dataset: str = "demo", readers: int = 100, turns: int 
             # paired bootstrap of recall after turn 3 minus turn 1 (same readers)
             d = per_turn_hit[:, min(2, turns - 1)] - per_turn_hit[:, 0]
             md, lod, hid = bootstrap_ci(d, n_boot=n_boot, seed=seed)
-            res["recall3_minus_recall1"] = {"mean": round(md, 4), "ci": [round(lod, 4), round(hid, 4)]}
+            res["recall3_minus_recall1"] = {
+                "mean": round(md, 4),
+                "ci": [round(lod, 4), round(hid, 4)],
+            }
             res["_hits"] = per_turn_hit.tolist()
             results[parser_name] = res
             rec.close()
@@ -277,9 +359,16 @@ def run_conversation_eval(dataset: str = "demo", readers: int = 100, turns: int 
     for v in results.values():
         if isinstance(v, dict):
             v.pop("_hits", None)
-    meta = {"dataset": dataset if dataset == "demo" else Path(dataset).name, "readers": len(picks),
-            "turns": turns, "seed": seed, "k": k, "min_ratings": min_ratings, "llm": llm,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    meta = {
+        "dataset": dataset if dataset == "demo" else Path(dataset).name,
+        "readers": len(picks),
+        "turns": turns,
+        "seed": seed,
+        "k": k,
+        "min_ratings": min_ratings,
+        "llm": llm,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     out_obj = {"meta": meta, "results": results}
     if out is not None:
         o = Path(out)
@@ -295,26 +384,43 @@ def run_conversation_eval(dataset: str = "demo", readers: int = 100, turns: int 
 def report(obj: dict[str, Any]) -> str:
     """Markdown table: Recall@10 / NDCG@10 per turn and the summary numbers, per parser."""
     m = obj["meta"]
-    lines = [f"# Simulated-reader conversations ({m['dataset']}, {m['readers']} readers, seed {m['seed']})", "",
-             "Each reader's target (a book they rated >= 4) was removed before the index was built; the "
-             "reader opens with \"what should I read next?\" and then gives feedback from the target's "
-             "tags and author and from their own history, never naming it, through `ChatEngine`.", ""]
+    lines = [
+        f"# Simulated-reader conversations ({m['dataset']}, {m['readers']} readers, seed {m['seed']})",
+        "",
+        "Each reader's target (a book they rated >= 4) was removed before the index was built; the "
+        'reader opens with "what should I read next?" and then gives feedback from the target\'s '
+        "tags and author and from their own history, never naming it, through `ChatEngine`.",
+        "",
+    ]
     for name, r in obj["results"].items():
         if not isinstance(r, dict) or "per_turn" not in r:
             continue
-        lines += [f"## {name} parsing", "", "| turn | Recall@10 [95% CI] | NDCG@10 [95% CI] |", "|---|---|---|"]
+        lines += [
+            f"## {name} parsing",
+            "",
+            "| turn | Recall@10 [95% CI] | NDCG@10 [95% CI] |",
+            "|---|---|---|",
+        ]
         for p in r["per_turn"]:
-            lines.append(f"| {p['turn']} | {p['recall@10']:.3f} [{p['recall_ci'][0]:.3f}, {p['recall_ci'][1]:.3f}] | "
-                         f"{p['ndcg@10']:.3f} [{p['ndcg_ci'][0]:.3f}, {p['ndcg_ci'][1]:.3f}] |")
+            lines.append(
+                f"| {p['turn']} | {p['recall@10']:.3f} [{p['recall_ci'][0]:.3f}, {p['recall_ci'][1]:.3f}] | "
+                f"{p['ndcg@10']:.3f} [{p['ndcg_ci'][0]:.3f}, {p['ndcg_ci'][1]:.3f}] |"
+            )
         d = r["recall3_minus_recall1"]
-        lines += ["", f"- found within {r['turns']} turns: {r['found_within']:.3f}; mean turns to a hit: "
-                      f"{r['mean_turns_to_hit']}",
-                  f"- Recall@10 after turn 3 / turn 1: {r['recall3_over_recall1']} (difference {d['mean']:+.3f} "
-                  f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}])",
-                  f"- leak rate (turns naming the target): {r['leak_rate']:.3f} of {r['turns_total']} turns",
-                  f"- feedback given: {r['feedback_kinds']}; LLM parses that fell back to rules: "
-                  f"{r['intent_fallbacks']}", ""]
+        lines += [
+            "",
+            f"- found within {r['turns']} turns: {r['found_within']:.3f}; mean turns to a hit: "
+            f"{r['mean_turns_to_hit']}",
+            f"- Recall@10 after turn 3 / turn 1: {r['recall3_over_recall1']} (difference {d['mean']:+.3f} "
+            f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}])",
+            f"- leak rate (turns naming the target): {r['leak_rate']:.3f} of {r['turns_total']} turns",
+            f"- feedback given: {r['feedback_kinds']}; LLM parses that fell back to rules: "
+            f"{r['intent_fallbacks']}",
+            "",
+        ]
     if "llm_minus_rules_found" in obj["results"]:
         d = obj["results"]["llm_minus_rules_found"]
-        lines.append(f"LLM minus rules, found within the turns (paired): {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+        lines.append(
+            f"LLM minus rules, found within the turns (paired): {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+        )
     return "\n".join(lines)

@@ -23,8 +23,20 @@ from assistant.intent import Intent
 from .stats import bootstrap_ci
 
 DEFAULT_SET = Path(__file__).resolve().parent / "data" / "intent_requests.jsonl"
-SCORED = ("kind", "title_ref", "ref_index", "include_tags", "exclude_tags", "authors", "year_min",
-          "year_max", "shorter", "lighter", "newer", "older")
+SCORED = (
+    "kind",
+    "title_ref",
+    "ref_index",
+    "include_tags",
+    "exclude_tags",
+    "authors",
+    "year_min",
+    "year_max",
+    "shorter",
+    "lighter",
+    "newer",
+    "older",
+)
 _SETS = ("include_tags", "exclude_tags", "authors")
 
 
@@ -60,8 +72,12 @@ def field_errors(got: Intent, want: dict[str, Any]) -> list[str]:
     return bad
 
 
-def score(parse: Callable[[str], Intent], requests: Sequence[dict[str, Any]], n_boot: int = 1000,
-          seed: int = 0) -> dict[str, Any]:
+def score(
+    parse: Callable[[str], Intent],
+    requests: Sequence[dict[str, Any]],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Parse every request and score it.
 
     Returns:
@@ -78,13 +94,23 @@ def score(parse: Callable[[str], Intent], requests: Sequence[dict[str, Any]], n_
             per_field[k] += k not in bad
         if bad:
             g = got.to_dict()
-            rows.append({"text": r["text"], "wrong": {k: {"got": g.get(k), "want": want.get(k)} for k in bad}})
+            rows.append(
+                {
+                    "text": r["text"],
+                    "wrong": {k: {"got": g.get(k), "want": want.get(k)} for k in bad},
+                }
+            )
     dt = time.perf_counter() - t0
     n = len(requests)
     _, lo, hi = bootstrap_ci(ok, n_boot=n_boot, seed=seed) if n else (0.0, 0.0, 0.0)
-    return {"n": n, "fully_correct": round(sum(ok) / max(n, 1), 4), "ci95": [round(lo, 4), round(hi, 4)],
-            "field_accuracy": {k: round(v / max(n, 1), 4) for k, v in per_field.items()},
-            "failures": rows, "seconds_per_request": round(dt / max(n, 1), 4)}
+    return {
+        "n": n,
+        "fully_correct": round(sum(ok) / max(n, 1), 4),
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "field_accuracy": {k: round(v / max(n, 1), 4) for k, v in per_field.items()},
+        "failures": rows,
+        "seconds_per_request": round(dt / max(n, 1), 4),
+    }
 
 
 HELDOUT_SET = DEFAULT_SET.with_name("intent_requests_heldout.jsonl")
@@ -97,10 +123,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="an index of the demo catalog (READNEXT_HOME by default)")
     p.add_argument("--requests", nargs="+", default=[str(DEFAULT_SET), str(HELDOUT_SET)])
-    p.add_argument("--llm", help="also score the LLM parser with this backend (local | HF id | URL)")
+    p.add_argument(
+        "--llm", help="also score the LLM parser with this backend (local | HF id | URL)"
+    )
     p.add_argument("--out", help="write intent_scores.json and report.md here")
-    p.add_argument("--llm-deadline", type=float, default=150.0,
-                   help="seconds the LLM gets per request (CPU prompt evaluation is slow)")
+    p.add_argument(
+        "--llm-deadline",
+        type=float,
+        default=150.0,
+        help="seconds the LLM gets per request (CPU prompt evaluation is slow)",
+    )
     a = p.parse_args(argv)
     rec = Recommender.open(a.data_dir, llm="none")
     lib = rec.lib
@@ -120,8 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             before = parser.fallbacks
             one[name] = score(parser.parse, reqs)
             if name == "llm":
-                one[name].update(model=llm.describe(), fallbacks_to_rules=parser.fallbacks - before,
-                                 generate_json=callable(getattr(llm, "generate_json", None)))
+                one[name].update(
+                    model=llm.describe(),
+                    fallbacks_to_rules=parser.fallbacks - before,
+                    generate_json=callable(getattr(llm, "generate_json", None)),
+                )
         res["sets"][Path(path).stem] = one
     text = report(res)
     print(text)
@@ -135,30 +170,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def report(res: dict[str, Any]) -> str:
     """Markdown: one row per (set, parser), then every failure."""
-    lines = ["# Request understanding: labelled chat requests (demo catalog)", "",
-             "| set | parser | n | fully correct [95% CI] | kind | tags want / refuse | title | authors | years "
-             "| s/request |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Request understanding: labelled chat requests (demo catalog)",
+        "",
+        "| set | parser | n | fully correct [95% CI] | kind | tags want / refuse | title | authors | years "
+        "| s/request |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for set_name, one in res["sets"].items():
         for name in ("rules", "llm"):
             r = one.get(name)
             if not r:
                 continue
             f = r["field_accuracy"]
-            label = name if name == "rules" else (f"LLM {r.get('model')} ({r.get('fallbacks_to_rules')} "
-                                                  "fell back to rules)")
-            lines.append(f"| {set_name} | {label} | {r['n']} | {r['fully_correct']:.3f} "
-                         f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {f['kind']:.2f} | "
-                         f"{f['include_tags']:.2f} / {f['exclude_tags']:.2f} | {f['title_ref']:.2f} | "
-                         f"{f['authors']:.2f} | {min(f['year_min'], f['year_max']):.2f} | "
-                         f"{r['seconds_per_request']} |")
+            label = (
+                name
+                if name == "rules"
+                else (f"LLM {r.get('model')} ({r.get('fallbacks_to_rules')} fell back to rules)")
+            )
+            lines.append(
+                f"| {set_name} | {label} | {r['n']} | {r['fully_correct']:.3f} "
+                f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {f['kind']:.2f} | "
+                f"{f['include_tags']:.2f} / {f['exclude_tags']:.2f} | {f['title_ref']:.2f} | "
+                f"{f['authors']:.2f} | {min(f['year_min'], f['year_max']):.2f} | "
+                f"{r['seconds_per_request']} |"
+            )
     for set_name, one in res["sets"].items():
         for name in ("rules", "llm"):
             r = one.get(name)
             if r and r["failures"]:
                 lines += ["", f"## {set_name}, {name}: failures", ""]
-                lines += [f"- `{x['text']}`: " + "; ".join(f"{k} got {v['got']!r}, want {v['want']!r}"
-                                                           for k, v in x["wrong"].items())
-                          for x in r["failures"]]
+                lines += [
+                    f"- `{x['text']}`: "
+                    + "; ".join(
+                        f"{k} got {v['got']!r}, want {v['want']!r}" for k, v in x["wrong"].items()
+                    )
+                    for x in r["failures"]
+                ]
     return "\n".join(lines)
 
 

@@ -94,8 +94,14 @@ def anchor_evidence(lib: Library, item: int, anchor: str) -> Evidence | None:
                 count, share = n, round(s, 2)
     if not shared and sim < SIMILAR_MIN and count is None:
         return None
-    return Evidence("anchor", book_ids=(anchor,), tags=tuple(shared), value=round(sim, 3),
-                    count=count, share=share)
+    return Evidence(
+        "anchor",
+        book_ids=(anchor,),
+        tags=tuple(shared),
+        value=round(sim, 3),
+        count=count,
+        share=share,
+    )
 
 
 def verify_anchor(lib: Library, book_id: str, ev: Evidence, tol: float = 0.011) -> bool:
@@ -111,4 +117,6 @@ def verify_anchor(lib: Library, book_id: str, ev: Evidence, tol: float = 0.011) 
         return True
     raters, their = lib.raters(i)
     mask = np.isin(raters, lib.likers(a), assume_unique=True)
-    return int(mask.sum()) == ev.count and abs((their[mask] >= LIKED).mean() - (ev.share or 0)) < tol
+    return (
+        int(mask.sum()) == ev.count and abs((their[mask] >= LIKED).mean() - (ev.share or 0)) < tol
+    )

@@ -28,10 +28,12 @@ __all__ = ["BM25Index", "FIELD_WEIGHTS", "tag_token", "tokenize"]
 NEG = -np.inf
 # How many times a token in each field counts (BM25F-style weighting by repetition).
 FIELD_WEIGHTS = {"tags": 3.0, "authors": 2.0, "title": 2.0, "description": 1.0}
-_STOP = frozenset("""a an the and or of to in on for with by from at as is are was were be been it its
+_STOP = frozenset(
+    """a an the and or of to in on for with by from at as is are was were be been it its
 this that these those i me my you your we our some any something anything book books novel novels
 read reads reading like more less please want would could should can give find show story stories
-about very really good great new one ones""".split())
+about very really good great new one ones""".split()
+)
 
 
 def tokenize(text: str) -> list[str]:

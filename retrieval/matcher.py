@@ -24,8 +24,17 @@ from rapidfuzz import fuzz, process
 from .series import parse_series
 from .types import Book
 
-__all__ = ["AUTHOR_CUTOFF", "TITLE_CUTOFF", "CatalogMatcher", "TitleHit", "best_match", "fold",
-           "matches", "name_key", "title_key"]
+__all__ = [
+    "AUTHOR_CUTOFF",
+    "TITLE_CUTOFF",
+    "CatalogMatcher",
+    "TitleHit",
+    "best_match",
+    "fold",
+    "matches",
+    "name_key",
+    "title_key",
+]
 
 TITLE_CUTOFF = 88.0
 """Minimum ``fuzz.ratio`` (0-100) between normalised titles for a fuzzy title match."""
@@ -33,7 +42,9 @@ AUTHOR_CUTOFF = 85.0
 """Minimum ``token_sort_ratio`` between normalised names for a fuzzy author match."""
 
 _SCORERS: dict[str, Callable[..., float]] = {
-    "ratio": fuzz.ratio, "token_sort": fuzz.token_sort_ratio, "wratio": fuzz.WRatio,
+    "ratio": fuzz.ratio,
+    "token_sort": fuzz.token_sort_ratio,
+    "wratio": fuzz.WRatio,
     "partial": fuzz.partial_ratio,
 }
 _ARTICLE_RE = re.compile(r"^(?:the|a|an)\s+")
@@ -41,8 +52,9 @@ _APOSTROPHE_RE = re.compile(r"['\u2019\u2018`]")
 _NON_WORD_RE = re.compile(r"[^\w]+|_")
 
 
-def best_match(query: str, choices: Sequence[str] | Mapping[Any, str], cutoff: float,
-               scorer: str = "ratio") -> tuple[str, float, Any] | None:
+def best_match(
+    query: str, choices: Sequence[str] | Mapping[Any, str], cutoff: float, scorer: str = "ratio"
+) -> tuple[str, float, Any] | None:
     """The best fuzzy match of ``query`` among ``choices`` scoring at least ``cutoff``.
 
     Args:
@@ -57,10 +69,17 @@ def best_match(query: str, choices: Sequence[str] | Mapping[Any, str], cutoff: f
     return process.extractOne(query, choices, scorer=_SCORERS[scorer], score_cutoff=cutoff)
 
 
-def matches(query: str, choices: Sequence[str] | Mapping[Any, str], cutoff: float,
-            scorer: str = "ratio", limit: int = 10) -> list[tuple[str, float, Any]]:
+def matches(
+    query: str,
+    choices: Sequence[str] | Mapping[Any, str],
+    cutoff: float,
+    scorer: str = "ratio",
+    limit: int = 10,
+) -> list[tuple[str, float, Any]]:
     """Every fuzzy match of ``query`` scoring at least ``cutoff``, best first (at most ``limit``)."""
-    return process.extract(query, choices, scorer=_SCORERS[scorer], score_cutoff=cutoff, limit=limit)
+    return process.extract(
+        query, choices, scorer=_SCORERS[scorer], score_cutoff=cutoff, limit=limit
+    )
 
 
 @lru_cache(maxsize=65536)
@@ -103,8 +122,12 @@ class CatalogMatcher:
         author_cutoff: fuzzy threshold for names (see :data:`AUTHOR_CUTOFF`).
     """
 
-    def __init__(self, books: Sequence[Book], title_cutoff: float = TITLE_CUTOFF,
-                 author_cutoff: float = AUTHOR_CUTOFF) -> None:
+    def __init__(
+        self,
+        books: Sequence[Book],
+        title_cutoff: float = TITLE_CUTOFF,
+        author_cutoff: float = AUTHOR_CUTOFF,
+    ) -> None:
         self.title_cutoff, self.author_cutoff = float(title_cutoff), float(author_cutoff)
         self._exact: dict[str, int] = {}
         self._keys: list[str] = []
@@ -163,8 +186,9 @@ class CatalogMatcher:
         b = self._books[hit[2]]
         return TitleHit(b.book_id, b.title, float(hit[1]))
 
-    def title_prefix(self, words: Sequence[tuple[int, str]], exact_only: bool = False,
-                     max_words: int = 12) -> tuple[TitleHit, int] | None:
+    def title_prefix(
+        self, words: Sequence[tuple[int, str]], exact_only: bool = False, max_words: int = 12
+    ) -> tuple[TitleHit, int] | None:
         """The longest prefix of a phrase that names a book.
 
         Args:

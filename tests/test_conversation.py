@@ -38,6 +38,7 @@ def _book(rec, prefix: str) -> Book:
 
 # ---------------------------------------------------------------------------- the matcher
 
+
 def test_one_matcher_for_titles_authors_and_series(rec):
     m = CatalogMatcher(list(rec.books.values()))
     assert m.title("the hunger gmaes").title == "The Hunger Games (The Hunger Games, #1)"
@@ -61,6 +62,7 @@ def test_chat_engine_and_goodreads_share_the_matcher(rec):
 
 
 # ---------------------------------------------------------------------------- lexical + dense
+
 
 def test_two_tag_requests_find_books_carrying_both(rec):
     """Target: >= 3 of the top 5 carry both tags whenever >= 5 unread books do (cold reader).
@@ -105,13 +107,16 @@ def test_cli_query_uses_the_request_understanding(conv_home):
 
 # ---------------------------------------------------------------------------- anchors + follow-ups
 
+
 def test_like_x_uses_neighbours_never_the_anchor_text(rec):
     eng = ChatEngine(rec, k=5, llm_picks=0)
     u = next(x["user_id"] for x in rec.users() if x["n_ratings"] >= 30)
     st, _ = eng.select_reader(u)
     dune = _book(rec, "Dune (Dune, #1)")
     r = list(eng.respond(st, "something like Dune but shorter"))[-1]
-    assert "books like “Dune (Dune, #1)”" in r.text and "shorter" in r.text  # says what it understood
+    assert (
+        "books like “Dune (Dune, #1)”" in r.text and "shorter" in r.text
+    )  # says what it understood
     ids = [c.book_id for c in r.cards]
     assert dune.book_id not in ids and len(ids) == 5
     for c in r.cards:
@@ -124,7 +129,12 @@ def test_like_x_uses_neighbours_never_the_anchor_text(rec):
     from retrieval.evidence import verify
 
     hist = rec.history(u)
-    assert all(verify(rec.lib, c.book_id, e, hist) for c in r.cards for e in c.evidence if e.kind == "anchor")
+    assert all(
+        verify(rec.lib, c.book_id, e, hist)
+        for c in r.cards
+        for e in c.evidence
+        if e.kind == "anchor"
+    )
     # "but newer" refines the same anchor: newer than Dune itself
     r2 = list(eng.respond(r.state, "newer"))[-1]
     assert r2.state.ref_book == dune.book_id and r2.state.constraints["shorter"]
@@ -147,12 +157,14 @@ def test_follow_up_rules():
     assert first.anchor == "a" and first.constraints.shorter
     more = follow_up(first, Intent(kind="refine", newer=True), None, books)
     assert more.anchor == "a" and more.constraints.shorter and more.constraints.ref_year == 1965
-    fresh = follow_up(more, Intent(kind="recommend", include_tags=["horror"], query_text="horror"),
-                      None, books)
+    fresh = follow_up(
+        more, Intent(kind="recommend", include_tags=["horror"], query_text="horror"), None, books
+    )
     assert fresh.anchor is None and not fresh.constraints.shorter and fresh.query == "horror"
 
 
 # ---------------------------------------------------------------------------- the LLM path
+
 
 class _JsonLLM:
     """A fake backend with the ``generate_json`` API: returns a fixed object."""
@@ -174,16 +186,29 @@ class _JsonLLM:
 
 def test_llm_intent_is_schema_constrained_and_validated(rec):
     books = list(rec.books.values())
-    obj = {"kind": "more_like", "anchor_title": "the hunger gmaes", "ref_index": None,
-           "include_tags": ["scary", "not-a-tag"], "exclude_tags": ["romance"],
-           "authors": ["Nobody Atall", "pratchett"], "year_min": 2001, "year_max": None,
-           "shorter": True, "lighter": False, "newer": False, "older": False, "query_text": "x"}
+    obj = {
+        "kind": "more_like",
+        "anchor_title": "the hunger gmaes",
+        "ref_index": None,
+        "include_tags": ["scary", "not-a-tag"],
+        "exclude_tags": ["romance"],
+        "authors": ["Nobody Atall", "pratchett"],
+        "year_min": 2001,
+        "year_max": None,
+        "shorter": True,
+        "lighter": False,
+        "newer": False,
+        "older": False,
+        "query_text": "x",
+    }
     llm = _JsonLLM(obj)
     p = IntentParser(books, llm)
     it = p.parse("whatever the reader said")
     assert llm.calls == 1 and p.last_source == "llm" and llm.schemas[0]["required"]
     assert it.kind == "more_like" and it.title_ref == "The Hunger Games (The Hunger Games, #1)"
-    assert it.include_tags == ["horror"] and it.exclude_tags == ["romance"]  # synonyms, no invention
+    assert it.include_tags == ["horror"] and it.exclude_tags == [
+        "romance"
+    ]  # synonyms, no invention
     assert it.authors == ["Terry Pratchett"] and it.year_min == 2001 and it.shorter
     for bad in ({"kind": "dance"}, "not json", RuntimeError("backend down")):
         p2 = IntentParser(books, _JsonLLM(bad))
@@ -193,6 +218,7 @@ def test_llm_intent_is_schema_constrained_and_validated(rec):
 
 
 # ---------------------------------------------------------------------------- measured
+
 
 def test_rules_parser_meets_the_labelled_set_target(rec):
     from eval.intents import DEFAULT_SET, HELDOUT_SET, load_requests, score
@@ -209,8 +235,16 @@ def test_rules_parser_meets_the_labelled_set_target(rec):
 def test_conversation_eval_runs_through_the_chat_engine(demo_home, tmp_path):
     from eval.conversation import run_conversation_eval
 
-    out = run_conversation_eval("demo", readers=12, turns=3, seed=7, out=tmp_path,
-                                cache_dir=demo_home / "cache", progress=False, n_boot=100)
+    out = run_conversation_eval(
+        "demo",
+        readers=12,
+        turns=3,
+        seed=7,
+        out=tmp_path,
+        cache_dir=demo_home / "cache",
+        progress=False,
+        n_boot=100,
+    )
     r = out["results"]["rules"]
     assert r["leak_rate"] == 0.0 and r["readers"] == 12
     assert [p["turn"] for p in r["per_turn"]] == [1, 2, 3]
