@@ -101,7 +101,9 @@ def cmd_recommend(args) -> int:
         # The same request understanding as the chat (assistant.intent): tags, authors,
         # years, "like X", negations -> constraints, lexical + dense retrieval, anchors.
         from .intent import describe_request, follow_up, intent_parser, recommend_request
+        from .recommender import check_query_length
 
+        check_query_length(args.query, rec.settings.chat.max_message_chars)  # before parsing it
         parser = intent_parser(rec)
         intent = parser.parse(args.query)
         kind = intent.kind if intent.kind in ("recommend", "more_like", "refine") else "recommend"
@@ -147,19 +149,14 @@ def cmd_feedback(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from retrieval.goodreads import match_rows, read_goodreads_export, to_history
+    from .importer import LISTED, excerpt, import_export
 
     rec = _open(args)
-    rows = read_goodreads_export(args.file)
-    report = match_rows(rows, list(rec.books.values()))
-    ratings, to_read, current = to_history(report, args.user)
-    rec.create_reader(args.user, [(r.book_id, r.rating) for r in ratings], origin=f"goodreads:{Path(args.file).name}",
-                      to_read=to_read, timestamps=[r.ts for r in ratings])
-    unmatched = [getattr(u, "title", str(u)) for u in report.unmatched]
-    obj = {"user_id": args.user, "rows": len(rows), "matched": len(report.matched), "ratings": len(ratings),
-           "to_read": len(to_read), "unmatched": unmatched}
-    _print(args, obj, f"imported {len(ratings)} ratings and {len(to_read)} to-read books for {args.user}; "
-                      f"{len(unmatched)} rows not in the catalog" + ("".join(f"\n  - {t}" for t in unmatched)))
+    res = import_export(rec, args.file, args.user)
+    # The message names the first few unmatched titles; a long list goes one per line.
+    lines = [res.message()] + ([f"  not in the catalog: {excerpt(t, 100)}" for t in res.unmatched]
+                               if len(res.unmatched) > LISTED else [])
+    _print(args, res.to_dict(), "\n".join(lines))
     return 0
 
 
