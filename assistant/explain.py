@@ -63,7 +63,8 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
         elif (e.value or 0) >= 0.35:
             bits.append("it is close in subject and style")
         if e.count:
-            bits.append(f"{e.count} readers who liked it rated this {round((e.share or 0) * 100)}% 4★ or more")
+            pct = round((e.share or 0) * 100)
+            bits.append(f"{e.count} readers who liked it also rated this one, {pct}% of them 4★ or more")
         return like + (": " + "; ".join(bits) if bits else "") + "."
     if e.kind == "query_match":
         return f"It matches what you asked for (“{excerpt(e.text or '', QUERY_EXCERPT)}”)."
