@@ -151,6 +151,7 @@ class _ScriptedLLM:
     name = "scripted"
     model_id = "scripted"
     supports_logprobs = False
+    supports_deadline = False  # the ResilientBackend wrapper asks
 
     def __init__(self, reply: str) -> None:
         self.reply = reply
