@@ -184,6 +184,14 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from assistant.doctor import report, run_checks
+
+    text, obj = report(run_checks(_settings(args)))
+    _print(args, obj, text)
+    return 0 if obj["healthy"] else 1
+
+
 def cmd_eval(args) -> int:
     from eval.cli import run_from_args
 
@@ -265,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("config", parents=[common], help="print the effective configuration")
     a.set_defaults(func=cmd_config)
+
+    a = sub.add_parser("doctor", parents=[common], help="check the environment and say how to fix problems")
+    a.add_argument("--llm", help="LLM backend to check (default: config llm.backend)")
+    a.set_defaults(func=cmd_doctor)
 
     a = sub.add_parser("eval", parents=[common], help="offline evaluation of every recommender")
     try:
