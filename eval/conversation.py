@@ -151,7 +151,7 @@ class SimulatedReader:
             return None
         total = sum(w for w, _, _ in opts)
         x = self.rng.random() * total
-        for w, kind, msg in opts:
+        for w, kind, msg in opts:  # noqa: B007 (the loop variables are used after the break)
             x -= w
             if x <= 0:
                 break
@@ -230,7 +230,7 @@ def run_conversation_eval(
     picks = _pick_readers(ds, readers, seed, min_ratings)
     held = {(u, b) for u, b in picks}
     r = ds.ratings
-    keep = [(str(u), str(b)) not in held for u, b in zip(r["user_id"], r["book_id"])]
+    keep = [(str(u), str(b)) not in held for u, b in zip(r["user_id"], r["book_id"], strict=True)]
     ds.ratings = r[keep].reset_index(drop=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="readnext-conv-") as tmp:

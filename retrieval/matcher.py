@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 from rapidfuzz import fuzz, process
 
@@ -148,9 +148,9 @@ class CatalogMatcher:
         names = sorted({a for b in self._books for a in b.authors})
         self.authors: list[str] = names
         self._name_keys = [name_key(a) for a in names]
-        self._by_name = {k: a for k, a in zip(self._name_keys, names) if k}
+        self._by_name = {k: a for k, a in zip(self._name_keys, names, strict=True) if k}
         tails: dict[str, set[str]] = {}
-        for k, a in zip(self._name_keys, names):
+        for k, a in zip(self._name_keys, names, strict=True):
             parts = k.split()
             for i in range(1, len(parts)):
                 tails.setdefault(" ".join(parts[i:]), set()).add(a)
@@ -158,7 +158,7 @@ class CatalogMatcher:
         self._by_tail = {t: next(iter(s)) for t, s in tails.items() if len(s) == 1 and len(t) > 2}
 
     @classmethod
-    def from_titles(cls, titles: Sequence[str], authors: Sequence[str] = ()) -> "CatalogMatcher":
+    def from_titles(cls, titles: Sequence[str], authors: Sequence[str] = ()) -> CatalogMatcher:
         """A matcher over bare title strings (ids are the titles themselves), e.g. for tests."""
         books = [Book(t, t) for t in titles] + [Book(f"author:{a}", "", (a,)) for a in authors]
         m = cls(books)
