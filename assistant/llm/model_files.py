@@ -124,8 +124,13 @@ def verify_gguf(path: Path, expected: str = GGUF_SHA256, force: bool = False) ->
     return path
 
 
-def join_parts(dest: Path | None = None, expected: str = GGUF_SHA256) -> Path:
+def join_parts(dest: Path | None = None, expected: str = GGUF_SHA256, progress: bool = True) -> Path:
     """Join the installed slices into ``dest`` (atomically) and verify it; no-op when already done.
+
+    Args:
+        dest: target file (default :func:`default_gguf_path`).
+        expected: sha256 the joined bytes must have.
+        progress: show a tqdm bar over the slices on stderr.
 
     Returns:
         The path of the verified GGUF file.
@@ -141,8 +146,10 @@ def join_parts(dest: Path | None = None, expected: str = GGUF_SHA256) -> Path:
     tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
     h = hashlib.sha256()
     try:
+        from tqdm import tqdm
+
         with open(tmp, "wb") as out:
-            for p in parts:
+            for p in tqdm(parts, desc="joining model slices", unit="slice", disable=not progress):
                 with open(p, "rb") as f:
                     while block := f.read(_CHUNK):
                         h.update(block)
@@ -173,8 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m assistant.llm.model_files", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="re-hash the joined file even if stamped")
     ap.add_argument("--print-sha256", action="store_true", help="join without checking; print the sha256")
+    ap.add_argument("--verified-only", action="store_true",
+                    help="exit 0 only if the joined file is there and verified; never join")
     args = ap.parse_args(argv)
     try:
+        if args.verified_only:
+            print(verify_gguf(default_gguf_path()))
+            return 0
         if args.print_sha256:
             print(sha256_file(_join_unchecked()))
             return 0
