@@ -254,8 +254,10 @@ class Recommender:
         return [by_book[b] for b in order], exclude, to_read
 
     def context(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
-                query: str | None = None, exclude: Iterable[str] = ()) -> UserContext:
-        """Build the request context every candidate source reads."""
+                query: str | None = None, exclude: Iterable[str] = (), anchors: Sequence[str] = (),
+                query_tags: Sequence[str] = ()) -> UserContext:
+        """Build the request context every candidate source reads (``anchors``: books the request
+        asked for "something like"; ``query_tags``: catalog tags it named)."""
         hist: list[Rating] = []
         excl: set[str] = set(exclude)
         to_read: set[str] = set()
@@ -267,7 +269,8 @@ class Recommender:
             hist = list(hist) + [r if isinstance(r, Rating) else Rating(user_id or "anonymous", str(r[0]), float(r[1]),
                                                                           float(r[2]) if len(r) > 2 else float(i))
                                  for i, r in enumerate(history)]
-        return UserContext(user_id=user_id, history=hist, query=query or None, exclude=excl, to_read=to_read)
+        return UserContext(user_id=user_id, history=hist, query=query or None, exclude=excl, to_read=to_read,
+                           query_tags=tuple(query_tags), anchors=tuple(a for a in anchors if a in self.books))
 
     # -- recommend --------------------------------------------------------------------------------
 
@@ -288,15 +291,19 @@ class Recommender:
     def recommend_full(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
                        query: str | None = None, k: int = 10, source: str = "hybrid", rerank: str | None = None,
                        explain_llm: bool | int | None = None, constraints: Constraints | None = None,
-                       exclude: Iterable[str] = ()) -> RecommendResult:
-        """Like :meth:`recommend`, returning notes and stage timings too."""
+                       exclude: Iterable[str] = (), anchors: Sequence[str] = (),
+                       query_tags: Sequence[str] = ()) -> RecommendResult:
+        """Like :meth:`recommend`, returning notes and stage timings too.
+
+        ``anchors`` and ``query_tags`` come from a parsed request (:mod:`assistant.intent`).
+        """
         if k <= 0:
             raise ReadnextError(f"k must be positive, got {k}")
         if source not in self.sources:
             raise ReadnextError(f"unknown source {source!r}: use one of {', '.join(self.sources)}")
         check_query_length(query, self.settings.chat.max_message_chars)
         t0 = time.perf_counter()
-        ctx = self.context(user_id, history, query, exclude)
+        ctx = self.context(user_id, history, query, exclude, anchors, query_tags)
         notes = self._notes(ctx)
         n_cand = max(k, self.settings.llm.top_n if rerank == "llm" else k)
         src = self.sources[source]

@@ -150,7 +150,8 @@ def hybrid_sources(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, 
     on = FusionConfig(weights={n: 1.0 for n in source_names() if n != "sequence" or params.get("sequence")})
     srcs = registry_sources(lib, configs=configs, fusion=on, deps=deps)
     srcs.pop("hybrid")
-    return srcs
+    # eval has no chat requests: request-only sources have no opinion there, so they are left out
+    return {n: s for n, s in srcs.items() if not SOURCES[n].request_only}
 
 
 def build_hybrid(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
@@ -191,8 +192,8 @@ def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str
              f"half_life_events = {val(float(cf.half_life_events or 0.0))}  # 0 = off",
              f"liked_boost = {val(float(cf.liked_boost))}", f"confidence = {val(cf.confidence)}"]
     for name, spec in SOURCES.items():
-        if name == "cf" or (spec.optional and weights.get(name, 0) <= 0):
-            continue  # an optional source the hybrid does not weight is not built live either
+        if name == "cf" or spec.request_only or (spec.optional and weights.get(name, 0) <= 0):
+            continue  # not built live either (optional, unweighted), or not in eval (request-only)
         fields = {k: v for k, v in dataclasses.asdict(configs[name]).items() if v is not None}
         lines += ["", f"[{spec.section}]"] + [f"{k} = {val(v)}" for k, v in fields.items()]
     return "\n".join(lines) + "\n"

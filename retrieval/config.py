@@ -162,6 +162,27 @@ class SequenceConfig:
 
 
 @dataclass
+class RequestConfig:
+    """How a chat request or ``--query`` is understood and retrieved.
+
+    The two request-only sources have no opinion without a request, so history-only rankings
+    (and eval's tuned weights) are unchanged by them; a ``fusion.weights`` entry overrides these.
+    """
+
+    lexical_weight: float = 0.3  # BM25 on the request's words and tags (retrieval.lexical)
+    anchor_weight: float = 1.5  # "something like X": X's neighbours, co-readers, tags
+    # A request's wanted tags multiply a book's rank score by this per tag group it carries.
+    tag_boost: float = 2.0
+
+    def validate(self, where: str = "request") -> None:
+        """Refuse weights below 0 and a tag boost below 1 (the lexical and anchor sources' config)."""
+        for k in ("lexical_weight", "anchor_weight", "tag_boost"):
+            v = getattr(self, k)
+            low = 1 if k == "tag_boost" else 0
+            _need(isinstance(v, (int, float)) and v >= low, where, f"{k} must be a number >= {low}; got {v!r}")
+
+
+@dataclass
 class LLMConfig:
     """The LLM stage: reranking and explanation text."""
 
@@ -217,6 +238,7 @@ class Settings:
     series: SeriesConfig = field(default_factory=SeriesConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    request: RequestConfig = field(default_factory=RequestConfig)
 
     @classmethod
     def load(

@@ -30,6 +30,7 @@ from .config import (
     FusionConfig,
     PopularityConfig,
     ProfileConfig,
+    RequestConfig,
     SequenceConfig,
     SeriesConfig,
 )
@@ -64,6 +65,10 @@ class SourceSpec:
     needs_order: bool = False
     optional: bool = False
     summary: str = ""
+    # no opinion without a chat request (eval, which has none, leaves it out of the hybrid)
+    request_only: bool = False
+    # the fusion weight when ``[fusion] weights`` does not name the source (from its config)
+    default_weight: Callable[[Any], float] | None = None
 
     def available(self, lib: Library) -> str | None:
         """``None`` when the source can be built on ``lib``, else why not (one line)."""
@@ -106,6 +111,18 @@ def _sequence(lib: Library, cfg: SequenceConfig, deps: BuildDeps):
     return SequenceSource(lib, config=cfg)
 
 
+def _lexical(lib: Library, cfg: RequestConfig, deps: BuildDeps):
+    from .sources import LexicalSource
+
+    return LexicalSource(lib)
+
+
+def _anchor(lib: Library, cfg: RequestConfig, deps: BuildDeps):
+    from .sources import AnchorSource
+
+    return AnchorSource(lib)
+
+
 SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
     SourceSpec("content", "profile", ProfileConfig, _content,
                summary="embedding similarity of the reader's profile (and request) to each book"),
@@ -117,6 +134,12 @@ SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
                summary="the next unread volume of each series the reader liked"),
     SourceSpec("sequence", "sequence", SequenceConfig, _sequence, needs_order=True, optional=True,
                summary="what readers rated next after the reader's latest books"),
+    SourceSpec("lexical", "request", RequestConfig, _lexical, request_only=True,
+               default_weight=lambda c: c.lexical_weight,
+               summary="BM25 over tags, authors, titles, descriptions for the request's words"),
+    SourceSpec("anchor", "request", RequestConfig, _anchor, request_only=True,
+               default_weight=lambda c: c.anchor_weight,
+               summary='books like the request\'s anchors ("something like X")'),
 )}
 
 
@@ -175,6 +198,11 @@ def build_sources(lib: Library, settings: Any = None, *, configs: Mapping[str, A
     """
     fusion = fusion or (settings.fusion if settings is not None else FusionConfig())
     cfgs = {**section_configs(settings), **dict(configs or {})}
+    weights = dict(fusion.weights)
+    for name, spec in SOURCES.items():
+        if spec.default_weight is not None and spec.available(lib) is None:
+            weights.setdefault(name, float(spec.default_weight(cfgs[name])))
+    fusion = dataclasses.replace(fusion, weights=weights)
     deps = deps or BuildDeps(embed_query, store, dict(fitted or {}), seed)
     srcs: dict[str, Any] = {}
     for name, spec in SOURCES.items():

@@ -473,6 +473,50 @@ class SeriesSource(CandidateSource):
                          book_ids=(prev[-1],) if prev else ())]
 
 
+class LexicalSource(CandidateSource):
+    """BM25 over tags, authors, titles and descriptions for the request's words and named tags
+    (see :mod:`retrieval.lexical`); no opinion without a request."""
+
+    name = "lexical"
+
+    def __init__(self, lib: Library) -> None:
+        super().__init__(lib)
+        self._index = None
+
+    @property
+    def index(self):
+        if self._index is None:  # built on first use: most readers never send a request
+            from .lexical import BM25Index
+
+            self._index = BM25Index(self.lib.books)
+        return self._index
+
+    def score(self, ctx: UserContext) -> np.ndarray:
+        if not ctx.query and not ctx.query_tags:
+            return np.full(self.lib.n_items, NEG)
+        from .lexical import lexical_scores
+
+        return lexical_scores(self.index, self.lib, ctx)
+
+
+class AnchorSource(CandidateSource):
+    """Books like the request's anchors ("something like X"): X's embedding neighbours,
+    co-readers and tags (see :mod:`retrieval.anchor`); no opinion without an anchor."""
+
+    name = "anchor"
+
+    def score(self, ctx: UserContext) -> np.ndarray:
+        from .anchor import anchor_scores
+
+        return anchor_scores(self.lib, ctx.anchors)
+
+    def evidence(self, ctx, item, liked):
+        from .anchor import anchor_evidence
+
+        out = [anchor_evidence(self.lib, item, a) for a in ctx.anchors]
+        return [e for e in out if e is not None] + super().evidence(ctx, item, liked)
+
+
 class HybridSource(CandidateSource):
     """Weighted fusion of other sources (see :mod:`retrieval.fusion`).
 
@@ -548,6 +592,11 @@ class HybridSource(CandidateSource):
             evidence = ev.collect(self.lib, int(i), ctx.history, ctx.query, qvec, ctx.to_read, liked)
             if isinstance(series, SeriesSource) and "series" in f:
                 evidence = series.series_evidence(ctx, int(i)) + evidence
+            if ctx.anchors:
+                from .anchor import anchor_evidence
+
+                like = [anchor_evidence(self.lib, int(i), a) for a in ctx.anchors]
+                evidence = [e for e in like if e is not None] + evidence
             out.append(evidence)
         return out
 

@@ -41,6 +41,7 @@ def world(demo_home):
     readers += [
         UserContext("cold"),  # nothing read, no request
         UserContext("asks", query="a funny fantasy with dragons"),  # a request only
+        UserContext("like-x", anchors=(lib.books[5].book_id,)),  # "something like X"
         UserContext("short", [Rating("short", lib.books[3].book_id, 5.0, 0.0)]),  # one book
         UserContext(first.user_id, first.history,
                     exclude={lib.books[0].book_id, lib.books[1].book_id}),
