@@ -448,7 +448,7 @@ class Recommender:
 
     def explainer(self):
         if not hasattr(self, "_explainer"):
-            from .llm_text import Explainer
+            from .explainer import Explainer
 
             self._explainer = Explainer(self.llm, max_new_tokens=self.settings.llm.max_new_tokens)
         return self._explainer

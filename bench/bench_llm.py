@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
 
     from assistant.llm import load_backend
-    from assistant.llm_text import Explainer
+    from assistant.explainer import Explainer
     from assistant.rerank import LLMReranker
     from prompts import render_messages
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reranker = LLMReranker(backend, weight=1.0, top_n=20)
     if reranker.mode == "pointwise":
-        from assistant.llm_text import format_book, format_history
+        from prompts.format import format_book, format_history
 
         hist, cands = readers[0]
         prompts = [render_messages("rerank_yes_no", history=format_history(hist), candidate=format_book(b))[0]

@@ -10,19 +10,17 @@ from collections.abc import Iterator
 import pytest
 
 from assistant.llm.base import LLMBackend, LLMError, NoLLM
-from assistant.llm_text import (
+from assistant.explainer import Explainer, ExplanationResult, partial_fields
+from assistant.grounding import (
     MAX_BLURB_CHARS,
     MAX_WHY_CHARS,
-    Explainer,
-    ExplanationResult,
     check_grounding,
-    format_evidence,
     normalize_title,
     parse_explanation,
-    partial_fields,
     split_series,
 )
 from prompts import render_messages, system_text
+from prompts.format import format_evidence
 from retrieval.types import Book, Evidence
 
 CATALOG_TITLES = [
@@ -181,7 +179,7 @@ def test_names_and_years_must_come_from_the_facts():
 
 
 def test_reason_categories_drop_specifics():
-    from assistant.llm_text import reason_category
+    from assistant.explainer import reason_category
 
     assert reason_category("names title 'Gone Girl', which is not in x") == "names title, which is not in x"
     assert reason_category('blurb names title "Cat\'s Cradle", which is') == "blurb names title, which is"

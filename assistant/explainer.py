@@ -1,0 +1,246 @@
+"""Grounded LLM explanations: the explainer that writes them and the counter of fallbacks.
+
+The model writes a strict JSON object ``{"why": ..., "blurb": ...}`` from the ``explain`` prompt;
+:func:`assistant.grounding.check_grounding` decides whether it may be shown. A rejected reply is
+replaced by the template text (``source="template"``) and counted in a :class:`FallbackCounter`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from assistant.grounding import MAX_WHY_CHARS, NameIndex, _tokens, check_grounding, parse_explanation, split_series
+from assistant.llm.base import LLMBackend, LLMError
+from prompts import delimit, prompt_meta, render_messages, system_text
+from prompts.format import format_book, format_evidence, format_history
+from retrieval.types import Book, Evidence
+
+
+@dataclass
+class ExplanationResult:
+    """A shown explanation: from the model (``source="llm"``) or the template fallback."""
+
+    why: str
+    blurb: str | None
+    source: Literal["llm", "template"]
+    rejected_reason: str | None
+    prompt_version: str
+    raw: str | None = None
+
+
+def reason_category(reason: str | None) -> str:
+    """A rejection reason without its specifics (quoted names, numbers), for counting."""
+    r = re.sub(r""" '[^']*'| "[^"]*"| \(.*?\)| \d+\b""", "", reason or "unknown")
+    return r.split(":")[0].strip()
+
+
+@dataclass
+class FallbackCounter:
+    """How many explanations came from the model vs. the template, and why the model lost."""
+
+    llm: int = 0
+    template: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def record(self, result: ExplanationResult) -> None:
+        """Count one result."""
+        with self._lock:
+            if result.source == "llm":
+                self.llm += 1
+            else:
+                self.template += 1
+                self.reasons[reason_category(result.rejected_reason)] += 1
+
+    @property
+    def total(self) -> int:
+        return self.llm + self.template
+
+    @property
+    def fallback_rate(self) -> float:
+        """Share of results that fell back to the template (0.0 when nothing was counted)."""
+        return self.template / self.total if self.total else 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"llm": self.llm, "template": self.template, "fallback_rate": self.fallback_rate,
+                "reasons": dict(self.reasons)}
+
+
+class _Grounding:
+    """Catalog name indexes, built once per ``books_by_id`` mapping."""
+
+    def __init__(self, books_by_id: Mapping[str, Book]) -> None:
+        self.titles = NameIndex((b.title for b in books_by_id.values()), "title")
+        self.authors = NameIndex((a for b in books_by_id.values() for a in b.authors), "author")
+
+
+_PARTIAL = {k: re.compile(rf'"{k}"\s*:\s*"((?:[^"\\]|\\.)*)') for k in ("why", "blurb")}
+
+
+def partial_fields(raw: str) -> tuple[str, str]:
+    """Best-effort (why, blurb) from an unfinished JSON reply, for streaming display."""
+    out = []
+    for k in ("why", "blurb"):
+        m = _PARTIAL[k].search(raw)
+        s = m.group(1) if m else ""
+        s = re.sub(r"\\u[0-9a-fA-F]{0,3}$|\\$", "", s)
+        try:
+            out.append(json.loads(f'"{s}"'))
+        except json.JSONDecodeError:
+            out.append(s)
+    return out[0], out[1]
+
+
+class Explainer:
+    """Writes grounded explanations with an LLM, falling back to the template text.
+
+    With a prefill-capable backend the JSON is written field by field (``why_prefill`` and
+    ``blurb_prefill`` from ``prompts/explain.toml``; each field stops at its closing quote or a
+    newline, ``max_new_tokens`` each). Other backends write the whole object, cut at the first ``}``.
+    """
+
+    def __init__(
+        self,
+        backend: LLMBackend,
+        max_new_tokens: int = 120,
+        history_k: int = 5,
+        desc_chars: int = 300,
+        counter: FallbackCounter | None = None,
+    ) -> None:
+        """``counter`` may be shared between explainers; :attr:`counter` is readable at any time."""
+        self.backend = backend
+        self.max_new_tokens, self.history_k, self.desc_chars = max_new_tokens, history_k, desc_chars
+        self.counter = counter or FallbackCounter()
+        self._index: tuple[int, int, _Grounding] | None = None
+        self._system = system_text("explain")
+        meta = prompt_meta("explain")
+        self._why_prefill = str(meta.get("why_prefill", '{"why": "'))
+        self._blurb_prefill = str(meta.get("blurb_prefill", '", "blurb": "'))
+
+    def _grounding(self, books_by_id: Mapping[str, Book]) -> _Grounding:
+        if self._index is None or self._index[:2] != (id(books_by_id), len(books_by_id)):
+            self._index = (id(books_by_id), len(books_by_id), _Grounding(books_by_id))
+        return self._index[2]
+
+    def _prepare(self, book: Book, evidence: Sequence[Evidence], history_books: Sequence[Book],
+                 books_by_id: Mapping[str, Book], template_text: str, query: str | None):
+        msgs, version = render_messages(
+            "explain",
+            history=format_history(list(history_books), self.history_k),
+            candidate=format_book(book, self.desc_chars),
+            evidence=format_evidence(evidence, books_by_id),
+            query=delimit(query, 300) if query else "(none)",
+            template=delimit(template_text, 400),
+        )
+        g = self._grounding(books_by_id)
+        ev_books = [books_by_id[i] for e in evidence for i in e.book_ids if i in books_by_id]
+        known = [book, *history_books, *ev_books]
+        titles = [b.title for b in known] + [b.series for b in known if b.series]
+        authors = [a for b in known for a in b.authors] + [a for e in evidence for a in e.authors]
+        # Names in the book's own description are facts about it; names in the request are the reader's.
+        desc = _tokens(book.description)
+        own_titles = [book.title, *([book.series] if book.series else []), *(n for _, _, n in g.titles.find(desc))]
+        own_authors = [*book.authors, *(n for _, _, n in g.authors.find(desc))]
+        q = _tokens(query or "")
+        titles += own_titles + [n for _, _, n in g.titles.find(q)]
+        authors += own_authors + [n for _, _, n in g.authors.find(q)]
+        phrases = list(book.tags) + [t for e in evidence for t in e.tags]
+        check = dict(allowed_titles=titles, allowed_authors=authors, all_catalog_titles=g.titles,
+                     all_catalog_authors=g.authors, evidence=evidence, allowed_phrases=phrases,
+                     forbidden_texts=[self._system], blurb_titles=own_titles, blurb_authors=own_authors,
+                     facts_text="\n".join(m["content"] for m in msgs if m["role"] == "user"))
+        return msgs, version, check
+
+    def _raw_chunks(self, msgs: list[dict[str, str]], title: str, streaming: bool) -> Iterator[str]:
+        """The raw JSON reply, as chunks (prefills included)."""
+        def run(m: list[dict[str, str]], stop: list[str], max_tokens: int) -> Iterator[str]:
+            if streaming:
+                yield from self.backend.stream(m, max_tokens, stop=stop)
+            else:
+                yield self.backend.generate(m, max_tokens, stop=stop)
+
+        if not self.backend.supports_prefill:
+            out = ""
+            for chunk in run(msgs, ["}"], self.max_new_tokens):
+                out += chunk
+                yield chunk
+            if "{" in out:
+                yield "}"  # the stop string is cut off
+            return
+        why = ""
+        yield self._why_prefill
+        # ~4 characters a token: a "why" that needs more tokens than this is rejected as overlong anyway.
+        why_tokens = min(self.max_new_tokens, MAX_WHY_CHARS // 3)
+        for chunk in run(msgs + [{"role": "assistant", "content": self._why_prefill}], ['"', "\n"], why_tokens):
+            why += chunk
+            yield chunk
+        blurb_prefill = self._blurb_prefill.replace("{title}", json.dumps(title)[1:-1])
+        yield blurb_prefill
+        prefix = self._why_prefill + why + blurb_prefill
+        yield from run(msgs + [{"role": "assistant", "content": prefix}], ['"', "\n"], self.max_new_tokens)
+        yield '"}'
+
+    def _finish(self, raw: str | None, error: str | None, check: dict, version: str, template_text: str) -> ExplanationResult:
+        reason = error or check_grounding(raw or "", **check)
+        if reason is None:
+            obj, _ = parse_explanation(raw or "")
+            assert obj is not None
+            result = ExplanationResult(obj["why"] or "", obj["blurb"], "llm", None, version, raw)
+        else:
+            result = ExplanationResult(template_text, None, "template", reason, version, raw)
+        self.counter.record(result)
+        return result
+
+    def explain(
+        self,
+        book: Book,
+        evidence: list[Evidence],
+        history_books: list[Book],
+        books_by_id: Mapping[str, Book],
+        template_text: str,
+        query: str | None = None,
+    ) -> ExplanationResult:
+        """One grounded explanation for ``book``; the template text when the model is off or ungrounded."""
+        *_, result = self._run(book, evidence, history_books, books_by_id, template_text, query, streaming=False)
+        assert isinstance(result, ExplanationResult)
+        return result
+
+    def stream_explain(
+        self,
+        book: Book,
+        evidence: list[Evidence],
+        history_books: list[Book],
+        books_by_id: Mapping[str, Book],
+        template_text: str,
+        query: str | None = None,
+    ) -> Iterator[str | ExplanationResult]:
+        """Yield the display text so far (``why``, then a blank line and the ``blurb``) as it grows,
+        then the final :class:`ExplanationResult` (which may replace it with the template)."""
+        yield from self._run(book, evidence, history_books, books_by_id, template_text, query, streaming=True)
+
+    def _run(self, book: Book, evidence: Sequence[Evidence], history_books: Sequence[Book],
+             books_by_id: Mapping[str, Book], template_text: str, query: str | None,
+             streaming: bool) -> Iterator[str | ExplanationResult]:
+        if self.backend.name == "none":
+            yield self._finish(None, "LLM disabled", {}, "none", template_text)
+            return
+        msgs, version, check = self._prepare(book, evidence, history_books, books_by_id, template_text, query)
+        raw, error, shown = "", None, ""
+        try:
+            for chunk in self._raw_chunks(msgs, split_series(book.title)[0], streaming):
+                raw += chunk
+                if streaming:
+                    why, blurb = partial_fields(raw)
+                    text = why + (f"\n\n{blurb}" if blurb else "")
+                    if text != shown:
+                        shown = text
+                        yield text
+        except LLMError as e:
+            error = f"backend error: {e}"
+        yield self._finish(None if error else raw, error, check, version, template_text)
