@@ -155,7 +155,8 @@ def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
 
 
 def parse_explanation(text: str) -> tuple[dict[str, str | None] | None, str | None]:
-    """Strict parse of the model reply: one JSON object with a string ``why`` and optional ``blurb``."""
+    """Strict parse of the model reply: one JSON object with a string ``explanation`` (prompt v2;
+    v1 called it ``why``) and an optional string ``blurb``. Returns ``{"why", "blurb"}``."""
     s = (text or "").strip()
     fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", s, re.DOTALL)
     if fence:
@@ -164,8 +165,10 @@ def parse_explanation(text: str) -> tuple[dict[str, str | None] | None, str | No
         obj = json.loads(s)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON ({e.msg} at char {e.pos})"
+    if isinstance(obj, dict) and "explanation" in obj and "why" not in obj:
+        obj = {("why" if k == "explanation" else k): v for k, v in obj.items()}
     if not isinstance(obj, dict) or not isinstance(obj.get("why"), str):
-        return None, "JSON is not an object with a string 'why'"
+        return None, "JSON is not an object with a string 'explanation' (or 'why')"
     extra = set(obj) - {"why", "blurb"}
     if extra:
         return None, f"unexpected JSON keys {sorted(extra)}"

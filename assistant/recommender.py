@@ -450,7 +450,7 @@ class Recommender:
         if not hasattr(self, "_explainer"):
             from .explainer import Explainer
 
-            self._explainer = Explainer(self.llm, max_new_tokens=self.settings.llm.max_new_tokens)
+            self._explainer = Explainer(self.llm, max_new_tokens=min(self.settings.llm.max_new_tokens, 80))
         return self._explainer
 
     def _explain_llm(self, recs: list[Recommendation], ctx: UserContext, notes: list[str]) -> None:
@@ -458,22 +458,32 @@ class Recommender:
         if llm is None:
             notes.append("no LLM configured: explanations are templates built from the evidence")
             return
-        hist = [b for b, _ in self._history_books(ctx)]
+        hist = self._history_books(ctx)  # with ratings: "you loved X" is checked against them
         ex = self.explainer()
-        fallbacks = 0
+        fallbacks, errors, shown = 0, 0, []
         for r in recs:
-            res = ex.explain(self.books[r.book_id], r.evidence, hist, self.books, r.explanation, query=ctx.query)
+            res = ex.explain(self.books[r.book_id], r.evidence, hist, self.books, r.explanation,
+                             query=ctx.query, shown=shown)
             self.apply_explanation(r, res)
-            fallbacks += res.source != "llm"
+            if res.source == "llm":
+                shown += [res.why, res.blurb or ""]
+            elif (res.rejected_reason or "").startswith("backend error"):
+                errors += 1
+            else:
+                fallbacks += 1
         if fallbacks:
-            notes.append(f"{fallbacks} LLM explanation(s) failed the grounding check: showing the template text")
+            notes.append(f"{fallbacks} LLM explanation(s) failed the claim check: showing the template text")
+        if errors:
+            notes.append(f"{errors} LLM explanation(s) not written (LLM error): showing the template text")
 
     @staticmethod
     def apply_explanation(r: Recommendation, res) -> None:
+        """Put a checked result on a card: the model's text only when it passed every check."""
         r.prompt_version = res.prompt_version
         if res.source == "llm":
             r.explanation, r.blurb, r.explanation_source = res.why, res.blurb, "llm"
         else:
+            r.explanation_source, r.blurb = "template", None
             r.rejected_reason = res.rejected_reason
 
 

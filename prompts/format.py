@@ -27,17 +27,29 @@ def format_book(book: Book, desc_chars: int = 200, max_tags: int = 8) -> str:
     return delimit(text)
 
 
-def format_history(history: Sequence[Book | tuple[Book, float]], k: int = 5) -> str:
-    """The reader's ``k`` best-rated books (ties: most recent first; input is oldest first), one per line."""
-    rated = [(h, None) if isinstance(h, Book) else (h[0], float(h[1])) for h in history]
+def format_history(history: Sequence[Book | tuple[Book, float | None]], k: int = 5,
+                   numbered: bool = False) -> str:
+    """The reader's ``k`` best-rated books (ties: most recent first; input is oldest first), one per line.
+
+    Args:
+        history: books, or (book, rating) pairs (rating ``None``: shelved without one).
+        k: how many lines at most.
+        numbered: ``R1.``, ``R2.`` ... instead of ``-`` bullets (facts the model can point at).
+
+    Returns:
+        The lines, or ``"(none)"``.
+    """
+    rated = [(h, None) if isinstance(h, Book) else (h[0], None if h[1] is None else float(h[1]))
+             for h in history]
     order = sorted(range(len(rated)), key=lambda i: (-(rated[i][1] or 0.0), -i))[:k]
     if not order:
         return "(none)"
     lines = []
-    for i in order:
+    for n, i in enumerate(order, 1):
         book, rating = rated[i]
         label = f"{book.title} by {', '.join(book.authors)}" if book.authors else book.title
-        lines.append(f"- {delimit(label)}" + (f", rated {rating:g}" if rating is not None else ""))
+        bullet = f"R{n}." if numbered else "-"
+        lines.append(f"{bullet} {delimit(label)}" + (f", rated {rating:g}" if rating is not None else ""))
     return "\n".join(lines)
 
 
@@ -46,8 +58,12 @@ def _title(books_by_id: Mapping[str, Book], book_id: str) -> str | None:
     return delimit(b.title) if b else None
 
 
-def format_evidence(evidence: Sequence[Evidence], books_by_id: Mapping[str, Book]) -> str:
-    """Evidence as plain-English fact lines, naming only books the system holds."""
+def format_evidence(evidence: Sequence[Evidence], books_by_id: Mapping[str, Book],
+                    numbered: bool = False) -> str:
+    """Evidence as plain-English fact lines, naming only books the system holds.
+
+    With ``numbered`` the lines read ``F1.``, ``F2.`` ... (facts the model can point at).
+    """
     lines = []
     for e in evidence:
         titles = ", ".join(t for t in (_title(books_by_id, i) for i in e.book_ids) if t)
@@ -69,4 +85,6 @@ def format_evidence(evidence: Sequence[Evidence], books_by_id: Mapping[str, Book
             lines.append(f"- It matches the reader's request {delimit(e.text, 200)}.")
         elif e.kind == "to_read":
             lines.append("- The reader saved it to read later.")
+    if numbered:
+        lines = [f"F{n}. {line[2:]}" for n, line in enumerate(lines, 1)]
     return "\n".join(lines) or "- (no specific facts)"
