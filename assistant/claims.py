@@ -228,8 +228,8 @@ class ClaimContext:
         nums: set[float] = set()
         for t in [b.title, b.description, b.series or "", self.query or "", self.ev_text, self.hist_text]:
             nums.update(float(x) for x in re.findall(r"\d+(?:\.\d+)?", t))
-        nums.update(float(v) for w, v in _NUMBER_WORDS.items() if w in words(b.description))
-        nums.update(float(v) for w, v in _NUMBER_WORDS.items() if w in words(self.query or ""))
+        said = set(words(" ".join([b.title, b.description, self.query or "", self.ev_text, self.hist_text])))
+        nums.update(float(v) for w, v in _NUMBER_WORDS.items() if w in said)
         for x in [b.year, b.series_index, *(h.year for h, _ in self.history), *(h.series_index for h, _ in self.history)]:
             if x is not None:
                 nums.add(float(x))
@@ -365,14 +365,19 @@ def plot_support(sentence: str, ctx: ClaimContext) -> tuple[float, list[str]]:
 
 def _plot(text: str, ctx: ClaimContext, every_sentence: bool) -> str | None:
     for s in sentences(text):
-        if not every_sentence and not _PLOT_CUE.search(s):
-            continue
         # In the explanation, words about the reader's own books are not claims about this plot.
         probe = s
         if not every_sentence:
+            # quoted spans are titles or the reader's request, checked by the name rules
+            probe = re.sub(r"“[^”]*”|\"[^\"]*\"", " ", probe)
+            probe = _strip_names(probe, [h for h, _ in ctx.history] + list(ctx.ev_books))
+            if ctx.query:
+                probe = re.sub(re.escape(ctx.query), " ", probe, flags=re.I)
             for h, _ in ctx.history:
-                for part in (_title_main(h.title), *h.authors):
+                for part in h.authors:
                     probe = re.sub(re.escape(part), " ", probe, flags=re.I)
+            if not _PLOT_CUE.search(probe):
+                continue
         share, miss = plot_support(probe, ctx)
         if share < PLOT_SUPPORT:
             return (f"describes the story in words the book's record does not support "
@@ -380,31 +385,52 @@ def _plot(text: str, ctx: ClaimContext, every_sentence: bool) -> str | None:
     return None
 
 
+def _strip_names(sentence: str, books: Sequence[Book]) -> str:
+    """The sentence with the names of ``books`` (full and main titles, series) blanked out."""
+    forms = sorted({f for b in books for f in (b.title, _title_main(b.title), b.series or "") if f},
+                   key=len, reverse=True)
+    for f in forms:
+        sentence = re.sub(re.escape(f), " ", sentence, flags=re.I)
+    return sentence
+
+
+_RATED_AFTER = re.compile(r"^[”\"’'*_]?\s*(?:\(\s*)?(\d(?:\.\d)?)\s*(?:stars?|★|/\s*5|out of 5)", re.I)
+
+
 def _reader_claims(text: str, ctx: ClaimContext) -> str | None:
+    own = [h for h, _ in ctx.history] + list(ctx.ev_books) + [ctx.book]
     for s in sentences(text):
+        # a rating quoted right after one of the reader's titles ("X (4★)", "X 5 stars") is theirs
+        forms = sorted(((f, h, r) for h, r in ctx.history for f in {h.title, _title_main(h.title)}),
+                       key=lambda x: -len(x[0]))
+        scan = s
+        for form, h, r in forms:  # longest first, blanked once read: "Night" is not "Ladies' Night"
+            for m in list(re.finditer(r"(?<!\w)" + re.escape(form) + r"(?!\w)", scan, flags=re.I)):
+                q = _RATED_AFTER.match(scan[m.end():])
+                if q and r is not None and float(q.group(1)) != float(r):
+                    return f"quotes your rating of {h.title!r} as {q.group(1)}, but you rated it {r:g}"
+            scan = re.sub(r"(?<!\w)" + re.escape(form) + r"(?!\w)", lambda m: "_" * len(m.group()), scan,
+                          flags=re.I)
         liked, disliked = _LIKED.search(s), _DISLIKED.search(s)
         if not (liked or disliked):
             continue
         toks = words(s)
-        hits = ctx.history_title_hits(toks)
-        stars = [float(x) for x in _STARS.findall(s)]
-        for h, r in hits:
+        for h, r in ctx.history:
             if h.book_id == ctx.book.book_id:
                 continue
-            if liked and r is not None and r < LIKED_RATING and not stars:
+            key = [w for w in words(_title_main(h.title)) if w not in ("the", "a", "an")]
+            if not key or not _phrase_in(" ".join(key), toks) or (len(key) == 1 and len(key[0]) <= 4):
+                continue
+            if liked and r is not None and r < LIKED_RATING and not _STARS.search(s):
                 return f"says you liked {h.title!r}, but you rated it {r:g}"
             if disliked and r is not None and r > 2:
                 return f"says you disliked {h.title!r}, but you rated it {r:g}"
-            if stars and r is not None and float(r) not in stars and len(hits) == 1:
-                return f"quotes your rating of {h.title!r} as {stars[0]:g}, but you rated it {r:g}"
-        # a title of the catalog that the sentence says you liked but that is not in your history
+        # a catalog title the sentence says you liked, that is neither in your history nor the evidence
+        rest = words(_strip_names(s, own))
         for x in ctx.books_by_id.values():
             key = [w for w in words(_title_main(x.title)) if w not in ("the", "a", "an")]
-            if len(key) >= 2 and x.book_id != ctx.book.book_id and _phrase_in(" ".join(key), toks):
-                # evidence books are the reader's own (the evidence says they liked them)
-                known = [h.book_id for h, _ in ctx.history] + [e.book_id for e in ctx.ev_books]
-                if x.book_id not in known and x.series != ctx.book.series:
-                    return f"says you liked {x.title!r}, which is not in your history"
+            if len(key) >= 2 and x.book_id != ctx.book.book_id and _phrase_in(" ".join(key), rest):
+                return f"says you liked {x.title!r}, which is not in your history"
     return None
 
 
@@ -507,7 +533,7 @@ def check_claims(explanation: str, blurb: str | None, ctx: ClaimContext,
             _proper_nouns(text, vocab),
             _characters(text, ctx),
             _numbers(text, ctx),
-            _series(text, ctx, is_blurb),
+            _series(_strip_names(text, [ctx.book, *(h for h, _ in ctx.history), *ctx.ev_books]), ctx, is_blurb),
             _tags(text, allowed_tags, ctx, own_only if is_blurb else ctx.reader),
             _plot(text, ctx, every_sentence=is_blurb),
             _reader_claims(text, ctx) if not is_blurb else None,

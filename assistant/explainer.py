@@ -303,5 +303,7 @@ class Explainer:
                         text_so_far = text
                         yield text
         except LLMError as e:
-            error = f"backend error: {e}"
+            # A constrained call that still gives no valid object is the model's failure to parse.
+            bad = type(e).__name__ == "LLMBadOutput"
+            error = f"not valid JSON ({e})" if bad else f"backend error: {e}"
         yield self._finish(None if error else raw, error, check, ctx, version, template_text, shown)

@@ -82,7 +82,7 @@ def names_ok(text: str, allowed_books: Sequence[Book], cat: Catalog) -> str | No
     for k, ids in cat.titles.items():
         if ids & ok_ids or k in ok_series or not _has(toks, k):
             continue
-        if any(_has(list(_key(b.title)), k) for b in allowed_books):  # part of an allowed title
+        if any(_has(words(f"{b.title} {b.series or ''}"), k) for b in allowed_books):  # inside an allowed name
             continue
         return f"names title {' '.join(k)!r}"
     for k in cat.authors:
@@ -149,7 +149,7 @@ def audit_rows(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) 
         dist = [1 - jaccard(a, b) for texts in per_reader.values() for a, b in combinations(texts, 2)]
         dup_readers = sum(any(jaccard(a, b) >= 0.6 for a, b in combinations(t, 2)) for t in per_reader.values())
         ttft = [r["first_token_s"] for r in rs if r.get("first_token_s") is not None]
-        secs = [r["seconds"] for r in rs]
+        secs = [r["seconds"] for r in rs if r.get("seconds") is not None]
         out[backend] = {
             "pairs": n,
             "readers": len(per_reader),

@@ -94,25 +94,40 @@ def _evidence(d: dict[str, Any]):
     return Evidence(**kw)
 
 
-def write_texts(backend_spec: str, datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]]]],
-                dump: Path, max_new_tokens: int, progress: bool, threads: int) -> dict[str, Any]:
-    """Every pair of every dataset through one backend; appends rows to ``dump``."""
+def write_texts(backend_spec: Any, datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]]]],
+                dump: Path, max_new_tokens: int, progress: bool, threads: int,
+                skip_labels: Sequence[str] = ()) -> dict[str, Any]:
+    """Every pair of every dataset through one backend; appends rows to ``dump``.
+
+    ``backend_spec``: a ``load_backend`` spec or an ``LLMBackend``. A backend whose label
+    (``describe()``) is in ``skip_labels`` is loaded but not run again.
+    """
     from assistant.explainer import Explainer, ExplanationResult
     from assistant.grounding import parse_explanation
     from assistant.llm.base import LLMError, load_backend
 
+    from assistant.llm.base import LLMBackend
+
     t0 = time.perf_counter()
     opts: dict[str, Any] = {"num_threads": threads} if threads > 0 else {}
-    try:
-        backend = load_backend(backend_spec, **opts)
-    except (LLMError, TypeError) as e:
+    if isinstance(backend_spec, LLMBackend):
+        backend, backend_spec = backend_spec, backend_spec.describe()
+    else:
         try:
-            backend = load_backend(backend_spec)
-        except LLMError:
-            return {"backend": backend_spec, "skipped": str(e)}
+            backend = load_backend(backend_spec, **opts)
+        except (LLMError, TypeError) as e:
+            try:
+                backend = load_backend(backend_spec)
+            except LLMError:
+                return {"backend": backend_spec, "skipped": str(e)}
     load_s = time.perf_counter() - t0
     label = backend.describe()
+    if label in skip_labels:
+        return {"backend": label, "backend_spec": backend_spec, "resumed": True}
     ex = Explainer(backend, max_new_tokens=max_new_tokens)
+    mode = ("constrained JSON" if getattr(backend, "constrained_json", False) else
+            "JSON, validated + 1 retry" if callable(getattr(backend, "generate_json", None)) else
+            "field-by-field prefill" if backend.supports_prefill else "plain, cut at '}'")
     n = 0
     with dump.open("a", encoding="utf-8") as f:
         for name, spec, rows in datasets:
@@ -141,6 +156,7 @@ def write_texts(backend_spec: str, datasets: Sequence[tuple[str, dict[str, str],
                 if final.source == "llm":
                     prev += [final.why, final.blurb or ""]
                 out = {"dataset": name, "dataset_spec": spec, "backend": label, "backend_spec": backend_spec,
+                       "json_mode": mode,
                        **row, "prompt_version": final.prompt_version, "raw": final.raw, "source": final.source,
                        "explanation": final.why, "blurb": final.blurb, "rejected_reason": reason,
                        "model_explanation": parsed["why"] if parsed else None,
@@ -150,13 +166,15 @@ def write_texts(backend_spec: str, datasets: Sequence[tuple[str, dict[str, str],
                 f.write(json.dumps(out, ensure_ascii=False) + "\n")
                 f.flush()
                 n += 1
-    return {"backend": label, "backend_spec": backend_spec, "pairs": n, "load_s": round(load_s, 2),
+    return {"backend": label, "backend_spec": backend_spec, "json_mode": mode, "pairs": n,
+            "load_s": round(load_s, 2),
             "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def run_text_study(dataset: str | None, out: str | Path, llms: Sequence[str], readers: int = 20,
                    demo_readers: int = 15, picks: int = 3, seed: int = 42, max_new_tokens: int = 80,
-                   data_dir: str | Path | None = None, progress: bool = True, threads: int = 1) -> dict[str, Any]:
+                   data_dir: str | Path | None = None, progress: bool = True, threads: int = 1,
+                   resume: bool = False) -> dict[str, Any]:
     """Run the study and its independent audit; returns the audit's metrics.
 
     Args:
@@ -171,6 +189,8 @@ def run_text_study(dataset: str | None, out: str | Path, llms: Sequence[str], re
         data_dir: where the study's private indexes live (default ``~/.readnext/text-study``).
         progress: progress bars.
         threads: CPU threads of a local model (0: the backend's default).
+        resume: keep the rows of backends already in ``out/texts.jsonl`` (same pairs: same seed)
+            and run only the others.
 
     Returns:
         The metrics of :func:`eval.text_audit.audit`.
@@ -194,8 +214,18 @@ def run_text_study(dataset: str | None, out: str | Path, llms: Sequence[str], re
             for r in rows:
                 f.write(json.dumps({"dataset": name, **r}, ensure_ascii=False) + "\n")
     dump = out / "texts.jsonl"
-    dump.write_text("")
-    runs = [write_texts(spec, sets, dump, max_new_tokens, progress, threads) for spec in llms]
-    (out / "runs.json").write_text(json.dumps({"runs": runs, "seed": seed, "picks": picks,
-                                               "max_new_tokens": max_new_tokens}, indent=2))
+    done: set[str] = set()
+    runs: list[dict[str, Any]] = []
+    if resume and dump.is_file():
+        done = {json.loads(x)["backend"] for x in dump.read_text(encoding="utf-8").splitlines() if x.strip()}
+        if (out / "runs.json").is_file():
+            runs = [r for r in json.loads((out / "runs.json").read_text())["runs"] if r.get("backend") in done]
+    else:
+        dump.write_text("")
+    for spec in llms:
+        run = write_texts(spec, sets, dump, max_new_tokens, progress, threads, skip_labels=sorted(done))
+        if not run.get("resumed"):
+            runs.append(run)
+        (out / "runs.json").write_text(json.dumps({"runs": runs, "seed": seed, "picks": picks,
+                                                   "max_new_tokens": max_new_tokens}, indent=2))
     return audit(dump, out, runs=runs)
