@@ -244,6 +244,16 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
             raise ReadnextError("--auth must look like user:password")
         creds = tuple(auth.split(":", 1))
     rec = Recommender.open(settings=settings)
+    if settings.llm.warm_up and settings.llm.backend != "none":
+        # Load and warm the model now, so the first reader does not wait for it.
+        from .llm import LLMError
+
+        try:
+            took = rec.warm_up_llm()
+            if took is not None:
+                print(f"LLM {rec.llm.describe()} loaded and warmed in {took:.1f} s", flush=True)
+        except (LLMError, ValueError) as e:
+            print(f"warning: LLM not available ({e}); the chat shows template text", flush=True)
     app = build_app(rec, llm_picks=llm_picks)
     app.queue(default_concurrency_limit=settings.chat.concurrency)
     import gradio as gr

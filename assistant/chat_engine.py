@@ -148,13 +148,15 @@ class ChatEngine:
 
     # -- conversation -----------------------------------------------------------------------------
 
-    def parse(self, message: str, st: ChatState | None = None) -> Intent:
-        """The LLM parses the message when configured (validated strictly); rules otherwise."""
+    def parse(self, message: str, st: ChatState | None = None, llm: Any = None) -> Intent:
+        """The LLM parses the message when configured (validated strictly); rules otherwise.
+
+        ``llm``: the turn's backend view (its time budget); default: the recommender's backend."""
         rules = parse_intent(message, self._titles, self.tags, self._authors)
         if not self._use_llm_intent():
             return rules
         try:
-            got = self._llm_intent(message, st)
+            got = self._llm_intent(message, st, llm)
         except Exception:  # any backend/parse failure: the rules answer
             got = None
         if got is None:
@@ -172,7 +174,7 @@ class ChatEngine:
             return False
         return mode == "on" or spec.lower() not in ("local", "none")
 
-    def _llm_intent(self, message: str, st: ChatState | None) -> Intent | None:
+    def _llm_intent(self, message: str, st: ChatState | None, llm: Any = None) -> Intent | None:
         """Ask the LLM for {"intent", "constraints"}; keep only values the catalog knows."""
         import json
 
@@ -180,7 +182,7 @@ class ChatEngine:
 
         shown = "\n".join(f"#{i + 1} {self.rec.books[b].title}" for i, b in enumerate((st.recs if st else [])[:10]))
         msgs, _version = render_messages("chat_intent", context=shown or "(none)", utterance=delimit(message, 500))
-        raw = self.rec.llm.generate(msgs, max_new_tokens=160)
+        raw = (llm or self.rec.llm).generate(msgs, max_new_tokens=160)
         m = re.search(r"\{.*\}", raw, re.S)
         if not m:
             return None
@@ -229,7 +231,9 @@ class ChatEngine:
         if not message:
             yield Reply("Tell me what you are in the mood for, or ask *what should I read next?*", state=st)
             return
-        intent = self.parse(message, st)
+        llm = self.rec.llm
+        turn = llm.for_turn() if hasattr(llm, "for_turn") else None  # one LLM budget for the turn
+        intent = self.parse(message, st, turn)
         if intent.kind in ("help", "greeting"):
             yield Reply(("Hello! " if intent.kind == "greeting" else "") + HELP, state=st)
             return
@@ -267,9 +271,10 @@ class ChatEngine:
             query = None
         st.query, st.ref_book = query, ref
         st.constraints = {k: v for k, v in asdict(c).items() if k != "ref_year"}
-        yield from self._recommend(st, c, exclude=[ref] if ref else [])
+        yield from self._recommend(st, c, exclude=[ref] if ref else [], turn=turn)
 
-    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = ()) -> Iterator[Reply]:
+    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = (), turn: Any = None
+                   ) -> Iterator[Reply]:
         if st.user_id is None:
             st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
             st.guest = True
@@ -289,14 +294,14 @@ class ChatEngine:
         yield reply
         if llm is None or self.llm_picks <= 0:
             return
-        yield from self._stream_llm(reply)
+        yield from self._stream_llm(reply, turn)
 
-    def _stream_llm(self, reply: Reply) -> Iterator[Reply]:
+    def _stream_llm(self, reply: Reply, turn: Any = None) -> Iterator[Reply]:
         rec = self.rec
         ctx = rec.context(reply.state.user_id, query=reply.state.query)
         hist = rec._history_books(ctx)  # with ratings, so "you loved X" is checked
-        ex = rec.explainer()
-        fallbacks, shown = 0, []
+        ex, turn = rec.explainer_for_turn(turn)  # the turn's LLM budget: later picks keep templates
+        reasons, shown = [], []
         for card in reply.cards[: self.llm_picks]:
             book = rec.books[card.book_id]
             final = None
@@ -314,13 +319,14 @@ class ChatEngine:
             if final is not None:
                 Recommender.apply_explanation(card, final)
                 card.explanation = card.explanation if final.source == "llm" else template
-                fallbacks += final.source != "llm"
-                if final.source == "llm":
-                    shown += [final.why, final.blurb or ""]
+                if final.source != "llm":
+                    reasons.append(final.rejected_reason)
+                else:
+                    shown += [final.why, final.blurb or ""]  # later picks must not repeat it
             yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=True)
-        if fallbacks:
-            reply.notes.append(f"{fallbacks} LLM text(s) not shown (failed the claim check or the LLM failed): "
-                           "showing template text instead")
+        from .llm.resilience import count_guard_rejections, honest_notes
+
+        reply.notes.extend(honest_notes(turn, count_guard_rejections(reasons)))
         yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=False)
 
     def _why(self, st: ChatState, book_id: str) -> Reply:

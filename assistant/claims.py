@@ -28,6 +28,7 @@ Rules (each one measurable, each one tested with hand-made true and false texts)
   (description words or tags, a multi-word tag counting once);
 * **personal**: the explanation must mention one of the reader's books (title, series, author)
   or their request, and the evidence (a tag, author, book, series, readers, popularity);
+* **complete**: each text ends a sentence (a reply cut at the length limit is not shown);
 * **distinct**: a text whose content words overlap a text already shown to this reader by a
   Jaccard index of at least :data:`DUPLICATE_JACCARD` is a near-duplicate.
 
@@ -543,6 +544,9 @@ def check_claims(explanation: str, blurb: str | None, ctx: ClaimContext,
                 return f"{field_name} {reason}"
     if rules == "claims":
         return None
+    for field_name, text in (("explanation", explanation), ("blurb", blurb)):
+        if text and not re.search(r"[.!?…][\"”’')\]]*\s*$", text):
+            return f"{field_name} is cut off mid-sentence"
     if blurb and facets(blurb, ctx) < MIN_FACETS:
         return f"blurb is a tautology: fewer than {MIN_FACETS} facts beyond title and author"
     reason = _personal(explanation, ctx)

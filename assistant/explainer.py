@@ -110,8 +110,8 @@ def _pairs(history: Sequence[HistoryItem]) -> list[tuple[Book, float | None]]:
 class Explainer:
     """Writes grounded, personal explanations and blurbs with an LLM, else the template text.
 
-    Three ways to get the JSON, best first: a backend with ``generate_json`` (constrained by the
-    prompt's JSON schema, so it always parses); a prefill-capable backend, driven field by field
+    Three ways to get the JSON, best first: a backend with constrained ``generate_json`` /
+    ``stream_json`` (``constrained_json``: decoded under the prompt's JSON schema, so it parses); a prefill-capable backend, driven field by field
     (``why_prefill``/``blurb_prefill`` from ``prompts/explain.toml``, each field cut at its closing
     quote); any other backend writes the whole object, cut at the first ``}``. Every reply then
     passes two checks before it is shown: names (:func:`check_grounding`) and claims
@@ -188,7 +188,11 @@ class Explainer:
     def _raw_chunks(self, msgs: list[dict[str, str]], streaming: bool) -> Iterator[str]:
         """The raw JSON reply, as chunks (prefills included)."""
         gen_json = getattr(self.backend, "generate_json", None)
-        if self.schema is not None and callable(gen_json):
+        constrained = bool(getattr(self.backend, "constrained_json", False))
+        # Constrained decoding (grammar / server-side schema) whenever the backend has it. Otherwise
+        # the paths below, streamed or not (so both agree): field by field with a prefill, which keeps
+        # small models in format better than validate-and-retry, or the whole object; parsed strictly.
+        if self.schema is not None and callable(gen_json) and constrained:
             stream_json = getattr(self.backend, "stream_json", None)
             budget = 2 * self.max_new_tokens + 16  # both fields and the JSON syntax
             if streaming and callable(stream_json):

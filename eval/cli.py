@@ -81,11 +81,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--text-study", action="store_true",
                    help="instead of the ranking study: LLM explanations/blurbs for (reader, pick) pairs of "
                         "--dataset and the demo, per --text-llms, audited from the dump (eval/text_audit.py)")
-    t.add_argument("--text-llms", default="smollm2,local",
-                   help="comma-separated LLM specs run on the same pairs and prompt (default smollm2,local)")
+    t.add_argument("--text-llms", default="local,tiny",
+                   help="comma-separated LLM specs run on the same pairs and prompt, the default model "
+                        "first (default local,tiny: Qwen via llama.cpp, SmolLM2 via transformers)")
     t.add_argument("--text-readers", type=_positive, default=20, help="readers from --dataset (default 20)")
     t.add_argument("--text-demo-readers", type=_positive, default=15, help="readers from the demo (default 15)")
     t.add_argument("--text-picks", type=_positive, default=3, help="top picks per reader (default 3)")
+    t.add_argument("--text-compare-every", type=_positive, default=1,
+                   help="run the 2nd.. LLM on every N-th reader's picks only (default 1: all)")
     t.add_argument("--text-resume", action="store_true",
                    help="keep rows of backends already in OUT/texts.jsonl and run only the missing ones")
 
@@ -160,6 +163,7 @@ def _run_text_study(args: argparse.Namespace) -> int:
     metrics = run_text_study(args.dataset, out, llms, readers=args.text_readers,
                              demo_readers=args.text_demo_readers, picks=args.text_picks, seed=args.seed,
                              data_dir=getattr(args, "data_dir", None), resume=args.text_resume,
+                             compare_every=args.text_compare_every,
                              progress=not (args.no_progress or getattr(args, "json", False)))
     if getattr(args, "json", False):
         print(json.dumps(metrics, indent=2, ensure_ascii=False))

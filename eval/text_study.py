@@ -94,50 +94,91 @@ def _evidence(d: dict[str, Any]):
     return Evidence(**kw)
 
 
-def write_texts(backend_spec: Any, datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]]]],
-                dump: Path, max_new_tokens: int, progress: bool, threads: int,
-                skip_labels: Sequence[str] = ()) -> dict[str, Any]:
-    """Every pair of every dataset through one backend; appends rows to ``dump``.
+def _load(spec: Any, threads: int):
+    from assistant.llm.base import LLMBackend, LLMError, load_backend
 
-    ``backend_spec``: a ``load_backend`` spec or an ``LLMBackend``. A backend whose label
-    (``describe()``) is in ``skip_labels`` is loaded but not run again.
+    if isinstance(spec, LLMBackend):
+        return spec, spec.describe(), None
+    opts: dict[str, Any] = {"num_threads": threads} if threads > 0 else {}
+    try:
+        b = load_backend(spec, **opts)
+    except (LLMError, TypeError) as e:
+        try:
+            b = load_backend(spec)
+        except LLMError:
+            return None, str(spec), str(e)
+    return b, b.describe(), None
+
+
+def interleave(datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]]]]
+               ) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+    """Pairs in round-robin order of readers across datasets, so any prefix covers every dataset."""
+    queues = []
+    for name, spec, rows in datasets:
+        by_reader: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_reader.setdefault(r["user_id"], []).append(r)
+        queues.append([(name, spec, list(v)) for v in by_reader.values()])
+    out = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        for q in queues:
+            if i < len(q):
+                name, spec, rows = q[i]
+                out += [(name, spec, r) for r in rows]
+    return out
+
+
+def write_texts(backend_specs: Sequence[Any], datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]]]],
+                dump: Path, max_new_tokens: int, progress: bool, threads: int,
+                skip_labels: Sequence[str] = (), compare_every: int = 1) -> list[dict[str, Any]]:
+    """Every pair through the first backend, and every ``compare_every``-th reader's picks through
+    the others, interleaved pair by pair (same prompts, same load on a shared CPU); rows are
+    appended to ``dump`` as they are written, so a stopped run keeps its rows.
+
+    Args:
+        backend_specs: ``load_backend`` specs or ``LLMBackend`` instances.
+        datasets: (name, dataset spec, pairs) per dataset.
+        dump: the JSONL file rows are appended to.
+        max_new_tokens: per field.
+        progress: a progress bar.
+        threads: CPU threads of local models (0: default).
+        skip_labels: backends (``describe()``) already in the dump, not run again.
+        compare_every: run backends after the first on every n-th reader only.
+
+    Returns:
+        One summary per backend (label, pairs written, load time, JSON mode).
     """
     from assistant.explainer import Explainer, ExplanationResult
     from assistant.grounding import parse_explanation
-    from assistant.llm.base import LLMError, load_backend
 
-    from assistant.llm.base import LLMBackend
-
-    t0 = time.perf_counter()
-    opts: dict[str, Any] = {"num_threads": threads} if threads > 0 else {}
-    if isinstance(backend_spec, LLMBackend):
-        backend, backend_spec = backend_spec, backend_spec.describe()
-    else:
-        try:
-            backend = load_backend(backend_spec, **opts)
-        except (LLMError, TypeError) as e:
-            try:
-                backend = load_backend(backend_spec)
-            except LLMError:
-                return {"backend": backend_spec, "skipped": str(e)}
-    load_s = time.perf_counter() - t0
-    label = backend.describe()
-    if label in skip_labels:
-        return {"backend": label, "backend_spec": backend_spec, "resumed": True}
-    ex = Explainer(backend, max_new_tokens=max_new_tokens)
-    mode = ("constrained JSON" if getattr(backend, "constrained_json", False) else
-            "JSON, validated + 1 retry" if callable(getattr(backend, "generate_json", None)) else
-            "field-by-field prefill" if backend.supports_prefill else "plain, cut at '}'")
-    n = 0
+    runs, active = [], []
+    for i, spec in enumerate(backend_specs):
+        t0 = time.perf_counter()
+        backend, label, err = _load(spec, threads)
+        if backend is None:
+            runs.append({"backend": label, "backend_spec": str(spec), "skipped": err})
+            continue
+        mode = ("constrained JSON (grammar)" if getattr(backend, "constrained_json", False) else
+                "field-by-field prefill, strict parse" if backend.supports_prefill else "plain, strict parse")
+        run = {"backend": label, "backend_spec": str(spec), "json_mode": mode, "pairs": 0,
+               "load_s": round(time.perf_counter() - t0, 2), "every_nth_reader": 1 if i == 0 else compare_every}
+        runs.append(run)
+        if label not in skip_labels:
+            active.append((i, backend, Explainer(backend, max_new_tokens=max_new_tokens), run))
+    catalogs = {name: {b.book_id: b for b in load_spec(spec).books} for name, spec, _ in datasets}
+    shown: dict[tuple[str, str, str], list[str]] = {}
+    readers: dict[tuple[str, str], int] = {}
     with dump.open("a", encoding="utf-8") as f:
-        for name, spec, rows in datasets:
-            books = {b.book_id: b for b in load_spec(spec).books}
-            shown: dict[str, list[str]] = {}
-            for row in tqdm(rows, desc=f"{label} on {name}", unit="pick", disable=not progress, leave=False):
-                book = books[row["book_id"]]
-                hist = [(books[b], r) for b, r in row["history"] if b in books]
-                evs = [_evidence(e) for e in row["evidence"]]
-                prev = shown.setdefault(row["user_id"], [])
+        for name, spec, row in tqdm(interleave(datasets), desc="text study", unit="pick", disable=not progress):
+            n_reader = readers.setdefault((name, row["user_id"]), len(readers))
+            books = catalogs[name]
+            book = books[row["book_id"]]
+            hist = [(books[b], r) for b, r in row["history"] if b in books]
+            evs = [_evidence(e) for e in row["evidence"]]
+            for i, backend, ex, run in active:
+                if i > 0 and n_reader % compare_every:
+                    continue
+                prev = shown.setdefault((run["backend"], name, row["user_id"]), [])
                 t = time.perf_counter()
                 first = None
                 final: ExplanationResult | None = None
@@ -155,9 +196,9 @@ def write_texts(backend_spec: Any, datasets: Sequence[tuple[str, dict[str, str],
                 parsed = None if error else parse_explanation(final.raw or "")[0]
                 if final.source == "llm":
                     prev += [final.why, final.blurb or ""]
-                out = {"dataset": name, "dataset_spec": spec, "backend": label, "backend_spec": backend_spec,
-                       "json_mode": mode,
-                       **row, "prompt_version": final.prompt_version, "raw": final.raw, "source": final.source,
+                out = {"dataset": name, "dataset_spec": spec, "backend": run["backend"],
+                       "backend_spec": run["backend_spec"], "json_mode": run["json_mode"], **row,
+                       "prompt_version": final.prompt_version, "raw": final.raw, "source": final.source,
                        "explanation": final.why, "blurb": final.blurb, "rejected_reason": reason,
                        "model_explanation": parsed["why"] if parsed else None,
                        "model_blurb": parsed["blurb"] if parsed else None,
@@ -165,16 +206,14 @@ def write_texts(backend_spec: Any, datasets: Sequence[tuple[str, dict[str, str],
                        "first_token_s": None if first is None else round(first, 3), "seconds": round(secs, 3)}
                 f.write(json.dumps(out, ensure_ascii=False) + "\n")
                 f.flush()
-                n += 1
-    return {"backend": label, "backend_spec": backend_spec, "json_mode": mode, "pairs": n,
-            "load_s": round(load_s, 2),
-            "wall_s": round(time.perf_counter() - t0, 1)}
+                run["pairs"] += 1
+    return runs
 
 
 def run_text_study(dataset: str | None, out: str | Path, llms: Sequence[str], readers: int = 20,
                    demo_readers: int = 15, picks: int = 3, seed: int = 42, max_new_tokens: int = 80,
                    data_dir: str | Path | None = None, progress: bool = True, threads: int = 1,
-                   resume: bool = False) -> dict[str, Any]:
+                   resume: bool = False, compare_every: int = 1) -> dict[str, Any]:
     """Run the study and its independent audit; returns the audit's metrics.
 
     Args:
@@ -191,6 +230,8 @@ def run_text_study(dataset: str | None, out: str | Path, llms: Sequence[str], re
         threads: CPU threads of a local model (0: the backend's default).
         resume: keep the rows of backends already in ``out/texts.jsonl`` (same pairs: same seed)
             and run only the others.
+        compare_every: backends after the first run on every n-th reader's picks only (the
+            first, the default model, on all), interleaved with it pair by pair.
 
     Returns:
         The metrics of :func:`eval.text_audit.audit`.
@@ -222,10 +263,8 @@ def run_text_study(dataset: str | None, out: str | Path, llms: Sequence[str], re
             runs = [r for r in json.loads((out / "runs.json").read_text())["runs"] if r.get("backend") in done]
     else:
         dump.write_text("")
-    for spec in llms:
-        run = write_texts(spec, sets, dump, max_new_tokens, progress, threads, skip_labels=sorted(done))
-        if not run.get("resumed"):
-            runs.append(run)
-        (out / "runs.json").write_text(json.dumps({"runs": runs, "seed": seed, "picks": picks,
-                                                   "max_new_tokens": max_new_tokens}, indent=2))
+    runs += write_texts(llms, sets, dump, max_new_tokens, progress, threads, skip_labels=sorted(done),
+                        compare_every=compare_every)
+    (out / "runs.json").write_text(json.dumps({"runs": runs, "seed": seed, "picks": picks,
+                                               "max_new_tokens": max_new_tokens}, indent=2))
     return audit(dump, out, runs=runs)

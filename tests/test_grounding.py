@@ -246,7 +246,7 @@ def test_grounded_scripted_reply_is_used():
     ex, r = explain(Scripted([reply[:-1]]))  # the '}' stop string is cut off by the backend
     assert (r.source, r.rejected_reason) == ("llm", None)
     assert r.why.startswith("You read The Hunger Games") and r.blurb.startswith("Katniss")
-    assert r.prompt_version == "2"
+    assert r.prompt_version == "3"
     assert (ex.counter.llm, ex.counter.template) == (1, 0)
 
 
@@ -265,16 +265,16 @@ def test_backend_error_and_no_llm_fall_back():
 
 
 def test_prefill_backend_is_driven_field_by_field():
-    backend = Scripted(["You read The Hunger Games: this second book by Suzanne Collins continues it",
+    backend = Scripted(["You read The Hunger Games: this second book by Suzanne Collins continues it.",
                         "Katniss has survived the arena, and now the Capitol wants revenge."], prefill=True)
     _, r = explain(backend)
     assert r.source == "llm", r.rejected_reason
-    assert r.why == "You read The Hunger Games: this second book by Suzanne Collins continues it"
+    assert r.why == "You read The Hunger Games: this second book by Suzanne Collins continues it."
     assert r.blurb == "Katniss has survived the arena, and now the Capitol wants revenge."
     # the second call continues the first answer inside the assistant turn
     assert backend.calls[0][-1] == {"role": "assistant", "content": '{"explanation": "'}
     assert backend.calls[1][-1]["role"] == "assistant"
-    assert backend.calls[1][-1]["content"].endswith('continues it", "blurb": "')
+    assert backend.calls[1][-1]["content"].endswith('continues it.", "blurb": "')
 
 
 def test_stream_explain_yields_growing_text_then_the_result():
@@ -316,7 +316,7 @@ def real_backend():
     threads = torch.get_num_threads()
     try:
         # One thread: on a shared, busy CPU more threads make torch many times slower.
-        yield load_backend(None, num_threads=1)
+        yield load_backend("tiny", num_threads=1)
     except LLMError as e:
         pytest.skip(f"offline default model unavailable: {e}")
     finally:
