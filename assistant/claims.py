@@ -481,8 +481,11 @@ def facets(blurb: str, ctx: ClaimContext) -> int:
 
 def _personal(text: str, ctx: ClaimContext) -> str | None:
     toks = words(text)
+    # the evidence's books are the reader's own too ("similar to X, which you liked")
+    mine = [*(h for h, _ in ctx.history), *ctx.ev_books]
     reader = bool(ctx.history_title_hits(toks)) or any(
-        _phrase_in(" ".join(words(a)), toks) for h, _ in ctx.history for a in h.authors)
+        _phrase_in(" ".join(w for w in words(n) if w not in ("the", "a", "an")), toks)
+        for b in mine for n in (_title_main(b.title), *b.authors) if len(words(n)) >= 2)
     q = [w for w in content_words(ctx.query or "") if w not in FRAME_WORDS]
     if q and any(w in toks or any(_same(stem(w), stem(t)) for t in toks) for w in q):
         reader = True

@@ -89,6 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--text-picks", type=_positive, default=3, help="top picks per reader (default 3)")
     t.add_argument("--text-compare-every", type=_positive, default=1,
                    help="run the 2nd.. LLM on every N-th reader's picks only (default 1: all)")
+    t.add_argument("--text-threads", type=int, default=2, help="CPU threads of a local LLM (default 2)")
     t.add_argument("--text-resume", action="store_true",
                    help="keep rows of backends already in OUT/texts.jsonl and run only the missing ones")
 
@@ -163,7 +164,7 @@ def _run_text_study(args: argparse.Namespace) -> int:
     metrics = run_text_study(args.dataset, out, llms, readers=args.text_readers,
                              demo_readers=args.text_demo_readers, picks=args.text_picks, seed=args.seed,
                              data_dir=getattr(args, "data_dir", None), resume=args.text_resume,
-                             compare_every=args.text_compare_every,
+                             compare_every=args.text_compare_every, threads=args.text_threads,
                              progress=not (args.no_progress or getattr(args, "json", False)))
     if getattr(args, "json", False):
         print(json.dumps(metrics, indent=2, ensure_ascii=False))

@@ -146,6 +146,7 @@ def audit_rows(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) 
             per_reader[(r["dataset"], r["user_id"])].append(f"{expl} {blurb or ''}")
         n = len(rs)
         llm = [c for c in checked if c["llm"]]
+        reguard = _reguard(rs, catalogs)
         dist = [1 - jaccard(a, b) for texts in per_reader.values() for a, b in combinations(texts, 2)]
         dup_readers = sum(any(jaccard(a, b) >= 0.6 for a, b in combinations(t, 2)) for t in per_reader.values())
         ttft = [r["first_token_s"] for r in rs if r.get("first_token_s") is not None]
@@ -154,6 +155,7 @@ def audit_rows(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) 
             "pairs": n,
             "readers": len(per_reader),
             "guard_pass_rate": _rate(len(llm), n),
+            "guard_pass_rate_current_checker": _rate(reguard, n),
             "parse_failures": sum(bool(r.get("parse_failure")) for r in rs),
             "backend_errors": sum(bool(r.get("backend_error")) for r in rs),
             "claim_support_rate_shown": _rate(sum(c["supported"] for c in checked), n),
@@ -169,6 +171,31 @@ def audit_rows(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) 
                                    "problem": c["problem"]} for c in checked if not c["supported"]][:20],
         }
     return out
+
+
+def _reguard(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) -> int:
+    """How many of the dumped model replies the *current* checks accept (the dump records the
+    decision of the code that ran; this shows the effect of later fixes to the checker)."""
+    from assistant.explainer import Explainer
+    from assistant.llm.base import NoLLM
+
+    ex = Explainer(NoLLM())
+    shown: dict[tuple[str, str], list[str]] = defaultdict(list)
+    ok = 0
+    for r in rows:
+        if r.get("backend_error") or not r.get("raw"):
+            continue
+        cat = catalogs[r["dataset"]]
+        hist = [(cat.by_id[b], rt) for b, rt in r["history"] if b in cat.by_id]
+        evs = [Evidence(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()}) for e in r["evidence"]]
+        msgs, version, check, ctx = ex._prepare(cat.by_id[r["book_id"]], evs, hist, cat.by_id, r["template"],
+                                                r["query"])
+        prev = shown[(r["dataset"], r["user_id"])]
+        res = ex._finish(r["raw"], None, check, ctx, version, r["template"], prev)
+        if res.source == "llm":
+            ok += 1
+            prev += [res.why, res.blurb or ""]
+    return ok
 
 
 def _reasons(reasons: Sequence[str | None]) -> dict[str, int]:
@@ -192,6 +219,7 @@ def report(metrics: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -
     names = list(metrics)
     rows = [("(reader, pick) pairs", "pairs", False), ("readers", "readers", False),
             ("guard pass rate (model text shown)", "guard_pass_rate", True),
+            ("same replies, current checker", "guard_pass_rate_current_checker", True),
             ("parse failures", "parse_failures", False), ("backend errors", "backend_errors", False),
             ("claim support, all shown texts", "claim_support_rate_shown", True),
             ("claim support, shown model texts", "claim_support_rate_llm_shown", True),

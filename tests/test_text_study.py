@@ -132,13 +132,18 @@ def test_study_dump_and_independent_audit(demo_home, tmp_path):
     dump = tmp_path / "texts.jsonl"
     sets = [("demo", dataset_spec(None), rows)]
     invented = {"explanation": "You will love it.", "blurb": "A man named Zed goes undercover in Paris."}
-    run1 = write_texts(JsonLLM([invented] * 6), sets, dump, 40, progress=False, threads=0)
-    run2 = write_texts(JsonLLM([BadOutput("no object")] * 6), sets, dump, 40, progress=False, threads=0)
-    assert run1["pairs"] == run2["pairs"] == 6
+    bad = JsonLLM([BadOutput("no object")] * 6)
+    bad.model_id = "bad"
+    runs = write_texts([JsonLLM([invented] * 6), bad], sets, dump, 40, progress=False, threads=0,
+                       compare_every=2)
+    assert [r["pairs"] for r in runs] == [6, 4]  # the second backend: every 2nd reader's picks
     lines = [json.loads(x) for x in dump.read_text().splitlines()]
-    assert len(lines) == 12 and all(r["source"] == "template" for r in lines)
-    m = audit(dump, tmp_path)["fakejson:fake"]
-    assert m["pairs"] == 12 and m["guard_pass_rate"] == 0.0 and m["parse_failures"] == 6
+    assert len(lines) == 10 and all(r["source"] == "template" for r in lines)
+    assert [r["backend"] for r in lines[:3]] == ["fakejson:fake", "fakejson:bad", "fakejson:fake"]
+    metrics = audit(dump, tmp_path)
+    m, b = metrics["fakejson:fake"], metrics["fakejson:bad"]
+    assert m["pairs"] == 6 and m["guard_pass_rate"] == 0.0 and m["parse_failures"] == 0
+    assert b["pairs"] == 4 and b["parse_failures"] == 4
     assert m["claim_support_rate_shown"] == 1.0  # the template texts that were shown are all supported
     # The audit re-checks what was shown, independently of the run: a false text marked "llm" is caught.
     forged = dict(lines[0], backend="forged", source="llm", explanation="You loved The Martian.",
