@@ -212,11 +212,14 @@ class ClaimContext:
         self.own_tags = {tag_phrase(t) for t in b.tags}
         ev_text = []
         for e in self.evidence:
-            ev_text += [*e.authors, *(tag_phrase(t) for t in e.tags), e.series or "", e.text or ""]
+            # a query_match's text is the request itself, kept apart in ``query``
+            ev_text += [*e.authors, *(tag_phrase(t) for t in e.tags), e.series or "",
+                        "" if e.kind == "query_match" else e.text or ""]
         hist_text = [f"{h.title} {' '.join(h.authors)} {h.series or ''}" for h, _ in self.history]
         self.ev_text = " ".join(ev_text + [f"{x.title} {' '.join(x.authors)} {x.series or ''}" for x in ev_books])
         self.hist_text = " ".join(hist_text)
         self.reader = Vocabulary([self.ev_text, self.hist_text, self.query or "", self.own_text])
+        self.reader_no_query = Vocabulary([self.ev_text, self.hist_text, self.own_text])
         self.reader_tags = self.own_tags | {tag_phrase(t) for e in self.evidence for t in e.tags} | {
             tag_phrase(t) for h, _ in self.history for t in h.tags} | {tag_phrase(t) for x in ev_books for t in x.tags}
         self.numbers = self._numbers()
@@ -532,13 +535,21 @@ def check_claims(explanation: str, blurb: str | None, ctx: ClaimContext,
         if not text:
             continue
         vocab = own_only if is_blurb else ctx.reader
-        allowed_tags = ctx.own_tags if is_blurb else ctx.reader_tags | {tag_phrase(ctx.query or "")}
+        allowed_tags = ctx.own_tags if is_blurb else ctx.reader_tags
+        # The request may be quoted, but its words do not make a genre claim about the book true
+        # ("Speak is a dark, tense thriller" because the reader asked for one is false).
+        tag_text = text
+        if ctx.query:  # only where the text quotes it as the request
+            q = re.escape(ctx.query.strip())
+            tag_text = re.sub(rf"[“\"‘']\s*{q}\s*[”\"’']|(asked for|requested|request for|looking for|"
+                              rf"you want(ed)?|your request,?)\s*{q}", " ", text, flags=re.I)
+        tag_vocab = own_only if is_blurb else ctx.reader_no_query
         for reason in (
             _proper_nouns(text, vocab),
             _characters(text, ctx),
             _numbers(text, ctx),
             _series(_strip_names(text, [ctx.book, *(h for h, _ in ctx.history), *ctx.ev_books]), ctx, is_blurb),
-            _tags(text, allowed_tags, ctx, own_only if is_blurb else ctx.reader),
+            _tags(tag_text, allowed_tags, ctx, tag_vocab),
             _plot(text, ctx, every_sentence=is_blurb),
             _reader_claims(text, ctx) if not is_blurb else None,
             _authorship(text, ctx),

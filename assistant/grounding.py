@@ -144,7 +144,8 @@ def _unsupported_words(prose: str, facts_text: str) -> str | None:
         for k, (n, o) in enumerate(_tokens(sentence)):
             if _YEAR.fullmatch(o) and n not in known:
                 return f"unsupported year {o} (not in the facts)"
-            if k > 0 and o[:1].isupper() and n not in known:
+            if k > 0 and o[:1].isupper() and n not in known and not (
+                    o.endswith(("'s", "’s")) and n[:-1] in known):  # "Lahiri's": a known name's possessive
                 return f"unsupported name {o!r} (not in the facts)"
     return None
 

@@ -111,6 +111,18 @@ def test_false_texts_fail(leviathan, why, blurb, needle):
     assert reason is not None and needle in reason, reason
 
 
+def test_the_request_does_not_make_a_genre_claim_true():
+    """Found by hand-reading the study: the reader asked for a thriller, the model called Speak one."""
+    c = ctx("Speak", [("The Book Thief", 4.0)],
+            [Evidence("shared_tags", book_ids=(bid("The Book Thief"),), tags=("young-adult", "emotional")),
+             Evidence("query_match", text="a dark, tense thriller", value=0.27)], query="a dark, tense thriller")
+    false = "Speak is a dark, tense thriller that shares the tags young-adult and emotional with The Book Thief."
+    reason = check_claims(false, None, c)
+    assert reason is not None and "thriller" in reason, reason
+    true = "You asked for a dark, tense thriller; like The Book Thief, Speak is emotional young-adult fiction."
+    assert check_claims(true, None, c) is None
+
+
 def test_the_author_is_never_a_character(gone_girl):
     reason = check_claims("Like Leviathan Wakes, it is a mystery.",
                           "The main character, Gillian Flynn, was left to care for her father after his wife "
