@@ -150,9 +150,9 @@ def _llm_explanations(backend, prep: Prepared, hybrid: HybridSource, ctxs: Seque
     try:
         from assistant.explain import template_explanation
         from assistant.recommender import prompt_history
-        from assistant.llm_text import Explainer
+        from assistant.explainer import Explainer
     except ImportError as e:
-        return {"skipped": f"assistant.llm_text.Explainer not importable ({e})"}
+        return {"skipped": f"assistant.explainer.Explainer not importable ({e})"}
     ex = Explainer(backend)
     lib = prep.lib
     kinds: Counter = Counter()
