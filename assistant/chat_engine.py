@@ -25,6 +25,11 @@ HELP = ("Ask me **what should I read next?**, or: *something like Dune but short
         "*tell me more about #1*, *I've read #3*, *not interested in #2*. "
         "Use 👍 / 👎 / read it / not interested on the cards to teach me your taste.")
 
+# "what are readers like me reading?": the readers-like-you source (nearest readers by taste)
+_READERS_LIKE_ME_RE = re.compile(
+    r"\b(?:readers?|people|others|folks)\s+(?:(?:just|a\s+bit)\s+)?(?:like\s+me|similar\s+to\s+me|with\s+my\s+taste"
+    r"|who\s+(?:read|like|love)\s+what\s+i\s+(?:read|like|love))\b", re.IGNORECASE)
+
 
 @dataclass
 class ChatState:
@@ -118,6 +123,8 @@ class ChatEngine:
             msg += " I could not find " + ", ".join(f"“{u}”" for u in unmatched) + " in this catalog."
         if genres:
             msg += " Genres: " + ", ".join(genres) + "."
+        if ids:
+            msg += " Ask *what are readers like me reading?* to see what the readers closest to your taste rated."
         return st, msg
 
     def import_goodreads(self, path: str | Path, name: str | None) -> tuple[ChatState, str, dict]:
@@ -229,6 +236,10 @@ class ChatEngine:
         if not message:
             yield Reply("Tell me what you are in the mood for, or ask *what should I read next?*", state=st)
             return
+        if _READERS_LIKE_ME_RE.search(message):
+            st.query, st.ref_book, st.constraints = None, None, {}
+            yield from self._recommend(st, Constraints(), source="readers")
+            return
         intent = self.parse(message, st)
         if intent.kind in ("help", "greeting"):
             yield Reply(("Hello! " if intent.kind == "greeting" else "") + HELP, state=st)
@@ -269,12 +280,18 @@ class ChatEngine:
         st.constraints = {k: v for k, v in asdict(c).items() if k != "ref_year"}
         yield from self._recommend(st, c, exclude=[ref] if ref else [])
 
-    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = ()) -> Iterator[Reply]:
+    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = (),
+                   source: str = "hybrid") -> Iterator[Reply]:
         if st.user_id is None:
             st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
             st.guest = True
             self.rec.feedback.add_reader(self.rec.dataset, st.user_id, "chat")
-        res = self.rec.recommend_full(user_id=st.user_id, query=st.query, k=self.k, constraints=c, exclude=exclude)
+        if source == "readers" and (source not in self.rec.sources or not self.rec.history(st.user_id)):
+            yield Reply("To find readers like you I need a few books you loved first: tell me some titles "
+                        "(*I loved Dune and Emma*) or rate the cards.", state=st)
+            return
+        res = self.rec.recommend_full(user_id=st.user_id, query=st.query, k=self.k, constraints=c, exclude=exclude,
+                                      source=source)
         st.recs = [r.book_id for r in res.items]
         if not res.items:
             yield Reply("Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",

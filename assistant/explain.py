@@ -45,6 +45,10 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
         pct = f"{round((e.share or 0) * 100)}%"
         return (f"{e.count} readers who liked {_title(books, e.book_ids[0])} rated it "
                 f"{e.value:.1f}★ on average ({pct} gave 4★ or more).")
+    if e.kind == "readers_like_you":
+        of = f" of the {e.neighbours}" if e.neighbours else ""
+        return (f"{e.count}{of} readers whose taste is closest to yours rated it {e.value:.1f}★ on average "
+                f"({round((e.share or 0) * 100)}% gave 4★ or more).")
     if e.kind == "popular":
         return f"It is widely read here: {e.count} ratings averaging {e.value:.1f}★."
     if e.kind == "series_next":
@@ -60,7 +64,7 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
 
 # Most persuasive and specific evidence first.
 _ORDER = {"series_next": 0, "to_read": 1, "query_match": 2, "same_author": 3, "similar_to": 4,
-          "co_readers": 5, "shared_tags": 6, "popular": 7}
+          "co_readers": 5, "readers_like_you": 3.5, "shared_tags": 6, "popular": 7}
 
 
 def template_explanation(evidence: Sequence[Evidence], books: Mapping[str, Book], rated: Mapping[str, float],

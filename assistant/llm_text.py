@@ -313,6 +313,9 @@ def format_evidence(evidence: Sequence[Evidence], books_by_id: Mapping[str, Book
         elif e.kind == "co_readers" and titles:
             share = f"{e.share:.0%} of " if e.share is not None else ""
             lines.append(f"- {share}{e.count or 'several'} readers who liked {titles} rated it 4 or 5.")
+        elif e.kind == "readers_like_you" and e.count:
+            lines.append(f"- {e.count} of the readers whose taste is closest to the reader's rated it "
+                         f"{e.value:.1f} stars on average.")
         elif e.kind == "popular":
             mean = f" with a mean of {e.value:.2f}" if e.value is not None else ""
             lines.append(f"- It is popular: {e.count or 'many'} ratings{mean}.")

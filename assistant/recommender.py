@@ -92,7 +92,7 @@ class Recommender:
         self.sources: dict[str, CandidateSource] = build_sources(
             self.lib, settings.fusion, settings.cf, settings.profile, embed_query=self._embed_query,
             store=None, cf_model=index.cf_model(), sequence=settings.sequence,
-            popularity=settings.popularity)
+            popularity=settings.popularity, sasrec_model=index.sasrec_model(), readers=settings.readers)
         self._llm_spec = llm if llm is not None else settings.llm.backend
         self._llm = None
         self.last_notes: list[str] = []
@@ -130,6 +130,8 @@ class Recommender:
 
             self._store = VectorStore(self.index.path / "chroma", self.embedder)
             self.sources["content"].store = self._store
+            if "readers" in self.sources:  # the live readers-like-you path asks Chroma `users`
+                self.sources["readers"].store = self._store  # type: ignore[attr-defined]
         return self._store
 
     @property
@@ -258,8 +260,8 @@ class Recommender:
         t0 = time.perf_counter()
         ctx = self.context(user_id, history, query, exclude)
         notes = self._notes(ctx)
-        if query:
-            self.store  # the live content path asks Chroma
+        if query or source == "readers" or (source == "hybrid" and self.settings.fusion.weights.get("readers", 0) > 0):
+            self.store  # the live content and readers paths ask Chroma
         n_cand = max(k, self.settings.llm.top_n if rerank == "llm" else k)
         src = self.sources[source]
         if source == "hybrid" and constraints is not None and not constraints.is_empty():

@@ -77,6 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-user-ratings", type=_positive, help="k-core filter on readers (Book-Crossing default 5)")
     p.add_argument("--cache-dir", help="embedding cache (default DATA_DIR/cache, i.e. ~/.readnext/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-sasrec-shuffled", action="store_true",
+                   help="skip the SASRec shuffled-order control (one more training)")
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -115,7 +117,8 @@ def config_from_args(args: argparse.Namespace):
         llm_explain=args.llm_explain, sampled=args.sampled, relevant=args.relevant, catalog=args.catalog,
         explain_users=args.explain_users, val_users=args.val_users, n_boot=args.n_boot,
         min_item_ratings=args.min_item_ratings, min_user_ratings=args.min_user_ratings, cache_dir=args.cache_dir,
-        progress=not (args.no_progress or getattr(args, "json", False)), verbose=not getattr(args, "json", False),
+        progress=not (args.no_progress or getattr(args, "json", False)), sasrec_shuffled=not args.no_sasrec_shuffled,
+        verbose=not getattr(args, "json", False),
         command=_command(args),
     )
 

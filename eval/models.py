@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.config import ProfileConfig
+from retrieval.config import ProfileConfig, ReadersConfig, SASRecConfig
 from retrieval.library import Library
 from retrieval.sources import (
     CandidateSource,
@@ -45,10 +45,21 @@ __all__ = [
     "tuned_config_toml",
 ]
 
-SINGLE_MODELS = ("popularity", "itemknn", "als", "bpr", "ease", "content")
+SINGLE_MODELS = ("popularity", "itemknn", "als", "bpr", "ease", "content", "userknn", "readers", "sasrec")
 CF_MODELS = ("itemknn", "als", "bpr", "ease")
 ALL_MODELS = (*SINGLE_MODELS, "hybrid", "hybrid+llm")
-HYBRID_SOURCES = ("cf", "content", "popularity", "series", "sequence")
+HYBRID_SOURCES = ("cf", "content", "popularity", "series", "sequence", "sasrec", "readers")
+# Models that need an order of events (skipped, with the reason, on data without one).
+ORDERED_MODELS = ("sasrec",)
+# Where trained SASRec models are cached (content-addressed by data + config; set by the runner).
+SASREC_CACHE: dict[str, Any] = {"dir": None, "progress": True}
+# The test-split SASRec warm-starts from the validation-split one (same config), which saw all
+# but the last 20% of each training history: a few epochs on the whole split refit it, where a
+# cold start would take dozens (minutes each on 2 shared cores).
+SASREC_WARM_EPOCHS = 10
+# The shuffled-order control trains from scratch on the validation split within this budget and
+# is compared with the ordered model's validation curve at the same epochs (and on test).
+SASREC_SHUFFLED_EPOCHS = 15
 
 # Hyper-parameter grids, searched exhaustively on the validation split (best ndcg@10).
 # Ranges follow each model's usual good region; EASE's l2 and ALS's ridge scale with the number
@@ -63,6 +74,13 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "bpr": [{"factors": f, "learning_rate": lr, "regularization": 0.01, "iterations": 100}
             for f in (128, 256, 512) for lr in (0.1, 0.2)],
     "content": [{"half_life_events": h, "pivot": p} for h in (1.0, 2.0, 5.0, 20.0) for p in (2.5, 3.5)],
+    "userknn": [{"neighbours": k, "shrink": s, "centred_weight": c}
+                for k in (25, 50, 100, 200) for s in (0.0, 10.0) for c in (0.0, 0.5)],
+    "readers": [{"neighbours": k, "shrinkage": 2.0, "centred_weight": c}
+                for k in (25, 50, 100, 200) for c in (0.0, 0.2, 1.0)],
+    # One point: each costs a full training (~25 epochs; minutes on 2 shared cores). The
+    # configuration of issue #13's check; the training itself early-stops on its own validation.
+    "sasrec": [{}],
 }
 # --quick: two or three points per model, so the whole study runs in a couple of minutes.
 QUICK_GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -72,16 +90,22 @@ QUICK_GRIDS: dict[str, list[dict[str, Any]]] = {
     "als": [{"factors": 32, "regularization": r, "alpha": 10.0, "iterations": 8} for r in (10.0, 50.0)],
     "bpr": [{"factors": 32, "learning_rate": 0.05, "regularization": 0.01, "iterations": 30}],
     "content": [{"half_life_events": h, "pivot": 2.5} for h in (5.0, 40.0)],
+    "userknn": [{"neighbours": k, "shrink": 10.0, "centred_weight": 0.0} for k in (50, 200)],
+    "readers": [{"neighbours": k, "shrinkage": 2.0, "centred_weight": 0.2} for k in (50, 200)],
+    "sasrec": [{"max_epochs": 30}],
 }
 
 
 # --------------------------------------------------------------------------- builders
 
 
-def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 0) -> CandidateSource:
+def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 0,
+                init: CandidateSource | None = None) -> CandidateSource:
     """A single-source model ``name`` (one of :data:`SINGLE_MODELS`) fitted on ``lib``.
 
-    ``params`` is one point of the model's grid; ALS and BPR also get ``seed``.
+    ``params`` is one point of the model's grid; ALS and BPR also get ``seed``. ``init`` (SASRec
+    only) warm-starts from an already trained model of the same configuration, with at most
+    :data:`SASREC_WARM_EPOCHS` epochs (early stop as usual).
     """
     p = dict(params)
     if name == "popularity":
@@ -96,6 +120,30 @@ def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 
         if name in ("als", "bpr"):
             p.setdefault("seed", seed)
         src = CFSource(lib, name, p, max_ease_items=10**9, name=name)
+    elif name == "userknn":
+        from retrieval.readers import UserKNNSource
+
+        src = UserKNNSource(lib, int(p.get("neighbours", 50)), float(p.get("shrink", 10.0)),
+                            float(p.get("centred_weight", 0.2)))
+    elif name == "readers":
+        from retrieval.readers import ReadersSource
+
+        prof = ProfileConfig(**{k: float(p.pop(k)) for k in ("half_life_events", "half_life_days", "pivot")
+                                if k in p})
+        src = ReadersSource(lib, ReadersConfig(**p), prof)
+    elif name == "sasrec":
+        from retrieval.sasrec import train_sasrec
+        from retrieval.sasrec_source import SASRecSource
+
+        shuffle = p.pop("shuffled_seed", None)
+        start = getattr(init, "model", None)
+        model = train_sasrec(lib, SASRecConfig(**p), progress=bool(SASREC_CACHE["progress"]),
+                             cache_dir=SASREC_CACHE["dir"], shuffle_seed=shuffle,
+                             desc="train sasrec" + (" (shuffled)" if shuffle is not None else
+                                                    " (warm start)" if start is not None else ""),
+                             init=start, max_epochs=(SASREC_WARM_EPOCHS if start is not None else
+                                                     SASREC_SHUFFLED_EPOCHS if shuffle is not None else None))
+        src = SASRecSource(lib, model)
     else:
         raise ValueError(f"build_model: unknown model {name!r}; choose one of {', '.join(SINGLE_MODELS)}")
     src.name = name
@@ -126,6 +174,9 @@ def hybrid_sources(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, 
     }
     if params.get("sequence"):
         srcs["sequence"] = SequenceSource(lib, **params["sequence"])
+    for extra in ("sasrec", "readers"):  # learned sources join when they were tuned (sasrec: ordered data)
+        if extra in tuned and params.get(extra, True):
+            srcs[extra] = (fitted or {}).get(extra) or build_model(extra, lib, tuned[extra], seed)
     for n, s in srcs.items():
         s.name = n
     return srcs
@@ -179,6 +230,12 @@ def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str
              f"liked_boost = {val(float(params.get('cf_liked_boost', 0.0)))}"]
     if params.get("sequence"):
         lines += ["", "[sequence]"] + [f"{k} = {val(v)}" for k, v in params["sequence"].items()]
+    if weights.get("sasrec") and tuned.get("sasrec"):
+        lines += ["", "[sasrec]"] + [f"{k} = {val(v)}" for k, v in tuned["sasrec"].items()]
+    if weights.get("readers") and tuned.get("readers"):
+        lines += ["", "[readers]"] + [f"{k} = {val(float(v) if k != 'neighbours' else int(v))}"
+                                      for k, v in tuned["readers"].items()
+                                      if k not in ("half_life_events", "half_life_days", "pivot")]
     content = tuned.get("content", {})
     if content:
         lines += ["", "[profile]"] + [f"{k} = {val(float(v))}" for k, v in content.items()]

@@ -50,6 +50,8 @@ from .models import (
     ALL_MODELS,
     GRIDS,
     QUICK_GRIDS,
+    ORDERED_MODELS,
+    SASREC_SHUFFLED_EPOCHS,
     SINGLE_MODELS,
     build_hybrid,
     build_model,
@@ -96,6 +98,7 @@ class EvalConfig:
     holdout: float = 0.2
     cold_threshold: int = 5
     explain_users: int = 200
+    sasrec_shuffled: bool = True  # also train SASRec on shuffled sequences (the order-matters control)
     val_users: int | None = None  # cap on validation readers (default 3000, quick 600)
     n_boot: int = 1000
     catalog: str = "rated"  # rated: books with >= 1 rating in the data; all: every catalog book
@@ -704,6 +707,8 @@ class _Study:
         self.runs: dict[str, _Run] = {}
         self.hybrid: HybridSource | None = None
         self.ablation_runs: dict[str, dict[str, list[str]]] = {}
+        self.ablation_cold: dict[str, dict[str, list[str]]] = {}
+        self.sasrec_info: dict[str, Any] = {}
         self.llm_info: dict[str, Any] | None = None
         self.sampler: _Sampler | None = None
 
@@ -738,6 +743,18 @@ class _Study:
             days = (90.0, 365.0) if self.cfg.quick else (30.0, 180.0, 730.0)
             grids["content"] = [{"half_life_days": d, "pivot": p} for d in days for p in pivots]
         need = [m for m in SINGLE_MODELS if m in self.models or "hybrid" in self.models]
+        from . import models as _models
+
+        cache_dir = Path(self.cfg.cache_dir).expanduser() if self.cfg.cache_dir else self.settings.home / "cache"
+        _models.SASREC_CACHE.update(dir=cache_dir / "sasrec", progress=self.cfg.progress)
+        if self.prep.split.method != "temporal":
+            grids["readers"] = [{**g, "half_life_events": 1e9} for g in grids["readers"]]
+            for m in ORDERED_MODELS:
+                if m in need:
+                    need.remove(m)
+                    self.skipped[m] = ("skipped: the data has no order of events (no timestamps, no documented "
+                                       "chronological file), and this model learns from the order")
+                    self.notes.append(f"{m} {self.skipped[m]}")
         limit = self.settings.cf.max_ease_items
         if self.prep.lib.n_items > limit and "ease" in need:
             need.remove("ease")
@@ -767,7 +784,8 @@ class _Study:
         for m in [m for m in SINGLE_MODELS if m in self.tuned]:
             self.log(f"fitting and ranking {m}")
             t = time.perf_counter()
-            self.fitted[m] = build_model(m, prep.lib, self.tuned[m].best, cfg.seed)
+            init = self.tuned[m].model if m == "sasrec" else None  # warm start from the validation fit
+            self.fitted[m] = build_model(m, prep.lib, self.tuned[m].best, cfg.seed, init=init)
             fit_s[m] = time.perf_counter() - t
             if m in self.models:
                 self.runs[m] = _score_model(self.fitted[m], prep, self.kmax, self.sampler, cfg.progress, f"rank {m}")
@@ -779,10 +797,12 @@ class _Study:
             self.hybrid = build_hybrid(prep.lib, best, tuned, cfg.seed, self.fitted)
             reused = sum(fit_s.get(n, 0.0) for n in ("content", "popularity", best["cf_model"]))
             own = time.perf_counter() - t
-            hook, self.ablation_runs = _ablation_hook(self.hybrid, best, tuned, prep, self.kmax, self.fitted, cfg.seed)
+            hook, self.ablation_runs, self.ablation_cold = _ablation_hook(self.hybrid, best, tuned, prep, self.kmax,
+                                                                          self.fitted, cfg.seed)
             self.runs["hybrid"] = _score_model(self.hybrid, prep, self.kmax, self.sampler, cfg.progress,
                                                "rank hybrid", hook)
             self.runs["hybrid"].fit_s = own + reused
+        self._sasrec_checks(fit_s)
         if "hybrid+llm" in self.models and self.hybrid is not None and self.hybrid_tuned is not None:
             self.log(f"hybrid+llm: LLM reranking for {cfg.llm_users} validation and {cfg.llm_users} test readers")
             t = time.perf_counter()
@@ -797,6 +817,30 @@ class _Study:
         for m in self.models:
             if m not in self.runs and m not in self.skipped:
                 self.skipped[m] = next((n for n in self.notes if n.startswith(m)), "skipped")
+
+    def _sasrec_checks(self, fit_s: Mapping[str, float]) -> None:
+        """SASRec's training record and the shuffled-order control (does the order carry signal?)."""
+        cfg, prep = self.cfg, self.prep
+        if "sasrec" not in self.fitted:
+            return
+        val_model = getattr(self.tuned["sasrec"].model, "model", None)
+        self.sasrec_info = {"validation_fit": val_model.report.to_dict() if val_model is not None else None,
+                            "test_fit": self.fitted["sasrec"].model.report.to_dict(),  # type: ignore[attr-defined]
+                            "config": self.tuned["sasrec"].best}
+        if not cfg.sasrec_shuffled:
+            return
+        self.log("SASRec trained on per-reader shuffled sequences (the order-matters control)")
+        t = time.perf_counter()
+        # on the validation split, so its curve compares epoch by epoch with the ordered model's
+        shuf = build_model("sasrec", self.ts.lib, {**self.tuned["sasrec"].best, "shuffled_seed": cfg.seed}, cfg.seed)
+        run = _score_model(shuf, prep, self.kmax, None, cfg.progress, "rank sasrec (shuffled)")
+        self.ablation_runs["sasrec alone, trained on per-reader shuffled sequences (validation split, "
+                           f"<= {SASREC_SHUFFLED_EPOCHS} epochs)"] = run.main
+        if self.tuned["sasrec"].model is not None:
+            ordered = _score_model(self.tuned["sasrec"].model, prep, self.kmax, None, cfg.progress, "rank sasrec (val)")
+            self.ablation_runs["sasrec alone, validation-split fit (ordered; before the warm-start refit)"] = ordered.main
+        self.sasrec_info["shuffled_fit"] = shuf.model.report.to_dict()  # type: ignore[attr-defined]
+        self.sasrec_info["shuffled_s"] = round(time.perf_counter() - t, 2)
 
     def score(self) -> dict[str, Any]:
         """Metrics with bootstrap CIs per slice, paired tests, ablations and sampled metrics."""
@@ -825,19 +869,54 @@ class _Study:
             res = _metrics(rk, prep.main_rel, prep.lib, ks)
             keys = [k for k in (self.key10, f"recall@{self.kmax}") if k in res]
             ablation[name] = _clean(summarize(res, n_boot=cfg.n_boot, seed=cfg.seed, keys=keys))
+        slices = self._ablation_slices(results) if "hybrid" in self.runs else {}
         out: dict[str, Any] = {
             "models": models,
             "cold_start": {"threshold": cfg.cold_threshold, "readers": len(prep.cold), "models": cold},
             "significance": {"metric": self.key10, "comparisons": comparisons},
             "ablation": ablation,
+            "ablation_slices": slices,
             "bar": _bar(models, ks),
         }
+        if self.sasrec_info:
+            out["sasrec"] = self.sasrec_info
         if self.sampler is not None:
             out["sampled"] = {"negatives": int(cfg.sampled or 0), "warning": SAMPLED_WARNING,
                               "reference": KRICHENE_RENDLE,
                               "models": {m: _summary(_metrics(r.sampled, prep.main_rel, prep.lib, ks), ks, cfg)
                                          for m, r in self.runs.items() if r.sampled}}
         self.runtime["metrics"] = round(time.perf_counter() - t, 2)
+        return out
+
+    def _ablation_slices(self, results: Mapping[str, RunResult]) -> dict[str, Any]:
+        """The hybrid with and without each learned source where readers have little history.
+
+        Slices: the cold-start slice (< ``cold_threshold`` training ratings) and "onboarding"
+        readers with 3-5 training books (a new reader who named a few loved books), drawn from
+        both the main and the cold slice. Paired tests against the full hybrid.
+        """
+        cfg, prep, key = self.cfg, self.prep, self.key10
+        rel_all = {**prep.main_rel, **prep.cold_rel}
+        n_books = {c.user_id: len(c.history) for c in (*prep.main, *prep.cold)}
+        onboard = {u for u, n in n_books.items() if 3 <= n <= 5}
+        full = {**self.runs["hybrid"].main, **self.runs["hybrid"].cold}
+        out: dict[str, Any] = {}
+        for slice_name, users in (("cold_start", set(prep.cold_rel)), ("onboarding_3_5_books", onboard)):
+            if not users:
+                continue
+            rel = {u: rel_all[u] for u in sorted(users)}
+            base = _metrics({u: full[u] for u in rel}, rel, prep.lib, self.ks)
+            rows: dict[str, Any] = {"readers": len(rel), "hybrid": _summary(base, self.ks, cfg).get(key)}
+            for name in [n for n in self.ablation_cold if n.startswith("hybrid without")]:
+                rk = {**self.ablation_runs.get(name, {}), **self.ablation_cold[name]}
+                res = _metrics({u: rk[u] for u in rel if u in rk}, rel, prep.lib, self.ks)
+                rows[name] = {**(_summary(res, self.ks, cfg).get(key) or {}),
+                              "paired_vs_hybrid": _paired(base, res, key, cfg)}
+            for m in ("readers", "userknn", "sasrec", "ease", "popularity"):
+                if m in self.runs:
+                    rk = {**self.runs[m].main, **self.runs[m].cold}
+                    rows[m] = _summary(_metrics({u: rk[u] for u in rel}, rel, prep.lib, self.ks), self.ks, cfg).get(key)
+            out[slice_name] = _clean(rows)
         return out
 
     def explain(self) -> dict[str, Any]:
@@ -911,7 +990,8 @@ def _ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mappi
     method, rrf_k = params.get("method", "score"), float(params.get("rrf_k", 60.0))
     cf = hybrid.sources["cf"]
     plain = CFSource(prep.lib, cf.model_name, None, fitted=cf.model, max_ease_items=10**9)  # type: ignore[attr-defined]
-    shipped = build_sources(prep.lib)["hybrid"]
+    sas = fitted.get("sasrec")
+    shipped = build_sources(prep.lib, sasrec_model=getattr(sas, "model", None))["hybrid"]
     variants: dict[str, Any] = {}
     for n, w in weights.items():
         if w > 0 and n != "cf":
@@ -919,13 +999,20 @@ def _ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mappi
     variants["cf source alone (tuned user vector)"] = {"cf": 1.0}
     if weights.get("sequence", 0) > 0:
         variants["sequence source alone"] = {"sequence": 1.0}
+    if weights.get("sasrec", 0) > 0 and weights.get("readers", 0) > 0:
+        variants["hybrid without sasrec and readers"] = {**weights, "sasrec": 0.0, "readers": 0.0}
     if getattr(cf, "weighted", False):
         variants["hybrid with a plain CF user vector"] = "plain"
     variants["shipped defaults (readnext's default settings, untuned)"] = "shipped"
     out: dict[str, dict[str, list[str]]] = {n: {} for n in variants}
+    cold: dict[str, dict[str, list[str]]] = {n: {} for n in variants if n.startswith("hybrid without")}
 
     def hook(chunk, per, excl, slice_name):
         if slice_name != "main":
+            for name in cold:  # where few books are known: does a source help new readers?
+                S = fuse_matrices(per, variants[name], excl, method, rrf_k)
+                for c, r in zip(chunk, _rank_rows(prep.lib, S, excl, kmax)):
+                    cold[name][c.user_id] = r
             return
         for name, w in variants.items():
             if w == "plain":
@@ -937,7 +1024,7 @@ def _ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mappi
             for c, r in zip(chunk, _rank_rows(prep.lib, S, excl, kmax)):
                 out[name][c.user_id] = r
 
-    return hook, out
+    return hook, out, cold
 
 
 def _bar(models: Mapping[str, Any], ks: Sequence[int]) -> dict[str, Any]:

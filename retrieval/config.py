@@ -25,7 +25,7 @@ from .errors import ReadnextError
 
 DEFAULT_HOME = Path.home() / ".readnext"
 FUSION_METHODS = ("score", "rrf")
-SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence")
+SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence", "sasrec", "readers")
 
 
 @dataclass
@@ -93,6 +93,59 @@ class SequenceConfig:
 
 
 @dataclass
+class SASRecConfig:
+    """The SASRec source (``retrieval.sasrec``): trained at ingest when events are ordered.
+
+    Defaults: the configuration of issue #13's check on goodbooks (2 blocks, hidden 64, 1 head,
+    dropout 0.2, max length 50, Adam 1e-3, batch 128), full cross-entropy over the catalog.
+    """
+
+    enabled: bool = True  # train at ingest (ordered data only)
+    blocks: int = 2
+    hidden: int = 64
+    heads: int = 1
+    dropout: float = 0.2
+    max_len: int = 50
+    lr: float = 1e-3
+    batch_size: int = 128
+    max_epochs: int = 60
+    patience: int = 4  # epochs without a better validation ndcg@10 before stopping
+    val_readers: int = 2000  # readers whose last event is held out for the early stop
+    threads: int = 2  # torch threads while training/scoring (0 = torch's default)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.blocks < 1 or self.hidden < 1 or self.heads < 1 or self.hidden % self.heads:
+            raise ReadnextError(f"sasrec: need blocks, hidden, heads >= 1 and hidden divisible by heads; got "
+                                f"blocks={self.blocks}, hidden={self.hidden}, heads={self.heads}")
+        if not 0 <= self.dropout < 1 or self.max_len < 2 or self.lr <= 0 or self.batch_size < 1 \
+                or self.max_epochs < 1 or self.patience < 1:
+            raise ReadnextError("sasrec: need 0 <= dropout < 1, max_len >= 2, lr > 0, batch_size, max_epochs, "
+                                "patience >= 1")
+
+
+@dataclass
+class ReadersConfig:
+    """The readers-like-you source (``retrieval.readers``): neighbours by taste vector.
+
+    A book's score is ``support + centred_weight * centred``: ``support`` is the share of the
+    neighbourhood's similarity mass that rated it, ``centred`` the similarity-weighted mean of
+    those neighbours' ratings minus each neighbour's own mean, shrunk toward 0 by ``shrinkage``
+    (so a book two neighbours loved does not outrank one twenty liked).
+    """
+
+    neighbours: int = 100
+    shrinkage: float = 2.0
+    centred_weight: float = 0.2
+    min_similarity: float = 0.0  # neighbours below this cosine are ignored
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1 or self.shrinkage < 0 or self.centred_weight < 0:
+            raise ReadnextError(f"readers: need neighbours >= 1, shrinkage >= 0, centred_weight >= 0; got "
+                                f"{self.neighbours}, {self.shrinkage}, {self.centred_weight}")
+
+
+@dataclass
 class LLMConfig:
     """The LLM stage: reranking and explanation text."""
 
@@ -132,6 +185,8 @@ class Settings:
     cf: CFConfig = field(default_factory=CFConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    readers: ReadersConfig = field(default_factory=ReadersConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
 
@@ -188,6 +243,11 @@ class Settings:
         if any(not isinstance(w, (int, float)) or w < 0 for w in f.weights.values()) or \
                 not any(w > 0 for w in f.weights.values()):
             raise ReadnextError(f"{origin}: fusion.weights must be numbers >= 0, at least one > 0; got {f.weights}")
+        for sub in (self.sasrec, self.readers):  # re-check after TOML / env overrides
+            try:
+                sub.__post_init__()
+            except ReadnextError as e:
+                raise ReadnextError(f"{origin}: {e}") from None
         if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
             raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 

@@ -158,6 +158,44 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
 
         return (b.series == ev.series and prev in rated
                 and series_key(lib.book(prev).series or "") == series_key(b.series or ""))
+    if ev.kind == "readers_like_you":
+        return _verify_readers(lib, item, ev, history, tol)
     if ev.kind in ("query_match", "to_read"):
         return True  # these restate the reader's own input
     return False
+
+
+def _verify_readers(lib: Library, item: int, ev: Evidence, history: Sequence[Rating], tol: float) -> bool:
+    """The named neighbours rated the book as claimed and are among the reader's nearest by taste.
+
+    Nearness is re-checked against the exact taste vectors of the library's readers (the index
+    the readers source built): each neighbour must rank within the claimed neighbourhood size
+    (plus 10% slack for an approximate Chroma search), the reader themself not counted.
+    """
+    ids = ev.reader_ids
+    if not ids or ev.count != len(ids) or any(u not in lib.user_index for u in ids):
+        return False
+    col = lib.R_csc[:, item]
+    rated = dict(zip(col.indices.tolist(), col.data.tolist()))
+    rows = [lib.user_index[u] for u in ids]
+    if any(r not in rated for r in rows):
+        return False
+    vals = np.array([rated[r] for r in rows])
+    if abs(float(vals.mean()) - (ev.value or 0)) >= tol or abs(float((vals >= LIKED).mean()) - (ev.share or 0)) >= tol:
+        return False
+    if not ev.neighbours:
+        return False
+    from .readers import reader_index
+    from .types import UserContext
+
+    indexes = lib.__dict__.get("_reader_index") or {}
+    idx = next(iter(indexes.values())) if indexes else reader_index(lib)
+    v = idx.taste_vector(UserContext(history=list(history)))
+    if v is None:
+        return False
+    sims = idx.vectors @ v
+    sims = sims[sims < 1.0 - 1e-6]  # the reader's own stored vector is not a neighbour
+    limit = int(ev.neighbours * 1.1) + 1
+    cut = np.sort(sims)[::-1][min(limit, len(sims)) - 1] if len(sims) else 1.0
+    return all(float(idx.vectors[idx.pos[u]] @ v) >= cut - 1e-6 for u in ids if u in idx.pos) and \
+        all(u in idx.pos for u in ids)

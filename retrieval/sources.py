@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import evidence as ev
-from .config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, SequenceConfig
+from .config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, ReadersConfig, SequenceConfig
 from .fusion import FUSION_METHODS, fuse_matrices, top_k_matrix
 from .library import Library
 from .profiles import profile_from_history
@@ -461,6 +461,10 @@ class HybridSource(CandidateSource):
             evidence = ev.collect(self.lib, int(i), ctx.history, ctx.query, qvec, ctx.to_read, liked)
             if isinstance(series, SeriesSource) and int(i) in found.get("series", ()):
                 evidence = series.series_evidence(ctx, int(i)) + evidence
+            for n, src in self.sources.items():  # source-specific facts (readers like you, ...)
+                own = getattr(src, "source_evidence", None)
+                if own is not None and n != "series" and int(i) in found.get(n, ()):
+                    evidence = own(ctx, int(i)) + evidence
             out.append(evidence)
         return out
 
@@ -503,11 +507,13 @@ class HybridSource(CandidateSource):
 def build_sources(lib: Library, fusion: FusionConfig | None = None, cf: CFConfig | None = None,
                   profile: ProfileConfig | None = None, embed_query=None, store=None,
                   cf_model=None, sequence: SequenceConfig | None = None,
-                  popularity: PopularityConfig | None = None) -> dict[str, CandidateSource]:
-    """The standard set: content, cf, popularity, series, sequence and the hybrid fusing them.
+                  popularity: PopularityConfig | None = None, sasrec_model=None,
+                  readers: ReadersConfig | None = None) -> dict[str, CandidateSource]:
+    """The standard set: content, cf, popularity, series, sequence, sasrec, readers and the hybrid.
 
-    The sequence source needs an order of events (timestamps or a chronological file): without
-    one (``lib.ordered`` False) it is left out and its fusion weight has nothing to act on.
+    The sequence and SASRec sources need an order of events (timestamps or a chronological
+    file): without one (``lib.ordered`` False) they are left out and their fusion weights have
+    nothing to act on. SASRec also needs the model trained at ingest (``sasrec_model``).
     """
     fusion = fusion or FusionConfig()
     cf = cf or CFConfig()
@@ -521,6 +527,14 @@ def build_sources(lib: Library, fusion: FusionConfig | None = None, cf: CFConfig
     }
     if lib.ordered and fusion.weights.get("sequence", 0) > 0:
         srcs["sequence"] = SequenceSource(lib, sequence.window, sequence.norm, sequence.last, sequence.half_life)
+    if lib.ordered and sasrec_model is not None:
+        from .sasrec_source import SASRecSource
+
+        srcs["sasrec"] = SASRecSource(lib, sasrec_model)
+    if lib.R.shape[0] > 1:
+        from .readers import ReadersSource
+
+        srcs["readers"] = ReadersSource(lib, readers, profile, store)
     srcs["hybrid"] = HybridSource(lib, {n: s for n, s in srcs.items()}, fusion.weights, fusion.rrf_k, fusion.depth,
                                   fusion.method)
     return srcs
