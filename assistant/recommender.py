@@ -15,7 +15,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from retrieval import evidence as ev
 from retrieval.config import Settings
 from retrieval.constraints import Constraints
 from retrieval.embed import Embedder
@@ -24,7 +23,9 @@ from retrieval.feedback import SIGNALS, FeedbackStore, normalize_signal
 from retrieval.index import Index
 from retrieval.library import LIKED
 from retrieval.profiles import Profile, profile_from_history, update_profile
-from retrieval.sources import CandidateSource, build_sources
+from retrieval.ranking import rank, rank_one
+from retrieval.registry import build_sources
+from retrieval.sources import CandidateSource
 from retrieval.types import Book, Candidate, Evidence, Rating, UserContext
 
 from .explain import template_explanation
@@ -89,10 +90,11 @@ class Recommender:
         self.feedback = FeedbackStore(settings.home / "feedback.sqlite")
         self._embedder: Embedder | None = None
         self._store = None
+        # The content source gets its store handle now (opened on its first query), so what it
+        # does never depends on whether something else touched `self.store` first.
         self.sources: dict[str, CandidateSource] = build_sources(
-            self.lib, settings.fusion, settings.cf, settings.profile, embed_query=self._embed_query,
-            store=None, cf_model=index.cf_model(), sequence=settings.sequence,
-            popularity=settings.popularity, sasrec_model=index.sasrec_model(), readers=settings.readers)
+            self.lib, settings, embed_query=self._embed_query, store=_LazyStore(self),
+            fitted={"cf": index.cf_model(), "sasrec": index.sasrec_model()}, seed=settings.seed)
         self._llm_spec = llm if llm is not None else settings.llm.backend
         self._llm = None
         self.last_notes: list[str] = []
@@ -129,9 +131,6 @@ class Recommender:
             from retrieval.store import VectorStore
 
             self._store = VectorStore(self.index.path / "chroma", self.embedder)
-            self.sources["content"].store = self._store
-            if "readers" in self.sources:  # the live readers-like-you path asks Chroma `users`
-                self.sources["readers"].store = self._store  # type: ignore[attr-defined]
         return self._store
 
     @property
@@ -260,15 +259,12 @@ class Recommender:
         t0 = time.perf_counter()
         ctx = self.context(user_id, history, query, exclude)
         notes = self._notes(ctx)
-        if query or source == "readers" or (source == "hybrid" and self.settings.fusion.weights.get("readers", 0) > 0):
-            self.store  # the live content and readers paths ask Chroma
         n_cand = max(k, self.settings.llm.top_n if rerank == "llm" else k)
         src = self.sources[source]
-        if source == "hybrid" and constraints is not None and not constraints.is_empty():
-            cands = src.candidates(ctx, n_cand, allow=constraints.allows, boost=constraints.boost)  # type: ignore[call-arg]
+        if constraints is not None and not constraints.is_empty():
             notes.append(f"constraints applied: {constraints.describe()}")
-        else:
-            cands = src.candidates(ctx, n_cand)
+        # the one rank path (exclusions, series order, constraints, top k), then evidence
+        cands = rank_one(src, ctx, n_cand, constraints).candidates(src, ctx)
         t1 = time.perf_counter()
         llm_scores: dict[str, float] = {}
         retrieval = {c.book_id: c.score for c in cands}
@@ -303,39 +299,37 @@ class Recommender:
         rated = {r.book_id: r.rating for r in ctx.history}
         return Recommendation(
             book_id=b.book_id, title=b.title, authors=list(b.authors), year=b.year, tags=list(b.tags),
-            score=round(float(c.score), 6), sources=c.source.split("+"), evidence=list(c.evidence),
+            score=round(float(c.score), 6), sources=[s for s in c.source.split("+") if s], evidence=list(c.evidence),
             explanation=template_explanation(c.evidence, self.books, rated), rank=rank,
             retrieval_score=round(float(c.score), 6), image_url=b.image_url, description=b.description,
             series=b.series, series_index=b.series_index)
 
     def recommend_batch(self, user_ids: Sequence[str], k: int = 10, source: str = "hybrid") -> dict[str, list[str]]:
-        """Top-``k`` book ids for many readers at once (vectorised scoring; no explanations)."""
-        from retrieval.sources import top_k
-
+        """Top-``k`` book ids for many readers at once: the same rank path, batched (no evidence)."""
+        if source not in self.sources:
+            raise ReadnextError(f"unknown source {source!r}: use one of {', '.join(self.sources)}")
         ctxs = [self.context(u) for u in user_ids]
-        S = self.sources[source].score_batch(ctxs)
-        out = {}
-        for u, c, s in zip(user_ids, ctxs, S):
-            idx = top_k(s, k, self.sources[source].exclude_idx(c))
-            out[u] = [self.lib.books[i].book_id for i in idx]
-        return out
+        return {u: r.book_ids(self.lib) for u, r in zip(user_ids, rank(self.sources[source], ctxs, k))}
 
     # -- explain ----------------------------------------------------------------------------------
 
     def explain(self, user_id: str, book_id: str, llm: bool = False) -> Recommendation:
-        """Why ``book_id`` for ``user_id``: all evidence the system holds, rendered."""
+        """Why ``book_id`` for ``user_id``: all evidence the system holds, rendered.
+
+        "Found by" and the evidence come from the hybrid's own :meth:`found_by` and
+        :meth:`evidence_for`, the steps ``recommend`` runs after ranking, so a recommended book
+        is explained with the sources and evidence its card showed. ``score`` is the hybrid's.
+        """
         self.book(book_id)
         ctx = self.context(user_id)
         i = self.lib.index[book_id]
-        content = self.sources["content"]
-        evidence = ev.collect(self.lib, i, ctx.history, None, None, ctx.to_read)
-        series = self.sources["series"]
-        if np.isfinite(series.score(ctx)[i]):
-            evidence = series.evidence(ctx, i, ev.liked_items(self.lib, ctx.history))
-        found_by = [n for n in ("content", "cf", "popularity", "series", "sequence")
-                    if n in self.sources and np.isfinite(self.sources[n].score(ctx)[i])]
-        score = float(content.score(ctx)[i]) if ctx.history else 0.0
-        rec = self._to_rec(Candidate(book_id, score, "+".join(found_by) or "none", evidence), ctx, rank=0)
+        hybrid = self.sources["hybrid"]
+        per = {n: s.score(ctx) for n, s in hybrid.sources.items()}  # type: ignore[attr-defined]
+        found = hybrid.found_by(ctx, [i], per)
+        evidence = hybrid.evidence_for(ctx, [i], found=found)[0]
+        fused = hybrid.fuse({n: m[None, :] for n, m in per.items()}, [ctx])[0]  # type: ignore[attr-defined]
+        score = float(fused[i]) if np.isfinite(fused[i]) else 0.0
+        rec = self._to_rec(Candidate(book_id, score, "+".join(found[0]), evidence), ctx, rank=0)
         if any(r.book_id == book_id for r in ctx.history):
             rec.explanation = f"You have already rated this book. {rec.explanation}"
         if llm:
@@ -412,16 +406,8 @@ class Recommender:
     # -- LLM stages -------------------------------------------------------------------------------
 
     def _history_books(self, ctx: UserContext, n: int = 8) -> list[tuple[Book, float]]:
-        """The reader's best and most recent books, for prompts."""
-        hist = [r for r in ctx.history if r.book_id in self.books]
-        recent = hist[-n:]
-        best = sorted(hist, key=lambda r: -r.rating)[:n]
-        seen, out = set(), []
-        for r in best[: n // 2] + list(reversed(recent)):
-            if r.book_id not in seen and len(out) < n:
-                seen.add(r.book_id)
-                out.append((self.books[r.book_id], r.rating))
-        return out
+        """The reader's best and most recent books, for prompts (see :func:`prompt_history`)."""
+        return prompt_history(ctx.history, self.books, n)
 
     def _rerank(self, ctx: UserContext, cands: list[Candidate], notes: list[str]):
         llm = self.llm
@@ -477,6 +463,32 @@ class Recommender:
             r.explanation, r.blurb, r.explanation_source = res.why, res.blurb, "llm"
         else:
             r.rejected_reason = res.rejected_reason
+
+
+def prompt_history(history: Sequence[Rating], books: dict[str, Book], n: int = 8) -> list[tuple[Book, float]]:
+    """The reader's best and most recent books (at most ``n``), as the LLM prompts see them.
+
+    Used by the live reranker and explainer and by eval's LLM stage, so both prompt alike.
+    """
+    hist = [r for r in history if r.book_id in books]
+    recent = hist[-n:]
+    best = sorted(hist, key=lambda r: -r.rating)[:n]
+    seen, out = set(), []
+    for r in best[: n // 2] + list(reversed(recent)):
+        if r.book_id not in seen and len(out) < n:
+            seen.add(r.book_id)
+            out.append((books[r.book_id], r.rating))
+    return out
+
+
+class _LazyStore:
+    """The index's Chroma store, opened on first use (importing Chroma costs seconds)."""
+
+    def __init__(self, rec: "Recommender") -> None:
+        self._rec = rec
+
+    def __getattr__(self, name: str):
+        return getattr(self._rec.store, name)
 
 
 def _natural(s: str):

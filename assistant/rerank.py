@@ -49,6 +49,18 @@ def zscores(values: Sequence[float]) -> list[float]:
     return [0.0] * n if sd < 1e-12 else [(v - mean) / sd for v in values]
 
 
+def fuse_head(retrieval: Sequence[float], llm: Sequence[float], weight: float) -> tuple[list[int], list[float]]:
+    """The reranker's fusion of a head: ``z(retrieval) + weight * z(llm)``, sorted (ties keep
+    retrieval order); weight 0 keeps the given order exactly. Returns ``(order, fused)``.
+
+    One function for the live reranker and eval's weight tuning, so both rank alike.
+    """
+    fused = [r + weight * x for r, x in zip(zscores(list(retrieval)), zscores(list(llm)))]
+    # Weight 0 means "retrieval order": kept as given even if the scores are not sorted.
+    order = list(range(len(fused))) if weight == 0 else sorted(range(len(fused)), key=lambda i: (-fused[i], i))
+    return order, fused
+
+
 def parse_listwise(text: str, n: int) -> list[int]:
     """Candidate positions (0-based) in the order the reply names labels ``B1..Bn``.
 
@@ -122,9 +134,7 @@ class LLMReranker:
             self.last_error = str(e)
             log.warning("LLM rerank skipped: %s", e)
             return [RerankResult(b.book_id, float(s), None, None) for b, s in head] + keep
-        fused = [r + self.weight * l for r, l in zip(zscores([s for _, s in head]), zscores(llm))]
-        # Weight 0 means "retrieval order": kept as given even if the scores are not sorted.
-        order = list(range(len(head))) if self.weight == 0 else sorted(range(len(head)), key=lambda i: (-fused[i], i))
+        order, fused = fuse_head([s for _, s in head], llm, self.weight)
         return [RerankResult(head[i][0].book_id, float(head[i][1]), llm[i], fused[i]) for i in order] + keep
 
     def _pointwise(self, history: str, head: list[tuple[Book, float]]) -> list[float]:

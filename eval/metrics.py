@@ -50,6 +50,7 @@ __all__ = [
     "map_at_k",
     "mrr_at_k",
     "ndcg_at_k",
+    "ndcg_from_hits",
     "novelty",
     "precision_at_k",
     "rank_scores",
@@ -163,13 +164,29 @@ def precision_at_k(ranking: Ranking, relevant: Collection[str], k: int) -> float
     return math.nan if h is None else float(h.sum()) / k
 
 
+def ndcg_from_hits(hits: np.ndarray, n_rel: np.ndarray | Sequence[int], k: int) -> np.ndarray:
+    """Per-row binary-gain ndcg@k from a hit matrix: the one NDCG implementation.
+
+    ``hits[u, r]`` says whether the book at rank ``r`` (0-based; rows may be shorter than ``k``,
+    never padded) is relevant for row ``u``; ``n_rel[u] = |relevant|``. ``DCG = sum h_r /
+    log2(r + 2)``, ``IDCG`` over ``min(n_rel, k)`` ranks; ``nan`` where ``n_rel`` is 0.
+    :func:`ndcg_at_k`, :func:`evaluate_rankings` and eval's tuning all call this.
+    """
+    h = np.asarray(hits, dtype=bool)
+    h = (h[None, :] if h.ndim == 1 else h)[:, :k]
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.concatenate(([0.0], np.cumsum(disc)))
+    idcg = ideal[np.minimum(np.asarray(n_rel, dtype=np.int64), k)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(idcg > 0, (h @ disc[: h.shape[1]]) / np.where(idcg > 0, idcg, 1.0), np.nan)
+
+
 def ndcg_at_k(ranking: Ranking, relevant: Collection[str], k: int) -> float:
     """Binary-gain NDCG with ideal DCG over ``min(|relevant|, k)``; ``nan`` if ``relevant`` is empty."""
     h = _hits(ranking, relevant, k, "ndcg_at_k")
     if h is None:
         return math.nan
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    return float(h @ disc[: len(h)]) / float(disc[: min(_n_rel(relevant), k)].sum())
+    return float(ndcg_from_hits(h[None, :], [_n_rel(relevant)], k)[0])
 
 
 def hitrate_at_k(ranking: Ranking, relevant: Collection[str], k: int) -> float:
@@ -475,8 +492,6 @@ def evaluate_rankings(
     hits = np.zeros((len(users), kmax), dtype=bool)
     hits[flat.user_idx, flat.pos] = hit_flat
 
-    disc = 1.0 / np.log2(np.arange(2, kmax + 2))
-    ideal = np.cumsum(disc)
     per_user: dict[str, np.ndarray] = {}
     run_level: dict[str, float] = {}
     order: list[str] = []
@@ -491,7 +506,7 @@ def evaluate_rankings(
         prec_at_r = np.cumsum(h, axis=1) / np.arange(1, k + 1)
         per_user[f"recall@{k}"] = n_hit / n_rel_arr
         per_user[f"precision@{k}"] = n_hit / k
-        per_user[f"ndcg@{k}"] = (h @ disc[:k]) / ideal[cut - 1]
+        per_user[f"ndcg@{k}"] = ndcg_from_hits(h, n_rel_arr, k)
         per_user[f"hitrate@{k}"] = any_hit.astype(np.float64)
         per_user[f"mrr@{k}"] = np.where(any_hit, 1.0 / (np.argmax(h, axis=1) + 1), 0.0)
         per_user[f"map@{k}"] = (prec_at_r * h).sum(axis=1) / cut

@@ -20,27 +20,30 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.config import ProfileConfig, ReadersConfig, SASRecConfig
-from retrieval.library import Library
-from retrieval.sources import (
-    CandidateSource,
-    CFSource,
-    ContentSource,
-    HybridSource,
-    PopularitySource,
-    SeriesSource,
-    SequenceSource,
+from retrieval.config import (
+    CFConfig,
+    FusionConfig,
+    PopularityConfig,
+    ProfileConfig,
+    ReadersConfig,
+    SASRecConfig,
+    SequenceConfig,
 )
+from retrieval.library import Library
+from retrieval.registry import BuildDeps, build_source, section_configs, source_names
+from retrieval.registry import build_hybrid as registry_hybrid
+from retrieval.registry import build_sources as registry_sources
+from retrieval.sources import CandidateSource, HybridSource
 
 __all__ = [
     "ALL_MODELS",
     "CF_MODELS",
     "GRIDS",
-    "HYBRID_SOURCES",
     "QUICK_GRIDS",
     "SINGLE_MODELS",
     "build_hybrid",
     "build_model",
+    "hybrid_configs",
     "hybrid_sources",
     "tuned_config_toml",
 ]
@@ -48,10 +51,9 @@ __all__ = [
 SINGLE_MODELS = ("popularity", "itemknn", "als", "bpr", "ease", "content", "userknn", "readers", "sasrec")
 CF_MODELS = ("itemknn", "als", "bpr", "ease")
 ALL_MODELS = (*SINGLE_MODELS, "hybrid", "hybrid+llm")
-HYBRID_SOURCES = ("cf", "content", "popularity", "series", "sequence", "sasrec", "readers")
 # Models that need an order of events (skipped, with the reason, on data without one).
 ORDERED_MODELS = ("sasrec",)
-# Where trained SASRec models are cached (content-addressed by data + config; set by the runner).
+# Where trained SASRec models are cached (content-addressed by data + config; set by the study).
 SASREC_CACHE: dict[str, Any] = {"dir": None, "progress": True}
 # The test-split SASRec warm-starts from the validation-split one (same config), which saw all
 # but the last 20% of each training history: a few epochs on the whole split refit it, where a
@@ -60,6 +62,8 @@ SASREC_WARM_EPOCHS = 10
 # The shuffled-order control trains from scratch on the validation split within this budget and
 # is compared with the ordered model's validation curve at the same epochs (and on test).
 SASREC_SHUFFLED_EPOCHS = 15
+_PROFILE_KEYS = ("half_life_events", "half_life_days", "pivot")
+# The hybrid's sources are the registry's (retrieval.registry.source_names()), not a list here.
 
 # Hyper-parameter grids, searched exhaustively on the validation split (best ndcg@10).
 # Ranges follow each model's usual good region; EASE's l2 and ALS's ridge scale with the number
@@ -78,8 +82,8 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
                 for k in (25, 50, 100, 200) for s in (0.0, 10.0) for c in (0.0, 0.5)],
     "readers": [{"neighbours": k, "shrinkage": 2.0, "centred_weight": c}
                 for k in (25, 50, 100, 200) for c in (0.0, 0.2, 1.0)],
-    # One point: each costs a full training (~25 epochs; minutes on 2 shared cores). The
-    # configuration of issue #13's check; the training itself early-stops on its own validation.
+    # One point: each costs a full training (~40 epochs; most of a minute each on 2 shared
+    # cores). The configuration of issue #13's check; training early-stops on its own validation.
     "sasrec": [{}],
 }
 # --quick: two or three points per model, so the whole study runs in a couple of minutes.
@@ -99,102 +103,134 @@ QUICK_GRIDS: dict[str, list[dict[str, Any]]] = {
 # --------------------------------------------------------------------------- builders
 
 
+def _profile_config(p: Mapping[str, Any]) -> ProfileConfig:
+    cfg = ProfileConfig(half_life_events=float(p.get("half_life_events", 40.0)), pivot=float(p.get("pivot", 2.5)))
+    if "half_life_days" in p:
+        cfg.half_life_days = float(p["half_life_days"])
+    return cfg
+
+
+def _cf_params(name: str, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    p = dict(params)
+    if name in ("als", "bpr"):
+        p.setdefault("seed", seed)
+    return p
+
+
+def _readers_configs(p: Mapping[str, Any]) -> tuple[ReadersConfig, ProfileConfig]:
+    prof = ProfileConfig(**{k: float(v) for k, v in p.items() if k in _PROFILE_KEYS})
+    return ReadersConfig(**{k: v for k, v in p.items() if k not in _PROFILE_KEYS}), prof
+
+
+def train_sasrec_model(lib: Library, params: Mapping[str, Any], init: Any = None):
+    """Train (or load from :data:`SASREC_CACHE`) the SASRec of grid point ``params`` on ``lib``."""
+    from retrieval.sasrec import train_sasrec
+
+    p = dict(params)
+    shuffle = p.pop("shuffled_seed", None)
+    start = getattr(init, "model", init)
+    return train_sasrec(lib, SASRecConfig(**p), progress=bool(SASREC_CACHE["progress"]),
+                        cache_dir=SASREC_CACHE["dir"], shuffle_seed=shuffle,
+                        desc="train sasrec" + (" (shuffled)" if shuffle is not None else
+                                               " (warm start)" if start is not None else ""),
+                        init=start, max_epochs=(SASREC_WARM_EPOCHS if start is not None else
+                                                SASREC_SHUFFLED_EPOCHS if shuffle is not None else None))
+
+
 def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 0,
                 init: CandidateSource | None = None) -> CandidateSource:
     """A single-source model ``name`` (one of :data:`SINGLE_MODELS`) fitted on ``lib``.
 
-    ``params`` is one point of the model's grid; ALS and BPR also get ``seed``. ``init`` (SASRec
-    only) warm-starts from an already trained model of the same configuration, with at most
-    :data:`SASREC_WARM_EPOCHS` epochs (early stop as usual).
+    ``params`` is one point of the model's grid; ALS and BPR also get ``seed``. Built by the
+    registry's factory (:func:`retrieval.registry.build_source`), as the product builds sources;
+    a CF peer scores the plain confidence row (no recency weighting), as published. ``init``
+    (SASRec only) warm-starts from an already trained model of the same configuration, with at
+    most :data:`SASREC_WARM_EPOCHS` epochs (early stop as usual). ``userknn`` is an eval peer
+    only (the textbook method the readers source is compared with), not a product source.
     """
-    p = dict(params)
     if name == "popularity":
-        src: CandidateSource = PopularitySource(lib, damping=float(p.get("damping", 20.0)))
+        src = build_source("popularity", lib, PopularityConfig(damping=float(params.get("damping", 20.0))))
     elif name == "content":
-        cfg = ProfileConfig(half_life_events=float(p.get("half_life_events", 40.0)),
-                            pivot=float(p.get("pivot", 2.5)))
-        if "half_life_days" in p:
-            cfg.half_life_days = float(p["half_life_days"])
-        src = ContentSource(lib, cfg)
+        src = build_source("content", lib, _profile_config(params))
     elif name in CF_MODELS:
-        if name in ("als", "bpr"):
-            p.setdefault("seed", seed)
-        src = CFSource(lib, name, p, max_ease_items=10**9, name=name)
+        cfg = CFConfig(model=name, params=_cf_params(name, params, seed), max_ease_items=10**9,
+                       half_life_events=None, liked_boost=0.0)
+        src = build_source("cf", lib, cfg)
     elif name == "userknn":
         from retrieval.readers import UserKNNSource
 
-        src = UserKNNSource(lib, int(p.get("neighbours", 50)), float(p.get("shrink", 10.0)),
-                            float(p.get("centred_weight", 0.2)))
+        src = UserKNNSource(lib, int(params.get("neighbours", 50)), float(params.get("shrink", 10.0)),
+                            float(params.get("centred_weight", 0.2)))
     elif name == "readers":
-        from retrieval.readers import ReadersSource
-
-        prof = ProfileConfig(**{k: float(p.pop(k)) for k in ("half_life_events", "half_life_days", "pivot")
-                                if k in p})
-        src = ReadersSource(lib, ReadersConfig(**p), prof)
+        rcfg, prof = _readers_configs(params)
+        src = build_source("readers", lib, rcfg, BuildDeps(profile=prof))
     elif name == "sasrec":
-        from retrieval.sasrec import train_sasrec
-        from retrieval.sasrec_source import SASRecSource
-
-        shuffle = p.pop("shuffled_seed", None)
-        start = getattr(init, "model", None)
-        model = train_sasrec(lib, SASRecConfig(**p), progress=bool(SASREC_CACHE["progress"]),
-                             cache_dir=SASREC_CACHE["dir"], shuffle_seed=shuffle,
-                             desc="train sasrec" + (" (shuffled)" if shuffle is not None else
-                                                    " (warm start)" if start is not None else ""),
-                             init=start, max_epochs=(SASREC_WARM_EPOCHS if start is not None else
-                                                     SASREC_SHUFFLED_EPOCHS if shuffle is not None else None))
-        src = SASRecSource(lib, model)
+        p = {k: v for k, v in params.items() if k != "shuffled_seed"}
+        model = train_sasrec_model(lib, params, init)
+        src = build_source("sasrec", lib, SASRecConfig(**p), BuildDeps(fitted={"sasrec": model}))
     else:
         raise ValueError(f"build_model: unknown model {name!r}; choose one of {', '.join(SINGLE_MODELS)}")
     src.name = name
     return src
 
 
+def hybrid_configs(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
+                   seed: int = 0) -> tuple[dict[str, Any], FusionConfig]:
+    """The per-source configs and fusion config of the hybrid for tuned ``params``.
+
+    One translation from eval's tuned values to the product's settings: :func:`build_hybrid`
+    builds from it and :func:`tuned_config_toml` writes it, so the live hybrid ranks as eval's.
+    ``params`` keys: ``cf_model``, ``cf_half_life``, ``cf_liked_boost`` (the CF user vector, see
+    :class:`~retrieval.sources.CFSource`), ``sequence`` (:class:`~retrieval.config.SequenceConfig`
+    fields, or None to leave it out), ``method``, ``rrf_k``, ``depth``, ``weights``.
+    """
+    cf_name = params["cf_model"]
+    configs = section_configs(None)
+    configs["cf"] = CFConfig(model=cf_name, params=_cf_params(cf_name, tuned.get(cf_name, {}), seed),
+                             max_ease_items=10**9, half_life_events=params.get("cf_half_life"),
+                             liked_boost=float(params.get("cf_liked_boost", 0.0)))
+    configs["content"] = _profile_config(tuned.get("content", {}))
+    if "damping" in tuned.get("popularity", {}):
+        configs["popularity"] = PopularityConfig(damping=float(tuned["popularity"]["damping"]))
+    if params.get("sequence"):
+        configs["sequence"] = SequenceConfig(**params["sequence"])
+    if "readers" in tuned:
+        configs["readers"], _ = _readers_configs(tuned["readers"])
+    if "sasrec" in tuned:
+        configs["sasrec"] = SASRecConfig(**tuned["sasrec"])
+    # the hybrid ignores weights of sources it does not have (no sequence variant chosen)
+    fusion = FusionConfig(method=params.get("method", "score"),
+                          weights={n: float(w) for n, w in params.get("weights", {"cf": 1.0}).items()},
+                          rrf_k=float(params.get("rrf_k", 60.0)), depth=int(params.get("depth", 200)))
+    return configs, fusion
+
+
 def hybrid_sources(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
                    seed: int = 0, fitted: Mapping[str, CandidateSource] | None = None) -> dict[str, CandidateSource]:
     """The hybrid's component sources for hybrid ``params`` and the tuned single-model settings.
 
-    ``params`` keys: ``cf_model`` (one of :data:`CF_MODELS`), ``cf_half_life``,
-    ``cf_liked_boost`` (the CF user vector, see :class:`~retrieval.sources.CFSource`),
-    ``sequence`` (kwargs of :class:`~retrieval.sources.SequenceSource`, or None to leave it
-    out). ``fitted`` may supply already-fitted single models (by model name) to reuse their fits.
+    Every registered source that applies to ``lib`` (the sequence source when ``params`` names
+    one), built by the registry's factory. ``fitted`` may supply already-fitted single models
+    (by model name) to reuse their CF fit.
     """
-    cf_name = params["cf_model"]
-    cf_params = dict(tuned.get(cf_name, {}))
-    if cf_name in ("als", "bpr"):
-        cf_params.setdefault("seed", seed)
-    pre = (fitted or {}).get(cf_name)
-    cf = CFSource(lib, cf_name, cf_params, max_ease_items=10**9, fitted=getattr(pre, "model", None), name="cf",
-                  half_life_events=params.get("cf_half_life"), liked_boost=float(params.get("cf_liked_boost", 0.0)))
-    srcs: dict[str, CandidateSource] = {
-        "cf": cf,
-        "content": (fitted or {}).get("content") or build_model("content", lib, tuned.get("content", {}), seed),
-        "popularity": (fitted or {}).get("popularity") or build_model("popularity", lib, tuned.get("popularity", {}), seed),
-        "series": SeriesSource(lib),
-    }
-    if params.get("sequence"):
-        srcs["sequence"] = SequenceSource(lib, **params["sequence"])
-    for extra in ("sasrec", "readers"):  # learned sources join when they were tuned (sasrec: ordered data)
-        if extra in tuned and params.get(extra, True):
-            srcs[extra] = (fitted or {}).get(extra) or build_model(extra, lib, tuned[extra], seed)
-    for n, s in srcs.items():
-        s.name = n
+    configs, _ = hybrid_configs(params, tuned, seed)
+    pre = (fitted or {}).get(params["cf_model"])
+    sas = (fitted or {}).get("sasrec")
+    prof = _readers_configs(tuned["readers"])[1] if "readers" in tuned else None
+    deps = BuildDeps(fitted={"cf": getattr(pre, "model", None), "sasrec": getattr(sas, "model", None)},
+                     seed=seed, profile=prof)
+    # every source on (weight 1) so each gets built; the weights that count are the fusion's
+    on = FusionConfig(weights={n: 1.0 for n in source_names() if n != "sequence" or params.get("sequence")})
+    srcs = registry_sources(lib, configs=configs, fusion=on, deps=deps)
+    srcs.pop("hybrid")
     return srcs
 
 
 def build_hybrid(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
                  seed: int = 0, fitted: Mapping[str, CandidateSource] | None = None) -> HybridSource:
-    """The live :class:`~retrieval.sources.HybridSource` for tuned ``params``.
-
-    ``params``: see :func:`hybrid_sources`, plus ``method`` (score | rrf), ``rrf_k``, ``depth``
-    and ``weights``.
-    """
-    srcs = hybrid_sources(lib, params, tuned, seed, fitted)
-    weights = {n: float(w) for n, w in params["weights"].items() if n in srcs}
-    h = HybridSource(lib, srcs, weights, float(params.get("rrf_k", 60.0)), int(params.get("depth", 200)),
-                     params.get("method", "score"))
-    h.name = "hybrid"
-    return h
+    """The live :class:`~retrieval.sources.HybridSource` for tuned ``params`` (see :func:`hybrid_configs`)."""
+    _, fusion = hybrid_configs(params, tuned, seed)
+    return registry_hybrid(lib, hybrid_sources(lib, params, tuned, seed, fitted), fusion)
 
 
 def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]], label: str,
@@ -233,9 +269,8 @@ def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str
     if weights.get("sasrec") and tuned.get("sasrec"):
         lines += ["", "[sasrec]"] + [f"{k} = {val(v)}" for k, v in tuned["sasrec"].items()]
     if weights.get("readers") and tuned.get("readers"):
-        lines += ["", "[readers]"] + [f"{k} = {val(float(v) if k != 'neighbours' else int(v))}"
-                                      for k, v in tuned["readers"].items()
-                                      if k not in ("half_life_events", "half_life_days", "pivot")]
+        lines += ["", "[readers]"] + [f"{k} = {val(v)}" for k, v in tuned["readers"].items()
+                                      if k not in _PROFILE_KEYS]
     content = tuned.get("content", {})
     if content:
         lines += ["", "[profile]"] + [f"{k} = {val(float(v))}" for k, v in content.items()]

@@ -120,6 +120,8 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
           + f"{_num(p.get('validation', {}).get('validation_readers'))} seeded warm validation readers), "
           "best ndcg@10. The test split is used once, for the tables below.",
           f"- To-read shelves: {p.get('to_read')}."]
+    if p.get("series_order"):
+        L += [f"- Series reading order: {p['series_order']}."]
     if p.get("users_subset"):
         L += [f"- Readers: a seeded random subset of {p['users_subset']:,} test readers (`--users`)."]
     if p.get("quick"):

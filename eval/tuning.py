@@ -14,7 +14,8 @@ single models so nothing is fitted twice:
 3. the sequence source's variant (or none), by its own validation ndcg@10 (ordered data only);
 4. per fusion method (score fusion, RRF with each ``rrf_k``), coordinate ascent over the other
    sources' weights with the CF weight fixed at 1 (fusion is scale-invariant), starting from
-   all-zero, a few rounds over :data:`WEIGHT_STEPS`; the best (method, weights) wins.
+   all-zero, a few rounds over :data:`WEIGHT_STEPS`; the best (method, weights) wins. Ranked as
+   the product ranks: with the series reading order (:mod:`retrieval.ranking`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from retrieval.fusion import INDICATOR_SOURCES, combine, source_contribution, top_k_matrix
+from retrieval.fusion import combine, source_contribution, top_k_matrix
 from retrieval.library import Library
+from retrieval.ranking import series_mask
 from retrieval.sources import CandidateSource, CFSource, SequenceSource
 from retrieval.types import UserContext
 
+from .metrics import ndcg_from_hits
 from .models import CF_MODELS, build_model, hybrid_sources
 
 __all__ = [
@@ -78,6 +81,15 @@ class TuningSet:
     relevant: np.ndarray
     exclude: np.ndarray
     chunk: int = 1000
+    _series: np.ndarray | None = None
+
+    @property
+    def rank_exclude(self) -> np.ndarray:
+        """``exclude`` plus the books the series reading order holds back (the product's rank
+        path, :func:`retrieval.ranking.series_mask`): what the hybrid's fusion is tuned under."""
+        if self._series is None:
+            self._series = self.exclude | series_mask(self.lib, self.ctxs)
+        return self._series
 
     @classmethod
     def build(cls, lib: Library, ctxs: Sequence[UserContext], relevant: Sequence[set[str]],
@@ -117,19 +129,14 @@ def score_matrix(source: CandidateSource, ctxs: Sequence[UserContext], chunk: in
 
 
 def ndcg_from_topk(idx: np.ndarray, valid: np.ndarray, relevant: np.ndarray, k: int = _K) -> np.ndarray:
-    """Per-reader ndcg@k (binary gains, as :mod:`eval.metrics` defines it) from top-k indices."""
+    """Per-reader ndcg@k from top-k indices and a relevance mask (:func:`eval.metrics.ndcg_from_hits`)."""
     idx, valid = idx[:, :k], valid[:, :k]
     hits = np.take_along_axis(relevant, idx, axis=1) & valid
-    disc = 1.0 / np.log2(np.arange(2, idx.shape[1] + 2))
-    n_rel = relevant.sum(axis=1)
-    ideal = np.concatenate(([0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))))
-    idcg = ideal[np.minimum(n_rel, k)]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(idcg > 0, (hits @ disc) / idcg, np.nan)
+    return ndcg_from_hits(hits, relevant.sum(axis=1), k)
 
 
-def _ndcg(S: np.ndarray, ts: TuningSet) -> float:
-    idx, valid = top_k_matrix(S, ts.exclude, _K)
+def _ndcg(S: np.ndarray, ts: TuningSet, series_order: bool = False) -> float:
+    idx, valid = top_k_matrix(S, ts.rank_exclude if series_order else ts.exclude, _K)
     return float(np.nanmean(ndcg_from_topk(idx, valid, ts.relevant)))
 
 
@@ -242,12 +249,12 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
     # Stage 4: fusion method and weights.
     best: tuple[float, str, float, dict[str, float]] | None = None
     for method, rrf_k in space["fusion"]:
-        contribs = {n: source_contribution(S, ts.exclude, method, rrf_k or 60.0, 200, n in INDICATOR_SOURCES)
+        contribs = {n: source_contribution(S, ts.exclude, method, rrf_k or 60.0, 200, srcs[n].indicator)
                     for n, S in raw.items()}
 
         def evaluate(w: dict[str, float]) -> float:
             bar.update(1)
-            return _ndcg(combine(contribs, {"cf": 1.0, **w}, ts.exclude), ts)
+            return _ndcg(combine(contribs, {"cf": 1.0, **w}, ts.exclude), ts, series_order=True)
 
         w, score, n_eval = _ascent(evaluate, others, int(space["weight_rounds"]), {n: 0.0 for n in others})
         table.append({"stage": "fusion", "method": method, "rrf_k": rrf_k, "weights": {"cf": 1.0, **w},

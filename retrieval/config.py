@@ -25,7 +25,19 @@ from .errors import ReadnextError
 
 DEFAULT_HOME = Path.home() / ".readnext"
 FUSION_METHODS = ("score", "rrf")
-SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence", "sasrec", "readers")
+
+
+def source_names() -> tuple[str, ...]:
+    """Names of every registered candidate source (the one list lives in ``retrieval.registry``)."""
+    from .registry import source_names as names
+
+    return names()
+
+
+def _need(ok: bool, where: str, msg: str) -> None:
+    """Raise the one-line ``ValueError`` a config's ``validate`` gives for a bad value."""
+    if not ok:
+        raise ValueError(f"{where}.{msg}")
 
 
 @dataclass
@@ -44,6 +56,15 @@ class ProfileConfig:
     half_life_days: float = 730.0  # for data with timestamps
     half_life_events: float = 40.0  # for data with only an event order
     pivot: float = 2.5  # ratings (1-5 scale) above pull the vector toward a book, below push it away
+    # The content source: share of a chat request's embedding in the reader's vector (0..1).
+    query_weight: float = 0.6
+
+    def validate(self, where: str = "profile") -> None:
+        """Refuse values no profile can use (``ValueError`` naming the field)."""
+        _need(self.half_life_days > 0, where, f"half_life_days must be > 0, got {self.half_life_days}")
+        _need(self.half_life_events > 0, where, f"half_life_events must be > 0, got {self.half_life_events}")
+        _need(1.0 <= self.pivot <= 5.0, where, f"pivot must be on the 1-5 rating scale, got {self.pivot}")
+        _need(0.0 <= self.query_weight <= 1.0, where, f"query_weight must be in [0, 1], got {self.query_weight}")
 
 
 @dataclass
@@ -62,6 +83,19 @@ class FusionConfig:
     rrf_k: float = 60.0
     depth: int = 200  # how deep each source's ranking is read (rrf; and which sources "found" a book)
 
+    def validate(self, where: str = "fusion") -> None:
+        """Refuse a method, weights or depths the hybrid cannot use."""
+        _need(self.method in FUSION_METHODS, where,
+              f"method = {self.method!r}; use one of {', '.join(FUSION_METHODS)}")
+        known = source_names()
+        bad = sorted(set(self.weights) - set(known))
+        _need(not bad, where, f"weights names unknown source(s) {', '.join(bad)}; sources are {', '.join(known)}")
+        _need(all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+                  for w in self.weights.values()) and any(w > 0 for w in self.weights.values()),
+              where, f"weights must be numbers >= 0, at least one > 0; got {self.weights}")
+        _need(self.rrf_k > 0, where, f"rrf_k must be > 0, got {self.rrf_k}")
+        _need(isinstance(self.depth, int) and self.depth >= 1, where, f"depth must be an int >= 1, got {self.depth}")
+
 
 @dataclass
 class CFConfig:
@@ -73,6 +107,21 @@ class CFConfig:
     # Recency half-life of the reader's row in events (0 or None: all books count alike); ordered data only.
     half_life_events: float | None = 2.0
     liked_boost: float = 0.5  # EASE / item-kNN: a book rated r >= 3 counts 1 + liked_boost * (r - 3)
+    confidence: str = "liked"  # how a rating becomes a training weight (retrieval.cf.confidence_from_ratings)
+
+    def validate(self, where: str = "cf") -> None:
+        """Refuse a model or user-vector setting the CF source cannot use."""
+        from .cf import MODELS
+
+        _need(self.model == "auto" or self.model in MODELS, where,
+              f"model = {self.model!r}; use auto or one of {', '.join(sorted(MODELS))}")
+        _need(self.max_ease_items >= 1, where, f"max_ease_items must be >= 1, got {self.max_ease_items}")
+        _need(isinstance(self.params, Mapping), where, f"params must be a table, got {self.params!r}")
+        _need(self.half_life_events is None or self.half_life_events >= 0, where,
+              f"half_life_events must be >= 0 (0 = off); got {self.half_life_events}")
+        _need(self.liked_boost >= 0, where, f"liked_boost must be >= 0, got {self.liked_boost}")
+        _need(self.confidence in ("binary", "rating", "liked"), where,
+              f"confidence = {self.confidence!r}; use binary, rating or liked")
 
 
 @dataclass
@@ -80,6 +129,20 @@ class PopularityConfig:
     """The popularity source (also the cold-start fallback)."""
 
     damping: float = 20.0  # pseudo-ratings pulling a book's mean rating toward the global mean
+
+    def validate(self, where: str = "popularity") -> None:
+        _need(self.damping >= 0, where, f"damping must be >= 0, got {self.damping}")
+
+
+@dataclass
+class SeriesConfig:
+    """The series source: the next unread volume of each series the reader liked."""
+
+    liked_threshold: float = 3.5  # mean rating of the reader's books in a series that counts as liked
+
+    def validate(self, where: str = "series") -> None:
+        _need(1.0 <= self.liked_threshold <= 5.0, where,
+              f"liked_threshold must be on the 1-5 rating scale, got {self.liked_threshold}")
 
 
 @dataclass
@@ -90,6 +153,12 @@ class SequenceConfig:
     norm: float = 1.0  # 1: each book's successors form a distribution; 0: raw counts
     last: int = 5  # how many of the reader's latest books are used
     half_life: float = 1.0  # in events, among those latest books
+
+    def validate(self, where: str = "sequence") -> None:
+        _need(isinstance(self.window, int) and self.window >= 1, where, f"window must be an int >= 1, got {self.window}")
+        _need(isinstance(self.last, int) and self.last >= 1, where, f"last must be an int >= 1, got {self.last}")
+        _need(self.half_life > 0, where, f"half_life must be > 0, got {self.half_life}")
+        _need(self.norm >= 0, where, f"norm must be >= 0, got {self.norm}")
 
 
 @dataclass
@@ -114,14 +183,15 @@ class SASRecConfig:
     threads: int = 2  # torch threads while training/scoring (0 = torch's default)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.blocks < 1 or self.hidden < 1 or self.heads < 1 or self.hidden % self.heads:
-            raise ReadnextError(f"sasrec: need blocks, hidden, heads >= 1 and hidden divisible by heads; got "
-                                f"blocks={self.blocks}, hidden={self.hidden}, heads={self.heads}")
-        if not 0 <= self.dropout < 1 or self.max_len < 2 or self.lr <= 0 or self.batch_size < 1 \
-                or self.max_epochs < 1 or self.patience < 1:
-            raise ReadnextError("sasrec: need 0 <= dropout < 1, max_len >= 2, lr > 0, batch_size, max_epochs, "
-                                "patience >= 1")
+    def validate(self, where: str = "sasrec") -> None:
+        for k in ("blocks", "hidden", "heads", "batch_size", "max_epochs", "patience", "val_readers"):
+            v = getattr(self, k)
+            _need(isinstance(v, int) and v >= 1, where, f"{k} must be an int >= 1, got {v!r}")
+        _need(self.hidden % self.heads == 0, where, f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        _need(0 <= self.dropout < 1, where, f"dropout must be in [0, 1), got {self.dropout}")
+        _need(isinstance(self.max_len, int) and self.max_len >= 2, where, f"max_len must be an int >= 2, got {self.max_len}")
+        _need(self.lr > 0, where, f"lr must be > 0, got {self.lr}")
+        _need(self.threads >= 0, where, f"threads must be >= 0 (0 = torch's default), got {self.threads}")
 
 
 @dataclass
@@ -139,10 +209,12 @@ class ReadersConfig:
     centred_weight: float = 0.2
     min_similarity: float = 0.0  # neighbours below this cosine are ignored
 
-    def __post_init__(self) -> None:
-        if self.neighbours < 1 or self.shrinkage < 0 or self.centred_weight < 0:
-            raise ReadnextError(f"readers: need neighbours >= 1, shrinkage >= 0, centred_weight >= 0; got "
-                                f"{self.neighbours}, {self.shrinkage}, {self.centred_weight}")
+    def validate(self, where: str = "readers") -> None:
+        _need(isinstance(self.neighbours, int) and self.neighbours >= 1, where,
+              f"neighbours must be an int >= 1, got {self.neighbours!r}")
+        _need(self.shrinkage >= 0, where, f"shrinkage must be >= 0, got {self.shrinkage}")
+        _need(self.centred_weight >= 0, where, f"centred_weight must be >= 0, got {self.centred_weight}")
+        _need(-1 <= self.min_similarity <= 1, where, f"min_similarity must be in [-1, 1], got {self.min_similarity}")
 
 
 @dataclass
@@ -185,6 +257,7 @@ class Settings:
     cf: CFConfig = field(default_factory=CFConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
+    series: SeriesConfig = field(default_factory=SeriesConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
     readers: ReadersConfig = field(default_factory=ReadersConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -232,24 +305,19 @@ class Settings:
         return s
 
     def validate(self, origin: str = "settings") -> None:
-        """Refuse values that would only fail later, deep inside a recommend call."""
-        f = self.fusion
-        if f.method not in FUSION_METHODS:
-            raise ReadnextError(f"{origin}: fusion.method = {f.method!r}; use one of {', '.join(FUSION_METHODS)}")
-        bad = sorted(set(f.weights) - set(SOURCE_NAMES))
-        if bad:
-            raise ReadnextError(f"{origin}: fusion.weights names unknown source(s) {', '.join(bad)}; "
-                                f"sources are {', '.join(SOURCE_NAMES)}")
-        if any(not isinstance(w, (int, float)) or w < 0 for w in f.weights.values()) or \
-                not any(w > 0 for w in f.weights.values()):
-            raise ReadnextError(f"{origin}: fusion.weights must be numbers >= 0, at least one > 0; got {f.weights}")
-        for sub in (self.sasrec, self.readers):  # re-check after TOML / env overrides
-            try:
-                sub.__post_init__()
-            except ReadnextError as e:
-                raise ReadnextError(f"{origin}: {e}") from None
-        if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
-            raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
+        """Refuse values that would only fail later, deep inside a recommend call.
+
+        Every section with a ``validate`` method (each candidate source's config, fusion) checks
+        itself; its ``ValueError`` becomes a one-line :class:`ReadnextError` naming the origin.
+        """
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            check = getattr(section, "validate", None)
+            if dataclasses.is_dataclass(section) and callable(check):
+                try:
+                    check(f.name)
+                except ValueError as e:
+                    raise ReadnextError(f"{origin}: {e}") from None
 
     def _apply(self, data: Mapping[str, Any], origin: str) -> None:
         for key, value in data.items():

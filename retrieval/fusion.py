@@ -20,12 +20,10 @@ import numpy as np
 
 from .config import FUSION_METHODS
 
-__all__ = ["FUSION_METHODS", "INDICATOR_SOURCES", "combine", "fuse_matrices", "normalise", "source_contribution",
+__all__ = ["FUSION_METHODS", "combine", "fuse_matrices", "normalise", "source_contribution",
            "top_k_matrix"]
 
 NEG = -np.inf
-# Sources whose finite scores are a short list rather than a scale: they count as 1 / 0.
-INDICATOR_SOURCES = ("series",)
 
 
 def normalise(S: np.ndarray, exclude: np.ndarray, indicator: bool = False) -> np.ndarray:
@@ -122,10 +120,11 @@ def combine(contributions: Mapping[str, tuple[np.ndarray, np.ndarray]], weights:
 
 def fuse_matrices(per_source: Mapping[str, np.ndarray], weights: Mapping[str, float], exclude: np.ndarray,
                   method: str = "score", rrf_k: float = 60.0, depth: int = 200,
-                  indicator: Sequence[str] = INDICATOR_SOURCES) -> np.ndarray:
+                  indicator: Sequence[str] = ()) -> np.ndarray:
     """Fuse per-source score matrices (readers x items) into one; ``-inf`` where no source has an opinion.
 
-    Excluded items and items no weighted source can rank get ``-inf``.
+    Excluded items and items no weighted source can rank get ``-inf``. ``indicator`` names the
+    sources whose finite scores count 1 / 0 (a source declares it: ``CandidateSource.indicator``).
     """
     contribs = {n: source_contribution(S, exclude, method, rrf_k, depth, n in indicator)
                 for n, S in per_source.items() if weights.get(n, 0) > 0}

@@ -152,6 +152,8 @@ class SeriesIndex:
     info: dict[str, SeriesInfo] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     volumes: dict[str, dict[float, list[str]]] = field(default_factory=dict)
+    members: dict[str, list[str]] = field(default_factory=dict)  # every id of a series (any kind)
+    _default: set[str] | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, books: Mapping[str, Book]) -> SeriesIndex:
@@ -166,6 +168,7 @@ class SeriesIndex:
                 continue
             idx.info[bid] = info
             idx.keys[bid] = key
+            idx.members.setdefault(key, []).append(bid)
             if info.index is not None:
                 idx.volumes.setdefault(key, {}).setdefault(info.index, []).append(bid)
         return idx
@@ -210,6 +213,26 @@ class SeriesIndex:
             if any(i.is_integer() and top < i < v for i in self.volumes.get(key, {})):
                 drop.add(cid)
         return drop
+
+    def default_blocked(self) -> set[str]:
+        """What :meth:`blocked` drops from the whole catalog for a reader who has read nothing:
+        every integer volume above its series' lowest catalog volume (computed once)."""
+        if self._default is None:
+            self._default = self.blocked(self.info.keys(), ())
+        return self._default
+
+    def blocked_for(self, read_ids: Iterable[str]) -> set[str]:
+        """Every catalog id that breaks reading order for a reader who read ``read_ids``.
+
+        Equals ``blocked(all catalog ids, read_ids)``, at the cost of the series the reader
+        touched only: untouched series block as for a new reader (:meth:`default_blocked`).
+        """
+        read = list(read_ids)
+        touched = {self.keys[b] for b in read if b in self.keys}
+        if not touched:
+            return self.default_blocked()
+        out = {b for b in self.default_blocked() if self.keys[b] not in touched}
+        return out | self.blocked([b for k in touched for b in self.members[k]], read)
 
     def next_volumes(self, history: Mapping[str, float], books: Mapping[str, Book],
                      liked_threshold: float = 3.5) -> dict[str, Book]:

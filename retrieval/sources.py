@@ -1,26 +1,33 @@
-"""Candidate sources: content, collaborative filtering, popularity, series, and their hybrid.
+"""Candidate sources: content, collaborative filtering, popularity, series, sequence, their hybrid.
 
-Every source has the same two methods, so the pipeline and eval swap them freely:
+Every source scores the whole catalog for a reader, so the one rank path
+(:mod:`retrieval.ranking`) and eval treat them alike:
 
-- ``score(ctx) -> np.ndarray``: a score for every catalog item (``-inf`` = no opinion);
-  used for full-catalog ranking in eval and for fusion.
-- ``candidates(ctx, k) -> list[Candidate]``: the top ``k`` unread books with their evidence.
+- ``score(ctx)`` / ``score_batch(ctxs)``: a score for every catalog item (``-inf`` = no opinion);
+- ``evidence_for(ctx, items)``: the facts behind recommending ``items`` (a separate step,
+  run after ranking on the final list only);
+- ``found_by(ctx, items)``: which sources "found" each item (one definition, used by
+  ``recommend`` and ``explain`` alike).
+
+Each source owns a config dataclass (``retrieval.config``: defaults in code, validated on
+construction, overridable in the TOML); :mod:`retrieval.registry` lists the sources and builds
+them for the product and for eval.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from . import evidence as ev
-from .config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, ReadersConfig, SequenceConfig
-from .fusion import FUSION_METHODS, fuse_matrices, top_k_matrix
+from .config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, SequenceConfig, SeriesConfig
+from .fusion import fuse_matrices, top_k_matrix
 from .library import Library
 from .profiles import profile_from_history
-from .series import next_in_series, series_filter, series_key
+from .series import next_in_series, series_key
 from .types import Candidate, Evidence, UserContext
 
 NEG = -np.inf
@@ -36,10 +43,50 @@ def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.n
     return idx[0][valid[0]].astype(np.int64)
 
 
+def exclude_idx(lib: Library, ctx: UserContext) -> np.ndarray:
+    """Item indices a reader must never be offered: rated books and ``ctx.exclude`` (dismissed...)."""
+    ids = {r.book_id for r in ctx.history} | set(ctx.exclude)
+    return np.array(sorted(lib.index[b] for b in ids if b in lib.index), dtype=np.int64)
+
+
+def exclude_mask(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
+    """Readers x items: True where the book is rated or excluded and must not be ranked."""
+    mask = np.zeros((len(ctxs), lib.n_items), dtype=bool)
+    for i, c in enumerate(ctxs):
+        mask[i, exclude_idx(lib, c)] = True
+    return mask
+
+
+def rank_within(scores: np.ndarray, excluded: np.ndarray, items: Sequence[int], depth: int) -> np.ndarray:
+    """Whether each of ``items`` is in the top ``depth`` of ``scores`` among non-excluded items.
+
+    The order is :func:`top_k`'s (higher score first, then lower index); an item itself never
+    counts as excluded, so the answer for a rated book (``explain``) is where it would rank.
+    ``-inf``/``nan`` scores are never found.
+    """
+    s = np.where(np.isnan(scores), NEG, np.asarray(scores, dtype=np.float64))
+    ok = ~excluded & np.isfinite(s)
+    out = np.zeros(len(items), dtype=bool)
+    pos = np.arange(len(s))
+    for n, i in enumerate(items):
+        if not np.isfinite(s[i]):
+            continue
+        better = ok & ((s > s[i]) | ((s == s[i]) & (pos < i)))
+        better[i] = False
+        out[n] = int(better.sum()) < depth
+    return out
+
+
 class CandidateSource(ABC):
-    """One way of finding books for a reader."""
+    """One way of finding books for a reader.
+
+    Subclasses set ``name``; ``indicator = True`` says the source's finite scores are a short
+    list (the hybrid counts them 1/0) rather than a scale.
+    """
 
     name: str = "source"
+    indicator: ClassVar[bool] = False
+    config: Any = None
 
     def __init__(self, lib: Library) -> None:
         self.lib = lib
@@ -53,19 +100,30 @@ class CandidateSource(ABC):
         return np.vstack([self.score(c) for c in ctxs]) if ctxs else np.zeros((0, self.lib.n_items))
 
     def exclude_idx(self, ctx: UserContext) -> np.ndarray:
-        ids = {r.book_id for r in ctx.history} | set(ctx.exclude)
-        return np.array([self.lib.index[b] for b in ids if b in self.lib.index], dtype=np.int64)
+        return exclude_idx(self.lib, ctx)
 
-    def candidates(self, ctx: UserContext, k: int) -> list[Candidate]:
-        """Top ``k`` unread books with the evidence this source holds for them."""
-        scores = self.score(ctx)
-        idx = top_k(scores, k, self.exclude_idx(ctx))
-        liked = ev.liked_items(self.lib, ctx.history)
-        return [Candidate(self.lib.books[i].book_id, float(scores[i]), self.name,
-                          self.evidence(ctx, int(i), liked)) for i in idx]
+    def exclude_mask(self, ctxs: Sequence[UserContext]) -> np.ndarray:
+        return exclude_mask(self.lib, ctxs)
+
+    def found_by(self, ctx: UserContext, items: Sequence[int],
+                 per_source: Mapping[str, np.ndarray] | None = None) -> list[list[str]]:
+        """The sources that found each of ``items``: a single source found what it ranked."""
+        return [[self.name] for _ in items]
+
+    def evidence_for(self, ctx: UserContext, items: Sequence[int], liked=None,
+                     found: Sequence[Sequence[str]] | None = None) -> list[list[Evidence]]:
+        """Evidence for each of ``items`` (computed after ranking, for the final list only)."""
+        liked = liked if liked is not None else ev.liked_items(self.lib, ctx.history)
+        return [self.evidence(ctx, int(i), liked) for i in items]
 
     def evidence(self, ctx: UserContext, item: int, liked) -> list[Evidence]:
         return ev.collect(self.lib, item, ctx.history, ctx.query, None, ctx.to_read, liked)
+
+    def candidates(self, ctx: UserContext, k: int, constraints=None) -> list[Candidate]:
+        """Top ``k`` books for one reader through the one rank path, with evidence and sources."""
+        from .ranking import rank_one
+
+        return rank_one(self, ctx, k, constraints).candidates(self, ctx)
 
 
 class PopularitySource(CandidateSource):
@@ -73,8 +131,12 @@ class PopularitySource(CandidateSource):
 
     name = "popularity"
 
-    def __init__(self, lib: Library, damping: float = 20.0) -> None:
+    def __init__(self, lib: Library, damping: float | None = None,
+                 config: PopularityConfig | None = None) -> None:
         super().__init__(lib)
+        self.config = config or PopularityConfig(**({} if damping is None else {"damping": float(damping)}))
+        self.config.validate("popularity")
+        damping = self.config.damping
         n = lib.pop_count.astype(np.float64)
         mean = np.nan_to_num(lib.pop_mean, nan=0.0)
         glob = float(np.nansum(mean * n) / max(n.sum(), 1))
@@ -96,20 +158,23 @@ class PopularitySource(CandidateSource):
 class ContentSource(CandidateSource):
     """Embedding similarity between the reader's profile (and/or query) and each book.
 
-    ``score`` is exact over the whole catalog (numpy); ``candidates`` asks the Chroma index when
-    one is attached (the live path), else uses ``score``.
+    Scores are exact over the whole catalog (numpy, the vectors are in memory), on the live path
+    and in eval alike, so both rank the same. The Chroma ``store`` (given at construction; the
+    live index's, ``None`` in eval) answers nearest-neighbour queries (:meth:`nearest`).
     """
 
     name = "content"
 
     def __init__(self, lib: Library, profile_cfg: ProfileConfig | None = None,
                  embed_query: Callable[[str], np.ndarray] | None = None, store=None,
-                 query_weight: float = 0.6) -> None:
+                 query_weight: float | None = None) -> None:
         super().__init__(lib)
         self.profile_cfg = profile_cfg or ProfileConfig()
+        self.profile_cfg.validate("profile")
+        self.config = self.profile_cfg
         self.embed_query = embed_query
         self.store = store
-        self.query_weight = query_weight
+        self.query_weight = self.profile_cfg.query_weight if query_weight is None else float(query_weight)
         self._qcache: dict[str, np.ndarray] = {}
 
     def query_vector(self, query: str | None) -> np.ndarray | None:
@@ -145,23 +210,18 @@ class ContentSource(CandidateSource):
                 S[i] = NEG
         return S
 
-    def candidates(self, ctx: UserContext, k: int) -> list[Candidate]:
-        if self.store is None:
-            return super().candidates(ctx, k)
+    def nearest(self, ctx: UserContext, n: int) -> list[tuple[str, float]]:
+        """The ``n`` unread books nearest the reader's vector, asked of the Chroma store
+        (``[(book_id, cosine)]``, best first); exact numpy when no store was given."""
         v = self.user_vector(ctx)
         if v is None:
             return []
         excl = {r.book_id for r in ctx.history} | set(ctx.exclude)
-        hits = self.store.query("books", v, k + len(excl))
-        liked = ev.liked_items(self.lib, ctx.history)
-        out = []
-        for bid, sim in hits:
-            if bid in excl or bid not in self.lib.index:
-                continue
-            out.append(Candidate(bid, sim, self.name, self.evidence(ctx, self.lib.index[bid], liked)))
-            if len(out) == k:
-                break
-        return out
+        if self.store is None:
+            s = self.lib.vectors @ v
+            return [(self.lib.books[i].book_id, float(s[i])) for i in top_k(s, n, self.exclude_idx(ctx))]
+        hits = self.store.query("books", v, n + len(excl))
+        return [(b, sim) for b, sim in hits if b not in excl and b in self.lib.index][:n]
 
     def evidence(self, ctx, item, liked):
         return ev.collect(self.lib, item, ctx.history, ctx.query, self.query_vector(ctx.query), ctx.to_read, liked)
@@ -190,14 +250,25 @@ class CFSource(CandidateSource):
 
     def __init__(self, lib: Library, model: str = "auto", params: Mapping | None = None,
                  max_ease_items: int = 15000, confidence: str = "liked", fitted=None, name: str | None = None,
-                 half_life_events: float | None = None, liked_boost: float = 0.0) -> None:
+                 half_life_events: float | None = None, liked_boost: float = 0.0,
+                 config: CFConfig | None = None) -> None:
         super().__init__(lib)
         from .cf import confidence_from_ratings, make_model
 
         if name:
             self.name = name
-        if half_life_events is not None and not half_life_events > 0:
-            raise ValueError(f"CFSource: half_life_events must be > 0 or None, got {half_life_events}")
+        if config is None:
+            config = CFConfig(model=model, max_ease_items=max_ease_items, params=dict(params or {}),
+                              half_life_events=half_life_events, liked_boost=float(liked_boost),
+                              confidence=confidence)
+        try:
+            config.validate("cf")
+        except ValueError as e:
+            raise ValueError(f"CFSource: {e}") from None
+        self.config = config
+        model, params, max_ease_items = config.model, config.params, config.max_ease_items
+        half_life_events = config.half_life_events or None  # 0 = off
+        liked_boost, confidence = config.liked_boost, config.confidence
         self._conf = lambda r: confidence_from_ratings(r, mode=confidence)
         self.active = np.flatnonzero(lib.pop_count > 0)
         n_active = len(self.active)
@@ -305,13 +376,18 @@ class SequenceSource(CandidateSource):
     name = "sequence"
 
     def __init__(self, lib: Library, window: int = 3, norm: float = 1.0, last: int = 5,
-                 half_life: float = 1.0) -> None:
+                 half_life: float = 1.0, config: SequenceConfig | None = None) -> None:
         import scipy.sparse as sp
 
         super().__init__(lib)
-        if window < 1 or last < 1 or not half_life > 0:
-            raise ValueError(f"SequenceSource: need window >= 1, last >= 1, half_life > 0; got "
-                             f"{window}, {last}, {half_life}")
+        self.config = config or SequenceConfig(window=int(window), norm=float(norm), last=int(last),
+                                               half_life=float(half_life))
+        try:
+            self.config.validate("sequence")
+        except ValueError as e:
+            raise ValueError(f"SequenceSource: {e}") from None
+        window, norm, last, half_life = (self.config.window, self.config.norm, self.config.last,
+                                         self.config.half_life)
         self.window, self.norm, self.last, self.half_life = int(window), float(norm), int(last), float(half_life)
         r = lib.ratings
         n = lib.n_items
@@ -354,13 +430,18 @@ class SequenceSource(CandidateSource):
 
 
 class SeriesSource(CandidateSource):
-    """The next unread volume of each series the reader liked."""
+    """The next unread volume of each series the reader liked (an indicator: a short list)."""
 
     name = "series"
+    indicator = True
 
-    def __init__(self, lib: Library, liked_threshold: float = 3.5) -> None:
+    def __init__(self, lib: Library, liked_threshold: float | None = None,
+                 config: SeriesConfig | None = None) -> None:
         super().__init__(lib)
-        self.liked_threshold = liked_threshold
+        self.config = config or SeriesConfig(**({} if liked_threshold is None
+                                                else {"liked_threshold": float(liked_threshold)}))
+        self.config.validate("series")
+        self.liked_threshold = self.config.liked_threshold
 
     def _next(self, ctx: UserContext):
         rated = {r.book_id: r.rating for r in ctx.history}
@@ -398,37 +479,42 @@ class HybridSource(CandidateSource):
     ``method="score"`` sums weighted per-reader z-scores; ``"rrf"`` sums ``w_s / (rrf_k +
     rank_s)`` over each source's top ``depth``. A source with no opinion on a reader (a cold
     reader for CF, no profile for content) contributes nothing, which makes every source the
-    fallback of the others. A book is "found" by the sources that have it in their top ``depth``;
-    candidates carry those sources' names and the evidence for the book.
+    fallback of the others. Sources declare themselves indicators (``indicator = True``: their
+    finite scores count 1/0). A book is "found" by the sources that rank it in their top
+    ``depth`` (:meth:`found_by`); its evidence adds "next in a series" when the series source
+    found it.
     """
 
     name = "hybrid"
 
     def __init__(self, lib: Library, sources: Mapping[str, CandidateSource], weights: Mapping[str, float],
-                 rrf_k: float = 60.0, depth: int = 200, method: str = "score") -> None:
+                 rrf_k: float = 60.0, depth: int = 200, method: str = "score",
+                 config: FusionConfig | None = None) -> None:
         super().__init__(lib)
-        if method not in FUSION_METHODS:
-            raise ValueError(f"unknown fusion method {method!r}; use one of {', '.join(FUSION_METHODS)}")
+        self.config = config or FusionConfig(method=method, weights={n: float(w) for n, w in weights.items()},
+                                             rrf_k=float(rrf_k), depth=int(depth))
+        try:
+            self.config.validate("fusion")
+        except ValueError as e:
+            raise ValueError(f"hybrid: {e}") from None
+        weights = self.config.weights
         self.sources = {n: s for n, s in sources.items() if weights.get(n, 0) > 0}
         if not self.sources:
             raise ValueError("hybrid: no source has a positive fusion weight; give at least one a weight > 0")
         self.weights = {n: float(w) for n, w in weights.items()}
-        self.rrf_k, self.depth, self.method = float(rrf_k), int(depth), method
-
-    def exclude_mask(self, ctxs: Sequence[UserContext]) -> np.ndarray:
-        """Readers x items: True where the book is read (or excluded) and must not be ranked."""
-        mask = np.zeros((len(ctxs), self.lib.n_items), dtype=bool)
-        for i, c in enumerate(ctxs):
-            mask[i, self.exclude_idx(c)] = True
-        return mask
+        self.rrf_k, self.depth, self.method = self.config.rrf_k, self.config.depth, self.config.method
+        self.indicators = tuple(n for n, s in self.sources.items() if s.indicator)
 
     def source_scores(self, ctxs: Sequence[UserContext]) -> dict[str, np.ndarray]:
         """Each weighted source's score matrix for ``ctxs``."""
         return {n: s.score_batch(ctxs) for n, s in self.sources.items()}
 
-    def fuse(self, per_source: Mapping[str, np.ndarray], ctxs: Sequence[UserContext]) -> np.ndarray:
-        """Fused scores from :meth:`source_scores` output (split out so eval can reuse the matrices)."""
-        return fuse_matrices(per_source, self.weights, self.exclude_mask(ctxs), self.method, self.rrf_k, self.depth)
+    def fuse(self, per_source: Mapping[str, np.ndarray], ctxs: Sequence[UserContext],
+             weights: Mapping[str, float] | None = None) -> np.ndarray:
+        """Fused scores from :meth:`source_scores` output (split out so eval can reuse the matrices
+        for ablations with other ``weights``)."""
+        return fuse_matrices(per_source, self.weights if weights is None else weights, self.exclude_mask(ctxs),
+                             self.method, self.rrf_k, self.depth, indicator=self.indicators)
 
     def score_batch(self, ctxs: Sequence[UserContext]) -> np.ndarray:
         if not ctxs:
@@ -438,103 +524,40 @@ class HybridSource(CandidateSource):
     def score(self, ctx: UserContext) -> np.ndarray:
         return self.score_batch([ctx])[0]
 
-    def found_by(self, ctx: UserContext, per_source: Mapping[str, np.ndarray] | None = None) -> dict[str, set[int]]:
-        """Per source, the items in its top ``depth`` for this reader."""
-        excl = self.exclude_idx(ctx)
+    def found_by(self, ctx: UserContext, items: Sequence[int],
+                 per_source: Mapping[str, np.ndarray] | None = None) -> list[list[str]]:
+        """Per item, the component sources that rank it within their top ``depth`` for this reader
+        (among books not excluded; see :func:`rank_within`). The one definition of "found by"."""
+        excl = np.zeros(self.lib.n_items, dtype=bool)
+        excl[self.exclude_idx(ctx)] = True
         per = per_source if per_source is not None else {n: s.score(ctx) for n, s in self.sources.items()}
-        return {n: set(top_k(per[n], self.depth, excl).tolist()) for n in self.sources}
-
-    def evidence(self, ctx: UserContext, item: int, liked) -> list[Evidence]:
-        return self.evidence_for(ctx, [item], liked)[0]
+        hit = {n: rank_within(np.asarray(per[n]).ravel(), excl, items, self.depth) for n in self.sources}
+        return [[n for n in self.sources if hit[n][j]] for j in range(len(items))]
 
     def evidence_for(self, ctx: UserContext, items: Sequence[int], liked=None,
-                     found: Mapping[str, set[int]] | None = None) -> list[list[Evidence]]:
+                     found: Sequence[Sequence[str]] | None = None) -> list[list[Evidence]]:
         """Evidence for each of ``items``: what the data says about the book and this reader
         (computed once per book), plus "next in a series you read" when the series source found it."""
-        found = found if found is not None else self.found_by(ctx)
+        found = found if found is not None else self.found_by(ctx, items)
         liked = liked if liked is not None else ev.liked_items(self.lib, ctx.history)
         content = self.sources.get("content")
         qvec = content.query_vector(ctx.query) if isinstance(content, ContentSource) else None
         series = self.sources.get("series")
         out = []
-        for i in items:
+        for i, f in zip(items, found):
             evidence = ev.collect(self.lib, int(i), ctx.history, ctx.query, qvec, ctx.to_read, liked)
-            if isinstance(series, SeriesSource) and int(i) in found.get("series", ()):
+            if isinstance(series, SeriesSource) and "series" in f:
                 evidence = series.series_evidence(ctx, int(i)) + evidence
             for n, src in self.sources.items():  # source-specific facts (readers like you, ...)
                 own = getattr(src, "source_evidence", None)
-                if own is not None and n != "series" and int(i) in found.get(n, ()):
+                if own is not None and n != "series" and n in f:
                     evidence = own(ctx, int(i)) + evidence
             out.append(evidence)
         return out
 
-    def candidates(self, ctx: UserContext, k: int, allow: Callable | None = None,
-                   boost: Callable | None = None) -> list[Candidate]:
-        """Fused top ``k``; ``allow(book) -> bool`` filters and ``boost(book) -> float`` reweights
-        (chat constraints), applied before the cut so evidence is computed for the final list only."""
-        excl = self.exclude_idx(ctx)
-        per = {n: s.score(ctx) for n, s in self.sources.items()}
-        fused = self.fuse({n: m[None, :] for n, m in per.items()}, [ctx])[0]
-        finite = np.flatnonzero(np.isfinite(fused))
-        # series order: never volume n+2 while n+1 is unread
-        read = {r.book_id for r in ctx.history}
-        drop = series_filter([self.lib.books[i].book_id for i in finite], read, self.lib.by_id,
-                             index=self.lib.series_index)
-        for b in drop:
-            fused[self.lib.index[b]] = NEG
-        if boost is not None:
-            # Boosts are multiplicative preferences ("shorter", "more horror"); z-scores can be
-            # negative, so they act on a positive rank score 1 / (depth + rank) instead: a 1.5x
-            # preference lifts a book about depth / 2 places, so "more horror" reaches horror
-            # books well below the reader's top few dozen while taste still orders them.
-            order = top_k(fused, len(fused))
-            fused = np.full(len(fused), NEG)
-            fused[order] = 1.0 / (self.depth + 1.0 + np.arange(len(order)))
-        if allow is not None or boost is not None:
-            for i in np.flatnonzero(np.isfinite(fused)):
-                book = self.lib.books[i]
-                if allow is not None and not allow(book):
-                    fused[i] = NEG
-                elif boost is not None:
-                    fused[i] *= boost(book)
-        idx = top_k(fused, k, excl)
-        found = self.found_by(ctx, per)
-        evidence = self.evidence_for(ctx, idx, found=found)
-        return [Candidate(self.lib.books[i].book_id, float(fused[i]),
-                          "+".join(n for n in found if int(i) in found[n]), e) for i, e in zip(idx, evidence)]
 
+def build_sources(lib: Library, settings=None, **kwargs) -> dict[str, CandidateSource]:
+    """The standard set of sources and the hybrid: see :func:`retrieval.registry.build_sources`."""
+    from .registry import build_sources as build
 
-def build_sources(lib: Library, fusion: FusionConfig | None = None, cf: CFConfig | None = None,
-                  profile: ProfileConfig | None = None, embed_query=None, store=None,
-                  cf_model=None, sequence: SequenceConfig | None = None,
-                  popularity: PopularityConfig | None = None, sasrec_model=None,
-                  readers: ReadersConfig | None = None) -> dict[str, CandidateSource]:
-    """The standard set: content, cf, popularity, series, sequence, sasrec, readers and the hybrid.
-
-    The sequence and SASRec sources need an order of events (timestamps or a chronological
-    file): without one (``lib.ordered`` False) they are left out and their fusion weights have
-    nothing to act on. SASRec also needs the model trained at ingest (``sasrec_model``).
-    """
-    fusion = fusion or FusionConfig()
-    cf = cf or CFConfig()
-    sequence = sequence or SequenceConfig()
-    srcs: dict[str, CandidateSource] = {
-        "content": ContentSource(lib, profile, embed_query, store),
-        "cf": CFSource(lib, cf.model, cf.params, cf.max_ease_items, fitted=cf_model,
-                       half_life_events=(cf.half_life_events or None) if lib.ordered else None, liked_boost=cf.liked_boost),
-        "popularity": PopularitySource(lib, (popularity or PopularityConfig()).damping),
-        "series": SeriesSource(lib),
-    }
-    if lib.ordered and fusion.weights.get("sequence", 0) > 0:
-        srcs["sequence"] = SequenceSource(lib, sequence.window, sequence.norm, sequence.last, sequence.half_life)
-    if lib.ordered and sasrec_model is not None:
-        from .sasrec_source import SASRecSource
-
-        srcs["sasrec"] = SASRecSource(lib, sasrec_model)
-    if lib.R.shape[0] > 1:
-        from .readers import ReadersSource
-
-        srcs["readers"] = ReadersSource(lib, readers, profile, store)
-    srcs["hybrid"] = HybridSource(lib, {n: s for n, s in srcs.items()}, fusion.weights, fusion.rrf_k, fusion.depth,
-                                  fusion.method)
-    return srcs
+    return build(lib, settings, **kwargs)

@@ -285,7 +285,8 @@ def test_tuned_config_makes_the_live_hybrid_rank_as_eval_did(sample_run):
     """`OUT/tuned-config.toml` + the live source builder reproduce eval's hybrid rankings exactly."""
     from eval.runner import EvalConfig, prepare
     from retrieval.config import Settings
-    from retrieval.sources import build_sources
+    from retrieval.ranking import rank
+    from retrieval.registry import build_sources
 
     out, _ = sample_run
     settings = Settings.load(config_file=out / "tuned-config.toml", env={})
@@ -296,13 +297,12 @@ def test_tuned_config_makes_the_live_hybrid_rank_as_eval_did(sample_run):
     cfg = EvalConfig(dataset=str(SAMPLE), users=300, seed=7, quick=True, cache_dir=str(CACHE), progress=False,
                      verbose=False)
     prep = prepare(cfg, settings)
-    live = build_sources(prep.lib, settings.fusion, settings.cf, settings.profile, sequence=settings.sequence,
-                         popularity=settings.popularity)["hybrid"]
+    live = build_sources(prep.lib, settings)["hybrid"]
     want = {x["user_id"]: x["rankings"]["hybrid"] for x in _lines(out / "rankings.jsonl")}
     ctxs = prep.main[:80]
-    idx, valid = top_k_matrix(live.score_batch(ctxs), live.exclude_mask(ctxs), 20)
-    for c, row, ok in zip(ctxs, idx, valid):
-        assert [prep.lib.books[j].book_id for j in row[ok]] == want[c.user_id], c.user_id
+    # the product's rank path (exclusions, series order, top k), batched as eval ranks
+    for c, r in zip(ctxs, rank(live, ctxs, 20)):
+        assert r.book_ids(prep.lib) == want[c.user_id], c.user_id
     # and one reader through the chat/CLI path (candidates with evidence), not just the batch scorer
     c = ctxs[0]
     assert [x.book_id for x in live.candidates(c, 10)] == want[c.user_id][:10]

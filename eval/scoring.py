@@ -1,0 +1,236 @@
+"""Scoring: rank the full catalog for every test reader through the product's rank path, then
+compute metrics, bootstrap summaries, paired tests, ablations and the 10% bar.
+
+Rankings come from :func:`retrieval.ranking.rank_matrix`, the same call the live ``recommend``
+makes: readnext's own models (the hybrid, its ablations, the LLM stage's head) rank with the
+series reading order; the published peers rank as published (exclusions and top-k only).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from retrieval.library import Library
+from retrieval.ranking import rank_matrix
+from retrieval.sources import CandidateSource, HybridSource
+from retrieval.types import UserContext
+
+from .metrics import ACCURACY_METRICS, BEYOND_METRICS, RunResult, evaluate_rankings, rank_scores
+from .models import SINGLE_MODELS
+from .protocol import EvalConfig, Prepared, chunk_size, clean
+from .stats import paired_test, summarize
+
+def exclude_rows(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
+    m = np.zeros((len(ctxs), lib.n_items), dtype=bool)
+    for i, c in enumerate(ctxs):
+        m[i, [lib.index[r.book_id] for r in c.history if r.book_id in lib.index]] = True
+    return m
+
+
+def rank_rows(lib: Library, S: np.ndarray, ctxs: Sequence[UserContext], k: int,
+               series_order: bool = False) -> list[list[str]]:
+    idx, valid, _ = rank_matrix(lib, S, ctxs, k, series_order=series_order)
+    ids = [b.book_id for b in lib.books]
+    return [[ids[j] for j in row[ok]] for row, ok in zip(idx, valid)]
+
+
+@dataclass
+class Sampler:
+    """Per-reader candidate sets for the opt-in sampled protocol: relevant + N random negatives."""
+
+    lib: Library
+    n_neg: int
+    seed: int
+    test_items: dict[str, set[str]]
+    cands: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def candidates(self, ctx: UserContext, relevant: set[str]) -> np.ndarray:
+        if ctx.user_id not in self.cands:
+            lib = self.lib
+            seen = {lib.index[r.book_id] for r in ctx.history if r.book_id in lib.index}
+            seen |= {lib.index[b] for b in self.test_items.get(ctx.user_id, ()) if b in lib.index}
+            pool = np.setdiff1d(np.arange(lib.n_items), np.fromiter(seen, dtype=np.int64, count=len(seen)))
+            rng = np.random.default_rng([self.seed, 3, abs(_hash_str(ctx.user_id))])
+            neg = rng.choice(pool, size=min(self.n_neg, len(pool)), replace=False) if len(pool) else pool
+            pos = np.array([lib.index[b] for b in relevant if b in lib.index], dtype=np.int64)
+            self.cands[ctx.user_id] = np.unique(np.concatenate([pos, neg.astype(np.int64)]))
+        return self.cands[ctx.user_id]
+
+    def rank(self, ctx: UserContext, relevant: set[str], scores: np.ndarray, k: int) -> list[str]:
+        c = self.candidates(ctx, relevant)
+        order = rank_scores(scores[c], None, k)
+        return [self.lib.books[c[i]].book_id for i in order]
+
+
+def _hash_str(s: str) -> int:
+    """A stable (process-independent) 63-bit hash of a string, for per-reader seeds."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha1(s.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def _chunks(ctxs: Sequence[UserContext], size: int) -> Iterator[Sequence[UserContext]]:
+    for s in range(0, len(ctxs), size):
+        yield ctxs[s : s + size]
+
+
+@dataclass
+class Run:
+    """One model's rankings (main and cold slices), sampled rankings and timings."""
+
+    main: dict[str, list[str]] = field(default_factory=dict)
+    cold: dict[str, list[str]] = field(default_factory=dict)
+    sampled: dict[str, list[str]] = field(default_factory=dict)
+    fit_s: float = 0.0
+    score_s: float = 0.0
+
+
+def score_model(model: CandidateSource, prep: Prepared, kmax: int, sampler: Sampler | None, progress: bool,
+                 desc: str, extra=None, series_order: bool = False) -> Run:
+    """Rank the full catalog for every main and cold reader through the product's rank path
+    (:func:`retrieval.ranking.rank_matrix`; ``series_order`` for readnext's own models);
+    ``extra(chunk, per_source, S, slice)`` lets the hybrid reuse its per-source matrices for ablations."""
+    run = Run()
+    t = time.perf_counter()
+    size = chunk_size(prep.lib.n_items)
+    n = len(prep.main) + len(prep.cold)
+    bar = tqdm(total=n, desc=desc, unit="reader", disable=not progress, leave=False)
+    for slice_name, ctxs, rel, out in (("main", prep.main, prep.main_rel, run.main),
+                                       ("cold", prep.cold, prep.cold_rel, run.cold)):
+        for chunk in _chunks(ctxs, size):
+            per = model.source_scores(chunk) if extra is not None else None
+            S = model.fuse(per, chunk) if per is not None else model.score_batch(chunk)
+            for c, ranking in zip(chunk, rank_rows(prep.lib, S, chunk, kmax, series_order)):
+                out[c.user_id] = ranking
+            if sampler is not None and slice_name == "main":
+                for i, c in enumerate(chunk):
+                    run.sampled[c.user_id] = sampler.rank(c, rel[c.user_id], S[i], kmax)
+            if extra is not None:
+                extra(chunk, per, S, slice_name)
+            bar.update(len(chunk))
+    bar.close()
+    run.score_s = time.perf_counter() - t
+    return run
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def metrics_of(rankings: Mapping[str, list[str]], relevant: Mapping[str, set[str]], lib: Library,
+             ks: Sequence[int]) -> RunResult:
+    pop = pd.Series(lib.pop_count.astype(np.float64), index=pd.Index([b.book_id for b in lib.books], dtype=object))
+    return evaluate_rankings(rankings, relevant, ks, item_pop=pop, n_users=max(1, lib.R.shape[0]),
+                             n_items=lib.n_items, item_vectors=(lib.vectors, lib.index))
+
+
+def metric_keys(ks: Sequence[int]) -> list[str]:
+    """The contractual metric keys of ``metrics.json``, grouped by K."""
+    return [f"{m}@{k}" for k in ks for m in (*ACCURACY_METRICS, *BEYOND_METRICS)]
+
+
+def summary(res: RunResult, ks: Sequence[int], cfg: EvalConfig) -> dict[str, dict[str, float | None]]:
+    s = summarize(res, n_boot=cfg.n_boot, seed=cfg.seed, keys=[k for k in metric_keys(ks) if k in res])
+    return {k: {f: clean(v) for f, v in d.items()} for k, d in s.items()}
+
+
+def paired(a: RunResult, b: RunResult, key: str, cfg: EvalConfig) -> dict[str, Any]:
+    """Paired test on the users both results share (same order by construction)."""
+    pos = {u: i for i, u in enumerate(b.users)}
+    common = [u for u in a.users if u in pos]
+    ia = {u: i for i, u in enumerate(a.users)}
+    x = np.asarray(a[key])[[ia[u] for u in common]]
+    y = np.asarray(b[key])[[pos[u] for u in common]]
+    t = paired_test(x, y, seed=cfg.seed, n_boot=cfg.n_boot)
+    base = float(np.nanmean(y)) if len(y) else math.nan
+    return clean({"n": t.n, "mean_a": float(np.nanmean(x)) if len(x) else math.nan, "mean_b": base,
+                   "mean_diff": t.mean_diff, "ci_low": t.ci_low, "ci_high": t.ci_high,
+                   "relative": t.mean_diff / base if base else math.nan,
+                   "p_value": t.p_value, "p_ttest": t.p_ttest, "exact": t.exact})
+
+
+def ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
+                   prep: Prepared, kmax: int, fitted: Mapping[str, CandidateSource], seed: int):
+    """Ablations of the tuned hybrid, fused from the same per-source matrices (nothing re-tuned).
+
+    Returns ``(hook, rankings, cold)``: the hook (for :func:`score_model`) fills
+    ``rankings[variant]`` for the main slice and ``cold[variant]`` (the "without a source"
+    variants) for the cold-start slice. Variants: each weighted source dropped, the CF source alone, the sequence
+    source alone, the plain (unweighted) CF user vector, the hybrid without the series reading
+    order (what the rank path's series rule changes), and the shipped defaults: what
+    ``readnext ingest`` + ``recommend`` build on this training data with default settings
+    (:func:`retrieval.registry.build_sources`, its own CF fit), so the report shows how far the
+    untuned product is from the tuned hybrid. Every variant but the one without it ranks with
+    the series order, as the product does.
+    """
+    from retrieval.registry import build_sources
+    from retrieval.sources import CFSource
+
+    weights = dict(params["weights"])
+    cf = hybrid.sources["cf"]
+    plain = CFSource(prep.lib, cf.model_name, None, fitted=cf.model, max_ease_items=10**9)  # type: ignore[attr-defined]
+    # the product's defaults with the SASRec this training split gets at ingest (same default config)
+    sas = getattr(fitted.get("sasrec"), "model", None)
+    shipped = build_sources(prep.lib, fitted={"sasrec": sas} if sas is not None else None)["hybrid"]
+    variants: dict[str, Any] = {}
+    for n, w in weights.items():
+        if w > 0 and n != "cf":
+            variants[f"hybrid without {n}"] = {**weights, n: 0.0}
+    variants["cf source alone (tuned user vector)"] = {"cf": 1.0}
+    if weights.get("sequence", 0) > 0:
+        variants["sequence source alone"] = {"sequence": 1.0}
+    if weights.get("sasrec", 0) > 0 and weights.get("readers", 0) > 0:
+        variants["hybrid without sasrec and readers"] = {**weights, "sasrec": 0.0, "readers": 0.0}
+    if getattr(cf, "weighted", False):
+        variants["hybrid with a plain CF user vector"] = "plain"
+    variants["hybrid without the series reading order"] = "no-series-order"
+    variants["shipped defaults (readnext's default settings, untuned)"] = "shipped"
+    out: dict[str, dict[str, list[str]]] = {n: {} for n in variants}
+    cold: dict[str, dict[str, list[str]]] = {n: {} for n in variants if n.startswith("hybrid without")
+                                             and isinstance(variants[n], dict)}
+
+    def hook(chunk, per, S_hybrid, slice_name):
+        if slice_name != "main":
+            for name in cold:  # where few books are known: does a source help new readers?
+                S = hybrid.fuse(per, chunk, weights=variants[name])
+                for c, r in zip(chunk, rank_rows(prep.lib, S, chunk, kmax, True)):
+                    cold[name][c.user_id] = r
+            return
+        for name, w in variants.items():
+            order = True
+            if w == "plain":
+                S = hybrid.fuse({**per, "cf": plain.score_batch(chunk)}, chunk)
+            elif w == "shipped":
+                S = shipped.score_batch(chunk)
+            elif w == "no-series-order":
+                S, order = S_hybrid, False
+            else:
+                S = hybrid.fuse(per, chunk, weights=w)
+            for c, r in zip(chunk, rank_rows(prep.lib, S, chunk, kmax, order)):
+                out[name][c.user_id] = r
+
+    return hook, out, cold
+
+
+def bar_check(models: Mapping[str, Any], ks: Sequence[int]) -> dict[str, Any]:
+    """Does the hybrid beat every single-source model by >= 10% on ndcg@10 (relative)?"""
+    key = f"ndcg@{10 if 10 in ks else ks[0]}"
+    if "hybrid" not in models:
+        return {"metric": key, "met": None, "reason": "hybrid not evaluated"}
+    h = models["hybrid"][key]["mean"]
+    rel = {m: (h / v["mean"] - 1.0 if v["mean"] else None) for m, v in
+           ((m, models[m][key]) for m in SINGLE_MODELS if m in models)}
+    if not rel:
+        return {"metric": key, "met": None, "reason": "no single-source model evaluated"}
+    worst = min(rel, key=lambda m: rel[m] if rel[m] is not None else math.inf)
+    return clean({"metric": key, "threshold": 0.10, "hybrid": h, "relative_gain": rel,
+                   "closest_model": worst, "min_gain": rel[worst],
+                   "met": all(v is not None and v >= 0.10 for v in rel.values())})
+

@@ -1,0 +1,170 @@
+"""The one rank path: scores -> exclusions -> series reading order -> constraints -> top k.
+
+Every ranking a reader sees or eval scores goes through :func:`rank_matrix`: the live
+``Recommender.recommend`` and the chat (one reader, :func:`rank_one`), ``recommend_batch`` and
+``readnext eval`` (thousands, :func:`rank`). The steps, in order:
+
+1. **scores**: the source's scores for every catalog book (``-inf`` = no opinion);
+2. **exclusions**: books the reader rated, and ``ctx.exclude`` (dismissed, "not this one");
+3. **series order**: never volume n > 1 of a strictly ordered series to a reader who has not
+   read volume n-1 -- volume 1 or the next unread one only (:meth:`SeriesIndex.blocked_for`);
+   for every reader, cold readers and request results included;
+4. **constraints** (chat: "more fantasy", "not romance", "shorter"): the scores become a rank
+   score ``1 / (depth + 1 + rank)``, disallowed books are dropped and soft preferences multiply
+   it (z-scores can be negative, so a multiplicative boost needs a positive score: a 1.5x
+   preference lifts a book about ``depth / 2`` places);
+5. **top k**: higher score first, then the lower catalog index (deterministic ties).
+
+Evidence is a separate step after ranking (:meth:`Ranked.candidates`), on the final list only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .constraints import Constraints
+from .fusion import top_k_matrix
+from .library import Library
+from .sources import CandidateSource, exclude_mask
+from .types import Candidate, UserContext
+
+__all__ = ["DEFAULT_DEPTH", "Ranked", "constraint_scores", "rank", "rank_matrix", "rank_one",
+           "series_mask"]
+
+NEG = -np.inf
+DEFAULT_DEPTH = 200  # a non-hybrid source's rank-score depth for constraints (FusionConfig.depth)
+
+
+@dataclass
+class Ranked:
+    """One reader's ranking: catalog item indices best first, and their final scores.
+
+    ``per_source`` keeps the hybrid's component score rows for this reader, so the evidence step
+    does not score twice.
+    """
+
+    ctx: UserContext
+    items: np.ndarray
+    scores: np.ndarray
+    per_source: Mapping[str, np.ndarray] | None = field(default=None, repr=False)
+
+    def book_ids(self, lib: Library) -> list[str]:
+        return [lib.books[i].book_id for i in self.items]
+
+    def candidates(self, source: CandidateSource,
+                   ctx: UserContext | None = None) -> list[Candidate]:
+        """The evidence step: ``Candidate`` (book, score, found-by sources, evidence) per item."""
+        ctx = ctx or self.ctx
+        items = [int(i) for i in self.items]
+        found = source.found_by(ctx, items, self.per_source)
+        evidence = source.evidence_for(ctx, items, found=found)
+        lib = source.lib
+        return [Candidate(lib.books[i].book_id, float(s), "+".join(f), e)
+                for i, s, f, e in zip(items, self.scores, found, evidence)]
+
+
+def series_mask(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
+    """Readers x items: True where a book would skip ahead in a series for that reader."""
+    sidx = lib.series_index
+    mask = np.zeros((len(ctxs), lib.n_items), dtype=bool)
+    if not sidx.info:
+        return mask
+    base = np.zeros(lib.n_items, dtype=bool)
+    base[[lib.index[b] for b in sidx.default_blocked() if b in lib.index]] = True
+    for i, c in enumerate(ctxs):
+        read = [r.book_id for r in c.history]
+        if any(b in sidx.keys for b in read):
+            mask[i, [lib.index[b] for b in sidx.blocked_for(read) if b in lib.index]] = True
+        else:
+            mask[i] = base
+    return mask
+
+
+def constraint_scores(lib: Library, S: np.ndarray, rankable: np.ndarray, constraints: Constraints,
+                      depth: int = DEFAULT_DEPTH) -> np.ndarray:
+    """Rank scores under ``constraints`` (step 4 of the module docstring), readers x items."""
+    allow = np.array([constraints.allows(b) for b in lib.books], dtype=bool)
+    boost = np.array([constraints.boost(b) for b in lib.books], dtype=np.float64)
+    out = np.full(S.shape, NEG)
+    if S.shape[1] == 0:
+        return out
+    idx, valid = top_k_matrix(S, ~rankable, S.shape[1])
+    for r in range(S.shape[0]):
+        order = idx[r][valid[r]]
+        out[r, order] = 1.0 / (depth + 1.0 + np.arange(len(order)))
+    out = np.where(allow[None, :], out * boost[None, :], NEG)
+    return out
+
+
+def rank_matrix(lib: Library, S: np.ndarray, ctxs: Sequence[UserContext], k: int,
+                constraints: Constraints | None = None, series_order: bool = True,
+                depth: int = DEFAULT_DEPTH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 2-5 of the module docstring on a score matrix (readers x items) for ``ctxs``.
+
+    Returns:
+        ``(idx, valid, final)``: the top ``k`` item indices per row, best first; which of them
+        are real (rows with fewer rankable books end early); the scores they were ranked by.
+    """
+    S = np.where(np.isnan(S), NEG, np.asarray(S, dtype=np.float64))
+    blocked = exclude_mask(lib, ctxs)
+    if series_order:
+        blocked |= series_mask(lib, ctxs)
+    if constraints is not None and not constraints.is_empty():
+        S = constraint_scores(lib, S, ~blocked & np.isfinite(S), constraints, depth)
+    idx, valid = top_k_matrix(S, blocked, k)
+    return idx, valid, S
+
+
+def _scores(source: CandidateSource, ctxs: Sequence[UserContext]):
+    """The source's score matrix and, for a hybrid, its per-source matrices (reused later)."""
+    if hasattr(source, "source_scores") and hasattr(source, "fuse"):
+        per = source.source_scores(ctxs)  # type: ignore[attr-defined]
+        return source.fuse(per, ctxs), per  # type: ignore[attr-defined]
+    return source.score_batch(ctxs), None
+
+
+def rank(source: CandidateSource, ctxs: Sequence[UserContext], k: int,
+         constraints: Constraints | None = None, series_order: bool = True,
+         scores: np.ndarray | None = None) -> list[Ranked]:
+    """Rank the catalog for many readers with ``source`` (batched; ``scores`` = precomputed).
+
+    Args:
+        source: any candidate source (the hybrid or a single one).
+        ctxs: the readers.
+        k: how many books per reader.
+        constraints: chat constraints applied to every reader (None: none).
+        series_order: apply the series reading order (the product always does).
+        scores: the source's score matrix for ``ctxs`` when the caller already has it.
+
+    Returns:
+        One :class:`Ranked` per reader, in order.
+    """
+    if not ctxs:
+        return []
+    per = None
+    S = scores if scores is not None else None
+    if S is None:
+        S, per = _scores(source, ctxs)
+    depth = int(getattr(source, "depth", DEFAULT_DEPTH))
+    idx, valid, final = rank_matrix(source.lib, S, ctxs, k, constraints, series_order, depth)
+    out = []
+    for r, c in enumerate(ctxs):
+        items = idx[r][valid[r]].astype(np.int64)
+        rows = {n: m[r] for n, m in per.items()} if per is not None else None
+        out.append(Ranked(c, items, final[r, items], rows))
+    return out
+
+
+def rank_one(source: CandidateSource, ctx: UserContext, k: int,
+             constraints: Constraints | None = None, series_order: bool = True) -> Ranked:
+    """:func:`rank` for one reader (the live path): the same arithmetic, a batch of one."""
+    return rank(source, [ctx], k, constraints, series_order)[0]
+
+
+def ranked_ids(lib: Library, ranked: Sequence[Ranked]) -> dict[Any, list[str]]:
+    """``{user_id: [book ids]}`` of :func:`rank` output (eval's rankings format)."""
+    return {r.ctx.user_id: r.book_ids(lib) for r in ranked}

@@ -1,0 +1,217 @@
+"""The one registry of candidate sources: names, config sections, and the factory.
+
+Every source is listed once, in :data:`SOURCES`, with
+
+* ``section``: the :class:`~retrieval.config.Settings` attribute holding its config dataclass
+  (defaults in code, ``[section]`` in the TOML, ``READNEXT_<SECTION>_<KEY>`` env vars), which the
+  source validates on construction;
+* ``build(lib, config, deps)``: the factory (``deps`` carries what some sources need beyond the
+  Library: the query embedder, the Chroma store, a model fitted at ingest, a seed);
+* ``needs_order``: the source only makes sense when the ratings carry an event order;
+* ``optional``: built only when the fusion gives it a weight (costly to build, no standalone use).
+
+:func:`build_sources` builds the product's set (``Recommender``) and eval's (``eval.models``)
+from the same specs, so a source added here is served, tuned, ablated and contract-tested
+(``tests/test_sources.py`` runs against every name in :func:`source_names`) without another list
+to update. To add one: write the source (a :class:`~retrieval.sources.CandidateSource`), its
+config dataclass in ``retrieval.config`` (with a ``validate``; add it to ``Settings``), a
+``SourceSpec`` below, and a fusion weight default if it should be on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import (
+    CFConfig,
+    FusionConfig,
+    PopularityConfig,
+    ProfileConfig,
+    ReadersConfig,
+    SASRecConfig,
+    SequenceConfig,
+    SeriesConfig,
+)
+from .library import Library
+
+__all__ = ["BuildDeps", "SOURCES", "SourceSpec", "build_hybrid", "build_source", "build_sources",
+           "section_configs", "source_names"]
+
+
+@dataclass(frozen=True)
+class BuildDeps:
+    """What a source factory may need besides the Library and its config.
+
+    ``fitted`` maps a source name to a model already fitted on this Library (the CF model the
+    ingest saved, or one eval fitted while tuning) so it is not fitted twice.
+    """
+
+    embed_query: Callable[[str], Any] | None = None
+    store: Any = None
+    fitted: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    # how histories become taste vectors (the readers source's neighbours); build_sources fills
+    # it from the content source's ProfileConfig, the settings ingest wrote Chroma `users` with
+    profile: Any = None
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One registered candidate source (see the module docstring)."""
+
+    name: str
+    section: str
+    config: type
+    build: Callable[[Library, Any, BuildDeps], Any]
+    needs_order: bool = False
+    optional: bool = False
+    summary: str = ""
+    needs_fitted: bool = False  # needs a model trained at ingest (``deps.fitted[name]``)
+
+    def available(self, lib: Library) -> str | None:
+        """``None`` when the source can be built on ``lib``, else why not (one line)."""
+        if self.needs_order and not lib.ordered:
+            return (f"{self.name}: the ratings carry no event order "
+                    "(no timestamps, no documented row order)")
+        return None
+
+
+def _content(lib: Library, cfg: ProfileConfig, deps: BuildDeps):
+    from .sources import ContentSource
+
+    return ContentSource(lib, cfg, deps.embed_query, deps.store)
+
+
+def _cf(lib: Library, cfg: CFConfig, deps: BuildDeps):
+    from .sources import CFSource
+
+    # Without an order "recent" means nothing: the row's recency half-life needs ordered data.
+    if not lib.ordered and cfg.half_life_events:
+        cfg = dataclasses.replace(cfg, half_life_events=None)
+    return CFSource(lib, fitted=deps.fitted.get("cf"), config=cfg)
+
+
+def _popularity(lib: Library, cfg: PopularityConfig, deps: BuildDeps):
+    from .sources import PopularitySource
+
+    return PopularitySource(lib, config=cfg)
+
+
+def _series(lib: Library, cfg: SeriesConfig, deps: BuildDeps):
+    from .sources import SeriesSource
+
+    return SeriesSource(lib, config=cfg)
+
+
+def _sequence(lib: Library, cfg: SequenceConfig, deps: BuildDeps):
+    from .sources import SequenceSource
+
+    return SequenceSource(lib, config=cfg)
+
+
+def _sasrec(lib: Library, cfg: SASRecConfig, deps: BuildDeps):
+    from .sasrec_source import SASRecSource
+
+    model = deps.fitted.get("sasrec")
+    if model is None:
+        raise ValueError("sasrec: no trained model (SASRec is trained at `readnext ingest` on ordered data; "
+                         "re-ingest, or set sasrec.enabled and check the data has an order)")
+    cfg.validate("sasrec")
+    return SASRecSource(lib, getattr(model, "model", model))
+
+
+def _readers(lib: Library, cfg: ReadersConfig, deps: BuildDeps):
+    from .readers import ReadersSource
+
+    cfg.validate("readers")
+    return ReadersSource(lib, cfg, deps.profile or ProfileConfig(), deps.store)
+
+
+SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
+    SourceSpec("content", "profile", ProfileConfig, _content,
+               summary="embedding similarity of the reader's profile (and request) to each book"),
+    SourceSpec("cf", "cf", CFConfig, _cf,
+               summary="collaborative filtering (EASE, ALS, item-kNN, BPR), weighted row"),
+    SourceSpec("popularity", "popularity", PopularityConfig, _popularity,
+               summary="most-rated books, damped mean rating as a tie-breaker"),
+    SourceSpec("series", "series", SeriesConfig, _series,
+               summary="the next unread volume of each series the reader liked"),
+    SourceSpec("sequence", "sequence", SequenceConfig, _sequence, needs_order=True, optional=True,
+               summary="what readers rated next after the reader's latest books"),
+    SourceSpec("sasrec", "sasrec", SASRecConfig, _sasrec, needs_order=True, optional=True, needs_fitted=True,
+               summary="SASRec self-attention over the reading order (trained at ingest)"),
+    SourceSpec("readers", "readers", ReadersConfig, _readers,
+               summary="books rated by the readers whose taste vector is closest (Chroma `users`)"),
+)}
+
+
+def source_names() -> tuple[str, ...]:
+    """Every registered source name, in registry order (the hybrid is not one of them)."""
+    return tuple(SOURCES)
+
+
+def section_configs(settings: Any = None) -> dict[str, Any]:
+    """``{source name: its config}`` from a ``Settings`` (or defaults for each, when None)."""
+    return {n: (getattr(settings, s.section) if settings is not None else s.config())
+            for n, s in SOURCES.items()}
+
+
+def build_source(name: str, lib: Library, config: Any = None, deps: BuildDeps | None = None):
+    """Build registered source ``name`` on ``lib`` with ``config`` (its dataclass; None = defaults).
+
+    Raises ``ValueError`` for an unknown name, a config of the wrong type, a bad value, or a
+    source that cannot run on this data (see :meth:`SourceSpec.available`).
+    """
+    spec = SOURCES.get(name)
+    if spec is None:
+        raise ValueError(f"unknown source {name!r}; sources are {', '.join(SOURCES)}")
+    cfg = spec.config() if config is None else config
+    if not isinstance(cfg, spec.config):
+        raise ValueError(f"source {name}: config must be a {spec.config.__name__}, "
+                         f"got {type(cfg).__name__}")
+    why = spec.available(lib)
+    if why:
+        raise ValueError(why)
+    src = spec.build(lib, cfg, deps or BuildDeps())
+    src.name = name
+    return src
+
+
+def build_hybrid(lib: Library, sources: Mapping[str, Any], fusion: FusionConfig | None = None):
+    """The hybrid over ``sources`` with ``fusion`` (weights, method, rrf_k, depth)."""
+    from .sources import HybridSource
+
+    f = fusion or FusionConfig()
+    weights = {n: w for n, w in f.weights.items() if n in sources}
+    h = HybridSource(lib, sources, weights, f.rrf_k, f.depth, f.method)
+    h.name = "hybrid"
+    return h
+
+
+def build_sources(lib: Library, settings: Any = None, *, configs: Mapping[str, Any] | None = None,
+                  fusion: FusionConfig | None = None, deps: BuildDeps | None = None,
+                  embed_query=None, store=None, fitted: Mapping[str, Any] | None = None,
+                  seed: int = 0) -> dict[str, Any]:
+    """Every source that applies to ``lib``, and ``"hybrid"`` fusing them: the product's and eval's.
+
+    Configs come from ``configs`` (by source name), else ``settings`` (a ``Settings``), else the
+    defaults; ``fusion`` likewise. A source that needs an event order is left out on data without
+    one; an ``optional`` source is built only when the fusion weights it.
+    """
+    fusion = fusion or (settings.fusion if settings is not None else FusionConfig())
+    cfgs = {**section_configs(settings), **dict(configs or {})}
+    deps = deps or BuildDeps(embed_query, store, dict(fitted or {}), seed)
+    if deps.profile is None:
+        deps = dataclasses.replace(deps, profile=cfgs["content"])
+    srcs: dict[str, Any] = {}
+    for name, spec in SOURCES.items():
+        if spec.available(lib) is not None or (spec.optional and fusion.weights.get(name, 0) <= 0):
+            continue
+        if spec.needs_fitted and deps.fitted.get(name) is None:
+            continue  # nothing trained at ingest (older index, disabled): the fusion does without
+        srcs[name] = build_source(name, lib, cfgs[name], deps)
+    srcs["hybrid"] = build_hybrid(lib, srcs, fusion)
+    return srcs
