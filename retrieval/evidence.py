@@ -186,16 +186,20 @@ def _verify_readers(lib: Library, item: int, ev: Evidence, history: Sequence[Rat
     if not ev.neighbours:
         return False
     from .readers import reader_index
+
+    indexes = list((lib.__dict__.get("_reader_index") or {}).values()) or [reader_index(lib)]
+    return any(_near(idx, ids, ev.neighbours, history) for idx in indexes)
+
+
+def _near(idx, ids: Sequence[str], neighbours: int, history: Sequence[Rating]) -> bool:
+    """Each of ``ids`` is among the ``neighbours`` (+10% slack) readers nearest to the history."""
     from .types import UserContext
 
-    indexes = lib.__dict__.get("_reader_index") or {}
-    idx = next(iter(indexes.values())) if indexes else reader_index(lib)
     v = idx.taste_vector(UserContext(history=list(history)))
-    if v is None:
+    if v is None or not all(u in idx.pos for u in ids):
         return False
     sims = idx.vectors @ v
     sims = sims[sims < 1.0 - 1e-6]  # the reader's own stored vector is not a neighbour
-    limit = int(ev.neighbours * 1.1) + 1
+    limit = int(neighbours * 1.1) + 1
     cut = np.sort(sims)[::-1][min(limit, len(sims)) - 1] if len(sims) else 1.0
-    return all(float(idx.vectors[idx.pos[u]] @ v) >= cut - 1e-6 for u in ids if u in idx.pos) and \
-        all(u in idx.pos for u in ids)
+    return all(float(idx.vectors[idx.pos[u]] @ v) >= cut - 1e-6 for u in ids)

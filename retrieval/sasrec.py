@@ -272,8 +272,8 @@ def train_sasrec(lib: Library, cfg: SASRecConfig | None = None, progress: bool =
     active = np.flatnonzero(lib.pop_count > 0)
     item_ids = [lib.books[i].book_id for i in active]
     n = len(item_ids)
-    if init is not None and (init.item_ids != item_ids or asdict(init.cfg) != asdict(cfg)):
-        raise ValueError("train_sasrec: init must be a model of the same books and configuration")
+    if init is not None and asdict(init.cfg) != asdict(cfg):
+        raise ValueError("train_sasrec: init must be a model of the same configuration")
     key = _data_key(seqs, cfg, n, shuffle_seed is not None)
     if shuffle_seed is not None:
         key = hashlib.sha256(f"{key}|shuffle={shuffle_seed}".encode()).hexdigest()[:24]
@@ -315,6 +315,19 @@ def _wait_for(lock: Path, cached: Path | None, progress: bool) -> None:
         time.sleep(5)
 
 
+def _warm_start(net, init: SASRecModel, item_ids: list[str]) -> None:
+    """Copy ``init``'s weights; books it did not know keep their fresh random embedding."""
+    torch = _torch()
+    state = {k: v for k, v in init.net.state_dict().items() if k != "item.weight"}
+    net.load_state_dict(state, strict=False)
+    old = init.net.state_dict()["item.weight"]
+    pos = {b: j + 1 for j, b in enumerate(init.item_ids)}
+    with torch.no_grad():
+        for j, b in enumerate(item_ids):
+            if b in pos:
+                net.item.weight[j + 1] = old[pos[b]]
+
+
 def _state_digest(model: SASRecModel) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.net.state_dict().items()):
@@ -354,7 +367,7 @@ def _train(seqs: list[np.ndarray], item_ids: list[str], cfg: SASRecConfig, progr
         torch.manual_seed(cfg.seed)
         net = _build_net(n, cfg)
         if init is not None:
-            net.load_state_dict(init.net.state_dict())
+            _warm_start(net, init, item_ids)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
         lengths = np.array([len(s) for s in train])
         order = np.argsort(lengths, kind="stable")
