@@ -26,6 +26,7 @@ from .llm_stage import llm_stage
 from .metrics import RunResult
 from . import models as _models
 from .models import (
+    CF_MODELS,
     GRIDS,
     ORDERED_MODELS,
     QUICK_GRIDS,
@@ -101,7 +102,13 @@ class _Study:
             pivots = sorted({g["pivot"] for g in grids["content"]})
             days = (90.0, 365.0) if self.cfg.quick else (30.0, 180.0, 730.0)
             grids["content"] = [{"half_life_days": d, "pivot": p} for d in days for p in pivots]
-        need = [m for m in SINGLE_MODELS if m in self.models or "hybrid" in self.models]
+        # the hybrid needs every single model it may fuse; with --models, the CF models it may
+        # pick from are the listed ones (a slow peer left out is left out of the hybrid's choice too)
+        listed = self.cfg.models is not None
+        need = [m for m in SINGLE_MODELS if m in self.models or
+                ("hybrid" in self.models and not (listed and m in CF_MODELS))]
+        if "hybrid" in self.models and not any(m in need for m in CF_MODELS):
+            need.append("ease")
         cache_dir = Path(self.cfg.cache_dir).expanduser() if self.cfg.cache_dir else self.settings.home / "cache"
         _models.SASREC_CACHE.update(dir=cache_dir / "sasrec", progress=self.cfg.progress)
         if self.prep.split.method != "temporal":
