@@ -243,6 +243,9 @@ class ChatConfig:
     # Parse chat intents with the LLM: "auto" = only with a model bigger than the offline 135M one
     # (which produces unusable JSON for this task); "on" / "off" force it.
     llm_intent: str = "auto"
+    # Longest chat message (and `recommend --query`, and any Recommender query) in characters:
+    # a request is a sentence or two; a longer one is refused politely and never echoed back.
+    max_message_chars: int = 1000
 
 
 @dataclass
@@ -318,6 +321,10 @@ class Settings:
                     check(f.name)
                 except ValueError as e:
                     raise ReadnextError(f"{origin}: {e}") from None
+        limit = self.chat.max_message_chars
+        if not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            raise ReadnextError(f"{origin}: chat.max_message_chars must be an integer from 1 to "
+                                f"100000; got {limit!r}")
 
     def _apply(self, data: Mapping[str, Any], origin: str) -> None:
         for key, value in data.items():
