@@ -191,13 +191,15 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
               "hybrid, one source's weight set to 0; p from the paired sign-flip test against the full hybrid.", ""]
         rows = []
         for name, d in sl.items():
+            n = d.get("n_readers")
+            if not isinstance(n, int):  # older metrics.json: the count is the paired tests' n
+                n = next((v["paired_vs_hybrid"].get("n") for v in d.values()
+                          if isinstance(v, dict) and "paired_vs_hybrid" in v), None)
             for variant, v in d.items():
-                if variant == "readers" and not isinstance(v, dict):
-                    continue
                 if not isinstance(v, dict):
                     continue
                 pv = v.get("paired_vs_hybrid", {})
-                rows.append([name.replace("_", " "), _num(d.get("readers")), variant, _num(v.get("mean")),
+                rows.append([name.replace("_", " "), _num(n), variant, _num(v.get("mean")),
                              f"[{_num(v.get('ci_low'))}, {_num(v.get('ci_high'))}]",
                              _pct(pv.get("relative")) if pv else "", _num(pv.get("p_value"), 4) if pv else ""])
         L += _table(["slice", "readers", "model", "ndcg@10", "95% CI", "hybrid vs this", "p"], rows) + [""]

@@ -228,7 +228,7 @@ class _Study:
                 continue
             rel = {u: rel_all[u] for u in sorted(users)}
             base = metrics_of({u: full[u] for u in rel}, rel, prep.lib, self.ks)
-            rows: dict[str, Any] = {"readers": len(rel), "hybrid": summary(base, self.ks, cfg).get(key)}
+            rows: dict[str, Any] = {"n_readers": len(rel), "hybrid": summary(base, self.ks, cfg).get(key)}
             for name in [n for n in self.ablation_cold if n.startswith("hybrid without")]:
                 rk = {**self.ablation_runs.get(name, {}), **self.ablation_cold[name]}
                 res = metrics_of({u: rk[u] for u in rel if u in rk}, rel, prep.lib, self.ks)

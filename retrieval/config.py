@@ -72,13 +72,14 @@ class FusionConfig:
     """How the hybrid fuses its candidate sources (see ``retrieval.fusion``).
 
     Defaults are the values ``readnext eval`` chose on goodbooks' validation split
-    (``eval/results/goodbooks-partial/report.md``); ``readnext eval`` writes the values it tunes
+    (``eval/results/goodbooks-partial-sequential/report.md``, with SASRec; readers-like-you got weight 0); ``readnext eval`` writes the values it tunes
     for any dataset to ``OUT/tuned-config.toml``, ready to use as a config file.
     """
 
     method: str = "score"  # score (weighted per-reader z-scores) | rrf (weighted reciprocal-rank fusion)
     weights: dict[str, float] = field(
-        default_factory=lambda: {"cf": 1.0, "content": 0.2, "popularity": 0.05, "series": 3.0, "sequence": 0.35}
+        default_factory=lambda: {"cf": 1.0, "content": 0.75, "popularity": 0.2, "series": 5.0, "sequence": 0.35,
+                                 "sasrec": 5.0}
     )
     rrf_k: float = 60.0
     depth: int = 200  # how deep each source's ranking is read (rrf; and which sources "found" a book)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from retrieval.config import Settings
 
-TUNED = Path(__file__).resolve().parents[1] / "eval" / "results" / "goodbooks-partial" / "tuned-config.toml"
+TUNED = Path(__file__).resolve().parents[1] / "eval" / "results" / "goodbooks-partial-sequential" / "tuned-config.toml"
 
 
 def test_defaults_equal_the_committed_goodbooks_tuning():
@@ -16,8 +16,9 @@ def test_defaults_equal_the_committed_goodbooks_tuning():
     assert shipped.fusion.method == tuned.fusion.method
     assert {n: w for n, w in shipped.fusion.weights.items() if w > 0} == \
         {n: w for n, w in tuned.fusion.weights.items() if w > 0}
-    for section in ("sequence", "readers", "sasrec", "popularity"):
+    for section in ("sequence", "sasrec"):
         assert dataclasses.asdict(getattr(shipped, section)) == dataclasses.asdict(getattr(tuned, section)), section
     assert (shipped.cf.half_life_events or 0.0) == (tuned.cf.half_life_events or 0.0)
     assert shipped.cf.liked_boost == tuned.cf.liked_boost
-    assert shipped.cf.params == tuned.cf.params
+    # not defaults: cf.params (l2 fits EASE only; `auto` picks item-kNN on big catalogs),
+    # [profile] and [popularity] (measured: the shipped-defaults row of the report)
