@@ -163,7 +163,9 @@ class SASRecModel:
     """
 
     def __init__(self, net, cfg: SASRecConfig, item_ids: list[str], report: TrainReport | None = None) -> None:
-        self.net = net.eval()
+        # scored in float64: a reader's scores alone and in a batch agree to ~1e-12 (float32
+        # batched matmuls differ from single ones by ~1e-6, enough to swap near-ties)
+        self.net = net.eval().double()
         self.cfg = cfg
         self.item_ids = list(item_ids)
         self.report = report or TrainReport()
@@ -185,7 +187,7 @@ class SASRecModel:
                 # always padded to max_len: a reader scores the same alone and in a batch
                 X = torch.from_numpy(_pad_left(part, L))
                 h = self.net(X)[:, -1]
-                S = self.net.logits(h).double().numpy()
+                S = self.net.logits(h).numpy()
                 has = np.array([len(p) > 0 for p in part])
                 out[s:s + len(part)][has] = S[has]
         return out
