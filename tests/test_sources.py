@@ -78,8 +78,10 @@ def test_batch_scores_equal_single_scores(name, world):
     for i, c in enumerate(readers):
         one = src.score(c)
         np.testing.assert_array_equal(np.isfinite(one), np.isfinite(S[i]))
+        # atol 1e-5: the hybrid sums z-scores of float32 sources with weights up to 5 (sasrec,
+        # series), so float32 batch-vs-single noise (~1e-7 relative) reaches ~2e-6 absolute
         np.testing.assert_allclose(one[np.isfinite(one)], S[i][np.isfinite(S[i])],
-                                   rtol=1e-5, atol=1e-6)
+                                   rtol=1e-5, atol=1e-5)
     batched = rank(src, readers, 20)
     for c, r in zip(readers, batched):
         assert rank_one(src, c, 20).items.tolist() == r.items.tolist()
