@@ -27,6 +27,11 @@ HELP = ("Ask me **what should I read next?**, or: *something like Dune but short
         "*tell me more about #1*, *I've read #3*, *not interested in #2*. "
         "Use 👍 / 👎 / read it / not interested on the cards to teach me your taste.")
 
+# "what are readers like me reading?": the readers-like-you source (nearest readers by taste)
+_READERS_LIKE_ME_RE = re.compile(
+    r"\b(?:readers?|people|others|folks)\s+(?:(?:just|a\s+bit)\s+)?(?:like\s+me|similar\s+to\s+me|with\s+my\s+taste"
+    r"|who\s+(?:read|like|love)\s+what\s+i\s+(?:read|like|love))\b", re.IGNORECASE)
+
 
 @dataclass
 class ChatState:
@@ -127,6 +132,8 @@ class ChatEngine:
             msg += f" I could not find {shown}{more} in this catalog."
         if genres:
             msg += " Genres: " + ", ".join(genres) + "."
+        if ids:
+            msg += " Ask *what are readers like me reading?* to see what the readers closest to your taste rated."
         return st, msg
 
     def onboard(self, name: str | None, loved: str = "",
@@ -201,6 +208,10 @@ class ChatEngine:
             return
         llm = self.rec.llm
         turn = llm.for_turn() if hasattr(llm, "for_turn") else None  # one LLM budget for the turn
+        if _READERS_LIKE_ME_RE.search(message):
+            st.query, st.ref_book, st.constraints = None, None, {}
+            yield from self._recommend(st, Constraints(), source="readers", turn=turn)
+            return
         intent = self.parse(message, st, turn)
         if intent.kind in ("help", "greeting"):
             yield Reply(("Hello! " if intent.kind == "greeting" else "") + HELP, state=st)
@@ -229,16 +240,24 @@ class ChatEngine:
         st.constraints = asdict(req.constraints)
         yield from self._recommend(st, req.constraints, turn=turn)
 
-    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = (), turn: Any = None
-                   ) -> Iterator[Reply]:
+    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = (), turn: Any = None,
+                   source: str = "hybrid") -> Iterator[Reply]:
         if st.user_id is None:
             st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
             st.guest = True
             self.rec.feedback.add_reader(self.rec.dataset, st.user_id, "chat")
+        if source == "readers" and (source not in self.rec.sources or not self.rec.history(st.user_id)):
+            yield Reply("To find readers like you I need a few books you loved first: tell me some titles "
+                        "(*I loved Dune and Emma*) or rate the cards.", state=st)
+            return
         if st.ref_book and st.ref_book not in self.rec.books:
             st.ref_book = None
-        req = RequestState(st.query, c, st.ref_book)
-        res = recommend_request(self.rec, req, st.user_id, self.k, exclude=exclude)
+        if source == "readers":
+            res = self.rec.recommend_full(user_id=st.user_id, k=self.k, constraints=c, exclude=exclude,
+                                          source=source)
+        else:
+            req = RequestState(st.query, c, st.ref_book)
+            res = recommend_request(self.rec, req, st.user_id, self.k, exclude=exclude)
         st.recs = [r.book_id for r in res.items]
         if not res.items:
             yield Reply("Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",

@@ -90,14 +90,37 @@ def _rec_text(items, notes) -> str:
     return "\n".join(lines)
 
 
+def _parse_history(text: str, rec) -> list[tuple[str, float, float]]:
+    """``--history "id:5,id:4"`` -> [(book_id, rating, order)], with a clear error on a bad item."""
+    out = []
+    for i, part in enumerate(p.strip() for p in text.split(",") if p.strip()):
+        book, sep, rating = part.rpartition(":")
+        try:
+            r = float(rating) if sep else 5.0
+        except ValueError:
+            raise ReadnextError(f"--history item {i + 1} ({part[:40]!r}): the rating after ':' must be a number "
+                                "1-5, e.g. 2767052:5") from None
+        book = book if sep else part
+        if not 1 <= r <= 5:
+            raise ReadnextError(f"--history item {i + 1} ({part[:40]!r}): ratings go from 1 to 5")
+        if book not in rec.books:
+            raise ReadnextError(f"--history item {i + 1}: no book with id {book[:40]!r} in this index; "
+                                "book ids are in `readnext history --json` and the dataset's books file")
+        out.append((book, r, float(i)))
+    if not out:
+        raise ReadnextError("--history is empty: give BOOK_ID:RATING,... (e.g. 2767052:5,3:4)")
+    return out
+
+
 def cmd_recommend(args) -> int:
-    if not args.user and not args.query:
-        raise ReadnextError("give --user ID and/or --query TEXT")
+    if not args.user and not args.query and not getattr(args, "history", None):
+        raise ReadnextError("give --user ID, --history BOOK_ID:RATING,... and/or --query TEXT")
     rec = _open(args)
+    history = _parse_history(args.history, rec) if getattr(args, "history", None) else None
     explain = args.explain_llm if args.explain_llm is not None else (
         rec.settings.llm.explain_top if args.rerank == "llm" or args.llm else 0)
     understood = None
-    if args.query and args.source == "hybrid":
+    if args.query and args.source == "hybrid" and history is None:
         # The same request understanding as the chat (assistant.intent): tags, authors,
         # years, "like X", negations -> constraints, lexical + dense retrieval, anchors.
         from .intent import describe_request, follow_up, intent_parser, recommend_request
@@ -120,10 +143,11 @@ def cmd_recommend(args) -> int:
         if understood["text"]:
             res.notes.insert(0, f"understood: {understood['text']} ({parser.last_source})")
     else:
-        res = rec.recommend_full(user_id=args.user, query=args.query, k=args.k, source=args.source,
-                                 rerank=args.rerank, explain_llm=explain)
+        res = rec.recommend_full(user_id=args.user, history=history, query=args.query, k=args.k,
+                                 source=args.source, rerank=args.rerank, explain_llm=explain)
     obj = {"user_id": args.user, "query": args.query, "source": args.source, "rerank": args.rerank,
            "understood": understood,
+           "history": [{"book_id": b, "rating": r} for b, r, _ in history] if history else None,
            "items": [r.to_dict() for r in res.items], "notes": res.notes, "timings_ms": res.timings_ms}
     _print(args, obj, _rec_text(res.items, res.notes))
     return 0
@@ -232,7 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     from retrieval.registry import source_names
 
     a.add_argument("--source", default="hybrid", choices=["hybrid", *source_names()],
-                   help="candidate source (sequence: only for data with an order of events)")
+                   help="candidate source (sequence, sasrec: only for data with an order of events; "
+                        "readers: books rated by the readers whose taste is closest)")
+    a.add_argument("--history", help="ad hoc reader: BOOK_ID:RATING,... oldest first (e.g. a new reader's "
+                                     "loved books), alone or added to --user's")
     a.add_argument("--rerank", choices=["llm"], help="rerank the top candidates with the LLM")
     a.add_argument("--llm", help="LLM backend: none | local | HF model id or path | http://host:port/v1")
     a.add_argument("--llm-model", help="model name for an endpoint backend")

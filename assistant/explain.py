@@ -49,6 +49,10 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
         pct = f"{round((e.share or 0) * 100)}%"
         return (f"{pct} of the {e.count} readers who liked {_title(books, e.book_ids[0])} "
                 f"gave it 4★ or more ({e.value:.1f}★ on average).")
+    if e.kind == "readers_like_you":
+        of = f" of the {e.neighbours}" if e.neighbours else ""
+        return (f"{e.count}{of} readers whose taste is closest to yours rated it {e.value:.1f}★ on average "
+                f"({round((e.share or 0) * 100)}% gave 4★ or more).")
     if e.kind == "popular":
         return f"It is widely read here: {e.count} ratings averaging {e.value:.1f}★."
     if e.kind == "series_next":

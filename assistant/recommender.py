@@ -98,7 +98,7 @@ class Recommender:
         # does never depends on whether something else touched `self.store` first.
         self.sources: dict[str, CandidateSource] = build_sources(
             self.lib, settings, embed_query=self._embed_query, store=_LazyStore(self),
-            fitted={"cf": index.cf_model()}, seed=settings.seed)
+            fitted={"cf": index.cf_model(), "sasrec": index.sasrec_model()}, seed=settings.seed)
         self._llm_spec = llm if llm is not None else settings.llm.backend
         self._llm = None
         self._llm_lock = threading.Lock()
@@ -379,6 +379,9 @@ class Recommender:
         i = self.lib.index[book_id]
         own = self._own_verdict(user_id, book_id, ctx)
         hybrid = self.sources["hybrid"]
+        if own is not None:  # a book is never its own reason: judge it against the reader's other books
+            ctx = UserContext(ctx.user_id, [r for r in ctx.history if r.book_id != book_id], ctx.query,
+                              ctx.exclude, ctx.to_read)
         per = {n: s.score(ctx) for n, s in hybrid.sources.items()}  # type: ignore[attr-defined]
         found = hybrid.found_by(ctx, [i], per)
         ev_ctx, ev_found = ctx, found
@@ -388,7 +391,7 @@ class Recommender:
         evidence = hybrid.evidence_for(ev_ctx, [i], found=ev_found)[0]
         fused = hybrid.fuse({n: m[None, :] for n, m in per.items()}, [ctx])[0]  # type: ignore[attr-defined]
         score = float(fused[i]) if np.isfinite(fused[i]) else 0.0
-        rec = self._to_rec(Candidate(book_id, score, "+".join(found[0]), evidence), ctx, rank=0)
+        rec = self._to_rec(Candidate(book_id, score, "+".join(found[0]) or "none", evidence), ctx, rank=0)
         if own is not None:
             rec.explanation = own
             return rec  # no LLM praise for a book the reader already judged

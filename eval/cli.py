@@ -97,6 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "instead of the ranking study; uses --dataset (default: the demo), --users, --seed, "
                         "--llm (adds LLM intent parsing beside rules), --out")
     p.add_argument("--turns", type=_positive, default=5, help="conversation turns per reader (default 5)")
+    p.add_argument("--no-sasrec-shuffled", action="store_true",
+                   help="skip the SASRec shuffled-order control (one more training)")
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -135,7 +137,8 @@ def config_from_args(args: argparse.Namespace):
         llm_explain=args.llm_explain, sampled=args.sampled, relevant=args.relevant, catalog=args.catalog,
         explain_users=args.explain_users, val_users=args.val_users, n_boot=args.n_boot,
         min_item_ratings=args.min_item_ratings, min_user_ratings=args.min_user_ratings, cache_dir=args.cache_dir,
-        progress=not (args.no_progress or getattr(args, "json", False)), verbose=not getattr(args, "json", False),
+        progress=not (args.no_progress or getattr(args, "json", False)), sasrec_shuffled=not args.no_sasrec_shuffled,
+        verbose=not getattr(args, "json", False),
         command=_command(args),
     )
 

@@ -20,7 +20,18 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from retrieval.config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, SequenceConfig
+import numpy as np
+import scipy.sparse as sp
+
+from retrieval.config import (
+    CFConfig,
+    FusionConfig,
+    PopularityConfig,
+    ProfileConfig,
+    ReadersConfig,
+    SASRecConfig,
+    SequenceConfig,
+)
 from retrieval.library import Library
 from retrieval.registry import SOURCES, BuildDeps, build_source, section_configs, source_names
 from retrieval.registry import build_hybrid as registry_hybrid
@@ -40,9 +51,21 @@ __all__ = [
     "tuned_config_toml",
 ]
 
-SINGLE_MODELS = ("popularity", "itemknn", "als", "bpr", "ease", "content")
+SINGLE_MODELS = ("popularity", "itemknn", "als", "bpr", "ease", "content", "userknn", "readers", "sasrec")
 CF_MODELS = ("itemknn", "als", "bpr", "ease")
 ALL_MODELS = (*SINGLE_MODELS, "hybrid", "hybrid+llm")
+# Models that need an order of events (skipped, with the reason, on data without one).
+ORDERED_MODELS = ("sasrec",)
+# Where trained SASRec models are cached (content-addressed by data + config; set by the study).
+SASREC_CACHE: dict[str, Any] = {"dir": None, "progress": True}
+# The test-split SASRec warm-starts from the validation-split one (same config), which saw all
+# but the last 20% of each training history: a few epochs on the whole split refit it, where a
+# cold start would take dozens (minutes each on 2 shared cores).
+SASREC_WARM_EPOCHS = 10
+# The shuffled-order control trains from scratch on the validation split within this budget and
+# is compared with the ordered model's validation curve at the same epochs (and on test).
+SASREC_SHUFFLED_EPOCHS = 15
+_PROFILE_KEYS = ("half_life_events", "half_life_days", "pivot")
 # The hybrid's sources are the registry's (retrieval.registry.source_names()), not a list here.
 
 # Hyper-parameter grids, searched exhaustively on the validation split (best ndcg@10).
@@ -58,6 +81,13 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "bpr": [{"factors": f, "learning_rate": lr, "regularization": 0.01, "iterations": 100}
             for f in (128, 256, 512) for lr in (0.1, 0.2)],
     "content": [{"half_life_events": h, "pivot": p} for h in (1.0, 2.0, 5.0, 20.0) for p in (2.5, 3.5)],
+    "userknn": [{"neighbours": k, "shrink": s, "centred_weight": c}
+                for k in (25, 50, 100, 200) for s in (0.0, 10.0) for c in (0.0, 0.5)],
+    "readers": [{"neighbours": k, "shrinkage": 2.0, "centred_weight": c}
+                for k in (25, 50, 100, 200) for c in (0.0, 0.2, 1.0)],
+    # One point: each costs a full training (~40 epochs; most of a minute each on 2 shared
+    # cores). The configuration of issue #13's check; training early-stops on its own validation.
+    "sasrec": [{}],
 }
 # --quick: two or three points per model, so the whole study runs in a couple of minutes.
 QUICK_GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -67,6 +97,9 @@ QUICK_GRIDS: dict[str, list[dict[str, Any]]] = {
     "als": [{"factors": 32, "regularization": r, "alpha": 10.0, "iterations": 8} for r in (10.0, 50.0)],
     "bpr": [{"factors": 32, "learning_rate": 0.05, "regularization": 0.01, "iterations": 30}],
     "content": [{"half_life_events": h, "pivot": 2.5} for h in (5.0, 40.0)],
+    "userknn": [{"neighbours": k, "shrink": 10.0, "centred_weight": 0.0} for k in (50, 200)],
+    "readers": [{"neighbours": k, "shrinkage": 2.0, "centred_weight": 0.2} for k in (50, 200)],
+    "sasrec": [{"max_epochs": 30}],
 }
 
 
@@ -87,12 +120,36 @@ def _cf_params(name: str, params: Mapping[str, Any], seed: int) -> dict[str, Any
     return p
 
 
-def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 0) -> CandidateSource:
+def _readers_configs(p: Mapping[str, Any]) -> tuple[ReadersConfig, ProfileConfig]:
+    prof = ProfileConfig(**{k: float(v) for k, v in p.items() if k in _PROFILE_KEYS})
+    return ReadersConfig(**{k: v for k, v in p.items() if k not in _PROFILE_KEYS}), prof
+
+
+def train_sasrec_model(lib: Library, params: Mapping[str, Any], init: Any = None):
+    """Train (or load from :data:`SASREC_CACHE`) the SASRec of grid point ``params`` on ``lib``."""
+    from retrieval.sasrec import train_sasrec
+
+    p = dict(params)
+    shuffle = p.pop("shuffled_seed", None)
+    start = getattr(init, "model", init)
+    return train_sasrec(lib, SASRecConfig(**p), progress=bool(SASREC_CACHE["progress"]),
+                        cache_dir=SASREC_CACHE["dir"], shuffle_seed=shuffle,
+                        desc="train sasrec" + (" (shuffled)" if shuffle is not None else
+                                               " (warm start)" if start is not None else ""),
+                        init=start, max_epochs=(SASREC_WARM_EPOCHS if start is not None else
+                                                SASREC_SHUFFLED_EPOCHS if shuffle is not None else None))
+
+
+def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 0,
+                init: CandidateSource | None = None) -> CandidateSource:
     """A single-source model ``name`` (one of :data:`SINGLE_MODELS`) fitted on ``lib``.
 
     ``params`` is one point of the model's grid; ALS and BPR also get ``seed``. Built by the
     registry's factory (:func:`retrieval.registry.build_source`), as the product builds sources;
-    a CF peer scores the plain confidence row (no recency weighting), as published.
+    a CF peer scores the plain confidence row (no recency weighting), as published. ``init``
+    (SASRec only) warm-starts from an already trained model of the same configuration, with at
+    most :data:`SASREC_WARM_EPOCHS` epochs (early stop as usual). ``userknn`` is an eval peer
+    only (the textbook method the readers source is compared with), not a product source.
     """
     if name == "popularity":
         src = build_source("popularity", lib, PopularityConfig(damping=float(params.get("damping", 20.0))))
@@ -102,6 +159,18 @@ def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 
         cfg = CFConfig(model=name, params=_cf_params(name, params, seed), max_ease_items=10**9,
                        half_life_events=None, liked_boost=0.0)
         src = build_source("cf", lib, cfg)
+    elif name == "userknn":
+        from retrieval.readers import UserKNNSource
+
+        src = UserKNNSource(lib, int(params.get("neighbours", 50)), float(params.get("shrink", 10.0)),
+                            float(params.get("centred_weight", 0.2)))
+    elif name == "readers":
+        rcfg, prof = _readers_configs(params)
+        src = build_source("readers", lib, rcfg, BuildDeps(profile=prof))
+    elif name == "sasrec":
+        p = {k: v for k, v in params.items() if k != "shuffled_seed"}
+        model = train_sasrec_model(lib, params, init)
+        src = build_source("sasrec", lib, SASRecConfig(**p), BuildDeps(fitted={"sasrec": model}))
     else:
         raise ValueError(f"build_model: unknown model {name!r}; choose one of {', '.join(SINGLE_MODELS)}")
     src.name = name
@@ -128,6 +197,10 @@ def hybrid_configs(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, A
         configs["popularity"] = PopularityConfig(damping=float(tuned["popularity"]["damping"]))
     if params.get("sequence"):
         configs["sequence"] = SequenceConfig(**params["sequence"])
+    if "readers" in tuned:
+        configs["readers"], _ = _readers_configs(tuned["readers"])
+    if "sasrec" in tuned:
+        configs["sasrec"] = SASRecConfig(**tuned["sasrec"])
     # the hybrid ignores weights of sources it does not have (no sequence variant chosen)
     fusion = FusionConfig(method=params.get("method", "score"),
                           weights={n: float(w) for n, w in params.get("weights", {"cf": 1.0}).items()},
@@ -145,7 +218,10 @@ def hybrid_sources(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, 
     """
     configs, _ = hybrid_configs(params, tuned, seed)
     pre = (fitted or {}).get(params["cf_model"])
-    deps = BuildDeps(fitted={"cf": getattr(pre, "model", None)}, seed=seed)
+    sas = (fitted or {}).get("sasrec")
+    prof = _readers_configs(tuned["readers"])[1] if "readers" in tuned else None
+    deps = BuildDeps(fitted={"cf": getattr(pre, "model", None), "sasrec": getattr(sas, "model", None)},
+                     seed=seed, profile=prof)
     # every source on (weight 1) so each gets built; the weights that count are the fusion's
     on = FusionConfig(weights={n: 1.0 for n in source_names() if n != "sequence" or params.get("sequence")})
     srcs = registry_sources(lib, configs=configs, fusion=on, deps=deps)

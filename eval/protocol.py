@@ -64,6 +64,7 @@ class EvalConfig:
     holdout: float = 0.2
     cold_threshold: int = 5
     explain_users: int = 200
+    sasrec_shuffled: bool = True  # also train SASRec on shuffled sequences (the order-matters control)
     val_users: int | None = None  # cap on validation readers (default 3000, quick 600)
     n_boot: int = 1000
     catalog: str = "rated"  # rated: books with >= 1 rating in the data; all: every catalog book

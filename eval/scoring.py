@@ -161,8 +161,9 @@ def ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mappin
                    prep: Prepared, kmax: int, fitted: Mapping[str, CandidateSource], seed: int):
     """Ablations of the tuned hybrid, fused from the same per-source matrices (nothing re-tuned).
 
-    Returns ``(hook, rankings)``: the hook (for :func:`score_model`) fills ``rankings[variant]``
-    for the main slice. Variants: each weighted source dropped, the CF source alone, the sequence
+    Returns ``(hook, rankings, cold)``: the hook (for :func:`score_model`) fills
+    ``rankings[variant]`` for the main slice and ``cold[variant]`` (the "without a source"
+    variants) for the cold-start slice. Variants: each weighted source dropped, the CF source alone, the sequence
     source alone, the plain (unweighted) CF user vector, the hybrid without the series reading
     order (what the rank path's series rule changes), and the shipped defaults: what
     ``readnext ingest`` + ``recommend`` build on this training data with default settings
@@ -176,7 +177,9 @@ def ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mappin
     cf = hybrid.sources["cf"]
     plain_cfg = dataclasses.replace(cf.config, half_life_events=None, liked_boost=0.0)
     plain = build_source("cf", prep.lib, plain_cfg, BuildDeps(fitted={"cf": cf.model}))  # type: ignore[attr-defined]
-    shipped = build_sources(prep.lib)["hybrid"]
+    # the product's defaults with the SASRec this training split gets at ingest (same default config)
+    sas = getattr(fitted.get("sasrec"), "model", None)
+    shipped = build_sources(prep.lib, fitted={"sasrec": sas} if sas is not None else None)["hybrid"]
     variants: dict[str, Any] = {}
     for n, w in weights.items():
         if w > 0 and n != "cf":
@@ -184,14 +187,22 @@ def ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mappin
     variants["cf source alone (tuned user vector)"] = {"cf": 1.0}
     if weights.get("sequence", 0) > 0:
         variants["sequence source alone"] = {"sequence": 1.0}
+    if weights.get("sasrec", 0) > 0 and weights.get("readers", 0) > 0:
+        variants["hybrid without sasrec and readers"] = {**weights, "sasrec": 0.0, "readers": 0.0}
     if getattr(cf, "weighted", False):
         variants["hybrid with a plain CF user vector"] = "plain"
     variants["hybrid without the series reading order"] = "no-series-order"
     variants["shipped defaults (readnext's default settings, untuned)"] = "shipped"
     out: dict[str, dict[str, list[str]]] = {n: {} for n in variants}
+    cold: dict[str, dict[str, list[str]]] = {n: {} for n in variants if n.startswith("hybrid without")
+                                             and isinstance(variants[n], dict)}
 
     def hook(chunk, per, S_hybrid, slice_name):
         if slice_name != "main":
+            for name in cold:  # where few books are known: does a source help new readers?
+                S = hybrid.fuse(per, chunk, weights=variants[name])
+                for c, r in zip(chunk, rank_rows(prep.lib, S, chunk, kmax, True)):
+                    cold[name][c.user_id] = r
             return
         for name, w in variants.items():
             order = True
@@ -206,7 +217,7 @@ def ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mappin
             for c, r in zip(chunk, rank_rows(prep.lib, S, chunk, kmax, order)):
                 out[name][c.user_id] = r
 
-    return hook, out
+    return hook, out, cold
 
 
 def bar_check(models: Mapping[str, Any], ks: Sequence[int]) -> dict[str, Any]:

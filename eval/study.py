@@ -24,7 +24,18 @@ from retrieval.sources import CandidateSource, HybridSource
 from .faithfulness import faithfulness
 from .llm_stage import llm_stage
 from .metrics import RunResult
-from .models import GRIDS, QUICK_GRIDS, SINGLE_MODELS, build_hybrid, build_model, tuned_config_toml
+from . import models as _models
+from .models import (
+    CF_MODELS,
+    GRIDS,
+    ORDERED_MODELS,
+    QUICK_GRIDS,
+    SASREC_SHUFFLED_EPOCHS,
+    SINGLE_MODELS,
+    build_hybrid,
+    build_model,
+    tuned_config_toml,
+)
 from .protocol import KRICHENE_RENDLE, SAMPLED_WARNING, EvalConfig, Prepared, clean, prepare, protocol_dict, tuning_set
 from .provenance import command_line, hardware
 from .scoring import Run, Sampler, ablation_hook, bar_check, metrics_of, paired, score_model, summary
@@ -56,6 +67,8 @@ class _Study:
         self.runs: dict[str, Run] = {}
         self.hybrid: HybridSource | None = None
         self.ablation_runs: dict[str, dict[str, list[str]]] = {}
+        self.ablation_cold: dict[str, dict[str, list[str]]] = {}
+        self.sasrec_info: dict[str, Any] = {}
         self.llm_info: dict[str, Any] | None = None
         self.sampler: Sampler | None = None
 
@@ -89,7 +102,22 @@ class _Study:
             pivots = sorted({g["pivot"] for g in grids["content"]})
             days = (90.0, 365.0) if self.cfg.quick else (30.0, 180.0, 730.0)
             grids["content"] = [{"half_life_days": d, "pivot": p} for d in days for p in pivots]
-        need = [m for m in SINGLE_MODELS if m in self.models or "hybrid" in self.models]
+        # the hybrid needs every single model it may fuse; with --models, the CF models it may
+        # pick from are the listed ones (a slow peer left out is left out of the hybrid's choice too)
+        listed = self.cfg.models is not None
+        need = [m for m in SINGLE_MODELS if m in self.models or
+                ("hybrid" in self.models and not (listed and m in CF_MODELS))]
+        if "hybrid" in self.models and not any(m in need for m in CF_MODELS):
+            need.append("ease")
+        cache_dir = Path(self.cfg.cache_dir).expanduser() if self.cfg.cache_dir else self.settings.home / "cache"
+        _models.SASREC_CACHE.update(dir=cache_dir / "sasrec", progress=self.cfg.progress)
+        if self.prep.split.method != "temporal":
+            for m in ORDERED_MODELS:
+                if m in need:
+                    need.remove(m)
+                    self.skipped[m] = ("skipped: the data has no order of events (no timestamps, no documented "
+                                       "chronological file), and this model learns from the order")
+                    self.notes.append(f"{m} {self.skipped[m]}")
         limit = self.settings.cf.max_ease_items
         if self.prep.lib.n_items > limit and "ease" in need:
             need.remove("ease")
@@ -97,6 +125,10 @@ class _Study:
                                     f"{limit:,} (cf.max_ease_items: its dense item x item inverse would not fit)")
             self.notes.append(f"ease {self.skipped['ease']}")
         for m in need:
+            if m == "readers" and "content" in self.tuned:
+                # the readers' taste vectors are the profiles the content source uses (what ingest
+                # writes to Chroma `users` with the same [profile] settings)
+                grids[m] = [{**g, **self.tuned["content"].best} for g in grids[m]]
             self.log(f"tuning {m} ({len(grids[m])} grid points, {len(self.ts):,} validation readers)")
             self.tuned[m] = tune_single(m, grids[m], self.ts, self.cfg.seed, self.cfg.progress)
             self.runtime["tuning"][m] = round(self.tuned[m].seconds, 2)
@@ -119,7 +151,8 @@ class _Study:
         for m in [m for m in SINGLE_MODELS if m in self.tuned]:
             self.log(f"fitting and ranking {m}")
             t = time.perf_counter()
-            self.fitted[m] = build_model(m, prep.lib, self.tuned[m].best, cfg.seed)
+            init = self.tuned[m].model if m == "sasrec" else None  # warm start from the validation fit
+            self.fitted[m] = build_model(m, prep.lib, self.tuned[m].best, cfg.seed, init=init)
             fit_s[m] = time.perf_counter() - t
             if m in self.models:
                 self.runs[m] = score_model(self.fitted[m], prep, self.kmax, self.sampler, cfg.progress, f"rank {m}")
@@ -131,10 +164,12 @@ class _Study:
             self.hybrid = build_hybrid(prep.lib, best, tuned, cfg.seed, self.fitted)
             reused = sum(fit_s.get(n, 0.0) for n in ("content", "popularity", best["cf_model"]))
             own = time.perf_counter() - t
-            hook, self.ablation_runs = ablation_hook(self.hybrid, best, tuned, prep, self.kmax, self.fitted, cfg.seed)
+            hook, self.ablation_runs, self.ablation_cold = ablation_hook(self.hybrid, best, tuned, prep, self.kmax,
+                                                                         self.fitted, cfg.seed)
             self.runs["hybrid"] = score_model(self.hybrid, prep, self.kmax, self.sampler, cfg.progress,
                                               "rank hybrid", hook, series_order=True)
             self.runs["hybrid"].fit_s = own + reused
+        self._sasrec_checks()
         if "hybrid+llm" in self.models and self.hybrid is not None and self.hybrid_tuned is not None:
             self.log(f"hybrid+llm: LLM reranking for {cfg.llm_users} validation and {cfg.llm_users} test readers")
             t = time.perf_counter()
@@ -149,6 +184,62 @@ class _Study:
         for m in self.models:
             if m not in self.runs and m not in self.skipped:
                 self.skipped[m] = next((n for n in self.notes if n.startswith(m)), "skipped")
+
+    def _sasrec_checks(self) -> None:
+        """SASRec's training record and the shuffled-order control (does the order carry signal?)."""
+        cfg, prep = self.cfg, self.prep
+        if "sasrec" not in self.fitted:
+            return
+        val_model = getattr(self.tuned["sasrec"].model, "model", None)
+        self.sasrec_info = {"validation_fit": val_model.report.to_dict() if val_model is not None else None,
+                            "test_fit": self.fitted["sasrec"].model.report.to_dict(),  # type: ignore[attr-defined]
+                            "config": self.tuned["sasrec"].best}
+        if not cfg.sasrec_shuffled:
+            return
+        self.log("SASRec trained on per-reader shuffled sequences (the order-matters control)")
+        t = time.perf_counter()
+        # on the validation split, so its curve compares epoch by epoch with the ordered model's
+        shuf = build_model("sasrec", self.ts.lib, {**self.tuned["sasrec"].best, "shuffled_seed": cfg.seed}, cfg.seed)
+        run = score_model(shuf, prep, self.kmax, None, cfg.progress, "rank sasrec (shuffled)")
+        self.ablation_runs["sasrec alone, trained on per-reader shuffled sequences (validation split, "
+                           f"<= {SASREC_SHUFFLED_EPOCHS} epochs)"] = run.main
+        if self.tuned["sasrec"].model is not None:
+            ordered = score_model(self.tuned["sasrec"].model, prep, self.kmax, None, cfg.progress, "rank sasrec (val)")
+            self.ablation_runs["sasrec alone, validation-split fit (ordered; before the warm-start refit)"] = \
+                ordered.main
+        self.sasrec_info["shuffled_fit"] = shuf.model.report.to_dict()  # type: ignore[attr-defined]
+        self.sasrec_info["shuffled_s"] = round(time.perf_counter() - t, 2)
+
+    def _ablation_slices(self, results: Mapping[str, RunResult]) -> dict[str, Any]:
+        """The hybrid with and without each source where readers have little history.
+
+        Slices: the cold-start slice (< ``cold_threshold`` training ratings) and "onboarding"
+        readers with 3-5 training books (a new reader who named a few loved books), drawn from
+        both the main and the cold slice. Paired tests against the full hybrid.
+        """
+        cfg, prep, key = self.cfg, self.prep, self.key10
+        rel_all = {**prep.main_rel, **prep.cold_rel}
+        n_books = {c.user_id: len(c.history) for c in (*prep.main, *prep.cold)}
+        onboard = {u for u, n in n_books.items() if 3 <= n <= 5}
+        full = {**self.runs["hybrid"].main, **self.runs["hybrid"].cold}
+        out: dict[str, Any] = {}
+        for slice_name, users in (("cold_start", set(prep.cold_rel)), ("onboarding_3_5_books", onboard)):
+            if not users:
+                continue
+            rel = {u: rel_all[u] for u in sorted(users)}
+            base = metrics_of({u: full[u] for u in rel}, rel, prep.lib, self.ks)
+            rows: dict[str, Any] = {"n_readers": len(rel), "hybrid": summary(base, self.ks, cfg).get(key)}
+            for name in [n for n in self.ablation_cold if n.startswith("hybrid without")]:
+                rk = {**self.ablation_runs.get(name, {}), **self.ablation_cold[name]}
+                res = metrics_of({u: rk[u] for u in rel if u in rk}, rel, prep.lib, self.ks)
+                rows[name] = {**(summary(res, self.ks, cfg).get(key) or {}),
+                              "paired_vs_hybrid": paired(base, res, key, cfg)}
+            for m in ("readers", "userknn", "sasrec", "ease", "popularity"):
+                if m in self.runs:
+                    rk = {**self.runs[m].main, **self.runs[m].cold}
+                    rows[m] = summary(metrics_of({u: rk[u] for u in rel}, rel, prep.lib, self.ks), self.ks, cfg).get(key)
+            out[slice_name] = clean(rows)
+        return out
 
     def score(self) -> dict[str, Any]:
         """Metrics with bootstrap CIs per slice, paired tests, ablations and sampled metrics."""
@@ -177,13 +268,17 @@ class _Study:
             res = metrics_of(rk, prep.main_rel, prep.lib, ks)
             keys = [k for k in (self.key10, f"recall@{self.kmax}") if k in res]
             ablation[name] = clean(summarize(res, n_boot=cfg.n_boot, seed=cfg.seed, keys=keys))
+        slices = self._ablation_slices(results) if "hybrid" in self.runs else {}
         out: dict[str, Any] = {
             "models": models,
             "cold_start": {"threshold": cfg.cold_threshold, "readers": len(prep.cold), "models": cold},
             "significance": {"metric": self.key10, "comparisons": comparisons},
             "ablation": ablation,
+            "ablation_slices": slices,
             "bar": bar_check(models, ks),
         }
+        if self.sasrec_info:
+            out["sasrec"] = self.sasrec_info
         if self.sampler is not None:
             out["sampled"] = {"negatives": int(cfg.sampled or 0), "warning": SAMPLED_WARNING,
                               "reference": KRICHENE_RENDLE,

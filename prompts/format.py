@@ -85,6 +85,9 @@ def format_evidence(evidence: Sequence[Evidence], books_by_id: Mapping[str, Book
             lines.append(f"- It matches the reader's request {delimit(e.text, 200)}.")
         elif e.kind == "to_read":
             lines.append("- The reader saved it to read later.")
+        elif e.kind == "readers_like_you" and e.count:
+            lines.append(f"- {e.count} of the readers whose taste is closest to the reader's rated it "
+                         f"{e.value:.1f} stars on average.")
         elif e.kind == "anchor" and titles:
             bits = [f"the tags {delimit(', '.join(e.tags))}"] if e.tags else []
             if e.count:

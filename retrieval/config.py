@@ -72,13 +72,14 @@ class FusionConfig:
     """How the hybrid fuses its candidate sources (see ``retrieval.fusion``).
 
     Defaults are the values ``readnext eval`` chose on goodbooks' validation split
-    (``eval/results/goodbooks-partial/report.md``); ``readnext eval`` writes the values it tunes
+    (``eval/results/goodbooks-partial-sequential/report.md``, with SASRec; readers-like-you got weight 0); ``readnext eval`` writes the values it tunes
     for any dataset to ``OUT/tuned-config.toml``, ready to use as a config file.
     """
 
     method: str = "score"  # score (weighted per-reader z-scores) | rrf (weighted reciprocal-rank fusion)
     weights: dict[str, float] = field(
-        default_factory=lambda: {"cf": 1.0, "content": 0.2, "popularity": 0.05, "series": 3.0, "sequence": 0.35}
+        default_factory=lambda: {"cf": 1.0, "content": 0.75, "popularity": 0.2, "series": 5.0, "sequence": 0.35,
+                                 "sasrec": 5.0}
     )
     rrf_k: float = 60.0
     depth: int = 200  # how deep each source's ranking is read (rrf; and which sources "found" a book)
@@ -183,6 +184,62 @@ class RequestConfig:
 
 
 @dataclass
+class SASRecConfig:
+    """The SASRec source (``retrieval.sasrec``): trained at ingest when events are ordered.
+
+    Defaults: the configuration of issue #13's check on goodbooks (2 blocks, hidden 64, 1 head,
+    dropout 0.2, max length 50, Adam 1e-3, batch 128), full cross-entropy over the catalog.
+    """
+
+    enabled: bool = True  # train at ingest (ordered data only)
+    blocks: int = 2
+    hidden: int = 64
+    heads: int = 1
+    dropout: float = 0.2
+    max_len: int = 50
+    lr: float = 1e-3
+    batch_size: int = 128
+    max_epochs: int = 60
+    patience: int = 4  # epochs without a better validation ndcg@10 before stopping
+    val_readers: int = 2000  # readers whose last event is held out for the early stop
+    threads: int = 2  # torch threads while training/scoring (0 = torch's default)
+    seed: int = 0
+
+    def validate(self, where: str = "sasrec") -> None:
+        for k in ("blocks", "hidden", "heads", "batch_size", "max_epochs", "patience", "val_readers"):
+            v = getattr(self, k)
+            _need(isinstance(v, int) and v >= 1, where, f"{k} must be an int >= 1, got {v!r}")
+        _need(self.hidden % self.heads == 0, where, f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        _need(0 <= self.dropout < 1, where, f"dropout must be in [0, 1), got {self.dropout}")
+        _need(isinstance(self.max_len, int) and self.max_len >= 2, where, f"max_len must be an int >= 2, got {self.max_len}")
+        _need(self.lr > 0, where, f"lr must be > 0, got {self.lr}")
+        _need(self.threads >= 0, where, f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+
+
+@dataclass
+class ReadersConfig:
+    """The readers-like-you source (``retrieval.readers``): neighbours by taste vector.
+
+    A book's score is ``support + centred_weight * centred``: ``support`` is the share of the
+    neighbourhood's similarity mass that rated it, ``centred`` the similarity-weighted mean of
+    those neighbours' ratings minus each neighbour's own mean, shrunk toward 0 by ``shrinkage``
+    (so a book two neighbours loved does not outrank one twenty liked).
+    """
+
+    neighbours: int = 100
+    shrinkage: float = 2.0
+    centred_weight: float = 0.2
+    min_similarity: float = 0.0  # neighbours below this cosine are ignored
+
+    def validate(self, where: str = "readers") -> None:
+        _need(isinstance(self.neighbours, int) and self.neighbours >= 1, where,
+              f"neighbours must be an int >= 1, got {self.neighbours!r}")
+        _need(self.shrinkage >= 0, where, f"shrinkage must be >= 0, got {self.shrinkage}")
+        _need(self.centred_weight >= 0, where, f"centred_weight must be >= 0, got {self.centred_weight}")
+        _need(-1 <= self.min_similarity <= 1, where, f"min_similarity must be in [-1, 1], got {self.min_similarity}")
+
+
+@dataclass
 class LLMConfig:
     """The LLM stage: reranking and explanation text."""
 
@@ -236,6 +293,8 @@ class Settings:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
+    readers: ReadersConfig = field(default_factory=ReadersConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
     request: RequestConfig = field(default_factory=RequestConfig)

@@ -160,7 +160,8 @@ def collect(lib: Library, item: int, history: Sequence[Rating], query: str | Non
 # series beats "popular here"), and within a band the numbers decide (a 0.7 cosine beats 0.4,
 # 90% of 40 co-readers beats 61% of 6).
 _BASE = {"series_next": 0.95, "anchor": 0.8, "to_read": 0.85, "same_author": 0.75, "query_match": 0.55,
-         "similar_to": 0.45, "co_readers": 0.5, "shared_tags": 0.3, "popular": 0.1}
+         "similar_to": 0.45, "co_readers": 0.5, "readers_like_you": 0.5, "shared_tags": 0.3,
+         "popular": 0.1}
 
 
 def strength(ev: Evidence) -> float:
@@ -178,7 +179,7 @@ def strength(ev: Evidence) -> float:
         return min(0.9, base + 0.05 * (len(ev.book_ids) - 1))
     if ev.kind == "similar_to":  # cosine SIMILAR_MIN..0.75 -> 0.45..0.85
         return base + 0.4 * float(np.clip((v - SIMILAR_MIN) / (0.75 - SIMILAR_MIN), 0.0, 1.0))
-    if ev.kind == "co_readers":  # share 0.6..1 and more readers -> 0.5..0.85
+    if ev.kind in ("co_readers", "readers_like_you"):  # share 0.6..1 and more readers -> 0.5..0.85
         bound = _wilson_lower(float(ev.share or 0.0), int(ev.count or 0))
         return base + 0.35 * float(np.clip((bound - 0.4) / 0.55, 0.0, 1.0))
     if ev.kind == "shared_tags":  # more shared tags, with more liked books -> 0.3..0.5
@@ -233,6 +234,48 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
         from .anchor import verify_anchor
 
         return verify_anchor(lib, book_id, ev, tol)
+    if ev.kind == "readers_like_you":
+        return _verify_readers(lib, item, ev, history, tol)
     if ev.kind in ("query_match", "to_read"):
         return True  # these restate the reader's own input
     return False
+
+
+def _verify_readers(lib: Library, item: int, ev: Evidence, history: Sequence[Rating], tol: float) -> bool:
+    """The named neighbours rated the book as claimed and are among the reader's nearest by taste.
+
+    Nearness is re-checked against the exact taste vectors of the library's readers (the index
+    the readers source built): each neighbour must rank within the claimed neighbourhood size
+    (plus 10% slack for an approximate Chroma search), the reader themself not counted.
+    """
+    ids = ev.reader_ids
+    if not ids or ev.count != len(ids) or any(u not in lib.user_index for u in ids):
+        return False
+    col = lib.R_csc[:, item]
+    rated = dict(zip(col.indices.tolist(), col.data.tolist()))
+    rows = [lib.user_index[u] for u in ids]
+    if any(r not in rated for r in rows):
+        return False
+    vals = np.array([rated[r] for r in rows])
+    if abs(float(vals.mean()) - (ev.value or 0)) >= tol or abs(float((vals >= LIKED).mean()) - (ev.share or 0)) >= tol:
+        return False
+    if not ev.neighbours:
+        return False
+    from .readers import reader_index
+
+    indexes = list((lib.__dict__.get("_reader_index") or {}).values()) or [reader_index(lib)]
+    return any(_near(idx, ids, ev.neighbours, history) for idx in indexes)
+
+
+def _near(idx, ids: Sequence[str], neighbours: int, history: Sequence[Rating]) -> bool:
+    """Each of ``ids`` is among the ``neighbours`` (+10% slack) readers nearest to the history."""
+    from .types import UserContext
+
+    v = idx.taste_vector(UserContext(history=list(history)))
+    if v is None or not all(u in idx.pos for u in ids):
+        return False
+    sims = idx.vectors @ v
+    sims = sims[sims < 1.0 - 1e-6]  # the reader's own stored vector is not a neighbour
+    limit = int(neighbours * 1.1) + 1
+    cut = np.sort(sims)[::-1][min(limit, len(sims)) - 1] if len(sims) else 1.0
+    return all(float(idx.vectors[idx.pos[u]] @ v) >= cut - 1e-6 for u in ids)

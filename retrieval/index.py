@@ -82,7 +82,7 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
     timings: dict[str, float] = {}
     store = None
     try:
-        steps = tqdm(total=6, desc="ingest", unit="step", disable=not progress)
+        steps = tqdm(total=7, desc="ingest", unit="step", disable=not progress)
 
         def step(label: str, t: float) -> None:
             timings[label] = round(time.perf_counter() - t, 3)
@@ -130,12 +130,16 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
         cf.save(out / "cf.npz")
         step("cf", t)
 
+        t = time.perf_counter()
+        sasrec_info = _train_sasrec(lib, ds, settings, out, progress, quiet)
+        step("sasrec", t)
+
         meta = {
             "schema": SCHEMA, "name": name, "dataset": ds.name, "label": ds.label or ds.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "has_timestamps": ds.has_timestamps,
             "ordered": ds.ordered, "embedder": settings.embedder.model, "dim": int(vectors.shape[1]),
             "cf_model": cf.model_name, "cf_params": getattr(cf.model, "params", {}),
-            "stats": ds.stats(), "notes": ds.notes, "timings_s": timings,
+            "stats": ds.stats(), "notes": ds.notes, "timings_s": timings, "sasrec": sasrec_info,
         }
         _write_atomic(out / "meta.json", json.dumps(meta, indent=2))
         step("meta", t)
@@ -157,6 +161,27 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
             store.close()
         shutil.rmtree(out, ignore_errors=True)
         raise
+
+
+def _train_sasrec(lib: Library, ds: Dataset, settings: Settings, out: Path, progress: bool,
+                  quiet: bool) -> dict:
+    """Train the SASRec source when the events are ordered; say why not otherwise."""
+    cfg = settings.sasrec
+    if not cfg.enabled:
+        return {"trained": False, "reason": "sasrec.enabled is false"}
+    if not ds.ordered:
+        return {"trained": False, "reason": "the ratings carry no order (no timestamps, no documented "
+                                            "chronological file), and SASRec models the order"}
+    if lib.R.shape[0] < 2 or not (lib.pop_count > 0).any():
+        return {"trained": False, "reason": "too few ratings to train on"}
+    from .sasrec import train_sasrec
+
+    model = train_sasrec(lib, cfg, progress=progress, cache_dir=settings.home / "cache" / "sasrec")
+    model.save(out / "sasrec.pt")
+    r = model.report
+    _log(f"sasrec: {r.epochs} epochs (best {r.best_epoch}, validation ndcg@10 {r.best_val_ndcg:.4f}) "
+         f"in {r.seconds:.0f}s" + (" (cached)" if r.from_cache else ""), quiet)
+    return {"trained": True, **r.to_dict()}
 
 
 @dataclass
@@ -201,3 +226,12 @@ class Index:
 
         p = self.path / "cf.npz"
         return ItemScorer.load(p) if p.exists() else None
+
+    def sasrec_model(self):
+        """The SASRec model trained at ingest, or None (unordered data, disabled, older index)."""
+        p = self.path / "sasrec.pt"
+        if not p.exists():
+            return None
+        from .sasrec import SASRecModel
+
+        return SASRecModel.load(p)

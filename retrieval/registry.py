@@ -31,6 +31,8 @@ from .config import (
     PopularityConfig,
     ProfileConfig,
     RequestConfig,
+    ReadersConfig,
+    SASRecConfig,
     SequenceConfig,
     SeriesConfig,
 )
@@ -52,6 +54,9 @@ class BuildDeps:
     store: Any = None
     fitted: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
+    # how histories become taste vectors (the readers source's neighbours); build_sources fills
+    # it from the content source's ProfileConfig, the settings ingest wrote Chroma `users` with
+    profile: Any = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class SourceSpec:
     request_only: bool = False
     # the fusion weight when ``[fusion] weights`` does not name the source (from its config)
     default_weight: Callable[[Any], float] | None = None
+    needs_fitted: bool = False  # needs a model trained at ingest (``deps.fitted[name]``)
 
     def available(self, lib: Library) -> str | None:
         """``None`` when the source can be built on ``lib``, else why not (one line)."""
@@ -123,6 +129,24 @@ def _anchor(lib: Library, cfg: RequestConfig, deps: BuildDeps):
     return AnchorSource(lib)
 
 
+def _sasrec(lib: Library, cfg: SASRecConfig, deps: BuildDeps):
+    from .sasrec_source import SASRecSource
+
+    model = deps.fitted.get("sasrec")
+    if model is None:
+        raise ValueError("sasrec: no trained model (SASRec is trained at `readnext ingest` on ordered data; "
+                         "re-ingest, or set sasrec.enabled and check the data has an order)")
+    cfg.validate("sasrec")
+    return SASRecSource(lib, getattr(model, "model", model))
+
+
+def _readers(lib: Library, cfg: ReadersConfig, deps: BuildDeps):
+    from .readers import ReadersSource
+
+    cfg.validate("readers")
+    return ReadersSource(lib, cfg, deps.profile or ProfileConfig(), deps.store)
+
+
 SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
     SourceSpec("content", "profile", ProfileConfig, _content,
                summary="embedding similarity of the reader's profile (and request) to each book"),
@@ -140,6 +164,10 @@ SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
     SourceSpec("anchor", "request", RequestConfig, _anchor, request_only=True,
                default_weight=lambda c: c.anchor_weight,
                summary='books like the request\'s anchors ("something like X")'),
+    SourceSpec("sasrec", "sasrec", SASRecConfig, _sasrec, needs_order=True, optional=True, needs_fitted=True,
+               summary="SASRec self-attention over the reading order (trained at ingest)"),
+    SourceSpec("readers", "readers", ReadersConfig, _readers,
+               summary="books rated by the readers whose taste vector is closest (Chroma `users`)"),
 )}
 
 
@@ -204,10 +232,14 @@ def build_sources(lib: Library, settings: Any = None, *, configs: Mapping[str, A
             weights.setdefault(name, float(spec.default_weight(cfgs[name])))
     fusion = dataclasses.replace(fusion, weights=weights)
     deps = deps or BuildDeps(embed_query, store, dict(fitted or {}), seed)
+    if deps.profile is None:
+        deps = dataclasses.replace(deps, profile=cfgs["content"])
     srcs: dict[str, Any] = {}
     for name, spec in SOURCES.items():
         if spec.available(lib) is not None or (spec.optional and fusion.weights.get(name, 0) <= 0):
             continue
+        if spec.needs_fitted and deps.fitted.get(name) is None:
+            continue  # nothing trained at ingest (older index, disabled): the fusion does without
         srcs[name] = build_source(name, lib, cfgs[name], deps)
     srcs["hybrid"] = build_hybrid(lib, srcs, fusion)
     return srcs

@@ -597,6 +597,10 @@ class HybridSource(CandidateSource):
 
                 like = [anchor_evidence(self.lib, int(i), a) for a in ctx.anchors]
                 evidence = [e for e in like if e is not None] + evidence
+            for n, src in self.sources.items():  # source-specific facts (readers like you, ...)
+                own = getattr(src, "source_evidence", None)
+                if own is not None and n != "series" and n in f:
+                    evidence = own(ctx, int(i)) + evidence
             out.append(evidence)
         return out
 

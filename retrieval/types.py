@@ -20,6 +20,9 @@ EvidenceKind = Literal[
     "to_read",  # the reader shelved it as to-read
     "anchor",  # like a book the reader asked about: book_ids=[anchor], tags shared, value=cosine,
     #            count/share = readers who liked the anchor and rated this (when favourable)
+    # the reader's nearest readers by taste vector who rated it: count=n of neighbours=size,
+    # value=their mean rating, share=fraction >= 4; reader_ids (internal, never shown) for verify()
+    "readers_like_you",
 ]
 
 
@@ -75,9 +78,13 @@ class Evidence:
     count: int | None = None
     value: float | None = None
     share: float | None = None
+    neighbours: int | None = None
+    # Other readers' ids behind a readers_like_you claim: kept for verify(), never rendered,
+    # serialised or sent to the LLM (a reader's data is theirs).
+    reader_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if v not in (None, (), [])}
+        d = {k: v for k, v in asdict(self).items() if v not in (None, (), []) and k != "reader_ids"}
         for k in ("book_ids", "tags", "authors"):
             if k in d:
                 d[k] = list(d[k])

@@ -34,6 +34,9 @@ def emb_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("emb-cache")
 
 
+_SHORT_SASREC = {"max_epochs": 6, "patience": 2}
+
+
 def _home(tmp_path_factory, name: str, cache: Path) -> Path:
     home = tmp_path_factory.mktemp(name)
     (home / "cache").symlink_to(cache, target_is_directory=True)
@@ -47,7 +50,9 @@ def demo_home(tmp_path_factory, emb_cache) -> Path:
     from retrieval.index import ingest
 
     home = _home(tmp_path_factory, "demo-home", emb_cache)
-    ingest(load_demo(), Settings.load(home=home, env={}), progress=False, quiet=True)
+    # SASRec is trained at ingest; a short training keeps the session fixtures fast (its quality
+    # is tested in test_sasrec.py with a full training)
+    ingest(load_demo(), Settings.load(home=home, env={}, sasrec=_SHORT_SASREC), progress=False, quiet=True)
     return home
 
 
@@ -59,7 +64,8 @@ def gb_home(tmp_path_factory, emb_cache) -> Path:
 
     d = shared("goodbooks-sample")
     home = _home(tmp_path_factory, "gb-home", emb_cache)
-    ingest(load_dataset("goodbooks", directory=d), Settings.load(home=home, env={}), progress=False, quiet=True)
+    ingest(load_dataset("goodbooks", directory=d), Settings.load(home=home, env={}, sasrec=_SHORT_SASREC),
+           progress=False, quiet=True)
     return home
 
 

@@ -34,7 +34,8 @@ def world(demo_home):
     from retrieval.embed import Embedder
 
     emb = Embedder(settings.embedder.model, cache_dir=demo_home / "cache")
-    deps = BuildDeps(embed_query=lambda t: emb.encode([t])[0], fitted={"cf": idx.cf_model()})
+    deps = BuildDeps(embed_query=lambda t: emb.encode([t])[0],
+                     fitted={"cf": idx.cf_model(), "sasrec": idx.sasrec_model()})
     users = lib.user_ids[:: max(1, len(lib.user_ids) // 25)][:25]
     readers = [UserContext(u, lib.history(u)) for u in users]
     first = readers[0]
@@ -78,8 +79,10 @@ def test_batch_scores_equal_single_scores(name, world):
     for i, c in enumerate(readers):
         one = src.score(c)
         np.testing.assert_array_equal(np.isfinite(one), np.isfinite(S[i]))
+        # atol 1e-5: the hybrid sums z-scores of float32 sources with weights up to 5 (sasrec,
+        # series), so float32 batch-vs-single noise (~1e-7 relative) reaches ~2e-6 absolute
         np.testing.assert_allclose(one[np.isfinite(one)], S[i][np.isfinite(S[i])],
-                                   rtol=1e-5, atol=1e-6)
+                                   rtol=1e-5, atol=1e-5)
     batched = rank(src, readers, 20)
     for c, r in zip(readers, batched):
         assert rank_one(src, c, 20).items.tolist() == r.items.tolist()

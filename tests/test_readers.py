@@ -1,0 +1,174 @@
+"""Readers like you (user-based CF on taste vectors) and the classic user-kNN peer, on real indexes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from assistant import Recommender
+from retrieval.config import ProfileConfig, ReadersConfig
+from retrieval.data import load_demo
+from retrieval.evidence import verify
+from retrieval.library import Library
+from retrieval.readers import ReadersSource, UserKNNSource
+from retrieval.types import Evidence, UserContext
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def rec(demo_home):
+    r = Recommender.open(demo_home)
+    yield r
+    r.close()
+
+
+def _readers(rec, n=20):
+    users = sorted(u["user_id"] for u in rec.users() if u["n_ratings"] >= 10)
+    rng = np.random.default_rng(1)
+    return [str(u) for u in rng.choice(users, size=n, replace=False)]
+
+
+def test_stored_reader_gets_books_their_neighbours_rated_with_verified_evidence(rec):
+    u = _readers(rec, 1)[0]
+    recs = rec.recommend(u, k=10, source="readers")
+    assert len(recs) == 10
+    read = {r.book_id for r in rec.history(u)}
+    assert not read & {r.book_id for r in recs}
+    hist = rec.history(u)
+    kinds = [e.kind for r in recs for e in r.evidence]
+    assert "readers_like_you" in kinds
+    for r in recs:
+        for e in r.evidence:
+            if e.kind == "readers_like_you":
+                assert e.count >= 3 and 1.0 <= e.value <= 5.0 and e.neighbours == rec.settings.readers.neighbours
+                assert u not in e.reader_ids  # the reader is never their own neighbour
+                assert verify(rec.lib, r.book_id, e, hist)
+                assert "reader_ids" not in e.to_dict()  # other readers' ids never leave the system
+    assert sum("readers whose taste is closest to yours" in r.explanation for r in recs) >= 5
+
+
+def test_tampered_readers_evidence_fails_verify(rec):
+    u = _readers(rec, 1)[0]
+    hist = rec.history(u)
+    r = next(r for r in rec.recommend(u, k=10, source="readers")
+             if any(e.kind == "readers_like_you" for e in r.evidence))
+    e = next(e for e in r.evidence if e.kind == "readers_like_you")
+    assert verify(rec.lib, r.book_id, e, hist)
+    fields = {k: getattr(e, k) for k in ("count", "value", "share", "neighbours", "reader_ids")}
+    assert not verify(rec.lib, r.book_id, Evidence("readers_like_you", **{**fields, "value": e.value + 0.5}), hist)
+    far = [x for x in rec.lib.user_ids if x not in e.reader_ids and x != u]
+    # readers who did not rate the book, or who are far from this reader, make the claim false
+    assert not verify(rec.lib, r.book_id, Evidence("readers_like_you", **{**fields,
+                                                                          "reader_ids": tuple(far[:e.count])}), hist)
+
+
+def test_live_chroma_path_ranks_as_the_exact_batch_path(rec):
+    """Chroma's HNSW is approximate: the same neighbours (ties aside) and the same top 10 for
+    nearly every reader; the rare miss is a reader with no close neighbours at all."""
+    rec.store  # opens Chroma: the live source now asks the users collection
+    live = rec.sources["readers"]
+    assert live.store is not None
+    exact = ReadersSource(rec.lib, rec.settings.readers, rec.settings.profile)
+    users = _readers(rec, 60)
+    ctxs = [rec.context(u) for u in users]
+    same_top, recall = 0, []
+    for c in ctxs:
+        live._last = None
+        r1, _ = live.neighbours([c])
+        r2, _ = exact.neighbours([c])
+        recall.append(len(set(r1[0].tolist()) & set(r2[0].tolist())) / r2.shape[1])
+        a, b = live.score(c), exact.score(c)
+        excl = live.exclude_idx(c)
+        a[excl] = b[excl] = -np.inf
+        same_top += list(np.argsort(-a, kind="stable")[:10]) == list(np.argsort(-b, kind="stable")[:10])
+    assert np.mean(recall) >= 0.995
+    assert same_top >= 0.95 * len(ctxs)
+
+
+def test_feedback_moves_the_vector_the_next_neighbour_query_uses(rec):
+    src = rec.sources["readers"]
+    books = [b.book_id for b in rec.lib.books]
+    uid = "readers-test-onboarded"  # an onboarded/imported reader: stored only in feedback + Chroma
+    rec.create_reader(uid, [(books[0], 5.0), (books[7], 4.0), (books[19], 5.0)], origin="test")
+    before, _ = src.neighbours([rec.context(uid)])
+    rec.add_feedback(uid, books[300], 5)
+    stored = rec.profile(uid).vector
+    rebuilt = src.taste_vector(rec.context(uid))
+    assert np.allclose(stored, rebuilt, atol=1e-4)
+    # the neighbours the source uses are the ones Chroma returns for the stored (fresh) vector
+    rows, _ = src.neighbours([rec.context(uid)])
+    hits = [x for x, _ in rec.store.query("users", stored, src.cfg.neighbours + 5)
+            if x != uid and x in rec.lib.user_index][: src.cfg.neighbours]
+    assert [rec.lib.user_ids[r] for r in rows[0] if r >= 0] == hits
+    assert rows[0].tolist() != before[0].tolist()  # a new loved book changes who is "like you"
+
+
+def test_new_reader_from_a_few_loved_books(rec):
+    liked = [b.book_id for b in rec.lib.books[:40:10]]  # four books, like an onboarding reader
+    recs = rec.recommend(history=[(b, 5.0) for b in liked], k=5, source="readers")
+    assert len(recs) == 5 and not set(liked) & {r.book_id for r in recs}
+    assert any(e.kind == "readers_like_you" for r in recs for e in r.evidence)
+
+
+def test_cli_recommend_source_readers_for_stored_and_new_readers(demo_home, rec):
+    u = _readers(rec, 1)[0]
+    p = run_cli("recommend", "--user", u, "--source", "readers", "-k", "5", "--json", "--llm", "none",
+                home=demo_home)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert len(out["items"]) == 5 and out["source"] == "readers"
+    books = [b.book_id for b in rec.lib.books[:3]]
+    p = run_cli("recommend", "--history", ",".join(f"{b}:5" for b in books), "--source", "readers", "-k", "5",
+                "--json", "--llm", "none", home=demo_home)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert len(out["items"]) == 5 and not set(books) & {i["book_id"] for i in out["items"]}
+    p = run_cli("recommend", "--history", "no-such-book:5", "--source", "readers", home=demo_home)
+    assert p.returncode != 0 and "no-such-book" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.fixture(scope="module")
+def lib():
+    ds = load_demo()
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(len(ds.books), 16)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return Library(ds.books, vecs, ds.ratings, ds.has_timestamps, None, ds.name, True)
+
+
+@pytest.mark.parametrize("make", [lambda lib: UserKNNSource(lib, 50, 10.0, 0.2),
+                                  lambda lib: ReadersSource(lib, ReadersConfig(neighbours=30), ProfileConfig())])
+def test_user_neighbour_sources_batch_equals_single_and_leave_the_reader_out(lib, make):
+    src = make(lib)
+    users = lib.user_ids[:15]
+    ctxs = [UserContext(u, lib.history(u)) for u in users]
+    B = src.score_batch(ctxs)
+    fresh = make(lib)
+    for i, c in enumerate(ctxs):
+        np.testing.assert_allclose(fresh.score(c), B[i], rtol=1e-6, atol=1e-9)
+    rows, sims = src.neighbours(ctxs)
+    for i, u in enumerate(users):
+        assert lib.user_index[u] not in set(rows[i].tolist())
+        assert np.all(np.diff(sims[i][rows[i] >= 0]) <= 1e-12)  # best first
+    assert np.isfinite(B).any(axis=1).all()
+    assert not np.isfinite(src.score(UserContext("nobody", []))).any()  # no history: no opinion
+
+
+def test_chat_readers_like_me_and_onboarding_use_the_readers_source(rec):
+    from assistant.chat_engine import ChatEngine
+
+    eng = ChatEngine(rec, k=4, llm_picks=0)
+    st, msg = eng.new_reader("readers-test-chat", loved="; ".join(b.title for b in rec.lib.books[100:103]))
+    assert "readers like me" in msg
+    replies = list(eng.respond(st, "What are readers like me reading?"))
+    cards = replies[-1].cards
+    assert len(cards) == 4
+    assert all(c.sources == ["readers"] for c in cards)
+    assert any(e.kind == "readers_like_you" for c in cards for e in c.evidence)
+    assert any("readers whose taste is closest to yours" in c.explanation for c in cards)
+    # a brand-new guest with no books is asked for some first, not shown strangers' picks
+    fresh = list(eng.respond(None, "what are people like me reading"))[-1]
+    assert not fresh.cards and "books you loved" in fresh.text
