@@ -20,6 +20,8 @@ from retrieval.types import Rating
 from .intent import Intent, parse_intent
 from .recommender import Recommendation, Recommender
 
+GUEST_NOTE = ("guest session: nothing is saved (your feedback lives in this session only); "
+              "start as a new reader to keep it")
 HELP = ("Ask me **what should I read next?**, or: *something like Dune but shorter*, *more fantasy*, "
         "*not romance*, *books by Ursula K. Le Guin*, *published after 2000*, *why #2?*, "
         "*tell me more about #1*, *I've read #3*, *not interested in #2*. "
@@ -36,6 +38,9 @@ class ChatState:
     query: str | None = None
     ref_book: str | None = None  # "something like X"
     guest: bool = False
+    # A guest (no reader) is ephemeral: their ratings and dismissals live in this state only.
+    session_ratings: list = field(default_factory=list)  # [[book_id, rating], ...]
+    session_exclude: list = field(default_factory=list)  # book ids dismissed or read
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -270,11 +275,14 @@ class ChatEngine:
         yield from self._recommend(st, c, exclude=[ref] if ref else [])
 
     def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = ()) -> Iterator[Reply]:
-        if st.user_id is None:
-            st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
+        if st.user_id is None:  # an ephemeral guest: nothing is stored, and the notes say so
             st.guest = True
-            self.rec.feedback.add_reader(self.rec.dataset, st.user_id, "chat")
-        res = self.rec.recommend_full(user_id=st.user_id, query=st.query, k=self.k, constraints=c, exclude=exclude)
+            res = self.rec.recommend_full(history=[tuple(x) for x in st.session_ratings] or None, query=st.query,
+                                          k=self.k, constraints=c, exclude=list(exclude) + st.session_exclude)
+            res.notes.append(GUEST_NOTE)
+        else:
+            res = self.rec.recommend_full(user_id=st.user_id, query=st.query, k=self.k, constraints=c,
+                                          exclude=exclude)
         st.recs = [r.book_id for r in res.items]
         if not res.items:
             yield Reply("Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",
@@ -357,10 +365,17 @@ class ChatEngine:
         if book_id not in self.rec.books:
             yield Reply("That card is gone; ask for new recommendations.", state=st)
             return
-        if st.user_id is None:
-            st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
+        if st.user_id is None:  # a guest: kept in the session state only, never stored
+            from retrieval.feedback import normalize_signal
+
+            sig, rating = normalize_signal(signal)
             st.guest = True
-        self.rec.add_feedback(st.user_id, book_id, signal, create_user=True)
+            if sig != "to_read":
+                st.session_exclude = list(dict.fromkeys(st.session_exclude + [book_id]))
+            if rating is not None:
+                st.session_ratings = [x for x in st.session_ratings if x[0] != book_id] + [[book_id, rating]]
+        else:
+            self.rec.add_feedback(st.user_id, book_id, signal)
         title = self.rec.books[book_id].title
         said = {"like": f"Noted: you liked “{title}”.", "dislike": f"Noted: not “{title}”-style books.",
                 "read": f"Noted: you've read “{title}”.", "not_interested": f"OK, “{title}” is off your list.",

@@ -118,6 +118,28 @@ class ChatConfig:
     # Parse chat intents with the LLM: "auto" = only with a model bigger than the offline 135M one
     # (which produces unusable JSON for this task); "on" / "off" force it.
     llm_intent: str = "auto"
+    accounts_file: str | None = None  # default: $READNEXT_HOME/accounts.json (see `readnext accounts`)
+
+
+@dataclass
+class LimitsConfig:
+    """Caps on what one request may ask for (checked in ``assistant.service``)."""
+
+    max_k: int = 50  # recommendations per request
+    max_list: int = 500  # rows in a listing (readers, history)
+    max_import_bytes: int = 5_000_000  # one Goodreads export
+    max_loved: int = 50  # titles in an onboarding request
+    max_message: int = 2000  # characters of one chat message sent to the API
+
+
+@dataclass
+class PrivacyConfig:
+    """What readnext keeps about readers (see docs/privacy.md)."""
+
+    # Request log lines (pseudonymous reader ids) in $READNEXT_HOME/logs/; days kept (0 = no log).
+    log_days: int = 14
+    # Gradio's upload cache: files older than this (seconds) are deleted; imports delete theirs at once.
+    upload_max_age_s: int = 3600
 
 
 @dataclass
@@ -134,6 +156,8 @@ class Settings:
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     @classmethod
     def load(
@@ -188,6 +212,12 @@ class Settings:
         if any(not isinstance(w, (int, float)) or w < 0 for w in f.weights.values()) or \
                 not any(w > 0 for w in f.weights.values()):
             raise ReadnextError(f"{origin}: fusion.weights must be numbers >= 0, at least one > 0; got {f.weights}")
+        for name in ("max_k", "max_list", "max_import_bytes", "max_loved", "max_message"):
+            v = getattr(self.limits, name)
+            if not isinstance(v, int) or v < 1:
+                raise ReadnextError(f"{origin}: limits.{name} must be an integer >= 1; got {v!r}")
+        if self.privacy.log_days < 0 or self.privacy.upload_max_age_s < 60:
+            raise ReadnextError(f"{origin}: privacy.log_days must be >= 0 and privacy.upload_max_age_s >= 60")
         if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
             raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 
