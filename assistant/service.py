@@ -75,7 +75,7 @@ class ReaderService:
         self._engines: dict[int, ChatEngine] = {}
         self._lock = threading.Lock()
         self._secret: bytes | None = None
-        self.log = logging.getLogger(REQUEST_LOG)
+        self.log = request_logger(rec.settings.home)
 
     @property
     def auth_required(self) -> bool:
@@ -350,6 +350,14 @@ def delete_upload(path: str | Path) -> None:
         pass
 
 
+def request_logger(home: str | Path) -> logging.Logger:
+    """The request logger of one data dir (one per home, so two servers in a process never mix)."""
+    import hashlib
+
+    key = hashlib.sha1(str(Path(home).resolve()).encode()).hexdigest()[:10]
+    return logging.getLogger(f"{REQUEST_LOG}.{key}")
+
+
 def setup_request_log(home: str | Path, days: int) -> logging.Handler | None:
     """Log request lines (pseudonymous) to ``home/logs/requests.log``, rotated daily, ``days`` kept."""
     if days <= 0:
@@ -358,7 +366,7 @@ def setup_request_log(home: str | Path, days: int) -> logging.Handler | None:
 
     d = Path(home) / LOG_DIR
     d.mkdir(parents=True, exist_ok=True)
-    log = logging.getLogger(REQUEST_LOG)
+    log = request_logger(home)
     for h in log.handlers:
         if getattr(h, "baseFilename", None) == str(d / "requests.log"):
             return h
