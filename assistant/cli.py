@@ -112,6 +112,10 @@ def cmd_explain(args) -> int:
 
 
 def cmd_feedback(args) -> int:
+    from retrieval.privacy import check_reader_id
+
+    if args.create:
+        check_reader_id(args.user)  # a new reader gets a well-formed id
     rec = _open(args)
     value = args.rating if args.rating is not None else args.signal
     if value is None:
@@ -124,7 +128,9 @@ def cmd_feedback(args) -> int:
 
 def cmd_import(args) -> int:
     from retrieval.goodreads import match_rows, read_goodreads_export, to_history
+    from retrieval.privacy import check_reader_id
 
+    check_reader_id(args.user)
     rec = _open(args)
     rows = read_goodreads_export(args.file)
     report = match_rows(rows, list(rec.books.values()))

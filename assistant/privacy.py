@@ -27,9 +27,6 @@ from retrieval.types import Book
 
 from .recommender import Recommender
 
-FORGOTTEN = "forgotten.json"
-
-
 def _index_dirs(home: Path) -> tuple[list[Path], list[Path]]:
     """(complete index folders, partial ones without meta.json) under ``home/indexes``."""
     d = home / "indexes"
@@ -99,21 +96,8 @@ def forget_reader(rec: Recommender, user_id: str, accounts=None, pseudonym: str 
         accounts = AccountStore.for_home(home, rec.settings.chat.accounts_file)
     out["account_removed"] = accounts.remove(user_id)
     out["log_lines"] = pv.scrub_logs(home, [pseudonym])
-    _remember_forgotten(home, pseudonym)
+    pv.remember_forgotten(home, pseudonym)
     return out
-
-
-def _remember_forgotten(home: Path, pseudonym: str) -> None:
-    """Keep the erased reader's pseudonym (not their id) so a later ingest can leave them out."""
-    path = home / FORGOTTEN
-    try:
-        known = set(json.loads(path.read_text()))
-    except (FileNotFoundError, ValueError):
-        known = set()
-    known.add(pseudonym)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(sorted(known)))
-    tmp.replace(path)
 
 
 def export_reader(rec: Recommender, user_id: str, accounts=None) -> dict[str, Any]:

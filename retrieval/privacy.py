@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -262,3 +263,43 @@ def scrub_logs(home: str | Path, tokens: Iterable[str]) -> int:
             tmp.write_text("".join(kept), encoding="utf-8")
             os.replace(tmp, f)
     return removed
+
+
+# -- erased readers stay erased ----------------------------------------------------------------
+
+FORGOTTEN = "forgotten.json"
+
+
+def forgotten_pseudonyms(home: str | Path) -> set[str]:
+    """Pseudonyms of readers erased with ``readnext forget`` in this data dir."""
+    try:
+        return set(json.loads((Path(home) / FORGOTTEN).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return set()
+
+
+def remember_forgotten(home: str | Path, pseudo: str) -> None:
+    """Record an erased reader's pseudonym (never the id) so later ingests leave them out."""
+    path = Path(home) / FORGOTTEN
+    known = forgotten_pseudonyms(home) | {pseudo}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(sorted(known)))
+    os.replace(tmp, path)
+
+
+def drop_forgotten(ds, home: str | Path) -> int:
+    """Remove erased readers' rows from a dataset about to be ingested; returns rows dropped."""
+    gone = forgotten_pseudonyms(home)
+    if not gone or not len(ds.ratings) and not len(ds.to_read):
+        return 0
+    secret = home_secret(home)
+    users = set(ds.ratings["user_id"].astype(str)) | set(ds.to_read["user_id"].astype(str))
+    erased = {u for u in users if pseudonym(secret, u) in gone}
+    if not erased:
+        return 0
+    n = int(ds.ratings["user_id"].astype(str).isin(erased).sum())
+    ds.ratings = ds.ratings[~ds.ratings["user_id"].astype(str).isin(erased)].reset_index(drop=True)
+    ds.to_read = ds.to_read[~ds.to_read["user_id"].astype(str).isin(erased)].reset_index(drop=True)
+    ds.notes.append(f"left out {len(erased)} reader(s) erased with `readnext forget` ({n} ratings)")
+    return n
+

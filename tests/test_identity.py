@@ -204,3 +204,34 @@ def test_owner_mode_validates_ids_and_creates_no_reader(owner):
     assert len(rec.users()) == n and not rec.has_user("nobody-yet")
     assert "between 1 and 500" in c.predict(limit=100000, api_name="/readers")["error"]
     assert c.predict(user_id=B, message="hi", k=3, api_name="/recommend")["user_id"] == B  # owner picks
+
+
+def test_service_forces_the_session_reader(home):
+    """The chat UI's handlers ask the service too: a reader's session is always their own."""
+    from assistant.accounts import AccountStore
+    from assistant.chat_engine import ChatEngine, ChatState
+    from assistant.service import AccessDenied, ReaderService
+
+    rec = Recommender.open(home)
+    accounts = AccountStore(None, [(A, PW[A], "reader"), (ADMIN, PW[ADMIN], "admin")])
+    svc = ReaderService(rec, accounts)
+    me = svc.caller(A)
+    with pytest.raises(AccessDenied):
+        svc.select(me, B)
+    with pytest.raises(AccessDenied):
+        svc.caller(None)  # no anonymous calls once there are accounts
+    with pytest.raises(AccessDenied):
+        svc.caller("mallory")
+    forged = ChatState(user_id=B, recs=["b0001"]).to_dict()
+    assert svc.session_state(me, forged).user_id == A
+    assert svc.select(svc.caller(ADMIN), B) == B
+    # an anonymous single-user session is an ephemeral guest: feedback is kept in the state only
+    eng = ChatEngine(rec, k=5, llm_picks=0)
+    n = len(rec.users())
+    first = list(eng.respond(ChatState(), "a funny fantasy"))[-1]
+    assert first.state.user_id is None and any("nothing is saved" in x for x in first.notes)
+    liked = first.state.recs[0]
+    after = list(eng.feedback(first.state, 0, "like"))[-1]
+    assert after.state.user_id is None and [liked, 5.0] in after.state.session_ratings
+    assert liked not in after.state.recs and len(rec.users()) == n
+    rec.close()

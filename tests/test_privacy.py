@@ -176,3 +176,14 @@ def test_uploads_are_deleted_after_import(home, tmp_path):
     assert not bad.exists() and not rec.has_user("bad-upload")
     delete_upload(bad)  # idempotent
     rec.close()
+
+
+def test_reingest_leaves_erased_readers_out(home):
+    """After forget, ingesting the same dataset again does not bring the reader back."""
+    r = run_cli("history", "--user", GONE, home=home)
+    assert r.returncode == 2  # erased by the first test of this module
+    out = ingest(load_demo(), Settings.load(home=home), progress=False, quiet=True)
+    meta = json.loads((out / "meta.json").read_text())
+    assert any("erased with `readnext forget`" in n for n in meta["notes"])
+    assert id_hits(home, GONE) == []
+    assert run_cli("history", "--user", KEPT, home=home).returncode == 0
