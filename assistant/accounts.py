@@ -31,7 +31,7 @@ from retrieval.privacy import check_reader_id
 ROLES = ("reader", "admin")
 ACCOUNTS_FILE = "accounts.json"
 # scrypt cost: ~16 MiB and tens of ms per check, which is paid once per login, not per request.
-_N, _R, _P, _DKLEN = 2 ** 14, 8, 1, 32
+_N, _R, _P, _DKLEN = 2**14, 8, 1, 32
 MIN_PASSWORD = 4
 
 
@@ -50,8 +50,14 @@ def verify_password(password: str, stored: str) -> bool:
         if kind != "scrypt":
             return False
         want = base64.b64decode(key)
-        got = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt), n=int(n), r=int(r),
-                             p=int(p), dklen=len(want))
+        got = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(want),
+        )
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(got, want)
@@ -66,10 +72,14 @@ def parse_auth_spec(spec: str) -> tuple[str, str]:
         raise ReadnextError("--auth must look like user:password (e.g. --auth alice:s3cret)")
     user, password = spec.split(":", 1)
     if not user:
-        raise ReadnextError("--auth has an empty user name: use user:password, e.g. --auth alice:s3cret")
+        raise ReadnextError(
+            "--auth has an empty user name: use user:password, e.g. --auth alice:s3cret"
+        )
     check_reader_id(user, "--auth user name")
     if len(password) < MIN_PASSWORD:
-        raise ReadnextError(f"--auth {user}: the password must have at least {MIN_PASSWORD} characters")
+        raise ReadnextError(
+            f"--auth {user}: the password must have at least {MIN_PASSWORD} characters"
+        )
     return user, password
 
 
@@ -92,7 +102,9 @@ class AccountStore:
         extra: ``(user, password, role)`` tuples from ``--auth`` flags, hashed here.
     """
 
-    def __init__(self, path: str | Path | None = None, extra: Iterable[tuple[str, str, str]] = ()) -> None:
+    def __init__(
+        self, path: str | Path | None = None, extra: Iterable[tuple[str, str, str]] = ()
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._memory: dict[str, Account] = {}
@@ -104,8 +116,12 @@ class AccountStore:
             self._memory[user] = Account(user, role, hash_password(password), time.time(), "--auth")
 
     @classmethod
-    def for_home(cls, home: str | Path, accounts_file: str | None = None,
-                 extra: Iterable[tuple[str, str, str]] = ()) -> "AccountStore":
+    def for_home(
+        cls,
+        home: str | Path,
+        accounts_file: str | None = None,
+        extra: Iterable[tuple[str, str, str]] = (),
+    ) -> "AccountStore":
         """The store of a data dir (``accounts_file`` overrides ``home/accounts.json``)."""
         path = Path(accounts_file).expanduser() if accounts_file else Path(home) / ACCOUNTS_FILE
         return cls(path, extra)
@@ -120,17 +136,26 @@ class AccountStore:
             rows = data["accounts"]
             out = {}
             for name, a in rows.items():
-                out[name] = Account(name, a.get("role", "reader"), a["hash"], float(a.get("created", 0)))
+                out[name] = Account(
+                    name, a.get("role", "reader"), a["hash"], float(a.get("created", 0))
+                )
             return out
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ReadnextError(f"{self.path}: not a readnext accounts file ({type(e).__name__}); "
-                                "fix it or remove it and add the accounts again") from None
+            raise ReadnextError(
+                f"{self.path}: not a readnext accounts file ({type(e).__name__}); "
+                "fix it or remove it and add the accounts again"
+            ) from None
 
     def _write(self, accounts: dict[str, Account]) -> None:
         assert self.path is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"version": 1, "accounts": {a.name: {"role": a.role, "hash": a.hash, "created": a.created}
-                                           for a in sorted(accounts.values(), key=lambda a: a.name)}}
+        data = {
+            "version": 1,
+            "accounts": {
+                a.name: {"role": a.role, "hash": a.hash, "created": a.created}
+                for a in sorted(accounts.values(), key=lambda a: a.name)
+            },
+        }
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -180,7 +205,9 @@ class AccountStore:
         with self._lock:
             accounts = self._read()
             if name in accounts and not replace:
-                raise ReadnextError(f"account {name!r} exists: use --replace to change its password or role")
+                raise ReadnextError(
+                    f"account {name!r} exists: use --replace to change its password or role"
+                )
             accounts[name] = Account(name, role, hash_password(password), time.time())
             self._write(accounts)
             return accounts[name]

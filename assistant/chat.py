@@ -74,7 +74,8 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
     engine = svc.engine(k)
     multi = svc.auth_required
     # Single-user: the owner picks from every reader. With accounts, nobody's id is put in the page.
-    readers = [] if multi else [u["user_id"] for u in sorted(rec.users(), key=lambda u: -u["n_ratings"])[:500]]
+    readers = [] if multi else [
+        u["user_id"] for u in sorted(rec.users(), key=lambda u: -u["n_ratings"])[:500]]
 
     def outputs_for(reply: Reply, chat: list[dict], new_text: bool):
         if new_text:
@@ -145,7 +146,8 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             return outputs_for(Reply("Choose a Goodreads export CSV first.", state=ChatState()), list(chat or []), True)
         try:
             out = svc.import_goodreads(svc.caller(_username(request)), name,
-                                       path=file if isinstance(file, str) else file.name, delete_file=True)
+                                       path=file if isinstance(file, str) else file.name,
+                                       delete_file=True)
             st, msg = ChatState(user_id=out["user_id"]), out["text"]
         except ReadnextError as e:
             st, msg = ChatState(), f"⚠️ {e}"
@@ -160,10 +162,12 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             return state, gr.update(), gr.update()
         if caller.role == "reader":
             st = svc.session_state(caller, state)
-            return st.to_dict(), f"Signed in: reading as **{st.user_id}**", gr.update(choices=[st.user_id])
+            who_md = f"Signed in: reading as **{st.user_id}**"
+            return st.to_dict(), who_md, gr.update(choices=[st.user_id])
         if caller.role == "admin":
             ids = [u["user_id"] for u in svc.readers(caller, rec.settings.limits.max_list)]
-            return state, f"Signed in as admin **{caller.name}**: pick a reader", gr.update(choices=ids)
+            who_md = f"Signed in as admin **{caller.name}**: pick a reader"
+            return state, who_md, gr.update(choices=ids)
         return state, gr.update(), gr.update()
 
     age = rec.settings.privacy.upload_max_age_s
@@ -234,8 +238,9 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
 
         @needs_request
         def feedback(user_id: str, book_id: str, signal: str, request: gr.Request = None) -> dict:
-            """Record like | dislike | read | not_interested | to_read | a 1-5 rating for a reader."""
-            return api_call(svc.feedback, request, user_id, book_id, signal, error_key={"ok": False})
+            """Record like | dislike | read | not_interested | to_read | a 1-5 rating."""
+            return api_call(svc.feedback, request, user_id, book_id, signal,
+                            error_key={"ok": False})
 
         @needs_request
         def new_reader(name: str = "", loved: str = "", genres: list[str] | None = None,
@@ -246,7 +251,8 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
         @needs_request
         def import_goodreads(name: str, csv_text: str, request: gr.Request = None) -> dict:
             """Import a Goodreads library export (its CSV text) as a reader."""
-            return api_call(lambda c, n, t: svc.import_goodreads(c, n, csv_text=t), request, name, csv_text)
+            return api_call(lambda c, n, t: svc.import_goodreads(c, n, csv_text=t), request, name,
+                            csv_text)
 
         @needs_request
         def readers_list(limit: int = 50, request: gr.Request = None) -> list[dict] | dict:
@@ -295,10 +301,11 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
     names = {u for u, _ in parsed}
     stray = [a for a in admins if a not in names]
     if stray:
-        raise ReadnextError(f"--admin {stray[0]}: no --auth {stray[0]}:PASSWORD given (file accounts get "
-                            "their role from `readnext accounts add --admin`)")
+        raise ReadnextError(f"--admin {stray[0]}: no --auth {stray[0]}:PASSWORD given (file accounts "
+                            "get their role from `readnext accounts add --admin`)")
     accounts = AccountStore.for_home(settings.home, settings.chat.accounts_file,
-                                     [(u, pw, "admin" if u in admins else "reader") for u, pw in parsed])
+                                     [(u, pw, "admin" if u in admins else "reader")
+                                      for u, pw in parsed])
     multi = len(accounts) > 0
     if not _loopback(host) and not multi:
         raise ReadnextError(f"--host {host} exposes the chat beyond this machine: add accounts "
@@ -316,6 +323,6 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
     print(f"readnext chat on http://{host}:{port}  (data: {rec.meta.get('label')}, "
           f"LLM: {settings.llm.backend}, {mode})", flush=True)
     app.launch(server_name=host, server_port=port, auth=accounts.verify if multi else None,
-               inbrowser=open_browser, share=False, prevent_thread_lock=not block, quiet=True, css=CSS,
-               theme=theme())
+               inbrowser=open_browser, share=False, prevent_thread_lock=not block, quiet=True,
+               css=CSS, theme=theme())
     return app

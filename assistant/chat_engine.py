@@ -277,12 +277,13 @@ class ChatEngine:
     def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = ()) -> Iterator[Reply]:
         if st.user_id is None:  # an ephemeral guest: nothing is stored, and the notes say so
             st.guest = True
-            res = self.rec.recommend_full(history=[tuple(x) for x in st.session_ratings] or None, query=st.query,
-                                          k=self.k, constraints=c, exclude=list(exclude) + st.session_exclude)
+            hist = [tuple(x) for x in st.session_ratings] or None
+            res = self.rec.recommend_full(history=hist, query=st.query, k=self.k, constraints=c,
+                                          exclude=list(exclude) + st.session_exclude)
             res.notes.append(GUEST_NOTE)
         else:
-            res = self.rec.recommend_full(user_id=st.user_id, query=st.query, k=self.k, constraints=c,
-                                          exclude=exclude)
+            res = self.rec.recommend_full(user_id=st.user_id, query=st.query, k=self.k,
+                                          constraints=c, exclude=exclude)
         st.recs = [r.book_id for r in res.items]
         if not res.items:
             yield Reply("Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",
@@ -373,7 +374,8 @@ class ChatEngine:
             if sig != "to_read":
                 st.session_exclude = list(dict.fromkeys(st.session_exclude + [book_id]))
             if rating is not None:
-                st.session_ratings = [x for x in st.session_ratings if x[0] != book_id] + [[book_id, rating]]
+                kept = [x for x in st.session_ratings if x[0] != book_id]
+                st.session_ratings = kept + [[book_id, rating]]
         else:
             self.rec.add_feedback(st.user_id, book_id, signal)
         title = self.rec.books[book_id].title

@@ -27,13 +27,16 @@ from retrieval.types import Book
 
 from .recommender import Recommender
 
+
 def _index_dirs(home: Path) -> tuple[list[Path], list[Path]]:
     """(complete index folders, partial ones without meta.json) under ``home/indexes``."""
     d = home / "indexes"
     if not d.is_dir():
         return [], []
     dirs = sorted(x for x in d.iterdir() if x.is_dir())
-    return [x for x in dirs if (x / "meta.json").is_file()], [x for x in dirs if not (x / "meta.json").is_file()]
+    return [x for x in dirs if (x / "meta.json").is_file()], [
+        x for x in dirs if not (x / "meta.json").is_file()
+    ]
 
 
 def _book_texts(index_dir: Path) -> list[str]:
@@ -46,7 +49,9 @@ def _book_texts(index_dir: Path) -> list[str]:
     return out
 
 
-def forget_reader(rec: Recommender, user_id: str, accounts=None, pseudonym: str | None = None) -> dict[str, Any]:
+def forget_reader(
+    rec: Recommender, user_id: str, accounts=None, pseudonym: str | None = None
+) -> dict[str, Any]:
     """Erase ``user_id`` from every file under the data dir (see the module docstring).
 
     The reader is hidden from ``rec`` at once; the ingested rows in this process's memory go
@@ -111,31 +116,61 @@ def export_reader(rec: Recommender, user_id: str, accounts=None) -> dict[str, An
     home = Path(rec.settings.home)
     secret = pv.home_secret(home)
     pseud = pv.pseudonym(secret, user_id)
-    out: dict[str, Any] = {"user_id": user_id, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "dataset": rec.dataset, "pseudonym_in_logs": pseud}
+    out: dict[str, Any] = {
+        "user_id": user_id,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dataset": rec.dataset,
+        "pseudonym_in_logs": pseud,
+    }
     if accounts is None:
         from .accounts import AccountStore
 
         accounts = AccountStore.for_home(home, rec.settings.chat.accounts_file)
     a = accounts.get(user_id)
     out["account"] = {"name": a.name, "role": a.role, "created": a.created} if a else None
-    out["history"] = [{"book_id": r.book_id, "title": rec.books[r.book_id].title, "rating": r.rating, "ts": r.ts}
-                      for r in rec.history(user_id)] if rec.has_user(user_id) else []
+    out["history"] = (
+        [
+            {
+                "book_id": r.book_id,
+                "title": rec.books[r.book_id].title,
+                "rating": r.rating,
+                "ts": r.ts,
+            }
+            for r in rec.history(user_id)
+        ]
+        if rec.has_user(user_id)
+        else []
+    )
     ix = rec.index
     mask = ix.ratings["user_id"].astype(str).to_numpy() == user_id
-    out["index_ratings"] = [{"book_id": b, "rating": float(r), "ts": float(t)} for b, r, t in
-                            zip(ix.ratings["book_id"][mask], ix.ratings["rating"][mask], ix.ratings["ts"][mask])]
+    out["index_ratings"] = [
+        {"book_id": b, "rating": float(r), "ts": float(t)}
+        for b, r, t in zip(
+            ix.ratings["book_id"][mask], ix.ratings["rating"][mask], ix.ratings["ts"][mask]
+        )
+    ]
     tmask = ix.to_read["user_id"].astype(str).to_numpy() == user_id
     out["index_to_read"] = [str(b) for b in ix.to_read["book_id"][tmask]]
     out["feedback"] = rec.feedback.export(user_id)
     p = rec.profile(user_id)
-    out["profile"] = ({"vector": [float(x) for x in np.asarray(p.vector, dtype=np.float32)], "norm": p.norm,
-                       "t_ref": p.t_ref, "n_ratings": p.n} if p is not None else None)
+    out["profile"] = (
+        {
+            "vector": [float(x) for x in np.asarray(p.vector, dtype=np.float32)],
+            "norm": p.norm,
+            "t_ref": p.t_ref,
+            "n_ratings": p.n,
+        }
+        if p is not None
+        else None
+    )
     lines = []
     d = home / pv.LOG_DIR
     if d.is_dir():
         for f in sorted(x for x in d.rglob("*") if x.is_file()):
-            lines += [ln.rstrip("\n") for ln in f.read_text(encoding="utf-8", errors="replace").splitlines()
-                      if pseud in ln]
+            lines += [
+                ln.rstrip("\n")
+                for ln in f.read_text(encoding="utf-8", errors="replace").splitlines()
+                if pseud in ln
+            ]
     out["log_lines"] = lines
     return out

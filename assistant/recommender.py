@@ -172,8 +172,8 @@ class Recommender:
             out.setdefault(u, 0)
         for u, n in extra.items():
             out[u] = out.get(u, 0) + n
-        return [{"user_id": u, "n_ratings": n} for u, n in sorted(out.items(), key=lambda x: _natural(x[0]))
-                if u not in self.hidden]
+        return [{"user_id": u, "n_ratings": n}
+                for u, n in sorted(out.items(), key=lambda x: _natural(x[0])) if u not in self.hidden]
 
     def has_user(self, user_id: str) -> bool:
         if user_id in self.hidden:

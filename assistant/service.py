@@ -66,8 +66,9 @@ class ReaderService:
         llm_picks: picks that get LLM text in chat answers (None: config).
     """
 
-    def __init__(self, rec: Recommender, accounts: AccountStore | None = None,
-                 llm_picks: int | None = None) -> None:
+    def __init__(
+        self, rec: Recommender, accounts: AccountStore | None = None, llm_picks: int | None = None
+    ) -> None:
         self.rec = rec
         self.accounts = accounts if accounts is not None and len(accounts) else None
         self.limits = rec.settings.limits
@@ -94,7 +95,9 @@ class ReaderService:
             raise AccessDenied("your account no longer exists: sign in again")
         return Caller(username, role)
 
-    def reader_for(self, caller: Caller, requested: str | None = None, must_exist: bool = True) -> str | None:
+    def reader_for(
+        self, caller: Caller, requested: str | None = None, must_exist: bool = True
+    ) -> str | None:
         """The reader id a request acts for; None for an ephemeral guest (owner only).
 
         A signed-in reader always gets their own id; naming anybody else is refused. Owners and
@@ -103,7 +106,9 @@ class ReaderService:
         requested = requested.strip() if isinstance(requested, str) else requested
         if caller.role == READER:
             if requested not in (None, "", caller.name):
-                raise AccessDenied(f"signed in as {caller.name!r}: you can only see and change your own data")
+                raise AccessDenied(
+                    f"signed in as {caller.name!r}: you can only see and change your own data"
+                )
             self._ensure_account_reader(caller.name)  # type: ignore[arg-type]
             return caller.name
         if requested in (None, ""):
@@ -113,8 +118,10 @@ class ReaderService:
             return None
         check_reader_id(requested)
         if must_exist and not self.rec.has_user(requested):
-            raise NotFoundError(f"unknown reader {requested!r}: see /readers, or create it with /new_reader "
-                                "or /import_goodreads")
+            raise NotFoundError(
+                f"unknown reader {requested!r}: see /readers, or create it with /new_reader "
+                "or /import_goodreads"
+            )
         return requested
 
     def _ensure_account_reader(self, name: str) -> None:
@@ -131,7 +138,9 @@ class ReaderService:
         except (TypeError, ValueError):
             raise ReadnextError(f"k must be a whole number, got {str(k)[:20]!r}") from None
         if not 1 <= k <= self.limits.max_k:
-            raise ReadnextError(f"k must be between 1 and {self.limits.max_k} (limits.max_k), got {k}")
+            raise ReadnextError(
+                f"k must be between 1 and {self.limits.max_k} (limits.max_k), got {k}"
+            )
         return k
 
     def _limit(self, n: Any) -> int:
@@ -140,7 +149,9 @@ class ReaderService:
         except (TypeError, ValueError):
             raise ReadnextError(f"limit must be a whole number, got {str(n)[:20]!r}") from None
         if not 1 <= n <= self.limits.max_list:
-            raise ReadnextError(f"limit must be between 1 and {self.limits.max_list} (limits.max_list), got {n}")
+            raise ReadnextError(
+                f"limit must be between 1 and {self.limits.max_list} (limits.max_list), got {n}"
+            )
         return n
 
     def _text(self, text: Any, what: str, cap: int) -> str:
@@ -175,18 +186,34 @@ class ReaderService:
             reader, out = fn()
         except ReadnextError as e:
             # the message may name readers: the log keeps only its kind
-            self.log.info("%s caller=%s error=%s ms=%.1f", op, caller.role, type(e).__name__,
-                          (time.perf_counter() - t0) * 1e3)
+            self.log.info(
+                "%s caller=%s error=%s ms=%.1f",
+                op,
+                caller.role,
+                type(e).__name__,
+                (time.perf_counter() - t0) * 1e3,
+            )
             raise
-        self.log.info("%s caller=%s reader=%s ok ms=%.1f", op, caller.role, self.pseudonym(reader),
-                      (time.perf_counter() - t0) * 1e3)
+        self.log.info(
+            "%s caller=%s reader=%s ok ms=%.1f",
+            op,
+            caller.role,
+            self.pseudonym(reader),
+            (time.perf_counter() - t0) * 1e3,
+        )
         return out
 
     # -- operations -----------------------------------------------------------------------------
 
-    def recommend(self, caller: Caller, reader: str | None = None, message: str = "what should I read next?",
-                  k: int = 5) -> dict:
+    def recommend(
+        self,
+        caller: Caller,
+        reader: str | None = None,
+        message: str = "what should I read next?",
+        k: int = 5,
+    ) -> dict:
         """Picks with explanations for a chat message, as plain data (``Reply.to_dict``)."""
+
         def run():
             kk = self._k(k)
             msg = self._text(message, "message", self.limits.max_message)
@@ -194,56 +221,94 @@ class ReaderService:
             last = None
             for last in self.engine(kk).respond(ChatState(user_id=uid), msg):
                 pass
-            return uid, (last.to_dict() if last else {"text": "", "items": [], "notes": [], "user_id": uid})
+            return uid, (
+                last.to_dict() if last else {"text": "", "items": [], "notes": [], "user_id": uid}
+            )
+
         return self._call("recommend", caller, run)
 
     def feedback(self, caller: Caller, reader: str | None, book_id: str, signal: Any) -> dict:
         """Record a rating 1-5 or a signal for an existing reader (never creates one)."""
+
         def run():
             uid = self.reader_for(caller, reader)
             if uid is None:
-                raise ReadnextError("name the reader this feedback is for (user_id); guests' feedback is "
-                                    "kept only inside a chat session")
+                raise ReadnextError(
+                    "name the reader this feedback is for (user_id); guests' feedback is "
+                    "kept only inside a chat session"
+                )
             self.rec.add_feedback(uid, str(book_id)[:100], signal, create_user=False)
             return uid, {"ok": True, "user_id": uid, "book_id": book_id, "signal": signal}
+
         return self._call("feedback", caller, run)
 
-    def new_reader(self, caller: Caller, name: str = "", loved: str = "", genres: list[str] | None = None,
-                   k: int | None = None) -> dict:
-        """Onboarding: create a reader from loved titles and genres (a signed-in reader: their own)."""
+    def new_reader(
+        self,
+        caller: Caller,
+        name: str = "",
+        loved: str = "",
+        genres: list[str] | None = None,
+        k: int | None = None,
+    ) -> dict:
+        """Onboarding: a reader from loved titles and genres (a signed-in reader: their own)."""
         return self.onboard(caller, name, loved, genres, k).to_dict()
 
-    def onboard(self, caller: Caller, name: str = "", loved: str = "", genres: list[str] | None = None,
-                k: int | None = None) -> Reply:
+    def onboard(
+        self,
+        caller: Caller,
+        name: str = "",
+        loved: str = "",
+        genres: list[str] | None = None,
+        k: int | None = None,
+    ) -> Reply:
         """Like :meth:`new_reader`, returning the chat reply (cards as objects) for the UI."""
+
         def run():
             loved_text = self._text(loved, "loved", self.limits.max_loved * 200)
-            if len([x for x in re.split(r"[\n;]+", loved_text) if x.strip()]) > self.limits.max_loved:
-                raise ReadnextError(f"give at most {self.limits.max_loved} loved books (limits.max_loved)")
+            if (
+                len([x for x in re.split(r"[\n;]+", loved_text) if x.strip()])
+                > self.limits.max_loved
+            ):
+                raise ReadnextError(
+                    f"give at most {self.limits.max_loved} loved books (limits.max_loved)"
+                )
             gen = [str(g)[:60] for g in (genres or [])][:50]
             nm = (name or "").strip()
             if caller.role == READER:
                 uid = self.reader_for(caller, nm or None)
                 if uid in self.rec.lib.user_index:
-                    raise ReadnextError("you already have a reading history: rate books to teach me more")
+                    raise ReadnextError(
+                        "you already have a reading history: rate books to teach me more"
+                    )
                 nm = uid
             elif nm:
                 check_reader_id(nm, "reader name")
             eng = self.engine(k)
             st, text = eng.new_reader(nm or None, loved_text, gen)
             if not nm:
-                text += (f" You are saved as reader **{st.user_id}**: use that id to come back, or erase it "
-                         f"with `readnext forget --user {st.user_id}`.")
+                text += (
+                    f" You are saved as reader **{st.user_id}**: use that id to come back, "
+                    "or erase it "
+                    f"with `readnext forget --user {st.user_id}`."
+                )
             replies = list(eng._recommend(st, Constraints(include_tags=gen)))
             reply = replies[-1] if replies else Reply(text, state=st)
             reply.text = text + "\n\n" + reply.text
             return st.user_id, reply
+
         return self._call("new_reader", caller, run)
 
-    def import_goodreads(self, caller: Caller, name: str = "", csv_text: str | None = None,
-                         path: str | Path | None = None, delete_file: bool = False) -> dict:
+    def import_goodreads(
+        self,
+        caller: Caller,
+        name: str = "",
+        csv_text: str | None = None,
+        path: str | Path | None = None,
+        delete_file: bool = False,
+    ) -> dict:
         """Import a Goodreads export (its text, or a file) as a reader; an uploaded file is
         deleted afterwards (``delete_file``), whatever the outcome."""
+
         def run():
             try:
                 nm = (name or "").strip()
@@ -254,8 +319,10 @@ class ReaderService:
                 if path is not None:
                     size = Path(path).stat().st_size
                     if size > self.limits.max_import_bytes:
-                        raise ReadnextError(f"the export is {size:,} bytes; the limit is "
-                                            f"{self.limits.max_import_bytes:,} (limits.max_import_bytes)")
+                        raise ReadnextError(
+                            f"the export is {size:,} bytes; the limit is "
+                            f"{self.limits.max_import_bytes:,} (limits.max_import_bytes)"
+                        )
                     st, msg, summary = self.engine().import_goodreads(path, nm or None)
                 else:
                     text = self._text(csv_text, "csv_text", self.limits.max_import_bytes)
@@ -267,37 +334,53 @@ class ReaderService:
             finally:
                 if path is not None and delete_file:
                     delete_upload(path)
+
         return self._call("import_goodreads", caller, run)
 
     def readers(self, caller: Caller, limit: int = 50) -> list[dict]:
         """Readers the caller may see: all for the owner and admins, only themself for a reader."""
+
         def run():
             n = self._limit(limit)
             if caller.role == READER:
                 uid = self.reader_for(caller)
                 return None, [u for u in self.rec.users() if u["user_id"] == uid][:n]
             return None, self.rec.users()[:n]
+
         return self._call("readers", caller, run)
 
     def select(self, caller: Caller, reader: str | None) -> str:
         """The reader a chat session switches to ("Use this reader")."""
+
         def run():
             uid = self.reader_for(caller, reader)
             if uid is None:
                 raise ReadnextError("give a reader id")
             return uid, uid
+
         return self._call("select", caller, run)
 
-    def history(self, caller: Caller, reader: str | None = None, limit: int | None = None) -> list[dict]:
+    def history(
+        self, caller: Caller, reader: str | None = None, limit: int | None = None
+    ) -> list[dict]:
         """The reader's rated books, newest last (capped at ``limits.max_list``)."""
+
         def run():
             uid = self.reader_for(caller, reader)
             if uid is None:
                 raise ReadnextError("give a reader id")
             n = self._limit(limit or self.limits.max_list)
             hist = self.rec.history(uid)[-n:]
-            return uid, [{"book_id": r.book_id, "title": self.rec.books[r.book_id].title, "rating": r.rating,
-                          "ts": r.ts} for r in hist]
+            return uid, [
+                {
+                    "book_id": r.book_id,
+                    "title": self.rec.books[r.book_id].title,
+                    "rating": r.rating,
+                    "ts": r.ts,
+                }
+                for r in hist
+            ]
+
         return self._call("history", caller, run)
 
     def export(self, caller: Caller, reader: str | None = None) -> dict:
@@ -309,6 +392,7 @@ class ReaderService:
             if uid is None:
                 raise ReadnextError("give a reader id")
             return uid, export_reader(self.rec, uid, accounts=self.accounts)
+
         return self._call("export", caller, run)
 
     def forget(self, caller: Caller, reader: str | None = None) -> dict:
@@ -319,8 +403,11 @@ class ReaderService:
             uid = self.reader_for(caller, reader)
             if uid is None:
                 raise ReadnextError("give a reader id")
-            out = forget_reader(self.rec, uid, accounts=self.accounts, pseudonym=self.pseudonym(uid))
+            out = forget_reader(
+                self.rec, uid, accounts=self.accounts, pseudonym=self.pseudonym(uid)
+            )
             return None, out  # no log line names the erased reader, not even by pseudonym
+
         return self._call("forget", caller, run)
 
     # -- chat UI sessions -------------------------------------------------------------------------
@@ -359,7 +446,7 @@ def request_logger(home: str | Path) -> logging.Logger:
 
 
 def setup_request_log(home: str | Path, days: int) -> logging.Handler | None:
-    """Log request lines (pseudonymous) to ``home/logs/requests.log``, rotated daily, ``days`` kept."""
+    """Log request lines (pseudonymous ids) to ``home/logs/requests.log``; ``days`` days kept."""
     if days <= 0:
         return None
     from logging.handlers import TimedRotatingFileHandler
@@ -370,7 +457,9 @@ def setup_request_log(home: str | Path, days: int) -> logging.Handler | None:
     for h in log.handlers:
         if getattr(h, "baseFilename", None) == str(d / "requests.log"):
             return h
-    h = TimedRotatingFileHandler(d / "requests.log", when="midnight", backupCount=days, encoding="utf-8")
+    h = TimedRotatingFileHandler(
+        d / "requests.log", when="midnight", backupCount=days, encoding="utf-8"
+    )
     h.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(h)
     log.setLevel(logging.INFO)

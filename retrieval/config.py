@@ -118,7 +118,7 @@ class ChatConfig:
     # Parse chat intents with the LLM: "auto" = only with a model bigger than the offline 135M one
     # (which produces unusable JSON for this task); "on" / "off" force it.
     llm_intent: str = "auto"
-    accounts_file: str | None = None  # default: $READNEXT_HOME/accounts.json (see `readnext accounts`)
+    accounts_file: str | None = None  # default: $READNEXT_HOME/accounts.json (`readnext accounts`)
 
 
 @dataclass
@@ -138,7 +138,7 @@ class PrivacyConfig:
 
     # Request log lines (pseudonymous reader ids) in $READNEXT_HOME/logs/; days kept (0 = no log).
     log_days: int = 14
-    # Gradio's upload cache: files older than this (seconds) are deleted; imports delete theirs at once.
+    # Gradio's upload cache: files older than this (seconds) go; an import deletes its file at once.
     upload_max_age_s: int = 3600
 
 
@@ -217,7 +217,8 @@ class Settings:
             if not isinstance(v, int) or v < 1:
                 raise ReadnextError(f"{origin}: limits.{name} must be an integer >= 1; got {v!r}")
         if self.privacy.log_days < 0 or self.privacy.upload_max_age_s < 60:
-            raise ReadnextError(f"{origin}: privacy.log_days must be >= 0 and privacy.upload_max_age_s >= 60")
+            raise ReadnextError(f"{origin}: privacy.log_days must be >= 0 and "
+                                "privacy.upload_max_age_s >= 60")
         if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
             raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 

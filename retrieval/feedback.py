@@ -117,10 +117,11 @@ class FeedbackStore:
     # -- privacy (``readnext forget`` / ``export``) ----------------------------------------------
 
     def export(self, user_id: str) -> dict:
-        """Every row held about ``user_id``, in every dataset: ``{"readers": [...], "events": [...]}``."""
+        """Every row held about ``user_id``, in every dataset: ``{"readers", "events"}``."""
         with self._conn() as c:
             readers = [{"dataset": d, "origin": o, "created": t} for d, o, t in c.execute(
-                "SELECT dataset, origin, created FROM readers WHERE user_id = ? ORDER BY created", (user_id,))]
+                "SELECT dataset, origin, created FROM readers WHERE user_id = ? ORDER BY created",
+                (user_id,))]
             events = [{"dataset": d, "book_id": b, "signal": s, "rating": r, "ts": ts, "created": cr}
                       for d, b, s, r, ts, cr in c.execute(
                           "SELECT dataset, book_id, signal, rating, ts, created FROM events "

@@ -49,8 +49,10 @@ def check_reader_id(user_id: object, what: str = "reader id") -> str:
     """
     if not isinstance(user_id, str) or not READER_ID_RE.fullmatch(user_id):
         shown = repr(user_id)[:40] + ("…" if len(repr(user_id)) > 40 else "")
-        raise ReadnextError(f"invalid {what} {shown}: use 1-{MAX_READER_ID} letters, digits, '.', '_', '@' "
-                            "or '-', starting with a letter or digit")
+        raise ReadnextError(
+            f"invalid {what} {shown}: use 1-{MAX_READER_ID} letters, digits, '.', '_', '@' "
+            "or '-', starting with a letter or digit"
+        )
     return user_id
 
 
@@ -84,6 +86,7 @@ def pseudonym(secret: bytes, user_id: str) -> str:
 
 # -- SQLite -------------------------------------------------------------------------------------
 
+
 def vacuum_sqlite(path: str | Path) -> None:
     """Rewrite a SQLite file so deleted rows leave no bytes behind (file and ``-wal``)."""
     path = Path(path)
@@ -100,6 +103,7 @@ def vacuum_sqlite(path: str | Path) -> None:
 
 
 # -- index files --------------------------------------------------------------------------------
+
 
 def _rewrite_npz(path: Path, user_id: str) -> int:
     """Drop the rows of ``user_id`` from an ``.npz`` with a ``user_id`` column; atomic."""
@@ -129,11 +133,14 @@ def forget_in_index(index_dir: str | Path, user_id: str) -> dict[str, int]:
         ``{"ratings": n, "to_read": m}`` rows removed.
     """
     d = Path(index_dir)
-    return {"ratings": _rewrite_npz(d / "ratings.npz", user_id),
-            "to_read": _rewrite_npz(d / "to_read.npz", user_id)}
+    return {
+        "ratings": _rewrite_npz(d / "ratings.npz", user_id),
+        "to_read": _rewrite_npz(d / "to_read.npz", user_id),
+    }
 
 
 # -- Chroma -------------------------------------------------------------------------------------
+
 
 def purge_from_collection(store, collection: str, ids: Sequence[str], batch: int = 2000) -> int:
     """Rebuild a Chroma collection of ``store`` without ``ids``; no copy of their vectors stays.
@@ -172,15 +179,21 @@ def purge_from_collection(store, collection: str, ids: Sequence[str], batch: int
     if not present:
         return 0
     client = store.client
-    kw = {"configuration": {"hnsw": {"space": "cosine"}}, "embedding_function": col._embedding_function}
+    kw = {
+        "configuration": {"hnsw": {"space": "cosine"}},
+        "embedding_function": col._embedding_function,
+    }
     client.delete_collection(collection)
     new = client.create_collection(collection, **kw)
     setattr(store, collection, new)
     has_docs = any(d is not None for d in keep_docs)
     for s in range(0, len(keep_ids), batch):
-        new.upsert(ids=keep_ids[s: s + batch], embeddings=np.vstack(keep_vecs[s: s + batch]),
-                   metadatas=keep_meta[s: s + batch] if any(keep_meta[s: s + batch]) else None,
-                   documents=keep_docs[s: s + batch] if has_docs else None)
+        new.upsert(
+            ids=keep_ids[s : s + batch],
+            embeddings=np.vstack(keep_vecs[s : s + batch]),
+            metadatas=keep_meta[s : s + batch] if any(keep_meta[s : s + batch]) else None,
+            documents=keep_docs[s : s + batch] if has_docs else None,
+        )
     remove_orphan_segments(store.path)
     vacuum_sqlite(Path(store.path) / "chroma.sqlite3")
     return present
@@ -207,6 +220,7 @@ def remove_orphan_segments(chroma_dir: str | Path) -> list[str]:
 
 
 # -- embedding cache ----------------------------------------------------------------------------
+
 
 def prune_embedding_cache(cache_dir: str | Path, keep_texts: Iterable[str]) -> int:
     """Delete cached embeddings of every text but ``keep_texts`` (the catalogs' book texts).
@@ -239,6 +253,7 @@ def prune_embedding_cache(cache_dir: str | Path, keep_texts: Iterable[str]) -> i
 
 
 # -- logs ---------------------------------------------------------------------------------------
+
 
 def scrub_logs(home: str | Path, tokens: Iterable[str]) -> int:
     """Remove every log line under ``home/logs`` that contains one of ``tokens``.
@@ -302,4 +317,3 @@ def drop_forgotten(ds, home: str | Path) -> int:
     ds.to_read = ds.to_read[~ds.to_read["user_id"].astype(str).isin(erased)].reset_index(drop=True)
     ds.notes.append(f"left out {len(erased)} reader(s) erased with `readnext forget` ({n} ratings)")
     return n
-

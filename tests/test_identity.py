@@ -43,8 +43,13 @@ def server(home):
     AccountStore.for_home(home).add(ADMIN, PW[ADMIN], "admin")
     old_tmp = os.environ.get("GRADIO_TEMP_DIR")
     port = free_port()
-    app = launch(Settings.load(home=home), host="127.0.0.1", port=port, block=False,
-                 auth=[f"{u}:{PW[u]}" for u in (A, B, NEW)])
+    app = launch(
+        Settings.load(home=home),
+        host="127.0.0.1",
+        port=port,
+        block=False,
+        auth=[f"{u}:{PW[u]}" for u in (A, B, NEW)],
+    )
     yield f"http://127.0.0.1:{port}/", app.readnext_service.rec
     app.close()
     app.readnext_service.rec.close()
@@ -116,7 +121,9 @@ def test_readers_listing_and_export_show_only_yourself(server):
     root = client(url, ADMIN)
     listed = {r["user_id"] for r in root.predict(limit=500, api_name="/readers")}
     assert {A, B} <= listed
-    assert root.predict(user_id=B, message="more fantasy", k=3, api_name="/recommend")["user_id"] == B
+    assert (
+        root.predict(user_id=B, message="more fantasy", k=3, api_name="/recommend")["user_id"] == B
+    )
 
 
 def test_import_and_onboarding_act_on_your_own_reader(server):
@@ -125,21 +132,34 @@ def test_import_and_onboarding_act_on_your_own_reader(server):
     text = (ROOT / "tests" / "data" / "goodreads_library_export.csv").read_text(encoding="utf-8")
     bad = c.predict(name=B, csv_text=text, api_name="/import_goodreads")
     assert "own" in bad["error"]
-    assert "own" in c.predict(name=A, loved="The Hobbit", genres=[], api_name="/new_reader")["error"]
+    assert (
+        "own" in c.predict(name=A, loved="The Hobbit", genres=[], api_name="/new_reader")["error"]
+    )
     out = c.predict(name="", csv_text=text, api_name="/import_goodreads")
     assert out["user_id"] == NEW and out["ratings"] >= 15
     hist_b = rec.history(B)
-    assert all(r.book_id for r in hist_b) and NEW not in {u["user_id"] for u in
-                                                           client(url, B).predict(limit=500, api_name="/readers")}
+    assert all(r.book_id for r in hist_b) and NEW not in {
+        u["user_id"] for u in client(url, B).predict(limit=500, api_name="/readers")
+    }
     recs = c.predict(user_id="", message="what should I read next?", k=5, api_name="/recommend")
     assert recs["user_id"] == NEW and recs["items"]
 
 
-@pytest.mark.parametrize("spec,msg", [(":", "empty user"), ("alice:", "at least"), ("alice", "user:password"),
-                                      ("../etc:secret", "invalid"), (":secret", "empty user")])
+@pytest.mark.parametrize(
+    "spec,msg",
+    [
+        (":", "empty user"),
+        ("alice:", "at least"),
+        ("alice", "user:password"),
+        ("../etc:secret", "invalid"),
+        (":secret", "empty user"),
+    ],
+)
 def test_malformed_auth_specs_are_refused(home, spec, msg):
     with pytest.raises(ReadnextError, match=msg):
-        launch(Settings.load(home=home), host="127.0.0.1", port=free_port(), block=False, auth=[spec])
+        launch(
+            Settings.load(home=home), host="127.0.0.1", port=free_port(), block=False, auth=[spec]
+        )
 
 
 def test_cli_rejects_bad_auth_in_one_line(home):
@@ -166,8 +186,15 @@ def test_accounts_cli(home):
     import sys
 
     env = dict(os.environ, READNEXT_HOME=str(home))
-    p = subprocess.run([sys.executable, "-m", "assistant.cli", "accounts", "add", "erin", "--password-stdin"],
-                       input="erin-password\n", cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "assistant.cli", "accounts", "add", "erin", "--password-stdin"],
+        input="erin-password\n",
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     r = run_cli("accounts", "list", "--json", home=home)
     assert "erin" in {a["name"] for a in json.loads(r.stdout)}
@@ -195,7 +222,9 @@ def owner(home):
 def test_owner_mode_validates_ids_and_creates_no_reader(owner):
     c, rec = owner
     n = len(rec.users())
-    out = c.predict(user_id="../../etc/passwd", book_id="b0001", signal="like", api_name="/feedback")
+    out = c.predict(
+        user_id="../../etc/passwd", book_id="b0001", signal="like", api_name="/feedback"
+    )
     assert out["ok"] is False and "invalid reader id" in out["error"]
     out = c.predict(user_id="nobody-yet", book_id="b0001", signal="like", api_name="/feedback")
     assert out["ok"] is False and "unknown reader" in out["error"]
@@ -203,7 +232,9 @@ def test_owner_mode_validates_ids_and_creates_no_reader(owner):
     assert guest["user_id"] is None and guest["items"] and any("guest" in x for x in guest["notes"])
     assert len(rec.users()) == n and not rec.has_user("nobody-yet")
     assert "between 1 and 500" in c.predict(limit=100000, api_name="/readers")["error"]
-    assert c.predict(user_id=B, message="hi", k=3, api_name="/recommend")["user_id"] == B  # owner picks
+    assert (
+        c.predict(user_id=B, message="hi", k=3, api_name="/recommend")["user_id"] == B
+    )  # owner picks
 
 
 def test_service_forces_the_session_reader(home):

@@ -1,4 +1,4 @@
-"""Privacy: `readnext forget` leaves no byte of a reader under the data dir; `export` hands all over.
+"""Privacy: `readnext forget` leaves no byte of a reader in the data dir; `export` hands all over.
 
 A real ingest, a real chat server on 127.0.0.1 (gradio_client), real Chroma on disk; then every
 file under the data dir is scanned for the reader id (UTF-8 and the UTF-32 numpy uses) and for
@@ -42,7 +42,11 @@ def files_under(home: Path) -> list[Path]:
 
 def id_hits(home: Path, user_id: str) -> list[str]:
     pats = [user_id.encode("utf-8"), user_id.encode("utf-32-le")]
-    return [str(p.relative_to(home)) for p in files_under(home) if any(x in p.read_bytes() for x in pats)]
+    return [
+        str(p.relative_to(home))
+        for p in files_under(home)
+        if any(x in p.read_bytes() for x in pats)
+    ]
 
 
 def vector_hits(home: Path, vectors: list[np.ndarray], tol: float = 1e-5) -> dict[str, int]:
@@ -58,7 +62,7 @@ def vector_hits(home: Path, vectors: list[np.ndarray], tol: float = 1e-5) -> dic
             with np.errstate(invalid="ignore"):
                 for v in vectors:
                     for i in np.nonzero(np.abs(a[: len(a) - 383] - v[0]) < tol)[0]:
-                        if np.allclose(a[i: i + 384], v, atol=tol):
+                        if np.allclose(a[i : i + 384], v, atol=tol):
                             n += 1
         if n:
             out[str(p.relative_to(home))] = n
@@ -91,11 +95,17 @@ def test_forget_leaves_no_trace_and_export_has_everything(home):
         vectors = [rec.profile(GONE).vector.copy()]
         picks = c.predict(user_id=GONE, message=MESSAGE, k=12, api_name="/recommend")["items"]
         for i, item in enumerate(picks):
-            out = c.predict(user_id=GONE, book_id=item["book_id"], signal=str(1 + i % 5), api_name="/feedback")
+            out = c.predict(
+                user_id=GONE, book_id=item["book_id"], signal=str(1 + i % 5), api_name="/feedback"
+            )
             assert out["ok"], out
             vectors.append(rec.profile(GONE).vector.copy())
-        text = (ROOT / "tests" / "data" / "goodreads_library_export.csv").read_text(encoding="utf-8")
-        assert c.predict(name=IMPORTED, csv_text=text, api_name="/import_goodreads")["ratings"] >= 15
+        text = (ROOT / "tests" / "data" / "goodreads_library_export.csv").read_text(
+            encoding="utf-8"
+        )
+        assert (
+            c.predict(name=IMPORTED, csv_text=text, api_name="/import_goodreads")["ratings"] >= 15
+        )
         imported_vec = rec.profile(IMPORTED).vector.copy()
         c.predict(user_id=IMPORTED, message=MESSAGE, k=5, api_name="/recommend")
         kept_vec = rec.profile(KEPT).vector.copy()
@@ -103,13 +113,16 @@ def test_forget_leaves_no_trace_and_export_has_everything(home):
         # export: everything held, as JSON
         ex = c.predict(user_id=GONE, api_name="/export")
         assert len(ex["feedback"]["events"]) == 12 and len(ex["index_ratings"]) == len(
-            rec.lib.history(GONE))
+            rec.lib.history(GONE)
+        )
         assert np.allclose(ex["profile"]["vector"], vectors[-1], atol=1e-6)
         assert ex["log_lines"] and all(ex["pseudonym_in_logs"] in ln for ln in ex["log_lines"])
 
         # the scanner works: before forget it finds the id, old vector copies, and log lines
         before = id_hits(home, GONE)
-        assert any("ratings.npz" in f for f in before) and any("chroma.sqlite3" in f for f in before)
+        assert any("ratings.npz" in f for f in before) and any(
+            "chroma.sqlite3" in f for f in before
+        )
         assert sum(vector_hits(home, vectors).values()) >= 2  # Chroma's log keeps old versions
         log = (home / "logs" / "requests.log").read_text()
         assert ex["pseudonym_in_logs"] in log and GONE not in log  # logs are pseudonymous
@@ -121,10 +134,19 @@ def test_forget_leaves_no_trace_and_export_has_everything(home):
         out = c.predict(user_id=GONE, confirm=False, api_name="/forget")
         assert "confirm" in out["error"] and rec.has_user(GONE)
         out = c.predict(user_id=GONE, confirm=True, api_name="/forget")
-        assert out["feedback"]["events"] == 12 and out["profile_vectors"] == 1 and out["log_lines"] >= 3
+        assert (
+            out["feedback"]["events"] == 12
+            and out["profile_vectors"] == 1
+            and out["log_lines"] >= 3
+        )
         assert not rec.has_user(GONE) and GONE not in {u["user_id"] for u in rec.users()}
-        assert "unknown reader" in c.predict(user_id=GONE, message="hi", k=3, api_name="/recommend")["error"]
-        assert c.predict(user_id=KEPT, message="what should I read next?", k=3, api_name="/recommend")["items"]  # others unharmed
+        assert (
+            "unknown reader"
+            in c.predict(user_id=GONE, message="hi", k=3, api_name="/recommend")["error"]
+        )
+        assert c.predict(
+            user_id=KEPT, message="what should I read next?", k=3, api_name="/recommend"
+        )["items"]  # others unharmed
     finally:
         app.close()
         rec.close()
