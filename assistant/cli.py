@@ -152,7 +152,8 @@ def cmd_chat(args) -> int:
     auth = list(args.auth or [])
     if not auth and os.environ.get("READNEXT_CHAT_AUTH"):
         auth = [os.environ["READNEXT_CHAT_AUTH"]]
-    launch(s, host=args.host, port=args.port, auth=auth, admins=args.admin or [], open_browser=False)
+    launch(s, host=args.host, port=args.port, auth=auth, admins=args.admin or [],
+           open_browser=False)
     return 0
 
 
@@ -241,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     a.add_argument("--port", type=int, default=None)
     a.add_argument("--auth", action="append", metavar="USER:PASSWORD",
-                   help="an account (repeatable); with any account, sign-in is required and each account "
-                        "reads as itself (required off loopback)")
-    a.add_argument("--admin", action="append", metavar="USER", help="give this --auth account the admin role")
+                   help="an account (repeatable); with any account, sign-in is required and "
+                        "each account reads as itself (required off loopback)")
+    a.add_argument("--admin", action="append", metavar="USER",
+                   help="give this --auth account the admin role")
     a.add_argument("--llm")
     a.add_argument("--llm-model")
     a.set_defaults(func=cmd_chat)
