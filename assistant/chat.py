@@ -16,8 +16,9 @@ from retrieval.errors import ReadnextError
 
 from .accounts import AccountStore, parse_auth_spec
 from .chat_engine import HELP, ChatState, Reply, card_html
+from .explain import excerpt
 from .recommender import Recommender
-from .service import ReaderService, setup_request_log
+from .service import ReaderService, delete_upload, setup_request_log
 
 CSS = """
 .rn-card{display:flex;gap:14px;padding:12px;border:1px solid var(--border-color-primary);border-radius:10px}
@@ -77,9 +78,16 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
     readers = [] if multi else [
         u["user_id"] for u in sorted(rec.users(), key=lambda u: -u["n_ratings"])[:500]]
 
+    limit = rec.settings.chat.max_message_chars
+
     def outputs_for(reply: Reply, chat: list[dict], new_text: bool):
         if new_text:
             chat = chat + [{"role": "assistant", "content": reply.text}]
+        notes = "\n".join(f"ℹ️ {n}" for n in reply.notes)
+        who = f"Reading as **{reply.state.user_id}**" if reply.state.user_id else "Not signed in: pick a reader or start as new"
+        if reply.keeps_cards:  # "why #2?" and friends: the list and its buttons stay as they are
+            keep = [gr.update()] * (2 * k)
+            return [chat, reply.state.to_dict(), gr.update(), who, *keep]
         groups, htmls = [], []
         for i in range(k):
             if i < len(reply.cards):
@@ -88,26 +96,28 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             else:
                 groups.append(gr.update(visible=False))
                 htmls.append("")
-        notes = "\n".join(f"ℹ️ {n}" for n in reply.notes)
-        who = f"Reading as **{reply.state.user_id}**" if reply.state.user_id else "Not signed in: pick a reader or start as new"
         return [chat, reply.state.to_dict(), notes, who, *groups, *htmls]
 
     def stream(make_replies, chat: list[dict], state: dict):
-        """The first reply adds its text to the chat; later ones (LLM text streaming into the
-        cards) only refresh the cards and notes."""
-        first = True
+        """Every turn streams: the first reply adds the assistant's message at once; each later
+        one (LLM text flowing into the cards, the next step of an import) updates it in place.
+        ``make_replies`` is called inside the guard, so a refused caller gets one line too."""
+        base = list(chat)
         try:
             for reply in make_replies():
-                yield outputs_for(reply, chat, first)
-                if first:
-                    chat = chat + [{"role": "assistant", "content": reply.text}]
-                    first = False
+                yield outputs_for(reply, base, True)
         except ReadnextError as e:
-            yield outputs_for(Reply(f"⚠️ {e}", state=ChatState.from_any(state)), chat, True)
+            yield outputs_for(Reply(f"⚠️ {e}", state=ChatState.from_any(state)), base, True)
+
+    def shown(message: str) -> str:
+        """The reader's bubble: a message over the limit is cut (it is refused, not echoed). The
+        textbox has no max_length on purpose: the browser would cut silently, mid-sentence."""
+        m = (message or "").strip()  # the length the engine reports
+        return m if len(m) <= limit else excerpt(m, 200) + f" [{len(m):,} characters]"
 
     @needs_request
     def on_message(message: str, chat: list[dict], state: dict, request: gr.Request):
-        chat = list(chat or []) + [{"role": "user", "content": message}]
+        chat = list(chat or []) + [{"role": "user", "content": shown(message)}]
 
         def replies():
             st = svc.session_state(svc.caller(_username(request)), state)
@@ -130,28 +140,32 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             st, msg = engine.select_reader(uid)
         except ReadnextError as e:
             st, msg = ChatState(), f"⚠️ {e}"
-        return outputs_for(Reply(msg, state=st), list(chat or []), True)
+        # another reader: the previous reader's cards go
+        yield outputs_for(Reply(msg, cards=[], state=st), list(chat or []), True)
 
     @needs_request
     def on_new(name: str, loved: str, genres: list[str], chat: list[dict], request: gr.Request):
-        try:
-            reply = svc.onboard(svc.caller(_username(request)), name, loved, genres, k)
-        except ReadnextError as e:
-            reply = Reply(f"⚠️ {e}", state=ChatState())
-        return outputs_for(reply, list(chat or []), True)
+        def replies():
+            nm, text, tags = svc.onboarding_input(svc.caller(_username(request)), name, loved, genres)
+            return engine.onboard(nm, text, tags)
+        yield from stream(replies, list(chat or []), ChatState().to_dict())
 
     @needs_request
     def on_import(file: Any, name: str, chat: list[dict], request: gr.Request):
+        chat = list(chat or [])
         if not file:
-            return outputs_for(Reply("Choose a Goodreads export CSV first.", state=ChatState()), list(chat or []), True)
-        try:
-            out = svc.import_goodreads(svc.caller(_username(request)), name,
-                                       path=file if isinstance(file, str) else file.name,
-                                       delete_file=True)
-            st, msg = ChatState(user_id=out["user_id"]), out["text"]
-        except ReadnextError as e:
-            st, msg = ChatState(), f"⚠️ {e}"
-        return outputs_for(Reply(msg + " Ask me *what should I read next?*", state=st), list(chat or []), True)
+            ask = Reply("Choose a Goodreads export CSV first.", state=ChatState())
+            yield outputs_for(ask, chat, True)
+            return
+        path = file if isinstance(file, str) else file.name
+
+        def replies():
+            try:  # the uploaded file goes whatever happens (docs/privacy.md)
+                nm = svc.import_name(svc.caller(_username(request)), name, path)
+                yield from engine.import_file(path, nm)
+            finally:
+                delete_upload(path)
+        yield from stream(replies, chat, ChatState().to_dict())
 
     @needs_request
     def on_load(state: dict, request: gr.Request):

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from retrieval.constraints import Constraints
 from retrieval.errors import NotFoundError, ReadnextError
 from retrieval.privacy import LOG_DIR, check_reader_id, home_secret, pseudonym
 
@@ -216,7 +215,8 @@ class ReaderService:
 
         def run():
             kk = self._k(k)
-            msg = self._text(message, "message", self.limits.max_message)
+            # the engine refuses over-long messages politely (chat.max_message_chars)
+            msg = self._text(message, "message", 10 * self.rec.settings.chat.max_message_chars)
             uid = self.reader_for(caller, reader)
             last = None
             for last in self.engine(kk).respond(ChatState(user_id=uid), msg):
@@ -253,6 +253,31 @@ class ReaderService:
         """Onboarding: a reader from loved titles and genres (a signed-in reader: their own)."""
         return self.onboard(caller, name, loved, genres, k).to_dict()
 
+    def onboarding_input(
+        self, caller: Caller, name: str | None, loved: str | None, genres: list[str] | None
+    ) -> tuple[str | None, str, list[str]]:
+        """Check an "I'm new" request: ``(reader name or None for a new guest id, loved, genres)``.
+
+        A signed-in reader onboards only themself; owners and admins name a valid id.
+        """
+        loved_text = self._text(loved, "loved", self.limits.max_loved * 200)
+        if len([x for x in re.split(r"[\n;]+", loved_text) if x.strip()]) > self.limits.max_loved:
+            raise ReadnextError(
+                f"give at most {self.limits.max_loved} loved books (limits.max_loved)"
+            )
+        gen = [str(g)[:60] for g in (genres or [])][:50]
+        nm = (name or "").strip()
+        if caller.role == READER:
+            uid = self.reader_for(caller, nm or None)
+            if uid in self.rec.lib.user_index:
+                raise ReadnextError(
+                    "you already have a reading history: rate books to teach me more"
+                )
+            return uid, loved_text, gen
+        if nm:
+            check_reader_id(nm, "reader name")
+        return nm or None, loved_text, gen
+
     def onboard(
         self,
         caller: Caller,
@@ -261,42 +286,41 @@ class ReaderService:
         genres: list[str] | None = None,
         k: int | None = None,
     ) -> Reply:
-        """Like :meth:`new_reader`, returning the chat reply (cards as objects) for the UI."""
+        """Like :meth:`new_reader`, returning the final chat reply (cards as objects)."""
 
         def run():
-            loved_text = self._text(loved, "loved", self.limits.max_loved * 200)
-            if (
-                len([x for x in re.split(r"[\n;]+", loved_text) if x.strip()])
-                > self.limits.max_loved
-            ):
-                raise ReadnextError(
-                    f"give at most {self.limits.max_loved} loved books (limits.max_loved)"
-                )
-            gen = [str(g)[:60] for g in (genres or [])][:50]
-            nm = (name or "").strip()
-            if caller.role == READER:
-                uid = self.reader_for(caller, nm or None)
-                if uid in self.rec.lib.user_index:
-                    raise ReadnextError(
-                        "you already have a reading history: rate books to teach me more"
-                    )
-                nm = uid
-            elif nm:
-                check_reader_id(nm, "reader name")
-            eng = self.engine(k)
-            st, text = eng.new_reader(nm or None, loved_text, gen)
+            nm, loved_text, gen = self.onboarding_input(caller, name, loved, genres)
+            last = None
+            for last in self.engine(k).onboard(nm, loved_text, gen):
+                pass
+            assert last is not None
             if not nm:
-                text += (
-                    f" You are saved as reader **{st.user_id}**: use that id to come back, "
-                    "or erase it "
-                    f"with `readnext forget --user {st.user_id}`."
+                last.text += (
+                    f"\n\nYou are saved as reader **{last.state.user_id}**: use that id to come "
+                    f"back, or erase it with `readnext forget --user {last.state.user_id}`."
                 )
-            replies = list(eng._recommend(st, Constraints(include_tags=gen)))
-            reply = replies[-1] if replies else Reply(text, state=st)
-            reply.text = text + "\n\n" + reply.text
-            return st.user_id, reply
+            return last.state.user_id, last
 
         return self._call("new_reader", caller, run)
+
+    def import_name(
+        self, caller: Caller, name: str | None, path: str | Path | None = None
+    ) -> str | None:
+        """Check an import request: the reader it goes to (a signed-in reader: themself) and the
+        file's size (``limits.max_import_bytes``)."""
+        nm = (name or "").strip()
+        if caller.role == READER:
+            nm = self.reader_for(caller, nm or None) or ""
+        elif nm:
+            check_reader_id(nm, "reader name")
+        if path is not None:
+            size = Path(path).stat().st_size
+            if size > self.limits.max_import_bytes:
+                raise ReadnextError(
+                    f"the export is {size:,} bytes; the limit is "
+                    f"{self.limits.max_import_bytes:,} (limits.max_import_bytes)"
+                )
+        return nm or None
 
     def import_goodreads(
         self,
@@ -311,26 +335,16 @@ class ReaderService:
 
         def run():
             try:
-                nm = (name or "").strip()
-                if caller.role == READER:
-                    nm = self.reader_for(caller, nm or None)  # type: ignore[assignment]
-                elif nm:
-                    check_reader_id(nm, "reader name")
+                nm = self.import_name(caller, name, path)
                 if path is not None:
-                    size = Path(path).stat().st_size
-                    if size > self.limits.max_import_bytes:
-                        raise ReadnextError(
-                            f"the export is {size:,} bytes; the limit is "
-                            f"{self.limits.max_import_bytes:,} (limits.max_import_bytes)"
-                        )
-                    st, msg, summary = self.engine().import_goodreads(path, nm or None)
+                    st, msg, summary = self.engine().import_goodreads(path, nm)
                 else:
                     text = self._text(csv_text, "csv_text", self.limits.max_import_bytes)
                     with tempfile.TemporaryDirectory(prefix="readnext-import-") as d:
                         f = Path(d) / "goodreads_library_export.csv"
                         f.write_text(text, encoding="utf-8")
-                        st, msg, summary = self.engine().import_goodreads(f, nm or None)
-                return st.user_id, {**summary, "text": msg}
+                        st, msg, summary = self.engine().import_goodreads(f, nm)
+                return st.user_id, {**summary, "user_id": st.user_id, "text": msg}
             finally:
                 if path is not None and delete_file:
                     delete_upload(path)

@@ -118,6 +118,9 @@ class ChatConfig:
     # Parse chat intents with the LLM: "auto" = only with a model bigger than the offline 135M one
     # (which produces unusable JSON for this task); "on" / "off" force it.
     llm_intent: str = "auto"
+    # Longest chat message (and `recommend --query`, and any Recommender query) in characters:
+    # a request is a sentence or two; a longer one is refused politely and never echoed back.
+    max_message_chars: int = 1000
     accounts_file: str | None = None  # default: $READNEXT_HOME/accounts.json (`readnext accounts`)
 
 
@@ -129,7 +132,6 @@ class LimitsConfig:
     max_list: int = 500  # rows in a listing (readers, history)
     max_import_bytes: int = 5_000_000  # one Goodreads export
     max_loved: int = 50  # titles in an onboarding request
-    max_message: int = 2000  # characters of one chat message sent to the API
 
 
 @dataclass
@@ -212,13 +214,17 @@ class Settings:
         if any(not isinstance(w, (int, float)) or w < 0 for w in f.weights.values()) or \
                 not any(w > 0 for w in f.weights.values()):
             raise ReadnextError(f"{origin}: fusion.weights must be numbers >= 0, at least one > 0; got {f.weights}")
-        for name in ("max_k", "max_list", "max_import_bytes", "max_loved", "max_message"):
+        for name in ("max_k", "max_list", "max_import_bytes", "max_loved"):
             v = getattr(self.limits, name)
             if not isinstance(v, int) or v < 1:
                 raise ReadnextError(f"{origin}: limits.{name} must be an integer >= 1; got {v!r}")
         if self.privacy.log_days < 0 or self.privacy.upload_max_age_s < 60:
             raise ReadnextError(f"{origin}: privacy.log_days must be >= 0 and "
                                 "privacy.upload_max_age_s >= 60")
+        limit = self.chat.max_message_chars
+        if not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            raise ReadnextError(f"{origin}: chat.max_message_chars must be an integer from 1 to "
+                                f"100000; got {limit!r}")
         if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
             raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 
