@@ -216,7 +216,7 @@ class ReaderService:
         def run():
             kk = self._k(k)
             # the engine refuses over-long messages politely (chat.max_message_chars)
-            msg = self._text(message, "message", 10 * self.rec.settings.chat.max_message_chars)
+            msg = self._text(message, "message", self.limits.max_import_bytes)
             uid = self.reader_for(caller, reader)
             last = None
             for last in self.engine(kk).respond(ChatState(user_id=uid), msg):
