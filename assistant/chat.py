@@ -327,6 +327,16 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
     # Uploads land in the data dir (not /tmp), are deleted after import, and aged out by Gradio.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.home / "uploads"))
     rec = Recommender.open(settings=settings)
+    if settings.llm.warm_up and settings.llm.backend != "none":
+        # Load and warm the model now, so the first reader does not wait for it.
+        from .llm import LLMError
+
+        try:
+            took = rec.warm_up_llm()
+            if took is not None:
+                print(f"LLM {rec.llm.describe()} loaded and warmed in {took:.1f} s", flush=True)
+        except (LLMError, ValueError) as e:
+            print(f"warning: LLM not available ({e}); the chat shows template text", flush=True)
     svc = ReaderService(rec, accounts if multi else None, llm_picks=llm_picks)
     setup_request_log(settings.home, settings.privacy.log_days)
     app = build_app(rec, llm_picks=llm_picks, service=svc)

@@ -18,7 +18,8 @@ from retrieval.errors import ReadnextError
 from retrieval.types import Rating
 
 from .explain import QUERY_EXCERPT, excerpt
-from .intent import Intent, parse_intent
+from .intent import (Intent, RequestState, describe_request, follow_up, intent_parser,
+                     recommend_request)
 from .recommender import Recommendation, Recommender
 
 GUEST_NOTE = ("guest session: nothing is saved (your feedback lives in this session only); "
@@ -81,16 +82,11 @@ class ChatEngine:
         self.rec = rec
         self.k = k
         self.llm_picks = rec.settings.llm.explain_top if llm_picks is None else llm_picks
-        books = list(rec.books.values())
-        self._titles = [b.title for b in books]
-        self._title_to_id = {b.title: b.book_id for b in books}
-        tag_counts: dict[str, int] = {}
-        for b in books:
-            for t in b.tags:
-                tag_counts[t] = tag_counts.get(t, 0) + 1
-        self.tags = sorted(tag_counts, key=lambda t: -tag_counts[t])
-        authors = {a for b in books for a in b.authors}
-        self._authors = sorted(authors)
+        self.intents = intent_parser(rec)
+        self.tags = self.intents.tags
+        self._title_to_id = {}
+        for b in rec.books.values():
+            self._title_to_id.setdefault(b.title, b.book_id)
 
     # -- who is reading -------------------------------------------------------------------------
 
@@ -167,77 +163,22 @@ class ChatEngine:
 
     def find_title(self, text: str) -> str | None:
         """Catalog book id for a loosely typed title ("the hobbit", "dune by frank herbert")."""
-        from rapidfuzz import fuzz, process
-
-        q = re.split(r"\s+(?:by|-)\s+", text.strip(), maxsplit=1)[0]
-        hit = process.extractOne(q, self._titles, scorer=fuzz.WRatio, score_cutoff=86,
-                                 processor=lambda s: re.sub(r"\s*\(.*?\)\s*$", "", s).lower())
-        return self._title_to_id[hit[0]] if hit else None
+        hit = self.intents.matcher.title(text)
+        return hit.book_id if hit else None
 
     # -- conversation -----------------------------------------------------------------------------
 
-    def parse(self, message: str, st: ChatState | None = None) -> Intent:
-        """The LLM parses the message when configured (validated strictly); rules otherwise."""
-        rules = parse_intent(message, self._titles, self.tags, self._authors)
-        if not self._use_llm_intent():
-            return rules
-        try:
-            got = self._llm_intent(message, st)
-        except Exception:  # any backend/parse failure: the rules answer
-            got = None
-        if got is None:
-            self.intent_fallbacks += 1
-            return rules
-        got.query_text = rules.query_text
-        return got
+    def parse(self, message: str, st: ChatState | None = None, llm: Any = None) -> Intent:
+        """The LLM parses the message when configured (validated strictly); rules otherwise.
 
-    intent_fallbacks = 0
+        ``llm``: the turn's backend view (its time budget); default: the parser's backend."""
+        shown = [self.rec.books[b].title for b in (st.recs if st else [])[:10] if b in self.rec.books]
+        return self.intents.parse(message, shown, llm=llm)
 
-    def _use_llm_intent(self) -> bool:
-        mode = self.rec.settings.chat.llm_intent
-        spec = str(self.rec.settings.llm.backend if self.rec._llm_spec is None else self.rec._llm_spec)
-        if mode == "off" or spec == "none" or self.rec.llm is None:
-            return False
-        return mode == "on" or spec.lower() not in ("local", "none")
-
-    def _llm_intent(self, message: str, st: ChatState | None) -> Intent | None:
-        """Ask the LLM for {"intent", "constraints"}; keep only values the catalog knows."""
-        import json
-
-        from prompts import delimit, render_messages
-
-        shown = "\n".join(f"#{i + 1} {self.rec.books[b].title}" for i, b in enumerate((st.recs if st else [])[:10]))
-        msgs, _version = render_messages("chat_intent", context=shown or "(none)", utterance=delimit(message, 500))
-        raw = self.rec.llm.generate(msgs, max_new_tokens=160)
-        m = re.search(r"\{.*\}", raw, re.S)
-        if not m:
-            return None
-        data = json.loads(m.group(0))
-        kind = data.get("intent")
-        if kind not in ("recommend", "more_like", "refine", "why", "details", "read_it", "not_interested"):
-            return None
-        c = data.get("constraints") or {}
-        known = {t.lower(): t for t in self.tags}
-        authors = {a.lower(): a for a in self._authors}
-        intent = Intent(kind=kind)
-        intent.include_tags = [known[t.lower()] for t in c.get("include_tags") or [] if str(t).lower() in known]
-        intent.exclude_tags = [known[t.lower()] for t in c.get("exclude_tags") or [] if str(t).lower() in known]
-        intent.authors = [authors[a.lower()] for a in c.get("authors") or [] if str(a).lower() in authors]
-        for key in ("year_min", "year_max"):
-            v = c.get(key)
-            setattr(intent, key, int(v) if isinstance(v, (int, float)) and -3000 < v < 2100 else None)
-        for key in ("shorter", "lighter", "newer"):
-            setattr(intent, key, c.get(key) is True)
-        ref = c.get("title_ref")
-        if isinstance(ref, str) and ref.strip():
-            num = re.fullmatch(r"#?\s*(\d{1,2})", ref.strip())
-            if num:
-                intent.ref_index = int(num.group(1))
-            else:
-                intent.title_ref = self.find_title(ref)
-        elif isinstance(ref, int):
-            intent.ref_index = ref
-        return intent
+    @property
+    def intent_fallbacks(self) -> int:
+        """How many messages the LLM failed to parse (the rules answered instead)."""
+        return self.intents.fallbacks
 
     def _target(self, st: ChatState, intent: Intent) -> str | None:
         if intent.ref_index is not None and st.recs:
@@ -263,7 +204,9 @@ class ChatEngine:
                         f"I read up to {limit:,}. "
                         "Could you say in a sentence or two what you would like to read?", state=st)
             return
-        intent = self.parse(message, st)
+        llm = self.rec.llm
+        turn = llm.for_turn() if hasattr(llm, "for_turn") else None  # one LLM budget for the turn
+        intent = self.parse(message, st, turn)
         if intent.kind in ("help", "greeting"):
             yield Reply(("Hello! " if intent.kind == "greeting" else "") + HELP, state=st)
             return
@@ -282,37 +225,28 @@ class ChatEngine:
                 return
             yield from self.feedback(st, target, "read" if intent.kind == "read_it" else "not_interested")
             return
-        # recommend / more_like / refine
-        c = Constraints(**st.constraints) if intent.kind == "refine" else Constraints()
-        if intent.kind == "refine" and st.query:
-            query = st.query
-        else:
-            query = intent.query_text or None
-        ref = None
-        if intent.kind == "more_like":
-            ref = self._target(st, intent)
-            if ref:
-                query = self.rec.books[ref].embedding_text()
-        elif intent.kind == "refine":
-            ref = st.ref_book
-        c = c.refined_by(intent)
-        c.ref_year = self.rec.books[ref].year if ref and (c.newer or c.older) else None
-        if query and _generic_request(query):
-            query = None
-        st.query, st.ref_book = query, ref
-        st.constraints = {k: v for k, v in asdict(c).items() if k != "ref_year"}
-        yield from self._recommend(st, c, exclude=[ref] if ref else [])
+        # recommend / more_like / refine: the request, refined or reset (assistant.intent)
+        anchor = self._target(st, intent) if intent.kind == "more_like" else None
+        prev = RequestState(st.query, Constraints(**st.constraints), st.ref_book) \
+            if (st.constraints or st.query or st.ref_book) else None
+        req = follow_up(prev, intent, anchor, self.rec.books, self.rec.settings.request.tag_boost)
+        st.query, st.ref_book = req.query, req.anchor
+        st.constraints = asdict(req.constraints)
+        yield from self._recommend(st, req.constraints, turn=turn)
 
-    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = ()) -> Iterator[Reply]:
+    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = (), turn: Any = None
+                   ) -> Iterator[Reply]:
+        if st.ref_book and st.ref_book not in self.rec.books:
+            st.ref_book = None
+        req = RequestState(st.query, c, st.ref_book)
         if st.user_id is None:  # an ephemeral guest: nothing is stored, and the notes say so
             st.guest = True
             hist = [tuple(x) for x in st.session_ratings] or None
-            res = self.rec.recommend_full(history=hist, query=st.query, k=self.k, constraints=c,
-                                          exclude=list(exclude) + st.session_exclude)
+            res = recommend_request(self.rec, req, None, self.k,
+                                    exclude=list(exclude) + st.session_exclude, history=hist)
             res.notes.append(GUEST_NOTE)
         else:
-            res = self.rec.recommend_full(user_id=st.user_id, query=st.query, k=self.k,
-                                          constraints=c, exclude=exclude)
+            res = recommend_request(self.rec, req, st.user_id, self.k, exclude=exclude)
         st.recs = [r.book_id for r in res.items]
         if not res.items:
             yield Reply("Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",
@@ -327,14 +261,14 @@ class ChatEngine:
         yield reply
         if llm is None or self.llm_picks <= 0:
             return
-        yield from self._stream_llm(reply)
+        yield from self._stream_llm(reply, turn)
 
-    def _stream_llm(self, reply: Reply) -> Iterator[Reply]:
+    def _stream_llm(self, reply: Reply, turn: Any = None) -> Iterator[Reply]:
         rec = self.rec
         ctx = rec.context(reply.state.user_id, query=reply.state.query)
         hist = [b for b, _ in rec._history_books(ctx)]
-        ex = rec.explainer()
-        fallbacks = 0
+        ex, turn = rec.explainer_for_turn(turn)  # the turn's LLM budget: later picks keep templates
+        reasons = []
         for card in reply.cards[: self.llm_picks]:
             book = rec.books[card.book_id]
             final = None
@@ -351,10 +285,12 @@ class ChatEngine:
             if final is not None:
                 Recommender.apply_explanation(card, final)
                 card.explanation = card.explanation if final.source == "llm" else template
-                fallbacks += final.source != "llm"
+                if final.source != "llm":
+                    reasons.append(final.rejected_reason)
             yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=True)
-        if fallbacks:
-            reply.notes.append(f"{fallbacks} LLM text(s) failed the grounding check: showing template text instead")
+        from .llm.resilience import count_guard_rejections, honest_notes
+
+        reply.notes.extend(honest_notes(turn, count_guard_rejections(reasons)))
         yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=False)
 
     def _why(self, st: ChatState, book_id: str) -> Reply:
@@ -424,24 +360,11 @@ class ChatEngine:
             yield r
 
 
-def _generic_request(q: str) -> bool:
-    """'what should I read next' carries no topic: do not embed it as a query."""
-    words = set(re.findall(r"[a-z']+", q.lower()))
-    return words <= {"what", "should", "i", "read", "next", "something", "a", "book", "books", "good", "to",
-                     "recommend", "me", "please", "some", "give", "any", "suggestions", "suggest", "can", "you",
-                     "another", "new", "now", "more", "the", "one", "ones", "else", "could", "would", "like"}
-
-
 def _intro(st: ChatState, c: Constraints, rec: Recommender) -> str:
-    bits = []
-    if st.ref_book:
-        bits.append(f"like “{rec.books[st.ref_book].title}”")
-    if st.query and not st.ref_book:
-        bits.append(f"for “{excerpt(st.query, QUERY_EXCERPT)}”")
-    d = c.describe()
-    if d:
-        bits.append(f"({d})")
-    return "Here are my picks" + (" " + " ".join(bits) if bits else "") + ":"
+    """The reply's first line says in words what was understood."""
+    q = excerpt(st.query, QUERY_EXCERPT) if st.query else None
+    said = describe_request(RequestState(q, c, st.ref_book), rec.books)
+    return f"I understood: {said}. Here are my picks:" if said else "Here are my picks:"
 
 
 def card_html(r: Recommendation, n: int) -> str:

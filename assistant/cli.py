@@ -94,10 +94,36 @@ def cmd_recommend(args) -> int:
     if not args.user and not args.query:
         raise ReadnextError("give --user ID and/or --query TEXT")
     rec = _open(args)
-    res = rec.recommend_full(user_id=args.user, query=args.query, k=args.k, source=args.source,
-                             rerank=args.rerank, explain_llm=args.explain_llm if args.explain_llm is not None
-                             else (rec.settings.llm.explain_top if args.rerank == "llm" or args.llm else 0))
+    explain = args.explain_llm if args.explain_llm is not None else (
+        rec.settings.llm.explain_top if args.rerank == "llm" or args.llm else 0)
+    understood = None
+    if args.query and args.source == "hybrid":
+        # The same request understanding as the chat (assistant.intent): tags, authors,
+        # years, "like X", negations -> constraints, lexical + dense retrieval, anchors.
+        from .intent import describe_request, follow_up, intent_parser, recommend_request
+        from .recommender import check_query_length
+
+        check_query_length(args.query, rec.settings.chat.max_message_chars)  # before parsing it
+        parser = intent_parser(rec)
+        intent = parser.parse(args.query)
+        kind = intent.kind if intent.kind in ("recommend", "more_like", "refine") else "recommend"
+        intent.kind = kind
+        anchor = None
+        if intent.title_ref:
+            hit = parser.matcher.title(intent.title_ref)
+            anchor = hit.book_id if hit else None
+        req = follow_up(None, intent, anchor if kind == "more_like" else None, rec.books,
+                        rec.settings.request.tag_boost)
+        res = recommend_request(rec, req, args.user, args.k, rerank=args.rerank, explain_llm=explain)
+        understood = {"text": describe_request(req, rec.books), "parser": parser.last_source,
+                      "intent": intent.to_dict(), "anchor": req.anchor}
+        if understood["text"]:
+            res.notes.insert(0, f"understood: {understood['text']} ({parser.last_source})")
+    else:
+        res = rec.recommend_full(user_id=args.user, query=args.query, k=args.k, source=args.source,
+                                 rerank=args.rerank, explain_llm=explain)
     obj = {"user_id": args.user, "query": args.query, "source": args.source, "rerank": args.rerank,
+           "understood": understood,
            "items": [r.to_dict() for r in res.items], "notes": res.notes, "timings_ms": res.timings_ms}
     _print(args, obj, _rec_text(res.items, res.notes))
     return 0

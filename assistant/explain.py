@@ -55,6 +55,17 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
         vol = f"#{e.value:g} " if e.value is not None else ""
         prev = f", after {_titles(books, e.book_ids, rated, 1)}" if e.book_ids else ""
         return f"It is the next book ({vol}in {e.series}) for you{prev}."
+    if e.kind == "anchor":
+        like = f"Like {_title(books, e.book_ids[0])}, which you asked about"
+        bits = []
+        if e.tags:
+            bits.append(f"it shares {', '.join(e.tags)}")
+        elif (e.value or 0) >= 0.35:
+            bits.append("it is close in subject and style")
+        if e.count:
+            pct = round((e.share or 0) * 100)
+            bits.append(f"{e.count} readers who liked it also rated this one, {pct}% of them 4★ or more")
+        return like + (": " + "; ".join(bits) if bits else "") + "."
     if e.kind == "query_match":
         return f"It matches what you asked for (“{excerpt(e.text or '', QUERY_EXCERPT)}”)."
     if e.kind == "to_read":

@@ -1,4 +1,13 @@
-"""Rule-based chat intent parser: the fallback when no LLM is available.
+"""Request understanding: a chat message or ``--query`` -> a structured :class:`Intent`.
+
+The one home of intent parsing. :class:`IntentParser` asks a capable LLM for JSON under
+:data:`INTENT_SCHEMA` (every value then checked against the catalog) and uses the rules
+(:func:`parse_intent`) otherwise or when the model's answer does not validate;
+:func:`follow_up` turns a parsed intent plus the previous request into the request to run
+("but shorter" refines the last one, a new request resets it); :func:`describe_request` says
+in words what was understood.
+
+Rules:
 
 ``parse_intent("something like Dune but shorter", known_titles=...)`` gives
 ``Intent(kind="more_like", title_ref="Dune", shorter=True, ...)``. The parser never invents
@@ -25,16 +34,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
-from rapidfuzz import fuzz, process
-
 from retrieval.constraints import Constraints
-from retrieval.goodreads import normalize_title
+from retrieval.matcher import CatalogMatcher
+from retrieval.types import Book
 
-__all__ = ["Intent", "IntentKind", "parse_intent", "TAG_SYNONYMS"]
+__all__ = ["INTENT_SCHEMA", "Intent", "IntentKind", "IntentParser", "RequestState",
+           "describe_request", "follow_up", "parse_intent", "TAG_SYNONYMS"]
 
 IntentKind = Literal["recommend", "more_like", "refine", "why", "details", "read_it",
                      "not_interested", "greeting", "help"]
@@ -55,6 +64,7 @@ class Intent(Constraints):
         """Plain dict (lists copied), e.g. for JSON logs or an LLM prompt."""
         d = asdict(self)
         d.pop("ref_year")  # set by the chat from a referenced book, never parsed from a message
+        d.pop("tag_boost")  # a setting (request.tag_boost), not part of what the reader said
         return d
 
 
@@ -87,6 +97,12 @@ TAG_SYNONYMS: dict[str, tuple[str, ...]] = {
     "dystopian": ("dystopian", "dystopia"), "classic": ("classics", "classic"),
     "classics": ("classics", "classic"), "spy": ("spy", "espionage"), "space": ("space-opera",),
     "vampire": ("vampires", "vampire"), "vampires": ("vampires", "vampire"),
+    # comparatives and adjectives of genre nouns ("but funnier", "something philosophical")
+    "funnier": ("humor", "funny", "comedy", "humour"), "scarier": ("horror",),
+    "darker": ("dark",), "philosophical": ("philosophy",), "magical": ("magic",),
+    "mysterious": ("mystery",), "political": ("politics",), "scientific": ("science",),
+    "psychological": ("psychology",), "mythological": ("mythology",),
+    "spiritual": ("spirituality",), "romantic comedy": ("romance", "funny", "humor"),
 }
 
 # Words that are tags in goodbooks but mean something else in a request.
@@ -158,6 +174,9 @@ _BOOKISH_RE = re.compile(r"\b(?:books?|novels?|reads?)\b", re.I)
 _REFINE_START_RE = re.compile(r"^\s*(?:more|less|fewer|only|just|not|no|without|but|and|except|"
                               r"something|anything|maybe|how\s+about|what\s+about|instead)\b", re.I)
 
+# "something dark and atmospheric" is a new request; "something newer" refines the list.
+_FRESH_START_RE = re.compile(r"^\s*(?:something|anything|maybe)\b", re.I)
+
 _YEAR = r"([12]\d{3})"
 _PUB = r"(?:(?:published|written|released|came\s+out|from)\s+)?"
 _YEAR_RES: list[tuple[re.Pattern[str], str]] = [
@@ -201,7 +220,8 @@ _LEADING_FILLER_RE = re.compile(r"^(?:(?:did|do|would)\s+you\s+(?:recommend|sugg
                                 r"(?:ed)?|recommend(?:ed)?|suggest(?:ed)?|in|about|on|to|of|is|was|"
                                 r"the\s+book|a\s+book\s+called|called|me|please)\s+", re.I)
 _NEG_WORDS = {"not", "no", "without", "except", "avoid", "exclude", "excluding", "nothing", "none",
-              "hate", "dislike", "never", "less", "fewer", "skip", "minus"}
+              "hate", "dislike", "never", "less", "fewer", "skip", "minus", "isnt", "arent",
+             "wasnt", "nor"}
 _NEG_PHRASES_RE = re.compile(r"\b(?:don'?t|do\s+not|doesn'?t|won'?t)\s+(?:like|want|enjoy|need)\b|"
                              r"\banything\s+but\b|\bother\s+than\b|\binstead\s+of\b|\bbut\s+not\b|"
                              r"\bnot\s+interested\s+in\b", re.I)
@@ -216,24 +236,15 @@ _FILLER = {"a", "an", "the", "some", "something", "anything", "any", "book", "bo
            "would", "could", "should", "so", "too", "there", "here", "why", "similar", "than",
            "get", "try", "let's", "lets", "how"}
 
-_TITLE_CUTOFF = 88.0
-_AUTHOR_CUTOFF = 85.0
 
 
 # ---------------------------------------------------------------------------- lookup tables
 
 @lru_cache(maxsize=8)
-def _title_table(titles: tuple[str, ...]) -> tuple[dict[str, str], list[str], list[str]]:
-    exact: dict[str, str] = {}
-    norms, originals = [], []
-    for t in titles:
-        n = normalize_title(t)
-        if not n:
-            continue
-        exact.setdefault(n, t)  # first wins: callers list popular books first
-        norms.append(n)
-        originals.append(t)
-    return exact, norms, originals
+def _matcher(titles: tuple[str, ...], authors: tuple[str, ...]) -> CatalogMatcher:
+    """The shared catalog matcher over bare title/author lists (cached: callers pass the same
+    catalog on every message)."""
+    return CatalogMatcher.from_titles(titles, authors)
 
 
 def _tag_key(s: str) -> str:
@@ -284,19 +295,6 @@ def _variants(key: str) -> list[str]:
     return out
 
 
-@lru_cache(maxsize=8)
-def _author_table(authors: tuple[str, ...]) -> tuple[dict[str, str], list[str], list[str]]:
-    full: dict[str, str] = {}
-    norms, originals = [], []
-    for a in authors:
-        n = _tag_key(re.sub(r"[.]", " ", a))
-        if n:
-            full.setdefault(n, a)
-            norms.append(n)
-            originals.append(a)
-    return full, norms, originals
-
-
 # ---------------------------------------------------------------------------- the parser
 
 class _Work:
@@ -343,27 +341,15 @@ def _word_ends(s: str, start: int, end: int) -> list[int]:
     return sorted({start + m.end() for m in re.finditer(r"\S+", s[start:end])}, reverse=True)
 
 
-def _match_title(work: _Work, start: int, end: int, titles: tuple[str, ...],
+def _match_title(work: _Work, start: int, end: int, cat: CatalogMatcher,
                  exact_only: bool = False) -> tuple[str, int] | None:
     """Known title named at s[start:end]: (title, end offset of the words it used).
 
-    Prefixes are tried longest first and the first one matching exactly or fuzzily wins, so
-    "Stand by Me" is not cut down to "The Stand" and a typo in the full title still matches.
+    Prefixes are tried longest first (see :meth:`CatalogMatcher.title_prefix`).
     """
-    exact, norms, originals = _title_table(titles)
     s = work.s
-    for e in _word_ends(s, start, end)[:12]:
-        n = normalize_title(s[start:e])
-        if not n:
-            continue
-        if n in exact:
-            return exact[n], e
-        if exact_only or len(n) < 4:
-            continue
-        hit = process.extractOne(n, norms, scorer=fuzz.ratio, score_cutoff=_TITLE_CUTOFF)
-        if hit:
-            return originals[hit[2]], e
-    return None
+    got = cat.title_prefix([(e, s[start:e]) for e in _word_ends(s, start, end)], exact_only)
+    return (got[0].title, got[1]) if got else None
 
 
 def _find_ref(work: _Work) -> tuple[int, int] | None:
@@ -422,15 +408,14 @@ def _find_flags(work: _Work, intent: Intent) -> None:
         intent.lighter = True  # kept in the text: these words also carry tags and meaning
 
 
-def _find_authors(work: _Work, authors: tuple[str, ...], intent: Intent) -> None:
-    full, norms, originals = _author_table(authors)
+def _find_authors(work: _Work, cat: CatalogMatcher | None, intent: Intent) -> None:
     for m in list(_AUTHOR_CUE_RE.finditer(work.s)):
         start, end = _phrase_after(work, m.end())
         phrase = work.s[start:end].strip()
         if not phrase:
             continue
         words = phrase.split()[:6]
-        if not authors:
+        if cat is None:
             # Names are capitalised words: stop at the first lower-case word after the name. A
             # reader typing all in lower case gets up to three non-filler words.
             lower = not any(c.isupper() for c in work.text)
@@ -449,35 +434,30 @@ def _find_authors(work: _Work, authors: tuple[str, ...], intent: Intent) -> None
         got = None
         for k in range(len(words), 0, -1):
             cand = " ".join(words[:k])
-            key = _tag_key(cand.replace(".", " "))
-            if key in full:
-                got = (full[key], cand)
-                break
-            # "by Pratchett" / "by Le Guin": a surname (or tail of the name) that is unique.
-            tails = [o for n, o in zip(norms, originals) if n.endswith(" " + key)]
-            if len(set(tails)) == 1 and len(key) > 2:
-                got = (tails[0], cand)
+            # a full name, or a surname / name tail unique in the catalog ("by Le Guin")
+            name = cat.author(cand, fuzzy=False)
+            if name:
+                got = (name, cand)
                 break
         if got is None:
-            hit = process.extractOne(_tag_key(phrase.replace(".", " ")), norms,
-                                     scorer=fuzz.token_sort_ratio, score_cutoff=_AUTHOR_CUTOFF)
-            if hit:
-                got = (originals[hit[2]], phrase)
+            name = cat.author(phrase)
+            if name:
+                got = (name, phrase)
         if got:
             if got[0] not in intent.authors:
                 intent.authors.append(got[0])
             work.consume(m.start(), start + len(got[1]))
-    if authors:
+    if cat is not None:
         # Full names named without "by" ("more Ursula K. Le Guin").
         toks = [(mm.start(), mm.end(), mm.group().lower()) for mm in re.finditer(r"[\w']+", work.s)]
         for i in range(len(toks)):
             for n in range(5, 1, -1):
                 if i + n > len(toks):
                     continue
-                key = " ".join(t[2] for t in toks[i:i + n])
-                if key in full:
-                    if full[key] not in intent.authors:
-                        intent.authors.append(full[key])
+                name = cat.full_author(" ".join(t[2].replace("'", "") for t in toks[i:i + n]))
+                if name:
+                    if name not in intent.authors:
+                        intent.authors.append(name)
                     work.consume(toks[i][0], toks[i + n - 1][1])
                     break
 
@@ -525,7 +505,8 @@ def _find_tags(work: _Work, tags: tuple[str, ...], intent: Intent) -> bool:
             if any(not re.fullmatch(r"[\s\-/]+", s[toks[j][1]:toks[j + 1][0]])
                    for j in range(i, i + n - 1)):
                 continue
-            if n > 1 and (toks[i][2] in _EDGE_WORDS or toks[i + n - 1][2] in _EDGE_WORDS):
+            if n > 1 and (toks[i][2] in _EDGE_WORDS or toks[i + n - 1][2] in _EDGE_WORDS) \
+                    and " ".join(t[2] for t in toks[i:i + n]) not in TAG_SYNONYMS:
                 continue  # "ya books" is the tag "ya", not the shelf "ya-books"
             key = " ".join(t[2] for t in toks[i:i + n])
             if key in table:
@@ -573,7 +554,7 @@ def _clean_query(text: str) -> str:
 
 
 def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequence[str] = (),
-                 known_authors: Sequence[str] = ()) -> Intent:
+                 known_authors: Sequence[str] = (), matcher: CatalogMatcher | None = None) -> Intent:
     """Parse one chat message into an :class:`Intent` with rules only (no model).
 
     ``known_titles``/``known_authors``: when given, ``title_ref`` and ``authors`` are elements of
@@ -583,7 +564,12 @@ def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequen
     the message without control phrases (requests, references, refused tags, years, modifiers,
     the title and author phrases), meant for embedding search.
     """
-    titles, tags, authors = tuple(known_titles), tuple(known_tags), tuple(known_authors)
+    tags = tuple(known_tags)
+    if matcher is None and (known_titles or known_authors):
+        matcher = _matcher(tuple(known_titles), tuple(known_authors))
+    # With a catalog, titles and authors are the catalog's own; without, phrases are copied.
+    titles = matcher if matcher is not None and (known_titles or not known_authors) else None
+    authors = matcher if matcher is not None and (known_authors or not known_titles) else None
     raw = " ".join((text or "").split())
     if _HELP_RE.search(raw):
         return Intent(kind="help")
@@ -604,7 +590,7 @@ def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequen
     refused: list[str] = []
     if targeted and cue_kind == "not_interested":
         refused = _genre_target(work, cue_end, titles, tags)
-    if targeted and not refused and titles:
+    if targeted and not refused and titles is not None:
         st, en = _phrase_after(work, cue_end)
         hit = _match_title(work, st, en, titles)
         if hit:
@@ -614,7 +600,7 @@ def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequen
     _find_flags(work, intent)
     _find_authors(work, authors, intent)
 
-    if targeted and not refused and not titles and cue_kind != "why":
+    if targeted and not refused and titles is None and cue_kind != "why":
         # No catalog to check against: the phrase itself is the reference.
         st, en = _phrase_after(work, cue_end)
         if work.s[st:en].strip():
@@ -653,14 +639,15 @@ def _deictic_at(work: _Work, pos: int) -> bool:
     return st >= en or bool(_DEICTIC_RE.match(work.s[st:en]))
 
 
-def _genre_target(work: _Work, pos: int, titles: tuple[str, ...], tags: tuple[str, ...]) -> list[str]:
+def _genre_target(work: _Work, pos: int, titles: CatalogMatcher | None,
+                  tags: tuple[str, ...]) -> list[str]:
     """Tags refused by "not interested in <phrase>" when the phrase is only genre words.
 
     A phrase that names a known title exactly ("not interested in Twilight") is a book, not a
     genre, and gives [].
     """
     st, en = _phrase_after(work, pos)
-    if not tags or (titles and _match_title(work, st, en, titles, exact_only=True)):
+    if not tags or (titles is not None and _match_title(work, st, en, titles, exact_only=True)):
         return []
     sub = _Work("not " + work.s[st:en])
     probe = Intent(kind="refine")
@@ -669,11 +656,11 @@ def _genre_target(work: _Work, pos: int, titles: tuple[str, ...], tags: tuple[st
 
 
 def _decide_kind(intent: Intent, cue: IntentKind | None, refused: bool, negated: bool,
-                 targeted: bool, titles: tuple[str, ...], raw: str,
+                 targeted: bool, titles: CatalogMatcher | None, raw: str,
                  greeting: re.Match[str] | None) -> IntentKind:
     if refused:
         return "refine"  # "not interested in romance"
-    if cue == "more_like" and targeted and titles and intent.title_ref is None:
+    if cue == "more_like" and targeted and titles is not None and intent.title_ref is None:
         return "recommend"  # "something like a cozy mystery": no known title, a free request
     if cue is not None:
         return cue
@@ -682,7 +669,321 @@ def _decide_kind(intent: Intent, cue: IntentKind | None, refused: bool, negated:
     modifiers = (intent.year_min is not None or intent.year_max is not None or intent.shorter
                  or intent.lighter or intent.newer or intent.older or negated)
     body = raw[greeting.end():] if greeting else raw
-    if _REFINE_START_RE.match(body) or (modifiers and not intent.query_text
+    fresh_topic = bool(_FRESH_START_RE.match(body)) and bool(intent.include_tags or intent.query_text)
+    if (_REFINE_START_RE.match(body) and not fresh_topic) or (modifiers and not intent.query_text
                                         and not _BOOKISH_RE.search(raw)):
         return "refine"  # "more fantasy", "not romance", "published after 2000"
     return "recommend"
+
+
+# ---------------------------------------------------------------------------- the LLM parser
+
+KINDS: tuple[str, ...] = ("recommend", "more_like", "refine", "why", "details", "read_it",
+                          "not_interested", "greeting", "help")
+_NULL_INT = {"type": ["integer", "null"]}
+_STRS = {"type": "array", "items": {"type": "string"}, "maxItems": 8}
+INTENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "kind": {"type": "string", "enum": list(KINDS)},
+        "anchor_title": {"type": ["string", "null"]},
+        "ref_index": _NULL_INT,
+        "include_tags": _STRS, "exclude_tags": _STRS, "authors": _STRS,
+        "year_min": _NULL_INT, "year_max": _NULL_INT,
+        "shorter": {"type": "boolean"}, "lighter": {"type": "boolean"},
+        "newer": {"type": "boolean"}, "older": {"type": "boolean"},
+        "query_text": {"type": "string"},
+    },
+    "required": ["kind", "anchor_title", "ref_index", "include_tags", "exclude_tags", "authors",
+                 "year_min", "year_max", "shorter", "lighter", "newer", "older", "query_text"],
+    "additionalProperties": False,
+}
+"""The JSON the LLM must produce (passed to ``generate_json`` where the backend has it)."""
+
+
+def _json_object(raw: str) -> dict | None:
+    import json
+
+    m = re.search(r"\{.*\}", raw or "", re.S)
+    if not m:
+        return None
+    try:
+        data = json.loads(m.group(0))
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def intent_from_json(data: Any, tags: Sequence[str], matcher: CatalogMatcher) -> Intent | None:
+    """Validate the LLM's JSON and keep only what the catalog knows.
+
+    Args:
+        data: the decoded JSON object.
+        tags: the catalog's tags (a tag outside them is mapped through the synonym table or
+            dropped, never invented).
+        matcher: resolves ``anchor_title`` and ``authors`` to the catalog's own.
+
+    Returns:
+        The intent, or None when the object is not an intent at all (no valid ``kind``).
+    """
+    if not isinstance(data, dict) or data.get("kind", data.get("intent")) not in KINDS:
+        return None
+    intent = Intent(kind=data.get("kind", data.get("intent")))
+    table = _tag_table(tuple(tags))
+
+    def known_tags(xs: Any) -> list[str]:
+        out: list[str] = []
+        for x in xs if isinstance(xs, list) else []:
+            for t in table.get(_tag_key(str(x)), ()):
+                if t not in out:
+                    out.append(t)
+        return out
+
+    intent.include_tags = known_tags(data.get("include_tags"))
+    intent.exclude_tags = known_tags(data.get("exclude_tags"))
+    intent.include_tags = [t for t in intent.include_tags if t not in intent.exclude_tags]
+    for a in data.get("authors") or []:
+        name = matcher.author(str(a)) if isinstance(a, str) else None
+        if name and name not in intent.authors:
+            intent.authors.append(name)
+    for key in ("year_min", "year_max"):
+        v = data.get(key)
+        ok = isinstance(v, int) and not isinstance(v, bool) and -3000 < v < 2100
+        setattr(intent, key, v if ok else None)
+    for key in ("shorter", "lighter", "newer", "older"):
+        setattr(intent, key, data.get(key) is True)
+    ref = data.get("ref_index")
+    if isinstance(ref, int) and not isinstance(ref, bool) and (ref == -1 or 1 <= ref <= 50):
+        intent.ref_index = ref
+    title = data.get("anchor_title")
+    if isinstance(title, str) and title.strip():
+        num = re.fullmatch(r"#?\s*(\d{1,2})", title.strip())
+        if num and intent.ref_index is None:
+            intent.ref_index = int(num.group(1))
+        else:
+            hit = matcher.title(title)
+            intent.title_ref = hit.title if hit else None
+    q = data.get("query_text")
+    intent.query_text = " ".join(q.split())[:200] if isinstance(q, str) else ""
+    if intent.kind == "more_like" and intent.title_ref is None and intent.ref_index is None \
+            and (intent.query_text or intent.include_tags):
+        intent.kind = "recommend"  # "like a cozy mystery": no book named
+    return intent
+
+
+class IntentParser:
+    """Parses requests for one catalog: the LLM under :data:`INTENT_SCHEMA` when ``llm`` is
+    given, else (and whenever its answer fails validation) the rules.
+
+    Args:
+        books: the catalog, most popular first (ties in title lookup go to the first).
+        llm: an ``LLMBackend`` or None for rules only.
+        prompt_tags: how many of the most common tags the prompt lists.
+        deadline_s: time the LLM gets per message (backends with ``generate_json`` honour it).
+    """
+
+    def __init__(self, books: Sequence[Book], llm: Any = None, prompt_tags: int = 120,
+                 deadline_s: float = 20.0) -> None:
+        counts: dict[str, int] = {}
+        for b in books:
+            for t in b.tags:
+                counts[t] = counts.get(t, 0) + 1
+        self.tags: list[str] = sorted(counts, key=lambda t: (-counts[t], t))
+        self.matcher = CatalogMatcher(books)
+        self.llm = llm
+        self.prompt_tags = prompt_tags
+        self.deadline_s = deadline_s
+        self.fallbacks = 0
+        self.last_source = "rules"
+        self.last_error: str | None = None
+
+    def rules(self, text: str) -> Intent:
+        """The rule-based parse (no model)."""
+        return parse_intent(text, known_tags=self.tags, matcher=self.matcher)
+
+    def parse(self, text: str, shown: Sequence[str] = (), llm: Any = None) -> Intent:
+        """Parse one message.
+
+        Args:
+            text: the reader's message.
+            shown: titles of the list the reader sees now (numbered from 1), for "#2" context.
+            llm: a per-turn view of the backend (its time budget) to use instead of ``self.llm``;
+                ignored when this parser has no LLM.
+
+        Returns:
+            The intent; ``last_source`` says which parser produced it ("llm" or "rules").
+        """
+        self.last_source = "rules"
+        if self.llm is None:
+            return self.rules(text)
+        try:
+            got = self.llm_parse(text, shown, llm)
+            self.last_error = None if got is not None else "no valid JSON intent"
+        except Exception as e:  # a failing backend must never break the chat: rules answer
+            got, self.last_error = None, f"{type(e).__name__}: {e}"[:200]
+        if got is None:
+            self.fallbacks += 1
+            return self.rules(text)
+        self.last_source = "llm"
+        return got
+
+    def llm_parse(self, text: str, shown: Sequence[str] = (), llm: Any = None) -> Intent | None:
+        """The LLM's parse, validated, or None when it produced no usable intent."""
+        llm = llm or self.llm
+        from prompts import delimit, render_messages
+
+        context = "\n".join(f"#{i + 1} {t}" for i, t in enumerate(list(shown)[:10])) or "(none)"
+        msgs, _version = render_messages(
+            "chat_intent", context=context, utterance=delimit(text, 500),
+            tags=", ".join(self.tags[: self.prompt_tags]))
+        # A wrapper (ResilientBackend) always has generate_json; use it only when the wrapped
+        # backend implements it too (every LLMBackend does; a bare generate-only object not).
+        inner = getattr(llm, "inner", llm)
+        gen_json = getattr(llm, "generate_json", None)
+        if callable(gen_json) and callable(getattr(inner, "generate_json", None)):
+            import time
+
+            data = gen_json(msgs, INTENT_SCHEMA, max_new_tokens=200,
+                            deadline=time.monotonic() + self.deadline_s)
+            if isinstance(data, str):
+                data = _json_object(data)
+        else:
+            data = _json_object(llm.generate(msgs, max_new_tokens=200))
+        return intent_from_json(data, self.tags, self.matcher)
+
+
+def use_llm_for_intents(mode: str, spec: Any, llm: Any) -> bool:
+    """Whether to parse with the LLM: ``mode`` "on"/"off", or "auto" = any configured model
+    except the offline 135M default (whose JSON for this task is unusable, measured in
+    ``eval/results/intent``)."""
+    if mode == "off" or llm is None or str(spec).lower() == "none":
+        return False
+    return mode == "on" or str(spec).lower() not in ("local", "none")
+
+
+def intent_parser(rec: Any) -> IntentParser:
+    """The :class:`IntentParser` for a ``Recommender`` (its catalog, popular books first, and
+    its LLM when ``chat.llm_intent`` allows)."""
+    lib = rec.lib
+    order = sorted(range(lib.n_items), key=lambda i: -int(lib.pop_count[i]))
+    books = [lib.books[i] for i in order]
+    spec = rec.settings.llm.backend if rec._llm_spec is None else rec._llm_spec
+    mode = rec.settings.chat.llm_intent
+    llm = None
+    if mode != "off" and str(spec).lower() != "none" and (mode == "on" or str(spec).lower() != "local"):
+        llm = rec.llm
+    return IntentParser(books, llm if use_llm_for_intents(mode, spec, llm) else None)
+
+
+# ---------------------------------------------------------------------------- follow-ups
+
+@dataclass
+class RequestState:
+    """The request a list answers, carried across turns so follow-ups can refine it.
+
+    Attributes:
+        query: free text for the embedding and BM25 (never a book's own text).
+        constraints: wanted/refused tags, authors, years, shorter/lighter/newer/older.
+        anchor: book id of "something like X", or None.
+    """
+
+    query: str | None = None
+    constraints: Constraints = field(default_factory=Constraints)
+    anchor: str | None = None
+
+    @property
+    def query_tags(self) -> list[str]:
+        """Tags the request wants, for lexical retrieval."""
+        return list(self.constraints.include_tags)
+
+
+_GENERIC_WORDS = {"what", "should", "i", "read", "next", "something", "a", "book", "books", "good",
+                  "to", "recommend", "me", "please", "some", "give", "any", "suggestions",
+                  "suggest", "can", "you", "another", "new", "now", "more", "the", "one", "ones",
+                  "else", "could", "would", "like"}
+
+
+def _generic(q: str) -> bool:
+    """'what should I read next' carries no topic: it is not a query."""
+    return set(re.findall(r"[a-z']+", q.lower())) <= _GENERIC_WORDS
+
+
+def follow_up(prev: RequestState | None, intent: Intent, anchor: str | None,
+              books: dict[str, Book], tag_boost: float = 1.5) -> RequestState:
+    """The request to run after ``intent``, given the previous one.
+
+    A ``refine`` ("more fantasy", "but shorter", "not romance", "after 2000") keeps the last
+    request (its text, anchor and constraints) and adds to it, except that wanting tags the
+    anchor does not carry drops the anchor (a new topic); anything else ("something like X", a
+    new topic, "books by Y") starts afresh. "Newer"/"older" with an anchor mean newer or
+    older than the anchor.
+
+    Args:
+        prev: the request the current list answers (None: first turn).
+        intent: the parsed message (kind recommend, more_like or refine).
+        anchor: the book id the message points at for "like X" (already resolved), or None.
+        books: the catalog by id (for the anchor's year).
+        tag_boost: rank-score factor per wanted tag (``request.tag_boost``).
+    """
+    if intent.kind == "refine" and prev is not None:
+        base, query, anchor = prev.constraints, prev.query, prev.anchor
+        if anchor in books and intent.include_tags and not (
+                {t.lower() for t in intent.include_tags} & {t.lower() for t in books[anchor].tags}):
+            anchor = None  # "more fantasy" after "like Dune": a new topic, not more Dune
+        if intent.query_text and not _generic(intent.query_text) and not intent.include_tags:
+            query = intent.query_text  # "more about dragons": the topic words refine the text
+    else:
+        base, query = Constraints(tag_boost=tag_boost), intent.query_text or None
+        if intent.kind != "more_like":
+            anchor = None
+    c = base.refined_by(intent)
+    c.tag_boost = tag_boost
+    c.ref_year = books[anchor].year if anchor and (c.newer or c.older) and anchor in books else None
+    if query and _generic(query):
+        query = None
+    return RequestState(query=query, constraints=c, anchor=anchor)
+
+
+def describe_request(req: RequestState, books: dict[str, Book]) -> str:
+    """What was understood, in words: 'books like “Dune”; shorter; with fantasy; no romance'."""
+    parts = []
+    c = req.constraints
+    if req.anchor and req.anchor in books:
+        a = books[req.anchor]
+        parts.append(f"books like “{a.title}”")
+    if req.query:
+        parts.append(f"about “{req.query}”")
+    if c.include_tags:
+        parts.append("with " + ", ".join(c.include_tags))
+    if c.exclude_tags:
+        parts.append("no " + ", ".join(c.exclude_tags))
+    if c.authors:
+        parts.append("by " + ", ".join(c.authors))
+    if c.year_min is not None and c.year_max is not None:
+        parts.append(f"published {c.year_min}–{c.year_max}" if c.year_min != c.year_max
+                     else f"published in {c.year_min}")
+    elif c.year_min is not None:
+        parts.append(f"published {c.year_min} or later")
+    elif c.year_max is not None:
+        parts.append(f"published {c.year_max} or earlier")
+    anchor_title = f"“{books[req.anchor].title}”" if req.anchor in books else ""
+    if c.shorter:
+        parts.append("shorter" + (f" than {anchor_title}" if anchor_title else "")
+                     + " (by the catalog's short/long tags)")
+    if c.lighter:
+        parts.append("lighter in mood" + (f" than {anchor_title}" if anchor_title else ""))
+    for flag in ("newer", "older"):
+        if getattr(c, flag):
+            rel = f" than {anchor_title} ({c.ref_year})" if c.ref_year is not None else ""
+            parts.append(flag + rel)
+    return "; ".join(parts)
+
+
+def recommend_request(rec: Any, req: RequestState, user_id: str | None, k: int,
+                      exclude: Sequence[str] = (), **kw: Any) -> Any:
+    """Run a request through ``rec.recommend_full`` (the CLI and the chat share this)."""
+    c = req.constraints
+    return rec.recommend_full(
+        user_id=user_id, query=req.query, k=k, constraints=None if c.is_empty() else c,
+        exclude=list(exclude) + ([req.anchor] if req.anchor else []),
+        anchors=[req.anchor] if req.anchor else [], query_tags=req.query_tags, **kw)

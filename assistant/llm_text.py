@@ -322,6 +322,11 @@ def format_evidence(evidence: Sequence[Evidence], books_by_id: Mapping[str, Book
             lines.append(f"- It matches the reader's request {delimit(e.text, 200)}.")
         elif e.kind == "to_read":
             lines.append("- The reader saved it to read later.")
+        elif e.kind == "anchor" and titles:
+            bits = [f"the tags {delimit(', '.join(e.tags))}"] if e.tags else []
+            if e.count:
+                bits.append(f"{e.share:.0%} of {e.count} readers who liked it rated this 4 or 5")
+            lines.append(f"- The reader asked for books like {titles}" + (": " + "; ".join(bits) if bits else "") + ".")
     return "\n".join(lines) or "- (no specific facts)"
 
 

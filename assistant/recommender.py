@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ from retrieval.sources import CandidateSource, build_sources
 from retrieval.types import Book, Candidate, Evidence, Rating, UserContext
 
 from .explain import list_explanations, template_explanation
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,9 +96,11 @@ class Recommender:
         self.sources: dict[str, CandidateSource] = build_sources(
             self.lib, settings.fusion, settings.cf, settings.profile, embed_query=self._embed_query,
             store=None, cf_model=index.cf_model(), sequence=settings.sequence,
-            popularity=settings.popularity)
+            popularity=settings.popularity, request=settings.request)
         self._llm_spec = llm if llm is not None else settings.llm.backend
         self._llm = None
+        self._llm_lock = threading.Lock()
+        self.llm_error: str | None = None  # why the configured LLM could not be loaded
         self.last_notes: list[str] = []
         # Readers erased while this process runs (`readnext forget`): hidden at once, even though
         # the in-memory index still holds their rows until the next start.
@@ -138,20 +144,50 @@ class Recommender:
 
     @property
     def llm(self):
-        """The LLM backend (loaded on first use); ``None`` when the backend is "none"."""
+        """The LLM backend (loaded on first use), wrapped with deadlines and a circuit breaker
+        (:class:`assistant.llm.resilience.ResilientBackend`); ``None`` when the backend is "none"."""
         if self._llm is None and self._llm_spec not in (None, "none"):
-            if isinstance(self._llm_spec, str):
-                from .llm import load_backend
-
-                c = self.settings.llm
-                spec = self._llm_spec
-                opts = {k: v for k, v in (("model", c.model), ("api_key", c.api_key)) if v}
-                if not spec.lower().startswith(("http://", "https://")):
-                    opts = {"num_threads": c.threads} if c.threads > 0 else {}
-                self._llm = load_backend(spec, **opts)
-            else:
-                self._llm = self._llm_spec
+            with self._llm_lock:  # concurrent first requests: one model, one breaker
+                if self._llm is None and self._llm_spec not in (None, "none"):
+                    self._load_llm()
         return self._llm
+
+    def _load_llm(self) -> None:
+        """Build the backend from the spec and wrap it (caller holds ``_llm_lock``)."""
+        from .llm.resilience import CircuitBreaker, ResilientBackend
+
+        c = self.settings.llm
+        if isinstance(self._llm_spec, str):
+            from .llm import LLMError, load_backend
+
+            spec = self._llm_spec
+            opts = {k: v for k, v in (("model", c.model), ("api_key", c.api_key)) if v}
+            if spec.lower().startswith(("http://", "https://")):
+                opts["timeout"] = c.timeout_s
+            else:
+                opts = {"num_threads": c.threads} if c.threads > 0 else {}
+                opts["n_ctx"] = c.n_ctx
+            try:
+                inner = load_backend(spec, **opts)
+            except LLMError as e:
+                # Say it once and serve template text: a missing model must not break recommending.
+                self.llm_error = str(e)
+                self._llm_spec = "none"
+                log.warning("LLM %r unavailable: %s", spec, e)
+                return
+        else:
+            inner = self._llm_spec
+        breaker = CircuitBreaker(c.breaker_failures, c.breaker_cooldown_s)
+        self._llm = ResilientBackend(inner, c.timeout_s, breaker, c.turn_budget_s)
+
+    def warm_up_llm(self) -> float | None:
+        """Load the LLM and run one tiny generation now (chat start), so no reader waits for it.
+
+        Returns:
+            Seconds taken, or ``None`` when no LLM is configured.
+        """
+        llm = self.llm
+        return None if llm is None or llm.name == "none" else llm.warm_up()
 
     def close(self) -> None:
         if self._store is not None:
@@ -224,8 +260,10 @@ class Recommender:
         return [by_book[b] for b in order], exclude, to_read
 
     def context(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
-                query: str | None = None, exclude: Iterable[str] = ()) -> UserContext:
-        """Build the request context every candidate source reads."""
+                query: str | None = None, exclude: Iterable[str] = (), anchors: Sequence[str] = (),
+                query_tags: Sequence[str] = ()) -> UserContext:
+        """Build the request context every candidate source reads (``anchors``: books the request
+        asked for "something like"; ``query_tags``: catalog tags it named)."""
         hist: list[Rating] = []
         excl: set[str] = set(exclude)
         to_read: set[str] = set()
@@ -237,7 +275,8 @@ class Recommender:
             hist = list(hist) + [r if isinstance(r, Rating) else Rating(user_id or "anonymous", str(r[0]), float(r[1]),
                                                                           float(r[2]) if len(r) > 2 else float(i))
                                  for i, r in enumerate(history)]
-        return UserContext(user_id=user_id, history=hist, query=query or None, exclude=excl, to_read=to_read)
+        return UserContext(user_id=user_id, history=hist, query=query or None, exclude=excl, to_read=to_read,
+                           query_tags=tuple(query_tags), anchors=tuple(a for a in anchors if a in self.books))
 
     # -- recommend --------------------------------------------------------------------------------
 
@@ -258,15 +297,19 @@ class Recommender:
     def recommend_full(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
                        query: str | None = None, k: int = 10, source: str = "hybrid", rerank: str | None = None,
                        explain_llm: bool | int | None = None, constraints: Constraints | None = None,
-                       exclude: Iterable[str] = ()) -> RecommendResult:
-        """Like :meth:`recommend`, returning notes and stage timings too."""
+                       exclude: Iterable[str] = (), anchors: Sequence[str] = (),
+                       query_tags: Sequence[str] = ()) -> RecommendResult:
+        """Like :meth:`recommend`, returning notes and stage timings too.
+
+        ``anchors`` and ``query_tags`` come from a parsed request (:mod:`assistant.intent`).
+        """
         if k <= 0:
             raise ReadnextError(f"k must be positive, got {k}")
         if source not in self.sources:
             raise ReadnextError(f"unknown source {source!r}: use one of {', '.join(self.sources)}")
         check_query_length(query, self.settings.chat.max_message_chars)
         t0 = time.perf_counter()
-        ctx = self.context(user_id, history, query, exclude)
+        ctx = self.context(user_id, history, query, exclude, anchors, query_tags)
         notes = self._notes(ctx)
         if query:
             self.store  # the live content path asks Chroma
@@ -538,13 +581,13 @@ class Recommender:
         from .rerank import LLMReranker
 
         c = self.settings.llm
-        rr = LLMReranker(llm, weight=c.rerank_weight, top_n=c.top_n)
+        rr = LLMReranker(llm, weight=c.rerank_weight, top_n=c.top_n)  # llm: deadline per call
         res = rr.rerank(self._history_books(ctx), [(self.books[x.book_id], x.score) for x in cands])
         by_id = {x.book_id: x for x in cands}
         out = []
         scores = {}
         if getattr(rr, "last_error", None):
-            notes.append(f"LLM rerank failed ({rr.last_error}): kept the retrieval order")
+            notes.append(f"LLM rerank skipped ({rr.last_error}): kept the retrieval order")
         for r in res:
             cand = by_id[r.book_id]
             # after a rerank, `score` is the fused z-score for the reranked head, else retrieval's
@@ -563,19 +606,35 @@ class Recommender:
         return self._explainer
 
     def _explain_llm(self, recs: list[Recommendation], ctx: UserContext, notes: list[str]) -> None:
+        from .llm.resilience import count_guard_rejections, honest_notes
+
         llm = self.llm
         if llm is None:
-            notes.append("no LLM configured: explanations are templates built from the evidence")
+            notes.append(f"LLM unavailable ({self.llm_error}): explanations are templates" if self.llm_error
+                         else "no LLM configured: explanations are templates built from the evidence")
             return
         hist = [b for b, _ in self._history_books(ctx)]
-        ex = self.explainer()
-        fallbacks = 0
+        ex, turn = self.explainer_for_turn()
+        reasons = []
         for r in recs:
             res = ex.explain(self.books[r.book_id], r.evidence, hist, self.books, r.explanation, query=ctx.query)
             self.apply_explanation(r, res)
-            fallbacks += res.source != "llm"
-        if fallbacks:
-            notes.append(f"{fallbacks} LLM explanation(s) failed the grounding check: showing the template text")
+            if res.source != "llm":
+                reasons.append(res.rejected_reason)
+        notes.extend(honest_notes(turn, count_guard_rejections(reasons), "LLM explanation(s)"))
+
+    def explainer_for_turn(self, turn=None):
+        """(explainer, backend view) for one request: the view carries the turn's LLM time budget
+        (``[llm] turn_budget_s``) and records what happened, for :func:`honest_notes`.
+        ``turn``: a view already made for this turn (e.g. by the chat), else a new one."""
+        import copy
+
+        llm = self.llm
+        if turn is None:
+            turn = llm.for_turn() if hasattr(llm, "for_turn") else llm
+        ex = copy.copy(self.explainer())  # shares the grounding index; only the backend differs
+        ex.backend = turn
+        return ex, turn
 
     @staticmethod
     def apply_explanation(r: Recommendation, res) -> None:

@@ -1,9 +1,14 @@
-"""Benchmark the LLM layer: load time, Yes/No batch and rerank latency, explanation time,
-tokens/s and the grounding guard's fallback rate, on synthetic readers drawn from a catalog.
+"""Benchmark the LLM layer, the same way for any backend: load and warm-up time, tokens/s,
+first streamed token, Yes/No rerank over N candidates (p50/p95), three short JSON replies
+(explanation + blurb for the top 3, p50/p95), the guard on real explanations, and peak RSS.
 
-    python bench/bench_llm.py                          # offline default model, demo catalog
+    python bench/bench_llm.py                          # offline default (Qwen2.5-Coder-1.5B, llama.cpp)
+    python bench/bench_llm.py --llm tiny               # SmolLM2-135M via transformers
+    python bench/bench_llm.py --compare tiny local     # both, each in a fresh process, side by side
     python bench/bench_llm.py --llm Qwen/Qwen2.5-1.5B-Instruct --books path/to/books.csv --json
     python bench/bench_llm.py --llm http://127.0.0.1:8000 --users 30
+
+Timings on a CPU shared with other busy processes are noisy: report the load average with them.
 
 Synthetic readers: each gets 8 random rated books (3-5 stars) and 20 random candidates with
 decreasing retrieval scores. Candidate and reader are unrelated, so this measures speed and
@@ -85,109 +90,223 @@ def template_for(ev: list[Evidence], by_id: dict[str, Book], hist: list[tuple[Bo
         return f"Because you liked {by_id[ev[0].book_ids[0]].title}."
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--llm", default="local", help="local (default), a HF model id/path, or an http(s):// endpoint")
-    ap.add_argument("--books", type=Path, default=None, help=f"books CSV (default {DEMO}, else the goodbooks sample)")
-    ap.add_argument("--users", type=int, default=30, help="synthetic readers for rerank latency (>= 30 for p95)")
-    ap.add_argument("--explain", type=int, default=10, help="explanations to generate (one per reader)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
-    ap.add_argument("--max-new-tokens", type=int, default=120)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    args = ap.parse_args(argv)
+EXPLAIN_SCHEMA = {
+    "type": "object",
+    "properties": {"why": {"type": "string", "maxLength": 400}, "blurb": {"type": "string", "maxLength": 600}},
+    "required": ["why", "blurb"],
+    "additionalProperties": False,
+}
 
+
+def _cpu() -> float:
+    """CPU seconds used by this process so far (user + system, all threads).
+
+    On a CPU shared with other busy processes wall time says more about the neighbours than
+    about the model; CPU seconds / threads estimates the wall time on a quiet machine.
+    """
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _load_avg() -> float | None:
+    try:
+        import os
+
+        return round(os.getloadavg()[0], 1)
+    except OSError:
+        return None
+
+
+def run_one(args: argparse.Namespace) -> dict[str, Any]:
+    """All measurements for one backend, in this process."""
     path = args.books or (DEMO if DEMO.is_file() else SAMPLE)
-    if not path.is_file():
-        ap.error(f"books CSV not found: {path}; pass --books")
     books = load_books(path)
     by_id = {b.book_id: b for b in books}
-    readers = synthetic_readers(books, max(args.users, args.explain), args.seed)
-    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    readers = synthetic_readers(books, max(args.users, args.json_users, args.explain, 1), args.seed,
+                                n_cand=args.candidates)
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     from assistant.llm import load_backend
-    from assistant.llm_text import Explainer
+    from assistant.llm_text import Explainer, format_book, format_evidence, format_history
     from assistant.rerank import LLMReranker
-    from prompts import render_messages
+    from prompts import delimit, render_messages
 
     opts: dict[str, Any] = {"num_threads": args.threads} if args.threads and not args.llm.startswith("http") else {}
+    res: dict[str, Any] = {"spec": args.llm, "books_csv": str(path), "load_avg_1m_start": _load_avg()}
     t0 = time.perf_counter()
     backend = load_backend(args.llm, **opts)
-    load_s = time.perf_counter() - t0
-    log(f"loaded {backend.describe()} in {load_s:.1f}s from {path} ({len(books)} books)")
-    res: dict[str, Any] = {"llm": backend.describe(), "books_csv": str(path), "load_s": round(load_s, 2)}
-    try:
-        import torch
+    res["load_s"] = round(time.perf_counter() - t0, 2)
+    res["llm"] = backend.describe()
+    res["warm_up_s"] = round(backend.warm_up(), 2)
+    res["threads"] = getattr(backend, "threads", None) or opts.get("num_threads")
+    log(f"[{args.llm}] loaded {backend.describe()} in {res['load_s']}s, warmed in {res['warm_up_s']}s")
 
-        res["torch_threads"] = torch.get_num_threads()
-        res["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        pass
-
-    # Tokens/s: one unconstrained greedy generation (after a warm-up).
+    # Tokens/s: one unconstrained greedy generation.
     msgs = [{"role": "user", "content": "Describe your favourite novel in a long paragraph."}]
-    backend.generate(msgs, 8)
-    t = time.perf_counter()
-    text = backend.generate(msgs, 96)
-    gen_s = time.perf_counter() - t
+    t, c = time.perf_counter(), _cpu()
+    text = backend.generate(msgs, 48)
+    gen_s, gen_cpu = time.perf_counter() - t, _cpu() - c
     n_tok = getattr(backend, "last_generation", {}).get("new_tokens")
     res["tokens_per_s"] = round(n_tok / gen_s, 1) if n_tok else None
-    res["tokens_per_s_note"] = "model tokens" if n_tok else "unknown for endpoints (no token count returned)"
-    log(f"generation: {res['tokens_per_s']} tokens/s ({len(text)} chars in {gen_s:.1f}s)")
+    res["tokens_per_cpu_s"] = round(n_tok / gen_cpu, 1) if n_tok and gen_cpu else None
+    log(f"[{args.llm}] generation: {res['tokens_per_s']} tokens/s ({len(text)} chars in {gen_s:.1f}s)")
 
-    reranker = LLMReranker(backend, weight=1.0, top_n=20)
-    if reranker.mode == "pointwise":
-        from assistant.llm_text import format_book, format_history
+    def explain_msgs(hist, book, rng):
+        ev = evidence_for(book, hist, rng)
+        m, _ = render_messages("explain", history=format_history([b for b, _ in hist], 5),
+                               candidate=format_book(book, 300), evidence=format_evidence(ev, by_id),
+                               query="(none)", template=delimit(template_for(ev, by_id, hist), 400))
+        return m, ev
 
-        hist, cands = readers[0]
-        prompts = [render_messages("rerank_yes_no", history=format_history(hist), candidate=format_book(b))[0]
-                   for b, _ in cands]
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            backend.yes_no_scores(prompts)
-            times.append(time.perf_counter() - t)
-        res["yes_no_batch20_s"] = round(statistics.median(times), 2)
-        log(f"one Yes/No batch of 20: {res['yes_no_batch20_s']}s (median of 3)")
+    # First streamed token of a real explanation prompt (a new reader each time: no warm prefix).
+    rng = random.Random(args.seed)
+    ftl, ftl_cpu = [], []
+    for hist, cands in readers[: max(1, args.json_users)]:
+        m, _ = explain_msgs(hist, cands[0][0], rng)
+        t, c = time.perf_counter(), _cpu()
+        for _chunk in backend.stream(m, 4):
+            ftl.append(time.perf_counter() - t)
+            ftl_cpu.append(_cpu() - c)
+            break
+    res["first_token_s"] = {"n": len(ftl), "p50": round(percentile(ftl, 50), 2), "p95": round(percentile(ftl, 95), 2),
+                            "cpu_s_p50": round(percentile(ftl_cpu, 50), 2),
+                            "prompt_tokens": getattr(backend, "last_generation", {}).get("prompt_tokens")}
+    log(f"[{args.llm}] first streamed token: p50 {res['first_token_s']['p50']}s p95 {res['first_token_s']['p95']}s")
+
+    # Yes/No rerank over N candidates per reader.
+    reranker = LLMReranker(backend, weight=1.0, top_n=args.candidates)
     res["rerank_mode"] = reranker.mode
-    lat = []
-    for i, (hist, cands) in enumerate(readers[: args.users]):
-        t = time.perf_counter()
+    lat, lat_cpu = [], []
+    for hist, cands in readers[: args.users]:
+        t, c = time.perf_counter(), _cpu()
         reranker.rerank(hist, cands)
         lat.append(time.perf_counter() - t)
+        lat_cpu.append(_cpu() - c)
         if reranker.last_error:
             log(f"rerank error: {reranker.last_error}")
             break
     if lat:
-        res["rerank20"] = {"users": len(lat), "p50_s": round(percentile(lat, 50), 2),
-                           "p95_s": round(percentile(lat, 95), 2), "mean_s": round(statistics.mean(lat), 2)}
-        log(f"rerank of 20 over {len(lat)} readers: p50 {res['rerank20']['p50_s']}s, p95 {res['rerank20']['p95_s']}s")
+        res["rerank"] = {"candidates": args.candidates, "users": len(lat), "p50_s": round(percentile(lat, 50), 2),
+                         "p95_s": round(percentile(lat, 95), 2),
+                         "per_candidate_s": round(statistics.median(lat) / args.candidates, 3),
+                         "cpu_s_p50": round(percentile(lat_cpu, 50), 2),
+                         "per_candidate_cpu_s": round(statistics.median(lat_cpu) / args.candidates, 3)}
+        log(f"[{args.llm}] rerank {args.candidates}: p50 {res['rerank']['p50_s']}s p95 {res['rerank']['p95_s']}s")
 
-    ex = Explainer(backend, max_new_tokens=args.max_new_tokens)
-    rng = random.Random(args.seed)
-    ex_times, samples = [], []
-    for hist, cands in readers[: args.explain]:
-        book = cands[0][0]
-        ev = evidence_for(book, hist, rng)
-        t = time.perf_counter()
-        r = ex.explain(book, ev, [b for b, _ in hist], by_id, template_for(ev, by_id, hist))
-        ex_times.append(time.perf_counter() - t)
-        samples.append({"title": book.title, "source": r.source, "reason": r.rejected_reason,
-                        "why": r.why, "blurb": r.blurb})
-    if ex_times:
-        res["explain"] = {"n": len(ex_times), "mean_s": round(statistics.mean(ex_times), 2),
-                          "p50_s": round(percentile(ex_times, 50), 2), "max_s": round(max(ex_times), 2),
-                          **ex.counter.as_dict()}
-        log(f"explanations: {len(ex_times)} in mean {res['explain']['mean_s']}s; "
-            f"guard fallback rate {ex.counter.fallback_rate:.0%} {dict(ex.counter.reasons)}")
-        for s in samples[:5]:
-            log(f"  [{s['source']}] {s['title']}: {s['why']}" + (f" | {s['blurb']}" if s["blurb"] else "")
-                + (f"  (rejected: {s['reason']})" if s["reason"] else ""))
-    res["samples"] = samples
+    # Top-3 explanation + blurb as constrained JSON (what the chat needs per turn).
+    rng = random.Random(args.seed + 1)
+    turns, turns_cpu, parse_fail = [], [], 0
+    for hist, cands in readers[: args.json_users]:
+        t, c = time.perf_counter(), _cpu()
+        for book, _ in cands[:3]:
+            m, _ = explain_msgs(hist, book, rng)
+            try:
+                backend.generate_json(m, EXPLAIN_SCHEMA, max_new_tokens=args.max_new_tokens)
+            except Exception as e:  # counted: the point is that this should not happen
+                parse_fail += 1
+                log(f"json failed: {e}")
+        turns.append(time.perf_counter() - t)
+        turns_cpu.append(_cpu() - c)
+    if turns:
+        res["top3_json"] = {"turns": len(turns), "p50_s": round(percentile(turns, 50), 2),
+                            "p95_s": round(percentile(turns, 95), 2), "failures": parse_fail,
+                            "cpu_s_p50": round(percentile(turns_cpu, 50), 2),
+                            "max_new_tokens": args.max_new_tokens}
+        log(f"[{args.llm}] top-3 JSON texts: p50 {res['top3_json']['p50_s']}s p95 {res['top3_json']['p95_s']}s, "
+            f"{parse_fail} failures")
+
+    if args.explain:
+        ex = Explainer(backend, max_new_tokens=args.max_new_tokens)
+        rng = random.Random(args.seed)
+        samples = []
+        for hist, cands in readers[: args.explain]:
+            book = cands[0][0]
+            ev = evidence_for(book, hist, rng)
+            r = ex.explain(book, ev, [b for b, _ in hist], by_id, template_for(ev, by_id, hist))
+            samples.append({"title": book.title, "source": r.source, "reason": r.rejected_reason,
+                            "why": r.why, "blurb": r.blurb})
+        res["explainer"] = ex.counter.as_dict()
+        res["samples"] = samples
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    log(f"peak RSS {res['peak_rss_mb']} MB")
-    if args.json:
-        print(json.dumps(res, indent=2, ensure_ascii=False))
+    res["load_avg_1m_end"] = _load_avg()
+    log(f"[{args.llm}] peak RSS {res['peak_rss_mb']} MB")
+    return res
+
+
+ROWS = [("load (s)", lambda r: r.get("load_s")), ("warm-up (s)", lambda r: r.get("warm_up_s")),
+        ("threads", lambda r: r.get("threads")),
+        ("tokens/s (wall) / per CPU-second", lambda r: f"{r.get('tokens_per_s')} / {r.get('tokens_per_cpu_s')}"),
+        ("first streamed token p50 / p95 (s)", lambda r: _pair(r.get("first_token_s"), "p50", "p95")),
+        ("  CPU-s p50 (prompt tokens)", lambda r: _pair(r.get("first_token_s"), "cpu_s_p50", "prompt_tokens")),
+        ("yes/no rerank p50 / p95 (s)", lambda r: _pair(r.get("rerank"), "p50_s", "p95_s")),
+        ("  candidates; CPU-s per candidate", lambda r: _pair(r.get("rerank"), "candidates", "per_candidate_cpu_s")),
+        ("top-3 JSON why+blurb p50 / p95 (s)", lambda r: _pair(r.get("top3_json"), "p50_s", "p95_s")),
+        ("  CPU-s p50", lambda r: (r.get("top3_json") or {}).get("cpu_s_p50")),
+        ("  JSON failures", lambda r: (r.get("top3_json") or {}).get("failures")),
+        ("peak RSS (MB)", lambda r: r.get("peak_rss_mb")),
+        ("load average (1 min) start / end", lambda r: f"{r.get('load_avg_1m_start')} / {r.get('load_avg_1m_end')}")]
+
+
+def _pair(d: dict | None, a: str, b: str) -> str | None:
+    return f"{d[a]} / {d[b]}" if d else None
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """A side-by-side table of several runs."""
+    head = "| | " + " | ".join(f"`{r['spec']}` ({r['llm']})" for r in results) + " |"
+    lines = [head, "|---" * (len(results) + 1) + "|"]
+    for name, get in ROWS:
+        lines.append(f"| {name} | " + " | ".join(str(get(r)) for r in results) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--llm", default="local", help="local (default), tiny, a .gguf, a HF model id/path, or http(s)://")
+    ap.add_argument("--compare", nargs="+", metavar="SPEC", help="run each spec in a fresh process, print a table")
+    ap.add_argument("--books", type=Path, default=None, help=f"books CSV (default {DEMO}, else the goodbooks sample)")
+    ap.add_argument("--users", type=int, default=5, help="synthetic readers for rerank latency")
+    ap.add_argument("--candidates", type=int, default=20, help="candidates per rerank")
+    ap.add_argument("--json-users", type=int, default=5, help="readers for the top-3 JSON texts and first token")
+    ap.add_argument("--explain", type=int, default=0, help="explanations through the Explainer (guard stats)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads of the model")
+    ap.add_argument("--max-new-tokens", type=int, default=120)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON (and a .md table) here")
+    args = ap.parse_args(argv)
+    path = args.books or (DEMO if DEMO.is_file() else SAMPLE)
+    if not path.is_file():
+        ap.error(f"books CSV not found: {path}; pass --books")
+    if args.compare:
+        import subprocess
+
+        results = []
+        passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+        i = passthrough.index("--compare")
+        j = i + 1
+        while j < len(passthrough) and not passthrough[j].startswith("--"):
+            j += 1
+        rest = passthrough[:i] + passthrough[j:]
+        rest = [a for k, a in enumerate(rest) if a != "--out" and (k == 0 or rest[k - 1] != "--out")]
+        for spec in args.compare:
+            p = subprocess.run([sys.executable, __file__, "--llm", spec, "--json", *rest],
+                               capture_output=True, text=True)
+            sys.stderr.write(p.stderr[-3000:])
+            if p.returncode != 0:
+                print(f"{spec}: failed (exit {p.returncode})", file=sys.stderr)
+                continue
+            results.append(json.loads(p.stdout))
+        out: Any = results
+        table = markdown(results)
+    else:
+        out = run_one(args)
+        table = markdown([out])
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        args.out.with_suffix(".md").write_text(table + "\n")
+    print(json.dumps(out, indent=2, ensure_ascii=False) if args.json else table)
     return 0
 
 

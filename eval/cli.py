@@ -77,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-user-ratings", type=_positive, help="k-core filter on readers (Book-Crossing default 5)")
     p.add_argument("--cache-dir", help="embedding cache (default DATA_DIR/cache, i.e. ~/.readnext/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--conversation", action="store_true",
+                   help="the simulated-reader conversation study through ChatEngine (eval/conversation.py) "
+                        "instead of the ranking study; uses --dataset (default: the demo), --users, --seed, "
+                        "--llm (adds LLM intent parsing beside rules), --out")
+    p.add_argument("--turns", type=_positive, default=5, help="conversation turns per reader (default 5)")
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -140,6 +145,16 @@ def _summary(m: dict[str, Any], out: str) -> str:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the study for parsed ``args``; prints a summary (or metrics.json with ``--json``)."""
+    if getattr(args, "conversation", False):
+        from .conversation import report, run_conversation_eval
+
+        obj = run_conversation_eval(
+            dataset=args.dataset or "demo", readers=args.users or 100, turns=args.turns, seed=args.seed,
+            parsers=("rules", "llm") if args.llm else ("rules",), llm=args.llm, out=args.out,
+            cache_dir=args.cache_dir, n_boot=args.n_boot,
+            progress=not (args.no_progress or getattr(args, "json", False)))
+        print(json.dumps(obj, indent=2) if getattr(args, "json", False) else report(obj))
+        return 0
     from .runner import run
 
     cfg = config_from_args(args)

@@ -6,7 +6,7 @@ Defaults live in code; a TOML file (``$READNEXT_HOME/config.toml`` or ``READNEXT
     [fusion]
     weights = { content = 1.0, cf = 1.0, popularity = 0.1, series = 2.0 }
     [llm]
-    backend = "local"          # none | local | <hf model id or path> | http://host:port/v1
+    backend = "local"          # none | local | tiny | <.gguf> | <hf model id or path> | http://host:port/v1
 
     READNEXT_LLM_BACKEND=none READNEXT_PROFILE_HALF_LIFE_DAYS=180 readnext recommend --user u0001
 """
@@ -25,7 +25,7 @@ from .errors import ReadnextError
 
 DEFAULT_HOME = Path.home() / ".readnext"
 FUSION_METHODS = ("score", "rrf")
-SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence")
+SOURCE_NAMES = ("cf", "content", "popularity", "series", "sequence", "lexical", "anchor")
 
 
 @dataclass
@@ -93,17 +93,41 @@ class SequenceConfig:
 
 
 @dataclass
+class RequestConfig:
+    """How a chat request or ``--query`` is understood and retrieved.
+
+    The two request-only sources have no opinion without a request, so history-only rankings
+    (and eval's tuned weights) are unchanged by them; a ``fusion.weights`` entry overrides these.
+    """
+
+    lexical_weight: float = 0.3  # BM25 on the request's words and tags (retrieval.lexical)
+    anchor_weight: float = 1.5  # "something like X": X's neighbours, co-readers, tags
+    # A request's wanted tags multiply a book's rank score by this per tag group it carries.
+    tag_boost: float = 2.0
+
+
+@dataclass
 class LLMConfig:
     """The LLM stage: reranking and explanation text."""
 
-    backend: str = "local"  # none | local (offline SmolLM2-135M) | <hf model id or local path> | http(s)://.../v1
+    # none | local (offline Qwen2.5-Coder-1.5B GGUF via llama.cpp) | tiny (SmolLM2-135M via
+    # transformers, for fast tests) | <path.gguf> (llama.cpp) | <hf model id or local path> | http(s)://.../v1
+    backend: str = "local"
     model: str | None = None  # model name for an endpoint backend
     api_key: str | None = None
     rerank_weight: float = 0.0  # weight of the LLM score in the fused rerank score (tuned by eval)
     top_n: int = 20  # candidates the reranker scores
     explain_top: int = 3  # picks that get LLM text (the rest keep templates)
     max_new_tokens: int = 160
-    threads: int = 0  # torch threads for a local model (0 = torch's default); env READNEXT_LLM_THREADS
+    # CPU threads of an in-process model (llama.cpp or torch); 0 = auto (llama.cpp: all cores up to 4;
+    # torch: its default). Env READNEXT_LLM_THREADS also works for the model loaded by any entry point.
+    threads: int = 0
+    n_ctx: int = 4096  # llama.cpp context length (prompt + reply tokens)
+    timeout_s: float = 20.0  # deadline of one LLM call (a generation, a yes/no batch, a JSON reply)
+    turn_budget_s: float = 15.0  # all LLM calls of one chat turn / request; later picks keep templates
+    breaker_failures: int = 3  # consecutive failures (timeout, unreachable, error) that pause the LLM
+    breaker_cooldown_s: float = 60.0  # how long it stays paused before one trial call
+    warm_up: bool = True  # load and warm the model when the chat starts, not on the first request
 
 
 @dataclass
@@ -160,6 +184,7 @@ class Settings:
     chat: ChatConfig = field(default_factory=ChatConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    request: RequestConfig = field(default_factory=RequestConfig)
 
     @classmethod
     def load(
@@ -221,6 +246,24 @@ class Settings:
         if self.privacy.log_days < 0 or self.privacy.upload_max_age_s < 60:
             raise ReadnextError(f"{origin}: privacy.log_days must be >= 0 and "
                                 "privacy.upload_max_age_s >= 60")
+        q = self.request
+        for k in ("lexical_weight", "anchor_weight", "tag_boost"):
+            v = getattr(q, k)
+            if not isinstance(v, (int, float)) or v < 0 or (k == "tag_boost" and v < 1):
+                raise ReadnextError(f"{origin}: request.{k} must be a number >= {1 if k == 'tag_boost' else 0}"
+                                    f"; got {v!r}")
+        m = self.llm
+        for name in ("timeout_s", "turn_budget_s", "breaker_cooldown_s"):
+            v = getattr(m, name)
+            if not isinstance(v, (int, float)) or v < 0 or (name == "timeout_s" and v == 0):
+                raise ReadnextError(f"{origin}: llm.{name} must be a number of seconds "
+                                    f"{'> 0' if name == 'timeout_s' else '>= 0'}; got {v!r}")
+        if not isinstance(m.breaker_failures, int) or m.breaker_failures < 1:
+            raise ReadnextError(f"{origin}: llm.breaker_failures must be an integer >= 1; got {m.breaker_failures!r}")
+        if not isinstance(m.threads, int) or m.threads < 0:
+            raise ReadnextError(f"{origin}: llm.threads must be an integer >= 0 (0 = auto); got {m.threads!r}")
+        if not isinstance(m.n_ctx, int) or m.n_ctx < 256:
+            raise ReadnextError(f"{origin}: llm.n_ctx must be an integer >= 256; got {m.n_ctx!r}")
         limit = self.chat.max_message_chars
         if not isinstance(limit, int) or not 1 <= limit <= 100_000:
             raise ReadnextError(f"{origin}: chat.max_message_chars must be an integer from 1 to "

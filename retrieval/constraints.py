@@ -30,6 +30,7 @@ class Constraints:
     newer: bool = False
     older: bool = False
     ref_year: int | None = None  # for newer/older relative to a referenced book
+    tag_boost: float = 1.5  # rank-score factor per wanted tag a book carries (request.tag_boost)
 
     def refined_by(self, new: "Constraints") -> "Constraints":
         """These constraints with a follow-up request applied ("not fantasy" after "more horror").
@@ -44,7 +45,8 @@ class Constraints:
             year_min=new.year_min if new.year_min is not None else self.year_min,
             year_max=new.year_max if new.year_max is not None else self.year_max,
             shorter=new.shorter or self.shorter, lighter=new.lighter or self.lighter,
-            newer=new.newer or self.newer, older=new.older or self.older, ref_year=self.ref_year)
+            newer=new.newer or self.newer, older=new.older or self.older, ref_year=self.ref_year,
+            tag_boost=self.tag_boost)
 
     def is_empty(self) -> bool:
         return not (self.include_tags or self.exclude_tags or self.authors or self.year_min is not None
@@ -71,7 +73,7 @@ class Constraints:
         tags = {t.lower() for t in b.tags}
         s = 1.0
         if self.include_tags:
-            s *= 1.0 + 0.5 * sum(t.lower() in tags for t in self.include_tags)
+            s *= self.tag_boost ** sum(t.lower() in tags for t in self.include_tags)
         if self.shorter:
             s *= 1.5 if "short" in tags else (0.7 if "long" in tags else 1.0)
         if self.lighter:

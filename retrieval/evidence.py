@@ -159,7 +159,7 @@ def collect(lib: Library, item: int, history: Sequence[Rating], query: str | Non
 # strongest one or two; the bands keep the kinds in a sensible order (the next volume of your
 # series beats "popular here"), and within a band the numbers decide (a 0.7 cosine beats 0.4,
 # 90% of 40 co-readers beats 61% of 6).
-_BASE = {"series_next": 0.95, "to_read": 0.85, "same_author": 0.75, "query_match": 0.55,
+_BASE = {"series_next": 0.95, "anchor": 0.8, "to_read": 0.85, "same_author": 0.75, "query_match": 0.55,
          "similar_to": 0.45, "co_readers": 0.5, "shared_tags": 0.3, "popular": 0.1}
 
 
@@ -229,6 +229,10 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
 
         return (b.series == ev.series and prev in rated
                 and series_key(lib.book(prev).series or "") == series_key(b.series or ""))
+    if ev.kind == "anchor":
+        from .anchor import verify_anchor
+
+        return verify_anchor(lib, book_id, ev, tol)
     if ev.kind in ("query_match", "to_read"):
         return True  # these restate the reader's own input
     return False

@@ -25,9 +25,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz
 
 from .errors import DataError
+from .matcher import best_match, matches
 from .series import parse_series
 from .types import Book, Rating
 
@@ -444,7 +445,7 @@ class CatalogIndex:
             pool = sorted({p for s in names for p in self.by_surname.get(s, ())})
             choices = {p: self.sorted_titles[p] for p in pool}
             for q in queries:
-                hit = process.extractOne(q, choices, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF)
+                hit = best_match(q, choices, FUZZY_CUTOFF)
                 if hit and (best is None or hit[1] > best[1]):
                     best = (hit[2], hit[1])
             if best is not None:
@@ -452,14 +453,12 @@ class CatalogIndex:
             # Surname spelled differently from the catalog: search all titles, then check
             # the author loosely.
             for q in queries:
-                for _, score, pos in process.extract(q, self.sorted_titles, scorer=fuzz.ratio,
-                                                     score_cutoff=FUZZY_CUTOFF, limit=10):
+                for _, score, pos in matches(q, self.sorted_titles, FUZZY_CUTOFF, limit=10):
                     if self._author_ok(pos, names, True) and (best is None or score > best[1]):
                         best = (pos, score)
             return best
         for q in queries:
-            hit = process.extractOne(q, self.sorted_titles, scorer=fuzz.ratio,
-                                     score_cutoff=FUZZY_CUTOFF_NO_AUTHOR)
+            hit = best_match(q, self.sorted_titles, FUZZY_CUTOFF_NO_AUTHOR)
             if hit and (best is None or hit[1] > best[1]):
                 best = (hit[2], hit[1])
         return best

@@ -16,7 +16,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from . import evidence as ev
-from .config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, SequenceConfig
+from .config import (CFConfig, FusionConfig, PopularityConfig, ProfileConfig, RequestConfig,
+                     SequenceConfig)
 from .fusion import FUSION_METHODS, fuse_matrices, top_k_matrix
 from .library import Library
 from .profiles import profile_from_history
@@ -392,6 +393,50 @@ class SeriesSource(CandidateSource):
                          book_ids=(prev[-1],) if prev else ())]
 
 
+class LexicalSource(CandidateSource):
+    """BM25 over tags, authors, titles and descriptions for the request's words and named tags
+    (see :mod:`retrieval.lexical`); no opinion without a request."""
+
+    name = "lexical"
+
+    def __init__(self, lib: Library) -> None:
+        super().__init__(lib)
+        self._index = None
+
+    @property
+    def index(self):
+        if self._index is None:  # built on first use: most readers never send a request
+            from .lexical import BM25Index
+
+            self._index = BM25Index(self.lib.books)
+        return self._index
+
+    def score(self, ctx: UserContext) -> np.ndarray:
+        if not ctx.query and not ctx.query_tags:
+            return np.full(self.lib.n_items, NEG)
+        from .lexical import lexical_scores
+
+        return lexical_scores(self.index, self.lib, ctx)
+
+
+class AnchorSource(CandidateSource):
+    """Books like the request's anchors ("something like X"): X's embedding neighbours,
+    co-readers and tags (see :mod:`retrieval.anchor`); no opinion without an anchor."""
+
+    name = "anchor"
+
+    def score(self, ctx: UserContext) -> np.ndarray:
+        from .anchor import anchor_scores
+
+        return anchor_scores(self.lib, ctx.anchors)
+
+    def evidence(self, ctx, item, liked):
+        from .anchor import anchor_evidence
+
+        out = [anchor_evidence(self.lib, item, a) for a in ctx.anchors]
+        return [e for e in out if e is not None] + super().evidence(ctx, item, liked)
+
+
 class HybridSource(CandidateSource):
     """Weighted fusion of other sources (see :mod:`retrieval.fusion`).
 
@@ -461,6 +506,11 @@ class HybridSource(CandidateSource):
             evidence = ev.collect(self.lib, int(i), ctx.history, ctx.query, qvec, ctx.to_read, liked)
             if isinstance(series, SeriesSource) and int(i) in found.get("series", ()):
                 evidence = series.series_evidence(ctx, int(i)) + evidence
+            if ctx.anchors:
+                from .anchor import anchor_evidence
+
+                like = [anchor_evidence(self.lib, int(i), a) for a in ctx.anchors]
+                evidence = [e for e in like if e is not None] + evidence
             out.append(evidence)
         return out
 
@@ -503,7 +553,8 @@ class HybridSource(CandidateSource):
 def build_sources(lib: Library, fusion: FusionConfig | None = None, cf: CFConfig | None = None,
                   profile: ProfileConfig | None = None, embed_query=None, store=None,
                   cf_model=None, sequence: SequenceConfig | None = None,
-                  popularity: PopularityConfig | None = None) -> dict[str, CandidateSource]:
+                  popularity: PopularityConfig | None = None,
+                  request: RequestConfig | None = None) -> dict[str, CandidateSource]:
     """The standard set: content, cf, popularity, series, sequence and the hybrid fusing them.
 
     The sequence source needs an order of events (timestamps or a chronological file): without
@@ -518,9 +569,15 @@ def build_sources(lib: Library, fusion: FusionConfig | None = None, cf: CFConfig
                        half_life_events=(cf.half_life_events or None) if lib.ordered else None, liked_boost=cf.liked_boost),
         "popularity": PopularitySource(lib, (popularity or PopularityConfig()).damping),
         "series": SeriesSource(lib),
+        "lexical": LexicalSource(lib),
+        "anchor": AnchorSource(lib),
     }
     if lib.ordered and fusion.weights.get("sequence", 0) > 0:
         srcs["sequence"] = SequenceSource(lib, sequence.window, sequence.norm, sequence.last, sequence.half_life)
-    srcs["hybrid"] = HybridSource(lib, {n: s for n, s in srcs.items()}, fusion.weights, fusion.rrf_k, fusion.depth,
+    request = request or RequestConfig()
+    weights = dict(fusion.weights)
+    weights.setdefault("lexical", request.lexical_weight)
+    weights.setdefault("anchor", request.anchor_weight)
+    srcs["hybrid"] = HybridSource(lib, {n: s for n, s in srcs.items()}, weights, fusion.rrf_k, fusion.depth,
                                   fusion.method)
     return srcs

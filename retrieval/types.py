@@ -18,6 +18,8 @@ EvidenceKind = Literal[
     "series_next",  # next unread volume: series=name, value=volume index, book_ids=[previous volume read]
     "query_match",  # matches the reader's request: text=query, value=cosine
     "to_read",  # the reader shelved it as to-read
+    "anchor",  # like a book the reader asked about: book_ids=[anchor], tags shared, value=cosine,
+    #            count/share = readers who liked the anchor and rated this (when favourable)
 ]
 
 
@@ -97,7 +99,9 @@ class UserContext:
     """Everything a candidate source may use for one request.
 
     ``history`` is the reader's rated books (oldest first); ``query`` is free text from chat;
-    ``exclude`` are books never to return (read, dismissed).
+    ``exclude`` are books never to return (read, dismissed). A parsed request adds
+    ``query_tags`` (catalog tags it named, for lexical retrieval) and ``anchors`` (books it asked
+    for "something like", scored by their neighbours, co-readers and tags).
     """
 
     user_id: str | None = None
@@ -105,3 +109,5 @@ class UserContext:
     query: str | None = None
     exclude: set[str] = field(default_factory=set)
     to_read: set[str] = field(default_factory=set)
+    query_tags: tuple[str, ...] = ()
+    anchors: tuple[str, ...] = ()

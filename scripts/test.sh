@@ -4,7 +4,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test || exit 1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False \
-       ANONYMIZED_TELEMETRY=False TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+       ANONYMIZED_TELEMETRY=False TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 # One torch thread for the tiny LLM: on 2 shared cores, 2 threads were 3-60x slower (bench_llm).
 export READNEXT_LLM_THREADS=${READNEXT_LLM_THREADS:-1}
 .venv/bin/python -m pytest "$@"

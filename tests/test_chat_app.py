@@ -151,6 +151,7 @@ class _ScriptedLLM:
     name = "scripted"
     model_id = "scripted"
     supports_logprobs = False
+    supports_deadline = False  # the ResilientBackend wrapper asks
 
     def __init__(self, reply: str) -> None:
         self.reply = reply
@@ -166,9 +167,11 @@ def test_llm_intent_is_validated_and_rules_are_the_fallback(chat_home):
     from retrieval.index import Index
 
     s = Settings.load(home=chat_home, env={})
-    good = _ScriptedLLM('{"intent": "refine", "constraints": {"include_tags": ["horror", "not-a-tag"], '
-                        '"exclude_tags": [], "authors": ["Nobody Atall"], "year_min": 1990, "year_max": null, '
-                        '"shorter": false, "lighter": false, "newer": false, "title_ref": null}}')
+    # the chat_intent v2 schema (assistant.intent.INTENT_SCHEMA): flat fields, "kind"
+    good = _ScriptedLLM('{"kind": "refine", "anchor_title": null, "ref_index": null, '
+                        '"include_tags": ["horror", "not-a-tag"], "exclude_tags": [], "authors": ["Nobody Atall"], '
+                        '"year_min": 1990, "year_max": null, "shorter": false, "lighter": false, "newer": false, '
+                        '"older": false, "query_text": "scary"}')
     rec = Recommender(Index.open(chat_home), s, llm=good)
     eng = ChatEngine(rec, k=5, llm_picks=0)
     it = eng.parse("give me something scary and recent")

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def llm():
     from assistant.llm import load_backend
 
-    return load_backend("local")
+    return load_backend("tiny")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,8 @@ def home(demo_home, tmp_path_factory):
 def _rec(home, llm, weight: float) -> Recommender:
     s = Settings.load(home=home, env={})
     s.llm.rerank_weight = weight
+    # The real model on a shared, busy CPU: deadlines generous enough that they test text, not speed.
+    s.llm.timeout_s, s.llm.turn_budget_s = 600.0, 1800.0
     return Recommender(Index.open(home), s, llm=llm)
 
 
@@ -77,7 +79,7 @@ def test_llm_explanations_pass_the_guard_or_fall_back(home, llm):
 
 
 def test_cli_rerank_llm_json(home):
-    p = run_cli("recommend", "--user", "u0003", "-k", "3", "--rerank", "llm", "--llm", "local", "--json",
+    p = run_cli("recommend", "--user", "u0003", "-k", "3", "--rerank", "llm", "--llm", "tiny", "--json",
                 "--explain-llm", "1", home=home, timeout=600)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)

@@ -1,8 +1,21 @@
-"""LLM backends behind one interface: in-process transformers, OpenAI-compatible HTTP, or none.
+"""LLM backends behind one interface: llama.cpp (the offline default), transformers,
+OpenAI-compatible HTTP, or none; plus deadlines and a circuit breaker around any of them.
 
-Use :func:`load_backend` (``None``/"local", "none", an ``http(s)://`` URL, or a model id/path).
+Use :func:`load_backend` (``None``/"local", "tiny", "none", an ``http(s)://`` URL, a ``.gguf``
+path, or a Hugging Face model id/path) and wrap it in :class:`ResilientBackend`.
 """
 
-from assistant.llm.base import LLMBackend, LLMError, NoLLM, load_backend
+from assistant.llm.base import (
+    LLMBackend,
+    LLMBadOutput,
+    LLMError,
+    LLMSkipped,
+    LLMTimeout,
+    LLMUnreachable,
+    NoLLM,
+    load_backend,
+)
+from assistant.llm.resilience import CircuitBreaker, ResilientBackend
 
-__all__ = ["LLMBackend", "LLMError", "NoLLM", "load_backend"]
+__all__ = ["LLMBackend", "LLMError", "LLMTimeout", "LLMUnreachable", "LLMBadOutput", "LLMSkipped", "NoLLM",
+           "load_backend", "ResilientBackend", "CircuitBreaker"]

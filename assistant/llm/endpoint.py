@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,11 +20,16 @@ import httpx
 
 from assistant.llm.base import (
     LLMBackend,
+    LLMBadOutput,
     LLMError,
+    LLMTimeout,
+    LLMUnreachable,
     Message,
+    check_deadline,
     cut_at_stop,
     is_yes_no_token,
     logsumexp,
+    parse_json_reply,
     stream_with_stops,
     validate_messages,
 )
@@ -43,13 +49,14 @@ class EndpointBackend(LLMBackend):
     """An OpenAI-compatible HTTP endpoint."""
 
     name = "endpoint"
+    supports_deadline = True
 
     def __init__(
         self,
         base_url: str,
         model: str | None = None,
         api_key: str | None = None,
-        timeout: float = 120.0,
+        timeout: float = 30.0,
         supports_logprobs: bool | None = None,
         supports_prefill: bool = False,
         max_concurrency: int = 4,
@@ -63,16 +70,31 @@ class EndpointBackend(LLMBackend):
             raise ValueError(f"endpoint URL must start with http:// or https://, got {base_url!r}")
         self.base_url = normalize_base_url(base_url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
+        self.timeout = float(timeout)
+        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
         self._model = model
+        self._json_mode: str | None = None  # "json_schema" | "json_object" | "prompt", found on first use
         self._logprobs = supports_logprobs
         self.supports_prefill = supports_prefill
         self.max_concurrency = max(1, max_concurrency)
 
     # -- plumbing --------------------------------------------------------------------------
     def _fail(self, e: Exception, path: str) -> LLMError:
-        """One-line error naming the URL and what went wrong."""
-        return LLMError(" ".join(self._describe(e, f"{self.base_url}{path}").split()))
+        """One-line error naming the URL and what went wrong, typed by what happened."""
+        cls = LLMError
+        if isinstance(e, httpx.TimeoutException):
+            cls = LLMTimeout
+        elif isinstance(e, (httpx.ConnectError, httpx.UnsupportedProtocol)):
+            cls = LLMUnreachable
+        return cls(" ".join(self._describe(e, f"{self.base_url}{path}").split()))
+
+    def _timeout(self, deadline: float | None) -> httpx.Timeout:
+        """The request's timeouts: the configured ones, cut to what is left before ``deadline``."""
+        t = self.timeout
+        if deadline is not None:
+            check_deadline(deadline, f"request to {self.base_url}")
+            t = max(0.01, min(t, deadline - time.monotonic()))
+        return httpx.Timeout(t, connect=min(t, 5.0))
 
     @staticmethod
     def _describe(e: Exception, url: str) -> str:
@@ -84,9 +106,10 @@ class EndpointBackend(LLMBackend):
             return f"LLM endpoint {url} returned HTTP {e.response.status_code}: {e.response.text[:300]}"
         return f"LLM endpoint {url} failed: {type(e).__name__}: {e}"
 
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, payload: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         try:
-            r = self._client.post(f"{self.base_url}/chat/completions", json=payload)
+            r = self._client.post(f"{self.base_url}/chat/completions", json=payload,
+                                  timeout=self._timeout(deadline))
             r.raise_for_status()
             return r.json()
         except (httpx.HTTPError, json.JSONDecodeError) as e:
@@ -97,7 +120,7 @@ class EndpointBackend(LLMBackend):
         """The remote model name (asked from ``/v1/models`` once when not given)."""
         if self._model is None:
             try:
-                r = self._client.get(f"{self.base_url}/models")
+                r = self._client.get(f"{self.base_url}/models", timeout=self._timeout(None))
                 r.raise_for_status()
                 data = r.json().get("data") or []
             except (httpx.HTTPError, json.JSONDecodeError) as e:
@@ -114,20 +137,54 @@ class EndpointBackend(LLMBackend):
                 "temperature": 0, **extra}
 
     # -- generation ------------------------------------------------------------------------
-    def generate(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None) -> str:
+    def generate(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
+                 deadline: float | None = None) -> str:
         """Greedy (``temperature: 0``) completion; stop strings are also applied client-side."""
         extra = {"stop": stop[:4]} if stop else {}  # the OpenAI API accepts at most 4
-        data = self._post(self._payload(messages, max_new_tokens, **extra))
+        data = self._post(self._payload(messages, max_new_tokens, **extra), deadline)
+        return cut_at_stop(self._content(data), stop)[0]
+
+    def _content(self, data: dict[str, Any]) -> str:
         try:
-            text = data["choices"][0]["message"].get("content") or ""
+            return data["choices"][0]["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError) as e:
             raise LLMError(f"LLM endpoint {self.base_url} sent an unexpected reply: {str(data)[:200]}") from e
-        return cut_at_stop(text, stop)[0]
 
-    def _sse(self, payload: dict[str, Any]) -> Iterator[str]:
+    def generate_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
+                      deadline: float | None = None) -> dict[str, Any]:
+        """Ask with ``response_format`` (``json_schema``, else ``json_object``, else the prompt) and validate.
+
+        Which form the server accepts is found on the first call (an HTTP 4xx means "not
+        supported") and remembered. The reply is always validated against ``schema``.
+        """
+        modes = [self._json_mode] if self._json_mode else ["json_schema", "json_object", "prompt"]
+        for mode in modes:
+            if mode == "prompt":
+                self._json_mode = mode
+                return super().generate_json(messages, schema, max_new_tokens, deadline)
+            fmt: dict[str, Any] = {"type": mode}
+            if mode == "json_schema":
+                fmt["json_schema"] = {"name": "reply", "schema": schema, "strict": True}
+            try:
+                data = self._post(self._payload(messages, max_new_tokens, response_format=fmt), deadline)
+            except LLMError as e:
+                if "HTTP 4" in str(e) and len(modes) > 1:
+                    continue  # this server does not take that response_format: try the next form
+                raise
+            self._json_mode = mode
+            try:
+                return parse_json_reply(self._content(data), schema)
+            except LLMBadOutput:
+                if mode == "json_schema":
+                    raise  # the server constrained it and it still does not fit: a real failure
+                return super().generate_json(messages, schema, max_new_tokens, deadline)
+        raise LLMBadOutput(f"LLM endpoint {self.base_url} produced no JSON reply")
+
+    def _sse(self, payload: dict[str, Any], deadline: float | None = None) -> Iterator[str]:
         path = "/chat/completions"
         try:
-            with self._client.stream("POST", f"{self.base_url}{path}", json=payload) as r:
+            with self._client.stream("POST", f"{self.base_url}{path}", json=payload,
+                                     timeout=self._timeout(deadline)) as r:
                 if r.status_code >= 400:
                     r.read()
                     r.raise_for_status()
@@ -147,21 +204,24 @@ class EndpointBackend(LLMBackend):
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
                             yield piece
+                    check_deadline(deadline, f"stream from {self.base_url}")
         except httpx.HTTPError as e:
             raise self._fail(e, path) from e
 
     def stream(
-        self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None
+        self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
+        deadline: float | None = None,
     ) -> Iterator[str]:
         """Stream text chunks from server-sent events."""
         extra: dict[str, Any] = {"stream": True}
         if stop:
             extra["stop"] = stop[:4]
-        yield from stream_with_stops(self._sse(self._payload(messages, max_new_tokens, **extra)), stop)
+        yield from stream_with_stops(self._sse(self._payload(messages, max_new_tokens, **extra), deadline), stop)
 
     # -- scoring ---------------------------------------------------------------------------
-    def _top_logprobs(self, messages: list[Message]) -> list[tuple[str, float]] | None:
-        data = self._post(self._payload(messages, 1, logprobs=True, top_logprobs=TOP_LOGPROBS))
+    def _top_logprobs(self, messages: list[Message], deadline: float | None = None
+                      ) -> list[tuple[str, float]] | None:
+        data = self._post(self._payload(messages, 1, logprobs=True, top_logprobs=TOP_LOGPROBS), deadline)
         try:
             content = data["choices"][0]["logprobs"]["content"]
             return [(str(t["token"]), float(t["logprob"])) for t in content[0]["top_logprobs"]]
@@ -193,14 +253,14 @@ class EndpointBackend(LLMBackend):
         no = floor if no == -math.inf else no
         return yes - no
 
-    def yes_no_scores(self, prompts: list[list[Message]]) -> list[float]:
+    def yes_no_scores(self, prompts: list[list[Message]], deadline: float | None = None) -> list[float]:
         """One ``max_tokens: 1`` request per prompt, ``max_concurrency`` at a time (servers batch them)."""
         if not prompts:
             return []
         if not self.supports_logprobs:
             raise LLMError(f"LLM endpoint {self.base_url} returns no logprobs; use listwise reranking")
         with ThreadPoolExecutor(self.max_concurrency) as pool:
-            tops = list(pool.map(self._top_logprobs, prompts))
+            tops = list(pool.map(lambda p: self._top_logprobs(p, deadline), prompts))
         if any(t is None for t in tops):
             raise LLMError(f"LLM endpoint {self.base_url} stopped returning logprobs")
         return [self.score_top(t or []) for t in tops]

@@ -1,0 +1,255 @@
+"""Request understanding, lexical + anchor retrieval, follow-ups and the conversation eval,
+on the real demo index (real embedder, real Chroma)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+
+import pytest
+
+from assistant import Recommender
+from assistant.chat_engine import ChatEngine
+from assistant.intent import IntentParser, follow_up, intent_parser, recommend_request
+from retrieval.matcher import CatalogMatcher
+from retrieval.types import Book
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def conv_home(demo_home, tmp_path_factory):
+    h = tmp_path_factory.mktemp("conv") / "home"
+    shutil.copytree(demo_home, h, symlinks=True)
+    return h
+
+
+@pytest.fixture(scope="module")
+def rec(conv_home):
+    r = Recommender.open(conv_home, llm="none")
+    yield r
+    r.close()
+
+
+def _book(rec, prefix: str) -> Book:
+    return next(b for b in rec.books.values() if b.title.startswith(prefix))
+
+
+# ---------------------------------------------------------------------------- the matcher
+
+
+def test_one_matcher_for_titles_authors_and_series(rec):
+    m = CatalogMatcher(list(rec.books.values()))
+    assert m.title("the hunger gmaes").title == "The Hunger Games (The Hunger Games, #1)"
+    assert m.title("dune by frank herbert").title == "Dune (Dune, #1)"
+    assert m.title("Mistborn").title == "The Final Empire (Mistborn, #1)"  # a series -> volume 1
+    assert m.title("zzzz qqqq wwww") is None
+    assert m.title("the hunger gmaes", exact_only=True) is None
+    assert m.author("pratchett") == "Terry Pratchett"  # a unique surname
+    assert m.author("pratchet") == "Terry Pratchett"  # a near spelling of it
+    assert m.author("Ursula K. Le Guin") == "Ursula K. Le Guin"
+    assert m.author("Agatha Cristie") == "Agatha Christie"
+    assert m.author("Nobody Atall") is None
+
+
+def test_chat_engine_and_goodreads_share_the_matcher(rec):
+    import retrieval.goodreads as gr
+
+    eng = ChatEngine(rec, k=5, llm_picks=0)
+    assert eng.find_title("the hunger gmaes") == _book(rec, "The Hunger Games (").book_id
+    assert gr.best_match.__module__ == "retrieval.matcher"  # goodreads' fuzzy calls go through it
+
+
+# ---------------------------------------------------------------------------- lexical + dense
+
+
+def test_two_tag_requests_find_books_carrying_both(rec):
+    """Target: >= 3 of the top 5 carry both tags whenever >= 5 unread books do (cold reader).
+
+    "Unread" books that series order forbids (volume 4 while 3 is unread) cannot be offered, so
+    a pair counts when >= 5 recommendable books carry both tags.
+    """
+    from retrieval.series import series_filter
+
+    p = intent_parser(rec)
+    books = list(rec.books.values())
+    tags = sorted({t for b in books for t in b.tags} - {"short", "long"})
+    met = total = 0
+    missed = []
+    for t1, t2 in itertools.combinations(tags, 2):
+        both = [b.book_id for b in books if t1 in b.tags and t2 in b.tags]
+        blocked = series_filter(both, (), rec.books, index=rec.lib.series_index)
+        if len(set(both) - blocked) < 5:
+            continue
+        it = p.parse(f"a {t1.replace('-', ' ')} {t2.replace('-', ' ')} book")
+        req = follow_up(None, it, None, rec.books, rec.settings.request.tag_boost)
+        items = recommend_request(rec, req, None, 5).items
+        total += 1
+        n = sum(t1 in r.tags and t2 in r.tags for r in items)
+        met += n >= 3
+        if n < 3:
+            missed.append((t1, t2, n, [r.title for r in items]))
+    # Measured 218/218 (and 932/932 with warm readers) in isolation; one full-session run gave
+    # 208/218, so the bound leaves room for near-tie orderings instead of hiding them.
+    assert total > 100 and met >= 0.95 * total, missed[:5]
+
+
+def test_cli_query_uses_the_request_understanding(conv_home):
+    r = run_cli("recommend", "--query", "a funny fantasy", "-k", "5", "--json", home=conv_home)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out["understood"]["intent"]["include_tags"]) == {"funny", "fantasy"}
+    both = [i for i in out["items"] if {"funny", "fantasy"} <= set(i["tags"])]
+    assert len(both) >= 3
+    assert any(s == "lexical" for i in out["items"] for s in i["sources"])
+
+
+# ---------------------------------------------------------------------------- anchors + follow-ups
+
+
+def test_like_x_uses_neighbours_never_the_anchor_text(rec):
+    eng = ChatEngine(rec, k=5, llm_picks=0)
+    u = next(x["user_id"] for x in rec.users() if x["n_ratings"] >= 30)
+    st, _ = eng.select_reader(u)
+    dune = _book(rec, "Dune (Dune, #1)")
+    r = list(eng.respond(st, "something like Dune but shorter"))[-1]
+    assert (
+        "books like “Dune (Dune, #1)”" in r.text and "shorter" in r.text
+    )  # says what it understood
+    ids = [c.book_id for c in r.cards]
+    assert dune.book_id not in ids and len(ids) == 5
+    for c in r.cards:
+        assert dune.description[:40] not in c.explanation and "Tags:" not in c.explanation
+        assert "It matches what you asked for" not in c.explanation
+    assert sum(any(e.kind == "anchor" for e in c.evidence) for c in r.cards) >= 3
+    assert sum("short" in c.tags for c in r.cards) >= 3
+    assert r.state.ref_book == dune.book_id and r.state.constraints["shorter"]
+    # anchor evidence is re-checkable against the data
+    from retrieval.evidence import verify
+
+    hist = rec.history(u)
+    assert all(
+        verify(rec.lib, c.book_id, e, hist)
+        for c in r.cards
+        for e in c.evidence
+        if e.kind == "anchor"
+    )
+    # "but newer" refines the same anchor: newer than Dune itself
+    r2 = list(eng.respond(r.state, "newer"))[-1]
+    assert r2.state.ref_book == dune.book_id and r2.state.constraints["shorter"]
+    assert all(c.year and c.year > dune.year for c in r2.cards)
+    # a wanted tag the anchor lacks is a new topic: the anchor goes, the other constraints stay
+    r3 = list(eng.respond(r2.state, "more fantasy, not romance"))[-1]
+    assert r3.state.ref_book is None and "like “Dune" not in r3.text
+    assert all("fantasy" in c.tags and "romance" not in c.tags for c in r3.cards)
+    # a new request resets everything
+    r4 = list(eng.respond(r3.state, "books by Terry Pratchett"))[-1]
+    assert r4.state.constraints["include_tags"] == [] and not r4.state.constraints["shorter"]
+    assert r4.cards and all("Terry Pratchett" in c.authors for c in r4.cards)
+
+
+def test_follow_up_rules():
+    books = {"a": Book("a", "Dune", ("Frank Herbert",), 1965, ("science-fiction",))}
+    from assistant.intent import Intent
+
+    first = follow_up(None, Intent(kind="more_like", shorter=True), "a", books)
+    assert first.anchor == "a" and first.constraints.shorter
+    more = follow_up(first, Intent(kind="refine", newer=True), None, books)
+    assert more.anchor == "a" and more.constraints.shorter and more.constraints.ref_year == 1965
+    fresh = follow_up(
+        more, Intent(kind="recommend", include_tags=["horror"], query_text="horror"), None, books
+    )
+    assert fresh.anchor is None and not fresh.constraints.shorter and fresh.query == "horror"
+
+
+# ---------------------------------------------------------------------------- the LLM path
+
+
+class _JsonLLM:
+    """A fake backend with the ``generate_json`` API: returns a fixed object."""
+
+    name = "scripted"
+    model_id = "scripted"
+
+    def __init__(self, obj):
+        self.obj, self.calls, self.schemas = obj, 0, []
+
+    def generate_json(self, messages, schema, max_new_tokens=256, deadline=None):
+        self.calls += 1
+        self.schemas.append(schema)
+        assert "<<<" in messages[-1]["content"]
+        if isinstance(self.obj, Exception):
+            raise self.obj
+        return self.obj
+
+
+def test_llm_intent_is_schema_constrained_and_validated(rec):
+    books = list(rec.books.values())
+    obj = {
+        "kind": "more_like",
+        "anchor_title": "the hunger gmaes",
+        "ref_index": None,
+        "include_tags": ["scary", "not-a-tag"],
+        "exclude_tags": ["romance"],
+        "authors": ["Nobody Atall", "pratchett"],
+        "year_min": 2001,
+        "year_max": None,
+        "shorter": True,
+        "lighter": False,
+        "newer": False,
+        "older": False,
+        "query_text": "x",
+    }
+    llm = _JsonLLM(obj)
+    p = IntentParser(books, llm)
+    it = p.parse("whatever the reader said")
+    assert llm.calls == 1 and p.last_source == "llm" and llm.schemas[0]["required"]
+    assert it.kind == "more_like" and it.title_ref == "The Hunger Games (The Hunger Games, #1)"
+    assert it.include_tags == ["horror"] and it.exclude_tags == [
+        "romance"
+    ]  # synonyms, no invention
+    assert it.authors == ["Terry Pratchett"] and it.year_min == 2001 and it.shorter
+    for bad in ({"kind": "dance"}, "not json", RuntimeError("backend down")):
+        p2 = IntentParser(books, _JsonLLM(bad))
+        it2 = p2.parse("not romance")
+        assert p2.fallbacks == 1 and p2.last_source == "rules"
+        assert it2.kind == "refine" and it2.exclude_tags == ["romance"]
+
+
+# ---------------------------------------------------------------------------- measured
+
+
+def test_rules_parser_meets_the_labelled_set_target(rec):
+    from eval.intents import DEFAULT_SET, HELDOUT_SET, load_requests, score
+
+    p = IntentParser(list(rec.books.values()))
+    for path in (DEFAULT_SET, HELDOUT_SET):
+        reqs = load_requests(path)
+        res = score(p.parse, reqs, n_boot=100)
+        assert res["fully_correct"] >= 0.85, (path.name, res["failures"])
+    assert len(load_requests(DEFAULT_SET)) + len(load_requests(HELDOUT_SET)) >= 60
+
+
+@pytest.mark.slow
+def test_conversation_eval_runs_through_the_chat_engine(demo_home, tmp_path):
+    from eval.conversation import run_conversation_eval
+
+    out = run_conversation_eval(
+        "demo",
+        readers=12,
+        turns=3,
+        seed=7,
+        out=tmp_path,
+        cache_dir=demo_home / "cache",
+        progress=False,
+        n_boot=100,
+    )
+    r = out["results"]["rules"]
+    assert r["leak_rate"] == 0.0 and r["readers"] == 12
+    assert [p["turn"] for p in r["per_turn"]] == [1, 2, 3]
+    rec3 = [p["recall@10"] for p in r["per_turn"]]
+    assert rec3 == sorted(rec3)  # a found target stays found
+    convs = [json.loads(x) for x in (tmp_path / "conversations.jsonl").read_text().splitlines()]
+    assert len(convs) == 12 and all(t["message"] for c in convs for t in c["turns"])
+    assert (tmp_path / "report.md").read_text().startswith("# Simulated-reader conversations")
