@@ -266,14 +266,15 @@ class ChatEngine:
     def _stream_llm(self, reply: Reply, turn: Any = None) -> Iterator[Reply]:
         rec = self.rec
         ctx = rec.context(reply.state.user_id, query=reply.state.query)
-        hist = [b for b, _ in rec._history_books(ctx)]
+        hist = rec._history_books(ctx)  # with ratings, so "you loved X" is checked
         ex, turn = rec.explainer_for_turn(turn)  # the turn's LLM budget: later picks keep templates
-        reasons = []
+        reasons, shown = [], []
         for card in reply.cards[: self.llm_picks]:
             book = rec.books[card.book_id]
             final = None
             template = card.explanation
-            for part in ex.stream_explain(book, card.evidence, hist, rec.books, template, query=ctx.query):
+            for part in ex.stream_explain(book, card.evidence, hist, rec.books, template, query=ctx.query,
+                                          shown=shown):
                 if isinstance(part, str):
                     card.blurb = part  # raw text as it streams; replaced by the checked result below
                     card.explanation_source = "streaming"
@@ -287,6 +288,8 @@ class ChatEngine:
                 card.explanation = card.explanation if final.source == "llm" else template
                 if final.source != "llm":
                     reasons.append(final.rejected_reason)
+                else:
+                    shown += [final.why, final.blurb or ""]  # later picks must not repeat it
             yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=True)
         from .llm.resilience import count_guard_rejections, honest_notes
 
@@ -375,8 +378,10 @@ def card_html(r: Recommendation, n: int) -> str:
     tags = "".join(f'<span class="rn-tag">{e(t)}</span>' for t in r.tags[:6])
     srcs = "".join(f'<span class="rn-src">{e(s)}</span>' for s in r.sources)
     meta = e(", ".join(r.authors)) + (f" · {r.year}" if r.year is not None else "")
-    why_label = {"llm": "Why you (LLM, checked against evidence)", "streaming": "Why you (writing…)"}.get(
-        r.explanation_source, "Why you")
+    # Only text that passed every check is called checked; a draft is not; the template says so.
+    why_label = {"llm": "Why you (LLM, checked against evidence)",
+                 "streaming": "Why you (LLM draft, not yet checked…)"}.get(
+        r.explanation_source, "Why you (template, from the evidence)")
     blurb = f'<p class="rn-blurb">{e(r.blurb)}</p>' if r.blurb else ""
     return (f'<div class="rn-card" data-book-id="{e(r.book_id)}">{cover}<div class="rn-body">'
             f'<div class="rn-title">#{n} {e(r.title)}</div><div class="rn-meta">{meta}</div>'

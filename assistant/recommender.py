@@ -600,9 +600,9 @@ class Recommender:
 
     def explainer(self):
         if not hasattr(self, "_explainer"):
-            from .llm_text import Explainer
+            from .explainer import Explainer
 
-            self._explainer = Explainer(self.llm, max_new_tokens=self.settings.llm.max_new_tokens)
+            self._explainer = Explainer(self.llm, max_new_tokens=min(self.settings.llm.max_new_tokens, 80))
         return self._explainer
 
     def _explain_llm(self, recs: list[Recommendation], ctx: UserContext, notes: list[str]) -> None:
@@ -613,14 +613,17 @@ class Recommender:
             notes.append(f"LLM unavailable ({self.llm_error}): explanations are templates" if self.llm_error
                          else "no LLM configured: explanations are templates built from the evidence")
             return
-        hist = [b for b, _ in self._history_books(ctx)]
+        hist = self._history_books(ctx)  # with ratings: "you loved X" is checked against them
         ex, turn = self.explainer_for_turn()
-        reasons = []
+        reasons, shown = [], []
         for r in recs:
-            res = ex.explain(self.books[r.book_id], r.evidence, hist, self.books, r.explanation, query=ctx.query)
+            res = ex.explain(self.books[r.book_id], r.evidence, hist, self.books, r.explanation,
+                             query=ctx.query, shown=shown)
             self.apply_explanation(r, res)
             if res.source != "llm":
                 reasons.append(res.rejected_reason)
+            else:
+                shown += [res.why, res.blurb or ""]  # later picks must not repeat it
         notes.extend(honest_notes(turn, count_guard_rejections(reasons), "LLM explanation(s)"))
 
     def explainer_for_turn(self, turn=None):
@@ -638,10 +641,12 @@ class Recommender:
 
     @staticmethod
     def apply_explanation(r: Recommendation, res) -> None:
+        """Put a checked result on a card: the model's text only when it passed every check."""
         r.prompt_version = res.prompt_version
         if res.source == "llm":
             r.explanation, r.blurb, r.explanation_source = res.why, res.blurb, "llm"
         else:
+            r.explanation_source, r.blurb = "template", None
             r.rejected_reason = res.rejected_reason
 
 

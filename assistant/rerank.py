@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from assistant.llm.base import LLMBackend, LLMError
-from assistant.llm_text import format_book, format_history
+from prompts.format import format_book, format_history
 from prompts import render_messages
 from retrieval.types import Book
 

@@ -127,7 +127,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     log = (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     from assistant.llm import load_backend
-    from assistant.llm_text import Explainer, format_book, format_evidence, format_history
+    from assistant.explainer import Explainer
+    from prompts.format import format_book, format_evidence, format_history
     from assistant.rerank import LLMReranker
     from prompts import delimit, render_messages
 

@@ -77,6 +77,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-user-ratings", type=_positive, help="k-core filter on readers (Book-Crossing default 5)")
     p.add_argument("--cache-dir", help="embedding cache (default DATA_DIR/cache, i.e. ~/.readnext/cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t = p.add_argument_group("text-quality study (--text-study)")
+    t.add_argument("--text-study", action="store_true",
+                   help="instead of the ranking study: LLM explanations/blurbs for (reader, pick) pairs of "
+                        "--dataset and the demo, per --text-llms, audited from the dump (eval/text_audit.py)")
+    t.add_argument("--text-llms", default="local,tiny",
+                   help="comma-separated LLM specs run on the same pairs and prompt, the default model "
+                        "first (default local,tiny: Qwen via llama.cpp, SmolLM2 via transformers)")
+    t.add_argument("--text-readers", type=_positive, default=20, help="readers from --dataset (default 20)")
+    t.add_argument("--text-demo-readers", type=_positive, default=15, help="readers from the demo (default 15)")
+    t.add_argument("--text-picks", type=_positive, default=3, help="top picks per reader (default 3)")
+    t.add_argument("--text-compare-every", type=_positive, default=1,
+                   help="run the 2nd.. LLM on every N-th reader's picks only (default 1: all)")
+    t.add_argument("--text-threads", type=int, default=2, help="CPU threads of a local LLM (default 2)")
+    t.add_argument("--text-resume", action="store_true",
+                   help="keep rows of backends already in OUT/texts.jsonl and run only the missing ones")
     p.add_argument("--conversation", action="store_true",
                    help="the simulated-reader conversation study through ChatEngine (eval/conversation.py) "
                         "instead of the ranking study; uses --dataset (default: the demo), --users, --seed, "
@@ -143,8 +158,31 @@ def _summary(m: dict[str, Any], out: str) -> str:
     return "\n".join(lines)
 
 
+def _run_text_study(args: argparse.Namespace) -> int:
+    from .text_audit import report
+    from .text_study import run_text_study
+
+    out = args.out if args.out != "eval-results" else "eval-results/text-quality"
+    llms = [x.strip() for x in args.text_llms.split(",") if x.strip()]
+    if not llms:
+        raise ReadnextError("--text-llms: give at least one LLM spec, e.g. smollm2,local")
+    metrics = run_text_study(args.dataset, out, llms, readers=args.text_readers,
+                             demo_readers=args.text_demo_readers, picks=args.text_picks, seed=args.seed,
+                             data_dir=getattr(args, "data_dir", None), resume=args.text_resume,
+                             compare_every=args.text_compare_every, threads=args.text_threads,
+                             progress=not (args.no_progress or getattr(args, "json", False)))
+    if getattr(args, "json", False):
+        print(json.dumps(metrics, indent=2, ensure_ascii=False))
+    else:
+        print(report(metrics))
+        print(f"wrote {out}/texts.jsonl, {out}/metrics.json and {out}/table.md")
+    return 0
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the study for parsed ``args``; prints a summary (or metrics.json with ``--json``)."""
+    if getattr(args, "text_study", False):
+        return _run_text_study(args)
     if getattr(args, "conversation", False):
         from .conversation import report, run_conversation_eval
 

@@ -226,7 +226,7 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
         if e.get("skipped"):
             L += [f"LLM explanations: {e['skipped']}", ""]
         else:
-            L += [f"LLM explanations ({_num(e.get('explanations'))} top picks, `assistant.llm_text.Explainer`): "
+            L += [f"LLM explanations ({_num(e.get('explanations'))} top picks, `assistant.explainer.Explainer`): "
                   f"hallucinated-title rate {_num(e.get('hallucinated_title_rate'))}, hallucinated-author rate "
                   f"{_num(e.get('hallucinated_author_rate'))}, other unsupported names or years "
                   f"{_num(e.get('unsupported_name_rate'))} (replies the grounding guard caught naming something "

@@ -610,9 +610,9 @@ def _llm_explanations(backend, prep: Prepared, hybrid: HybridSource, ctxs: Seque
     """LLM explanations for the top pick of the first ``cfg.llm_explain`` LLM readers: guard stats."""
     try:
         from assistant.explain import template_explanation
-        from assistant.llm_text import Explainer
+        from assistant.explainer import Explainer
     except ImportError as e:
-        return {"skipped": f"assistant.llm_text.Explainer not importable ({e})"}
+        return {"skipped": f"assistant.explainer.Explainer not importable ({e})"}
     ex = Explainer(backend)
     lib = prep.lib
     kinds: Counter = Counter()

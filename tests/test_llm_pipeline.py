@@ -9,7 +9,7 @@ import pytest
 
 from assistant import Recommender
 from assistant.chat_engine import ChatEngine
-from assistant.llm_text import check_grounding  # noqa: F401  (the guard the pipeline relies on)
+from assistant.grounding import check_grounding  # noqa: F401  (the guard the pipeline relies on)
 from retrieval.config import Settings
 from retrieval.index import Index
 

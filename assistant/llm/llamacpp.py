@@ -359,6 +359,13 @@ class LlamaCppBackend(LLMBackend):
             cut = self.last_generation.get("new_tokens", 0) >= max_new_tokens
             raise LLMBadOutput(f"{e} (the object was cut at max_new_tokens={max_new_tokens})" if cut else str(e)) from None
 
+    def stream_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
+                    deadline: float | None = None) -> Iterator[str]:
+        """The raw text of a :meth:`generate_json` reply, chunk by chunk, under the same grammar
+        (for streaming display; the caller parses the joined text)."""
+        msgs, _prefill = split_prefill(validate_messages(messages))
+        yield from self._chunks(msgs, max_new_tokens, deadline, grammar=self._grammar(schema))
+
     def warm_up(self) -> float:
         """Touch every weight page and the sampler once (a 1-token generation)."""
         t0 = time.perf_counter()

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -287,13 +288,25 @@ class ResilientBackend(LLMBackend):
     def stream(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
                deadline: float | None = None) -> Iterator[str]:
         """Chunks from a worker thread; :class:`LLMTimeout` when the next chunk misses the deadline."""
+        return self._stream(lambda dl: self.inner.stream(messages, max_new_tokens, stop, **self._kw(dl)), deadline)
+
+    def stream_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
+                    deadline: float | None = None) -> Iterator[str]:
+        """The raw text of a constrained JSON reply as it is decoded (the inner ``stream_json``),
+        else the whole :meth:`generate_json` object as one chunk; same deadlines as :meth:`stream`."""
+        inner = getattr(self.inner, "stream_json", None)
+        if not callable(inner):
+            return iter([json.dumps(self.generate_json(messages, schema, max_new_tokens, deadline))])
+        return self._stream(lambda dl: inner(messages, schema, max_new_tokens, **self._kw(dl)), deadline)
+
+    def _stream(self, make: Callable[[float], Iterator[str]], deadline: float | None) -> Iterator[str]:
         self._admit()
         dl = self._deadline(deadline)
         q: queue.Queue = queue.Queue()
         cancel = threading.Event()
 
         def work() -> None:
-            it = iter(self.inner.stream(messages, max_new_tokens, stop, **self._kw(dl)))
+            it = iter(make(dl))
             try:
                 for chunk in it:
                     if cancel.is_set():
