@@ -1,22 +1,24 @@
 """The Gradio chat app: ``readnext chat`` (binds 127.0.0.1:7860 by default).
 
 Named API endpoints for ``gradio_client``: ``/recommend``, ``/feedback``, ``/new_reader``,
-``/import_goodreads``, ``/readers``.
+``/import_goodreads``, ``/readers``, ``/export``, ``/forget``. All go through
+:class:`assistant.service.ReaderService`, which decides which reader a request acts for.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import tempfile
 from typing import Any
 
 from retrieval.config import Settings
 from retrieval.errors import ReadnextError
 
-from .chat_engine import HELP, ChatEngine, ChatState, Reply, card_html
+from .accounts import AccountStore, parse_auth_spec
+from .chat_engine import HELP, ChatState, Reply, card_html
 from .explain import excerpt
 from .recommender import Recommender
+from .service import ReaderService, delete_upload, setup_request_log
 
 CSS = """
 .rn-card{display:flex;gap:14px;padding:12px;border:1px solid var(--border-color-primary);border-radius:10px}
@@ -48,13 +50,33 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = None):
-    """The Blocks app over one shared Recommender (not launched)."""
+def _username(request: Any) -> str | None:
+    return getattr(request, "username", None) if request is not None else None
+
+
+def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = None,
+              service: ReaderService | None = None):
+    """The Blocks app over one shared Recommender (not launched).
+
+    Every handler asks ``service`` (a :class:`~assistant.service.ReaderService`; single-user
+    when None) which reader the request may act for: with accounts that is the signed-in
+    account, whatever the request says.
+    """
     import gradio as gr
 
+    def needs_request(fn):
+        # This module uses postponed annotations and imports gradio lazily, so Gradio cannot
+        # resolve the string "gr.Request" itself: give it the class to inject the request.
+        fn.__annotations__["request"] = gr.Request
+        return fn
+
     k = k or rec.settings.chat.k
-    engine = ChatEngine(rec, k=k, llm_picks=llm_picks)
-    readers = [u["user_id"] for u in sorted(rec.users(), key=lambda u: -u["n_ratings"])[:500]]
+    svc = service or ReaderService(rec, None, llm_picks=llm_picks)
+    engine = svc.engine(k)
+    multi = svc.auth_required
+    # Single-user: the owner picks from every reader. With accounts, nobody's id is put in the page.
+    readers = [] if multi else [
+        u["user_id"] for u in sorted(rec.users(), key=lambda u: -u["n_ratings"])[:500]]
 
     limit = rec.settings.chat.max_message_chars
 
@@ -76,12 +98,13 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
                 htmls.append("")
         return [chat, reply.state.to_dict(), notes, who, *groups, *htmls]
 
-    def stream(replies, chat: list[dict], state: dict):
+    def stream(make_replies, chat: list[dict], state: dict):
         """Every turn streams: the first reply adds the assistant's message at once; each later
-        one (LLM text flowing into the cards, the next step of an import) updates it in place."""
+        one (LLM text flowing into the cards, the next step of an import) updates it in place.
+        ``make_replies`` is called inside the guard, so a refused caller gets one line too."""
         base = list(chat)
         try:
-            for reply in replies:
+            for reply in make_replies():
                 yield outputs_for(reply, base, True)
         except ReadnextError as e:
             yield outputs_for(Reply(f"⚠️ {e}", state=ChatState.from_any(state)), base, True)
@@ -92,37 +115,77 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
         m = (message or "").strip()  # the length the engine reports
         return m if len(m) <= limit else excerpt(m, 200) + f" [{len(m):,} characters]"
 
-    def on_message(message: str, chat: list[dict], state: dict):
+    @needs_request
+    def on_message(message: str, chat: list[dict], state: dict, request: gr.Request):
         chat = list(chat or []) + [{"role": "user", "content": shown(message)}]
-        yield from stream(engine.respond(state, message), chat, state)
+
+        def replies():
+            st = svc.session_state(svc.caller(_username(request)), state)
+            return engine.respond(st, message)
+        yield from stream(replies, chat, state)
 
     def on_feedback(i: int, signal: str):
-        def handler(chat: list[dict], state: dict):
-            yield from stream(engine.feedback(state, i, signal), list(chat or []), state)
+        @needs_request
+        def handler(chat: list[dict], state: dict, request: gr.Request):
+            def replies():
+                st = svc.session_state(svc.caller(_username(request)), state)
+                return engine.feedback(st, i, signal)
+            yield from stream(replies, list(chat or []), state)
         return handler
 
-    def on_select(user_id: str, chat: list[dict]):
+    @needs_request
+    def on_select(user_id: str, chat: list[dict], request: gr.Request):
         try:
-            st, msg = engine.select_reader(user_id)
+            uid = svc.select(svc.caller(_username(request)), user_id)
+            st, msg = engine.select_reader(uid)
         except ReadnextError as e:
             st, msg = ChatState(), f"⚠️ {e}"
         # another reader: the previous reader's cards go
         yield outputs_for(Reply(msg, cards=[], state=st), list(chat or []), True)
 
-    def on_new(name: str, loved: str, genres: list[str], chat: list[dict]):
-        replies = engine.onboard(name, loved, genres)
+    @needs_request
+    def on_new(name: str, loved: str, genres: list[str], chat: list[dict], request: gr.Request):
+        def replies():
+            nm, text, tags = svc.onboarding_input(svc.caller(_username(request)), name, loved, genres)
+            return engine.onboard(nm, text, tags)
         yield from stream(replies, list(chat or []), ChatState().to_dict())
 
-    def on_import(file: Any, name: str, chat: list[dict]):
+    @needs_request
+    def on_import(file: Any, name: str, chat: list[dict], request: gr.Request):
         chat = list(chat or [])
         if not file:
             ask = Reply("Choose a Goodreads export CSV first.", state=ChatState())
             yield outputs_for(ask, chat, True)
             return
         path = file if isinstance(file, str) else file.name
-        yield from stream(engine.import_file(path, name), chat, ChatState().to_dict())
 
-    with gr.Blocks(title="readnext — what should I read next?") as app:
+        def replies():
+            try:  # the uploaded file goes whatever happens (docs/privacy.md)
+                nm = svc.import_name(svc.caller(_username(request)), name, path)
+                yield from engine.import_file(path, nm)
+            finally:
+                delete_upload(path)
+        yield from stream(replies, chat, ChatState().to_dict())
+
+    @needs_request
+    def on_load(state: dict, request: gr.Request):
+        """A signed-in reader starts as themself; an admin gets the reader list."""
+        try:
+            caller = svc.caller(_username(request))
+        except ReadnextError:
+            return state, gr.update(), gr.update()
+        if caller.role == "reader":
+            st = svc.session_state(caller, state)
+            who_md = f"Signed in: reading as **{st.user_id}**"
+            return st.to_dict(), who_md, gr.update(choices=[st.user_id])
+        if caller.role == "admin":
+            ids = [u["user_id"] for u in svc.readers(caller, rec.settings.limits.max_list)]
+            who_md = f"Signed in as admin **{caller.name}**: pick a reader"
+            return state, who_md, gr.update(choices=ids)
+        return state, gr.update(), gr.update()
+
+    age = rec.settings.privacy.upload_max_age_s
+    with gr.Blocks(title="readnext — what should I read next?", delete_cache=(age, age)) as app:
         state = gr.State(ChatState().to_dict())
         gr.Markdown("# 📚 readnext\nBook picks with honest reasons. " + HELP)
         with gr.Row():
@@ -170,79 +233,99 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
         start.click(on_new, [new_name, loved, genres, chatbot], outs, api_visibility="private")
         imp.click(on_import, [upload, imp_name, chatbot], outs, api_visibility="private")
 
-        # -- API endpoints for gradio_client (JSON in, JSON out) ------------------------------
-        def recommend(user_id: str = "", message: str = "what should I read next?", k: int = 5) -> dict:
-            """Recommendations (with explanations) for a reader id and a chat message."""
-            st = ChatState(user_id=user_id or None)
-            eng = ChatEngine(rec, k=int(k), llm_picks=engine.llm_picks)
-            last = None
-            try:
-                if user_id and not rec.has_user(user_id):
-                    raise ReadnextError(f"unknown reader {user_id!r}")
-                for last in eng.respond(st, message):
-                    pass
-            except ReadnextError as e:
-                return {"error": str(e)}
-            return last.to_dict() if last else {"text": "", "items": [], "notes": []}
+        if multi:
+            app.load(on_load, [state], [state, who, reader], api_visibility="private")
 
-        def feedback(user_id: str, book_id: str, signal: str) -> dict:
-            """Record like | dislike | read | not_interested | to_read | a 1-5 rating for a reader."""
+        # -- API endpoints for gradio_client (JSON in, JSON out), all through the service --------
+        def api_call(fn, request, *args, error_key: dict | None = None):
             try:
-                rec.add_feedback(user_id, book_id, signal, create_user=True)
+                return fn(svc.caller(_username(request)), *args)
             except ReadnextError as e:
-                return {"ok": False, "error": str(e)}
-            return {"ok": True, "user_id": user_id, "book_id": book_id, "signal": signal}
+                return {**(error_key or {}), "error": str(e)}
 
-        def new_reader(name: str = "", loved: str = "", genres: list[str] | None = None) -> dict:
+        @needs_request
+        def recommend(user_id: str = "", message: str = "what should I read next?", k: int = 5,
+                      request: gr.Request = None) -> dict:
+            """Recommendations (with explanations) for a chat message. Signed in, ``user_id`` must
+            be empty or your own; single-user, any existing reader (empty: an unsaved guest)."""
+            return api_call(svc.recommend, request, user_id, message, k)
+
+        @needs_request
+        def feedback(user_id: str, book_id: str, signal: str, request: gr.Request = None) -> dict:
+            """Record like | dislike | read | not_interested | to_read | a 1-5 rating."""
+            return api_call(svc.feedback, request, user_id, book_id, signal,
+                            error_key={"ok": False})
+
+        @needs_request
+        def new_reader(name: str = "", loved: str = "", genres: list[str] | None = None,
+                       request: gr.Request = None) -> dict:
             """Onboard a reader from loved titles (one per line) and genres; returns first picks."""
-            last = None
-            try:
-                eng = ChatEngine(rec, k=engine.k, llm_picks=0)
-                for last in eng.onboard(name, loved, genres or []):
-                    pass
-            except ReadnextError as e:
-                return {"error": str(e)}
-            return last.to_dict() if last else {"error": "no reply"}
+            return api_call(svc.new_reader, request, name, loved, genres or [], k)
 
-        def import_goodreads(name: str, csv_text: str) -> dict:
-            """Import a Goodreads library export (its CSV text) as a new reader."""
-            with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False, encoding="utf-8") as f:
-                f.write(csv_text)
-            try:
-                _, _, summary = engine.import_goodreads(f.name, name)
-            except ReadnextError as e:
-                return {"error": str(e)}
-            finally:
-                os.unlink(f.name)
-            return summary
+        @needs_request
+        def import_goodreads(name: str, csv_text: str, request: gr.Request = None) -> dict:
+            """Import a Goodreads library export (its CSV text) as a reader."""
+            return api_call(lambda c, n, t: svc.import_goodreads(c, n, csv_text=t), request, name,
+                            csv_text)
 
-        def readers_list(limit: int = 50) -> list[dict]:
-            """Reader ids with their number of ratings."""
-            return rec.users()[: int(limit)]
+        @needs_request
+        def readers_list(limit: int = 50, request: gr.Request = None) -> list[dict] | dict:
+            """Reader ids with their number of ratings (signed in as a reader: only yourself)."""
+            return api_call(svc.readers, request, limit)
+
+        @needs_request
+        def export(user_id: str = "", request: gr.Request = None) -> dict:
+            """Everything held about a reader (signed in: yourself)."""
+            return api_call(svc.export, request, user_id)
+
+        @needs_request
+        def forget(user_id: str = "", confirm: bool = False, request: gr.Request = None) -> dict:
+            """Erase a reader everywhere (signed in: yourself); needs ``confirm=True``."""
+            if confirm is not True:
+                return {"error": "forget erases the reader for good: call again with confirm=True"}
+            return api_call(svc.forget, request, user_id)
 
         gr.api(recommend, api_name="recommend")
         gr.api(feedback, api_name="feedback")
         gr.api(new_reader, api_name="new_reader")
         gr.api(import_goodreads, api_name="import_goodreads")
         gr.api(readers_list, api_name="readers")
+        gr.api(export, api_name="export")
+        gr.api(forget, api_name="forget")
     return app
 
 
-def launch(settings: Settings, host: str | None = None, port: int | None = None, auth: str | None = None,
-           open_browser: bool = False, block: bool = True, llm_picks: int | None = None):
-    """Start the chat server. Off loopback, ``auth`` ("user:password") is required."""
+def launch(settings: Settings, host: str | None = None, port: int | None = None,
+           auth: str | list[str] | None = None, open_browser: bool = False, block: bool = True,
+           llm_picks: int | None = None, admins: list[str] | tuple[str, ...] = ()):
+    """Start the chat server.
+
+    Accounts come from the accounts file (``readnext accounts``) and ``auth`` (one or more
+    ``"user:password"``; ``admins`` names those that get the admin role). With any account the
+    server requires sign-in and each account reads as itself; without, it is single-user and
+    only binds to loopback.
+    """
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     host = host or settings.chat.host
     port = port or settings.chat.port
-    auth = auth or settings.chat.auth
-    if not _loopback(host) and not auth:
-        raise ReadnextError(f"--host {host} exposes the chat beyond this machine: add --auth user:password "
-                            "(or READNEXT_CHAT_AUTH)")
-    creds = None
-    if auth:
-        if ":" not in auth:
-            raise ReadnextError("--auth must look like user:password")
-        creds = tuple(auth.split(":", 1))
+    specs = [auth] if isinstance(auth, str) else list(auth or [])
+    if not specs and settings.chat.auth:
+        specs = [settings.chat.auth]
+    parsed = [parse_auth_spec(sp) for sp in specs]
+    names = {u for u, _ in parsed}
+    stray = [a for a in admins if a not in names]
+    if stray:
+        raise ReadnextError(f"--admin {stray[0]}: no --auth {stray[0]}:PASSWORD given (file accounts "
+                            "get their role from `readnext accounts add --admin`)")
+    accounts = AccountStore.for_home(settings.home, settings.chat.accounts_file,
+                                     [(u, pw, "admin" if u in admins else "reader")
+                                      for u, pw in parsed])
+    multi = len(accounts) > 0
+    if not _loopback(host) and not multi:
+        raise ReadnextError(f"--host {host} exposes the chat beyond this machine: add accounts "
+                            "(--auth user:password, or `readnext accounts add`)")
+    # Uploads land in the data dir (not /tmp), are deleted after import, and aged out by Gradio.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.home / "uploads"))
     rec = Recommender.open(settings=settings)
     if settings.llm.warm_up and settings.llm.backend != "none":
         # Load and warm the model now, so the first reader does not wait for it.
@@ -254,12 +337,16 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
                 print(f"LLM {rec.llm.describe()} loaded and warmed in {took:.1f} s", flush=True)
         except (LLMError, ValueError) as e:
             print(f"warning: LLM not available ({e}); the chat shows template text", flush=True)
-    app = build_app(rec, llm_picks=llm_picks)
+    svc = ReaderService(rec, accounts if multi else None, llm_picks=llm_picks)
+    setup_request_log(settings.home, settings.privacy.log_days)
+    app = build_app(rec, llm_picks=llm_picks, service=svc)
+    app.readnext_service = svc  # for the caller (tests, shutdown): the one service of this server
     app.queue(default_concurrency_limit=settings.chat.concurrency)
-    import gradio as gr
 
+    mode = f"{len(accounts)} account(s), sign-in required" if multi else "single-user (no accounts)"
     print(f"readnext chat on http://{host}:{port}  (data: {rec.meta.get('label')}, "
-          f"LLM: {settings.llm.backend})", flush=True)
-    app.launch(server_name=host, server_port=port, auth=creds, inbrowser=open_browser, share=False,
-               prevent_thread_lock=not block, quiet=True, css=CSS, theme=theme())
+          f"LLM: {settings.llm.backend}, {mode})", flush=True)
+    app.launch(server_name=host, server_port=port, auth=accounts.verify if multi else None,
+               inbrowser=open_browser, share=False, prevent_thread_lock=not block, quiet=True,
+               css=CSS, theme=theme())
     return app

@@ -22,6 +22,8 @@ from .intent import (Intent, RequestState, describe_request, follow_up, intent_p
                      recommend_request)
 from .recommender import Recommendation, Recommender
 
+GUEST_NOTE = ("guest session: nothing is saved (your feedback lives in this session only); "
+              "start as a new reader to keep it")
 HELP = ("Ask me **what should I read next?**, or: *something like Dune but shorter*, *more fantasy*, "
         "*not romance*, *books by Ursula K. Le Guin*, *published after 2000*, *why #2?*, "
         "*tell me more about #1*, *I've read #3*, *not interested in #2*. "
@@ -43,6 +45,9 @@ class ChatState:
     query: str | None = None
     ref_book: str | None = None  # "something like X"
     guest: bool = False
+    # A guest (no reader) is ephemeral: their ratings and dismissals live in this state only.
+    session_ratings: list = field(default_factory=list)  # [[book_id, rating], ...]
+    session_exclude: list = field(default_factory=list)  # book ids dismissed or read
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -242,21 +247,24 @@ class ChatEngine:
 
     def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = (), turn: Any = None,
                    source: str = "hybrid") -> Iterator[Reply]:
-        if st.user_id is None:
-            st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
-            st.guest = True
-            self.rec.feedback.add_reader(self.rec.dataset, st.user_id, "chat")
-        if source == "readers" and (source not in self.rec.sources or not self.rec.history(st.user_id)):
+        if st.ref_book and st.ref_book not in self.rec.books:
+            st.ref_book = None
+        req = RequestState(st.query, c, st.ref_book)
+        if source == "readers" and (source not in self.rec.sources or st.user_id is None
+                                    or not self.rec.history(st.user_id)):
             yield Reply("To find readers like you I need a few books you loved first: tell me some titles "
                         "(*I loved Dune and Emma*) or rate the cards.", state=st)
             return
-        if st.ref_book and st.ref_book not in self.rec.books:
-            st.ref_book = None
-        if source == "readers":
+        if st.user_id is None:  # an ephemeral guest: nothing is stored, and the notes say so
+            st.guest = True
+            hist = [tuple(x) for x in st.session_ratings] or None
+            res = recommend_request(self.rec, req, None, self.k,
+                                    exclude=list(exclude) + st.session_exclude, history=hist)
+            res.notes.append(GUEST_NOTE)
+        elif source == "readers":
             res = self.rec.recommend_full(user_id=st.user_id, k=self.k, constraints=c, exclude=exclude,
                                           source=source)
         else:
-            req = RequestState(st.query, c, st.ref_book)
             res = recommend_request(self.rec, req, st.user_id, self.k, exclude=exclude)
         st.recs = [r.book_id for r in res.items]
         if not res.items:
@@ -352,10 +360,18 @@ class ChatEngine:
         if book_id not in self.rec.books:
             yield Reply("That card is gone; ask for new recommendations.", cards=[], state=st)
             return
-        if st.user_id is None:
-            st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
+        if st.user_id is None:  # a guest: kept in the session state only, never stored
+            from retrieval.feedback import normalize_signal
+
+            sig, rating = normalize_signal(signal)
             st.guest = True
-        self.rec.add_feedback(st.user_id, book_id, signal, create_user=True)
+            if sig != "to_read":
+                st.session_exclude = list(dict.fromkeys(st.session_exclude + [book_id]))
+            if rating is not None:
+                kept = [x for x in st.session_ratings if x[0] != book_id]
+                st.session_ratings = kept + [[book_id, rating]]
+        else:
+            self.rec.add_feedback(st.user_id, book_id, signal)
         title = self.rec.books[book_id].title
         said = {"like": f"Noted: you liked “{title}”.", "dislike": f"Noted: not “{title}”-style books.",
                 "read": f"Noted: you've read “{title}”.", "not_interested": f"OK, “{title}” is off your list.",

@@ -162,6 +162,10 @@ def cmd_explain(args) -> int:
 
 
 def cmd_feedback(args) -> int:
+    from retrieval.privacy import check_reader_id
+
+    if args.create:
+        check_reader_id(args.user)  # a new reader gets a well-formed id
     rec = _open(args)
     value = args.rating if args.rating is not None else args.signal
     if value is None:
@@ -174,7 +178,9 @@ def cmd_feedback(args) -> int:
 
 def cmd_import(args) -> int:
     from .importer import LISTED, excerpt, import_export
+    from retrieval.privacy import check_reader_id
 
+    check_reader_id(args.user)
     rec = _open(args)
     res = import_export(rec, args.file, args.user)
     # The message names the first few unmatched titles; a long list goes one per line.
@@ -188,7 +194,11 @@ def cmd_chat(args) -> int:
     from .chat import launch
 
     s = _settings(args)
-    launch(s, host=args.host, port=args.port, auth=args.auth, open_browser=False)
+    auth = list(args.auth or [])
+    if not auth and os.environ.get("READNEXT_CHAT_AUTH"):
+        auth = [os.environ["READNEXT_CHAT_AUTH"]]
+    launch(s, host=args.host, port=args.port, auth=auth, admins=args.admin or [],
+           open_browser=False)
     return 0
 
 
@@ -289,10 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("chat", parents=[common], help="start the Gradio chat assistant")
     a.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     a.add_argument("--port", type=int, default=None)
-    a.add_argument("--auth", default=os.environ.get("READNEXT_CHAT_AUTH"), help="user:password (required off loopback)")
+    a.add_argument("--auth", action="append", metavar="USER:PASSWORD",
+                   help="an account (repeatable); with any account, sign-in is required and "
+                        "each account reads as itself (required off loopback)")
+    a.add_argument("--admin", action="append", metavar="USER",
+                   help="give this --auth account the admin role")
     a.add_argument("--llm")
     a.add_argument("--llm-model")
     a.set_defaults(func=cmd_chat)
+
+    from .cli_privacy import add_privacy_commands
+
+    add_privacy_commands(sub, common)
 
     a = sub.add_parser("serve-llm", parents=[common], help="serve an LLM backend as an OpenAI-compatible endpoint")
     a.add_argument("--llm", help="backend to serve (default: the offline local model)")

@@ -104,6 +104,9 @@ class Recommender:
         self._llm_lock = threading.Lock()
         self.llm_error: str | None = None  # why the configured LLM could not be loaded
         self.last_notes: list[str] = []
+        # Readers erased while this process runs (`readnext forget`): hidden at once, even though
+        # the in-memory index still holds their rows until the next start.
+        self.hidden: set[str] = set()
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -128,7 +131,8 @@ class Recommender:
         return self._embedder
 
     def _embed_query(self, text: str) -> np.ndarray:
-        return self.embedder.encode([text])[0]
+        # Reader messages are personal: never written to the on-disk embedding cache.
+        return self.embedder.encode([text], cache=False)[0]
 
     @property
     def store(self):
@@ -207,9 +211,12 @@ class Recommender:
             if u in self.lib.user_index:
                 books = books - {r.book_id for r in self.lib.history(u)}
             out[u] = out.get(u, 0) + len(books)
-        return [{"user_id": u, "n_ratings": n} for u, n in sorted(out.items(), key=lambda x: _natural(x[0]))]
+        return [{"user_id": u, "n_ratings": n}
+                for u, n in sorted(out.items(), key=lambda x: _natural(x[0])) if u not in self.hidden]
 
     def has_user(self, user_id: str) -> bool:
+        if user_id in self.hidden:
+            return False
         return user_id in self.lib.user_index or user_id in set(self.feedback.readers(self.dataset))
 
     def _require_user(self, user_id: str) -> None:

@@ -278,6 +278,27 @@ class ChatConfig:
     # Longest chat message (and `recommend --query`, and any Recommender query) in characters:
     # a request is a sentence or two; a longer one is refused politely and never echoed back.
     max_message_chars: int = 1000
+    accounts_file: str | None = None  # default: $READNEXT_HOME/accounts.json (`readnext accounts`)
+
+
+@dataclass
+class LimitsConfig:
+    """Caps on what one request may ask for (checked in ``assistant.service``)."""
+
+    max_k: int = 50  # recommendations per request
+    max_list: int = 500  # rows in a listing (readers, history)
+    max_import_bytes: int = 5_000_000  # one Goodreads export
+    max_loved: int = 50  # titles in an onboarding request
+
+
+@dataclass
+class PrivacyConfig:
+    """What readnext keeps about readers (see docs/privacy.md)."""
+
+    # Request log lines (pseudonymous reader ids) in $READNEXT_HOME/logs/; days kept (0 = no log).
+    log_days: int = 14
+    # Gradio's upload cache: files older than this (seconds) go; an import deletes its file at once.
+    upload_max_age_s: int = 3600
 
 
 @dataclass
@@ -297,6 +318,8 @@ class Settings:
     readers: ReadersConfig = field(default_factory=ReadersConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     request: RequestConfig = field(default_factory=RequestConfig)
 
     @classmethod
@@ -354,6 +377,13 @@ class Settings:
                     check(f.name)
                 except ValueError as e:
                     raise ReadnextError(f"{origin}: {e}") from None
+        for name in ("max_k", "max_list", "max_import_bytes", "max_loved"):
+            v = getattr(self.limits, name)
+            if not isinstance(v, int) or v < 1:
+                raise ReadnextError(f"{origin}: limits.{name} must be an integer >= 1; got {v!r}")
+        if self.privacy.log_days < 0 or self.privacy.upload_max_age_s < 60:
+            raise ReadnextError(f"{origin}: privacy.log_days must be >= 0 and "
+                                "privacy.upload_max_age_s >= 60")
         m = self.llm
         for name in ("timeout_s", "turn_budget_s", "breaker_cooldown_s"):
             v = getattr(m, name)

@@ -90,14 +90,20 @@ class Embedder:
     def dim(self) -> int:
         return int(self.model.get_sentence_embedding_dimension())
 
-    def encode(self, texts: Sequence[str], show_progress: bool = False, desc: str = "embedding") -> np.ndarray:
-        """Embed ``texts`` (cached by content hash); rows are unit vectors."""
+    def encode(self, texts: Sequence[str], show_progress: bool = False, desc: str = "embedding",
+               cache: bool = True) -> np.ndarray:
+        """Embed ``texts`` (cached by content hash unless ``cache=False``); rows are unit vectors.
+
+        ``cache=False`` is for reader text (chat messages): it is neither read from nor written
+        to the on-disk cache, so no trace of it stays in the data dir.
+        """
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         out: list[np.ndarray | None] = [None] * len(texts)
         todo = list(range(len(texts)))
-        if self._cache is not None:
+        use_cache = self._cache is not None and cache
+        if use_cache:
             hits = self._cache.get([_h(t) for t in texts])
             todo = [i for i in range(len(texts)) if hits[i] is None]
             for i, v in enumerate(hits):
@@ -107,7 +113,7 @@ class Embedder:
             vecs = self._encode([texts[i] for i in todo], show_progress, desc)
             for i, v in zip(todo, vecs):
                 out[i] = v
-            if self._cache is not None:
+            if use_cache:
                 self._cache.put([_h(texts[i]) for i in todo], vecs)
         return np.vstack(out).astype(np.float32, copy=False)
 

@@ -115,3 +115,33 @@ class FeedbackStore:
             rows = c.execute("SELECT user_id FROM readers WHERE dataset = ? UNION "
                              "SELECT DISTINCT user_id FROM events WHERE dataset = ?", (dataset, dataset))
             return sorted(r[0] for r in rows)
+
+    # -- privacy (``readnext forget`` / ``export``) ----------------------------------------------
+
+    def export(self, user_id: str) -> dict:
+        """Every row held about ``user_id``, in every dataset: ``{"readers", "events"}``."""
+        with self._conn() as c:
+            readers = [{"dataset": d, "origin": o, "created": t} for d, o, t in c.execute(
+                "SELECT dataset, origin, created FROM readers WHERE user_id = ? ORDER BY created",
+                (user_id,))]
+            events = [{"dataset": d, "book_id": b, "signal": s, "rating": r, "ts": ts, "created": cr}
+                      for d, b, s, r, ts, cr in c.execute(
+                          "SELECT dataset, book_id, signal, rating, ts, created FROM events "
+                          "WHERE user_id = ? ORDER BY id", (user_id,))]
+        return {"readers": readers, "events": events}
+
+    def forget(self, user_id: str) -> dict[str, int]:
+        """Delete every row of ``user_id`` so that no byte of it stays in the file or its WAL.
+
+        ``secure_delete`` zeroes freed pages, ``VACUUM`` rewrites the file, and a truncating
+        checkpoint empties the ``-wal`` file that would otherwise still hold the old pages.
+        """
+        with self._conn() as c:
+            c.execute("PRAGMA secure_delete=ON")
+            c.execute("BEGIN IMMEDIATE")
+            n_ev = c.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            n_rd = c.execute("DELETE FROM readers WHERE user_id = ?", (user_id,)).rowcount
+            c.execute("COMMIT")
+            c.execute("VACUUM")
+            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"events": int(n_ev), "readers": int(n_rd)}

@@ -73,6 +73,9 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
 
     home = settings.home
     (home / "indexes").mkdir(parents=True, exist_ok=True)
+    from .privacy import drop_forgotten
+
+    drop_forgotten(ds, home)  # readers erased with `readnext forget` stay erased
     name = f"{ds.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     out = home / "indexes" / name
     if out.exists():
