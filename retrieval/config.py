@@ -121,6 +121,16 @@ class ChatConfig:
 
 
 @dataclass
+class IngestConfig:
+    """Guards against an ingest that would silently empty or shrink the live index."""
+
+    # An ingest whose catalog or reader set is below this fraction of the live index's is
+    # refused (`--force` overrides); 0 disables the check.
+    min_fraction: float = 0.5
+    reload_check_s: float = 1.0  # how often a running server looks for a newly ingested index
+
+
+@dataclass
 class Settings:
     """Everything configurable in readnext. Build with :meth:`Settings.load`."""
 
@@ -134,6 +144,7 @@ class Settings:
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     chat: ChatConfig = field(default_factory=ChatConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     @classmethod
     def load(
@@ -188,6 +199,8 @@ class Settings:
         if any(not isinstance(w, (int, float)) or w < 0 for w in f.weights.values()) or \
                 not any(w > 0 for w in f.weights.values()):
             raise ReadnextError(f"{origin}: fusion.weights must be numbers >= 0, at least one > 0; got {f.weights}")
+        if not 0 <= self.ingest.min_fraction <= 1:
+            raise ReadnextError(f"{origin}: ingest.min_fraction must be in 0..1; got {self.ingest.min_fraction}")
         if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
             raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 
