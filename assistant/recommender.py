@@ -186,7 +186,16 @@ class Recommender:
             old_index.release()
             collect_garbage(self.settings.home)
             self._failed_reload = self.last_reload_error = None
+            self._refresh_feedback_profiles()
             return True
+
+    def _refresh_feedback_profiles(self) -> None:
+        """Fold feedback into the new index's stored profiles (ingest builds them from the files)."""
+        rated = sorted({e.user_id for e in self.feedback.events(self.dataset) if e.rating is not None})
+        for u in rated:
+            with self._serving.shared(), reader_lock(self.settings.home, u):
+                if self.has_user(u):
+                    self._update_profile(u)
 
     # -- construction ---------------------------------------------------------------------------
 
