@@ -244,6 +244,7 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
             raise ReadnextError("--auth must look like user:password")
         creds = tuple(auth.split(":", 1))
     rec = Recommender.open(settings=settings)
+    rec.warm()  # stores and embedder ready before the port opens (no slow or racing first requests)
     app = build_app(rec, llm_picks=llm_picks)
     app.queue(default_concurrency_limit=settings.chat.concurrency)
     import gradio as gr

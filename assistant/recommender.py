@@ -241,6 +241,15 @@ class Recommender:
                 store = self._store
         return store
 
+    def warm(self) -> None:
+        """Open the stores and load the embedder now, so a server's first requests are fast.
+
+        A server calls this before it listens: otherwise its first requests pay for importing
+        Chroma and torch (seconds to tens of seconds on a busy CPU).
+        """
+        self.store
+        self._embed_query("warm-up")
+
     @property
     def llm(self):
         """The LLM backend (loaded on first use); ``None`` when the backend is "none"."""

@@ -154,6 +154,8 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
                        cache_dir=home / "cache")
         vectors = emb.encode([b.embedding_text() for b in ds.books], show_progress=progress, desc="embed books")
         embed_stats = dict(getattr(emb, "last_stats", {}))
+        _log(f"embedded {embed_stats.get('embedded', 0):,} books ({embed_stats.get('cached', 0):,} from the "
+             "cache)", quiet)
         np.save(out / "vectors.npy", vectors)
         step("embed", t)
 
