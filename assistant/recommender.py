@@ -210,8 +210,7 @@ class Recommender:
         settings = settings or Settings.load(config_file=config_file, home=data_dir)
         if data_dir is not None:
             settings.home = Path(data_dir).expanduser()
-        collect_garbage(settings.home)  # partial folders of killed ingests, unused old indexes
-        return cls(Index.open(settings.home), settings, llm)
+        return cls(Index.open(settings.home), settings, llm)  # Index.open collects unused folders
 
     @property
     def embedder(self) -> Embedder:

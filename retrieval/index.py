@@ -122,8 +122,8 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
     collect_garbage(home)  # partial folders of killed ingests, old indexes nobody serves
     name = f"{ds.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**6:06d}"
     out = home / "indexes" / name
+    building = Lease(out, exclusive=True)  # taken before the folder exists: no collector takes it
     out.mkdir()
-    building = Lease(out, exclusive=True)  # no collector deletes a folder while it is built
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     store = None
@@ -225,7 +225,12 @@ class Index:
 
     @classmethod
     def open(cls, home: Path) -> "Index":
-        """Load the live index and hold a shared lease on its folder until :meth:`release`."""
+        """Load the live index and hold a shared lease on its folder until :meth:`release`.
+
+        Every start also deletes folders nobody uses: partial ones of killed ingests, and old
+        indexes whose last server has switched or exited.
+        """
+        collect_garbage(home)
         for _ in range(5):
             d = current_index_dir(home)
             try:

@@ -169,13 +169,13 @@ def test_kill_ingest_at_three_points(demo_home, tmp_path):
             assert current_index_dir(home) == live
             got = srv.call("recommend", u, "what should I read next?", 5)
             assert [x["book_id"] for x in got["items"]] == expected, "the previous index stopped serving"
-        partial = [d for d in (home / "indexes").iterdir() if d != live]
+        partial = [d for d in (home / "indexes").iterdir() if d.is_dir() and d != live]
         assert partial, "the killed ingests left no folder to clean (the test would prove nothing)"
         # the next start cleans the partial folders (the server holds only the live one)
         r = subprocess.run([sys.executable, "-m", "assistant.cli", "users", "--limit", "1"], cwd=ROOT,
                            env=dict(os.environ, READNEXT_HOME=str(home)), capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        assert [d.name for d in (home / "indexes").iterdir()] == [live.name]
+        assert [d.name for d in (home / "indexes").iterdir() if d.is_dir()] == [live.name]
         # the rerun completes from the cache, and the running server switches to it
         p = start()
         out, _ = p.communicate(timeout=600)
@@ -190,7 +190,7 @@ def test_kill_ingest_at_three_points(demo_home, tmp_path):
             srv.call("recommend", u, "what should I read next?", 3)
             time.sleep(0.5)
         assert not live.exists(), "the old index was never released by the server"
-        assert [d.name for d in (home / "indexes").iterdir()] == [new.name]
+        assert [d.name for d in (home / "indexes").iterdir() if d.is_dir()] == [new.name]
         assert srv.call("feedback", u, expected[1], "4")["ok"]
     finally:
         for p in procs:
