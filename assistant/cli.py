@@ -52,7 +52,8 @@ def cmd_ingest(args) -> int:
     ds = load_dataset(fmt, args.books, args.ratings, args.tags, args.book_tags, args.to_read, args.dataset)
     for n in ds.notes:
         print(f"note: {n}", file=sys.stderr)
-    out = ingest(ds, s, progress=not args.no_progress and not args.json, quiet=args.json, force=args.force)
+    out = ingest(ds, s, progress=not args.no_progress and not args.json, quiet=args.json,
+                 force=args.force)
     meta = json.loads((out / "meta.json").read_text())
     _print(args, {"index": str(out), **meta}, "")
     return 0
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--to-read")
     a.add_argument("--no-progress", action="store_true")
     a.add_argument("--force", action="store_true",
-                   help="replace the live index even with an empty or much smaller catalog / reader set")
+                   help="replace the live index even with an empty or much smaller catalog "
+                        "or reader set")
     a.set_defaults(func=cmd_ingest)
 
     a = sub.add_parser("users", parents=[common], help="list readers")

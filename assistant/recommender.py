@@ -190,8 +190,9 @@ class Recommender:
             return True
 
     def _refresh_feedback_profiles(self) -> None:
-        """Fold feedback into the new index's stored profiles (ingest builds them from the files)."""
-        rated = sorted({e.user_id for e in self.feedback.events(self.dataset) if e.rating is not None})
+        """Fold feedback into the new index's stored profiles (ingest builds them from files)."""
+        rated = sorted({e.user_id for e in self.feedback.events(self.dataset)
+                        if e.rating is not None})
         for u in rated:
             with self._serving.shared(), reader_lock(self.settings.home, u):
                 if self.has_user(u):
@@ -246,8 +247,8 @@ class Recommender:
         A server calls this before it listens: otherwise its first requests pay for importing
         Chroma and torch (seconds to tens of seconds on a busy CPU).
         """
-        self.store
-        self._embed_query("warm-up")
+        v = self._embed_query("warm-up")
+        self.store.query("books", v, 1)  # loads the vector index into memory
 
     @property
     def llm(self):

@@ -200,7 +200,8 @@ class Settings:
                 not any(w > 0 for w in f.weights.values()):
             raise ReadnextError(f"{origin}: fusion.weights must be numbers >= 0, at least one > 0; got {f.weights}")
         if not 0 <= self.ingest.min_fraction <= 1:
-            raise ReadnextError(f"{origin}: ingest.min_fraction must be in 0..1; got {self.ingest.min_fraction}")
+            raise ReadnextError(f"{origin}: ingest.min_fraction must be in 0..1; "
+                                f"got {self.ingest.min_fraction}")
         if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
             raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 

@@ -109,10 +109,12 @@ class FeedbackStore:
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.execute("INSERT OR IGNORE INTO readers VALUES (?, ?, ?, ?)", (dataset, user_id, origin, now))
-            c.executemany("INSERT INTO events (dataset, user_id, book_id, signal, rating, ts, created) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          [(dataset, e.user_id, e.book_id, e.signal, e.rating, e.ts, now) for e in events])
+            c.execute("INSERT OR IGNORE INTO readers VALUES (?, ?, ?, ?)",
+                      (dataset, user_id, origin, now))
+            c.executemany(
+                "INSERT INTO events (dataset, user_id, book_id, signal, rating, ts, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(dataset, e.user_id, e.book_id, e.signal, e.rating, e.ts, now) for e in events])
         except BaseException:
             c.execute("ROLLBACK")
             raise

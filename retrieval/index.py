@@ -72,8 +72,9 @@ def check_shrink(ds: Dataset, home: Path, min_fraction: float) -> None:
     n_books = len(ds.books)
     n_users = int(ds.ratings["user_id"].nunique()) if len(ds.ratings) else 0
     if n_books == 0:
-        raise ReadnextError(f"{ds.label or ds.name}: the catalog has 0 books (is the books file only a "
-                            "header, or one long line?); nothing ingested. Fix the file, or --force")
+        raise ReadnextError(f"{ds.label or ds.name}: the catalog has 0 books (is the books file "
+                            "only a header, or one long line?); nothing ingested. Fix the file, "
+                            "or --force")
     try:
         live = json.loads((current_index_dir(home) / "meta.json").read_text())["stats"]
     except (ReadnextError, OSError, KeyError, ValueError):
@@ -83,8 +84,8 @@ def check_shrink(ds: Dataset, home: Path, min_fraction: float) -> None:
         if old and new < min_fraction * old:
             raise ReadnextError(
                 f"{ds.label or ds.name}: {new:,} {what} against {old:,} in the live index "
-                f"({live.get('label', '?')}): below ingest.min_fraction={min_fraction:g}, so nothing "
-                "was replaced. Check the input files, or pass --force to replace it anyway")
+                f"({live.get('label', '?')}): below ingest.min_fraction={min_fraction:g}, so "
+                "nothing was replaced. Check the input files, or pass --force to replace it anyway")
 
 
 def _hold(label: str) -> None:
@@ -154,8 +155,8 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
                        cache_dir=home / "cache")
         vectors = emb.encode([b.embedding_text() for b in ds.books], show_progress=progress, desc="embed books")
         embed_stats = dict(getattr(emb, "last_stats", {}))
-        _log(f"embedded {embed_stats.get('embedded', 0):,} books ({embed_stats.get('cached', 0):,} from the "
-             "cache)", quiet)
+        _log(f"embedded {embed_stats.get('embedded', 0):,} books "
+             f"({embed_stats.get('cached', 0):,} from the cache)", quiet)
         np.save(out / "vectors.npy", vectors)
         step("embed", t)
 
@@ -241,7 +242,8 @@ class Index:
                 break
             lease.release()
         else:
-            raise NotFoundError(f"index in {home} keeps changing or is missing: run `readnext ingest` again")
+            raise NotFoundError(f"index in {home} keeps changing or is missing: "
+                                "run `readnext ingest` again")
         try:
             return cls._load(d, lease)
         except BaseException:

@@ -74,9 +74,11 @@ class VectorStore:
         self._write_lock = threading.Lock()  # one writer at a time per store; reads run freely
         with _OPEN_LOCK:
             self.client = chromadb.PersistentClient(
-                path=str(self.path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+                path=str(self.path),
+                settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
             ef = make_embedding_function(embedder) if embedder is not None else None
-            kw: dict[str, Any] = {"configuration": {"hnsw": {"space": "cosine"}}, "embedding_function": ef}
+            kw: dict[str, Any] = {"configuration": {"hnsw": {"space": "cosine"}},
+                                  "embedding_function": ef}
             self.books = self.client.get_or_create_collection(BOOKS, **kw)
             self.users = self.client.get_or_create_collection(USERS, **kw)
 

@@ -21,8 +21,10 @@ from .conftest import ROOT
 
 
 def free_port() -> int:
+    """A free port below Linux's ephemeral range (32768+): polling a port in that range before
+    the server binds it can connect the client to itself and steal the port."""
     for _ in range(50):
-        port = random.randint(20000, 60000)
+        port = random.randint(20000, 32000)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -51,10 +53,17 @@ class ChatServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"chat server exited: {self.log.read_text()[-2000:]}")
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0 and self._is_gradio():
                     return time.monotonic()
             time.sleep(0.05)
         raise TimeoutError(f"chat server not listening after {timeout}s: {self.log.read_text()[-2000:]}")
+
+    def _is_gradio(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/gradio_api/info", timeout=10) as r:
+                return r.status == 200
+        except OSError:
+            return False
 
     def call(self, api: str, *data, timeout: float = 60):
         """Call a named endpoint; returns its result (raises on transport or server errors)."""
