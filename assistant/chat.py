@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tempfile
+import time
 from typing import Any
 
 from retrieval.config import Settings
@@ -45,6 +46,25 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _patient_url_ok(url: str, attempts: int = 20, timeout: float = 15.0) -> bool:
+    """Gradio's start-up self-check, made patient.
+
+    ``launch()`` HEADs its own page with a 3 s timeout and raises (killing the server) if that
+    fails; with many readers connecting in the first second on a busy CPU it does fail, though
+    the server is fine. We retry longer instead; a port that truly cannot be reached still fails.
+    """
+    import httpx
+
+    for _ in range(attempts):
+        try:
+            if httpx.head(url, timeout=timeout).status_code < 500:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = None):
@@ -248,7 +268,9 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
     app = build_app(rec, llm_picks=llm_picks)
     app.queue(default_concurrency_limit=settings.chat.concurrency)
     import gradio as gr
+    from gradio import networking
 
+    networking.url_ok = _patient_url_ok
     print(f"readnext chat on http://{host}:{port}  (data: {rec.meta.get('label')}, "
           f"LLM: {settings.llm.backend})", flush=True)
     app.launch(server_name=host, server_port=port, auth=creds, inbrowser=open_browser, share=False,
