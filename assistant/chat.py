@@ -16,6 +16,7 @@ from retrieval.config import Settings
 from retrieval.errors import ReadnextError
 
 from .chat_engine import HELP, ChatEngine, ChatState, Reply, card_html
+from .explain import excerpt
 from .recommender import Recommender
 
 CSS = """
@@ -75,9 +76,16 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
     engine = ChatEngine(rec, k=k, llm_picks=llm_picks)
     readers = [u["user_id"] for u in sorted(rec.users(), key=lambda u: -u["n_ratings"])[:500]]
 
+    limit = rec.settings.chat.max_message_chars
+
     def outputs_for(reply: Reply, chat: list[dict], new_text: bool):
         if new_text:
             chat = chat + [{"role": "assistant", "content": reply.text}]
+        notes = "\n".join(f"ℹ️ {n}" for n in reply.notes)
+        who = f"Reading as **{reply.state.user_id}**" if reply.state.user_id else "Not signed in: pick a reader or start as new"
+        if reply.keeps_cards:  # "why #2?" and friends: the list and its buttons stay as they are
+            keep = [gr.update()] * (2 * k)
+            return [chat, reply.state.to_dict(), gr.update(), who, *keep]
         groups, htmls = [], []
         for i in range(k):
             if i < len(reply.cards):
@@ -86,25 +94,26 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             else:
                 groups.append(gr.update(visible=False))
                 htmls.append("")
-        notes = "\n".join(f"ℹ️ {n}" for n in reply.notes)
-        who = f"Reading as **{reply.state.user_id}**" if reply.state.user_id else "Not signed in: pick a reader or start as new"
         return [chat, reply.state.to_dict(), notes, who, *groups, *htmls]
 
     def stream(replies, chat: list[dict], state: dict):
-        """The first reply adds its text to the chat; later ones (LLM text streaming into the
-        cards) only refresh the cards and notes."""
-        first = True
+        """Every turn streams: the first reply adds the assistant's message at once; each later
+        one (LLM text flowing into the cards, the next step of an import) updates it in place."""
+        base = list(chat)
         try:
             for reply in replies:
-                yield outputs_for(reply, chat, first)
-                if first:
-                    chat = chat + [{"role": "assistant", "content": reply.text}]
-                    first = False
+                yield outputs_for(reply, base, True)
         except ReadnextError as e:
-            yield outputs_for(Reply(f"⚠️ {e}", state=ChatState.from_any(state)), chat, True)
+            yield outputs_for(Reply(f"⚠️ {e}", state=ChatState.from_any(state)), base, True)
+
+    def shown(message: str) -> str:
+        """The reader's bubble: a message over the limit is cut (it is refused, not echoed). The
+        textbox has no max_length on purpose: the browser would cut silently, mid-sentence."""
+        m = (message or "").strip()  # the length the engine reports
+        return m if len(m) <= limit else excerpt(m, 200) + f" [{len(m):,} characters]"
 
     def on_message(message: str, chat: list[dict], state: dict):
-        chat = list(chat or []) + [{"role": "user", "content": message}]
+        chat = list(chat or []) + [{"role": "user", "content": shown(message)}]
         yield from stream(engine.respond(state, message), chat, state)
 
     def on_feedback(i: int, signal: str):
@@ -117,27 +126,21 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             st, msg = engine.select_reader(user_id)
         except ReadnextError as e:
             st, msg = ChatState(), f"⚠️ {e}"
-        return outputs_for(Reply(msg, state=st), list(chat or []), True)
+        # another reader: the previous reader's cards go
+        yield outputs_for(Reply(msg, cards=[], state=st), list(chat or []), True)
 
     def on_new(name: str, loved: str, genres: list[str], chat: list[dict]):
-        try:
-            st, msg = engine.new_reader(name, loved, genres)
-            replies = list(engine._recommend(st, __import__("retrieval.constraints", fromlist=["Constraints"])
-                                             .Constraints(include_tags=list(genres or []))))
-            reply = replies[-1] if replies else Reply(msg, state=st)
-            reply.text = msg + "\n\n" + reply.text
-        except ReadnextError as e:
-            reply = Reply(f"⚠️ {e}", state=ChatState())
-        return outputs_for(reply, list(chat or []), True)
+        replies = engine.onboard(name, loved, genres)
+        yield from stream(replies, list(chat or []), ChatState().to_dict())
 
     def on_import(file: Any, name: str, chat: list[dict]):
+        chat = list(chat or [])
         if not file:
-            return outputs_for(Reply("Choose a Goodreads export CSV first.", state=ChatState()), list(chat or []), True)
-        try:
-            st, msg, _ = engine.import_goodreads(file if isinstance(file, str) else file.name, name)
-        except ReadnextError as e:
-            st, msg = ChatState(), f"⚠️ {e}"
-        return outputs_for(Reply(msg + " Ask me *what should I read next?*", state=st), list(chat or []), True)
+            ask = Reply("Choose a Goodreads export CSV first.", state=ChatState())
+            yield outputs_for(ask, chat, True)
+            return
+        path = file if isinstance(file, str) else file.name
+        yield from stream(engine.import_file(path, name), chat, ChatState().to_dict())
 
     with gr.Blocks(title="readnext — what should I read next?") as app:
         state = gr.State(ChatState().to_dict())
@@ -212,17 +215,14 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
 
         def new_reader(name: str = "", loved: str = "", genres: list[str] | None = None) -> dict:
             """Onboard a reader from loved titles (one per line) and genres; returns first picks."""
+            last = None
             try:
-                st, text = engine.new_reader(name, loved, genres or [])
-                from retrieval.constraints import Constraints
-
-                replies = list(ChatEngine(rec, k=engine.k, llm_picks=0)._recommend(
-                    st, Constraints(include_tags=list(genres or []))))
+                eng = ChatEngine(rec, k=engine.k, llm_picks=0)
+                for last in eng.onboard(name, loved, genres or []):
+                    pass
             except ReadnextError as e:
                 return {"error": str(e)}
-            out = replies[-1].to_dict()
-            out["text"] = text + "\n\n" + out["text"]
-            return out
+            return last.to_dict() if last else {"error": "no reply"}
 
         def import_goodreads(name: str, csv_text: str) -> dict:
             """Import a Goodreads library export (its CSV text) as a new reader."""

@@ -17,6 +17,7 @@ from retrieval.constraints import Constraints
 from retrieval.errors import ReadnextError
 from retrieval.types import Rating
 
+from .explain import QUERY_EXCERPT, excerpt
 from .intent import Intent, parse_intent
 from .recommender import Recommendation, Recommender
 
@@ -52,14 +53,20 @@ class Reply:
     """One assistant turn: text for the chat, result cards, notes on fallbacks."""
 
     text: str
-    cards: list[Recommendation] = field(default_factory=list)
+    # None: this turn brings no new list ("why #2?", "tell me more", help), so the cards and
+    # their buttons already on screen stay; a list (even empty) replaces them.
+    cards: list[Recommendation] | None = None
     notes: list[str] = field(default_factory=list)
     state: ChatState = field(default_factory=ChatState)
     streaming: bool = False  # more text for the cards is coming
 
+    @property
+    def keeps_cards(self) -> bool:
+        return self.cards is None
+
     def to_dict(self) -> dict:
-        return {"text": self.text, "items": [c.to_dict() for c in self.cards], "notes": self.notes,
-                "user_id": self.state.user_id}
+        return {"text": self.text, "items": [c.to_dict() for c in self.cards or []],
+                "notes": self.notes, "user_id": self.state.user_id}
 
 
 class ChatEngine:
@@ -92,6 +99,10 @@ class ChatEngine:
     def new_reader(self, name: str | None, loved: str = "", genres: list[str] | None = None) -> tuple[ChatState, str]:
         """Onboarding: a few loved books and/or genres -> a reader with a profile, at once."""
         name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"guest-{uuid.uuid4().hex[:8]}"
+        limit = self.rec.settings.chat.max_message_chars
+        if len(loved or "") > limit:
+            raise ReadnextError(f"the list of loved books is {len(loved):,} characters long and "
+                                f"the limit is {limit:,}: name a few books, one per line")
         if self.rec.has_user(name) and name in self.rec.lib.user_index:
             raise ReadnextError(f"the name {name!r} is taken by a reader in the dataset; choose another")
         ids: list[str] = []
@@ -115,27 +126,39 @@ class ChatEngine:
         if ids:
             msg += " You loved " + ", ".join(f"“{self.rec.books[b].title}”" for b in ids) + "."
         if unmatched:
-            msg += " I could not find " + ", ".join(f"“{u}”" for u in unmatched) + " in this catalog."
+            shown = ", ".join(f"“{excerpt(u, 60)}”" for u in unmatched[:5])
+            more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+            msg += f" I could not find {shown}{more} in this catalog."
         if genres:
             msg += " Genres: " + ", ".join(genres) + "."
         return st, msg
 
-    def import_goodreads(self, path: str | Path, name: str | None) -> tuple[ChatState, str, dict]:
-        from retrieval.goodreads import match_rows, read_goodreads_export, to_history
+    def onboard(self, name: str | None, loved: str = "",
+                genres: list[str] | None = None) -> Iterator[Reply]:
+        """The "I'm new" turn, streamed: the welcome at once, then the first picks (and their
+        LLM text as it is written)."""
+        st, msg = self.new_reader(name, loved, genres)
+        yield Reply(msg + "\n\nFinding your first picks…", state=st, streaming=True)
+        for r in self._recommend(st, Constraints(include_tags=list(genres or []))):
+            r.text = msg + "\n\n" + r.text
+            yield r
 
-        rows = read_goodreads_export(path)
-        report = match_rows(rows, list(self.rec.books.values()))
+    def import_file(self, path: str | Path, name: str | None) -> Iterator[Reply]:
+        """The import turn, streamed: a note at once, the import summary, then the first picks."""
+        yield Reply("Reading your export…", state=ChatState(), streaming=True)
+        st, msg, _ = self.import_goodreads(path, name)
+        yield Reply(msg + "\n\nFinding your first picks…", state=st, streaming=True)
+        for r in self._recommend(st, Constraints()):
+            r.text = msg + "\n\n" + r.text
+            yield r
+
+    def import_goodreads(self, path: str | Path, name: str | None) -> tuple[ChatState, str, dict]:
+        """Import an export as reader ``name`` (idempotent; see :mod:`assistant.importer`)."""
+        from .importer import import_export
+
         name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"reader-{uuid.uuid4().hex[:6]}"
-        ratings, to_read, _current = to_history(report, name)
-        self.rec.create_reader(name, [(r.book_id, r.rating) for r in ratings], origin="goodreads",
-                               to_read=to_read, timestamps=[r.ts for r in ratings])
-        unmatched = [getattr(u, "title", str(u)) for u in report.unmatched]
-        summary = {"user_id": name, "rows": len(rows), "matched": len(report.matched), "ratings": len(ratings),
-                   "to_read": len(to_read), "unmatched": unmatched}
-        msg = (f"Imported **{len(ratings)}** rated books and **{len(to_read)}** to-read books as **{name}**."
-               + (f" {len(unmatched)} rows are not in this catalog: " + ", ".join(f"“{t}”" for t in unmatched[:8])
-                  + ("…" if len(unmatched) > 8 else "") if unmatched else ""))
-        return ChatState(user_id=name), msg, summary
+        res = import_export(self.rec, path, name, origin="goodreads")
+        return ChatState(user_id=name), res.message(bold=True), res.to_dict()
 
     def find_title(self, text: str) -> str | None:
         """Catalog book id for a loosely typed title ("the hobbit", "dune by frank herbert")."""
@@ -229,6 +252,12 @@ class ChatEngine:
         if not message:
             yield Reply("Tell me what you are in the mood for, or ask *what should I read next?*", state=st)
             return
+        limit = self.rec.settings.chat.max_message_chars
+        if len(message) > limit:  # refused without quoting it: nothing echoes unbounded input
+            yield Reply(f"That message is {len(message):,} characters long; "
+                        f"I read up to {limit:,}. "
+                        "Could you say in a sentence or two what you would like to read?", state=st)
+            return
         intent = self.parse(message, st)
         if intent.kind in ("help", "greeting"):
             yield Reply(("Hello! " if intent.kind == "greeting" else "") + HELP, state=st)
@@ -278,7 +307,7 @@ class ChatEngine:
         st.recs = [r.book_id for r in res.items]
         if not res.items:
             yield Reply("Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",
-                        notes=res.notes, state=st)
+                        cards=[], notes=res.notes, state=st)
             return
         intro = _intro(st, c, self.rec)
         llm = self.rec.llm
@@ -325,12 +354,19 @@ class ChatEngine:
         if e is None:
             return Reply(f"“{b.title}” is popular here; tell me books you like so I can be specific.", state=st)
         lines = [f"**Why “{b.title}”?** {e.explanation}"]
+        from retrieval.evidence import strength
+
         from .explain import render_evidence
 
         rated = {r.book_id: r.rating for r in self.rec.history(st.user_id)}
-        more = [render_evidence(x, self.rec.books, rated) for x in e.evidence]
-        extra = [m for m in more if m and m not in e.explanation]
-        if extra:
+        ranked, kinds = [], set()
+        for x in sorted(e.evidence, key=lambda x: -strength(x)):  # one extra sentence per kind
+            if x.kind not in kinds:
+                kinds.add(x.kind)
+                ranked.append(x)
+        more = [render_evidence(x, self.rec.books, rated) for x in ranked]
+        extra = [m for m in more if m and m not in e.explanation][:3]
+        if extra and not e.explanation.startswith("You "):
             lines.append("Also: " + " ".join(extra))
         return Reply("\n\n".join(lines), state=st)
 
@@ -355,7 +391,7 @@ class ChatEngine:
         st = ChatState.from_any(state)
         book_id = st.recs[book] if isinstance(book, int) and 0 <= book < len(st.recs) else str(book)
         if book_id not in self.rec.books:
-            yield Reply("That card is gone; ask for new recommendations.", state=st)
+            yield Reply("That card is gone; ask for new recommendations.", cards=[], state=st)
             return
         if st.user_id is None:
             st.user_id = f"guest-{uuid.uuid4().hex[:8]}"
@@ -384,7 +420,7 @@ def _intro(st: ChatState, c: Constraints, rec: Recommender) -> str:
     if st.ref_book:
         bits.append(f"like “{rec.books[st.ref_book].title}”")
     if st.query and not st.ref_book:
-        bits.append(f"for “{st.query}”")
+        bits.append(f"for “{excerpt(st.query, QUERY_EXCERPT)}”")
     d = c.describe()
     if d:
         bits.append(f"({d})")

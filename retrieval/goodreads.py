@@ -202,6 +202,11 @@ def _read_csv(path: Path, text: str) -> list[ExportRow]:
             shelf=(get("shelf").strip().lower() or "read"), bookshelves=shelves,
             goodreads_id=get("goodreads_id").strip() or None,
         ))
+    if not rows:
+        # A header-only export would create a reader with nothing: say so instead.
+        raise _fail(path, None, "no books after the header line",
+                    "export your library again once it lists books (Goodreads: My Books > Import "
+                    "and export > Export library), or add one row per book")
     return rows
 
 

@@ -19,8 +19,8 @@ import fcntl
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 _PROFILE_BUCKETS = 64  # lock files for reader profiles (readers hash into buckets)
 

@@ -64,7 +64,7 @@ def test_generic_csv_readers_never_traceback(tmp_path_factory, books, ratings, r
         rp.write_text(ratings, encoding="utf-8")
     try:
         ds = load_generic(bp, rp if ratings is not None else None)
-    except Exception as e:  # noqa: BLE001 - the property is about which exceptions escape
+    except Exception as e:
         _check_error(e)
         return
     ids = {b.book_id for b in ds.books}
@@ -83,7 +83,7 @@ def test_goodbooks_reader_never_tracebacks(tmp_path_factory, books, ratings):
     (d / "ratings.csv").write_text(ratings, encoding="utf-8")
     try:
         ds = load_goodbooks(d / "books.csv", d / "ratings.csv")
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         _check_error(e)
         return
     assert ds.ratings["rating"].between(1, 5).all()
@@ -128,7 +128,7 @@ def test_goodreads_import_is_all_or_nothing(import_rec, tmp_path_factory, header
         ratings, to_read, _ = to_history(report, user)
         rec.create_reader(user, [(r.book_id, r.rating) for r in ratings], origin="test", to_read=to_read,
                           timestamps=[r.ts for r in ratings])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         _check_error(e)
         with sqlite3.connect(rec.settings.home / "feedback.sqlite") as c:
             n = c.execute("SELECT COUNT(*) FROM events WHERE user_id = ?", (user,)).fetchone()[0]
