@@ -592,6 +592,7 @@ class Recommender:
             if any(e.rating is not None for e in events):
                 self._update_profile(user_id)
 
+    @_request
     def sync_reader(self, user_id: str, ratings: Sequence[Rating], to_read: Iterable[str] = (),
                     reading: Iterable[str] = (), origin: str = "import") -> dict[str, int]:
         """Bring a reader up to date with an imported history; importing the same data twice
@@ -629,14 +630,12 @@ class Recommender:
             if old is not None and abs(old - r.rating) < 1e-9:
                 out["unchanged"] += 1
                 continue
-            e = self.feedback.add(self.dataset, user_id, r.book_id, "rating", float(r.rating), r.ts)
+            self.feedback.add(self.dataset, user_id, r.book_id, "rating", float(r.rating), r.ts)
+            changed = True  # one rebuild at the end covers new and changed ratings alike
             if old is None:
                 out["added"] += 1
-                if not changed:  # the O(d) update is exact for a new book; a change needs a rebuild
-                    self._update_profile(user_id, r.book_id, float(r.rating), e.ts)
             else:
                 out["updated"] += 1
-                changed = True
             rating_of[r.book_id] = float(r.rating)
         for signal, books, key in (("currently_reading", reading, "reading_added"),
                                    ("to_read", to_read, "to_read_added")):
@@ -648,16 +647,14 @@ class Recommender:
                 shelf[b] = signal
                 out[key] += 1
         if changed:
-            self._rebuild_profile(user_id)
+            with reader_lock(self.settings.home, user_id):
+                self._update_profile(user_id)
         return out
 
     def _rebuild_profile(self, user_id: str) -> None:
-        """The reader's stored vector recomputed from the whole history (after a changed rating)."""
-        hist = self._history(user_id)[0]
-        p = profile_from_history(hist, None, self.settings.profile, self.lib.has_timestamps,
-                                 matrix=self.lib.vectors, index=self.lib.index)
-        if p is not None:
-            self.store.upsert("users", [user_id], p.vector[None, :], [p.to_metadata()])
+        """The reader's stored vector recomputed from the whole history, under the reader lock."""
+        with reader_lock(self.settings.home, user_id):
+            self._update_profile(user_id)
 
     # -- LLM stages -------------------------------------------------------------------------------
 
