@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import time
 from typing import Any
 
 from retrieval.config import Settings
@@ -48,6 +49,25 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _patient_url_ok(url: str, attempts: int = 20, timeout: float = 15.0) -> bool:
+    """Gradio's start-up self-check, made patient.
+
+    ``launch()`` HEADs its own page with a 3 s timeout and raises (killing the server) if that
+    fails; with many readers connecting in the first second on a busy CPU it does fail, though
+    the server is fine. We retry longer instead; a port that truly cannot be reached still fails.
+    """
+    import httpx
+
+    for _ in range(attempts):
+        try:
+            if httpx.head(url, timeout=timeout).status_code < 500:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
 
 
 def _username(request: Any) -> str | None:
@@ -337,6 +357,7 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
                 print(f"LLM {rec.llm.describe()} loaded and warmed in {took:.1f} s", flush=True)
         except (LLMError, ValueError) as e:
             print(f"warning: LLM not available ({e}); the chat shows template text", flush=True)
+    rec.warm()  # stores and embedder ready before the port opens (no slow or racing first requests)
     svc = ReaderService(rec, accounts if multi else None, llm_picks=llm_picks)
     setup_request_log(settings.home, settings.privacy.log_days)
     app = build_app(rec, llm_picks=llm_picks, service=svc)
@@ -344,6 +365,9 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
     app.queue(default_concurrency_limit=settings.chat.concurrency)
 
     mode = f"{len(accounts)} account(s), sign-in required" if multi else "single-user (no accounts)"
+    from gradio import networking
+
+    networking.url_ok = _patient_url_ok
     print(f"readnext chat on http://{host}:{port}  (data: {rec.meta.get('label')}, "
           f"LLM: {settings.llm.backend}, {mode})", flush=True)
     app.launch(server_name=host, server_port=port, auth=accounts.verify if multi else None,

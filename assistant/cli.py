@@ -52,7 +52,8 @@ def cmd_ingest(args) -> int:
     ds = load_dataset(fmt, args.books, args.ratings, args.tags, args.book_tags, args.to_read, args.dataset)
     for n in ds.notes:
         print(f"note: {n}", file=sys.stderr)
-    out = ingest(ds, s, progress=not args.no_progress and not args.json, quiet=args.json)
+    out = ingest(ds, s, progress=not args.no_progress and not args.json, quiet=args.json,
+                 force=args.force)
     meta = json.loads((out / "meta.json").read_text())
     _print(args, {"index": str(out), **meta}, "")
     return 0
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--book-tags", help="goodbooks book_tags.csv")
     a.add_argument("--to-read")
     a.add_argument("--no-progress", action="store_true")
+    a.add_argument("--force", action="store_true",
+                   help="replace the live index even with an empty or much smaller catalog "
+                        "or reader set")
     a.set_defaults(func=cmd_ingest)
 
     a = sub.add_parser("users", parents=[common], help="list readers")
@@ -345,7 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ReadnextError as e:
-        print(f"readnext: error: {e}", file=sys.stderr)
+        from retrieval.errors import one_line
+
+        print(f"readnext: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("readnext: interrupted", file=sys.stderr)

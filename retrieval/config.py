@@ -302,6 +302,16 @@ class PrivacyConfig:
 
 
 @dataclass
+class IngestConfig:
+    """Guards against an ingest that would silently empty or shrink the live index."""
+
+    # An ingest whose catalog or reader set is below this fraction of the live index's is
+    # refused (`--force` overrides); 0 disables the check.
+    min_fraction: float = 0.5
+    reload_check_s: float = 1.0  # how often a running server looks for a newly ingested index
+
+
+@dataclass
 class Settings:
     """Everything configurable in readnext. Build with :meth:`Settings.load`."""
 
@@ -321,6 +331,7 @@ class Settings:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     request: RequestConfig = field(default_factory=RequestConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
     @classmethod
     def load(
@@ -396,6 +407,9 @@ class Settings:
             raise ReadnextError(f"{origin}: llm.threads must be an integer >= 0 (0 = auto); got {m.threads!r}")
         if not isinstance(m.n_ctx, int) or m.n_ctx < 256:
             raise ReadnextError(f"{origin}: llm.n_ctx must be an integer >= 256; got {m.n_ctx!r}")
+        if not 0 <= self.ingest.min_fraction <= 1:
+            raise ReadnextError(f"{origin}: ingest.min_fraction must be in 0..1; "
+                                f"got {self.ingest.min_fraction}")
         limit = self.chat.max_message_chars
         if not isinstance(limit, int) or not 1 <= limit <= 100_000:
             raise ReadnextError(f"{origin}: chat.max_message_chars must be an integer from 1 to "

@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from .errors import DataError, excerpt, one_line
 from .series import parse_series
 from .types import Book
 
@@ -78,7 +78,8 @@ def read_csv(path: str | Path, required: Iterable[str], what: str) -> pd.DataFra
     except pd.errors.ParserError as e:
         line = _bad_line(path)
         where = f"line {line}" if line else "unknown line"
-        raise DataError(f"{path}:{line or '?'}: malformed CSV ({where}: {str(e).strip().splitlines()[-1]}); "
+        detail = one_line(str(e).strip().splitlines()[-1] if str(e).strip() else "parse error", 120)
+        raise DataError(f"{path}:{line or '?'}: malformed CSV ({where}: {detail}); "
                         "fix the quoting or the number of fields on that line") from e
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason}); re-save the file as UTF-8") from e
@@ -88,7 +89,7 @@ def read_csv(path: str | Path, required: Iterable[str], what: str) -> pd.DataFra
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"{path}:1: missing column(s) {', '.join(missing)} in header "
-                        f"({', '.join(df.columns[:8])}); expected {', '.join(required)}")
+                        f"({', '.join(excerpt(c, 30) for c in df.columns[:8])}); expected {', '.join(required)}")
     return df
 
 
@@ -120,7 +121,7 @@ def _numeric(df: pd.DataFrame, col: str, path: Path, what: str, lo: float | None
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         rng = f" in {lo:g}..{hi:g}" if lo is not None and hi is not None else ""
-        raise DataError(f"{path}:{i + 2}: {what} {df[col].iloc[i]!r} is not a number{rng}; fix or remove that row")
+        raise DataError(f"{path}:{i + 2}: {what} {excerpt(df[col].iloc[i])} is not a number{rng}; fix or remove that row")
     return vals.to_numpy(dtype=np.float64)
 
 
@@ -175,7 +176,7 @@ def load_generic(books_path: str | Path, ratings_path: str | Path | None = None,
     bdf = read_csv(books_path, ["book_id", "title"], "books")
     if bdf["book_id"].duplicated().any():
         i = int(np.flatnonzero(bdf["book_id"].duplicated().to_numpy())[0])
-        raise DataError(f"{books_path}:{i + 2}: duplicate book_id {bdf['book_id'].iloc[i]!r}; ids must be unique")
+        raise DataError(f"{books_path}:{i + 2}: duplicate book_id {excerpt(bdf['book_id'].iloc[i])}; ids must be unique")
     empty = (bdf["title"].str.strip() == "") | (bdf["book_id"].str.strip() == "")
     if empty.any():
         i = int(np.flatnonzero(empty.to_numpy())[0])
@@ -203,7 +204,7 @@ def load_generic(books_path: str | Path, ratings_path: str | Path | None = None,
                 parsed = pd.to_datetime(rdf["timestamp"], errors="coerce", utc=True)
                 if parsed.isna().any():
                     i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-                    raise DataError(f"{ratings_path}:{i + 2}: timestamp {rdf['timestamp'].iloc[i]!r} is neither "
+                    raise DataError(f"{ratings_path}:{i + 2}: timestamp {excerpt(rdf['timestamp'].iloc[i])} is neither "
                                     "unix seconds nor a date; fix that row")
                 ts = parsed.astype("int64") // 10**9
             ts = ts.to_numpy(dtype=np.float64)

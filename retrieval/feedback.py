@@ -1,12 +1,15 @@
 """Durable reader feedback (ratings, likes, "read it", "not interested") in SQLite.
 
 Each write is its own transaction in WAL mode with ``synchronous=FULL``: once ``add`` returns,
-the event survives a crash or power loss. The index is never rewritten for feedback.
+the event survives a crash or power loss. The index is never rewritten for feedback. The store
+is opened once and shared by every thread: each thread gets its own SQLite connection (a
+connection must not be used by two threads at once), opened on its first call and reused.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +63,7 @@ class FeedbackStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self._conn() as c:
             c.executescript("""
                 CREATE TABLE IF NOT EXISTS events (
@@ -72,9 +76,12 @@ class FeedbackStore:
             """)
 
     def _conn(self) -> sqlite3.Connection:
-        c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("PRAGMA synchronous=FULL")
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=FULL")
+            self._local.conn = c
         return c
 
     def add(self, dataset: str, user_id: str, book_id: str, signal: str, rating: float | None,
@@ -96,6 +103,24 @@ class FeedbackStore:
                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
                           [(dataset, e.user_id, e.book_id, e.signal, e.rating, e.ts, now) for e in events])
             c.execute("COMMIT")
+
+    def add_reader_with_events(self, dataset: str, user_id: str, origin: str,
+                               events: list[FeedbackEvent]) -> None:
+        """Create a reader (if new) and append their events, all in one transaction."""
+        now = time.time()
+        c = self._conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("INSERT OR IGNORE INTO readers VALUES (?, ?, ?, ?)",
+                      (dataset, user_id, origin, now))
+            c.executemany(
+                "INSERT INTO events (dataset, user_id, book_id, signal, rating, ts, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(dataset, e.user_id, e.book_id, e.signal, e.rating, e.ts, now) for e in events])
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
 
     def events(self, dataset: str, user_id: str | None = None) -> list[FeedbackEvent]:
         q = "SELECT user_id, book_id, signal, rating, ts FROM events WHERE dataset = ?"

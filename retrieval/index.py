@@ -9,6 +9,8 @@ Layout of the data directory (``--data-dir`` / ``READNEXT_HOME``, default ``~/.r
     cache/                  embedding cache (content-addressed)
 
 An interrupted or failed ingest leaves ``CURRENT`` pointing at the previous, complete index.
+Old and partial folders are deleted only once no process uses them (see ``retrieval.leases``):
+a server still answering from the previous index keeps it until it has switched.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .config import Settings
 from .data import Dataset
 from .embed import Embedder
 from .errors import NotFoundError, ReadnextError
+from .leases import Lease, collect_garbage
 from .library import Library
 from .profiles import build_profiles
 from .types import Book
@@ -60,11 +63,53 @@ def _write_atomic(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
+def check_shrink(ds: Dataset, home: Path, min_fraction: float) -> None:
+    """Refuse a dataset that would empty the catalog or shrink it (or its readers) drastically.
+
+    Compared with the live index in ``home``; a dataset with no books is refused even without
+    one. Raises a one-line :class:`ReadnextError` that names ``--force``.
+    """
+    n_books = len(ds.books)
+    n_users = int(ds.ratings["user_id"].nunique()) if len(ds.ratings) else 0
+    if n_books == 0:
+        raise ReadnextError(f"{ds.label or ds.name}: the catalog has 0 books (is the books file "
+                            "only a header, or one long line?); nothing ingested. Fix the file, "
+                            "or --force")
+    try:
+        live = json.loads((current_index_dir(home) / "meta.json").read_text())["stats"]
+    except (ReadnextError, OSError, KeyError, ValueError):
+        return  # no live index: nothing to protect
+    for what, new, old in (("books", n_books, int(live.get("books", 0))),
+                           ("readers", n_users, int(live.get("users", 0)))):
+        if old and new < min_fraction * old:
+            raise ReadnextError(
+                f"{ds.label or ds.name}: {new:,} {what} against {old:,} in the live index "
+                f"({live.get('label', '?')}): below ingest.min_fraction={min_fraction:g}, so "
+                "nothing was replaced. Check the input files, or pass --force to replace it anyway")
+
+
+def _hold(label: str) -> None:
+    """Testing aid for the kill -9 tests: park the ingest after ``label`` until it is killed."""
+    if os.environ.get("READNEXT_TEST_HOLD_AFTER") == label:
+        print(f"readnext-test: holding after {label}", flush=True)
+        while True:
+            time.sleep(60)
+
+
 def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool = False,
-           fail_after: str | None = None) -> Path:
+           fail_after: str | None = None, force: bool = False) -> Path:
     """Build a complete index for ``ds`` beside the live one, then swap it in.
 
-    ``fail_after`` (testing aid) raises after the named step to prove atomicity.
+    Args:
+        ds: the dataset to index.
+        settings: where (``settings.home``) and how.
+        progress: show tqdm bars.
+        quiet: print nothing.
+        fail_after: testing aid, raises after the named step to prove atomicity.
+        force: skip the guard against an empty or much smaller catalog / reader set.
+
+    Returns:
+        The new index folder (now ``CURRENT``).
     """
     from tqdm.auto import tqdm
 
@@ -72,14 +117,16 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
     from .store import VectorStore
 
     home = settings.home
+    if not force:
+        check_shrink(ds, home, settings.ingest.min_fraction)
     (home / "indexes").mkdir(parents=True, exist_ok=True)
     from .privacy import drop_forgotten
 
     drop_forgotten(ds, home)  # readers erased with `readnext forget` stay erased
-    name = f"{ds.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    collect_garbage(home)  # partial folders of killed ingests, old indexes nobody serves
+    name = f"{ds.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{time.time_ns() % 10**6:06d}"
     out = home / "indexes" / name
-    if out.exists():
-        shutil.rmtree(out)
+    building = Lease(out, exclusive=True)  # taken before the folder exists: no collector takes it
     out.mkdir()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -93,6 +140,7 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
             steps.set_postfix_str(label)
             if fail_after == label:
                 raise ReadnextError(f"simulated failure after {label}")
+            _hold(label)
 
         t = time.perf_counter()
         with open(out / "books.jsonl", "w") as f:
@@ -109,6 +157,9 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
         emb = Embedder(settings.embedder.model, settings.embedder.device, settings.embedder.batch_size,
                        cache_dir=home / "cache")
         vectors = emb.encode([b.embedding_text() for b in ds.books], show_progress=progress, desc="embed books")
+        embed_stats = dict(getattr(emb, "last_stats", {}))
+        _log(f"embedded {embed_stats.get('embedded', 0):,} books "
+             f"({embed_stats.get('cached', 0):,} from the cache)", quiet)
         np.save(out / "vectors.npy", vectors)
         step("embed", t)
 
@@ -143,6 +194,7 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
             "ordered": ds.ordered, "embedder": settings.embedder.model, "dim": int(vectors.shape[1]),
             "cf_model": cf.model_name, "cf_params": getattr(cf.model, "params", {}),
             "stats": ds.stats(), "notes": ds.notes, "timings_s": timings, "sasrec": sasrec_info,
+            "embeddings": embed_stats,
         }
         _write_atomic(out / "meta.json", json.dumps(meta, indent=2))
         step("meta", t)
@@ -152,9 +204,10 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
         # The swap: one atomic rename of the pointer file.
         old = (home / "CURRENT").read_text().strip() if (home / "CURRENT").is_file() else None
         _write_atomic(home / "CURRENT", name)
-        for d in (home / "indexes").iterdir():
-            if d.name not in (name,) and d.is_dir():
-                shutil.rmtree(d, ignore_errors=True)
+        building.release()
+        # Old folders go only when nobody serves them; a running server drops its lease once it
+        # has switched to this index and collects them then (or the next start does).
+        collect_garbage(home)
         _log(f"ingested {ds.label or ds.name}: {len(ds.books):,} books, {len(ds.ratings):,} ratings, "
              f"{len(users):,} readers in {time.perf_counter() - t0:.1f}s -> {out}"
              + (f" (replaced {old})" if old else ""), quiet)
@@ -163,6 +216,7 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
         if store is not None:
             store.close()
         shutil.rmtree(out, ignore_errors=True)
+        building.release()
         raise
 
 
@@ -197,10 +251,36 @@ class Index:
     ratings: pd.DataFrame
     to_read: pd.DataFrame
     vectors: np.ndarray
+    lease: Lease | None = None  # shared lock: this process serves the folder, keep it
 
     @classmethod
     def open(cls, home: Path) -> "Index":
-        d = current_index_dir(home)
+        """Load the live index and hold a shared lease on its folder until :meth:`release`.
+
+        Every start also deletes folders nobody uses: partial ones of killed ingests, and old
+        indexes whose last server has switched or exited.
+        """
+        collect_garbage(home)
+        for _ in range(5):
+            d = current_index_dir(home)
+            try:
+                lease = Lease(d)
+            except FileNotFoundError:
+                continue  # collected between reading CURRENT and locking: read CURRENT again
+            if (d / "meta.json").is_file():
+                break
+            lease.release()
+        else:
+            raise NotFoundError(f"index in {home} keeps changing or is missing: "
+                                "run `readnext ingest` again")
+        try:
+            return cls._load(d, lease)
+        except BaseException:
+            lease.release()
+            raise
+
+    @classmethod
+    def _load(cls, d: Path, lease: Lease) -> "Index":
         meta = json.loads((d / "meta.json").read_text())
         if meta.get("schema") != SCHEMA:
             raise ReadnextError(f"index {d} has schema {meta.get('schema')}, this readnext needs {SCHEMA}: "
@@ -217,7 +297,12 @@ class Index:
         t = np.load(d / "to_read.npz")
         to_read = pd.DataFrame({"user_id": t["user_id"].astype(object), "book_id": t["book_id"].astype(object)})
         vectors = np.load(d / "vectors.npy")
-        return cls(d, meta, books, ratings, to_read, vectors)
+        return cls(d, meta, books, ratings, to_read, vectors, lease)
+
+    def release(self) -> None:
+        """Drop the lease: the folder may be collected once it is no longer ``CURRENT``."""
+        if self.lease is not None:
+            self.lease.release()
 
     def library(self) -> Library:
         return Library(self.books, self.vectors, self.ratings, bool(self.meta["has_timestamps"]), self.to_read,

@@ -6,6 +6,7 @@ queries), because Chroma's default embedding function downloads a model.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -16,6 +17,11 @@ from .embed import Embedder, offline_env
 BOOKS = "books"
 USERS = "users"
 USERS_EF_SEARCH = 400
+
+# Chroma keeps one "system" per path in a process-wide cache that is not safe to create or tear
+# down from several threads at once (that race gave `KeyError .../chroma` and `Could not connect
+# to tenant default_tenant`): opening and closing go through this lock.
+_OPEN_LOCK = threading.Lock()
 
 
 def _chroma():
@@ -67,20 +73,20 @@ class VectorStore:
         from chromadb.config import Settings as ChromaSettings
 
         self.path = Path(path)
-        self.client = chromadb.PersistentClient(
-            path=str(self.path), settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
-        ef = make_embedding_function(embedder) if embedder is not None else None
-        kw: dict[str, Any] = {"configuration": {"hnsw": {"space": "cosine"}}}
-        if ef is not None:
-            kw["embedding_function"] = ef
-        else:
-            kw["embedding_function"] = None
-        self.books = self.client.get_or_create_collection(BOOKS, **kw)
-        # Readers-like-you asks `users` for ~100 neighbours: a wider HNSW search (ef_search) keeps
-        # Chroma's answer equal to the exact one (bench/bench_readers.py measures the recall).
-        ukw = {**kw, "configuration": {"hnsw": {"space": "cosine", "ef_search": USERS_EF_SEARCH,
-                                                "ef_construction": USERS_EF_SEARCH}}}
-        self.users = self.client.get_or_create_collection(USERS, **ukw)
+        self._write_lock = threading.Lock()  # one writer at a time per store; reads run freely
+        with _OPEN_LOCK:
+            self.client = chromadb.PersistentClient(
+                path=str(self.path),
+                settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+            ef = make_embedding_function(embedder) if embedder is not None else None
+            kw: dict[str, Any] = {"configuration": {"hnsw": {"space": "cosine"}},
+                                  "embedding_function": ef}
+            self.books = self.client.get_or_create_collection(BOOKS, **kw)
+            # Readers-like-you asks `users` for ~100 neighbours: a wider HNSW search (ef_search)
+            # keeps Chroma's answer equal to the exact one (bench/bench_readers.py measures recall).
+            ukw = {**kw, "configuration": {"hnsw": {"space": "cosine", "ef_search": USERS_EF_SEARCH,
+                                                    "ef_construction": USERS_EF_SEARCH}}}
+            self.users = self.client.get_or_create_collection(USERS, **ukw)
 
     def _batches(self, n: int) -> Iterable[slice]:
         size = min(4000, self.client.get_max_batch_size())
@@ -96,9 +102,10 @@ class VectorStore:
             from tqdm.auto import tqdm
             rng = tqdm(rng, desc=f"chroma {collection}", unit="batch")
         for sl in rng:
-            col.upsert(ids=list(ids[sl]), embeddings=vectors[sl].astype(np.float32),
-                       metadatas=list(metadatas[sl]) if metadatas is not None else None,
-                       documents=list(documents[sl]) if documents is not None else None)
+            with self._write_lock:
+                col.upsert(ids=list(ids[sl]), embeddings=vectors[sl].astype(np.float32),
+                           metadatas=list(metadatas[sl]) if metadatas is not None else None,
+                           documents=list(documents[sl]) if documents is not None else None)
 
     def query(self, collection: str, vector: np.ndarray, n: int,
               where: dict | None = None) -> list[tuple[str, float]]:
@@ -123,10 +130,9 @@ class VectorStore:
         return (self.books if collection == BOOKS else self.users).count()
 
     def close(self) -> None:
-        # Chroma caches one system per path in-process; clearing it lets the index dir be removed.
-        try:
-            self.client._system.stop()
-            from chromadb.api.shared_system_client import SharedSystemClient
-            SharedSystemClient.clear_system_cache()
-        except Exception:  # pragma: no cover - best effort on shutdown
-            pass
+        """Release this path's Chroma system (other open stores in the process keep theirs)."""
+        with _OPEN_LOCK:
+            try:
+                self.client.close()
+            except Exception:  # pragma: no cover - best effort on shutdown
+                pass

@@ -10,7 +10,7 @@ import pytest
 from assistant import Recommender
 from retrieval.config import Settings
 from retrieval.data import load_generic
-from retrieval.errors import DataError
+from retrieval.errors import DataError, ReadnextError
 from retrieval.index import current_index_dir, ingest
 
 from .conftest import ROOT, run_cli
@@ -89,14 +89,19 @@ def test_failed_ingest_leaves_previous_index_working(demo_home, tmp_path, emb_ca
     ds = load_generic(books)
     for step in ("embed", "chroma-books", "cf"):
         with pytest.raises(Exception, match="simulated failure"):
-            ingest(ds, Settings.load(home=home, env={}), progress=False, quiet=True, fail_after=step)
+            ingest(ds, Settings.load(home=home, env={}), progress=False, quiet=True, fail_after=step,
+                   force=True)
         assert current_index_dir(home) == before
-        assert [p.name for p in (home / "indexes").iterdir()] == [before.name]  # partial build removed
+        assert [p.name for p in (home / "indexes").iterdir() if p.is_dir()] == [before.name]  # partial build removed
     rec = Recommender.open(home)
     assert [r.book_id for r in rec.recommend(user_id=u, k=5)] == expected
     rec.close()
+    # a 2-book catalog against the live 618 is refused unless forced (the shrink guard)
+    with pytest.raises(ReadnextError, match="--force"):
+        ingest(ds, Settings.load(home=home, env={}), progress=False, quiet=True)
+    assert current_index_dir(home) == before
     # a successful ingest swaps in the new index and removes the old one
-    ingest(ds, Settings.load(home=home, env={}), progress=False, quiet=True)
+    ingest(ds, Settings.load(home=home, env={}), progress=False, quiet=True, force=True)
     assert current_index_dir(home) != before and not before.exists()
     assert len(Recommender.open(home).books) == 2
 
