@@ -7,7 +7,7 @@ The main entry point is :class:`Recommender`::
     rec.recommend(user_id="u0001", k=5)
 """
 
-from .recommender import RecommendResult, Recommendation, Recommender
+from .recommender import Recommendation, Recommender, RecommendResult
 
 __all__ = ["Recommender", "Recommendation", "RecommendResult"]
 __version__ = "0.1.0"

@@ -21,9 +21,9 @@ import os
 import secrets
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from retrieval.errors import ReadnextError
 from retrieval.privacy import check_reader_id
@@ -39,7 +39,7 @@ def hash_password(password: str) -> str:
     """A salted scrypt hash, ``scrypt$N$r$p$salt$key`` (base64)."""
     salt = secrets.token_bytes(16)
     key = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=_N, r=_R, p=_P, dklen=_DKLEN)
-    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    b64 = lambda b: base64.b64encode(b).decode("ascii")
     return f"scrypt${_N}${_R}${_P}${b64(salt)}${b64(key)}"
 
 
@@ -121,7 +121,7 @@ class AccountStore:
         home: str | Path,
         accounts_file: str | None = None,
         extra: Iterable[tuple[str, str, str]] = (),
-    ) -> "AccountStore":
+    ) -> AccountStore:
         """The store of a data dir (``accounts_file`` overrides ``home/accounts.json``)."""
         path = Path(accounts_file).expanduser() if accounts_file else Path(home) / ACCOUNTS_FILE
         return cls(path, extra)

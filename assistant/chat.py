@@ -31,15 +31,22 @@ CSS = """
 .rn-why{margin:6px 0}.rn-blurb{font-style:italic;margin:4px 0}
 """
 
-SIGNALS = [("👍 like", "like"), ("👎 dislike", "dislike"), ("✓ read it", "read"), ("✕ not interested", "not_interested")]
+SIGNALS = [
+    ("👍 like", "like"),
+    ("👎 dislike", "dislike"),
+    ("✓ read it", "read"),
+    ("✕ not interested", "not_interested"),
+]
 
 
 def theme():
     """Soft theme with local system fonts: the default themes fetch web fonts from the internet."""
     import gradio as gr
 
-    return gr.themes.Soft(font=["system-ui", "Segoe UI", "Roboto", "sans-serif"],
-                          font_mono=["ui-monospace", "Menlo", "monospace"])
+    return gr.themes.Soft(
+        font=["system-ui", "Segoe UI", "Roboto", "sans-serif"],
+        font_mono=["ui-monospace", "Menlo", "monospace"],
+    )
 
 
 def _loopback(host: str) -> bool:
@@ -74,8 +81,12 @@ def _username(request: Any) -> str | None:
     return getattr(request, "username", None) if request is not None else None
 
 
-def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = None,
-              service: ReaderService | None = None):
+def build_app(
+    rec: Recommender,
+    k: int | None = None,
+    llm_picks: int | None = None,
+    service: ReaderService | None = None,
+):
     """The Blocks app over one shared Recommender (not launched).
 
     Every handler asks ``service`` (a :class:`~assistant.service.ReaderService`; single-user
@@ -95,8 +106,11 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
     engine = svc.engine(k)
     multi = svc.auth_required
     # Single-user: the owner picks from every reader. With accounts, nobody's id is put in the page.
-    readers = [] if multi else [
-        u["user_id"] for u in sorted(rec.users(), key=lambda u: -u["n_ratings"])[:500]]
+    readers = (
+        []
+        if multi
+        else [u["user_id"] for u in sorted(rec.users(), key=lambda u: -u["n_ratings"])[:500]]
+    )
 
     limit = rec.settings.chat.max_message_chars
 
@@ -104,7 +118,11 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
         if new_text:
             chat = chat + [{"role": "assistant", "content": reply.text}]
         notes = "\n".join(f"ℹ️ {n}" for n in reply.notes)
-        who = f"Reading as **{reply.state.user_id}**" if reply.state.user_id else "Not signed in: pick a reader or start as new"
+        who = (
+            f"Reading as **{reply.state.user_id}**"
+            if reply.state.user_id
+            else "Not signed in: pick a reader or start as new"
+        )
         if reply.keeps_cards:  # "why #2?" and friends: the list and its buttons stay as they are
             keep = [gr.update()] * (2 * k)
             return [chat, reply.state.to_dict(), gr.update(), who, *keep]
@@ -142,6 +160,7 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
         def replies():
             st = svc.session_state(svc.caller(_username(request)), state)
             return engine.respond(st, message)
+
         yield from stream(replies, chat, state)
 
     def on_feedback(i: int, signal: str):
@@ -150,7 +169,9 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             def replies():
                 st = svc.session_state(svc.caller(_username(request)), state)
                 return engine.feedback(st, i, signal)
+
             yield from stream(replies, list(chat or []), state)
+
         return handler
 
     @needs_request
@@ -166,8 +187,11 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
     @needs_request
     def on_new(name: str, loved: str, genres: list[str], chat: list[dict], request: gr.Request):
         def replies():
-            nm, text, tags = svc.onboarding_input(svc.caller(_username(request)), name, loved, genres)
+            nm, text, tags = svc.onboarding_input(
+                svc.caller(_username(request)), name, loved, genres
+            )
             return engine.onboard(nm, text, tags)
+
         yield from stream(replies, list(chat or []), ChatState().to_dict())
 
     @needs_request
@@ -185,6 +209,7 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
                 yield from engine.import_file(path, nm)
             finally:
                 delete_upload(path)
+
         yield from stream(replies, chat, ChatState().to_dict())
 
     @needs_request
@@ -212,24 +237,43 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
             with gr.Column(scale=1, min_width=280):
                 who = gr.Markdown("Not signed in: pick a reader or start as new", elem_id="rn-who")
                 with gr.Tab("I have an id"):
-                    reader = gr.Dropdown(readers, value=None, allow_custom_value=True, label="Reader id",
-                                         elem_id="rn-reader")
+                    reader = gr.Dropdown(
+                        readers,
+                        value=None,
+                        allow_custom_value=True,
+                        label="Reader id",
+                        elem_id="rn-reader",
+                    )
                     use = gr.Button("Use this reader", elem_id="rn-use")
                 with gr.Tab("I'm new"):
                     new_name = gr.Textbox(label="Your name (optional)", elem_id="rn-new-name")
-                    loved = gr.Textbox(label="A few books you loved (one per line)", lines=3, elem_id="rn-loved")
-                    genres = gr.CheckboxGroup(engine.tags[:24], label="Genres you enjoy", elem_id="rn-genres")
+                    loved = gr.Textbox(
+                        label="A few books you loved (one per line)", lines=3, elem_id="rn-loved"
+                    )
+                    genres = gr.CheckboxGroup(
+                        engine.tags[:24], label="Genres you enjoy", elem_id="rn-genres"
+                    )
                     start = gr.Button("Start", elem_id="rn-start")
                 with gr.Tab("Import Goodreads"):
-                    upload = gr.File(label="Goodreads library export (.csv) or a list of titles (.txt)",
-                                     file_types=[".csv", ".txt"], type="filepath")
+                    upload = gr.File(
+                        label="Goodreads library export (.csv) or a list of titles (.txt)",
+                        file_types=[".csv", ".txt"],
+                        type="filepath",
+                    )
                     imp_name = gr.Textbox(label="Name for this reader")
                     imp = gr.Button("Import", elem_id="rn-import")
             with gr.Column(scale=2):
-                chatbot = gr.Chatbot(label="readnext", height=320, elem_id="rn-chat", feedback_options=None)
+                chatbot = gr.Chatbot(
+                    label="readnext", height=320, elem_id="rn-chat", feedback_options=None
+                )
                 with gr.Row():
-                    msg = gr.Textbox(placeholder="what should I read next?", show_label=False, scale=5,
-                                     elem_id="rn-input", submit_btn=False)
+                    msg = gr.Textbox(
+                        placeholder="what should I read next?",
+                        show_label=False,
+                        scale=5,
+                        elem_id="rn-input",
+                        submit_btn=False,
+                    )
                     send = gr.Button("Send", variant="primary", scale=1, elem_id="rn-send")
                 notes = gr.Markdown("", elem_id="rn-notes")
                 groups, htmls, buttons = [], [], []
@@ -237,15 +281,20 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
                     with gr.Group(visible=False, elem_id=f"rn-card-{i}") as g:
                         h = gr.HTML("")
                         with gr.Row():
-                            row = [gr.Button(label, size="sm", elem_id=f"rn-{sig}-{i}") for label, sig in SIGNALS]
+                            row = [
+                                gr.Button(label, size="sm", elem_id=f"rn-{sig}-{i}")
+                                for label, sig in SIGNALS
+                            ]
                     groups.append(g)
                     htmls.append(h)
                     buttons.append(row)
         outs = [chatbot, state, notes, who, *groups, *htmls]
         send.click(on_message, [msg, chatbot, state], outs, api_visibility="private").then(
-            lambda: "", None, msg, api_visibility="private")
+            lambda: "", None, msg, api_visibility="private"
+        )
         msg.submit(on_message, [msg, chatbot, state], outs, api_visibility="private").then(
-            lambda: "", None, msg, api_visibility="private")
+            lambda: "", None, msg, api_visibility="private"
+        )
         for i in range(k):
             for (label, sig), btn in zip(SIGNALS, buttons[i]):
                 btn.click(on_feedback(i, sig), [chatbot, state], outs, api_visibility="private")
@@ -264,8 +313,12 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
                 return {**(error_key or {}), "error": str(e)}
 
         @needs_request
-        def recommend(user_id: str = "", message: str = "what should I read next?", k: int = 5,
-                      request: gr.Request = None) -> dict:
+        def recommend(
+            user_id: str = "",
+            message: str = "what should I read next?",
+            k: int = 5,
+            request: gr.Request = None,
+        ) -> dict:
             """Recommendations (with explanations) for a chat message. Signed in, ``user_id`` must
             be empty or your own; single-user, any existing reader (empty: an unsaved guest)."""
             return api_call(svc.recommend, request, user_id, message, k)
@@ -273,20 +326,26 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
         @needs_request
         def feedback(user_id: str, book_id: str, signal: str, request: gr.Request = None) -> dict:
             """Record like | dislike | read | not_interested | to_read | a 1-5 rating."""
-            return api_call(svc.feedback, request, user_id, book_id, signal,
-                            error_key={"ok": False})
+            return api_call(
+                svc.feedback, request, user_id, book_id, signal, error_key={"ok": False}
+            )
 
         @needs_request
-        def new_reader(name: str = "", loved: str = "", genres: list[str] | None = None,
-                       request: gr.Request = None) -> dict:
+        def new_reader(
+            name: str = "",
+            loved: str = "",
+            genres: list[str] | None = None,
+            request: gr.Request = None,
+        ) -> dict:
             """Onboard a reader from loved titles (one per line) and genres; returns first picks."""
             return api_call(svc.new_reader, request, name, loved, genres or [], k)
 
         @needs_request
         def import_goodreads(name: str, csv_text: str, request: gr.Request = None) -> dict:
             """Import a Goodreads library export (its CSV text) as a reader."""
-            return api_call(lambda c, n, t: svc.import_goodreads(c, n, csv_text=t), request, name,
-                            csv_text)
+            return api_call(
+                lambda c, n, t: svc.import_goodreads(c, n, csv_text=t), request, name, csv_text
+            )
 
         @needs_request
         def readers_list(limit: int = 50, request: gr.Request = None) -> list[dict] | dict:
@@ -315,9 +374,16 @@ def build_app(rec: Recommender, k: int | None = None, llm_picks: int | None = No
     return app
 
 
-def launch(settings: Settings, host: str | None = None, port: int | None = None,
-           auth: str | list[str] | None = None, open_browser: bool = False, block: bool = True,
-           llm_picks: int | None = None, admins: list[str] | tuple[str, ...] = ()):
+def launch(
+    settings: Settings,
+    host: str | None = None,
+    port: int | None = None,
+    auth: str | list[str] | None = None,
+    open_browser: bool = False,
+    block: bool = True,
+    llm_picks: int | None = None,
+    admins: list[str] | tuple[str, ...] = (),
+):
     """Start the chat server.
 
     Accounts come from the accounts file (``readnext accounts``) and ``auth`` (one or more
@@ -335,15 +401,21 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
     names = {u for u, _ in parsed}
     stray = [a for a in admins if a not in names]
     if stray:
-        raise ReadnextError(f"--admin {stray[0]}: no --auth {stray[0]}:PASSWORD given (file accounts "
-                            "get their role from `readnext accounts add --admin`)")
-    accounts = AccountStore.for_home(settings.home, settings.chat.accounts_file,
-                                     [(u, pw, "admin" if u in admins else "reader")
-                                      for u, pw in parsed])
+        raise ReadnextError(
+            f"--admin {stray[0]}: no --auth {stray[0]}:PASSWORD given (file accounts "
+            "get their role from `readnext accounts add --admin`)"
+        )
+    accounts = AccountStore.for_home(
+        settings.home,
+        settings.chat.accounts_file,
+        [(u, pw, "admin" if u in admins else "reader") for u, pw in parsed],
+    )
     multi = len(accounts) > 0
     if not _loopback(host) and not multi:
-        raise ReadnextError(f"--host {host} exposes the chat beyond this machine: add accounts "
-                            "(--auth user:password, or `readnext accounts add`)")
+        raise ReadnextError(
+            f"--host {host} exposes the chat beyond this machine: add accounts "
+            "(--auth user:password, or `readnext accounts add`)"
+        )
     # Uploads land in the data dir (not /tmp), are deleted after import, and aged out by Gradio.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(settings.home / "uploads"))
     rec = Recommender.open(settings=settings)
@@ -368,9 +440,20 @@ def launch(settings: Settings, host: str | None = None, port: int | None = None,
     from gradio import networking
 
     networking.url_ok = _patient_url_ok
-    print(f"readnext chat on http://{host}:{port}  (data: {rec.meta.get('label')}, "
-          f"LLM: {settings.llm.backend}, {mode})", flush=True)
-    app.launch(server_name=host, server_port=port, auth=accounts.verify if multi else None,
-               inbrowser=open_browser, share=False, prevent_thread_lock=not block, quiet=True,
-               css=CSS, theme=theme())
+    print(
+        f"readnext chat on http://{host}:{port}  (data: {rec.meta.get('label')}, "
+        f"LLM: {settings.llm.backend}, {mode})",
+        flush=True,
+    )
+    app.launch(
+        server_name=host,
+        server_port=port,
+        auth=accounts.verify if multi else None,
+        inbrowser=open_browser,
+        share=False,
+        prevent_thread_lock=not block,
+        quiet=True,
+        css=CSS,
+        theme=theme(),
+    )
     return app

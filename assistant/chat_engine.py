@@ -9,30 +9,43 @@ from __future__ import annotations
 import html
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from retrieval.constraints import Constraints
 from retrieval.errors import ReadnextError
 from retrieval.types import Rating
 
 from .explain import QUERY_EXCERPT, excerpt
-from .intent import (Intent, RequestState, describe_request, follow_up, intent_parser,
-                     recommend_request)
+from .intent import (
+    Intent,
+    RequestState,
+    describe_request,
+    follow_up,
+    intent_parser,
+    recommend_request,
+)
 from .recommender import Recommendation, Recommender
 
-GUEST_NOTE = ("guest session: nothing is saved (your feedback lives in this session only); "
-              "start as a new reader to keep it")
-HELP = ("Ask me **what should I read next?**, or: *something like Dune but shorter*, *more fantasy*, "
-        "*not romance*, *books by Ursula K. Le Guin*, *published after 2000*, *why #2?*, "
-        "*tell me more about #1*, *I've read #3*, *not interested in #2*. "
-        "Use 👍 / 👎 / read it / not interested on the cards to teach me your taste.")
+GUEST_NOTE = (
+    "guest session: nothing is saved (your feedback lives in this session only); "
+    "start as a new reader to keep it"
+)
+HELP = (
+    "Ask me **what should I read next?**, or: *something like Dune but shorter*, *more fantasy*, "
+    "*not romance*, *books by Ursula K. Le Guin*, *published after 2000*, *why #2?*, "
+    "*tell me more about #1*, *I've read #3*, *not interested in #2*. "
+    "Use 👍 / 👎 / read it / not interested on the cards to teach me your taste."
+)
 
 # "what are readers like me reading?": the readers-like-you source (nearest readers by taste)
 _READERS_LIKE_ME_RE = re.compile(
     r"\b(?:readers?|people|others|folks)\s+(?:(?:just|a\s+bit)\s+)?(?:like\s+me|similar\s+to\s+me|with\s+my\s+taste"
-    r"|who\s+(?:read|like|love)\s+what\s+i\s+(?:read|like|love))\b", re.IGNORECASE)
+    r"|who\s+(?:read|like|love)\s+what\s+i\s+(?:read|like|love))\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -53,7 +66,7 @@ class ChatState:
         return asdict(self)
 
     @classmethod
-    def from_any(cls, x: Any) -> "ChatState":
+    def from_any(cls, x: Any) -> ChatState:
         if isinstance(x, ChatState):
             return x
         return cls(**x) if isinstance(x, dict) else cls()
@@ -76,8 +89,12 @@ class Reply:
         return self.cards is None
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "items": [c.to_dict() for c in self.cards or []],
-                "notes": self.notes, "user_id": self.state.user_id}
+        return {
+            "text": self.text,
+            "items": [c.to_dict() for c in self.cards or []],
+            "notes": self.notes,
+            "user_id": self.state.user_id,
+        }
 
 
 class ChatEngine:
@@ -98,19 +115,29 @@ class ChatEngine:
     def select_reader(self, user_id: str) -> tuple[ChatState, str]:
         user_id = (user_id or "").strip()
         if not self.rec.has_user(user_id):
-            raise ReadnextError(f"unknown reader {user_id!r}: pick one from the list or start as a new reader")
+            raise ReadnextError(
+                f"unknown reader {user_id!r}: pick one from the list or start as a new reader"
+            )
         n = len(self.rec.history(user_id))
         return ChatState(user_id=user_id), f"Hi **{user_id}**: I know {n} books you rated. {HELP}"
 
-    def new_reader(self, name: str | None, loved: str = "", genres: list[str] | None = None) -> tuple[ChatState, str]:
+    def new_reader(
+        self, name: str | None, loved: str = "", genres: list[str] | None = None
+    ) -> tuple[ChatState, str]:
         """Onboarding: a few loved books and/or genres -> a reader with a profile, at once."""
-        name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"guest-{uuid.uuid4().hex[:8]}"
+        name = (
+            re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"guest-{uuid.uuid4().hex[:8]}"
+        )
         limit = self.rec.settings.chat.max_message_chars
         if len(loved or "") > limit:
-            raise ReadnextError(f"the list of loved books is {len(loved):,} characters long and "
-                                f"the limit is {limit:,}: name a few books, one per line")
+            raise ReadnextError(
+                f"the list of loved books is {len(loved):,} characters long and "
+                f"the limit is {limit:,}: name a few books, one per line"
+            )
         if self.rec.has_user(name) and name in self.rec.lib.user_index:
-            raise ReadnextError(f"the name {name!r} is taken by a reader in the dataset; choose another")
+            raise ReadnextError(
+                f"the name {name!r} is taken by a reader in the dataset; choose another"
+            )
         ids: list[str] = []
         unmatched: list[str] = []
         for part in re.split(r"[\n;]+|,(?=\s*[A-Z0-9])", loved or ""):
@@ -141,8 +168,9 @@ class ChatEngine:
             msg += " Ask *what are readers like me reading?* to see what the readers closest to your taste rated."
         return st, msg
 
-    def onboard(self, name: str | None, loved: str = "",
-                genres: list[str] | None = None) -> Iterator[Reply]:
+    def onboard(
+        self, name: str | None, loved: str = "", genres: list[str] | None = None
+    ) -> Iterator[Reply]:
         """The "I'm new" turn, streamed: the welcome at once, then the first picks (and their
         LLM text as it is written)."""
         st, msg = self.new_reader(name, loved, genres)
@@ -164,7 +192,9 @@ class ChatEngine:
         """Import an export as reader ``name`` (idempotent; see :mod:`assistant.importer`)."""
         from .importer import import_export
 
-        name = re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"reader-{uuid.uuid4().hex[:6]}"
+        name = (
+            re.sub(r"[^\w.@-]+", "-", (name or "").strip())[:40] or f"reader-{uuid.uuid4().hex[:6]}"
+        )
         res = import_export(self.rec, path, name, origin="goodreads")
         return ChatState(user_id=name), res.message(bold=True), res.to_dict()
 
@@ -179,7 +209,9 @@ class ChatEngine:
         """The LLM parses the message when configured (validated strictly); rules otherwise.
 
         ``llm``: the turn's backend view (its time budget); default: the parser's backend."""
-        shown = [self.rec.books[b].title for b in (st.recs if st else [])[:10] if b in self.rec.books]
+        shown = [
+            self.rec.books[b].title for b in (st.recs if st else [])[:10] if b in self.rec.books
+        ]
         return self.intents.parse(message, shown, llm=llm)
 
     @property
@@ -203,13 +235,18 @@ class ChatEngine:
         st = ChatState.from_any(state)
         message = (message or "").strip()
         if not message:
-            yield Reply("Tell me what you are in the mood for, or ask *what should I read next?*", state=st)
+            yield Reply(
+                "Tell me what you are in the mood for, or ask *what should I read next?*", state=st
+            )
             return
         limit = self.rec.settings.chat.max_message_chars
         if len(message) > limit:  # refused without quoting it: nothing echoes unbounded input
-            yield Reply(f"That message is {len(message):,} characters long; "
-                        f"I read up to {limit:,}. "
-                        "Could you say in a sentence or two what you would like to read?", state=st)
+            yield Reply(
+                f"That message is {len(message):,} characters long; "
+                f"I read up to {limit:,}. "
+                "Could you say in a sentence or two what you would like to read?",
+                state=st,
+            )
             return
         llm = self.rec.llm
         turn = llm.for_turn() if hasattr(llm, "for_turn") else None  # one LLM budget for the turn
@@ -222,11 +259,14 @@ class ChatEngine:
             yield Reply(("Hello! " if intent.kind == "greeting" else "") + HELP, state=st)
             return
         if intent.kind in ("why", "details", "read_it", "not_interested") and not (
-                intent.kind == "not_interested" and intent.exclude_tags):
+            intent.kind == "not_interested" and intent.exclude_tags
+        ):
             target = self._target(st, intent)
             if target is None:
-                yield Reply("Which book do you mean? Ask for recommendations first, then refer to them as #1, #2…",
-                            state=st)
+                yield Reply(
+                    "Which book do you mean? Ask for recommendations first, then refer to them as #1, #2…",
+                    state=st,
+                )
                 return
             if intent.kind == "why":
                 yield self._why(st, target)
@@ -234,48 +274,76 @@ class ChatEngine:
             if intent.kind == "details":
                 yield self._details(st, target)
                 return
-            yield from self.feedback(st, target, "read" if intent.kind == "read_it" else "not_interested")
+            yield from self.feedback(
+                st, target, "read" if intent.kind == "read_it" else "not_interested"
+            )
             return
         # recommend / more_like / refine: the request, refined or reset (assistant.intent)
         anchor = self._target(st, intent) if intent.kind == "more_like" else None
-        prev = RequestState(st.query, Constraints(**st.constraints), st.ref_book) \
-            if (st.constraints or st.query or st.ref_book) else None
+        prev = (
+            RequestState(st.query, Constraints(**st.constraints), st.ref_book)
+            if (st.constraints or st.query or st.ref_book)
+            else None
+        )
         req = follow_up(prev, intent, anchor, self.rec.books, self.rec.settings.request.tag_boost)
         st.query, st.ref_book = req.query, req.anchor
         st.constraints = asdict(req.constraints)
         yield from self._recommend(st, req.constraints, turn=turn)
 
-    def _recommend(self, st: ChatState, c: Constraints, exclude: list[str] = (), turn: Any = None,
-                   source: str = "hybrid") -> Iterator[Reply]:
+    def _recommend(
+        self,
+        st: ChatState,
+        c: Constraints,
+        exclude: list[str] = (),
+        turn: Any = None,
+        source: str = "hybrid",
+    ) -> Iterator[Reply]:
         if st.ref_book and st.ref_book not in self.rec.books:
             st.ref_book = None
         req = RequestState(st.query, c, st.ref_book)
-        if source == "readers" and (source not in self.rec.sources or st.user_id is None
-                                    or not self.rec.history(st.user_id)):
-            yield Reply("To find readers like you I need a few books you loved first: tell me some titles "
-                        "(*I loved Dune and Emma*) or rate the cards.", state=st)
+        if source == "readers" and (
+            source not in self.rec.sources or st.user_id is None or not self.rec.history(st.user_id)
+        ):
+            yield Reply(
+                "To find readers like you I need a few books you loved first: tell me some titles "
+                "(*I loved Dune and Emma*) or rate the cards.",
+                state=st,
+            )
             return
         if st.user_id is None:  # an ephemeral guest: nothing is stored, and the notes say so
             st.guest = True
             hist = [tuple(x) for x in st.session_ratings] or None
-            res = recommend_request(self.rec, req, None, self.k,
-                                    exclude=list(exclude) + st.session_exclude, history=hist)
+            res = recommend_request(
+                self.rec,
+                req,
+                None,
+                self.k,
+                exclude=list(exclude) + st.session_exclude,
+                history=hist,
+            )
             res.notes.append(GUEST_NOTE)
         elif source == "readers":
-            res = self.rec.recommend_full(user_id=st.user_id, k=self.k, constraints=c, exclude=exclude,
-                                          source=source)
+            res = self.rec.recommend_full(
+                user_id=st.user_id, k=self.k, constraints=c, exclude=exclude, source=source
+            )
         else:
             res = recommend_request(self.rec, req, st.user_id, self.k, exclude=exclude)
         st.recs = [r.book_id for r in res.items]
         if not res.items:
-            yield Reply("Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",
-                        cards=[], notes=res.notes, state=st)
+            yield Reply(
+                "Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",
+                cards=[],
+                notes=res.notes,
+                state=st,
+            )
             return
         intro = _intro(st, c, self.rec)
         llm = self.rec.llm
         notes = list(res.notes)
         if llm is None:
-            notes.append("no LLM configured: explanations are built from the evidence with templates")
+            notes.append(
+                "no LLM configured: explanations are built from the evidence with templates"
+            )
         reply = Reply(intro, res.items, notes, st, streaming=llm is not None and self.llm_picks > 0)
         yield reply
         if llm is None or self.llm_picks <= 0:
@@ -292,10 +360,13 @@ class ChatEngine:
             book = rec.books[card.book_id]
             final = None
             template = card.explanation
-            for part in ex.stream_explain(book, card.evidence, hist, rec.books, template, query=ctx.query,
-                                          shown=shown):
+            for part in ex.stream_explain(
+                book, card.evidence, hist, rec.books, template, query=ctx.query, shown=shown
+            ):
                 if isinstance(part, str):
-                    card.blurb = part  # raw text as it streams; replaced by the checked result below
+                    card.blurb = (
+                        part  # raw text as it streams; replaced by the checked result below
+                    )
                     card.explanation_source = "streaming"
                     yield Reply(reply.text, reply.cards, reply.notes, reply.state, streaming=True)
                 else:
@@ -319,7 +390,10 @@ class ChatEngine:
         e = self.rec.explain(st.user_id, book_id) if st.user_id else None
         b = self.rec.books[book_id]
         if e is None:
-            return Reply(f"“{b.title}” is popular here; tell me books you like so I can be specific.", state=st)
+            return Reply(
+                f"“{b.title}” is popular here; tell me books you like so I can be specific.",
+                state=st,
+            )
         lines = [f"**Why “{b.title}”?** {e.explanation}"]
         from retrieval.evidence import strength
 
@@ -339,10 +413,14 @@ class ChatEngine:
 
     def _details(self, st: ChatState, book_id: str) -> Reply:
         b = self.rec.books[book_id]
-        parts = [f"**{b.title}** by {', '.join(b.authors) or 'unknown author'}"
-                 + (f" ({b.year})" if b.year is not None else "")]
+        parts = [
+            f"**{b.title}** by {', '.join(b.authors) or 'unknown author'}"
+            + (f" ({b.year})" if b.year is not None else "")
+        ]
         if b.series:
-            parts.append(f"Part of *{b.series}*" + (f", #{b.series_index:g}" if b.series_index else "") + ".")
+            parts.append(
+                f"Part of *{b.series}*" + (f", #{b.series_index:g}" if b.series_index else "") + "."
+            )
         if b.description:
             parts.append(b.description)
         if b.tags:
@@ -373,9 +451,13 @@ class ChatEngine:
         else:
             self.rec.add_feedback(st.user_id, book_id, signal)
         title = self.rec.books[book_id].title
-        said = {"like": f"Noted: you liked “{title}”.", "dislike": f"Noted: not “{title}”-style books.",
-                "read": f"Noted: you've read “{title}”.", "not_interested": f"OK, “{title}” is off your list.",
-                "to_read": f"Saved “{title}” to your to-read list."}.get(signal, f"Noted: {signal} for “{title}”.")
+        said = {
+            "like": f"Noted: you liked “{title}”.",
+            "dislike": f"Noted: not “{title}”-style books.",
+            "read": f"Noted: you've read “{title}”.",
+            "not_interested": f"OK, “{title}” is off your list.",
+            "to_read": f"Saved “{title}” to your to-read list.",
+        }.get(signal, f"Noted: {signal} for “{title}”.")
         c = Constraints(**st.constraints) if st.constraints else Constraints()
         for r in self._recommend(st, c):
             r.text = said + " Here is your updated list."
@@ -392,20 +474,26 @@ def _intro(st: ChatState, c: Constraints, rec: Recommender) -> str:
 def card_html(r: Recommendation, n: int) -> str:
     """A result card. All text is escaped: titles and LLM output are data, never markup."""
     e = html.escape
-    cover = (f'<img class="rn-cover" src="{e(r.image_url)}" alt="" loading="lazy">' if r.image_url else
-             '<div class="rn-cover rn-nocover">📖</div>')
+    cover = (
+        f'<img class="rn-cover" src="{e(r.image_url)}" alt="" loading="lazy">'
+        if r.image_url
+        else '<div class="rn-cover rn-nocover">📖</div>'
+    )
     tags = "".join(f'<span class="rn-tag">{e(t)}</span>' for t in r.tags[:6])
     srcs = "".join(f'<span class="rn-src">{e(s)}</span>' for s in r.sources)
     meta = e(", ".join(r.authors)) + (f" · {r.year}" if r.year is not None else "")
     # Only text that passed every check is called checked; a draft is not; the template says so.
-    why_label = {"llm": "Why you (LLM, checked against evidence)",
-                 "streaming": "Why you (LLM draft, not yet checked…)"}.get(
-        r.explanation_source, "Why you (template, from the evidence)")
+    why_label = {
+        "llm": "Why you (LLM, checked against evidence)",
+        "streaming": "Why you (LLM draft, not yet checked…)",
+    }.get(r.explanation_source, "Why you (template, from the evidence)")
     blurb = f'<p class="rn-blurb">{e(r.blurb)}</p>' if r.blurb else ""
-    return (f'<div class="rn-card" data-book-id="{e(r.book_id)}">{cover}<div class="rn-body">'
-            f'<div class="rn-title">#{n} {e(r.title)}</div><div class="rn-meta">{meta}</div>'
-            f'<div class="rn-tags">{tags}</div><div class="rn-why"><b>{why_label}:</b> {e(r.explanation)}</div>'
-            f'{blurb}<div class="rn-sources">found by {srcs}</div></div></div>')
+    return (
+        f'<div class="rn-card" data-book-id="{e(r.book_id)}">{cover}<div class="rn-body">'
+        f'<div class="rn-title">#{n} {e(r.title)}</div><div class="rn-meta">{meta}</div>'
+        f'<div class="rn-tags">{tags}</div><div class="rn-why"><b>{why_label}:</b> {e(r.explanation)}</div>'
+        f'{blurb}<div class="rn-sources">found by {srcs}</div></div></div>'
+    )
 
 
 def history_from_pairs(pairs: list[tuple[str, float]], user: str = "guest") -> list[Rating]:

@@ -52,65 +52,467 @@ LIKED_RATING = 4.0
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _SENT = re.compile(r"(?<=[.!?;])\s+|\n+")
-STOPWORDS = frozenset("""
-a about above after again against all also am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further had has
-have having he her here hers herself him himself his how i if in into is it its itself just me more
-most my myself no nor not of off on once only or other our ours out over own same she should so
-some such than that the their theirs them themselves then there these they this those through to
-too under until up very was we were what when where which while who whom why will with would you
-your yours yourself yourselves s t don now ll re ve d m o y ain isn aren wasn weren hasn haven
-hadn doesn didn won wouldn shouldn couldn mustn needn let lets it's that's one's whose within
-across along among around upon onto toward towards yet still even ever every much many may might
-must shall via per whether though although unless since thus
-""".split())
+STOPWORDS = frozenset(
+    [
+        "a",
+        "about",
+        "above",
+        "after",
+        "again",
+        "against",
+        "all",
+        "also",
+        "am",
+        "an",
+        "and",
+        "any",
+        "are",
+        "as",
+        "at",
+        "be",
+        "because",
+        "been",
+        "before",
+        "being",
+        "below",
+        "between",
+        "both",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "doing",
+        "down",
+        "during",
+        "each",
+        "few",
+        "for",
+        "from",
+        "further",
+        "had",
+        "has",
+        "have",
+        "having",
+        "he",
+        "her",
+        "here",
+        "hers",
+        "herself",
+        "him",
+        "himself",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "itself",
+        "just",
+        "me",
+        "more",
+        "most",
+        "my",
+        "myself",
+        "no",
+        "nor",
+        "not",
+        "of",
+        "off",
+        "on",
+        "once",
+        "only",
+        "or",
+        "other",
+        "our",
+        "ours",
+        "out",
+        "over",
+        "own",
+        "same",
+        "she",
+        "should",
+        "so",
+        "some",
+        "such",
+        "than",
+        "that",
+        "the",
+        "their",
+        "theirs",
+        "them",
+        "themselves",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "through",
+        "to",
+        "too",
+        "under",
+        "until",
+        "up",
+        "very",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "while",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "yourselves",
+        "s",
+        "t",
+        "don",
+        "now",
+        "ll",
+        "re",
+        "ve",
+        "d",
+        "m",
+        "o",
+        "y",
+        "ain",
+        "isn",
+        "aren",
+        "wasn",
+        "weren",
+        "hasn",
+        "haven",
+        "hadn",
+        "doesn",
+        "didn",
+        "won",
+        "wouldn",
+        "shouldn",
+        "couldn",
+        "mustn",
+        "needn",
+        "let",
+        "lets",
+        "it's",
+        "that's",
+        "one's",
+        "whose",
+        "within",
+        "across",
+        "along",
+        "among",
+        "around",
+        "upon",
+        "onto",
+        "toward",
+        "towards",
+        "yet",
+        "still",
+        "even",
+        "ever",
+        "every",
+        "much",
+        "many",
+        "may",
+        "might",
+        "must",
+        "shall",
+        "via",
+        "per",
+        "whether",
+        "though",
+        "although",
+        "unless",
+        "since",
+        "thus",
+    ]
+)
 # Words that frame or praise rather than state a fact about the story: not checked as plot claims.
-FRAME_WORDS = frozenset("""
-book books novel novels story stories tale tales read reads reading reader readers read enjoy
-enjoyed enjoying enjoys like liked likes love loved loves lover lovers fan fans favourite favorite
-recommend recommended recommendation pick picks choice great good best better wonderful
-beautiful beautifully compelling gripping thrilling captivating engaging moving powerful
-delightful charming fascinating brilliant perfect classic page turner page-turner genre genres
-author authors writer writers written writes write wrote series volume volumes installment
-instalment entry sequel prequel next title titles work works style tone voice prose kind sort
-similar same another also offers offer delivers deliver brings bring makes make take takes
-journey experience world worlds filled full rich vivid unforgettable unique fresh feel feels
-feeling may might will would could should want wants find finds found discover discovers
-explore explores exploring exploration tells tell told follows follow following about set
-features feature centers centres focuses around readers through way ways thing things lot lots
-something anything everything someone readers-who reader's you'll you're you've it's
-fun funny wit witty tension suspense suspenseful emotional heartfelt keep keeps kept
-""".split())
+FRAME_WORDS = frozenset(
+    [
+        "book",
+        "books",
+        "novel",
+        "novels",
+        "story",
+        "stories",
+        "tale",
+        "tales",
+        "read",
+        "reads",
+        "reading",
+        "reader",
+        "readers",
+        "read",
+        "enjoy",
+        "enjoyed",
+        "enjoying",
+        "enjoys",
+        "like",
+        "liked",
+        "likes",
+        "love",
+        "loved",
+        "loves",
+        "lover",
+        "lovers",
+        "fan",
+        "fans",
+        "favourite",
+        "favorite",
+        "recommend",
+        "recommended",
+        "recommendation",
+        "pick",
+        "picks",
+        "choice",
+        "great",
+        "good",
+        "best",
+        "better",
+        "wonderful",
+        "beautiful",
+        "beautifully",
+        "compelling",
+        "gripping",
+        "thrilling",
+        "captivating",
+        "engaging",
+        "moving",
+        "powerful",
+        "delightful",
+        "charming",
+        "fascinating",
+        "brilliant",
+        "perfect",
+        "classic",
+        "page",
+        "turner",
+        "page-turner",
+        "genre",
+        "genres",
+        "author",
+        "authors",
+        "writer",
+        "writers",
+        "written",
+        "writes",
+        "write",
+        "wrote",
+        "series",
+        "volume",
+        "volumes",
+        "installment",
+        "instalment",
+        "entry",
+        "sequel",
+        "prequel",
+        "next",
+        "title",
+        "titles",
+        "work",
+        "works",
+        "style",
+        "tone",
+        "voice",
+        "prose",
+        "kind",
+        "sort",
+        "similar",
+        "same",
+        "another",
+        "also",
+        "offers",
+        "offer",
+        "delivers",
+        "deliver",
+        "brings",
+        "bring",
+        "makes",
+        "make",
+        "take",
+        "takes",
+        "journey",
+        "experience",
+        "world",
+        "worlds",
+        "filled",
+        "full",
+        "rich",
+        "vivid",
+        "unforgettable",
+        "unique",
+        "fresh",
+        "feel",
+        "feels",
+        "feeling",
+        "may",
+        "might",
+        "will",
+        "would",
+        "could",
+        "should",
+        "want",
+        "wants",
+        "find",
+        "finds",
+        "found",
+        "discover",
+        "discovers",
+        "explore",
+        "explores",
+        "exploring",
+        "exploration",
+        "tells",
+        "tell",
+        "told",
+        "follows",
+        "follow",
+        "following",
+        "about",
+        "set",
+        "features",
+        "feature",
+        "centers",
+        "centres",
+        "focuses",
+        "around",
+        "readers",
+        "through",
+        "way",
+        "ways",
+        "thing",
+        "things",
+        "lot",
+        "lots",
+        "something",
+        "anything",
+        "everything",
+        "someone",
+        "readers-who",
+        "reader's",
+        "you'll",
+        "you're",
+        "you've",
+        "it's",
+        "fun",
+        "funny",
+        "wit",
+        "witty",
+        "tension",
+        "suspense",
+        "suspenseful",
+        "emotional",
+        "heartfelt",
+        "keep",
+        "keeps",
+        "kept",
+    ]
+)
 # Sentence cues of a plot claim inside the explanation (the blurb is checked sentence by sentence).
 _PLOT_CUE = re.compile(
     r"\b(about|follows|following|tells|told|story of|tale of|set in|centers on|centres on|"
-    r"character|characters|protagonist|hero|heroine|narrator|plot|where (a|an|the)|in which)\b", re.I)
+    r"character|characters|protagonist|hero|heroine|narrator|plot|where (a|an|the)|in which)\b",
+    re.I,
+)
 _CHARACTER = re.compile(
     r"\b(?:named|called|character|protagonist|heroine|hero|narrator)\b[,:]?\s+"
-    r"((?:[A-Z][\w'’.-]*)(?:\s+[A-Z][\w'’.-]*){0,2})")
-_NUMBER_WORDS = {"two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-                 "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "twenty": 20, "hundred": 100,
-                 "thousand": 1000, "million": 1000000}
-_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6,
-             "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10, "final": -1, "last": -1}
+    r"((?:[A-Z][\w'’.-]*)(?:\s+[A-Z][\w'’.-]*){0,2})"
+)
+_NUMBER_WORDS = {
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "twenty": 20,
+    "hundred": 100,
+    "thousand": 1000,
+    "million": 1000000,
+}
+_ORDINALS = {
+    "first": 1,
+    "second": 2,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "final": -1,
+    "last": -1,
+}
 _VOLUME = r"(?:book|novel|volume|installment|instalment|entry|part|instal?lment)"
 _POSITION = [
     re.compile(rf"\b(?P<ord>{'|'.join(_ORDINALS)}|\d+(?:st|nd|rd|th))\s+{_VOLUME}\b", re.I),
-    re.compile(rf"\b{_VOLUME}\s+(?P<num>\d+|{'|'.join(['one', *_NUMBER_WORDS])})\s+(?:of|in)\b", re.I),
+    re.compile(
+        rf"\b{_VOLUME}\s+(?P<num>\d+|{'|'.join(['one', *_NUMBER_WORDS])})\s+(?:of|in)\b", re.I
+    ),
     re.compile(r"#\s?(?P<num>\d+)"),
 ]
-_SEQUEL = re.compile(r"\b(sequel|continues the (story|series|saga)|next (book|volume|installment|instalment|"
-                     r"entry|chapter) (in|of))\b", re.I)
+_SEQUEL = re.compile(
+    r"\b(sequel|continues the (story|series|saga)|next (book|volume|installment|instalment|"
+    r"entry|chapter) (in|of))\b",
+    re.I,
+)
 _SERIES_WORD = re.compile(r"\b(series|saga|trilogy)\b", re.I)
 # "you loved X", "books you enjoyed such as X": the sentence claims the reader liked what it names.
-_LIKED = re.compile(r"\byou\s+(?:really\s+|also\s+|already\s+)?(loved|liked|enjoyed|adored|devoured|"
-                    r"rated|gave|praised|treasured|raved)\b|\byour (favou?rite|top-rated|five-star|5-star)\b",
-                    re.I)
+_LIKED = re.compile(
+    r"\byou\s+(?:really\s+|also\s+|already\s+)?(loved|liked|enjoyed|adored|devoured|"
+    r"rated|gave|praised|treasured|raved)\b|\byour (favou?rite|top-rated|five-star|5-star)\b",
+    re.I,
+)
 _DISLIKED = re.compile(r"\byou\s+(disliked|hated|did not like|didn't like)\b", re.I)
 _STARS = re.compile(r"\b(\d(?:\.\d)?)\s*(?:stars?|★|/\s*5|out of 5)", re.I)
-_GENERIC_TAGS = frozenset({"fiction", "books", "book", "novel", "novels", "adult", "literature", "general",
-                           "favorites", "favourites", "owned", "to-read", "default", "series", "kindle",
-                           "library", "ebook", "audiobook", "my-books", "re-read", "english", "novella"})
+_GENERIC_TAGS = frozenset(
+    {
+        "fiction",
+        "books",
+        "book",
+        "novel",
+        "novels",
+        "adult",
+        "literature",
+        "general",
+        "favorites",
+        "favourites",
+        "owned",
+        "to-read",
+        "default",
+        "series",
+        "kindle",
+        "library",
+        "ebook",
+        "audiobook",
+        "my-books",
+        "re-read",
+        "english",
+        "novella",
+    }
+)
 
 
 # -- words -------------------------------------------------------------------------------------
@@ -173,8 +575,10 @@ def tag_phrase(tag: str) -> str:
 def _phrase_in(phrase: str, toks: Sequence[str]) -> bool:
     p = phrase.split()
     n = len(p)
-    return n > 0 and any(all(_same(stem(toks[i + k]), stem(p[k])) for k in range(n))
-                         for i in range(len(toks) - n + 1))
+    return n > 0 and any(
+        all(_same(stem(toks[i + k]), stem(p[k])) for k in range(n))
+        for i in range(len(toks) - n + 1)
+    )
 
 
 def _title_main(title: str) -> str:
@@ -204,37 +608,75 @@ class ClaimContext:
 
     def __post_init__(self) -> None:
         b = self.book
-        ev_books = [self.books_by_id[i] for e in self.evidence for i in e.book_ids if i in self.books_by_id]
+        ev_books = [
+            self.books_by_id[i] for e in self.evidence for i in e.book_ids if i in self.books_by_id
+        ]
         self.ev_books = ev_books
-        self.own_text = " ".join([b.title, *b.authors, *(map(tag_phrase, b.tags)), b.series or "",
-                                  b.description, str(b.year or "")])
+        self.own_text = " ".join(
+            [
+                b.title,
+                *b.authors,
+                *(map(tag_phrase, b.tags)),
+                b.series or "",
+                b.description,
+                str(b.year or ""),
+            ]
+        )
         self.own = Vocabulary([self.own_text])
         self.own_tags = {tag_phrase(t) for t in b.tags}
         ev_text = []
         for e in self.evidence:
             # a query_match's text is the request itself, kept apart in ``query``
-            ev_text += [*e.authors, *(tag_phrase(t) for t in e.tags), e.series or "",
-                        "" if e.kind == "query_match" else e.text or ""]
+            ev_text += [
+                *e.authors,
+                *(tag_phrase(t) for t in e.tags),
+                e.series or "",
+                "" if e.kind == "query_match" else e.text or "",
+            ]
         hist_text = [f"{h.title} {' '.join(h.authors)} {h.series or ''}" for h, _ in self.history]
-        self.ev_text = " ".join(ev_text + [f"{x.title} {' '.join(x.authors)} {x.series or ''}" for x in ev_books])
+        self.ev_text = " ".join(
+            ev_text + [f"{x.title} {' '.join(x.authors)} {x.series or ''}" for x in ev_books]
+        )
         self.hist_text = " ".join(hist_text)
         self.reader = Vocabulary([self.ev_text, self.hist_text, self.query or "", self.own_text])
         self.reader_no_query = Vocabulary([self.ev_text, self.hist_text, self.own_text])
-        self.reader_tags = self.own_tags | {tag_phrase(t) for e in self.evidence for t in e.tags} | {
-            tag_phrase(t) for h, _ in self.history for t in h.tags} | {tag_phrase(t) for x in ev_books for t in x.tags}
+        self.reader_tags = (
+            self.own_tags
+            | {tag_phrase(t) for e in self.evidence for t in e.tags}
+            | {tag_phrase(t) for h, _ in self.history for t in h.tags}
+            | {tag_phrase(t) for x in ev_books for t in x.tags}
+        )
         self.numbers = self._numbers()
-        self.vocab_tags = sorted({t for t in self.tag_vocab if t and t not in _GENERIC_TAGS},
-                                 key=lambda t: -len(t.split()))
+        self.vocab_tags = sorted(
+            {t for t in self.tag_vocab if t and t not in _GENERIC_TAGS},
+            key=lambda t: -len(t.split()),
+        )
 
     def _numbers(self) -> set[float]:
         """Every number a text may state: the book's, the evidence's and the reader's ratings."""
         b = self.book
         nums: set[float] = set()
-        for t in [b.title, b.description, b.series or "", self.query or "", self.ev_text, self.hist_text]:
+        for t in [
+            b.title,
+            b.description,
+            b.series or "",
+            self.query or "",
+            self.ev_text,
+            self.hist_text,
+        ]:
             nums.update(float(x) for x in re.findall(r"\d+(?:\.\d+)?", t))
-        said = set(words(" ".join([b.title, b.description, self.query or "", self.ev_text, self.hist_text])))
+        said = set(
+            words(
+                " ".join([b.title, b.description, self.query or "", self.ev_text, self.hist_text])
+            )
+        )
         nums.update(float(v) for w, v in _NUMBER_WORDS.items() if w in said)
-        for x in [b.year, b.series_index, *(h.year for h, _ in self.history), *(h.series_index for h, _ in self.history)]:
+        for x in [
+            b.year,
+            b.series_index,
+            *(h.year for h, _ in self.history),
+            *(h.series_index for h, _ in self.history),
+        ]:
             if x is not None:
                 nums.add(float(x))
         for _, r in self.history:
@@ -243,7 +685,9 @@ class ClaimContext:
         for e in self.evidence:
             for v in (e.count, e.value, e.share):
                 if v is not None:
-                    nums.update({float(v), round(float(v), 1), round(float(v), 2), float(round(float(v)))})
+                    nums.update(
+                        {float(v), round(float(v), 1), round(float(v), 2), float(round(float(v)))}
+                    )
             if e.share is not None:
                 nums.add(float(round(e.share * 100)))
         nums.update({4.0, 5.0})  # "rated it 4 or 5" is how the evidence lines speak of co-readers
@@ -255,7 +699,12 @@ class ClaimContext:
         for h, r in self.history:
             for name in {_title_main(h.title), h.series or ""}:
                 key = [w for w in words(name) if w not in ("the", "a", "an")] if name else []
-                if key and len(key) >= 1 and _phrase_in(" ".join(key), toks) and (len(key) > 1 or len(key[0]) > 4):
+                if (
+                    key
+                    and len(key) >= 1
+                    and _phrase_in(" ".join(key), toks)
+                    and (len(key) > 1 or len(key[0]) > 4)
+                ):
                     out.append((h, r))
                     break
         return out
@@ -279,8 +728,12 @@ def _proper_nouns(text: str, vocab: Vocabulary) -> str | None:
 
 def _characters(text: str, ctx: ClaimContext) -> str | None:
     desc = Vocabulary([ctx.book.description])
-    authors = {w for b in [ctx.book, *(h for h, _ in ctx.history), *ctx.ev_books] for a in b.authors
-               for w in words(a)}
+    authors = {
+        w
+        for b in [ctx.book, *(h for h, _ in ctx.history), *ctx.ev_books]
+        for a in b.authors
+        for w in words(a)
+    }
     for m in _CHARACTER.finditer(text):
         name = words(m.group(1))
         if not name:
@@ -319,7 +772,7 @@ def _series(text: str, ctx: ClaimContext, blurb: bool) -> str | None:
         for m in pat.finditer(text):
             if m.groupdict().get("ord"):
                 o = m.group("ord").lower()
-                n = _ORDINALS.get(o, None)
+                n = _ORDINALS.get(o)
                 if n is None:
                     n = int(re.match(r"\d+", o).group())
             else:
@@ -335,7 +788,11 @@ def _series(text: str, ctx: ClaimContext, blurb: bool) -> str | None:
         follows = any(e.kind == "series_next" for e in ctx.evidence) or (b.series_index or 0) > 1
         if not follows:
             return "calls it a sequel / next volume, which the records do not hold"
-    if _SERIES_WORD.search(text) and not has_series and not re.search(r"\bseries\b", b.description, re.I):
+    if (
+        _SERIES_WORD.search(text)
+        and not has_series
+        and not re.search(r"\bseries\b", b.description, re.I)
+    ):
         return "speaks of a series, but no record holds one"
     return None
 
@@ -347,13 +804,17 @@ def _tags(text: str, allowed: set[str], ctx: ClaimContext, vocab: Vocabulary) ->
         p = tag.split()
         n = len(p)
         for i in range(len(toks) - n + 1):
-            if any(taken[i: i + n]):
+            if any(taken[i : i + n]):
                 continue
             if all(stem(toks[i + k]) == stem(p[k]) for k in range(n)):
                 for k in range(n):
                     taken[i + k] = True
-                said = toks[i: i + n]
-                if tag not in allowed and not all(vocab.has(w) for w in p) and not all(vocab.has(w) for w in said):
+                said = toks[i : i + n]
+                if (
+                    tag not in allowed
+                    and not all(vocab.has(w) for w in p)
+                    and not all(vocab.has(w) for w in said)
+                ):
                     return f"claims the tag/genre {tag!r}, which the records do not hold"
     return None
 
@@ -384,37 +845,52 @@ def _plot(text: str, ctx: ClaimContext, every_sentence: bool) -> str | None:
                 continue
         share, miss = plot_support(probe, ctx)
         if share < PLOT_SUPPORT:
-            return (f"describes the story in words the book's record does not support "
-                    f"({share:.0%} supported; e.g. {', '.join(miss[:4])})")
+            return (
+                f"describes the story in words the book's record does not support "
+                f"({share:.0%} supported; e.g. {', '.join(miss[:4])})"
+            )
     return None
 
 
 def _strip_names(sentence: str, books: Sequence[Book]) -> str:
     """The sentence with the names of ``books`` (full and main titles, series) blanked out."""
-    forms = sorted({f for b in books for f in (b.title, _title_main(b.title), b.series or "") if f},
-                   key=len, reverse=True)
+    forms = sorted(
+        {f for b in books for f in (b.title, _title_main(b.title), b.series or "") if f},
+        key=len,
+        reverse=True,
+    )
     for f in forms:
         sentence = re.sub(re.escape(f), " ", sentence, flags=re.I)
     return sentence
 
 
-_RATED_AFTER = re.compile(r"^[”\"’'*_]?\s*(?:\(\s*)?(\d(?:\.\d)?)\s*(?:stars?|★|/\s*5|out of 5)", re.I)
+_RATED_AFTER = re.compile(
+    r"^[”\"’'*_]?\s*(?:\(\s*)?(\d(?:\.\d)?)\s*(?:stars?|★|/\s*5|out of 5)", re.I
+)
 
 
 def _reader_claims(text: str, ctx: ClaimContext) -> str | None:
     own = [h for h, _ in ctx.history] + list(ctx.ev_books) + [ctx.book]
     for s in sentences(text):
         # a rating quoted right after one of the reader's titles ("X (4★)", "X 5 stars") is theirs
-        forms = sorted(((f, h, r) for h, r in ctx.history for f in {h.title, _title_main(h.title)}),
-                       key=lambda x: -len(x[0]))
+        forms = sorted(
+            ((f, h, r) for h, r in ctx.history for f in {h.title, _title_main(h.title)}),
+            key=lambda x: -len(x[0]),
+        )
         scan = s
         for form, h, r in forms:  # longest first, blanked once read: "Night" is not "Ladies' Night"
             for m in list(re.finditer(r"(?<!\w)" + re.escape(form) + r"(?!\w)", scan, flags=re.I)):
-                q = _RATED_AFTER.match(scan[m.end():])
+                q = _RATED_AFTER.match(scan[m.end() :])
                 if q and r is not None and float(q.group(1)) != float(r):
-                    return f"quotes your rating of {h.title!r} as {q.group(1)}, but you rated it {r:g}"
-            scan = re.sub(r"(?<!\w)" + re.escape(form) + r"(?!\w)", lambda m: "_" * len(m.group()), scan,
-                          flags=re.I)
+                    return (
+                        f"quotes your rating of {h.title!r} as {q.group(1)}, but you rated it {r:g}"
+                    )
+            scan = re.sub(
+                r"(?<!\w)" + re.escape(form) + r"(?!\w)",
+                lambda m: "_" * len(m.group()),
+                scan,
+                flags=re.I,
+            )
         liked, disliked = _LIKED.search(s), _DISLIKED.search(s)
         if not (liked or disliked):
             continue
@@ -423,7 +899,11 @@ def _reader_claims(text: str, ctx: ClaimContext) -> str | None:
             if h.book_id == ctx.book.book_id:
                 continue
             key = [w for w in words(_title_main(h.title)) if w not in ("the", "a", "an")]
-            if not key or not _phrase_in(" ".join(key), toks) or (len(key) == 1 and len(key[0]) <= 4):
+            if (
+                not key
+                or not _phrase_in(" ".join(key), toks)
+                or (len(key) == 1 and len(key[0]) <= 4)
+            ):
                 continue
             if liked and r is not None and r < LIKED_RATING and not _STARS.search(s):
                 return f"says you liked {h.title!r}, but you rated it {r:g}"
@@ -448,11 +928,11 @@ def _authorship(text: str, ctx: ClaimContext) -> str | None:
         toks = words(text)
         n = len(t)
         for i in range(len(toks) - n + 1):
-            if toks[i: i + n] != t:
+            if toks[i : i + n] != t:
                 continue
             j = i + n
             if j < len(toks) and toks[j] == "by":
-                after = toks[j + 1: j + 5]
+                after = toks[j + 1 : j + 5]
                 for a in all_authors:
                     aw = words(a)
                     if after[: len(aw)] == aw and a not in b.authors:
@@ -470,7 +950,10 @@ def facets(blurb: str, ctx: ClaimContext) -> int:
     for tag in sorted(ctx.own_tags, key=lambda t: -len(t.split())):
         p = tag.split()
         for i in range(len(toks) - len(p) + 1):
-            if all(_same(stem(toks[i + k]), stem(x)) for k, x in enumerate(p)) and tag not in _GENERIC_TAGS:
+            if (
+                all(_same(stem(toks[i + k]), stem(x)) for k, x in enumerate(p))
+                and tag not in _GENERIC_TAGS
+            ):
                 found.add("tag:" + tag)
                 used.update(range(i, i + len(p)))
     desc = Vocabulary([b.description])
@@ -488,7 +971,10 @@ def _personal(text: str, ctx: ClaimContext) -> str | None:
     mine = [*(h for h, _ in ctx.history), *ctx.ev_books]
     reader = bool(ctx.history_title_hits(toks)) or any(
         _phrase_in(" ".join(w for w in words(n) if w not in ("the", "a", "an")), toks)
-        for b in mine for n in (_title_main(b.title), *b.authors) if len(words(n)) >= 2)
+        for b in mine
+        for n in (_title_main(b.title), *b.authors)
+        if len(words(n)) >= 2
+    )
     q = [w for w in content_words(ctx.query or "") if w not in FRAME_WORDS]
     if q and any(w in toks or any(_same(stem(w), stem(t)) for t in toks) for w in q):
         reader = True
@@ -498,14 +984,18 @@ def _personal(text: str, ctx: ClaimContext) -> str | None:
     for e in ctx.evidence:
         names = [*e.authors, *(tag_phrase(t) for t in e.tags), e.series or ""]
         names += [_title_main(ctx.books_by_id[i].title) for i in e.book_ids if i in ctx.books_by_id]
-        if any(n and _phrase_in(" ".join(w for w in words(n) if w not in ("the", "a", "an")), toks)
-               for n in names):
-            ev = True
-        elif e.kind == "co_readers" and re.search(r"\breaders?\b", text, re.I):
-            ev = True
-        elif e.kind == "popular" and re.search(r"\b(popular|widely read|ratings?|loved by many)\b", text, re.I):
-            ev = True
-        elif e.kind == "to_read" and re.search(r"\b(to-read|to read|saved|shelf|list)\b", text, re.I):
+        if (
+            any(
+                n and _phrase_in(" ".join(w for w in words(n) if w not in ("the", "a", "an")), toks)
+                for n in names
+            )
+            or e.kind == "co_readers"
+            and re.search(r"\breaders?\b", text, re.I)
+            or e.kind == "popular"
+            and re.search(r"\b(popular|widely read|ratings?|loved by many)\b", text, re.I)
+            or e.kind == "to_read"
+            and re.search(r"\b(to-read|to read|saved|shelf|list)\b", text, re.I)
+        ):
             ev = True
         elif e.kind == "query_match" and q:
             ev = ev or reader
@@ -514,8 +1004,13 @@ def _personal(text: str, ctx: ClaimContext) -> str | None:
     return None
 
 
-def check_claims(explanation: str, blurb: str | None, ctx: ClaimContext,
-                 shown: Sequence[str] = (), rules: str = "all") -> str | None:
+def check_claims(
+    explanation: str,
+    blurb: str | None,
+    ctx: ClaimContext,
+    shown: Sequence[str] = (),
+    rules: str = "all",
+) -> str | None:
     """Why the texts must not be shown, or ``None`` when every claim is supported.
 
     Args:
@@ -541,14 +1036,23 @@ def check_claims(explanation: str, blurb: str | None, ctx: ClaimContext,
         tag_text = text
         if ctx.query:  # only where the text quotes it as the request
             q = re.escape(ctx.query.strip())
-            tag_text = re.sub(rf"[“\"‘']\s*{q}\s*[”\"’']|(asked for|requested|request for|looking for|"
-                              rf"you want(ed)?|your request,?)\s*{q}", " ", text, flags=re.I)
+            tag_text = re.sub(
+                rf"[“\"‘']\s*{q}\s*[”\"’']|(asked for|requested|request for|looking for|"
+                rf"you want(ed)?|your request,?)\s*{q}",
+                " ",
+                text,
+                flags=re.I,
+            )
         tag_vocab = own_only if is_blurb else ctx.reader_no_query
         for reason in (
             _proper_nouns(text, vocab),
             _characters(text, ctx),
             _numbers(text, ctx),
-            _series(_strip_names(text, [ctx.book, *(h for h, _ in ctx.history), *ctx.ev_books]), ctx, is_blurb),
+            _series(
+                _strip_names(text, [ctx.book, *(h for h, _ in ctx.history), *ctx.ev_books]),
+                ctx,
+                is_blurb,
+            ),
             _tags(tag_text, allowed_tags, ctx, tag_vocab),
             _plot(text, ctx, every_sentence=is_blurb),
             _reader_claims(text, ctx) if not is_blurb else None,

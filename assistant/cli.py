@@ -10,8 +10,8 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from retrieval.errors import ReadnextError
 
@@ -19,7 +19,9 @@ from retrieval.errors import ReadnextError
 def _settings(args):
     from retrieval.config import Settings
 
-    s = Settings.load(config_file=getattr(args, "config", None), home=getattr(args, "data_dir", None))
+    s = Settings.load(
+        config_file=getattr(args, "config", None), home=getattr(args, "data_dir", None)
+    )
     if getattr(args, "llm", None):
         s.llm.backend = args.llm
     if getattr(args, "llm_model", None):
@@ -49,11 +51,14 @@ def cmd_ingest(args) -> int:
     fmt = args.format
     if fmt is None:
         fmt = detect_format(args.dataset) if args.dataset else ("generic" if args.books else "demo")
-    ds = load_dataset(fmt, args.books, args.ratings, args.tags, args.book_tags, args.to_read, args.dataset)
+    ds = load_dataset(
+        fmt, args.books, args.ratings, args.tags, args.book_tags, args.to_read, args.dataset
+    )
     for n in ds.notes:
         print(f"note: {n}", file=sys.stderr)
-    out = ingest(ds, s, progress=not args.no_progress and not args.json, quiet=args.json,
-                 force=args.force)
+    out = ingest(
+        ds, s, progress=not args.no_progress and not args.json, quiet=args.json, force=args.force
+    )
     meta = json.loads((out / "meta.json").read_text())
     _print(args, {"index": str(out), **meta}, "")
     return 0
@@ -62,8 +67,12 @@ def cmd_ingest(args) -> int:
 def cmd_users(args) -> int:
     rec = _open(args)
     users = rec.users()
-    _print(args, users, "\n".join(f"{u['user_id']}\t{u['n_ratings']} ratings" for u in users[: args.limit or None])
-           + (f"\n... {len(users)} readers in all" if args.limit and len(users) > args.limit else ""))
+    _print(
+        args,
+        users,
+        "\n".join(f"{u['user_id']}\t{u['n_ratings']} ratings" for u in users[: args.limit or None])
+        + (f"\n... {len(users)} readers in all" if args.limit and len(users) > args.limit else ""),
+    )
     return 0
 
 
@@ -71,20 +80,36 @@ def cmd_history(args) -> int:
     rec = _open(args)
     hist = rec.history(args.user)
     if not hist:
-        raise ReadnextError(f"reader {args.user!r} has no rated books yet: rate some with `readnext feedback` "
-                            "or import a Goodreads export")
-    items = [{"book_id": r.book_id, "title": rec.books[r.book_id].title, "authors": list(rec.books[r.book_id].authors),
-              "rating": r.rating, "ts": r.ts} for r in hist]
-    _print(args, {"user_id": args.user, "items": items},
-           "\n".join(f"{i['rating']:g}★  {i['title']} — {', '.join(i['authors'])}" for i in items))
+        raise ReadnextError(
+            f"reader {args.user!r} has no rated books yet: rate some with `readnext feedback` "
+            "or import a Goodreads export"
+        )
+    items = [
+        {
+            "book_id": r.book_id,
+            "title": rec.books[r.book_id].title,
+            "authors": list(rec.books[r.book_id].authors),
+            "rating": r.rating,
+            "ts": r.ts,
+        }
+        for r in hist
+    ]
+    _print(
+        args,
+        {"user_id": args.user, "items": items},
+        "\n".join(f"{i['rating']:g}★  {i['title']} — {', '.join(i['authors'])}" for i in items),
+    )
     return 0
 
 
 def _rec_text(items, notes) -> str:
     lines = [f"note: {n}" for n in notes]
     for r in items:
-        lines.append(f"{r.rank}. {r.title} — {', '.join(r.authors)}"
-                     + (f" ({r.year})" if r.year is not None else "") + f"   [{' + '.join(r.sources)}]")
+        lines.append(
+            f"{r.rank}. {r.title} — {', '.join(r.authors)}"
+            + (f" ({r.year})" if r.year is not None else "")
+            + f"   [{' + '.join(r.sources)}]"
+        )
         lines.append(f"   {r.explanation}")
         if r.blurb:
             lines.append(f"   {r.blurb}")
@@ -99,14 +124,18 @@ def _parse_history(text: str, rec) -> list[tuple[str, float, float]]:
         try:
             r = float(rating) if sep else 5.0
         except ValueError:
-            raise ReadnextError(f"--history item {i + 1} ({part[:40]!r}): the rating after ':' must be a number "
-                                "1-5, e.g. 2767052:5") from None
+            raise ReadnextError(
+                f"--history item {i + 1} ({part[:40]!r}): the rating after ':' must be a number "
+                "1-5, e.g. 2767052:5"
+            ) from None
         book = book if sep else part
         if not 1 <= r <= 5:
             raise ReadnextError(f"--history item {i + 1} ({part[:40]!r}): ratings go from 1 to 5")
         if book not in rec.books:
-            raise ReadnextError(f"--history item {i + 1}: no book with id {book[:40]!r} in this index; "
-                                "book ids are in `readnext history --json` and the dataset's books file")
+            raise ReadnextError(
+                f"--history item {i + 1}: no book with id {book[:40]!r} in this index; "
+                "book ids are in `readnext history --json` and the dataset's books file"
+            )
         out.append((book, r, float(i)))
     if not out:
         raise ReadnextError("--history is empty: give BOOK_ID:RATING,... (e.g. 2767052:5,3:4)")
@@ -118,8 +147,11 @@ def cmd_recommend(args) -> int:
         raise ReadnextError("give --user ID, --history BOOK_ID:RATING,... and/or --query TEXT")
     rec = _open(args)
     history = _parse_history(args.history, rec) if getattr(args, "history", None) else None
-    explain = args.explain_llm if args.explain_llm is not None else (
-        rec.settings.llm.explain_top if args.rerank == "llm" or args.llm else 0)
+    explain = (
+        args.explain_llm
+        if args.explain_llm is not None
+        else (rec.settings.llm.explain_top if args.rerank == "llm" or args.llm else 0)
+    )
     understood = None
     if args.query and args.source == "hybrid" and history is None:
         # The same request understanding as the chat (assistant.intent): tags, authors,
@@ -136,20 +168,45 @@ def cmd_recommend(args) -> int:
         if intent.title_ref:
             hit = parser.matcher.title(intent.title_ref)
             anchor = hit.book_id if hit else None
-        req = follow_up(None, intent, anchor if kind == "more_like" else None, rec.books,
-                        rec.settings.request.tag_boost)
-        res = recommend_request(rec, req, args.user, args.k, rerank=args.rerank, explain_llm=explain)
-        understood = {"text": describe_request(req, rec.books), "parser": parser.last_source,
-                      "intent": intent.to_dict(), "anchor": req.anchor}
+        req = follow_up(
+            None,
+            intent,
+            anchor if kind == "more_like" else None,
+            rec.books,
+            rec.settings.request.tag_boost,
+        )
+        res = recommend_request(
+            rec, req, args.user, args.k, rerank=args.rerank, explain_llm=explain
+        )
+        understood = {
+            "text": describe_request(req, rec.books),
+            "parser": parser.last_source,
+            "intent": intent.to_dict(),
+            "anchor": req.anchor,
+        }
         if understood["text"]:
             res.notes.insert(0, f"understood: {understood['text']} ({parser.last_source})")
     else:
-        res = rec.recommend_full(user_id=args.user, history=history, query=args.query, k=args.k,
-                                 source=args.source, rerank=args.rerank, explain_llm=explain)
-    obj = {"user_id": args.user, "query": args.query, "source": args.source, "rerank": args.rerank,
-           "understood": understood,
-           "history": [{"book_id": b, "rating": r} for b, r, _ in history] if history else None,
-           "items": [r.to_dict() for r in res.items], "notes": res.notes, "timings_ms": res.timings_ms}
+        res = rec.recommend_full(
+            user_id=args.user,
+            history=history,
+            query=args.query,
+            k=args.k,
+            source=args.source,
+            rerank=args.rerank,
+            explain_llm=explain,
+        )
+    obj = {
+        "user_id": args.user,
+        "query": args.query,
+        "source": args.source,
+        "rerank": args.rerank,
+        "understood": understood,
+        "history": [{"book_id": b, "rating": r} for b, r, _ in history] if history else None,
+        "items": [r.to_dict() for r in res.items],
+        "notes": res.notes,
+        "timings_ms": res.timings_ms,
+    }
     _print(args, obj, _rec_text(res.items, res.notes))
     return 0
 
@@ -157,8 +214,12 @@ def cmd_recommend(args) -> int:
 def cmd_explain(args) -> int:
     rec = _open(args)
     r = rec.explain(args.user, args.book, llm=bool(args.llm))
-    _print(args, {"user_id": args.user, **r.to_dict()},
-           f"{r.title} — {', '.join(r.authors)}\n{r.explanation}" + (f"\n{r.blurb}" if r.blurb else ""))
+    _print(
+        args,
+        {"user_id": args.user, **r.to_dict()},
+        f"{r.title} — {', '.join(r.authors)}\n{r.explanation}"
+        + (f"\n{r.blurb}" if r.blurb else ""),
+    )
     return 0
 
 
@@ -170,23 +231,32 @@ def cmd_feedback(args) -> int:
     rec = _open(args)
     value = args.rating if args.rating is not None else args.signal
     if value is None:
-        raise ReadnextError("give --rating 1-5 or --signal like|dislike|read|not_interested|to_read")
+        raise ReadnextError(
+            "give --rating 1-5 or --signal like|dislike|read|not_interested|to_read"
+        )
     rec.add_feedback(args.user, args.book, value, create_user=args.create)
-    _print(args, {"user_id": args.user, "book_id": args.book, "feedback": value, "ok": True},
-           f"recorded {value} for {rec.books[args.book].title}")
+    _print(
+        args,
+        {"user_id": args.user, "book_id": args.book, "feedback": value, "ok": True},
+        f"recorded {value} for {rec.books[args.book].title}",
+    )
     return 0
 
 
 def cmd_import(args) -> int:
-    from .importer import LISTED, excerpt, import_export
     from retrieval.privacy import check_reader_id
+
+    from .importer import LISTED, excerpt, import_export
 
     check_reader_id(args.user)
     rec = _open(args)
     res = import_export(rec, args.file, args.user)
     # The message names the first few unmatched titles; a long list goes one per line.
-    lines = [res.message()] + ([f"  not in the catalog: {excerpt(t, 100)}" for t in res.unmatched]
-                               if len(res.unmatched) > LISTED else [])
+    lines = [res.message()] + (
+        [f"  not in the catalog: {excerpt(t, 100)}" for t in res.unmatched]
+        if len(res.unmatched) > LISTED
+        else []
+    )
     _print(args, res.to_dict(), "\n".join(lines))
     return 0
 
@@ -198,8 +268,9 @@ def cmd_chat(args) -> int:
     auth = list(args.auth or [])
     if not auth and os.environ.get("READNEXT_CHAT_AUTH"):
         auth = [os.environ["READNEXT_CHAT_AUTH"]]
-    launch(s, host=args.host, port=args.port, auth=auth, admins=args.admin or [],
-           open_browser=False)
+    launch(
+        s, host=args.host, port=args.port, auth=auth, admins=args.admin or [], open_browser=False
+    )
     return 0
 
 
@@ -208,8 +279,13 @@ def cmd_serve_llm(args) -> int:
     from .llm.server import serve
 
     s = _settings(args)
-    serve(load_backend(args.llm or s.llm.backend if (args.llm or s.llm.backend) != "none" else "local"),
-          host=args.host, port=args.port)
+    serve(
+        load_backend(
+            args.llm or s.llm.backend if (args.llm or s.llm.backend) != "none" else "local"
+        ),
+        host=args.host,
+        port=args.port,
+    )
     return 0
 
 
@@ -235,13 +311,21 @@ def cmd_eval(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="index/data folder (default: READNEXT_HOME or ~/.readnext)")
-    common.add_argument("--config", help="TOML config file (default: DATA_DIR/config.toml if present)")
+    common.add_argument(
+        "--data-dir", help="index/data folder (default: READNEXT_HOME or ~/.readnext)"
+    )
+    common.add_argument(
+        "--config", help="TOML config file (default: DATA_DIR/config.toml if present)"
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    p = argparse.ArgumentParser(prog="readnext", description="Book recommendations with grounded explanations.")
+    p = argparse.ArgumentParser(
+        prog="readnext", description="Book recommendations with grounded explanations."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    a = sub.add_parser("ingest", parents=[common], help="build the index from a dataset (default: the demo)")
+    a = sub.add_parser(
+        "ingest", parents=[common], help="build the index from a dataset (default: the demo)"
+    )
     a.add_argument("--format", choices=["demo", "generic", "goodbooks", "bookcrossing"])
     a.add_argument("--dataset", help="dataset folder (format auto-detected)")
     a.add_argument("--books")
@@ -250,9 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--book-tags", help="goodbooks book_tags.csv")
     a.add_argument("--to-read")
     a.add_argument("--no-progress", action="store_true")
-    a.add_argument("--force", action="store_true",
-                   help="replace the live index even with an empty or much smaller catalog "
-                        "or reader set")
+    a.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the live index even with an empty or much smaller catalog or reader set",
+    )
     a.set_defaults(func=cmd_ingest)
 
     a = sub.add_parser("users", parents=[common], help="list readers")
@@ -263,21 +349,36 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--user", required=True)
     a.set_defaults(func=cmd_history)
 
-    a = sub.add_parser("recommend", parents=[common], help="recommend books for a reader and/or a request")
+    a = sub.add_parser(
+        "recommend", parents=[common], help="recommend books for a reader and/or a request"
+    )
     a.add_argument("--user")
     a.add_argument("--query")
     a.add_argument("-k", type=int, default=10)
     from retrieval.registry import source_names
 
-    a.add_argument("--source", default="hybrid", choices=["hybrid", *source_names()],
-                   help="candidate source (sequence, sasrec: only for data with an order of events; "
-                        "readers: books rated by the readers whose taste is closest)")
-    a.add_argument("--history", help="ad hoc reader: BOOK_ID:RATING,... oldest first (e.g. a new reader's "
-                                     "loved books), alone or added to --user's")
+    a.add_argument(
+        "--source",
+        default="hybrid",
+        choices=["hybrid", *source_names()],
+        help="candidate source (sequence, sasrec: only for data with an order of events; "
+        "readers: books rated by the readers whose taste is closest)",
+    )
+    a.add_argument(
+        "--history",
+        help="ad hoc reader: BOOK_ID:RATING,... oldest first (e.g. a new reader's "
+        "loved books), alone or added to --user's",
+    )
     a.add_argument("--rerank", choices=["llm"], help="rerank the top candidates with the LLM")
-    a.add_argument("--llm", help="LLM backend: none | local | HF model id or path | http://host:port/v1")
+    a.add_argument(
+        "--llm", help="LLM backend: none | local | HF model id or path | http://host:port/v1"
+    )
     a.add_argument("--llm-model", help="model name for an endpoint backend")
-    a.add_argument("--explain-llm", type=int, help="how many top picks get LLM text (default: config llm.explain_top)")
+    a.add_argument(
+        "--explain-llm",
+        type=int,
+        help="how many top picks get LLM text (default: config llm.explain_top)",
+    )
     a.set_defaults(func=cmd_recommend)
 
     a = sub.add_parser("explain", parents=[common], help="why a book for a reader")
@@ -295,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--create", action="store_true", help="create the reader if new")
     a.set_defaults(func=cmd_feedback)
 
-    a = sub.add_parser("import-goodreads", parents=[common], help="import a Goodreads library export as a reader")
+    a = sub.add_parser(
+        "import-goodreads", parents=[common], help="import a Goodreads library export as a reader"
+    )
     a.add_argument("file")
     a.add_argument("--user", required=True)
     a.set_defaults(func=cmd_import)
@@ -303,11 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("chat", parents=[common], help="start the Gradio chat assistant")
     a.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     a.add_argument("--port", type=int, default=None)
-    a.add_argument("--auth", action="append", metavar="USER:PASSWORD",
-                   help="an account (repeatable); with any account, sign-in is required and "
-                        "each account reads as itself (required off loopback)")
-    a.add_argument("--admin", action="append", metavar="USER",
-                   help="give this --auth account the admin role")
+    a.add_argument(
+        "--auth",
+        action="append",
+        metavar="USER:PASSWORD",
+        help="an account (repeatable); with any account, sign-in is required and "
+        "each account reads as itself (required off loopback)",
+    )
+    a.add_argument(
+        "--admin", action="append", metavar="USER", help="give this --auth account the admin role"
+    )
     a.add_argument("--llm")
     a.add_argument("--llm-model")
     a.set_defaults(func=cmd_chat)
@@ -316,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_privacy_commands(sub, common)
 
-    a = sub.add_parser("serve-llm", parents=[common], help="serve an LLM backend as an OpenAI-compatible endpoint")
+    a = sub.add_parser(
+        "serve-llm", parents=[common], help="serve an LLM backend as an OpenAI-compatible endpoint"
+    )
     a.add_argument("--llm", help="backend to serve (default: the offline local model)")
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=int, default=8000)
@@ -325,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("config", parents=[common], help="print the effective configuration")
     a.set_defaults(func=cmd_config)
 
-    a = sub.add_parser("doctor", parents=[common], help="check the environment and say how to fix problems")
+    a = sub.add_parser(
+        "doctor", parents=[common], help="check the environment and say how to fix problems"
+    )
     a.add_argument("--llm", help="LLM backend to check (default: config llm.backend)")
     a.set_defaults(func=cmd_doctor)
 

@@ -7,7 +7,7 @@ there is no LLM or its text fails the grounding guard.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from retrieval.evidence import strength
 from retrieval.types import Book, Evidence
@@ -26,7 +26,9 @@ def _stars(r: float | None) -> str:
     return f"{r:g}★"
 
 
-def _titles(books: Mapping[str, Book], ids: Sequence[str], rated: Mapping[str, float], n: int = 2) -> str:
+def _titles(
+    books: Mapping[str, Book], ids: Sequence[str], rated: Mapping[str, float], n: int = 2
+) -> str:
     parts = []
     for b in ids[:n]:
         s = _title(books, b)
@@ -42,17 +44,23 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
         return f"It is close in subject and style to {_titles(books, e.book_ids, rated)}, which you rated highly."
     if e.kind == "shared_tags":
         tags = ", ".join(e.tags[:3])  # the three most shared; more reads as a list, not a reason
-        return f"It shares {tags} with books you liked, such as {_titles(books, e.book_ids, rated)}."
+        return (
+            f"It shares {tags} with books you liked, such as {_titles(books, e.book_ids, rated)}."
+        )
     if e.kind == "same_author":
         return f"It is by {', '.join(e.authors)}, who also wrote {_titles(books, e.book_ids, rated, 1)}."
     if e.kind == "co_readers":
         pct = f"{round((e.share or 0) * 100)}%"
-        return (f"{pct} of the {e.count} readers who liked {_title(books, e.book_ids[0])} "
-                f"gave it 4★ or more ({e.value:.1f}★ on average).")
+        return (
+            f"{pct} of the {e.count} readers who liked {_title(books, e.book_ids[0])} "
+            f"gave it 4★ or more ({e.value:.1f}★ on average)."
+        )
     if e.kind == "readers_like_you":
         of = f" of the {e.neighbours}" if e.neighbours else ""
-        return (f"{e.count}{of} readers whose taste is closest to yours rated it {e.value:.1f}★ on average "
-                f"({round((e.share or 0) * 100)}% gave 4★ or more).")
+        return (
+            f"{e.count}{of} readers whose taste is closest to yours rated it {e.value:.1f}★ on average "
+            f"({round((e.share or 0) * 100)}% gave 4★ or more)."
+        )
     if e.kind == "popular":
         return f"It is widely read here: {e.count} ratings averaging {e.value:.1f}★."
     if e.kind == "series_next":
@@ -68,7 +76,9 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
             bits.append("it is close in subject and style")
         if e.count:
             pct = round((e.share or 0) * 100)
-            bits.append(f"{e.count} readers who liked it also rated this one, {pct}% of them 4★ or more")
+            bits.append(
+                f"{e.count} readers who liked it also rated this one, {pct}% of them 4★ or more"
+            )
         return like + (": " + "; ".join(bits) if bits else "") + "."
     if e.kind == "query_match":
         return f"It matches what you asked for (“{excerpt(e.text or '', QUERY_EXCERPT)}”)."
@@ -90,8 +100,13 @@ REPEAT_KIND = 0.04  # penalty per earlier pick that already used the same kind o
 
 def _cited(e: Evidence) -> tuple[str, ...]:
     """The reader's books a rendered sentence names (see :func:`render_evidence`)."""
-    n = {"similar_to": 2, "shared_tags": 2, "same_author": 1, "co_readers": 1,
-         "series_next": 1}.get(e.kind, 0)
+    n = {
+        "similar_to": 2,
+        "shared_tags": 2,
+        "same_author": 1,
+        "co_readers": 1,
+        "series_next": 1,
+    }.get(e.kind, 0)
     return tuple(e.book_ids[:n])
 
 
@@ -115,8 +130,9 @@ class ReasonMemory:
             self.kinds[e.kind] += 1
 
 
-def choose_reasons(evidence: Sequence[Evidence], memory: ReasonMemory | None = None,
-                   max_reasons: int = 2) -> list[Evidence]:
+def choose_reasons(
+    evidence: Sequence[Evidence], memory: ReasonMemory | None = None, max_reasons: int = 2
+) -> list[Evidence]:
     """The strongest one or two records, preferring ones earlier picks did not already use.
 
     Args:
@@ -129,26 +145,38 @@ def choose_reasons(evidence: Sequence[Evidence], memory: ReasonMemory | None = N
         and must not name the same book of yours as the first.
     """
     memory = memory or ReasonMemory()
-    scored = sorted(((strength(e) - memory.penalty(e), k, e) for k, e in enumerate(evidence)),
-                    key=lambda x: (-x[0], x[1]))
+    scored = sorted(
+        ((strength(e) - memory.penalty(e), k, e) for k, e in enumerate(evidence)),
+        key=lambda x: (-x[0], x[1]),
+    )
     chosen: list[Evidence] = []
     for score, _, e in scored:
         if len(chosen) >= max_reasons:
             break
-        if chosen and (score < SECOND_MIN or set(_cited(e)) & set(_cited(chosen[0]))
-                       or e.kind == chosen[0].kind):
+        if chosen and (
+            score < SECOND_MIN
+            or set(_cited(e)) & set(_cited(chosen[0]))
+            or e.kind == chosen[0].kind
+        ):
             continue
         chosen.append(e)
     memory.remember(chosen)
     return chosen
 
 
-_FALLBACK = ("Recommended by the model's overall ranking; we hold no specific evidence linking it "
-             "to your history.")
+_FALLBACK = (
+    "Recommended by the model's overall ranking; we hold no specific evidence linking it "
+    "to your history."
+)
 
 
-def template_explanation(evidence: Sequence[Evidence], books: Mapping[str, Book], rated: Mapping[str, float],
-                         max_sentences: int = 2, memory: ReasonMemory | None = None) -> str:
+def template_explanation(
+    evidence: Sequence[Evidence],
+    books: Mapping[str, Book],
+    rated: Mapping[str, float],
+    max_sentences: int = 2,
+    memory: ReasonMemory | None = None,
+) -> str:
     """The strongest evidence, rendered; an honest fallback when there is none.
 
     Args:
@@ -166,8 +194,12 @@ def template_explanation(evidence: Sequence[Evidence], books: Mapping[str, Book]
     return " ".join(sents) if sents else _FALLBACK
 
 
-def list_explanations(evidences: Sequence[Sequence[Evidence]], books: Mapping[str, Book],
-                      rated: Mapping[str, float], max_sentences: int = 2) -> list[str]:
+def list_explanations(
+    evidences: Sequence[Sequence[Evidence]],
+    books: Mapping[str, Book],
+    rated: Mapping[str, float],
+    max_sentences: int = 2,
+) -> list[str]:
     """Template text for a ranked list, top pick first: each pick gets its strongest reasons, and
     a book of yours already cited by an earlier pick counts against citing it again."""
     memory = ReasonMemory()

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from assistant.claims import ClaimContext, catalog_tag_vocab, check_claims
-from assistant.grounding import MAX_WHY_CHARS, NameIndex, _tokens, check_grounding, parse_explanation
+from assistant.grounding import (
+    MAX_WHY_CHARS,
+    NameIndex,
+    _tokens,
+    check_grounding,
+    parse_explanation,
+)
 from assistant.llm.base import LLMBackend, LLMError
 from prompts import delimit, prompt_meta, render_messages, system_text
 from prompts.format import format_book, format_evidence, format_history
@@ -70,8 +76,12 @@ class FallbackCounter:
         return self.template / self.total if self.total else 0.0
 
     def as_dict(self) -> dict[str, object]:
-        return {"llm": self.llm, "template": self.template, "fallback_rate": self.fallback_rate,
-                "reasons": dict(self.reasons)}
+        return {
+            "llm": self.llm,
+            "template": self.template,
+            "fallback_rate": self.fallback_rate,
+            "reasons": dict(self.reasons),
+        }
 
 
 class _Grounding:
@@ -83,7 +93,9 @@ class _Grounding:
         self.tags = catalog_tag_vocab(books_by_id.values())
 
 
-_PARTIAL = {k: re.compile(rf'"{k}"\s*:\s*"((?:[^"\\]|\\.)*)') for k in ("why", "explanation", "blurb")}
+_PARTIAL = {
+    k: re.compile(rf'"{k}"\s*:\s*"((?:[^"\\]|\\.)*)') for k in ("why", "explanation", "blurb")
+}
 
 
 def partial_fields(raw: str) -> tuple[str, str]:
@@ -147,14 +159,33 @@ class Explainer:
             self._index = (id(books_by_id), len(books_by_id), _Grounding(books_by_id))
         return self._index[2]
 
-    def claim_context(self, book: Book, evidence: Sequence[Evidence], history: Sequence[HistoryItem],
-                      books_by_id: Mapping[str, Book], query: str | None = None) -> ClaimContext:
+    def claim_context(
+        self,
+        book: Book,
+        evidence: Sequence[Evidence],
+        history: Sequence[HistoryItem],
+        books_by_id: Mapping[str, Book],
+        query: str | None = None,
+    ) -> ClaimContext:
         """The records a text about ``book`` for this reader may rest on."""
-        return ClaimContext(book, tuple(evidence), _pairs(history), books_by_id, query,
-                            self._grounding(books_by_id).tags)
+        return ClaimContext(
+            book,
+            tuple(evidence),
+            _pairs(history),
+            books_by_id,
+            query,
+            self._grounding(books_by_id).tags,
+        )
 
-    def _prepare(self, book: Book, evidence: Sequence[Evidence], history: Sequence[HistoryItem],
-                 books_by_id: Mapping[str, Book], template_text: str, query: str | None):
+    def _prepare(
+        self,
+        book: Book,
+        evidence: Sequence[Evidence],
+        history: Sequence[HistoryItem],
+        books_by_id: Mapping[str, Book],
+        template_text: str,
+        query: str | None,
+    ):
         pairs = _pairs(history)
         history_books = [b for b, _ in pairs]
         msgs, version = render_messages(
@@ -172,16 +203,28 @@ class Explainer:
         authors = [a for b in known for a in b.authors] + [a for e in evidence for a in e.authors]
         # Names in the book's own description are facts about it; names in the request are the reader's.
         desc = _tokens(book.description)
-        own_titles = [book.title, *([book.series] if book.series else []), *(n for _, _, n in g.titles.find(desc))]
+        own_titles = [
+            book.title,
+            *([book.series] if book.series else []),
+            *(n for _, _, n in g.titles.find(desc)),
+        ]
         own_authors = [*book.authors, *(n for _, _, n in g.authors.find(desc))]
         q = _tokens(query or "")
         titles += own_titles + [n for _, _, n in g.titles.find(q)]
         authors += own_authors + [n for _, _, n in g.authors.find(q)]
         phrases = list(book.tags) + [t for e in evidence for t in e.tags]
-        check = dict(allowed_titles=titles, allowed_authors=authors, all_catalog_titles=g.titles,
-                     all_catalog_authors=g.authors, evidence=evidence, allowed_phrases=phrases,
-                     forbidden_texts=[self._system], blurb_titles=own_titles, blurb_authors=own_authors,
-                     facts_text="\n".join(m["content"] for m in msgs if m["role"] == "user"))
+        check = dict(
+            allowed_titles=titles,
+            allowed_authors=authors,
+            all_catalog_titles=g.titles,
+            all_catalog_authors=g.authors,
+            evidence=evidence,
+            allowed_phrases=phrases,
+            forbidden_texts=[self._system],
+            blurb_titles=own_titles,
+            blurb_authors=own_authors,
+            facts_text="\n".join(m["content"] for m in msgs if m["role"] == "user"),
+        )
         ctx = ClaimContext(book, tuple(evidence), pairs, books_by_id, query, g.tags)
         return msgs, version, check, ctx
 
@@ -220,16 +263,28 @@ class Explainer:
         yield self._why_prefill
         # ~4 characters a token: a "why" that needs more tokens than this is rejected as overlong anyway.
         why_tokens = min(self.max_new_tokens, MAX_WHY_CHARS // 3)
-        for chunk in run(msgs + [{"role": "assistant", "content": self._why_prefill}], ['"', "\n"], why_tokens):
+        for chunk in run(
+            msgs + [{"role": "assistant", "content": self._why_prefill}], ['"', "\n"], why_tokens
+        ):
             why += chunk
             yield chunk
         yield self._blurb_prefill
         prefix = self._why_prefill + why + self._blurb_prefill
-        yield from run(msgs + [{"role": "assistant", "content": prefix}], ['"', "\n"], self.max_new_tokens)
+        yield from run(
+            msgs + [{"role": "assistant", "content": prefix}], ['"', "\n"], self.max_new_tokens
+        )
         yield '"}'
 
-    def _finish(self, raw: str | None, error: str | None, check: dict, ctx: ClaimContext | None,
-                version: str, template_text: str, shown: Sequence[str]) -> ExplanationResult:
+    def _finish(
+        self,
+        raw: str | None,
+        error: str | None,
+        check: dict,
+        ctx: ClaimContext | None,
+        version: str,
+        template_text: str,
+        shown: Sequence[str],
+    ) -> ExplanationResult:
         reason = error or check_grounding(raw or "", **check)
         obj = None
         if reason is None:
@@ -268,8 +323,9 @@ class Explainer:
         Returns:
             The result; ``source`` says whether the text is the model's (checked) or the template.
         """
-        *_, result = self._run(book, evidence, history_books, books_by_id, template_text, query,
-                               shown, streaming=False)
+        *_, result = self._run(
+            book, evidence, history_books, books_by_id, template_text, query, shown, streaming=False
+        )
         assert isinstance(result, ExplanationResult)
         return result
 
@@ -285,17 +341,27 @@ class Explainer:
     ) -> Iterator[str | ExplanationResult]:
         """Yield the display text so far (explanation, then a blank line and the blurb) as it grows,
         then the final :class:`ExplanationResult` (which may replace it with the template)."""
-        yield from self._run(book, evidence, history_books, books_by_id, template_text, query, shown,
-                             streaming=True)
+        yield from self._run(
+            book, evidence, history_books, books_by_id, template_text, query, shown, streaming=True
+        )
 
-    def _run(self, book: Book, evidence: Sequence[Evidence], history_books: Sequence[HistoryItem],
-             books_by_id: Mapping[str, Book], template_text: str, query: str | None,
-             shown: Sequence[str], streaming: bool) -> Iterator[str | ExplanationResult]:
+    def _run(
+        self,
+        book: Book,
+        evidence: Sequence[Evidence],
+        history_books: Sequence[HistoryItem],
+        books_by_id: Mapping[str, Book],
+        template_text: str,
+        query: str | None,
+        shown: Sequence[str],
+        streaming: bool,
+    ) -> Iterator[str | ExplanationResult]:
         if self.backend.name == "none":
             yield self._finish(None, "LLM disabled", {}, None, "none", template_text, shown)
             return
-        msgs, version, check, ctx = self._prepare(book, evidence, history_books, books_by_id,
-                                                  template_text, query)
+        msgs, version, check, ctx = self._prepare(
+            book, evidence, history_books, books_by_id, template_text, query
+        )
         raw, error, text_so_far = "", None, ""
         try:
             for chunk in self._raw_chunks(msgs, streaming):

@@ -27,11 +27,35 @@ _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _SERIES_SUFFIX = re.compile(r"\s*\(([^()]*)\)\s*$")
 _SERIES_NAME = re.compile(r"^(.*?),?\s*#\s*[\d.\-–]+\s*$")
 _ARTICLES = {"the", "a", "an"}
-_MINOR = {"of", "the", "and", "a", "an", "in", "to", "on", "for", "with", "at", "by", "from", "or", "is"}
+_MINOR = {
+    "of",
+    "the",
+    "and",
+    "a",
+    "an",
+    "in",
+    "to",
+    "on",
+    "for",
+    "with",
+    "at",
+    "by",
+    "from",
+    "or",
+    "is",
+}
 _YEAR = re.compile(r"1\d{3}|20\d{2}")
 # Capitalised mid-sentence for grammatical reasons, not because they name something.
 _COMMON_CAPS = {"i", "im", "ive", "id", "ill", "you", "mr", "mrs", "ms", "dr", "ok"}
-_QUOTED = [re.compile(p) for p in (r'"([^"\n]{2,100})"', r"“([^”\n]{2,100})”", r"\*([^*\n]{2,100})\*", r"(?<!\w)_([^_\n]{2,100})_(?!\w)")]
+_QUOTED = [
+    re.compile(p)
+    for p in (
+        r'"([^"\n]{2,100})"',
+        r"“([^”\n]{2,100})”",
+        r"\*([^*\n]{2,100})\*",
+        r"(?<!\w)_([^_\n]{2,100})_(?!\w)",
+    )
+]
 _SHARED_AUTHOR = re.compile(
     r"\b(same (author|writer)|also (written )?by|another (book|novel|story|title|work) (by|from)|"
     r"other (books|novels|works|titles) (by|from)|more (books |novels )?(by|from) (the same|this author)|"
@@ -40,7 +64,8 @@ _SHARED_AUTHOR = re.compile(
     re.IGNORECASE,
 )
 _SHARED_TAGS = re.compile(
-    r"\b(same (genre|genres|tags?)|shares? (the )?(tags?|genres?)|also tagged|tagged (as|with))\b", re.IGNORECASE
+    r"\b(same (genre|genres|tags?)|shares? (the )?(tags?|genres?)|also tagged|tagged (as|with))\b",
+    re.IGNORECASE,
 )
 
 
@@ -49,7 +74,9 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     """(normalised, original) word tokens: accents folded, apostrophes dropped, ``&`` read as ``and``."""
     s = unicodedata.normalize("NFKD", text.replace("&", " and "))
     s = "".join(ch for ch in s if not unicodedata.combining(ch))
-    return [(m.group().lower().replace("'", "").replace("’", ""), m.group()) for m in _WORD.finditer(s)]
+    return [
+        (m.group().lower().replace("'", "").replace("’", ""), m.group()) for m in _WORD.finditer(s)
+    ]
 
 
 def _key(text: str) -> tuple[str, ...]:
@@ -87,7 +114,9 @@ def title_keys(title: str) -> list[tuple[str, ...]]:
 class NameIndex:
     """Token-tuple lookup of titles (with their series) or author names, for scanning prose."""
 
-    def __init__(self, names: Iterable[str], kind: Literal["title", "author", "phrase"] = "title") -> None:
+    def __init__(
+        self, names: Iterable[str], kind: Literal["title", "author", "phrase"] = "title"
+    ) -> None:
         self.kind = kind
         self.names: dict[tuple[str, ...], str] = {}
         for name in names:
@@ -144,8 +173,12 @@ def _unsupported_words(prose: str, facts_text: str) -> str | None:
         for k, (n, o) in enumerate(_tokens(sentence)):
             if _YEAR.fullmatch(o) and n not in known:
                 return f"unsupported year {o} (not in the facts)"
-            if k > 0 and o[:1].isupper() and n not in known and not (
-                    o.endswith(("'s", "’s")) and n[:-1] in known):  # "Lahiri's": a known name's possessive
+            if (
+                k > 0
+                and o[:1].isupper()
+                and n not in known
+                and not (o.endswith(("'s", "’s")) and n[:-1] in known)
+            ):  # "Lahiri's": a known name's possessive
                 return f"unsupported name {o!r} (not in the facts)"
     return None
 
@@ -220,8 +253,11 @@ def check_grounding(
     if any(grams & _ngrams(f, ECHO_NGRAM) for f in forbidden_texts if f):
         return "echoes the prompt text"
 
-    allowed = [NameIndex(allowed_titles, "title"), NameIndex(allowed_authors, "author"),
-               NameIndex(allowed_phrases, "phrase")]
+    allowed = [
+        NameIndex(allowed_titles, "title"),
+        NameIndex(allowed_authors, "author"),
+        NameIndex(allowed_phrases, "phrase"),
+    ]
     toks = _tokens(prose)
     ok_spans = [(i, j) for idx in allowed for i, j, _ in idx.find(toks)]
     n_why = len(_tokens(why))
@@ -241,7 +277,9 @@ def check_grounding(
         b_spans = [(i, j) for idx in b_ok for i, j, _ in idx.find(b_toks)]
         for idx in allowed[:2]:
             for i, j, name in idx.find(b_toks):
-                if not any(a <= i and j <= b for a, b in b_spans) and _looks_named(b_toks[i:j], idx.kind):
+                if not any(a <= i and j <= b for a, b in b_spans) and _looks_named(
+                    b_toks[i:j], idx.kind
+                ):
                     return f"blurb names {idx.kind} {name!r}, which is not the recommended book's"
     for pat in _QUOTED:
         for m in pat.finditer(prose):

@@ -50,7 +50,7 @@ class ImportResult:
 
     def message(self, bold: bool = False) -> str:
         """A few natural sentences ("1 book is not in this catalog")."""
-        b = (lambda s: f"**{s}**") if bold else (lambda s: s)  # noqa: E731
+        b = (lambda s: f"**{s}**") if bold else (lambda s: s)
         if (
             self.ratings
             and not (self.added or self.updated or self.to_read_added)

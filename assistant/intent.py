@@ -42,11 +42,29 @@ from retrieval.constraints import Constraints
 from retrieval.matcher import CatalogMatcher
 from retrieval.types import Book
 
-__all__ = ["INTENT_SCHEMA", "Intent", "IntentKind", "IntentParser", "RequestState",
-           "describe_request", "follow_up", "parse_intent", "TAG_SYNONYMS"]
+__all__ = [
+    "INTENT_SCHEMA",
+    "Intent",
+    "IntentKind",
+    "IntentParser",
+    "RequestState",
+    "describe_request",
+    "follow_up",
+    "parse_intent",
+    "TAG_SYNONYMS",
+]
 
-IntentKind = Literal["recommend", "more_like", "refine", "why", "details", "read_it",
-                     "not_interested", "greeting", "help"]
+IntentKind = Literal[
+    "recommend",
+    "more_like",
+    "refine",
+    "why",
+    "details",
+    "read_it",
+    "not_interested",
+    "greeting",
+    "help",
+]
 
 
 @dataclass
@@ -70,57 +88,187 @@ class Intent(Constraints):
 
 # Phrase -> tags it may mean. Only tags present in ``known_tags`` are ever output.
 TAG_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "sci fi": ("science-fiction", "sci-fi"), "scifi": ("science-fiction", "sci-fi", "scifi"),
-    "science fiction": ("science-fiction", "sci-fi"), "sf": ("science-fiction", "sci-fi", "sf"),
-    "ya": ("young-adult", "ya"), "young adult": ("young-adult", "ya"),
-    "teen": ("young-adult", "teen"), "teens": ("young-adult", "teen"),
-    "scary": ("horror",), "creepy": ("horror",), "spooky": ("horror",), "horror": ("horror",),
-    "funny": ("humor", "funny", "comedy", "humour"), "humorous": ("humor", "funny", "comedy"),
-    "hilarious": ("humor", "funny", "comedy"), "comic": ("humor", "funny", "comedy"),
-    "humour": ("humor", "humour", "funny"), "humor": ("humor", "humour", "funny"),
+    "sci fi": ("science-fiction", "sci-fi"),
+    "scifi": ("science-fiction", "sci-fi", "scifi"),
+    "science fiction": ("science-fiction", "sci-fi"),
+    "sf": ("science-fiction", "sci-fi", "sf"),
+    "ya": ("young-adult", "ya"),
+    "young adult": ("young-adult", "ya"),
+    "teen": ("young-adult", "teen"),
+    "teens": ("young-adult", "teen"),
+    "scary": ("horror",),
+    "creepy": ("horror",),
+    "spooky": ("horror",),
+    "horror": ("horror",),
+    "funny": ("humor", "funny", "comedy", "humour"),
+    "humorous": ("humor", "funny", "comedy"),
+    "hilarious": ("humor", "funny", "comedy"),
+    "comic": ("humor", "funny", "comedy"),
+    "humour": ("humor", "humour", "funny"),
+    "humor": ("humor", "humour", "funny"),
     "light": ("lighthearted", "funny", "heartwarming"),
     "lighthearted": ("lighthearted", "funny", "heartwarming"),
     "light hearted": ("lighthearted", "funny", "heartwarming"),
     "feel good": ("feel-good", "heartwarming", "lighthearted"),
     "uplifting": ("uplifting", "heartwarming", "inspirational"),
-    "heartwarming": ("heartwarming", "feel-good"), "cozy": ("cozy", "cozy-mystery"),
-    "dark": ("dark",), "grim": ("dark", "grimdark"), "grimdark": ("grimdark", "dark"),
-    "romantic": ("romance",), "love story": ("romance",), "love stories": ("romance",),
-    "whodunit": ("mystery",), "whodunnit": ("mystery",), "detective": ("detective", "mystery"),
-    "true story": ("non-fiction", "nonfiction"), "non fiction": ("non-fiction", "nonfiction"),
-    "nonfiction": ("non-fiction", "nonfiction"), "historical": ("historical-fiction", "historical"),
-    "kids": ("childrens", "children", "kids"), "children": ("childrens", "children"),
-    "childrens": ("childrens", "children"), "graphic novel": ("graphic-novels", "graphic-novel"),
-    "graphic novels": ("graphic-novels", "graphic-novel"), "memoir": ("memoir", "memoirs"),
-    "biography": ("biography", "biographies"), "thriller": ("thriller", "thrillers"),
-    "thrillers": ("thriller", "thrillers"), "dystopia": ("dystopia", "dystopian"),
-    "dystopian": ("dystopian", "dystopia"), "classic": ("classics", "classic"),
-    "classics": ("classics", "classic"), "spy": ("spy", "espionage"), "space": ("space-opera",),
-    "vampire": ("vampires", "vampire"), "vampires": ("vampires", "vampire"),
+    "heartwarming": ("heartwarming", "feel-good"),
+    "cozy": ("cozy", "cozy-mystery"),
+    "dark": ("dark",),
+    "grim": ("dark", "grimdark"),
+    "grimdark": ("grimdark", "dark"),
+    "romantic": ("romance",),
+    "love story": ("romance",),
+    "love stories": ("romance",),
+    "whodunit": ("mystery",),
+    "whodunnit": ("mystery",),
+    "detective": ("detective", "mystery"),
+    "true story": ("non-fiction", "nonfiction"),
+    "non fiction": ("non-fiction", "nonfiction"),
+    "nonfiction": ("non-fiction", "nonfiction"),
+    "historical": ("historical-fiction", "historical"),
+    "kids": ("childrens", "children", "kids"),
+    "children": ("childrens", "children"),
+    "childrens": ("childrens", "children"),
+    "graphic novel": ("graphic-novels", "graphic-novel"),
+    "graphic novels": ("graphic-novels", "graphic-novel"),
+    "memoir": ("memoir", "memoirs"),
+    "biography": ("biography", "biographies"),
+    "thriller": ("thriller", "thrillers"),
+    "thrillers": ("thriller", "thrillers"),
+    "dystopia": ("dystopia", "dystopian"),
+    "dystopian": ("dystopian", "dystopia"),
+    "classic": ("classics", "classic"),
+    "classics": ("classics", "classic"),
+    "spy": ("spy", "espionage"),
+    "space": ("space-opera",),
+    "vampire": ("vampires", "vampire"),
+    "vampires": ("vampires", "vampire"),
     # comparatives and adjectives of genre nouns ("but funnier", "something philosophical")
-    "funnier": ("humor", "funny", "comedy", "humour"), "scarier": ("horror",),
-    "darker": ("dark",), "philosophical": ("philosophy",), "magical": ("magic",),
-    "mysterious": ("mystery",), "political": ("politics",), "scientific": ("science",),
-    "psychological": ("psychology",), "mythological": ("mythology",),
-    "spiritual": ("spirituality",), "romantic comedy": ("romance", "funny", "humor"),
+    "funnier": ("humor", "funny", "comedy", "humour"),
+    "scarier": ("horror",),
+    "darker": ("dark",),
+    "philosophical": ("philosophy",),
+    "magical": ("magic",),
+    "mysterious": ("mystery",),
+    "political": ("politics",),
+    "scientific": ("science",),
+    "psychological": ("psychology",),
+    "mythological": ("mythology",),
+    "spiritual": ("spirituality",),
+    "romantic comedy": ("romance", "funny", "humor"),
 }
 
 # Words that are tags in goodbooks but mean something else in a request.
-_NOT_TAGS = {"book", "books", "novel", "novels", "read", "reads", "reading", "short", "new", "love",
-             "king", "play", "series", "one", "more", "like", "good", "best", "me", "i", "it", "a",
-             "the", "and", "or", "not", "no", "to", "of", "in", "on", "by", "for", "with",
-             "something", "anything", "please", "next", "novella", "lighter"}
+_NOT_TAGS = {
+    "book",
+    "books",
+    "novel",
+    "novels",
+    "read",
+    "reads",
+    "reading",
+    "short",
+    "new",
+    "love",
+    "king",
+    "play",
+    "series",
+    "one",
+    "more",
+    "like",
+    "good",
+    "best",
+    "me",
+    "i",
+    "it",
+    "a",
+    "the",
+    "and",
+    "or",
+    "not",
+    "no",
+    "to",
+    "of",
+    "in",
+    "on",
+    "by",
+    "for",
+    "with",
+    "something",
+    "anything",
+    "please",
+    "next",
+    "novella",
+    "lighter",
+}
 
 # Words that may not start or end a multi-word tag phrase.
-_EDGE_WORDS = {"book", "books", "novel", "novels", "read", "reads", "reading", "the", "a", "an",
-               "and", "or", "of", "in", "on", "for", "with", "to", "me", "i", "it", "more", "like",
-               "something", "anything", "please", "some", "any"}
+_EDGE_WORDS = {
+    "book",
+    "books",
+    "novel",
+    "novels",
+    "read",
+    "reads",
+    "reading",
+    "the",
+    "a",
+    "an",
+    "and",
+    "or",
+    "of",
+    "in",
+    "on",
+    "for",
+    "with",
+    "to",
+    "me",
+    "i",
+    "it",
+    "more",
+    "like",
+    "something",
+    "anything",
+    "please",
+    "some",
+    "any",
+}
 
-_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "sixth": 6,
-             "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10, "1st": 1, "2nd": 2, "3rd": 3,
-             "4th": 4, "5th": 5, "6th": 6, "7th": 7, "8th": 8, "9th": 9, "10th": 10, "last": -1}
-_NUMBER_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7,
-                 "eight": 8, "nine": 9, "ten": 10}
+_ORDINALS = {
+    "first": 1,
+    "second": 2,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+    "1st": 1,
+    "2nd": 2,
+    "3rd": 3,
+    "4th": 4,
+    "5th": 5,
+    "6th": 6,
+    "7th": 7,
+    "8th": 8,
+    "9th": 9,
+    "10th": 10,
+    "last": -1,
+}
+_NUMBER_WORDS = {
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
 _ORD = "|".join(_ORDINALS)
 _NUMW = "|".join(_NUMBER_WORDS)
 _ITEM = r"(?:one|book|option|pick|suggestion|recommendation|title)"
@@ -135,44 +283,66 @@ _REF_RES = [
 _GREETING_RE = re.compile(
     r"^\s*(?:hi|hello|hey|hiya|howdy|hallo|yo|greetings|good\s+(?:morning|afternoon|evening)|"
     r"thanks|thank\s+you|cheers)\b(?:\s+there)?[\s!,.?]*"
-    r"(?:how\s+are\s+you(?:\s+doing)?)?[\s!,.?]*", re.I)
+    r"(?:how\s+are\s+you(?:\s+doing)?)?[\s!,.?]*",
+    re.I,
+)
 _HELP_RE = re.compile(
     r"^\s*(?:/?help|\?|commands)\s*[!?.]*\s*$|\bwhat\s+can\s+(?:you|i)\s+do\b|"
     r"\bhow\s+(?:does|do)\s+(?:this|it|you)\s+work\b|\bhow\s+do\s+i\s+use\b|"
-    r"\bwhat\s+do\s+you\s+do\b", re.I)
-_WHY_RE = re.compile(r"\bwhy\b(?:\s+(?:did|do|would)\s+you\s+(?:recommend|suggest|pick|choose|"
-                     r"include|show)(?:ed)?)?(?:\s+(?:is|was))?", re.I)
+    r"\bwhat\s+do\s+you\s+do\b",
+    re.I,
+)
+_WHY_RE = re.compile(
+    r"\bwhy\b(?:\s+(?:did|do|would)\s+you\s+(?:recommend|suggest|pick|choose|"
+    r"include|show)(?:ed)?)?(?:\s+(?:is|was))?",
+    re.I,
+)
 _READ_IT_RE = re.compile(
     r"\b(?:(?:already|i(?:'|\u2019)ve|i\s+have|i\s+had|i(?:'|\u2019)d)\s+(?:already\s+)?"
     r"(?:read|finished)(?:\s+(?:it|that|this)(?:\s+one)?\s+already)?|"
     r"(?:^\s*|\bi\s+)(?:read|finished)\s+(?=(?:it|that|this)\b)|"
-    r"(?:i\s+)?(?:read|finished)\s+(?=#|number\b|the\s+(?:" + _ORD + r")\b))", re.I)
+    r"(?:i\s+)?(?:read|finished)\s+(?=#|number\b|the\s+(?:" + _ORD + r")\b))",
+    re.I,
+)
 # "should I read #2?" asks, it does not report.
-_MODAL_BEFORE_RE = re.compile(r"\b(?:should|shall|can|could|would|will|to|want|going)\s+(?:i\s+)?$", re.I)
+_MODAL_BEFORE_RE = re.compile(
+    r"\b(?:should|shall|can|could|would|will|to|want|going)\s+(?:i\s+)?$", re.I
+)
 _READ_BEFORE_REF_RE = re.compile(r"\b(?:i\s+)?(?:already\s+)?(?:read|finished)\s*$", re.I)
 _NOT_INTERESTED_RE = re.compile(
     r"\b(?:not\s+interested(?:\s+in)?|no\s+interest\s+in|not\s+for\s+me|"
     r"not\s+my\s+(?:thing|cup\s+of\s+tea)|(?:i\s+)?(?:don'?t|do\s+not)\s+(?:want|like|recommend|"
-    r"show(?:\s+me)?)|dismiss|remove|hide|skip)\b", re.I)
+    r"show(?:\s+me)?)|dismiss|remove|hide|skip)\b",
+    re.I,
+)
 _DETAILS_RE = re.compile(
     r"\b(?:tell\s+me\s+(?:more\s+)?about|more\s+(?:info(?:rmation)?|details)(?:\s+(?:on|about))?|"
     r"more\s+about|details\s+(?:on|about|of|for)|what(?:'s|\s+is)(?=.*\babout\s*[?.!]*\s*$)|"
-    r"describe|who\s+wrote|summary\s+of|synopsis\s+of|details)\b", re.I)
+    r"describe|who\s+wrote|summary\s+of|synopsis\s+of|details)\b",
+    re.I,
+)
 _MORE_LIKE_RE = re.compile(
     r"(?:\b(?:something|anything|books?|stuff|more|others?|ones?|titles?|novels?|reads?)\s+"
     r"(?:(?:just|a\s+bit|kind\s+of|sort\s+of|a\s+lot)\s+)?like|\bsimilar\s+to|"
     r"\bin\s+the\s+(?:vein|style|spirit)\s+of|\breminiscent\s+of|\bcomparable\s+to|"
-    r"\b(?:for\s+)?fans?\s+of|^\s*like|\bi\s+(?:really\s+)?(?:loved|liked|enjoyed|adored))\b", re.I)
+    r"\b(?:for\s+)?fans?\s+of|^\s*like|\bi\s+(?:really\s+)?(?:loved|liked|enjoyed|adored))\b",
+    re.I,
+)
 _REQUEST_RE = re.compile(
     r"\b(?:what\s+(?:should|shall|can|could|do)\s+i\s+read(?:\s+next)?|what\s+to\s+read(?:\s+next)?|"
     r"read\s+next|(?:can|could|would)\s+you\s+(?:please\s+)?(?:recommend|suggest|find|give|show)"
     r"(?:\s+me)?|(?:please\s+)?(?:recommend|suggest)(?:\s+me)?|i(?:'m|\s+am)\s+looking\s+for|"
     r"looking\s+for|i\s+(?:want|need)(?:\s+to\s+read)?|i(?:'d|\s+would)\s+like(?:\s+to\s+read)?|"
     r"give\s+me|find\s+me|show\s+me|any\s+(?:good\s+)?(?:recommendations?|suggestions?|ideas?)|"
-    r"recommendations?|suggestions?)\b", re.I)
+    r"recommendations?|suggestions?)\b",
+    re.I,
+)
 _BOOKISH_RE = re.compile(r"\b(?:books?|novels?|reads?)\b", re.I)
-_REFINE_START_RE = re.compile(r"^\s*(?:more|less|fewer|only|just|not|no|without|but|and|except|"
-                              r"something|anything|maybe|how\s+about|what\s+about|instead)\b", re.I)
+_REFINE_START_RE = re.compile(
+    r"^\s*(?:more|less|fewer|only|just|not|no|without|but|and|except|"
+    r"something|anything|maybe|how\s+about|what\s+about|instead)\b",
+    re.I,
+)
 
 # "something dark and atmospheric" is a new request; "something newer" refines the list.
 _FRESH_START_RE = re.compile(r"^\s*(?:something|anything|maybe)\b", re.I)
@@ -184,61 +354,192 @@ _YEAR_RES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(rf"\b(?:newer|more\s+recent|later)\s+than\s+{_YEAR}\b", re.I), "after"),
     (re.compile(rf"\b(?:older|earlier)\s+than\s+{_YEAR}\b", re.I), "before"),
     (re.compile(rf"\b{_PUB}(?:after|post)\s+(?:the\s+year\s+)?{_YEAR}\b", re.I), "after"),
-    (re.compile(rf"\b{_PUB}(?:since|from)\s+(?:the\s+year\s+)?{_YEAR}(?:\s+on(?:wards?)?)?\b",
-                re.I), "since"),
-    (re.compile(rf"\b{_PUB}(?:before|prior\s+to|pre)\s+(?:the\s+year\s+)?{_YEAR}\b", re.I),
-     "before"),
+    (
+        re.compile(
+            rf"\b{_PUB}(?:since|from)\s+(?:the\s+year\s+)?{_YEAR}(?:\s+on(?:wards?)?)?\b", re.I
+        ),
+        "since",
+    ),
+    (
+        re.compile(rf"\b{_PUB}(?:before|prior\s+to|pre)\s+(?:the\s+year\s+)?{_YEAR}\b", re.I),
+        "before",
+    ),
     (re.compile(rf"\b{_PUB}(?:until|up\s+to|through)\s+{_YEAR}\b", re.I), "until"),
-    (re.compile(r"\b(?:(?:published|written|set|from|in)\s+)?(?:the\s+)?(1\d|20)(\d)0'?s\b", re.I),
-     "decade4"),
+    (
+        re.compile(
+            r"\b(?:(?:published|written|set|from|in)\s+)?(?:the\s+)?(1\d|20)(\d)0'?s\b", re.I
+        ),
+        "decade4",
+    ),
     (re.compile(r"\b(?:(?:published|written|from|in)\s+)?the\s+'?(\d)0'?s\b", re.I), "decade2"),
-    (re.compile(r"\b(?:(?:published|written|from|in)\s+)?(?:the\s+)?(1\d|20|21)(?:st|nd|rd|th)"
-                r"\s+century\b", re.I), "century"),
+    (
+        re.compile(
+            r"\b(?:(?:published|written|from|in)\s+)?(?:the\s+)?(1\d|20|21)(?:st|nd|rd|th)"
+            r"\s+century\b",
+            re.I,
+        ),
+        "century",
+    ),
     (re.compile(rf"\b(?:published|written|released|came\s+out)\s+in\s+{_YEAR}\b", re.I), "in"),
 ]
-_SHORTER_RE = re.compile(r"\b(?:shorter|short(?!\s+stor)|quick(?:er)?(?:\s+reads?)?|brief|"
-                         r"less\s+long|not\s+(?:too|so|very)\s+long|fewer\s+pages|"
-                         r"under\s+\d+\s+pages)\b", re.I)
-_LIGHTER_RE = re.compile(r"\b(?:lighter|less\s+(?:dark|heavy|serious|intense|depressing|sad|grim)|"
-                         r"not\s+(?:so|too|as)\s+(?:dark|heavy|serious|intense|depressing|sad|grim)|"
-                         r"happier|more\s+upbeat|more\s+cheerful)\b", re.I)
-_LIGHT_ADJ_RE = re.compile(r"\b(?:light|light-?hearted|feel[-\s]?good|uplifting|cheerful|"
-                           r"heartwarming)\b(?!\s+(?:on|of)\b)", re.I)
-_NEWER_RE = re.compile(r"\b(?:newer|more\s+recent|recent(?:ly\s+published)?|latest|"
-                       r"new\s+releases?)\b", re.I)
+_SHORTER_RE = re.compile(
+    r"\b(?:shorter|short(?!\s+stor)|quick(?:er)?(?:\s+reads?)?|brief|"
+    r"less\s+long|not\s+(?:too|so|very)\s+long|fewer\s+pages|"
+    r"under\s+\d+\s+pages)\b",
+    re.I,
+)
+_LIGHTER_RE = re.compile(
+    r"\b(?:lighter|less\s+(?:dark|heavy|serious|intense|depressing|sad|grim)|"
+    r"not\s+(?:so|too|as)\s+(?:dark|heavy|serious|intense|depressing|sad|grim)|"
+    r"happier|more\s+upbeat|more\s+cheerful)\b",
+    re.I,
+)
+_LIGHT_ADJ_RE = re.compile(
+    r"\b(?:light|light-?hearted|feel[-\s]?good|uplifting|cheerful|"
+    r"heartwarming)\b(?!\s+(?:on|of)\b)",
+    re.I,
+)
+_NEWER_RE = re.compile(
+    r"\b(?:newer|more\s+recent|recent(?:ly\s+published)?|latest|"
+    r"new\s+releases?)\b",
+    re.I,
+)
 _OLDER_RE = re.compile(r"\b(?:older|less\s+recent|vintage|old(?:er)?[-\s]school)\b", re.I)
 _AUTHOR_CUE_RE = re.compile(r"\b(?:written\s+by|authored\s+by|by|author)\s+", re.I)
 # Where a title/author phrase ends: punctuation or a word that starts a modifier.
 # A period ends a phrase unless it follows an initial ("Ursula K. Le Guin").
-_STOP_RE = re.compile(r"[,;!?\x00]|(?<![\s.][A-Z])\.|\s(?:but|except|though|although|please|only|"
-                      r"instead|yet|published|written|released|which|that\s+(?:is|are)|"
-                      r"and\s+(?:not|no|more|less|something|also)|"
-                      r"with(?:out)?\s+(?:less|more|fewer|no|any)|or\s+something)\b", re.I)
-_DEICTIC_RE = re.compile(r"^(?:it|that|this|these|those|them|one|the\s+(?:book|one)|"
-                         r"(?:this|that)\s+(?:one|book|title))\b", re.I)
-_LEADING_FILLER_RE = re.compile(r"^(?:(?:did|do|would)\s+you\s+(?:recommend|suggest|pick|choose)"
-                                r"(?:ed)?|recommend(?:ed)?|suggest(?:ed)?|in|about|on|to|of|is|was|"
-                                r"the\s+book|a\s+book\s+called|called|me|please)\s+", re.I)
-_NEG_WORDS = {"not", "no", "without", "except", "avoid", "exclude", "excluding", "nothing", "none",
-              "hate", "dislike", "never", "less", "fewer", "skip", "minus", "isnt", "arent",
-             "wasnt", "nor"}
-_NEG_PHRASES_RE = re.compile(r"\b(?:don'?t|do\s+not|doesn'?t|won'?t)\s+(?:like|want|enjoy|need)\b|"
-                             r"\banything\s+but\b|\bother\s+than\b|\binstead\s+of\b|\bbut\s+not\b|"
-                             r"\bnot\s+interested\s+in\b", re.I)
+_STOP_RE = re.compile(
+    r"[,;!?\x00]|(?<![\s.][A-Z])\.|\s(?:but|except|though|although|please|only|"
+    r"instead|yet|published|written|released|which|that\s+(?:is|are)|"
+    r"and\s+(?:not|no|more|less|something|also)|"
+    r"with(?:out)?\s+(?:less|more|fewer|no|any)|or\s+something)\b",
+    re.I,
+)
+_DEICTIC_RE = re.compile(
+    r"^(?:it|that|this|these|those|them|one|the\s+(?:book|one)|"
+    r"(?:this|that)\s+(?:one|book|title))\b",
+    re.I,
+)
+_LEADING_FILLER_RE = re.compile(
+    r"^(?:(?:did|do|would)\s+you\s+(?:recommend|suggest|pick|choose)"
+    r"(?:ed)?|recommend(?:ed)?|suggest(?:ed)?|in|about|on|to|of|is|was|"
+    r"the\s+book|a\s+book\s+called|called|me|please)\s+",
+    re.I,
+)
+_NEG_WORDS = {
+    "not",
+    "no",
+    "without",
+    "except",
+    "avoid",
+    "exclude",
+    "excluding",
+    "nothing",
+    "none",
+    "hate",
+    "dislike",
+    "never",
+    "less",
+    "fewer",
+    "skip",
+    "minus",
+    "isnt",
+    "arent",
+    "wasnt",
+    "nor",
+}
+_NEG_PHRASES_RE = re.compile(
+    r"\b(?:don'?t|do\s+not|doesn'?t|won'?t)\s+(?:like|want|enjoy|need)\b|"
+    r"\banything\s+but\b|\bother\s+than\b|\binstead\s+of\b|\bbut\s+not\b|"
+    r"\bnot\s+interested\s+in\b",
+    re.I,
+)
 _POS_RESET = {"more", "only", "just", "prefer", "rather", "want", "like", "love", "instead"}
 _CLAUSE_END = {"but", "though", "however", "yet", "although"}
-_FILLER = {"a", "an", "the", "some", "something", "anything", "any", "book", "books", "novel",
-           "novels", "read", "reads", "please", "more", "me", "for", "to", "of", "and", "or",
-           "but", "with", "that", "this", "one", "ones", "is", "are", "i", "like", "thanks",
-           "other", "others", "also", "maybe", "just", "really", "very", "good", "great", "nice",
-           "else", "again", "now", "next", "it", "in", "about", "on", "no", "not", "from", "by",
-           "stuff", "kind", "sort", "what", "bit", "lot", "much", "can", "you",
-           "would", "could", "should", "so", "too", "there", "here", "why", "similar", "than",
-           "get", "try", "let's", "lets", "how"}
-
+_FILLER = {
+    "a",
+    "an",
+    "the",
+    "some",
+    "something",
+    "anything",
+    "any",
+    "book",
+    "books",
+    "novel",
+    "novels",
+    "read",
+    "reads",
+    "please",
+    "more",
+    "me",
+    "for",
+    "to",
+    "of",
+    "and",
+    "or",
+    "but",
+    "with",
+    "that",
+    "this",
+    "one",
+    "ones",
+    "is",
+    "are",
+    "i",
+    "like",
+    "thanks",
+    "other",
+    "others",
+    "also",
+    "maybe",
+    "just",
+    "really",
+    "very",
+    "good",
+    "great",
+    "nice",
+    "else",
+    "again",
+    "now",
+    "next",
+    "it",
+    "in",
+    "about",
+    "on",
+    "no",
+    "not",
+    "from",
+    "by",
+    "stuff",
+    "kind",
+    "sort",
+    "what",
+    "bit",
+    "lot",
+    "much",
+    "can",
+    "you",
+    "would",
+    "could",
+    "should",
+    "so",
+    "too",
+    "there",
+    "here",
+    "why",
+    "similar",
+    "than",
+    "get",
+    "try",
+    "let's",
+    "lets",
+    "how",
+}
 
 
 # ---------------------------------------------------------------------------- lookup tables
+
 
 @lru_cache(maxsize=8)
 def _matcher(titles: tuple[str, ...], authors: tuple[str, ...]) -> CatalogMatcher:
@@ -297,6 +598,7 @@ def _variants(key: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- the parser
 
+
 class _Work:
     """The text with consumed (control) spans blanked out, offsets preserved."""
 
@@ -341,8 +643,9 @@ def _word_ends(s: str, start: int, end: int) -> list[int]:
     return sorted({start + m.end() for m in re.finditer(r"\S+", s[start:end])}, reverse=True)
 
 
-def _match_title(work: _Work, start: int, end: int, cat: CatalogMatcher,
-                 exact_only: bool = False) -> tuple[str, int] | None:
+def _match_title(
+    work: _Work, start: int, end: int, cat: CatalogMatcher, exact_only: bool = False
+) -> tuple[str, int] | None:
     """Known title named at s[start:end]: (title, end offset of the words it used).
 
     Prefixes are tried longest first (see :meth:`CatalogMatcher.title_prefix`).
@@ -399,8 +702,12 @@ def _find_years(work: _Work, intent: Intent) -> None:
 
 
 def _find_flags(work: _Work, intent: Intent) -> None:
-    for rx, attr in ((_SHORTER_RE, "shorter"), (_LIGHTER_RE, "lighter"),
-                     (_NEWER_RE, "newer"), (_OLDER_RE, "older")):
+    for rx, attr in (
+        (_SHORTER_RE, "shorter"),
+        (_LIGHTER_RE, "lighter"),
+        (_NEWER_RE, "newer"),
+        (_OLDER_RE, "older"),
+    ):
         for m in list(rx.finditer(work.s)):
             setattr(intent, attr, True)
             work.consume(m.start(), m.end())
@@ -454,7 +761,7 @@ def _find_authors(work: _Work, cat: CatalogMatcher | None, intent: Intent) -> No
             for n in range(5, 1, -1):
                 if i + n > len(toks):
                     continue
-                name = cat.full_author(" ".join(t[2].replace("'", "") for t in toks[i:i + n]))
+                name = cat.full_author(" ".join(t[2].replace("'", "") for t in toks[i : i + n]))
                 if name:
                     if name not in intent.authors:
                         intent.authors.append(name)
@@ -472,15 +779,17 @@ def _find_tags(work: _Work, tags: tuple[str, ...], intent: Intent) -> bool:
     table = _tag_table(tags)
     s = work.s
     neg_spans = [(m.start(), m.end()) for m in _NEG_PHRASES_RE.finditer(s)]
-    toks = [(m.start(), m.end(), m.group().lower().replace("'", "").replace("\u2019", ""))
-            for m in re.finditer(r"[\w'\u2019]+", s)]
+    toks = [
+        (m.start(), m.end(), m.group().lower().replace("'", "").replace("\u2019", ""))
+        for m in re.finditer(r"[\w'\u2019]+", s)
+    ]
     neg = False
     cue: tuple[int, int] | None = None
     used_cues: list[tuple[int, int]] = []
     i = 0
     while i < len(toks):
         st, en, w = toks[i]
-        gap = s[toks[i - 1][1]:st] if i else ""
+        gap = s[toks[i - 1][1] : st] if i else ""
         if re.search(r"[,;.!?]", gap):
             neg = False
         phrase_neg = next((sp for sp in neg_spans if sp[0] <= st < sp[1]), None)
@@ -493,22 +802,25 @@ def _find_tags(work: _Work, tags: tuple[str, ...], intent: Intent) -> bool:
             neg, cue = True, (st, en)
             i += 1
             continue
-        if w in _CLAUSE_END:
-            neg = False
-        elif w in _POS_RESET and not (i and toks[i - 1][2] in _NEG_WORDS):
+        if w in _CLAUSE_END or w in _POS_RESET and not (i and toks[i - 1][2] in _NEG_WORDS):
             neg = False
         hit = None
         for n in range(4, 0, -1):
             if i + n > len(toks):
                 continue
             # Words of one phrase: separated by spaces/hyphens/slashes only.
-            if any(not re.fullmatch(r"[\s\-/]+", s[toks[j][1]:toks[j + 1][0]])
-                   for j in range(i, i + n - 1)):
+            if any(
+                not re.fullmatch(r"[\s\-/]+", s[toks[j][1] : toks[j + 1][0]])
+                for j in range(i, i + n - 1)
+            ):
                 continue
-            if n > 1 and (toks[i][2] in _EDGE_WORDS or toks[i + n - 1][2] in _EDGE_WORDS) \
-                    and " ".join(t[2] for t in toks[i:i + n]) not in TAG_SYNONYMS:
+            if (
+                n > 1
+                and (toks[i][2] in _EDGE_WORDS or toks[i + n - 1][2] in _EDGE_WORDS)
+                and " ".join(t[2] for t in toks[i : i + n]) not in TAG_SYNONYMS
+            ):
                 continue  # "ya books" is the tag "ya", not the shelf "ya-books"
-            key = " ".join(t[2] for t in toks[i:i + n])
+            key = " ".join(t[2] for t in toks[i : i + n])
             if key in table:
                 hit = (n, table[key])
                 break
@@ -553,8 +865,13 @@ def _clean_query(text: str) -> str:
     return " ".join(words).strip(" ,;:.")
 
 
-def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequence[str] = (),
-                 known_authors: Sequence[str] = (), matcher: CatalogMatcher | None = None) -> Intent:
+def parse_intent(
+    text: str,
+    known_titles: Sequence[str] = (),
+    known_tags: Sequence[str] = (),
+    known_authors: Sequence[str] = (),
+    matcher: CatalogMatcher | None = None,
+) -> Intent:
     """Parse one chat message into an :class:`Intent` with rules only (no model).
 
     ``known_titles``/``known_authors``: when given, ``title_ref`` and ``authors`` are elements of
@@ -574,7 +891,7 @@ def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequen
     if _HELP_RE.search(raw):
         return Intent(kind="help")
     g = _GREETING_RE.match(raw)
-    if g and not raw[g.end():].strip(" !?.,"):
+    if g and not raw[g.end() :].strip(" !?.,"):
         return Intent(kind="greeting")
     work = _Work(raw)
     if g:
@@ -585,8 +902,7 @@ def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequen
     _find_years(work, intent)
 
     cue_kind, cue_end = _find_cue(work, ref)
-    targeted = (cue_kind is not None and intent.ref_index is None
-                and not _deictic_at(work, cue_end))
+    targeted = cue_kind is not None and intent.ref_index is None and not _deictic_at(work, cue_end)
     refused: list[str] = []
     if targeted and cue_kind == "not_interested":
         refused = _genre_target(work, cue_end, titles, tags)
@@ -618,9 +934,13 @@ def parse_intent(text: str, known_titles: Sequence[str] = (), known_tags: Sequen
 
 def _find_cue(work: _Work, ref: tuple[int, int] | None) -> tuple[IntentKind | None, int]:
     """The first kind cue by priority (why > read_it > not_interested > details > more_like)."""
-    for rx, kind in ((_WHY_RE, "why"), (_READ_IT_RE, "read_it"),
-                     (_NOT_INTERESTED_RE, "not_interested"), (_DETAILS_RE, "details"),
-                     (_MORE_LIKE_RE, "more_like")):
+    for rx, kind in (
+        (_WHY_RE, "why"),
+        (_READ_IT_RE, "read_it"),
+        (_NOT_INTERESTED_RE, "not_interested"),
+        (_DETAILS_RE, "details"),
+        (_MORE_LIKE_RE, "more_like"),
+    ):
         m = rx.search(work.s)
         if m is None and kind == "read_it" and ref:
             # "I read the second one": the reference itself is already consumed.
@@ -639,8 +959,9 @@ def _deictic_at(work: _Work, pos: int) -> bool:
     return st >= en or bool(_DEICTIC_RE.match(work.s[st:en]))
 
 
-def _genre_target(work: _Work, pos: int, titles: CatalogMatcher | None,
-                  tags: tuple[str, ...]) -> list[str]:
+def _genre_target(
+    work: _Work, pos: int, titles: CatalogMatcher | None, tags: tuple[str, ...]
+) -> list[str]:
     """Tags refused by "not interested in <phrase>" when the phrase is only genre words.
 
     A phrase that names a known title exactly ("not interested in Twilight") is a book, not a
@@ -655,9 +976,16 @@ def _genre_target(work: _Work, pos: int, titles: CatalogMatcher | None,
     return probe.exclude_tags if not _clean_query(sub.remaining()) else []
 
 
-def _decide_kind(intent: Intent, cue: IntentKind | None, refused: bool, negated: bool,
-                 targeted: bool, titles: CatalogMatcher | None, raw: str,
-                 greeting: re.Match[str] | None) -> IntentKind:
+def _decide_kind(
+    intent: Intent,
+    cue: IntentKind | None,
+    refused: bool,
+    negated: bool,
+    targeted: bool,
+    titles: CatalogMatcher | None,
+    raw: str,
+    greeting: re.Match[str] | None,
+) -> IntentKind:
     if refused:
         return "refine"  # "not interested in romance"
     if cue == "more_like" and targeted and titles is not None and intent.title_ref is None:
@@ -666,20 +994,39 @@ def _decide_kind(intent: Intent, cue: IntentKind | None, refused: bool, negated:
         return cue
     if _REQUEST_RE.search(raw) or intent.authors:
         return "recommend"
-    modifiers = (intent.year_min is not None or intent.year_max is not None or intent.shorter
-                 or intent.lighter or intent.newer or intent.older or negated)
-    body = raw[greeting.end():] if greeting else raw
-    fresh_topic = bool(_FRESH_START_RE.match(body)) and bool(intent.include_tags or intent.query_text)
-    if (_REFINE_START_RE.match(body) and not fresh_topic) or (modifiers and not intent.query_text
-                                        and not _BOOKISH_RE.search(raw)):
+    modifiers = (
+        intent.year_min is not None
+        or intent.year_max is not None
+        or intent.shorter
+        or intent.lighter
+        or intent.newer
+        or intent.older
+        or negated
+    )
+    body = raw[greeting.end() :] if greeting else raw
+    fresh_topic = bool(_FRESH_START_RE.match(body)) and bool(
+        intent.include_tags or intent.query_text
+    )
+    if (_REFINE_START_RE.match(body) and not fresh_topic) or (
+        modifiers and not intent.query_text and not _BOOKISH_RE.search(raw)
+    ):
         return "refine"  # "more fantasy", "not romance", "published after 2000"
     return "recommend"
 
 
 # ---------------------------------------------------------------------------- the LLM parser
 
-KINDS: tuple[str, ...] = ("recommend", "more_like", "refine", "why", "details", "read_it",
-                          "not_interested", "greeting", "help")
+KINDS: tuple[str, ...] = (
+    "recommend",
+    "more_like",
+    "refine",
+    "why",
+    "details",
+    "read_it",
+    "not_interested",
+    "greeting",
+    "help",
+)
 _NULL_INT = {"type": ["integer", "null"]}
 _STRS = {"type": "array", "items": {"type": "string"}, "maxItems": 8}
 INTENT_SCHEMA: dict[str, Any] = {
@@ -688,14 +1035,32 @@ INTENT_SCHEMA: dict[str, Any] = {
         "kind": {"type": "string", "enum": list(KINDS)},
         "anchor_title": {"type": ["string", "null"]},
         "ref_index": _NULL_INT,
-        "include_tags": _STRS, "exclude_tags": _STRS, "authors": _STRS,
-        "year_min": _NULL_INT, "year_max": _NULL_INT,
-        "shorter": {"type": "boolean"}, "lighter": {"type": "boolean"},
-        "newer": {"type": "boolean"}, "older": {"type": "boolean"},
+        "include_tags": _STRS,
+        "exclude_tags": _STRS,
+        "authors": _STRS,
+        "year_min": _NULL_INT,
+        "year_max": _NULL_INT,
+        "shorter": {"type": "boolean"},
+        "lighter": {"type": "boolean"},
+        "newer": {"type": "boolean"},
+        "older": {"type": "boolean"},
         "query_text": {"type": "string"},
     },
-    "required": ["kind", "anchor_title", "ref_index", "include_tags", "exclude_tags", "authors",
-                 "year_min", "year_max", "shorter", "lighter", "newer", "older", "query_text"],
+    "required": [
+        "kind",
+        "anchor_title",
+        "ref_index",
+        "include_tags",
+        "exclude_tags",
+        "authors",
+        "year_min",
+        "year_max",
+        "shorter",
+        "lighter",
+        "newer",
+        "older",
+        "query_text",
+    ],
     "additionalProperties": False,
 }
 """The JSON the LLM must produce (passed to ``generate_json`` where the backend has it)."""
@@ -765,8 +1130,12 @@ def intent_from_json(data: Any, tags: Sequence[str], matcher: CatalogMatcher) ->
             intent.title_ref = hit.title if hit else None
     q = data.get("query_text")
     intent.query_text = " ".join(q.split())[:200] if isinstance(q, str) else ""
-    if intent.kind == "more_like" and intent.title_ref is None and intent.ref_index is None \
-            and (intent.query_text or intent.include_tags):
+    if (
+        intent.kind == "more_like"
+        and intent.title_ref is None
+        and intent.ref_index is None
+        and (intent.query_text or intent.include_tags)
+    ):
         intent.kind = "recommend"  # "like a cozy mystery": no book named
     return intent
 
@@ -782,8 +1151,13 @@ class IntentParser:
         deadline_s: time the LLM gets per message (backends with ``generate_json`` honour it).
     """
 
-    def __init__(self, books: Sequence[Book], llm: Any = None, prompt_tags: int = 120,
-                 deadline_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        books: Sequence[Book],
+        llm: Any = None,
+        prompt_tags: int = 120,
+        deadline_s: float = 20.0,
+    ) -> None:
         counts: dict[str, int] = {}
         for b in books:
             for t in b.tags:
@@ -834,8 +1208,11 @@ class IntentParser:
 
         context = "\n".join(f"#{i + 1} {t}" for i, t in enumerate(list(shown)[:10])) or "(none)"
         msgs, _version = render_messages(
-            "chat_intent", context=context, utterance=delimit(text, 500),
-            tags=", ".join(self.tags[: self.prompt_tags]))
+            "chat_intent",
+            context=context,
+            utterance=delimit(text, 500),
+            tags=", ".join(self.tags[: self.prompt_tags]),
+        )
         # A wrapper (ResilientBackend) always has generate_json; use it only when the wrapped
         # backend implements it too (every LLMBackend does; a bare generate-only object not).
         inner = getattr(llm, "inner", llm)
@@ -843,8 +1220,9 @@ class IntentParser:
         if callable(gen_json) and callable(getattr(inner, "generate_json", None)):
             import time
 
-            data = gen_json(msgs, INTENT_SCHEMA, max_new_tokens=200,
-                            deadline=time.monotonic() + self.deadline_s)
+            data = gen_json(
+                msgs, INTENT_SCHEMA, max_new_tokens=200, deadline=time.monotonic() + self.deadline_s
+            )
             if isinstance(data, str):
                 data = _json_object(data)
         else:
@@ -870,12 +1248,17 @@ def intent_parser(rec: Any) -> IntentParser:
     spec = rec.settings.llm.backend if rec._llm_spec is None else rec._llm_spec
     mode = rec.settings.chat.llm_intent
     llm = None
-    if mode != "off" and str(spec).lower() != "none" and (mode == "on" or str(spec).lower() != "local"):
+    if (
+        mode != "off"
+        and str(spec).lower() != "none"
+        and (mode == "on" or str(spec).lower() != "local")
+    ):
         llm = rec.llm
     return IntentParser(books, llm if use_llm_for_intents(mode, spec, llm) else None)
 
 
 # ---------------------------------------------------------------------------- follow-ups
+
 
 @dataclass
 class RequestState:
@@ -897,10 +1280,40 @@ class RequestState:
         return list(self.constraints.include_tags)
 
 
-_GENERIC_WORDS = {"what", "should", "i", "read", "next", "something", "a", "book", "books", "good",
-                  "to", "recommend", "me", "please", "some", "give", "any", "suggestions",
-                  "suggest", "can", "you", "another", "new", "now", "more", "the", "one", "ones",
-                  "else", "could", "would", "like"}
+_GENERIC_WORDS = {
+    "what",
+    "should",
+    "i",
+    "read",
+    "next",
+    "something",
+    "a",
+    "book",
+    "books",
+    "good",
+    "to",
+    "recommend",
+    "me",
+    "please",
+    "some",
+    "give",
+    "any",
+    "suggestions",
+    "suggest",
+    "can",
+    "you",
+    "another",
+    "new",
+    "now",
+    "more",
+    "the",
+    "one",
+    "ones",
+    "else",
+    "could",
+    "would",
+    "like",
+}
 
 
 def _generic(q: str) -> bool:
@@ -908,8 +1321,13 @@ def _generic(q: str) -> bool:
     return set(re.findall(r"[a-z']+", q.lower())) <= _GENERIC_WORDS
 
 
-def follow_up(prev: RequestState | None, intent: Intent, anchor: str | None,
-              books: dict[str, Book], tag_boost: float = 1.5) -> RequestState:
+def follow_up(
+    prev: RequestState | None,
+    intent: Intent,
+    anchor: str | None,
+    books: dict[str, Book],
+    tag_boost: float = 1.5,
+) -> RequestState:
     """The request to run after ``intent``, given the previous one.
 
     A ``refine`` ("more fantasy", "but shorter", "not romance", "after 2000") keeps the last
@@ -927,8 +1345,13 @@ def follow_up(prev: RequestState | None, intent: Intent, anchor: str | None,
     """
     if intent.kind == "refine" and prev is not None:
         base, query, anchor = prev.constraints, prev.query, prev.anchor
-        if anchor in books and intent.include_tags and not (
-                {t.lower() for t in intent.include_tags} & {t.lower() for t in books[anchor].tags}):
+        if (
+            anchor in books
+            and intent.include_tags
+            and not (
+                {t.lower() for t in intent.include_tags} & {t.lower() for t in books[anchor].tags}
+            )
+        ):
             anchor = None  # "more fantasy" after "like Dune": a new topic, not more Dune
         if intent.query_text and not _generic(intent.query_text) and not intent.include_tags:
             query = intent.query_text  # "more about dragons": the topic words refine the text
@@ -960,16 +1383,22 @@ def describe_request(req: RequestState, books: dict[str, Book]) -> str:
     if c.authors:
         parts.append("by " + ", ".join(c.authors))
     if c.year_min is not None and c.year_max is not None:
-        parts.append(f"published {c.year_min}–{c.year_max}" if c.year_min != c.year_max
-                     else f"published in {c.year_min}")
+        parts.append(
+            f"published {c.year_min}–{c.year_max}"
+            if c.year_min != c.year_max
+            else f"published in {c.year_min}"
+        )
     elif c.year_min is not None:
         parts.append(f"published {c.year_min} or later")
     elif c.year_max is not None:
         parts.append(f"published {c.year_max} or earlier")
     anchor_title = f"“{books[req.anchor].title}”" if req.anchor in books else ""
     if c.shorter:
-        parts.append("shorter" + (f" than {anchor_title}" if anchor_title else "")
-                     + " (by the catalog's short/long tags)")
+        parts.append(
+            "shorter"
+            + (f" than {anchor_title}" if anchor_title else "")
+            + " (by the catalog's short/long tags)"
+        )
     if c.lighter:
         parts.append("lighter in mood" + (f" than {anchor_title}" if anchor_title else ""))
     for flag in ("newer", "older"):
@@ -979,11 +1408,18 @@ def describe_request(req: RequestState, books: dict[str, Book]) -> str:
     return "; ".join(parts)
 
 
-def recommend_request(rec: Any, req: RequestState, user_id: str | None, k: int,
-                      exclude: Sequence[str] = (), **kw: Any) -> Any:
+def recommend_request(
+    rec: Any, req: RequestState, user_id: str | None, k: int, exclude: Sequence[str] = (), **kw: Any
+) -> Any:
     """Run a request through ``rec.recommend_full`` (the CLI and the chat share this)."""
     c = req.constraints
     return rec.recommend_full(
-        user_id=user_id, query=req.query, k=k, constraints=None if c.is_empty() else c,
+        user_id=user_id,
+        query=req.query,
+        k=k,
+        constraints=None if c.is_empty() else c,
         exclude=list(exclude) + ([req.anchor] if req.anchor else []),
-        anchors=[req.anchor] if req.anchor else [], query_tags=req.query_tags, **kw)
+        anchors=[req.anchor] if req.anchor else [],
+        query_tags=req.query_tags,
+        **kw,
+    )

@@ -2,8 +2,8 @@
 :mod:`assistant.explainer` and prompt formatting to :mod:`prompts.format`."""
 
 from assistant.explainer import (  # noqa: F401
-    ExplanationResult,
     Explainer,
+    ExplanationResult,
     FallbackCounter,
     partial_fields,
     reason_category,

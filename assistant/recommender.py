@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,10 +23,9 @@ from retrieval.config import Settings
 from retrieval.constraints import Constraints
 from retrieval.embed import Embedder
 from retrieval.errors import NotFoundError, ReadnextError
-from retrieval.feedback import SIGNALS, FeedbackStore, normalize_signal
+from retrieval.feedback import FeedbackStore, normalize_signal
 from retrieval.index import Index
 from retrieval.leases import collect_garbage, current_name, reader_lock
-from retrieval.library import LIKED
 from retrieval.profiles import Profile, profile_from_history
 from retrieval.ranking import rank, rank_one
 from retrieval.registry import build_sources
@@ -64,9 +64,27 @@ class Recommendation:
     rejected_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in ("book_id", "title", "authors", "year", "tags", "score", "sources",
-                                           "explanation", "explanation_source", "blurb", "llm_score",
-                                           "retrieval_score", "rank", "image_url", "series", "series_index")}
+        d = {
+            k: getattr(self, k)
+            for k in (
+                "book_id",
+                "title",
+                "authors",
+                "year",
+                "tags",
+                "score",
+                "sources",
+                "explanation",
+                "explanation_source",
+                "blurb",
+                "llm_score",
+                "retrieval_score",
+                "rank",
+                "image_url",
+                "series",
+                "series_index",
+            )
+        }
         d["evidence"] = [e.to_dict() for e in self.evidence]
         if self.prompt_version:
             d["prompt_version"] = self.prompt_version
@@ -90,12 +108,14 @@ def _request(fn):
     The outermost call of a thread also looks, at most every ``ingest.reload_check_s``, for a
     newly ingested index; a background thread loads it and swaps it in between requests.
     """
+
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
         with self._serving.shared() as outermost:
             if outermost:
                 self._maybe_reload()
             return fn(self, *args, **kwargs)
+
     return wrapper
 
 
@@ -135,10 +155,21 @@ class Recommender:
         # The content and readers sources get a store handle now (opened on first use, and
         # always the store of the index being served), never patched in afterwards.
         sources: dict[str, CandidateSource] = build_sources(
-            lib, s, embed_query=self._embed_query, store=_LazyStore(self),
-            fitted={"cf": index.cf_model(), "sasrec": index.sasrec_model()}, seed=s.seed)
-        return {"index": index, "meta": index.meta, "dataset": index.meta["dataset"], "lib": lib,
-                "books": lib.by_id, "sources": sources}
+            lib,
+            s,
+            embed_query=self._embed_query,
+            store=_LazyStore(self),
+            fitted={"cf": index.cf_model(), "sasrec": index.sasrec_model()},
+            seed=s.seed,
+        )
+        return {
+            "index": index,
+            "meta": index.meta,
+            "dataset": index.meta["dataset"],
+            "lib": lib,
+            "books": lib.by_id,
+            "sources": sources,
+        }
 
     def _apply_state(self, state: dict[str, Any], store=None) -> None:
         self.index: Index = state["index"]
@@ -199,8 +230,9 @@ class Recommender:
 
     def _refresh_feedback_profiles(self) -> None:
         """Fold feedback into the new index's stored profiles (ingest builds them from files)."""
-        rated = sorted({e.user_id for e in self.feedback.events(self.dataset)
-                        if e.rating is not None})
+        rated = sorted(
+            {e.user_id for e in self.feedback.events(self.dataset) if e.rating is not None}
+        )
         for u in rated:
             with self._serving.shared(), reader_lock(self.settings.home, u):
                 if self.has_user(u):
@@ -209,8 +241,13 @@ class Recommender:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, data_dir: str | Path | None = None, settings: Settings | None = None,
-             llm: Any = None, config_file: str | Path | None = None) -> "Recommender":
+    def open(
+        cls,
+        data_dir: str | Path | None = None,
+        settings: Settings | None = None,
+        llm: Any = None,
+        config_file: str | Path | None = None,
+    ) -> Recommender:
         """Open the live index in ``data_dir`` (None: ``READNEXT_HOME`` or ``~/.readnext``).
 
         ``llm``: None (from config), ``"none"``, ``"local"``, a HF model id/path, an endpoint URL,
@@ -227,8 +264,9 @@ class Recommender:
             with self._open_lock:
                 if self._embedder is None:
                     e = self.settings.embedder
-                    self._embedder = Embedder(e.model, e.device, e.batch_size,
-                                              cache_dir=self.settings.home / "cache")
+                    self._embedder = Embedder(
+                        e.model, e.device, e.batch_size, cache_dir=self.settings.home / "cache"
+                    )
         return self._embedder
 
     def _embed_query(self, text: str) -> np.ndarray:
@@ -330,8 +368,11 @@ class Recommender:
             if u in self.lib.user_index:
                 books = books - {r.book_id for r in self.lib.history(u)}
             out[u] = out.get(u, 0) + len(books)
-        return [{"user_id": u, "n_ratings": n}
-                for u, n in sorted(out.items(), key=lambda x: _natural(x[0])) if u not in self.hidden]
+        return [
+            {"user_id": u, "n_ratings": n}
+            for u, n in sorted(out.items(), key=lambda x: _natural(x[0]))
+            if u not in self.hidden
+        ]
 
     @_request
     def has_user(self, user_id: str) -> bool:
@@ -382,9 +423,15 @@ class Recommender:
         return [by_book[b] for b in order], exclude, to_read
 
     @_request
-    def context(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
-                query: str | None = None, exclude: Iterable[str] = (), anchors: Sequence[str] = (),
-                query_tags: Sequence[str] = ()) -> UserContext:
+    def context(
+        self,
+        user_id: str | None = None,
+        history: Sequence[Rating] | None = None,
+        query: str | None = None,
+        exclude: Iterable[str] = (),
+        anchors: Sequence[str] = (),
+        query_tags: Sequence[str] = (),
+    ) -> UserContext:
         """Build the request context every candidate source reads (``anchors``: books the request
         asked for "something like"; ``query_tags``: catalog tags it named)."""
         hist: list[Rating] = []
@@ -395,18 +442,41 @@ class Recommender:
             hist, ex, to_read = self._history(user_id)
             excl |= ex
         if history is not None:
-            hist = list(hist) + [r if isinstance(r, Rating) else Rating(user_id or "anonymous", str(r[0]), float(r[1]),
-                                                                          float(r[2]) if len(r) > 2 else float(i))
-                                 for i, r in enumerate(history)]
-        return UserContext(user_id=user_id, history=hist, query=query or None, exclude=excl, to_read=to_read,
-                           query_tags=tuple(query_tags), anchors=tuple(a for a in anchors if a in self.books))
+            hist = list(hist) + [
+                r
+                if isinstance(r, Rating)
+                else Rating(
+                    user_id or "anonymous",
+                    str(r[0]),
+                    float(r[1]),
+                    float(r[2]) if len(r) > 2 else float(i),
+                )
+                for i, r in enumerate(history)
+            ]
+        return UserContext(
+            user_id=user_id,
+            history=hist,
+            query=query or None,
+            exclude=excl,
+            to_read=to_read,
+            query_tags=tuple(query_tags),
+            anchors=tuple(a for a in anchors if a in self.books),
+        )
 
     # -- recommend --------------------------------------------------------------------------------
 
-    def recommend(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
-                  query: str | None = None, k: int = 10, source: str = "hybrid", rerank: str | None = None,
-                  explain_llm: bool | int | None = None, constraints: Constraints | None = None,
-                  exclude: Iterable[str] = ()) -> list[Recommendation]:
+    def recommend(
+        self,
+        user_id: str | None = None,
+        history: Sequence[Rating] | None = None,
+        query: str | None = None,
+        k: int = 10,
+        source: str = "hybrid",
+        rerank: str | None = None,
+        explain_llm: bool | int | None = None,
+        constraints: Constraints | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[Recommendation]:
         """Top ``k`` books for a reader (by id, by an explicit history, by a query, or a mix).
 
         ``source``: hybrid | content | cf | popularity | series. ``rerank="llm"`` reranks the
@@ -414,15 +484,25 @@ class Recommender:
         for explanation text and a blurb for the top picks. Notes about fallbacks are left in
         ``self.last_notes``.
         """
-        return self.recommend_full(user_id, history, query, k, source, rerank, explain_llm, constraints,
-                                   exclude).items
+        return self.recommend_full(
+            user_id, history, query, k, source, rerank, explain_llm, constraints, exclude
+        ).items
 
     @_request
-    def recommend_full(self, user_id: str | None = None, history: Sequence[Rating] | None = None,
-                       query: str | None = None, k: int = 10, source: str = "hybrid", rerank: str | None = None,
-                       explain_llm: bool | int | None = None, constraints: Constraints | None = None,
-                       exclude: Iterable[str] = (), anchors: Sequence[str] = (),
-                       query_tags: Sequence[str] = ()) -> RecommendResult:
+    def recommend_full(
+        self,
+        user_id: str | None = None,
+        history: Sequence[Rating] | None = None,
+        query: str | None = None,
+        k: int = 10,
+        source: str = "hybrid",
+        rerank: str | None = None,
+        explain_llm: bool | int | None = None,
+        constraints: Constraints | None = None,
+        exclude: Iterable[str] = (),
+        anchors: Sequence[str] = (),
+        query_tags: Sequence[str] = (),
+    ) -> RecommendResult:
         """Like :meth:`recommend`, returning notes and stage timings too.
 
         ``anchors`` and ``query_tags`` come from a parsed request (:mod:`assistant.intent`).
@@ -430,8 +510,10 @@ class Recommender:
         if k <= 0:
             raise ReadnextError(f"k must be positive, got {k}")
         if not self.books:
-            raise ReadnextError(f"the {self.dataset} catalog is empty: nothing to recommend; "
-                                "run `readnext ingest` with a books file that has rows")
+            raise ReadnextError(
+                f"the {self.dataset} catalog is empty: nothing to recommend; "
+                "run `readnext ingest` with a books file that has rows"
+            )
         if source not in self.sources:
             raise ReadnextError(f"unknown source {source!r}: use one of {', '.join(self.sources)}")
         check_query_length(query, self.settings.chat.max_message_chars)
@@ -464,36 +546,65 @@ class Recommender:
             self._explain_llm(recs[:n_llm], ctx, notes)
         t3 = time.perf_counter()
         self.last_notes = notes
-        return RecommendResult(recs, notes, {"retrieve": round((t1 - t0) * 1e3, 2), "rerank": round((t2 - t1) * 1e3, 2),
-                                             "explain": round((t3 - t2) * 1e3, 2)})
+        return RecommendResult(
+            recs,
+            notes,
+            {
+                "retrieve": round((t1 - t0) * 1e3, 2),
+                "rerank": round((t2 - t1) * 1e3, 2),
+                "explain": round((t3 - t2) * 1e3, 2),
+            },
+        )
 
     def _notes(self, ctx: UserContext) -> list[str]:
         notes = []
         if not ctx.history:
-            notes.append("cold start: no reading history yet, so results come from "
-                         + ("your request and " if ctx.query else "") + "what is popular here")
-        elif not any(r.book_id in self.lib.index and self.lib.pop_count[self.lib.index[r.book_id]] > 0
-                     for r in ctx.history):
-            notes.append("collaborative filtering has no co-readers for your books: using content similarity")
+            notes.append(
+                "cold start: no reading history yet, so results come from "
+                + ("your request and " if ctx.query else "")
+                + "what is popular here"
+            )
+        elif not any(
+            r.book_id in self.lib.index and self.lib.pop_count[self.lib.index[r.book_id]] > 0
+            for r in ctx.history
+        ):
+            notes.append(
+                "collaborative filtering has no co-readers for your books: using content similarity"
+            )
         return notes
 
     def _to_rec(self, c: Candidate, ctx: UserContext, rank: int) -> Recommendation:
         b = self.books[c.book_id]
         rated = {r.book_id: r.rating for r in ctx.history}
         return Recommendation(
-            book_id=b.book_id, title=b.title, authors=list(b.authors), year=b.year, tags=list(b.tags),
-            score=round(float(c.score), 6), sources=[s for s in c.source.split("+") if s], evidence=list(c.evidence),
-            explanation=template_explanation(c.evidence, self.books, rated), rank=rank,
-            retrieval_score=round(float(c.score), 6), image_url=b.image_url, description=b.description,
-            series=b.series, series_index=b.series_index)
+            book_id=b.book_id,
+            title=b.title,
+            authors=list(b.authors),
+            year=b.year,
+            tags=list(b.tags),
+            score=round(float(c.score), 6),
+            sources=[s for s in c.source.split("+") if s],
+            evidence=list(c.evidence),
+            explanation=template_explanation(c.evidence, self.books, rated),
+            rank=rank,
+            retrieval_score=round(float(c.score), 6),
+            image_url=b.image_url,
+            description=b.description,
+            series=b.series,
+            series_index=b.series_index,
+        )
 
     @_request
-    def recommend_batch(self, user_ids: Sequence[str], k: int = 10, source: str = "hybrid") -> dict[str, list[str]]:
+    def recommend_batch(
+        self, user_ids: Sequence[str], k: int = 10, source: str = "hybrid"
+    ) -> dict[str, list[str]]:
         """Top-``k`` book ids for many readers at once: the same rank path, batched (no evidence)."""
         if source not in self.sources:
             raise ReadnextError(f"unknown source {source!r}: use one of {', '.join(self.sources)}")
         ctxs = [self.context(u) for u in user_ids]
-        return {u: r.book_ids(self.lib) for u, r in zip(user_ids, rank(self.sources[source], ctxs, k))}
+        return {
+            u: r.book_ids(self.lib) for u, r in zip(user_ids, rank(self.sources[source], ctxs, k))
+        }
 
     # -- explain ----------------------------------------------------------------------------------
 
@@ -514,9 +625,16 @@ class Recommender:
         i = self.lib.index[book_id]
         own = self._own_verdict(user_id, book_id, ctx)
         hybrid = self.sources["hybrid"]
-        if own is not None:  # a book is never its own reason: judge it against the reader's other books
-            ctx = UserContext(ctx.user_id, [r for r in ctx.history if r.book_id != book_id], ctx.query,
-                              ctx.exclude, ctx.to_read)
+        if (
+            own is not None
+        ):  # a book is never its own reason: judge it against the reader's other books
+            ctx = UserContext(
+                ctx.user_id,
+                [r for r in ctx.history if r.book_id != book_id],
+                ctx.query,
+                ctx.exclude,
+                ctx.to_read,
+            )
         per = {n: s.score(ctx) for n, s in hybrid.sources.items()}  # type: ignore[attr-defined]
         found = hybrid.found_by(ctx, [i], per)
         ev_ctx, ev_found = ctx, found
@@ -526,7 +644,9 @@ class Recommender:
         evidence = hybrid.evidence_for(ev_ctx, [i], found=ev_found)[0]
         fused = hybrid.fuse({n: m[None, :] for n, m in per.items()}, [ctx])[0]  # type: ignore[attr-defined]
         score = float(fused[i]) if np.isfinite(fused[i]) else 0.0
-        rec = self._to_rec(Candidate(book_id, score, "+".join(found[0]) or "none", evidence), ctx, rank=0)
+        rec = self._to_rec(
+            Candidate(book_id, score, "+".join(found[0]) or "none", evidence), ctx, rank=0
+        )
         if own is not None:
             rec.explanation = own
             return rec  # no LLM praise for a book the reader already judged
@@ -541,24 +661,33 @@ class Recommender:
             if e.book_id == book_id and e.signal != "to_read":
                 last = e
         off, out = "so it stays off your lists.", "so it is not among your recommendations."
-        said = {"like": f"You gave this book a 👍, {out}",
-                "dislike": f"You gave this book a 👎, {off}",
-                "read": f"You have already read this book, {out}",
-                "not_interested": f"You said you are not interested in this book, {off}",
-                "currently_reading": f"You are reading this book now, {out}"}
+        said = {
+            "like": f"You gave this book a 👍, {out}",
+            "dislike": f"You gave this book a 👎, {off}",
+            "read": f"You have already read this book, {out}",
+            "not_interested": f"You said you are not interested in this book, {off}",
+            "currently_reading": f"You are reading this book now, {out}",
+        }
         if last is not None and last.signal in said:
             return said[last.signal]
         rated = next((r for r in reversed(ctx.history) if r.book_id == book_id), None)
         if rated is not None:
-            return (f"You have already read this book (you rated it {rated.rating:g}★), "
-                    "so it is not among your recommendations.")
+            return (
+                f"You have already read this book (you rated it {rated.rating:g}★), "
+                "so it is not among your recommendations."
+            )
         return None
 
     # -- feedback ---------------------------------------------------------------------------------
 
     @_request
-    def add_feedback(self, user_id: str, book_id: str, rating_or_signal: float | int | str,
-                     create_user: bool = False) -> Profile | None:
+    def add_feedback(
+        self,
+        user_id: str,
+        book_id: str,
+        rating_or_signal: float | int | str,
+        create_user: bool = False,
+    ) -> Profile | None:
         """Record a rating (1-5) or a signal (like, dislike, read, not_interested, to_read).
 
         The event is durable before this returns. The reader's profile vector in Chroma is then
@@ -570,7 +699,9 @@ class Recommender:
         signal, rating = normalize_signal(rating_or_signal)
         if not self.has_user(user_id):
             if not create_user:
-                raise NotFoundError(f"unknown user {user_id!r}: see `readnext users` (or create the reader first)")
+                raise NotFoundError(
+                    f"unknown user {user_id!r}: see `readnext users` (or create the reader first)"
+                )
             self.feedback.add_reader(self.dataset, user_id, "feedback")
         with reader_lock(self.settings.home, user_id):
             self.feedback.add(self.dataset, user_id, book_id, signal, rating)
@@ -586,8 +717,14 @@ class Recommender:
         has read every committed event.
         """
         hist = self._history(user_id)[0]
-        p = profile_from_history(hist, None, self.settings.profile, self.lib.has_timestamps,
-                                 matrix=self.lib.vectors, index=self.lib.index)
+        p = profile_from_history(
+            hist,
+            None,
+            self.settings.profile,
+            self.lib.has_timestamps,
+            matrix=self.lib.vectors,
+            index=self.lib.index,
+        )
         if p is not None:
             self.store.upsert("users", [user_id], p.vector[None, :], [p.to_metadata()])
         return p
@@ -607,15 +744,27 @@ class Recommender:
         p = self.profile(user_id)
         if p is None:
             ctx = self.context(user_id)
-            p = profile_from_history(ctx.history, None, self.settings.profile, self.lib.has_timestamps,
-                                     matrix=self.lib.vectors, index=self.lib.index)
+            p = profile_from_history(
+                ctx.history,
+                None,
+                self.settings.profile,
+                self.lib.has_timestamps,
+                matrix=self.lib.vectors,
+                index=self.lib.index,
+            )
         if p is None:
             return []
         return [(u, s) for u, s in self.store.query("users", p.vector, n + 1) if u != user_id][:n]
 
     @_request
-    def create_reader(self, user_id: str, ratings: Sequence[tuple[str, float]] = (), origin: str = "app",
-                      to_read: Iterable[str] = (), timestamps: Sequence[float | None] | None = None) -> None:
+    def create_reader(
+        self,
+        user_id: str,
+        ratings: Sequence[tuple[str, float]] = (),
+        origin: str = "app",
+        to_read: Iterable[str] = (),
+        timestamps: Sequence[float | None] | None = None,
+    ) -> None:
         """Create (or extend) a reader from a list of (book_id, rating); e.g. onboarding, imports.
 
         All or nothing: every book and rating is checked first, then the reader and all events
@@ -624,7 +773,9 @@ class Recommender:
         from retrieval.feedback import FeedbackEvent
 
         if user_id in self.lib.user_index:
-            raise ReadnextError(f"reader {user_id!r} already exists in the dataset; choose another name")
+            raise ReadnextError(
+                f"reader {user_id!r} already exists in the dataset; choose another name"
+            )
         now = time.time()
         events = []
         for i, (b, r) in enumerate(ratings):
@@ -641,8 +792,14 @@ class Recommender:
                 self._update_profile(user_id)
 
     @_request
-    def sync_reader(self, user_id: str, ratings: Sequence[Rating], to_read: Iterable[str] = (),
-                    reading: Iterable[str] = (), origin: str = "import") -> dict[str, int]:
+    def sync_reader(
+        self,
+        user_id: str,
+        ratings: Sequence[Rating],
+        to_read: Iterable[str] = (),
+        reading: Iterable[str] = (),
+        origin: str = "import",
+    ) -> dict[str, int]:
         """Bring a reader up to date with an imported history; importing the same data twice
         changes nothing, and a newer export wins (same book -> its latest rating or shelf).
 
@@ -658,8 +815,9 @@ class Recommender:
             ``to_read_added``, ``reading_added``.
         """
         if user_id in self.lib.user_index:
-            raise ReadnextError(f"reader {user_id!r} already exists in the dataset; "
-                                "choose another name")
+            raise ReadnextError(
+                f"reader {user_id!r} already exists in the dataset; choose another name"
+            )
         self.feedback.add_reader(self.dataset, user_id, origin)
         rating_of: dict[str, float | None] = {}
         shelf: dict[str, str] = {}  # the latest non-rating signal per book
@@ -685,8 +843,10 @@ class Recommender:
             else:
                 out["updated"] += 1
             rating_of[r.book_id] = float(r.rating)
-        for signal, books, key in (("currently_reading", reading, "reading_added"),
-                                   ("to_read", to_read, "to_read_added")):
+        for signal, books, key in (
+            ("currently_reading", reading, "reading_added"),
+            ("to_read", to_read, "to_read_added"),
+        ):
             for b in books:
                 self.book(b)
                 if shelf.get(b) == signal or b in rating_of:
@@ -713,7 +873,9 @@ class Recommender:
     def _rerank(self, ctx: UserContext, cands: list[Candidate], notes: list[str]):
         llm = self.llm
         if llm is None:
-            notes.append("LLM rerank asked for, but no LLM is configured (--llm): kept the retrieval order")
+            notes.append(
+                "LLM rerank asked for, but no LLM is configured (--llm): kept the retrieval order"
+            )
             return cands, {}
         from .rerank import LLMReranker
 
@@ -729,8 +891,14 @@ class Recommender:
             cand = by_id[r.book_id]
             # after a rerank, `score` is the fused z-score for the reranked head, else retrieval's
             score = r.fused_score if r.fused_score is not None else cand.score
-            out.append(Candidate(cand.book_id, float(score), cand.source + ("+llm" if r.llm_score is not None else ""),
-                                 cand.evidence))
+            out.append(
+                Candidate(
+                    cand.book_id,
+                    float(score),
+                    cand.source + ("+llm" if r.llm_score is not None else ""),
+                    cand.evidence,
+                )
+            )
             if r.llm_score is not None:
                 scores[r.book_id] = round(float(r.llm_score), 4)
         return out, scores
@@ -739,7 +907,9 @@ class Recommender:
         if not hasattr(self, "_explainer"):
             from .explainer import Explainer
 
-            self._explainer = Explainer(self.llm, max_new_tokens=min(self.settings.llm.max_new_tokens, 80))
+            self._explainer = Explainer(
+                self.llm, max_new_tokens=min(self.settings.llm.max_new_tokens, 80)
+            )
         return self._explainer
 
     def _explain_llm(self, recs: list[Recommendation], ctx: UserContext, notes: list[str]) -> None:
@@ -747,15 +917,25 @@ class Recommender:
 
         llm = self.llm
         if llm is None:
-            notes.append(f"LLM unavailable ({self.llm_error}): explanations are templates" if self.llm_error
-                         else "no LLM configured: explanations are templates built from the evidence")
+            notes.append(
+                f"LLM unavailable ({self.llm_error}): explanations are templates"
+                if self.llm_error
+                else "no LLM configured: explanations are templates built from the evidence"
+            )
             return
         hist = self._history_books(ctx)  # with ratings: "you loved X" is checked against them
         ex, turn = self.explainer_for_turn()
         reasons, shown = [], []
         for r in recs:
-            res = ex.explain(self.books[r.book_id], r.evidence, hist, self.books, r.explanation,
-                             query=ctx.query, shown=shown)
+            res = ex.explain(
+                self.books[r.book_id],
+                r.evidence,
+                hist,
+                self.books,
+                r.explanation,
+                query=ctx.query,
+                shown=shown,
+            )
             self.apply_explanation(r, res)
             if res.source != "llm":
                 reasons.append(res.rejected_reason)
@@ -787,7 +967,9 @@ class Recommender:
             r.rejected_reason = res.rejected_reason
 
 
-def prompt_history(history: Sequence[Rating], books: dict[str, Book], n: int = 8) -> list[tuple[Book, float]]:
+def prompt_history(
+    history: Sequence[Rating], books: dict[str, Book], n: int = 8
+) -> list[tuple[Book, float]]:
     """The reader's best and most recent books (at most ``n``), as the LLM prompts see them.
 
     Used by the live reranker and explainer and by eval's LLM stage, so both prompt alike.
@@ -806,7 +988,7 @@ def prompt_history(history: Sequence[Rating], books: dict[str, Book], n: int = 8
 class _LazyStore:
     """The index's Chroma store, opened on first use (importing Chroma costs seconds)."""
 
-    def __init__(self, rec: "Recommender") -> None:
+    def __init__(self, rec: Recommender) -> None:
         self._rec = rec
 
     def __getattr__(self, name: str):
@@ -820,10 +1002,12 @@ def check_query_length(query: str | None, limit: int) -> None:
         ReadnextError: one line naming the length, the limit and the setting.
     """
     if query is not None and len(query) > limit:
-        raise ReadnextError(f"the request is {len(query):,} characters long and the limit is "
-                            f"{limit:,}: describe what you want to read in a sentence or two "
-                            "(setting chat.max_message_chars, env "
-                            "READNEXT_CHAT_MAX_MESSAGE_CHARS)")
+        raise ReadnextError(
+            f"the request is {len(query):,} characters long and the limit is "
+            f"{limit:,}: describe what you want to read in a sentence or two "
+            "(setting chat.max_message_chars, env "
+            "READNEXT_CHAT_MAX_MESSAGE_CHARS)"
+        )
 
 
 def _natural(s: str):

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from assistant.llm.base import LLMBackend, LLMError
-from prompts.format import format_book, format_history
 from prompts import render_messages
+from prompts.format import format_book, format_history
 from retrieval.types import Book
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ def zscores(values: Sequence[float]) -> list[float]:
     return [0.0] * n if sd < 1e-12 else [(v - mean) / sd for v in values]
 
 
-def fuse_head(retrieval: Sequence[float], llm: Sequence[float], weight: float) -> tuple[list[int], list[float]]:
+def fuse_head(
+    retrieval: Sequence[float], llm: Sequence[float], weight: float
+) -> tuple[list[int], list[float]]:
     """The reranker's fusion of a head: ``z(retrieval) + weight * z(llm)``, sorted (ties keep
     retrieval order); weight 0 keeps the given order exactly. Returns ``(order, fused)``.
 
@@ -57,7 +59,11 @@ def fuse_head(retrieval: Sequence[float], llm: Sequence[float], weight: float) -
     """
     fused = [r + weight * x for r, x in zip(zscores(list(retrieval)), zscores(list(llm)))]
     # Weight 0 means "retrieval order": kept as given even if the scores are not sorted.
-    order = list(range(len(fused))) if weight == 0 else sorted(range(len(fused)), key=lambda i: (-fused[i], i))
+    order = (
+        list(range(len(fused)))
+        if weight == 0
+        else sorted(range(len(fused)), key=lambda i: (-fused[i], i))
+    )
     return order, fused
 
 
@@ -93,7 +99,9 @@ class LLMReranker:
         if top_n < 1 or batch_size < 1 or history_k < 1:
             raise ValueError("top_n, batch_size and history_k must all be >= 1")
         if prompt not in ("rerank_yes_no", "rerank_listwise"):
-            raise ValueError(f"unknown rerank prompt {prompt!r}: use rerank_yes_no or rerank_listwise")
+            raise ValueError(
+                f"unknown rerank prompt {prompt!r}: use rerank_yes_no or rerank_listwise"
+            )
         self.backend, self.weight, self.top_n = backend, float(weight), top_n
         self.batch_size, self.history_k, self.desc_chars = batch_size, history_k, desc_chars
         self.prompt = prompt
@@ -119,23 +127,33 @@ class LLMReranker:
         """
         ids = [b.book_id for b, _ in candidates]
         if len(set(ids)) != len(ids):
-            raise ValueError("rerank candidates contain duplicate book_ids; deduplicate before reranking")
+            raise ValueError(
+                "rerank candidates contain duplicate book_ids; deduplicate before reranking"
+            )
         self.last_error = None
         head, tail = candidates[: self.top_n], candidates[self.top_n :]
         keep = [RerankResult(b.book_id, float(s), None, None) for b, s in tail]
         mode = self.mode
         if mode == "off" or len(head) < 2:
-            return [RerankResult(b.book_id, float(s), None, z) for (b, s), z in
-                    zip(head, zscores([s for _, s in head]))] + keep
+            return [
+                RerankResult(b.book_id, float(s), None, z)
+                for (b, s), z in zip(head, zscores([s for _, s in head]))
+            ] + keep
         history = format_history(history_books, self.history_k)
         try:
-            llm = self._pointwise(history, head) if mode == "pointwise" else self._listwise(history, head)
+            llm = (
+                self._pointwise(history, head)
+                if mode == "pointwise"
+                else self._listwise(history, head)
+            )
         except LLMError as e:
             self.last_error = str(e)
             log.warning("LLM rerank skipped: %s", e)
             return [RerankResult(b.book_id, float(s), None, None) for b, s in head] + keep
         order, fused = fuse_head([s for _, s in head], llm, self.weight)
-        return [RerankResult(head[i][0].book_id, float(head[i][1]), llm[i], fused[i]) for i in order] + keep
+        return [
+            RerankResult(head[i][0].book_id, float(head[i][1]), llm[i], fused[i]) for i in order
+        ] + keep
 
     def _pointwise(self, history: str, head: list[tuple[Book, float]]) -> list[float]:
         prompts = []
@@ -150,7 +168,9 @@ class LLMReranker:
         return scores
 
     def _listwise(self, history: str, head: list[tuple[Book, float]]) -> list[float]:
-        lines = "\n".join(f"B{i + 1}: {format_book(b, self.desc_chars)}" for i, (b, _) in enumerate(head))
+        lines = "\n".join(
+            f"B{i + 1}: {format_book(b, self.desc_chars)}" for i, (b, _) in enumerate(head)
+        )
         msgs, self.last_prompt_version = render_messages(
             "rerank_listwise", history=history, candidates=lines, n=str(len(head))
         )

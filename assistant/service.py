@@ -24,9 +24,10 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from retrieval.errors import NotFoundError, ReadnextError
 from retrieval.privacy import LOG_DIR, check_reader_id, home_secret, pseudonym

@@ -38,16 +38,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", type=Path, required=True, help="READNEXT_HOME with an ingested index")
     ap.add_argument("--llm", default="local")
     ap.add_argument("--turns", type=int, default=2)
-    ap.add_argument("--user", default=None, help="reader id (default: the first with >= 20 ratings)")
+    ap.add_argument(
+        "--user", default=None, help="reader id (default: the first with >= 20 ratings)"
+    )
     args = ap.parse_args(argv)
     port = random.randint(20000, 60000)
-    env = dict(os.environ, READNEXT_HOME=str(args.home), READNEXT_LLM_BACKEND=args.llm,
-               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               OMP_WAIT_POLICY="PASSIVE",
-               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = dict(
+        os.environ,
+        READNEXT_HOME=str(args.home),
+        READNEXT_LLM_BACKEND=args.llm,
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_WAIT_POLICY="PASSIVE",
+        PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "chat", "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assistant.cli", "chat", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     res: dict = {"llm": args.llm}
     try:
         while True:
@@ -72,10 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         turns = []
         for _ in range(args.turns):
             t = time.perf_counter()
-            out = client.predict(user_id=user, message="what should I read next?", k=5, api_name="/recommend")
-            turns.append({"s": round(time.perf_counter() - t, 1),
-                          "sources": [i.get("explanation_source") for i in out.get("items", [])],
-                          "notes": out.get("notes")})
+            out = client.predict(
+                user_id=user, message="what should I read next?", k=5, api_name="/recommend"
+            )
+            turns.append(
+                {
+                    "s": round(time.perf_counter() - t, 1),
+                    "sources": [i.get("explanation_source") for i in out.get("items", [])],
+                    "notes": out.get("notes"),
+                }
+            )
         res["turns"] = turns
         res["after_turns"] = _mem(proc.pid)
         res["load_avg_1m"] = round(os.getloadavg()[0], 1)

@@ -44,12 +44,17 @@ def _latency(rec, users, source: str, **kw) -> dict:
         rec.recommend(user_id=u, k=10, source=source, **kw)
         times.append((time.perf_counter() - t) * 1e3)
     a = np.array(times)
-    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2),
-            "mean_ms": round(float(a.mean()), 2)}
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p95_ms": round(float(np.percentile(a, 95)), 2),
+        "mean_ms": round(float(a.mean()), 2),
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--goodbooks", default=str(ROOT.parent / "shared" / "data" / "goodbooks"))
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--json", action="store_true")
@@ -60,8 +65,13 @@ def main() -> int:
     from retrieval.data import load_dataset, load_demo
 
     base = Path(args.keep or tempfile.mkdtemp(prefix="readnext-bench-"))
-    out: dict = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                             "cores": os.cpu_count()}}
+    out: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+        }
+    }
     cache = base / "emb-cache"
     cache.mkdir(parents=True, exist_ok=True)
 
@@ -86,7 +96,9 @@ def main() -> int:
         out["goodbooks_label"] = ds.label
         out["goodbooks_ingest_cold_s"] = round(_ingest(ds, home("goodbooks")), 2)
         out["goodbooks_ingest_warm_s"] = round(_ingest(ds, home("goodbooks")), 2)
-        meta = json.loads(next((base / "goodbooks" / "indexes").iterdir()).joinpath("meta.json").read_text())
+        meta = json.loads(
+            next((base / "goodbooks" / "indexes").iterdir()).joinpath("meta.json").read_text()
+        )
         out["goodbooks_ingest_steps_s"] = meta["timings_s"]
         datasets.append(("goodbooks", base / "goodbooks"))
     else:
@@ -104,31 +116,48 @@ def main() -> int:
         for src in lat:
             lat[src]["p50_vs_popularity"] = round(lat[src]["p50_ms"] / max(base_p50, 1e-9), 2)
         rec.store  # open Chroma, then the live query path (embeds the query)
-        lat["hybrid+query"] = _latency(rec, users[:50], "hybrid", query="a dark fantasy with dragons")
+        lat["hybrid+query"] = _latency(
+            rec, users[:50], "hybrid", query="a dark fantasy with dragons"
+        )
         t = time.perf_counter()
         batch = rec.recommend_batch(users, k=10, source="hybrid")
         bt = time.perf_counter() - t
-        out[f"{name}_recommend"] = {"users": len(users), **lat,
-                                    "batch_hybrid_users_per_s": round(len(batch) / bt, 1)}
+        out[f"{name}_recommend"] = {
+            "users": len(users),
+            **lat,
+            "batch_hybrid_users_per_s": round(len(batch) / bt, 1),
+        }
         rec.close()
 
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"readnext core benchmark ({out['machine']['cores']} cores, Python {out['machine']['python']})")
-        print(f"  demo ingest        cold {out['demo_ingest_cold_s']:>7.1f} s   warm (embedding cache) "
-              f"{out['demo_ingest_warm_s']:.1f} s")
+        print(
+            f"readnext core benchmark ({out['machine']['cores']} cores, Python {out['machine']['python']})"
+        )
+        print(
+            f"  demo ingest        cold {out['demo_ingest_cold_s']:>7.1f} s   warm (embedding cache) "
+            f"{out['demo_ingest_warm_s']:.1f} s"
+        )
         if "goodbooks_ingest_cold_s" in out:
-            print(f"  goodbooks ingest   cold {out['goodbooks_ingest_cold_s']:>7.1f} s   warm "
-                  f"{out['goodbooks_ingest_warm_s']:.1f} s   [{out['goodbooks_label']}]")
+            print(
+                f"  goodbooks ingest   cold {out['goodbooks_ingest_cold_s']:>7.1f} s   warm "
+                f"{out['goodbooks_ingest_warm_s']:.1f} s   [{out['goodbooks_label']}]"
+            )
             print(f"    steps (warm): {out['goodbooks_ingest_steps_s']}")
         for name, _ in datasets:
             r = out[f"{name}_recommend"]
             print(f"  recommend latency on {name}, {r['users']} readers, k=10 (no LLM):")
             for src in ("popularity", "cf", "content", "hybrid", "hybrid+query"):
                 x = r[src]
-                ratio = f"  x{x['p50_vs_popularity']:.2f} vs popularity" if "p50_vs_popularity" in x else ""
-                print(f"    {src:<13} p50 {x['p50_ms']:>7.2f} ms   p95 {x['p95_ms']:>7.2f} ms{ratio}")
+                ratio = (
+                    f"  x{x['p50_vs_popularity']:.2f} vs popularity"
+                    if "p50_vs_popularity" in x
+                    else ""
+                )
+                print(
+                    f"    {src:<13} p50 {x['p50_ms']:>7.2f} ms   p95 {x['p95_ms']:>7.2f} ms{ratio}"
+                )
             print(f"    batch hybrid scoring: {r['batch_hybrid_users_per_s']} readers/s")
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)

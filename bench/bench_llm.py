@@ -41,7 +41,11 @@ def load_books(path: Path) -> list[Book]:
     from retrieval import data
 
     header = path.open(encoding="utf-8").readline()
-    ds = data.load_goodbooks(path) if "original_publication_year" in header else data.load_generic(path)
+    ds = (
+        data.load_goodbooks(path)
+        if "original_publication_year" in header
+        else data.load_generic(path)
+    )
     return ds.books
 
 
@@ -58,7 +62,9 @@ def synthetic_readers(books: list[Book], n: int, seed: int, n_hist: int = 8, n_c
     for _ in range(n):
         picked = rng.sample(books, n_hist + n_cand)
         hist = [(b, float(rng.choice([3, 4, 4, 5, 5]))) for b in picked[:n_hist]]
-        cands = [(b, 1.0 - i / n_cand + rng.uniform(0, 0.01)) for i, b in enumerate(picked[n_hist:])]
+        cands = [
+            (b, 1.0 - i / n_cand + rng.uniform(0, 0.01)) for i, b in enumerate(picked[n_hist:])
+        ]
         out.append((hist, cands))
     return out
 
@@ -66,7 +72,13 @@ def synthetic_readers(books: list[Book], n: int, seed: int, n_hist: int = 8, n_c
 def evidence_for(book: Book, hist: list[tuple[Book, float]], rng: random.Random) -> list[Evidence]:
     """Plausible evidence: similarity to a liked book, real tag/author overlaps, popularity."""
     liked = [b for b, r in hist if r >= 4] or [hist[0][0]]
-    ev = [Evidence("similar_to", book_ids=(rng.choice(liked).book_id,), value=round(rng.uniform(0.5, 0.9), 2))]
+    ev = [
+        Evidence(
+            "similar_to",
+            book_ids=(rng.choice(liked).book_id,),
+            value=round(rng.uniform(0.5, 0.9), 2),
+        )
+    ]
     for b in liked:
         shared = tuple(t for t in book.tags if t in b.tags)[:3]
         if shared:
@@ -77,7 +89,9 @@ def evidence_for(book: Book, hist: list[tuple[Book, float]], rng: random.Random)
         if same:
             ev.append(Evidence("same_author", authors=same, book_ids=(b.book_id,)))
             break
-    ev.append(Evidence("popular", count=rng.randint(200, 5000), value=round(rng.uniform(3.6, 4.5), 2)))
+    ev.append(
+        Evidence("popular", count=rng.randint(200, 5000), value=round(rng.uniform(3.6, 4.5), 2))
+    )
     return ev
 
 
@@ -92,7 +106,10 @@ def template_for(ev: list[Evidence], by_id: dict[str, Book], hist: list[tuple[Bo
 
 EXPLAIN_SCHEMA = {
     "type": "object",
-    "properties": {"why": {"type": "string", "maxLength": 400}, "blurb": {"type": "string", "maxLength": 600}},
+    "properties": {
+        "why": {"type": "string", "maxLength": 400},
+        "blurb": {"type": "string", "maxLength": 600},
+    },
     "required": ["why", "blurb"],
     "additionalProperties": False,
 }
@@ -122,25 +139,34 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     path = args.books or (DEMO if DEMO.is_file() else SAMPLE)
     books = load_books(path)
     by_id = {b.book_id: b for b in books}
-    readers = synthetic_readers(books, max(args.users, args.json_users, args.explain, 1), args.seed,
-                                n_cand=args.candidates)
-    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    readers = synthetic_readers(
+        books, max(args.users, args.json_users, args.explain, 1), args.seed, n_cand=args.candidates
+    )
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)
 
-    from assistant.llm import load_backend
     from assistant.explainer import Explainer
-    from prompts.format import format_book, format_evidence, format_history
+    from assistant.llm import load_backend
     from assistant.rerank import LLMReranker
     from prompts import delimit, render_messages
+    from prompts.format import format_book, format_evidence, format_history
 
-    opts: dict[str, Any] = {"num_threads": args.threads} if args.threads and not args.llm.startswith("http") else {}
-    res: dict[str, Any] = {"spec": args.llm, "books_csv": str(path), "load_avg_1m_start": _load_avg()}
+    opts: dict[str, Any] = (
+        {"num_threads": args.threads} if args.threads and not args.llm.startswith("http") else {}
+    )
+    res: dict[str, Any] = {
+        "spec": args.llm,
+        "books_csv": str(path),
+        "load_avg_1m_start": _load_avg(),
+    }
     t0 = time.perf_counter()
     backend = load_backend(args.llm, **opts)
     res["load_s"] = round(time.perf_counter() - t0, 2)
     res["llm"] = backend.describe()
     res["warm_up_s"] = round(backend.warm_up(), 2)
     res["threads"] = getattr(backend, "threads", None) or opts.get("num_threads")
-    log(f"[{args.llm}] loaded {backend.describe()} in {res['load_s']}s, warmed in {res['warm_up_s']}s")
+    log(
+        f"[{args.llm}] loaded {backend.describe()} in {res['load_s']}s, warmed in {res['warm_up_s']}s"
+    )
 
     # Tokens/s: one unconstrained greedy generation.
     msgs = [{"role": "user", "content": "Describe your favourite novel in a long paragraph."}]
@@ -150,13 +176,20 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     n_tok = getattr(backend, "last_generation", {}).get("new_tokens")
     res["tokens_per_s"] = round(n_tok / gen_s, 1) if n_tok else None
     res["tokens_per_cpu_s"] = round(n_tok / gen_cpu, 1) if n_tok and gen_cpu else None
-    log(f"[{args.llm}] generation: {res['tokens_per_s']} tokens/s ({len(text)} chars in {gen_s:.1f}s)")
+    log(
+        f"[{args.llm}] generation: {res['tokens_per_s']} tokens/s ({len(text)} chars in {gen_s:.1f}s)"
+    )
 
     def explain_msgs(hist, book, rng):
         ev = evidence_for(book, hist, rng)
-        m, _ = render_messages("explain", history=format_history([b for b, _ in hist], 5),
-                               candidate=format_book(book, 300), evidence=format_evidence(ev, by_id),
-                               query="(none)", template=delimit(template_for(ev, by_id, hist), 400))
+        m, _ = render_messages(
+            "explain",
+            history=format_history([b for b, _ in hist], 5),
+            candidate=format_book(book, 300),
+            evidence=format_evidence(ev, by_id),
+            query="(none)",
+            template=delimit(template_for(ev, by_id, hist), 400),
+        )
         return m, ev
 
     # First streamed token of a real explanation prompt (a new reader each time: no warm prefix).
@@ -169,10 +202,16 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             ftl.append(time.perf_counter() - t)
             ftl_cpu.append(_cpu() - c)
             break
-    res["first_token_s"] = {"n": len(ftl), "p50": round(percentile(ftl, 50), 2), "p95": round(percentile(ftl, 95), 2),
-                            "cpu_s_p50": round(percentile(ftl_cpu, 50), 2),
-                            "prompt_tokens": getattr(backend, "last_generation", {}).get("prompt_tokens")}
-    log(f"[{args.llm}] first streamed token: p50 {res['first_token_s']['p50']}s p95 {res['first_token_s']['p95']}s")
+    res["first_token_s"] = {
+        "n": len(ftl),
+        "p50": round(percentile(ftl, 50), 2),
+        "p95": round(percentile(ftl, 95), 2),
+        "cpu_s_p50": round(percentile(ftl_cpu, 50), 2),
+        "prompt_tokens": getattr(backend, "last_generation", {}).get("prompt_tokens"),
+    }
+    log(
+        f"[{args.llm}] first streamed token: p50 {res['first_token_s']['p50']}s p95 {res['first_token_s']['p95']}s"
+    )
 
     # Yes/No rerank over N candidates per reader.
     reranker = LLMReranker(backend, weight=1.0, top_n=args.candidates)
@@ -187,12 +226,18 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             log(f"rerank error: {reranker.last_error}")
             break
     if lat:
-        res["rerank"] = {"candidates": args.candidates, "users": len(lat), "p50_s": round(percentile(lat, 50), 2),
-                         "p95_s": round(percentile(lat, 95), 2),
-                         "per_candidate_s": round(statistics.median(lat) / args.candidates, 3),
-                         "cpu_s_p50": round(percentile(lat_cpu, 50), 2),
-                         "per_candidate_cpu_s": round(statistics.median(lat_cpu) / args.candidates, 3)}
-        log(f"[{args.llm}] rerank {args.candidates}: p50 {res['rerank']['p50_s']}s p95 {res['rerank']['p95_s']}s")
+        res["rerank"] = {
+            "candidates": args.candidates,
+            "users": len(lat),
+            "p50_s": round(percentile(lat, 50), 2),
+            "p95_s": round(percentile(lat, 95), 2),
+            "per_candidate_s": round(statistics.median(lat) / args.candidates, 3),
+            "cpu_s_p50": round(percentile(lat_cpu, 50), 2),
+            "per_candidate_cpu_s": round(statistics.median(lat_cpu) / args.candidates, 3),
+        }
+        log(
+            f"[{args.llm}] rerank {args.candidates}: p50 {res['rerank']['p50_s']}s p95 {res['rerank']['p95_s']}s"
+        )
 
     # Top-3 explanation + blurb as constrained JSON (what the chat needs per turn).
     rng = random.Random(args.seed + 1)
@@ -209,12 +254,18 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         turns.append(time.perf_counter() - t)
         turns_cpu.append(_cpu() - c)
     if turns:
-        res["top3_json"] = {"turns": len(turns), "p50_s": round(percentile(turns, 50), 2),
-                            "p95_s": round(percentile(turns, 95), 2), "failures": parse_fail,
-                            "cpu_s_p50": round(percentile(turns_cpu, 50), 2),
-                            "max_new_tokens": args.max_new_tokens}
-        log(f"[{args.llm}] top-3 JSON texts: p50 {res['top3_json']['p50_s']}s p95 {res['top3_json']['p95_s']}s, "
-            f"{parse_fail} failures")
+        res["top3_json"] = {
+            "turns": len(turns),
+            "p50_s": round(percentile(turns, 50), 2),
+            "p95_s": round(percentile(turns, 95), 2),
+            "failures": parse_fail,
+            "cpu_s_p50": round(percentile(turns_cpu, 50), 2),
+            "max_new_tokens": args.max_new_tokens,
+        }
+        log(
+            f"[{args.llm}] top-3 JSON texts: p50 {res['top3_json']['p50_s']}s p95 {res['top3_json']['p95_s']}s, "
+            f"{parse_fail} failures"
+        )
 
     if args.explain:
         ex = Explainer(backend, max_new_tokens=args.max_new_tokens)
@@ -224,8 +275,15 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             book = cands[0][0]
             ev = evidence_for(book, hist, rng)
             r = ex.explain(book, ev, [b for b, _ in hist], by_id, template_for(ev, by_id, hist))
-            samples.append({"title": book.title, "source": r.source, "reason": r.rejected_reason,
-                            "why": r.why, "blurb": r.blurb})
+            samples.append(
+                {
+                    "title": book.title,
+                    "source": r.source,
+                    "reason": r.rejected_reason,
+                    "why": r.why,
+                    "blurb": r.blurb,
+                }
+            )
         res["explainer"] = ex.counter.as_dict()
         res["samples"] = samples
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -234,18 +292,33 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-ROWS = [("load (s)", lambda r: r.get("load_s")), ("warm-up (s)", lambda r: r.get("warm_up_s")),
-        ("threads", lambda r: r.get("threads")),
-        ("tokens/s (wall) / per CPU-second", lambda r: f"{r.get('tokens_per_s')} / {r.get('tokens_per_cpu_s')}"),
-        ("first streamed token p50 / p95 (s)", lambda r: _pair(r.get("first_token_s"), "p50", "p95")),
-        ("  CPU-s p50 (prompt tokens)", lambda r: _pair(r.get("first_token_s"), "cpu_s_p50", "prompt_tokens")),
-        ("yes/no rerank p50 / p95 (s)", lambda r: _pair(r.get("rerank"), "p50_s", "p95_s")),
-        ("  candidates; CPU-s per candidate", lambda r: _pair(r.get("rerank"), "candidates", "per_candidate_cpu_s")),
-        ("top-3 JSON why+blurb p50 / p95 (s)", lambda r: _pair(r.get("top3_json"), "p50_s", "p95_s")),
-        ("  CPU-s p50", lambda r: (r.get("top3_json") or {}).get("cpu_s_p50")),
-        ("  JSON failures", lambda r: (r.get("top3_json") or {}).get("failures")),
-        ("peak RSS (MB)", lambda r: r.get("peak_rss_mb")),
-        ("load average (1 min) start / end", lambda r: f"{r.get('load_avg_1m_start')} / {r.get('load_avg_1m_end')}")]
+ROWS = [
+    ("load (s)", lambda r: r.get("load_s")),
+    ("warm-up (s)", lambda r: r.get("warm_up_s")),
+    ("threads", lambda r: r.get("threads")),
+    (
+        "tokens/s (wall) / per CPU-second",
+        lambda r: f"{r.get('tokens_per_s')} / {r.get('tokens_per_cpu_s')}",
+    ),
+    ("first streamed token p50 / p95 (s)", lambda r: _pair(r.get("first_token_s"), "p50", "p95")),
+    (
+        "  CPU-s p50 (prompt tokens)",
+        lambda r: _pair(r.get("first_token_s"), "cpu_s_p50", "prompt_tokens"),
+    ),
+    ("yes/no rerank p50 / p95 (s)", lambda r: _pair(r.get("rerank"), "p50_s", "p95_s")),
+    (
+        "  candidates; CPU-s per candidate",
+        lambda r: _pair(r.get("rerank"), "candidates", "per_candidate_cpu_s"),
+    ),
+    ("top-3 JSON why+blurb p50 / p95 (s)", lambda r: _pair(r.get("top3_json"), "p50_s", "p95_s")),
+    ("  CPU-s p50", lambda r: (r.get("top3_json") or {}).get("cpu_s_p50")),
+    ("  JSON failures", lambda r: (r.get("top3_json") or {}).get("failures")),
+    ("peak RSS (MB)", lambda r: r.get("peak_rss_mb")),
+    (
+        "load average (1 min) start / end",
+        lambda r: f"{r.get('load_avg_1m_start')} / {r.get('load_avg_1m_end')}",
+    ),
+]
 
 
 def _pair(d: dict | None, a: str, b: str) -> str | None:
@@ -263,18 +336,38 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--llm", default="local", help="local (default), tiny, a .gguf, a HF model id/path, or http(s)://")
-    ap.add_argument("--compare", nargs="+", metavar="SPEC", help="run each spec in a fresh process, print a table")
-    ap.add_argument("--books", type=Path, default=None, help=f"books CSV (default {DEMO}, else the goodbooks sample)")
+    ap.add_argument(
+        "--llm",
+        default="local",
+        help="local (default), tiny, a .gguf, a HF model id/path, or http(s)://",
+    )
+    ap.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="SPEC",
+        help="run each spec in a fresh process, print a table",
+    )
+    ap.add_argument(
+        "--books",
+        type=Path,
+        default=None,
+        help=f"books CSV (default {DEMO}, else the goodbooks sample)",
+    )
     ap.add_argument("--users", type=int, default=5, help="synthetic readers for rerank latency")
     ap.add_argument("--candidates", type=int, default=20, help="candidates per rerank")
-    ap.add_argument("--json-users", type=int, default=5, help="readers for the top-3 JSON texts and first token")
-    ap.add_argument("--explain", type=int, default=0, help="explanations through the Explainer (guard stats)")
+    ap.add_argument(
+        "--json-users", type=int, default=5, help="readers for the top-3 JSON texts and first token"
+    )
+    ap.add_argument(
+        "--explain", type=int, default=0, help="explanations through the Explainer (guard stats)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="CPU threads of the model")
     ap.add_argument("--max-new-tokens", type=int, default=120)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    ap.add_argument("--out", type=Path, default=None, help="also write the JSON (and a .md table) here")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="also write the JSON (and a .md table) here"
+    )
     args = ap.parse_args(argv)
     path = args.books or (DEMO if DEMO.is_file() else SAMPLE)
     if not path.is_file():
@@ -289,10 +382,15 @@ def main(argv: list[str] | None = None) -> int:
         while j < len(passthrough) and not passthrough[j].startswith("--"):
             j += 1
         rest = passthrough[:i] + passthrough[j:]
-        rest = [a for k, a in enumerate(rest) if a != "--out" and (k == 0 or rest[k - 1] != "--out")]
+        rest = [
+            a for k, a in enumerate(rest) if a != "--out" and (k == 0 or rest[k - 1] != "--out")
+        ]
         for spec in args.compare:
-            p = subprocess.run([sys.executable, __file__, "--llm", spec, "--json", *rest],
-                               capture_output=True, text=True)
+            p = subprocess.run(
+                [sys.executable, __file__, "--llm", spec, "--json", *rest],
+                capture_output=True,
+                text=True,
+            )
             sys.stderr.write(p.stderr[-3000:])
             if p.returncode != 0:
                 print(f"{spec}: failed (exit {p.returncode})", file=sys.stderr)

@@ -32,15 +32,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _pct(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs) * 1e3
-    return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p95_ms": round(float(np.percentile(a, 95)), 3),
-            "mean_ms": round(float(a.mean()), 3)}
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 3),
+        "p95_ms": round(float(np.percentile(a, 95)), 3),
+        "mean_ms": round(float(a.mean()), 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="../shared/data/goodbooks")
     ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--neighbours", type=int, default=None, help="K (default: ReadersConfig.neighbours)")
+    ap.add_argument(
+        "--neighbours", type=int, default=None, help="K (default: ReadersConfig.neighbours)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
@@ -64,20 +69,33 @@ def main(argv: list[str] | None = None) -> int:
     books = [b for b in ds.books if b.book_id in rated]
     e = settings.embedder
     emb = Embedder(e.model, e.device, e.batch_size, cache_dir=settings.home / "cache")
-    vectors = emb.encode([b.embedding_text() for b in books], show_progress=True, desc="embed catalog")
+    vectors = emb.encode(
+        [b.embedding_text() for b in books], show_progress=True, desc="embed catalog"
+    )
     lib = Library(books, vectors, ds.ratings, ds.has_timestamps, None, ds.name, ds.ordered)
     t = time.perf_counter()
-    users, uvecs, umeta = build_profiles(ds.ratings, lib.index, vectors, ProfileConfig(), ds.has_timestamps)
+    users, uvecs, umeta = build_profiles(
+        ds.ratings, lib.index, vectors, ProfileConfig(), ds.has_timestamps
+    )
     profile_s = time.perf_counter() - t
-    out: dict = {"dataset": ds.label or ds.name, "readers": len(users), "dim": int(uvecs.shape[1]),
-                 "neighbours": cfg.neighbours, "queries": args.queries, "profiles_s": round(profile_s, 2)}
+    out: dict = {
+        "dataset": ds.label or ds.name,
+        "readers": len(users),
+        "dim": int(uvecs.shape[1]),
+        "neighbours": cfg.neighbours,
+        "queries": args.queries,
+        "profiles_s": round(profile_s, 2),
+    }
     with tempfile.TemporaryDirectory(prefix="readnext-bench-") as tmp:
         store = VectorStore(Path(tmp) / "chroma", emb)
         t = time.perf_counter()
         store.upsert("users", users, uvecs, umeta, progress=True)
         out["chroma_upsert_s"] = round(time.perf_counter() - t, 2)
         rng = np.random.default_rng(args.seed)
-        sample = [users[i] for i in rng.choice(len(users), size=min(args.queries, len(users)), replace=False)]
+        sample = [
+            users[i]
+            for i in rng.choice(len(users), size=min(args.queries, len(users)), replace=False)
+        ]
         pos = {u: i for i, u in enumerate(users)}
         K = cfg.neighbours
         chroma_t, numpy_t, recall = [], [], []

@@ -151,7 +151,7 @@ class SimulatedReader:
             return None
         total = sum(w for w, _, _ in opts)
         x = self.rng.random() * total
-        for w, kind, msg in opts:  # noqa: B007 (the loop variables are used after the break)
+        for w, kind, msg in opts:
             x -= w
             if x <= 0:
                 break

@@ -14,8 +14,10 @@ from retrieval.sources import HybridSource
 
 from .protocol import EvalConfig, Prepared, clean, subset
 
-def faithfulness(hybrid: HybridSource, prep: Prepared, rankings: Mapping[str, list[str]], cfg: EvalConfig,
-                  k: int) -> dict[str, Any]:
+
+def faithfulness(
+    hybrid: HybridSource, prep: Prepared, rankings: Mapping[str, list[str]], cfg: EvalConfig, k: int
+) -> dict[str, Any]:
     """Re-check every evidence record behind the hybrid's top ``k`` against the training data."""
     from retrieval.evidence import verify
 
@@ -25,7 +27,9 @@ def faithfulness(hybrid: HybridSource, prep: Prepared, rankings: Mapping[str, li
     bad_kinds: Counter = Counter()
     failures: list[dict[str, Any]] = []
     n_items = no_evidence = 0
-    for u in tqdm(users, desc="verify evidence", unit="reader", disable=not cfg.progress, leave=False):
+    for u in tqdm(
+        users, desc="verify evidence", unit="reader", disable=not cfg.progress, leave=False
+    ):
         ctx = by_id[u]
         ids = rankings.get(u, [])[:k]
         items = [prep.lib.index[b] for b in ids]
@@ -40,8 +44,17 @@ def faithfulness(hybrid: HybridSource, prep: Prepared, rankings: Mapping[str, li
                         failures.append({"user_id": u, "book_id": b, "evidence": e.to_dict()})
     total = sum(kinds.values())
     ok = total - sum(bad_kinds.values())
-    return clean({"readers": len(users), "items": n_items, "evidence_records": total, "verified": ok,
-                   "faithfulness": ok / total if total else math.nan, "items_without_evidence": no_evidence,
-                   "by_kind": dict(sorted(kinds.items())), "failed_by_kind": dict(sorted(bad_kinds.items())),
-                   "failures": failures, "k": k})
-
+    return clean(
+        {
+            "readers": len(users),
+            "items": n_items,
+            "evidence_records": total,
+            "verified": ok,
+            "faithfulness": ok / total if total else math.nan,
+            "items_without_evidence": no_evidence,
+            "by_kind": dict(sorted(kinds.items())),
+            "failed_by_kind": dict(sorted(bad_kinds.items())),
+            "failures": failures,
+            "k": k,
+        }
+    )

@@ -22,9 +22,17 @@ from .metrics import ndcg_at_k
 from .protocol import EvalConfig, Prepared, clean, subset
 from .tuning import TuningSet
 
-def llm_stage(prep: Prepared, ts: TuningSet, hybrid: CandidateSource, val_hybrid: CandidateSource,
-              cfg: EvalConfig, kmax: int, notes: list[str],
-              settings: Settings | None = None) -> tuple[dict[str, list[str]], dict[str, Any]] | None:
+
+def llm_stage(
+    prep: Prepared,
+    ts: TuningSet,
+    hybrid: CandidateSource,
+    val_hybrid: CandidateSource,
+    cfg: EvalConfig,
+    kmax: int,
+    notes: list[str],
+    settings: Settings | None = None,
+) -> tuple[dict[str, list[str]], dict[str, Any]] | None:
     """Rerank the hybrid's head with the LLM for a seeded subset of readers (weight tuned on validation).
 
     The live pieces, not a copy: the head is the product's ranking (:func:`retrieval.ranking.rank`,
@@ -45,7 +53,7 @@ def llm_stage(prep: Prepared, ts: TuningSet, hybrid: CandidateSource, val_hybrid
     t0 = time.perf_counter()
     try:
         backend = load_backend(cfg.llm or "local")
-    except Exception as e:  # noqa: BLE001 - any load failure means: skip this stage, say why
+    except Exception as e:
         notes.append(f"hybrid+llm skipped: cannot load LLM backend {cfg.llm or 'local'!r} ({e})")
         return None
     if backend.name == "none":
@@ -60,7 +68,9 @@ def llm_stage(prep: Prepared, ts: TuningSet, hybrid: CandidateSource, val_hybrid
         """The product's head (ids, scores) and the LLM's score of each head book, per reader."""
         out = []
         heads = rank(model, ctxs, max(top_n, kmax))
-        for c, head in zip(tqdm(ctxs, desc=desc, unit="reader", disable=not cfg.progress, leave=False), heads):
+        for c, head in zip(
+            tqdm(ctxs, desc=desc, unit="reader", disable=not cfg.progress, leave=False), heads
+        ):
             cands = [(lib.books[j], float(s)) for j, s in zip(head.items, head.scores)]
             res = reranker.rerank(prompt_history(c.history, lib.by_id), cands)
             llm = {r.book_id: r.llm_score for r in res if r.llm_score is not None}
@@ -79,11 +89,18 @@ def llm_stage(prep: Prepared, ts: TuningSet, hybrid: CandidateSource, val_hybrid
     vpos = {c.user_id: i for i, c in enumerate(ts.ctxs)}
     vctx = [ts.ctxs[vpos[u]] for u in val_users]
     vscores = llm_scores(ts.lib, val_hybrid, vctx, "LLM rerank (validation)")
-    vrel = [{ts.lib.books[j].book_id for j in np.flatnonzero(ts.relevant[vpos[c.user_id]])} for c in vctx]
+    vrel = [
+        {ts.lib.books[j].book_id for j in np.flatnonzero(ts.relevant[vpos[c.user_id]])}
+        for c in vctx
+    ]
     per_w: dict[float, np.ndarray] = {}
     for w in grid:
-        per_w[w] = np.asarray([ndcg_at_k(fuse(ids, sc, llm, w), rel, 10)
-                               for (ids, sc, llm), rel in zip(vscores, vrel)])
+        per_w[w] = np.asarray(
+            [
+                ndcg_at_k(fuse(ids, sc, llm, w), rel, 10)
+                for (ids, sc, llm), rel in zip(vscores, vrel)
+            ]
+        )
     best_w, best, table = pick_weight(per_w)
     # Test readers.
     users = subset([c.user_id for c in prep.main], cfg.llm_users, cfg.seed, 6)
@@ -93,11 +110,18 @@ def llm_stage(prep: Prepared, ts: TuningSet, hybrid: CandidateSource, val_hybrid
         rankings = {r.ctx.user_id: r.book_ids(prep.lib) for r in rank(hybrid, tctx, kmax)}
     else:
         tscores = llm_scores(prep.lib, hybrid, tctx, "LLM rerank (test)")
-        rankings = {c.user_id: fuse(ids, sc, llm, best_w)[:kmax] for c, (ids, sc, llm) in zip(tctx, tscores)}
+        rankings = {
+            c.user_id: fuse(ids, sc, llm, best_w)[:kmax] for c, (ids, sc, llm) in zip(tctx, tscores)
+        }
     info: dict[str, Any] = {
-        "backend": backend.describe(), "mode": "pointwise" if backend.supports_logprobs else "listwise",
-        "top_n": top_n, "readers": len(users), "validation_readers": len(vctx),
-        "weight_grid": table, "weight": best_w, "validation_ndcg@10": clean(best),
+        "backend": backend.describe(),
+        "mode": "pointwise" if backend.supports_logprobs else "listwise",
+        "top_n": top_n,
+        "readers": len(users),
+        "validation_readers": len(vctx),
+        "weight_grid": table,
+        "weight": best_w,
+        "validation_ndcg@10": clean(best),
         "selection": "best validation ndcg@10, kept only if its gain over weight 0 exceeds one standard error",
         "errors": reranker.last_error,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -113,18 +137,27 @@ def pick_weight(per_w: Mapping[float, np.ndarray]) -> tuple[float, float, list[d
     when its paired gain over weight 0 exceeds one standard error of that gain (Hastie et al.,
     "Elements of Statistical Learning", 7.10). Returns ``(weight, its mean ndcg, table)``.
     """
-    means = {w: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for w, v in per_w.items()}
+    means = {
+        w: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan for w, v in per_w.items()
+    }
     base = per_w[0.0]
     table = []
     for w, v in per_w.items():
         d = (v - base)[~(np.isnan(v) | np.isnan(base))]
         se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
-        table.append({"weight": w, "ndcg@10": clean(means[w]), "gain_vs_0": clean(float(d.mean()) if len(d) else
-                                                                                    math.nan),
-                      "gain_se": clean(se)})
+        table.append(
+            {
+                "weight": w,
+                "ndcg@10": clean(means[w]),
+                "gain_vs_0": clean(float(d.mean()) if len(d) else math.nan),
+                "gain_se": clean(se),
+            }
+        )
     best = max(per_w, key=lambda w: (means[w], -w))
     d = next(t for t in table if t["weight"] == best)
-    if best != 0.0 and not (d["gain_vs_0"] is not None and d["gain_se"] is not None and d["gain_vs_0"] > d["gain_se"]):
+    if best != 0.0 and not (
+        d["gain_vs_0"] is not None and d["gain_se"] is not None and d["gain_vs_0"] > d["gain_se"]
+    ):
         best = 0.0
     return best, means[best], table
 
@@ -144,21 +177,32 @@ def _hallucination(reason: str) -> str:
     return "other"
 
 
-def _llm_explanations(backend, prep: Prepared, hybrid: HybridSource, ctxs: Sequence[UserContext],
-                      rankings: Mapping[str, list[str]], cfg: EvalConfig) -> dict[str, Any]:
+def _llm_explanations(
+    backend,
+    prep: Prepared,
+    hybrid: HybridSource,
+    ctxs: Sequence[UserContext],
+    rankings: Mapping[str, list[str]],
+    cfg: EvalConfig,
+) -> dict[str, Any]:
     """LLM explanations for the top pick of the first ``cfg.llm_explain`` LLM readers: guard stats."""
     try:
         from assistant.explain import template_explanation
-        from assistant.recommender import prompt_history
         from assistant.explainer import Explainer
+        from assistant.recommender import prompt_history
     except ImportError as e:
         return {"skipped": f"assistant.explainer.Explainer not importable ({e})"}
     ex = Explainer(backend)
     lib = prep.lib
     kinds: Counter = Counter()
     n = 0
-    for c in tqdm(list(ctxs)[: cfg.llm_explain], desc="LLM explanations", unit="text", disable=not cfg.progress,
-                  leave=False):
+    for c in tqdm(
+        list(ctxs)[: cfg.llm_explain],
+        desc="LLM explanations",
+        unit="text",
+        disable=not cfg.progress,
+        leave=False,
+    ):
         top = rankings.get(c.user_id, [])[:1]
         if not top:
             continue
@@ -171,9 +215,15 @@ def _llm_explanations(backend, prep: Prepared, hybrid: HybridSource, ctxs: Seque
         n += 1
         kinds[_hallucination(res.rejected_reason or "")] += 1
     counts = ex.counter.as_dict()
-    rate = (lambda k: kinds[k] / n if n else math.nan)  # noqa: E731
-    return clean({"explanations": n, "hallucinated_title_rate": rate("title"),
-                   "hallucinated_author_rate": rate("author"), "unsupported_name_rate": rate("other name"),
-                   "guard_fallback_rate": counts["fallback_rate"], "fallback_reasons": counts["reasons"],
-                   "llm_accepted": counts["llm"]})
-
+    rate = lambda k: kinds[k] / n if n else math.nan
+    return clean(
+        {
+            "explanations": n,
+            "hallucinated_title_rate": rate("title"),
+            "hallucinated_author_rate": rate("author"),
+            "unsupported_name_rate": rate("other name"),
+            "guard_fallback_rate": counts["fallback_rate"],
+            "fallback_reasons": counts["reasons"],
+            "llm_accepted": counts["llm"],
+        }
+    )

@@ -89,19 +89,27 @@ def rank_scores(
         raise ValueError(f"rank_scores: scores must be 1-D, got shape {s.shape}")
     _check_k(k, "rank_scores")
     if item_ids is not None and len(item_ids) != len(s):
-        raise ValueError(f"rank_scores: {len(item_ids)} item_ids for {len(s)} scores; they must align")
+        raise ValueError(
+            f"rank_scores: {len(item_ids)} item_ids for {len(s)} scores; they must align"
+        )
     rankable = ~np.isnan(s) & (s != -np.inf)
     if exclude is not None:
         ex = np.asarray(exclude if isinstance(exclude, np.ndarray) else list(exclude))
         if ex.dtype == bool:  # a boolean mask over items
             if ex.shape != s.shape:
-                raise ValueError(f"rank_scores: boolean exclude mask has shape {ex.shape}, scores {s.shape}")
+                raise ValueError(
+                    f"rank_scores: boolean exclude mask has shape {ex.shape}, scores {s.shape}"
+                )
             rankable &= ~ex
         elif ex.size:
             if not np.issubdtype(ex.dtype, np.integer):
-                raise ValueError(f"rank_scores: exclude must hold int item indices (not ids), got dtype {ex.dtype}")
+                raise ValueError(
+                    f"rank_scores: exclude must hold int item indices (not ids), got dtype {ex.dtype}"
+                )
             if ex.min() < 0 or ex.max() >= len(s):
-                raise ValueError(f"rank_scores: exclude holds indices outside [0, {len(s)}); pass item indices")
+                raise ValueError(
+                    f"rank_scores: exclude holds indices outside [0, {len(s)}); pass item indices"
+                )
             rankable[ex] = False
     cand = np.flatnonzero(rankable)  # ascending index, which the tie-break relies on
     vals = s[cand]
@@ -130,12 +138,16 @@ def _top(ranking: Ranking, k: int, where: str) -> list:
     """The first ``k`` entries of a ranking, checked for order and duplicates."""
     _check_k(k, where)
     if isinstance(ranking, (set, frozenset, Mapping)) or isinstance(ranking, str):
-        raise ValueError(f"{where}: a ranking must be an ordered sequence of ids, got {type(ranking).__name__}")
+        raise ValueError(
+            f"{where}: a ranking must be an ordered sequence of ids, got {type(ranking).__name__}"
+        )
     top = list(ranking[:k])
     if len(set(top)) != len(top):
         seen: set = set()
         dup = next(x for x in top if x in seen or seen.add(x))
-        raise ValueError(f"{where}: ranking repeats item {dup!r} within its top {k}; rankings must be duplicate-free")
+        raise ValueError(
+            f"{where}: ranking repeats item {dup!r} within its top {k}; rankings must be duplicate-free"
+        )
     return top
 
 
@@ -247,7 +259,9 @@ def _flatten(rankings: Rankings, kmax: int, where: str) -> _Flat:
     for label, r in zip(labels, lists):
         if isinstance(r, (set, frozenset, Mapping, str)):
             kind = type(r).__name__
-            raise ValueError(f"{where}: ranking of user {label!r} is a {kind}; it must be an ordered sequence")
+            raise ValueError(
+                f"{where}: ranking of user {label!r} is a {kind}; it must be an ordered sequence"
+            )
         tops.append(r[:kmax])
     lens = np.fromiter((len(t) for t in tops), dtype=np.int64, count=len(tops))
     flat = np.empty(int(lens.sum()), dtype=object)
@@ -256,7 +270,9 @@ def _flatten(rankings: Rankings, kmax: int, where: str) -> _Flat:
     user_idx = np.repeat(np.arange(len(tops), dtype=np.int64), lens)
     starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
     pos = np.arange(len(flat), dtype=np.int64) - np.repeat(starts, lens)
-    out = _Flat(labels, user_idx, pos, codes.astype(np.int64), np.asarray(uniques, dtype=object), kmax)
+    out = _Flat(
+        labels, user_idx, pos, codes.astype(np.int64), np.asarray(uniques, dtype=object), kmax
+    )
     keys = np.sort(out.user_idx * max(len(uniques), 1) + out.codes)
     dup = keys[1:][keys[1:] == keys[:-1]]
     if dup.size:
@@ -281,22 +297,32 @@ def _pop_of(item_pop: ItemPop, uniques: np.ndarray, where: str) -> np.ndarray:
     if isinstance(item_pop, pd.Series):
         pop = item_pop.reindex(pd.Index(uniques, dtype=object)).fillna(0).to_numpy(dtype=np.float64)
     elif isinstance(item_pop, Mapping):
-        pop = np.fromiter((item_pop.get(u, 0) for u in uniques), dtype=np.float64, count=len(uniques))
+        pop = np.fromiter(
+            (item_pop.get(u, 0) for u in uniques), dtype=np.float64, count=len(uniques)
+        )
     else:
         kind = type(item_pop).__name__
-        raise ValueError(f"{where}: item_pop must be a mapping or pandas Series book_id -> count, got {kind}")
+        raise ValueError(
+            f"{where}: item_pop must be a mapping or pandas Series book_id -> count, got {kind}"
+        )
     if pop.size and (np.isnan(pop).any() or pop.min() < 0):
-        raise ValueError(f"{where}: item_pop holds negative or nan counts; pass non-negative counts per book_id")
+        raise ValueError(
+            f"{where}: item_pop holds negative or nan counts; pass non-negative counts per book_id"
+        )
     return pop
 
 
-def _unit_vectors(item_vectors: ItemVectors, uniques: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _unit_vectors(
+    item_vectors: ItemVectors, uniques: np.ndarray, where: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Row-normalised vectors for each distinct item and a mask of items that have a usable one."""
     if isinstance(item_vectors, tuple):
         if len(item_vectors) != 2 or not isinstance(item_vectors[1], Mapping):
             raise ValueError(f"{where}: item_vectors tuple must be (matrix, {{book_id: row}})")
         mat = np.asarray(item_vectors[0], dtype=np.float64)
-        rows = np.fromiter((item_vectors[1].get(u, -1) for u in uniques), dtype=np.int64, count=len(uniques))
+        rows = np.fromiter(
+            (item_vectors[1].get(u, -1) for u in uniques), dtype=np.int64, count=len(uniques)
+        )
         has = rows >= 0
         vecs = np.zeros((len(uniques), mat.shape[1]), dtype=np.float64)
         vecs[has] = mat[rows[has]]
@@ -304,14 +330,18 @@ def _unit_vectors(item_vectors: ItemVectors, uniques: np.ndarray, where: str) ->
         found = [item_vectors.get(u) for u in uniques]
         dims = {np.shape(v) for v in found if v is not None}
         if len(dims) > 1:
-            raise ValueError(f"{where}: item vectors have differing shapes {sorted(dims)}; use one dimension")
+            raise ValueError(
+                f"{where}: item vectors have differing shapes {sorted(dims)}; use one dimension"
+            )
         dim = dims.pop()[0] if dims else 1
         has = np.array([v is not None for v in found], dtype=bool)
         vecs = np.zeros((len(uniques), dim), dtype=np.float64)
         if has.any():
             vecs[has] = np.stack([np.asarray(v, dtype=np.float64) for v in found if v is not None])
     else:
-        raise ValueError(f"{where}: item_vectors must be {{book_id: vector}} or (matrix, {{book_id: row}})")
+        raise ValueError(
+            f"{where}: item_vectors must be {{book_id: vector}} or (matrix, {{book_id: row}})"
+        )
     norms = np.linalg.norm(vecs, axis=1)
     has &= norms > 0  # a zero vector has no direction, so no cosine
     vecs[has] /= norms[has, None]
@@ -323,7 +353,9 @@ def _coverage(flat: _Flat, k: int, n_items: int, where: str) -> float:
         raise ValueError(f"{where}: n_items must be a positive int, got {n_items!r}")
     n_seen = np.unique(flat.codes[flat.at(k)]).size
     if n_seen > n_items:
-        raise ValueError(f"{where}: {n_seen} distinct items recommended but n_items={n_items}; pass the catalog size")
+        raise ValueError(
+            f"{where}: {n_seen} distinct items recommended but n_items={n_items}; pass the catalog size"
+        )
     return n_seen / n_items
 
 
@@ -466,7 +498,9 @@ def evaluate_rankings(
     if not isinstance(rankings, Mapping) or not isinstance(relevant, Mapping):
         raise ValueError(f"{where}: rankings and relevant must be mappings keyed by user_id")
     if item_pop is not None and n_users is None:
-        raise ValueError(f"{where}: novelty needs n_users (number of training users) alongside item_pop")
+        raise ValueError(
+            f"{where}: novelty needs n_users (number of training users) alongside item_pop"
+        )
     kmax = max(ks)
     users, n_rel, n_skipped = [], [], 0
     for u, rel in relevant.items():

@@ -20,9 +20,6 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import scipy.sparse as sp
-
 from retrieval.config import (
     CFConfig,
     FusionConfig,
@@ -51,7 +48,17 @@ __all__ = [
     "tuned_config_toml",
 ]
 
-SINGLE_MODELS = ("popularity", "itemknn", "als", "bpr", "ease", "content", "userknn", "readers", "sasrec")
+SINGLE_MODELS = (
+    "popularity",
+    "itemknn",
+    "als",
+    "bpr",
+    "ease",
+    "content",
+    "userknn",
+    "readers",
+    "sasrec",
+)
 CF_MODELS = ("itemknn", "als", "bpr", "ease")
 ALL_MODELS = (*SINGLE_MODELS, "hybrid", "hybrid+llm")
 # Models that need an order of events (skipped, with the reason, on data without one).
@@ -76,15 +83,30 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
     "popularity": [{"damping": d} for d in (5.0, 20.0, 100.0)],
     "itemknn": [{"k": k, "shrink": s} for k in (20, 50, 200) for s in (0.0, 10.0)],
     "ease": [{"l2": l2} for l2 in (10.0, 30.0, 100.0, 300.0, 1000.0)],
-    "als": [{"factors": f, "regularization": r, "alpha": 10.0, "iterations": 15}
-            for f in (64, 128) for r in (50.0, 200.0, 800.0)],
-    "bpr": [{"factors": f, "learning_rate": lr, "regularization": 0.01, "iterations": 100}
-            for f in (128, 256, 512) for lr in (0.1, 0.2)],
-    "content": [{"half_life_events": h, "pivot": p} for h in (1.0, 2.0, 5.0, 20.0) for p in (2.5, 3.5)],
-    "userknn": [{"neighbours": k, "shrink": s, "centred_weight": c}
-                for k in (25, 50, 100, 200) for s in (0.0, 10.0) for c in (0.0, 0.5)],
-    "readers": [{"neighbours": k, "shrinkage": 2.0, "centred_weight": c}
-                for k in (25, 50, 100, 200) for c in (0.0, 0.2, 1.0)],
+    "als": [
+        {"factors": f, "regularization": r, "alpha": 10.0, "iterations": 15}
+        for f in (64, 128)
+        for r in (50.0, 200.0, 800.0)
+    ],
+    "bpr": [
+        {"factors": f, "learning_rate": lr, "regularization": 0.01, "iterations": 100}
+        for f in (128, 256, 512)
+        for lr in (0.1, 0.2)
+    ],
+    "content": [
+        {"half_life_events": h, "pivot": p} for h in (1.0, 2.0, 5.0, 20.0) for p in (2.5, 3.5)
+    ],
+    "userknn": [
+        {"neighbours": k, "shrink": s, "centred_weight": c}
+        for k in (25, 50, 100, 200)
+        for s in (0.0, 10.0)
+        for c in (0.0, 0.5)
+    ],
+    "readers": [
+        {"neighbours": k, "shrinkage": 2.0, "centred_weight": c}
+        for k in (25, 50, 100, 200)
+        for c in (0.0, 0.2, 1.0)
+    ],
     # One point: each costs a full training (~40 epochs; most of a minute each on 2 shared
     # cores). The configuration of issue #13's check; training early-stops on its own validation.
     "sasrec": [{}],
@@ -94,7 +116,9 @@ QUICK_GRIDS: dict[str, list[dict[str, Any]]] = {
     "popularity": [{"damping": 20.0}],
     "itemknn": [{"k": 100, "shrink": s} for s in (0.0, 10.0)],
     "ease": [{"l2": l2} for l2 in (30.0, 300.0)],
-    "als": [{"factors": 32, "regularization": r, "alpha": 10.0, "iterations": 8} for r in (10.0, 50.0)],
+    "als": [
+        {"factors": 32, "regularization": r, "alpha": 10.0, "iterations": 8} for r in (10.0, 50.0)
+    ],
     "bpr": [{"factors": 32, "learning_rate": 0.05, "regularization": 0.01, "iterations": 30}],
     "content": [{"half_life_events": h, "pivot": 2.5} for h in (5.0, 40.0)],
     "userknn": [{"neighbours": k, "shrink": 10.0, "centred_weight": 0.0} for k in (50, 200)],
@@ -107,7 +131,9 @@ QUICK_GRIDS: dict[str, list[dict[str, Any]]] = {
 
 
 def _profile_config(p: Mapping[str, Any]) -> ProfileConfig:
-    cfg = ProfileConfig(half_life_events=float(p.get("half_life_events", 40.0)), pivot=float(p.get("pivot", 2.5)))
+    cfg = ProfileConfig(
+        half_life_events=float(p.get("half_life_events", 40.0)), pivot=float(p.get("pivot", 2.5))
+    )
     if "half_life_days" in p:
         cfg.half_life_days = float(p["half_life_days"])
     return cfg
@@ -132,16 +158,32 @@ def train_sasrec_model(lib: Library, params: Mapping[str, Any], init: Any = None
     p = dict(params)
     shuffle = p.pop("shuffled_seed", None)
     start = getattr(init, "model", init)
-    return train_sasrec(lib, SASRecConfig(**p), progress=bool(SASREC_CACHE["progress"]),
-                        cache_dir=SASREC_CACHE["dir"], shuffle_seed=shuffle,
-                        desc="train sasrec" + (" (shuffled)" if shuffle is not None else
-                                               " (warm start)" if start is not None else ""),
-                        init=start, max_epochs=(SASREC_WARM_EPOCHS if start is not None else
-                                                SASREC_SHUFFLED_EPOCHS if shuffle is not None else None))
+    return train_sasrec(
+        lib,
+        SASRecConfig(**p),
+        progress=bool(SASREC_CACHE["progress"]),
+        cache_dir=SASREC_CACHE["dir"],
+        shuffle_seed=shuffle,
+        desc="train sasrec"
+        + (" (shuffled)" if shuffle is not None else " (warm start)" if start is not None else ""),
+        init=start,
+        max_epochs=(
+            SASREC_WARM_EPOCHS
+            if start is not None
+            else SASREC_SHUFFLED_EPOCHS
+            if shuffle is not None
+            else None
+        ),
+    )
 
 
-def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 0,
-                init: CandidateSource | None = None) -> CandidateSource:
+def build_model(
+    name: str,
+    lib: Library,
+    params: Mapping[str, Any],
+    seed: int = 0,
+    init: CandidateSource | None = None,
+) -> CandidateSource:
     """A single-source model ``name`` (one of :data:`SINGLE_MODELS`) fitted on ``lib``.
 
     ``params`` is one point of the model's grid; ALS and BPR also get ``seed``. Built by the
@@ -152,18 +194,29 @@ def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 
     only (the textbook method the readers source is compared with), not a product source.
     """
     if name == "popularity":
-        src = build_source("popularity", lib, PopularityConfig(damping=float(params.get("damping", 20.0))))
+        src = build_source(
+            "popularity", lib, PopularityConfig(damping=float(params.get("damping", 20.0)))
+        )
     elif name == "content":
         src = build_source("content", lib, _profile_config(params))
     elif name in CF_MODELS:
-        cfg = CFConfig(model=name, params=_cf_params(name, params, seed), max_ease_items=10**9,
-                       half_life_events=None, liked_boost=0.0)
+        cfg = CFConfig(
+            model=name,
+            params=_cf_params(name, params, seed),
+            max_ease_items=10**9,
+            half_life_events=None,
+            liked_boost=0.0,
+        )
         src = build_source("cf", lib, cfg)
     elif name == "userknn":
         from retrieval.readers import UserKNNSource
 
-        src = UserKNNSource(lib, int(params.get("neighbours", 50)), float(params.get("shrink", 10.0)),
-                            float(params.get("centred_weight", 0.2)))
+        src = UserKNNSource(
+            lib,
+            int(params.get("neighbours", 50)),
+            float(params.get("shrink", 10.0)),
+            float(params.get("centred_weight", 0.2)),
+        )
     elif name == "readers":
         rcfg, prof = _readers_configs(params)
         src = build_source("readers", lib, rcfg, BuildDeps(profile=prof))
@@ -172,13 +225,16 @@ def build_model(name: str, lib: Library, params: Mapping[str, Any], seed: int = 
         model = train_sasrec_model(lib, params, init)
         src = build_source("sasrec", lib, SASRecConfig(**p), BuildDeps(fitted={"sasrec": model}))
     else:
-        raise ValueError(f"build_model: unknown model {name!r}; choose one of {', '.join(SINGLE_MODELS)}")
+        raise ValueError(
+            f"build_model: unknown model {name!r}; choose one of {', '.join(SINGLE_MODELS)}"
+        )
     src.name = name
     return src
 
 
-def hybrid_configs(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
-                   seed: int = 0) -> tuple[dict[str, Any], FusionConfig]:
+def hybrid_configs(
+    params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]], seed: int = 0
+) -> tuple[dict[str, Any], FusionConfig]:
     """The per-source configs and fusion config of the hybrid for tuned ``params``.
 
     One translation from eval's tuned values to the product's settings: :func:`build_hybrid`
@@ -189,9 +245,13 @@ def hybrid_configs(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, A
     """
     cf_name = params["cf_model"]
     configs = section_configs(None)
-    configs["cf"] = CFConfig(model=cf_name, params=_cf_params(cf_name, tuned.get(cf_name, {}), seed),
-                             max_ease_items=10**9, half_life_events=params.get("cf_half_life"),
-                             liked_boost=float(params.get("cf_liked_boost", 0.0)))
+    configs["cf"] = CFConfig(
+        model=cf_name,
+        params=_cf_params(cf_name, tuned.get(cf_name, {}), seed),
+        max_ease_items=10**9,
+        half_life_events=params.get("cf_half_life"),
+        liked_boost=float(params.get("cf_liked_boost", 0.0)),
+    )
     configs["content"] = _profile_config(tuned.get("content", {}))
     if "damping" in tuned.get("popularity", {}):
         configs["popularity"] = PopularityConfig(damping=float(tuned["popularity"]["damping"]))
@@ -202,14 +262,22 @@ def hybrid_configs(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, A
     if "sasrec" in tuned:
         configs["sasrec"] = SASRecConfig(**tuned["sasrec"])
     # the hybrid ignores weights of sources it does not have (no sequence variant chosen)
-    fusion = FusionConfig(method=params.get("method", "score"),
-                          weights={n: float(w) for n, w in params.get("weights", {"cf": 1.0}).items()},
-                          rrf_k=float(params.get("rrf_k", 60.0)), depth=int(params.get("depth", 200)))
+    fusion = FusionConfig(
+        method=params.get("method", "score"),
+        weights={n: float(w) for n, w in params.get("weights", {"cf": 1.0}).items()},
+        rrf_k=float(params.get("rrf_k", 60.0)),
+        depth=int(params.get("depth", 200)),
+    )
     return configs, fusion
 
 
-def hybrid_sources(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
-                   seed: int = 0, fitted: Mapping[str, CandidateSource] | None = None) -> dict[str, CandidateSource]:
+def hybrid_sources(
+    lib: Library,
+    params: Mapping[str, Any],
+    tuned: Mapping[str, Mapping[str, Any]],
+    seed: int = 0,
+    fitted: Mapping[str, CandidateSource] | None = None,
+) -> dict[str, CandidateSource]:
     """The hybrid's component sources for hybrid ``params`` and the tuned single-model settings.
 
     Every registered source that applies to ``lib`` (the sequence source when ``params`` names
@@ -220,25 +288,36 @@ def hybrid_sources(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, 
     pre = (fitted or {}).get(params["cf_model"])
     sas = (fitted or {}).get("sasrec")
     prof = _readers_configs(tuned["readers"])[1] if "readers" in tuned else None
-    deps = BuildDeps(fitted={"cf": getattr(pre, "model", None), "sasrec": getattr(sas, "model", None)},
-                     seed=seed, profile=prof)
+    deps = BuildDeps(
+        fitted={"cf": getattr(pre, "model", None), "sasrec": getattr(sas, "model", None)},
+        seed=seed,
+        profile=prof,
+    )
     # every source on (weight 1) so each gets built; the weights that count are the fusion's
-    on = FusionConfig(weights={n: 1.0 for n in source_names() if n != "sequence" or params.get("sequence")})
+    on = FusionConfig(
+        weights={n: 1.0 for n in source_names() if n != "sequence" or params.get("sequence")}
+    )
     srcs = registry_sources(lib, configs=configs, fusion=on, deps=deps)
     srcs.pop("hybrid")
     # eval has no chat requests: request-only sources have no opinion there, so they are left out
     return {n: s for n, s in srcs.items() if not SOURCES[n].request_only}
 
 
-def build_hybrid(lib: Library, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
-                 seed: int = 0, fitted: Mapping[str, CandidateSource] | None = None) -> HybridSource:
+def build_hybrid(
+    lib: Library,
+    params: Mapping[str, Any],
+    tuned: Mapping[str, Mapping[str, Any]],
+    seed: int = 0,
+    fitted: Mapping[str, CandidateSource] | None = None,
+) -> HybridSource:
     """The live :class:`~retrieval.sources.HybridSource` for tuned ``params`` (see :func:`hybrid_configs`)."""
     _, fusion = hybrid_configs(params, tuned, seed)
     return registry_hybrid(lib, hybrid_sources(lib, params, tuned, seed, fitted), fusion)
 
 
-def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]], label: str,
-                      seed: int = 0) -> str:
+def tuned_config_toml(
+    params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]], label: str, seed: int = 0
+) -> str:
     """A ``readnext`` config file (TOML) that makes the live hybrid the tuned one.
 
     Written from :func:`hybrid_configs`, the configs :func:`build_hybrid` builds from: ``[fusion]``
@@ -246,11 +325,12 @@ def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str
     parameters, ``seed`` for ALS/BPR and the user vector; ``[profile]``, ``[popularity]``,
     ``[series]``, ``[sequence]``, and any source registered later), every field spelled out.
     """
+
     def val(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):
-            return '"' + v.replace('\\', '\\\\').replace('"', '\\"') + '"'
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
         if isinstance(v, Mapping):
             return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
         return repr(float(v)) if isinstance(v, float) else str(v)
@@ -258,15 +338,25 @@ def tuned_config_toml(params: Mapping[str, Any], tuned: Mapping[str, Mapping[str
     configs, fusion = hybrid_configs(params, tuned, seed)
     weights = {n: float(w) for n, w in fusion.weights.items() if float(w) > 0}
     cf = configs["cf"]
-    lines = [f"# readnext settings tuned by `readnext eval` on {label}.",
-             "# Use: READNEXT_CONFIG=this-file readnext recommend ...  (or copy to ~/.readnext/config.toml)",
-             "# [cf] takes effect at the next `readnext ingest` (the model is fitted there), [profile] for stored",
-             "# reader vectors too. With these settings the live hybrid ranks exactly as eval's `hybrid`.",
-             "", "[fusion]", f"method = {val(fusion.method)}", f"weights = {val(weights)}",
-             f"rrf_k = {val(float(fusion.rrf_k))}", f"depth = {int(fusion.depth)}",
-             "", "[cf]", f"model = {val(cf.model)}", f"params = {val(cf.params)}",
-             f"half_life_events = {val(float(cf.half_life_events or 0.0))}  # 0 = off",
-             f"liked_boost = {val(float(cf.liked_boost))}", f"confidence = {val(cf.confidence)}"]
+    lines = [
+        f"# readnext settings tuned by `readnext eval` on {label}.",
+        "# Use: READNEXT_CONFIG=this-file readnext recommend ...  (or copy to ~/.readnext/config.toml)",
+        "# [cf] takes effect at the next `readnext ingest` (the model is fitted there), [profile] for stored",
+        "# reader vectors too. With these settings the live hybrid ranks exactly as eval's `hybrid`.",
+        "",
+        "[fusion]",
+        f"method = {val(fusion.method)}",
+        f"weights = {val(weights)}",
+        f"rrf_k = {val(float(fusion.rrf_k))}",
+        f"depth = {int(fusion.depth)}",
+        "",
+        "[cf]",
+        f"model = {val(cf.model)}",
+        f"params = {val(cf.params)}",
+        f"half_life_events = {val(float(cf.half_life_events or 0.0))}  # 0 = off",
+        f"liked_boost = {val(float(cf.liked_boost))}",
+        f"confidence = {val(cf.confidence)}",
+    ]
     for name, spec in SOURCES.items():
         if name == "cf" or spec.request_only or (spec.optional and weights.get(name, 0) <= 0):
             continue  # not built live either (optional, unweighted), or not in eval (request-only)

@@ -13,7 +13,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: headless, deterministic output
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 __all__ = ["accuracy_vs_popularity", "cold_start_bars", "metric_bars", "write_plots"]
 
@@ -53,13 +53,20 @@ def metric_bars(models: Mapping[str, Mapping[str, Any]], key: str, path: Path, t
     return True
 
 
-def accuracy_vs_popularity(models: Mapping[str, Mapping[str, Any]], path: Path, k: int = 10) -> bool:
+def accuracy_vs_popularity(
+    models: Mapping[str, Mapping[str, Any]], path: Path, k: int = 10
+) -> bool:
     """Scatter of ndcg@k against arp@k (average popularity of what a model recommends).
 
     hybrid+llm is left out: it is measured on a small reader subset, not comparable here.
     """
-    pts = [(n, v[f"arp@{k}"]["mean"], v[f"ndcg@{k}"]["mean"]) for n, v in models.items() if n != "hybrid+llm"
-           if v.get(f"arp@{k}", {}).get("mean") is not None and v.get(f"ndcg@{k}", {}).get("mean") is not None]
+    pts = [
+        (n, v[f"arp@{k}"]["mean"], v[f"ndcg@{k}"]["mean"])
+        for n, v in models.items()
+        if n != "hybrid+llm"
+        if v.get(f"arp@{k}", {}).get("mean") is not None
+        and v.get(f"ndcg@{k}", {}).get("mean") is not None
+    ]
     if not pts:
         return False
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
@@ -76,19 +83,35 @@ def accuracy_vs_popularity(models: Mapping[str, Mapping[str, Any]], path: Path, 
     return True
 
 
-def cold_start_bars(main: Mapping[str, Mapping[str, Any]], cold: Mapping[str, Mapping[str, Any]], path: Path,
-                    key: str = "ndcg@10") -> bool:
+def cold_start_bars(
+    main: Mapping[str, Mapping[str, Any]],
+    cold: Mapping[str, Mapping[str, Any]],
+    path: Path,
+    key: str = "ndcg@10",
+) -> bool:
     """Grouped bars: ``key`` on the main slice vs the cold-start slice, per model, with CIs."""
-    names = [n for n in main if n in cold and _triple(cold[n].get(key)) and _triple(main[n].get(key))]
+    names = [
+        n for n in main if n in cold and _triple(cold[n].get(key)) and _triple(main[n].get(key))
+    ]
     if not names:
         return False
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
     w = 0.4
-    for off, data, label, colour in ((-w / 2, main, "main slice", "tab:blue"), (w / 2, cold, "cold start", "tab:orange")):
+    for off, data, label, colour in (
+        (-w / 2, main, "main slice", "tab:blue"),
+        (w / 2, cold, "cold start", "tab:orange"),
+    ):
         t = [_triple(data[n][key]) for n in names]
-        ax.bar([i + off for i in range(len(names))], [x[0] for x in t], w,  # type: ignore[index]
-               yerr=[[x[0] - x[1] for x in t], [x[2] - x[0] for x in t]],  # type: ignore[index]
-               capsize=3, label=label, color=colour, alpha=0.85)
+        ax.bar(
+            [i + off for i in range(len(names))],
+            [x[0] for x in t],
+            w,  # type: ignore[index]
+            yerr=[[x[0] - x[1] for x in t], [x[2] - x[0] for x in t]],  # type: ignore[index]
+            capsize=3,
+            label=label,
+            color=colour,
+            alpha=0.85,
+        )
     ax.set_xticks(range(len(names)), names, rotation=25, ha="right")
     ax.set_ylabel(key)
     ax.set_title(f"{key}: main slice vs cold-start readers", fontsize=10)
@@ -107,7 +130,10 @@ def write_plots(metrics: Mapping[str, Any], out: Path) -> list[tuple[str, str]]:
     k1, k2 = min(ks), max(ks)
     made: list[tuple[str, str]] = []
     label = metrics.get("dataset", {}).get("label", "")
-    for key, fname in ((f"ndcg@{k1}", f"ndcg_at_{k1}.png"), (f"recall@{k2}", f"recall_at_{k2}.png")):
+    for key, fname in (
+        (f"ndcg@{k1}", f"ndcg_at_{k1}.png"),
+        (f"recall@{k2}", f"recall_at_{k2}.png"),
+    ):
         if metric_bars(models, key, out / fname, f"{key} with 95% bootstrap CI - {label}"):
             made.append((f"{key} per model (95% bootstrap CI)", fname))
     if accuracy_vs_popularity(models, out / "accuracy_vs_popularity.png", k1):

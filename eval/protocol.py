@@ -26,8 +26,19 @@ from .models import ALL_MODELS
 from .splits import Split, cold_start_users, relevant_items, temporal_holdout, validation_split
 from .tuning import TuningSet
 
-__all__ = ["EvalConfig", "KRICHENE_RENDLE", "Prepared", "SAMPLED_WARNING", "chunk_size", "clean", "load_eval_dataset",
-           "prepare", "protocol_dict", "subset", "tuning_set"]
+__all__ = [
+    "EvalConfig",
+    "KRICHENE_RENDLE",
+    "Prepared",
+    "SAMPLED_WARNING",
+    "chunk_size",
+    "clean",
+    "load_eval_dataset",
+    "prepare",
+    "protocol_dict",
+    "subset",
+    "tuning_set",
+]
 
 SAMPLED_WARNING = (
     "Sampled-negative metrics are NOT full-catalog metrics. Krichene & Rendle (KDD 2020, 'On Sampled "
@@ -49,7 +60,9 @@ class EvalConfig:
     dataset: str | None = None
     data_dir: str | None = None
     config: str | None = None
-    models: tuple[str, ...] | None = None  # None: every model (hybrid+llm only with llm or not quick)
+    models: tuple[str, ...] | None = (
+        None  # None: every model (hybrid+llm only with llm or not quick)
+    )
     users: int | None = None
     seed: int = 42
     ks: tuple[int, ...] = (10, 20)
@@ -64,7 +77,9 @@ class EvalConfig:
     holdout: float = 0.2
     cold_threshold: int = 5
     explain_users: int = 200
-    sasrec_shuffled: bool = True  # also train SASRec on shuffled sequences (the order-matters control)
+    sasrec_shuffled: bool = (
+        True  # also train SASRec on shuffled sequences (the order-matters control)
+    )
     val_users: int | None = None  # cap on validation readers (default 3000, quick 600)
     n_boot: int = 1000
     catalog: str = "rated"  # rated: books with >= 1 rating in the data; all: every catalog book
@@ -83,7 +98,9 @@ class EvalConfig:
             names = list(dict.fromkeys(self.models))
             bad = [m for m in names if m not in ALL_MODELS]
             if bad:
-                raise ReadnextError(f"--models: unknown model(s) {', '.join(bad)}; choose from {', '.join(ALL_MODELS)}")
+                raise ReadnextError(
+                    f"--models: unknown model(s) {', '.join(bad)}; choose from {', '.join(ALL_MODELS)}"
+                )
         if "hybrid+llm" in names and "hybrid" not in names:
             raise ReadnextError("--models: hybrid+llm reranks the hybrid, so list hybrid too")
         return [m for m in ALL_MODELS if m in names]
@@ -134,11 +151,15 @@ def _bookcrossing_core(ds: Dataset, min_item: int, min_user: int) -> tuple[Datas
         f"repeated until stable: {n0:,} -> {len(r):,} ratings, {len(books):,} books, {r['user_id'].nunique():,} readers",
     ]
     label = f"Book-Crossing ({min_item}-core: {len(r):,} ratings, {len(books):,} books)"
-    out = replace(ds, books=books, ratings=r.reset_index(drop=True), label=label, notes=ds.notes + notes)
+    out = replace(
+        ds, books=books, ratings=r.reset_index(drop=True), label=label, notes=ds.notes + notes
+    )
     return out, notes
 
 
-def load_eval_dataset(cfg: EvalConfig, settings: Settings) -> tuple[Dataset, dict[str, np.ndarray] | None]:
+def load_eval_dataset(
+    cfg: EvalConfig, settings: Settings
+) -> tuple[Dataset, dict[str, np.ndarray] | None]:
     """The dataset to evaluate and, for an ingested index, its stored book vectors (by book id)."""
     if cfg.dataset and cfg.data_dir:
         raise ReadnextError("give either --dataset DIR or --data-dir D, not both")
@@ -151,14 +172,23 @@ def load_eval_dataset(cfg: EvalConfig, settings: Settings) -> tuple[Dataset, dic
 
         idx = Index.open(Path(cfg.data_dir).expanduser())
         meta = idx.meta
-        ds = Dataset(name=meta.get("dataset", "index"), books=idx.books, ratings=idx.ratings, to_read=idx.to_read,
-                     has_timestamps=bool(meta.get("has_timestamps")), ordered=bool(meta.get("ordered", True)),
-                     label=meta.get("label") or meta.get("dataset", "index"), notes=list(meta.get("notes", [])))
+        ds = Dataset(
+            name=meta.get("dataset", "index"),
+            books=idx.books,
+            ratings=idx.ratings,
+            to_read=idx.to_read,
+            has_timestamps=bool(meta.get("has_timestamps")),
+            ordered=bool(meta.get("ordered", True)),
+            label=meta.get("label") or meta.get("dataset", "index"),
+            notes=list(meta.get("notes", [])),
+        )
         vectors = {b.book_id: idx.vectors[i] for i, b in enumerate(idx.books)}
     else:
         ds = load_demo()
     if not len(ds.ratings):
-        raise DataError(f"dataset {ds.label or ds.name} has no ratings; evaluation needs a ratings file")
+        raise DataError(
+            f"dataset {ds.label or ds.name} has no ratings; evaluation needs a ratings file"
+        )
     if ds.name == "bookcrossing":
         ds, _ = _bookcrossing_core(ds, cfg.min_item_ratings or 5, cfg.min_user_ratings or 5)
     elif cfg.min_item_ratings or cfg.min_user_ratings:
@@ -167,18 +197,31 @@ def load_eval_dataset(cfg: EvalConfig, settings: Settings) -> tuple[Dataset, dic
         r = r[r["book_id"].isin(ic.index[ic >= (cfg.min_item_ratings or 1)])]
         uc = r["user_id"].value_counts()
         r = r[r["user_id"].isin(uc.index[uc >= (cfg.min_user_ratings or 1)])]
-        ds = replace(ds, ratings=r.reset_index(drop=True),
-                     notes=ds.notes + [f"filtered to books with >= {cfg.min_item_ratings or 1} and readers with "
-                                       f">= {cfg.min_user_ratings or 1} ratings (one pass)"])
+        ds = replace(
+            ds,
+            ratings=r.reset_index(drop=True),
+            notes=ds.notes
+            + [
+                f"filtered to books with >= {cfg.min_item_ratings or 1} and readers with "
+                f">= {cfg.min_user_ratings or 1} ratings (one pass)"
+            ],
+        )
     top = float(ds.ratings["rating"].max())
     if top > 5.0:
-        raise DataError(f"{ds.label or ds.name}: ratings go up to {top:g}, but readnext's models and the relevance "
-                        "threshold use a 1-5 scale; rescale the ratings to 1-5 first")
+        raise DataError(
+            f"{ds.label or ds.name}: ratings go up to {top:g}, but readnext's models and the relevance "
+            "threshold use a 1-5 scale; rescale the ratings to 1-5 first"
+        )
     return ds, vectors
 
 
-def _embed(books: Sequence[Book], settings: Settings, cache_dir: Path, given: Mapping[str, np.ndarray] | None,
-           progress: bool) -> np.ndarray:
+def _embed(
+    books: Sequence[Book],
+    settings: Settings,
+    cache_dir: Path,
+    given: Mapping[str, np.ndarray] | None,
+    progress: bool,
+) -> np.ndarray:
     """Unit vectors of ``books`` (stored index vectors when given, else the cached embedder)."""
     if given is not None and all(b.book_id in given for b in books):
         return np.vstack([given[b.book_id] for b in books]).astype(np.float32)
@@ -186,7 +229,9 @@ def _embed(books: Sequence[Book], settings: Settings, cache_dir: Path, given: Ma
 
     e = settings.embedder
     emb = Embedder(e.model, e.device, e.batch_size, cache_dir=cache_dir)
-    return emb.encode([b.embedding_text() for b in books], show_progress=progress, desc="embed catalog")
+    return emb.encode(
+        [b.embedding_text() for b in books], show_progress=progress, desc="embed catalog"
+    )
 
 
 def _contexts(lib: Library, users: Sequence[str]) -> list[UserContext]:
@@ -208,7 +253,9 @@ def prepare(cfg: EvalConfig, settings: Settings) -> Prepared:
     t = time.perf_counter()
     ds, given = load_eval_dataset(cfg, settings)
     notes = list(ds.notes)
-    split = temporal_holdout(ds.ratings, frac=cfg.holdout, min_test=1, ordered=ds.ordered, seed=cfg.seed)
+    split = temporal_holdout(
+        ds.ratings, frac=cfg.holdout, min_test=1, ordered=ds.ordered, seed=cfg.seed
+    )
     if cfg.catalog not in ("rated", "all"):
         raise ReadnextError(f"--catalog must be 'rated' or 'all', got {cfg.catalog!r}")
     if cfg.catalog == "rated":
@@ -220,7 +267,9 @@ def prepare(cfg: EvalConfig, settings: Settings) -> Prepared:
     vectors = _embed(catalog, settings, cache_dir, given, cfg.progress)
     train = split.train.reset_index(drop=True)
     # ordered: the training rows carry an event order (what the live index records in its meta)
-    lib = Library(catalog, vectors, train, ds.has_timestamps, None, ds.name, split.method == "temporal")
+    lib = Library(
+        catalog, vectors, train, ds.has_timestamps, None, ds.name, split.method == "temporal"
+    )
 
     rel = relevant_items(split.test, cfg.relevant)
     test_users = subset(list(rel), cfg.users, cfg.seed, 1)
@@ -230,23 +279,46 @@ def prepare(cfg: EvalConfig, settings: Settings) -> Prepared:
     cold_u = [u for u in test_users if rel[u] and u in cold]
     hist = lib.histories()
     info = {
-        "dataset": {**ds.stats(), "catalog_books": len(catalog), "catalog": cfg.catalog,
-                    "split": split.describe()},
-        "users": {"test_users": len(rel), "evaluated_pool": len(test_users), "main": len(main_u),
-                  "cold_start": len(cold_u), "skipped_no_relevant": len(skipped)},
+        "dataset": {
+            **ds.stats(),
+            "catalog_books": len(catalog),
+            "catalog": cfg.catalog,
+            "split": split.describe(),
+        },
+        "users": {
+            "test_users": len(rel),
+            "evaluated_pool": len(test_users),
+            "main": len(main_u),
+            "cold_start": len(cold_u),
+            "skipped_no_relevant": len(skipped),
+        },
         "prepare_s": time.perf_counter() - t,
     }
-    return Prepared(ds, split, lib,
-                    [UserContext(u, hist.get(u, [])) for u in main_u], {u: rel[u] for u in main_u},
-                    [UserContext(u, hist.get(u, [])) for u in cold_u], {u: rel[u] for u in cold_u},
-                    info, notes)
+    return Prepared(
+        ds,
+        split,
+        lib,
+        [UserContext(u, hist.get(u, [])) for u in main_u],
+        {u: rel[u] for u in main_u},
+        [UserContext(u, hist.get(u, [])) for u in cold_u],
+        {u: rel[u] for u in cold_u},
+        info,
+        notes,
+    )
 
 
 def tuning_set(prep: Prepared, cfg: EvalConfig) -> tuple[TuningSet, dict[str, Any]]:
     """Validation readers: the last share of each training history, carved from training only."""
     val = validation_split(prep.split, frac=cfg.holdout, min_test=1, seed=cfg.seed)
-    lib = Library(prep.lib.books, prep.lib.vectors, val.train.reset_index(drop=True), prep.lib.has_timestamps,
-                  None, prep.lib.name, prep.lib.ordered)
+    lib = Library(
+        prep.lib.books,
+        prep.lib.vectors,
+        val.train.reset_index(drop=True),
+        prep.lib.has_timestamps,
+        None,
+        prep.lib.name,
+        prep.lib.ordered,
+    )
     rel = relevant_items(val.test, cfg.relevant)
     counts = val.train["user_id"].value_counts()
     warm = [u for u, r in rel.items() if r and counts.get(u, 0) >= cfg.cold_threshold]
@@ -255,8 +327,14 @@ def tuning_set(prep: Prepared, cfg: EvalConfig) -> tuple[TuningSet, dict[str, An
     users = subset(warm, cap, cfg.seed, 2)
     ctxs = _contexts(lib, users)
     ts = TuningSet.build(lib, ctxs, [rel[u] for u in users], chunk=chunk_size(lib.n_items))
-    desc = {"method": val.method, "frac": cfg.holdout, "validation_readers": len(users),
-            "eligible_readers": len(warm), "train_events": len(val.train), "validation_events": len(val.test)}
+    desc = {
+        "method": val.method,
+        "frac": cfg.holdout,
+        "validation_readers": len(users),
+        "eligible_readers": len(warm),
+        "train_events": len(val.train),
+        "validation_events": len(val.test),
+    }
     return ts, desc
 
 
@@ -265,35 +343,65 @@ def chunk_size(n_items: int) -> int:
     return int(max(50, min(1000, 2e7 // max(n_items, 1))))
 
 
-def protocol_dict(cfg: EvalConfig, prep: Prepared, ks: Sequence[int], val_desc: Mapping[str, Any],
-              models: Sequence[str], skipped: Mapping[str, str], llm_info: Mapping[str, Any] | None) -> dict[str, Any]:
+def protocol_dict(
+    cfg: EvalConfig,
+    prep: Prepared,
+    ks: Sequence[int],
+    val_desc: Mapping[str, Any],
+    models: Sequence[str],
+    skipped: Mapping[str, str],
+    llm_info: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     ds = prep.dataset
     split = prep.split
     if split.method == "temporal":
-        order = ("timestamps" if ds.has_timestamps else
-                 "row order (documented as chronological; approximate, see the dataset README)")
+        order = (
+            "timestamps"
+            if ds.has_timestamps
+            else "row order (documented as chronological; approximate, see the dataset README)"
+        )
         split_text = f"per-reader temporal holdout of the last {cfg.holdout:.0%} of ratings (min 1) by {order}"
     else:
-        split_text = (f"per-reader seeded random holdout of {cfg.holdout:.0%} of ratings (min 1): the data has no "
-                      "timestamps and no meaningful order")
-    return clean({
-        "split": split.method, "split_text": split_text, "holdout": cfg.holdout, "seed": cfg.seed,
-        "relevant_threshold": cfg.relevant, "ks": list(ks), "ranking": "full catalog",
-        "catalog": ("books with at least one rating in the data" if cfg.catalog == "rated" else "every catalog book"),
-        "exclude": "the reader's training books",
-        "series_order": ("readnext's own models (hybrid, its ablations, hybrid+llm) rank through the product's rank "
-                         "path (retrieval.ranking), which never offers volume n > 1 of a series whose volume n-1 the "
-                         "reader has not read; the peers rank as published (exclusions and top-k only)"),
-        "cold_start_threshold": cfg.cold_threshold,
-        "main_slice": f"test readers with >= {cfg.cold_threshold} training ratings and >= 1 relevant held-out book",
-        "users_subset": cfg.users, "models": list(models), "skipped_models": dict(skipped),
-        "validation": dict(val_desc) | {"selection": "ndcg@10"},
-        "quick": cfg.quick, "bootstrap": {"n_boot": cfg.n_boot, "level": 0.95, "kind": "percentile"},
-        "significance_test": "paired sign-flip permutation test (two-sided), bootstrap CI of the mean difference",
-        "sampled_negatives": cfg.sampled, "llm": (dict(readers=llm_info["readers"], backend=llm_info["backend"])
-                                                  if llm_info else None),
-        "to_read": "not used (to-read shelves carry no time, so they may reflect the held-out period)",
-    })
+        split_text = (
+            f"per-reader seeded random holdout of {cfg.holdout:.0%} of ratings (min 1): the data has no "
+            "timestamps and no meaningful order"
+        )
+    return clean(
+        {
+            "split": split.method,
+            "split_text": split_text,
+            "holdout": cfg.holdout,
+            "seed": cfg.seed,
+            "relevant_threshold": cfg.relevant,
+            "ks": list(ks),
+            "ranking": "full catalog",
+            "catalog": (
+                "books with at least one rating in the data"
+                if cfg.catalog == "rated"
+                else "every catalog book"
+            ),
+            "exclude": "the reader's training books",
+            "series_order": (
+                "readnext's own models (hybrid, its ablations, hybrid+llm) rank through the product's rank "
+                "path (retrieval.ranking), which never offers volume n > 1 of a series whose volume n-1 the "
+                "reader has not read; the peers rank as published (exclusions and top-k only)"
+            ),
+            "cold_start_threshold": cfg.cold_threshold,
+            "main_slice": f"test readers with >= {cfg.cold_threshold} training ratings and >= 1 relevant held-out book",
+            "users_subset": cfg.users,
+            "models": list(models),
+            "skipped_models": dict(skipped),
+            "validation": dict(val_desc) | {"selection": "ndcg@10"},
+            "quick": cfg.quick,
+            "bootstrap": {"n_boot": cfg.n_boot, "level": 0.95, "kind": "percentile"},
+            "significance_test": "paired sign-flip permutation test (two-sided), bootstrap CI of the mean difference",
+            "sampled_negatives": cfg.sampled,
+            "llm": (
+                dict(readers=llm_info["readers"], backend=llm_info["backend"]) if llm_info else None
+            ),
+            "to_read": "not used (to-read shelves carry no time, so they may reflect the held-out period)",
+        }
+    )
 
 
 def clean(x: Any) -> Any:

@@ -15,6 +15,7 @@ from .protocol import EvalConfig
 
 __all__ = ["command_line", "hardware"]
 
+
 def hardware() -> dict[str, Any]:
     from importlib import metadata
 
@@ -40,10 +41,18 @@ def hardware() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return None
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram, "python": platform.python_version(),
-            "platform": platform.platform(), "numpy": np.__version__, "torch": version("torch"),
-            "scipy": version("scipy"), "implicit": version("implicit"),
-            "sentence_transformers": version("sentence-transformers")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": ram,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "torch": version("torch"),
+        "scipy": version("scipy"),
+        "implicit": version("implicit"),
+        "sentence_transformers": version("sentence-transformers"),
+    }
 
 
 def command_line(cfg: EvalConfig) -> str:
@@ -53,4 +62,3 @@ def command_line(cfg: EvalConfig) -> str:
     if argv and Path(argv[0]).name in ("readnext", "cli.py", "__main__.py"):
         argv = ["readnext", *argv[1:]]
     return shlex.join(argv)
-

@@ -36,5 +36,15 @@ from .protocol import (
 from .scoring import metric_keys
 from .study import config_dict, run
 
-__all__ = ["EvalConfig", "KRICHENE_RENDLE", "Prepared", "SAMPLED_WARNING", "config_dict", "load_eval_dataset",
-           "metric_keys", "prepare", "run", "tuning_set"]
+__all__ = [
+    "EvalConfig",
+    "KRICHENE_RENDLE",
+    "Prepared",
+    "SAMPLED_WARNING",
+    "config_dict",
+    "load_eval_dataset",
+    "metric_keys",
+    "prepare",
+    "run",
+    "tuning_set",
+]

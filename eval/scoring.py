@@ -29,6 +29,7 @@ from .models import SINGLE_MODELS
 from .protocol import EvalConfig, Prepared, chunk_size, clean
 from .stats import paired_test, summarize
 
+
 def exclude_rows(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
     m = np.zeros((len(ctxs), lib.n_items), dtype=bool)
     for i, c in enumerate(ctxs):
@@ -36,8 +37,9 @@ def exclude_rows(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
     return m
 
 
-def rank_rows(lib: Library, S: np.ndarray, ctxs: Sequence[UserContext], k: int,
-               series_order: bool = False) -> list[list[str]]:
+def rank_rows(
+    lib: Library, S: np.ndarray, ctxs: Sequence[UserContext], k: int, series_order: bool = False
+) -> list[list[str]]:
     idx, valid, _ = rank_matrix(lib, S, ctxs, k, series_order=series_order)
     ids = [b.book_id for b in lib.books]
     return [[ids[j] for j in row[ok]] for row, ok in zip(idx, valid)]
@@ -58,9 +60,15 @@ class Sampler:
             lib = self.lib
             seen = {lib.index[r.book_id] for r in ctx.history if r.book_id in lib.index}
             seen |= {lib.index[b] for b in self.test_items.get(ctx.user_id, ()) if b in lib.index}
-            pool = np.setdiff1d(np.arange(lib.n_items), np.fromiter(seen, dtype=np.int64, count=len(seen)))
+            pool = np.setdiff1d(
+                np.arange(lib.n_items), np.fromiter(seen, dtype=np.int64, count=len(seen))
+            )
             rng = np.random.default_rng([self.seed, 3, abs(_hash_str(ctx.user_id))])
-            neg = rng.choice(pool, size=min(self.n_neg, len(pool)), replace=False) if len(pool) else pool
+            neg = (
+                rng.choice(pool, size=min(self.n_neg, len(pool)), replace=False)
+                if len(pool)
+                else pool
+            )
             pos = np.array([lib.index[b] for b in relevant if b in lib.index], dtype=np.int64)
             self.cands[ctx.user_id] = np.unique(np.concatenate([pos, neg.astype(np.int64)]))
         return self.cands[ctx.user_id]
@@ -94,8 +102,16 @@ class Run:
     score_s: float = 0.0
 
 
-def score_model(model: CandidateSource, prep: Prepared, kmax: int, sampler: Sampler | None, progress: bool,
-                 desc: str, extra=None, series_order: bool = False) -> Run:
+def score_model(
+    model: CandidateSource,
+    prep: Prepared,
+    kmax: int,
+    sampler: Sampler | None,
+    progress: bool,
+    desc: str,
+    extra=None,
+    series_order: bool = False,
+) -> Run:
     """Rank the full catalog for every main and cold reader through the product's rank path
     (:func:`retrieval.ranking.rank_matrix`; ``series_order`` for readnext's own models);
     ``extra(chunk, per_source, S, slice)`` lets the hybrid reuse its per-source matrices for ablations."""
@@ -104,8 +120,10 @@ def score_model(model: CandidateSource, prep: Prepared, kmax: int, sampler: Samp
     size = chunk_size(prep.lib.n_items)
     n = len(prep.main) + len(prep.cold)
     bar = tqdm(total=n, desc=desc, unit="reader", disable=not progress, leave=False)
-    for slice_name, ctxs, rel, out in (("main", prep.main, prep.main_rel, run.main),
-                                       ("cold", prep.cold, prep.cold_rel, run.cold)):
+    for slice_name, ctxs, rel, out in (
+        ("main", prep.main, prep.main_rel, run.main),
+        ("cold", prep.cold, prep.cold_rel, run.cold),
+    ):
         for chunk in _chunks(ctxs, size):
             per = model.source_scores(chunk) if extra is not None else None
             S = model.fuse(per, chunk) if per is not None else model.score_batch(chunk)
@@ -125,11 +143,25 @@ def score_model(model: CandidateSource, prep: Prepared, kmax: int, sampler: Samp
 # --------------------------------------------------------------------------- metrics
 
 
-def metrics_of(rankings: Mapping[str, list[str]], relevant: Mapping[str, set[str]], lib: Library,
-             ks: Sequence[int]) -> RunResult:
-    pop = pd.Series(lib.pop_count.astype(np.float64), index=pd.Index([b.book_id for b in lib.books], dtype=object))
-    return evaluate_rankings(rankings, relevant, ks, item_pop=pop, n_users=max(1, lib.R.shape[0]),
-                             n_items=lib.n_items, item_vectors=(lib.vectors, lib.index))
+def metrics_of(
+    rankings: Mapping[str, list[str]],
+    relevant: Mapping[str, set[str]],
+    lib: Library,
+    ks: Sequence[int],
+) -> RunResult:
+    pop = pd.Series(
+        lib.pop_count.astype(np.float64),
+        index=pd.Index([b.book_id for b in lib.books], dtype=object),
+    )
+    return evaluate_rankings(
+        rankings,
+        relevant,
+        ks,
+        item_pop=pop,
+        n_users=max(1, lib.R.shape[0]),
+        n_items=lib.n_items,
+        item_vectors=(lib.vectors, lib.index),
+    )
 
 
 def metric_keys(ks: Sequence[int]) -> list[str]:
@@ -137,8 +169,12 @@ def metric_keys(ks: Sequence[int]) -> list[str]:
     return [f"{m}@{k}" for k in ks for m in (*ACCURACY_METRICS, *BEYOND_METRICS)]
 
 
-def summary(res: RunResult, ks: Sequence[int], cfg: EvalConfig) -> dict[str, dict[str, float | None]]:
-    s = summarize(res, n_boot=cfg.n_boot, seed=cfg.seed, keys=[k for k in metric_keys(ks) if k in res])
+def summary(
+    res: RunResult, ks: Sequence[int], cfg: EvalConfig
+) -> dict[str, dict[str, float | None]]:
+    s = summarize(
+        res, n_boot=cfg.n_boot, seed=cfg.seed, keys=[k for k in metric_keys(ks) if k in res]
+    )
     return {k: {f: clean(v) for f, v in d.items()} for k, d in s.items()}
 
 
@@ -151,14 +187,31 @@ def paired(a: RunResult, b: RunResult, key: str, cfg: EvalConfig) -> dict[str, A
     y = np.asarray(b[key])[[pos[u] for u in common]]
     t = paired_test(x, y, seed=cfg.seed, n_boot=cfg.n_boot)
     base = float(np.nanmean(y)) if len(y) else math.nan
-    return clean({"n": t.n, "mean_a": float(np.nanmean(x)) if len(x) else math.nan, "mean_b": base,
-                   "mean_diff": t.mean_diff, "ci_low": t.ci_low, "ci_high": t.ci_high,
-                   "relative": t.mean_diff / base if base else math.nan,
-                   "p_value": t.p_value, "p_ttest": t.p_ttest, "exact": t.exact})
+    return clean(
+        {
+            "n": t.n,
+            "mean_a": float(np.nanmean(x)) if len(x) else math.nan,
+            "mean_b": base,
+            "mean_diff": t.mean_diff,
+            "ci_low": t.ci_low,
+            "ci_high": t.ci_high,
+            "relative": t.mean_diff / base if base else math.nan,
+            "p_value": t.p_value,
+            "p_ttest": t.p_ttest,
+            "exact": t.exact,
+        }
+    )
 
 
-def ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mapping[str, Mapping[str, Any]],
-                   prep: Prepared, kmax: int, fitted: Mapping[str, CandidateSource], seed: int):
+def ablation_hook(
+    hybrid: HybridSource,
+    params: Mapping[str, Any],
+    tuned: Mapping[str, Mapping[str, Any]],
+    prep: Prepared,
+    kmax: int,
+    fitted: Mapping[str, CandidateSource],
+    seed: int,
+):
     """Ablations of the tuned hybrid, fused from the same per-source matrices (nothing re-tuned).
 
     Returns ``(hook, rankings, cold)``: the hook (for :func:`score_model`) fills
@@ -194,8 +247,9 @@ def ablation_hook(hybrid: HybridSource, params: Mapping[str, Any], tuned: Mappin
     variants["hybrid without the series reading order"] = "no-series-order"
     variants["shipped defaults (readnext's default settings, untuned)"] = "shipped"
     out: dict[str, dict[str, list[str]]] = {n: {} for n in variants}
-    cold: dict[str, dict[str, list[str]]] = {n: {} for n in variants if n.startswith("hybrid without")
-                                             and isinstance(variants[n], dict)}
+    cold: dict[str, dict[str, list[str]]] = {
+        n: {} for n in variants if n.startswith("hybrid without") and isinstance(variants[n], dict)
+    }
 
     def hook(chunk, per, S_hybrid, slice_name):
         if slice_name != "main":
@@ -226,12 +280,21 @@ def bar_check(models: Mapping[str, Any], ks: Sequence[int]) -> dict[str, Any]:
     if "hybrid" not in models:
         return {"metric": key, "met": None, "reason": "hybrid not evaluated"}
     h = models["hybrid"][key]["mean"]
-    rel = {m: (h / v["mean"] - 1.0 if v["mean"] else None) for m, v in
-           ((m, models[m][key]) for m in SINGLE_MODELS if m in models)}
+    rel = {
+        m: (h / v["mean"] - 1.0 if v["mean"] else None)
+        for m, v in ((m, models[m][key]) for m in SINGLE_MODELS if m in models)
+    }
     if not rel:
         return {"metric": key, "met": None, "reason": "no single-source model evaluated"}
     worst = min(rel, key=lambda m: rel[m] if rel[m] is not None else math.inf)
-    return clean({"metric": key, "threshold": 0.10, "hybrid": h, "relative_gain": rel,
-                   "closest_model": worst, "min_gain": rel[worst],
-                   "met": all(v is not None and v >= 0.10 for v in rel.values())})
-
+    return clean(
+        {
+            "metric": key,
+            "threshold": 0.10,
+            "hybrid": h,
+            "relative_gain": rel,
+            "closest_model": worst,
+            "min_gain": rel[worst],
+            "met": all(v is not None and v >= 0.10 for v in rel.values()),
+        }
+    )

@@ -57,7 +57,11 @@ class Split:
         return {
             "method": self.method,
             "params": dict(self.params),
-            "train": {"users": len(train_users), "items": len(train_items), "events": len(self.train)},
+            "train": {
+                "users": len(train_users),
+                "items": len(train_items),
+                "events": len(self.train),
+            },
             "test": {"users": len(test_users), "items": len(test_items), "events": len(self.test)},
             "test_users_not_in_train": len(test_users - train_users),
             "test_items_not_in_train": len(test_items - train_items),
@@ -67,11 +71,17 @@ class Split:
 def _check_frame(df: pd.DataFrame, need_ts: bool, where: str) -> None:
     """Raise a one-line ValueError naming what is wrong with ``df`` and how to fix it."""
     if not isinstance(df, pd.DataFrame):
-        raise ValueError(f"{where}: expected a pandas DataFrame of interactions, got {type(df).__name__}")
+        raise ValueError(
+            f"{where}: expected a pandas DataFrame of interactions, got {type(df).__name__}"
+        )
     needed = ["user_id", "book_id", "rating"] + (["ts"] if need_ts else [])
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        hint = " (use the row position as ts when the data only has an order)" if "ts" in missing else ""
+        hint = (
+            " (use the row position as ts when the data only has an order)"
+            if "ts" in missing
+            else ""
+        )
         raise ValueError(f"{where}: DataFrame lacks column(s) {missing}; expected {needed}{hint}")
     for col in _ID_COLUMNS:
         # Int ids would silently never match the str ids the rest of the project uses.
@@ -82,10 +92,14 @@ def _check_frame(df: pd.DataFrame, need_ts: bool, where: str) -> None:
             )
         if df[col].isna().any():
             row = int(np.flatnonzero(df[col].isna().to_numpy())[0])
-            raise ValueError(f"{where}: column {col!r} has a missing id at row position {row}; drop such rows first")
+            raise ValueError(
+                f"{where}: column {col!r} has a missing id at row position {row}; drop such rows first"
+            )
     if need_ts:
         if not is_numeric_dtype(df["ts"]):
-            raise ValueError(f"{where}: column 'ts' must be numeric (unix time or row position), got {df['ts'].dtype}")
+            raise ValueError(
+                f"{where}: column 'ts' must be numeric (unix time or row position), got {df['ts'].dtype}"
+            )
         bad = ~np.isfinite(df["ts"].to_numpy(dtype=float))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
@@ -149,7 +163,9 @@ def temporal_holdout(
         order = np.lexsort((row_pos, df["ts"].to_numpy(dtype=float), user_codes))
     else:
         order = np.lexsort((np.random.default_rng(seed).random(len(df)), user_codes))
-    test_mask = _tail_mask(user_codes, order, frac, min_test) if len(df) else np.zeros(0, dtype=bool)
+    test_mask = (
+        _tail_mask(user_codes, order, frac, min_test) if len(df) else np.zeros(0, dtype=bool)
+    )
     method: SplitMethod = "temporal" if ordered else "random"
     params = {"frac": frac, "min_test": int(min_test), "ordered": ordered, "seed": seed}
     return Split(train=df.iloc[~test_mask], test=df.iloc[test_mask], method=method, params=params)
@@ -191,12 +207,16 @@ def cold_start_users(split: Split, min_train: int = 5, *, with_test_only: bool =
     train_counts = split.train["user_id"].value_counts()
     users = split.test["user_id"].unique()
     if not with_test_only:
-        users = pd.unique(np.concatenate([split.train["user_id"].to_numpy(), split.test["user_id"].to_numpy()]))
+        users = pd.unique(
+            np.concatenate([split.train["user_id"].to_numpy(), split.test["user_id"].to_numpy()])
+        )
     counts = train_counts.reindex(users, fill_value=0)
     return set(counts.index[counts.to_numpy() < min_train])
 
 
-def relevant_items(test_df: pd.DataFrame, threshold: float = 4.0, *, keep_empty: bool = True) -> dict[str, set[str]]:
+def relevant_items(
+    test_df: pd.DataFrame, threshold: float = 4.0, *, keep_empty: bool = True
+) -> dict[str, set[str]]:
     """Map each test user to the set of held-out books rated ``>= threshold``.
 
     With ``keep_empty`` (default) every test user is a key, possibly with an empty set, so that

@@ -94,7 +94,9 @@ def _sign_flip_p(d: np.ndarray, n_perm: int, rng: np.random.Generator) -> tuple[
     for start in range(0, n_perm, step):
         b = min(step, n_perm - start)
         # One random byte gives 8 signs; flipping the set bits turns sum(d) into sum(d) - 2*bits@d.
-        bits = np.unpackbits(rng.integers(0, 256, size=(b, (n + 7) // 8), dtype=np.uint8), axis=1, count=n)
+        bits = np.unpackbits(
+            rng.integers(0, 256, size=(b, (n + 7) // 8), dtype=np.uint8), axis=1, count=n
+        )
         flipped = (total - 2.0 * (bits @ d)) / n
         extreme += int(np.count_nonzero(np.abs(flipped) >= obs - tol))
     # +1 on both sides counts the observed labelling, so p is never 0 (Phipson & Smyth 2010).
@@ -130,7 +132,9 @@ def paired_test(
     x = np.asarray(a, dtype=np.float64)
     y = np.asarray(b, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"{where}: a and b must be 1-D and aligned per user, got shapes {x.shape} and {y.shape}")
+        raise ValueError(
+            f"{where}: a and b must be 1-D and aligned per user, got shapes {x.shape} and {y.shape}"
+        )
     d = (x - y)[~(np.isnan(x) | np.isnan(y))]
     if d.size == 0:
         return PairedTest(0, math.nan, math.nan, math.nan, math.nan, math.nan, False)

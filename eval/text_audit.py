@@ -51,7 +51,7 @@ def _key(name: str) -> tuple[str, ...]:
 
 def _has(seq: Sequence[str], key: tuple[str, ...]) -> bool:
     n = len(key)
-    return n > 0 and any(tuple(seq[i:i + n]) == key for i in range(len(seq) - n + 1))
+    return n > 0 and any(tuple(seq[i : i + n]) == key for i in range(len(seq) - n + 1))
 
 
 class Catalog:
@@ -82,7 +82,9 @@ def names_ok(text: str, allowed_books: Sequence[Book], cat: Catalog) -> str | No
     for k, ids in cat.titles.items():
         if ids & ok_ids or k in ok_series or not _has(toks, k):
             continue
-        if any(_has(words(f"{b.title} {b.series or ''}"), k) for b in allowed_books):  # inside an allowed name
+        if any(
+            _has(words(f"{b.title} {b.series or ''}"), k) for b in allowed_books
+        ):  # inside an allowed name
             continue
         return f"names title {' '.join(k)!r}"
     for k in cat.authors:
@@ -129,8 +131,10 @@ def audit_rows(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) 
             cat = catalogs[r["dataset"]]
             book = cat.by_id[r["book_id"]]
             hist = [(cat.by_id[b], rt) for b, rt in r["history"] if b in cat.by_id]
-            evs = [Evidence(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()})
-                   for e in r["evidence"]]
+            evs = [
+                Evidence(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()})
+                for e in r["evidence"]
+            ]
             ev_books = [cat.by_id[i] for e in evs for i in e.book_ids if i in cat.by_id]
             ctx = ClaimContext(book, tuple(evs), hist, cat.by_id, r["query"], cat.tags)
             shown_llm = r["source"] == "llm"
@@ -140,15 +144,25 @@ def audit_rows(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) 
             if shown_llm:
                 name = name or names_ok(blurb or "", [book], cat)
             problem = claim or name
-            checked.append({"llm": shown_llm, "supported": problem is None, "problem": problem,
-                            "personal": personal(expl, [h for h, _ in hist], r["query"]),
-                            "row": r})
+            checked.append(
+                {
+                    "llm": shown_llm,
+                    "supported": problem is None,
+                    "problem": problem,
+                    "personal": personal(expl, [h for h, _ in hist], r["query"]),
+                    "row": r,
+                }
+            )
             per_reader[(r["dataset"], r["user_id"])].append(f"{expl} {blurb or ''}")
         n = len(rs)
         llm = [c for c in checked if c["llm"]]
         reguard = _reguard(rs, catalogs)
-        dist = [1 - jaccard(a, b) for texts in per_reader.values() for a, b in combinations(texts, 2)]
-        dup_readers = sum(any(jaccard(a, b) >= 0.6 for a, b in combinations(t, 2)) for t in per_reader.values())
+        dist = [
+            1 - jaccard(a, b) for texts in per_reader.values() for a, b in combinations(texts, 2)
+        ]
+        dup_readers = sum(
+            any(jaccard(a, b) >= 0.6 for a, b in combinations(t, 2)) for t in per_reader.values()
+        )
         ttft = [r["first_token_s"] for r in rs if r.get("first_token_s") is not None]
         secs = [r["seconds"] for r in rs if r.get("seconds") is not None]
         out[backend] = {
@@ -164,11 +178,20 @@ def audit_rows(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) 
             "personalisation_rate_shown": _rate(sum(c["personal"] for c in checked), n),
             "mean_pairwise_distinctness": statistics.fmean(dist) if dist else None,
             "readers_with_near_duplicates": dup_readers,
-            "first_token_s_p50": _pct(ttft, 0.5), "first_token_s_p95": _pct(ttft, 0.95),
-            "per_pick_s_p50": _pct(secs, 0.5), "per_pick_s_p95": _pct(secs, 0.95),
+            "first_token_s_p50": _pct(ttft, 0.5),
+            "first_token_s_p95": _pct(ttft, 0.95),
+            "per_pick_s_p50": _pct(secs, 0.5),
+            "per_pick_s_p95": _pct(secs, 0.95),
             "rejections": _reasons([r.get("rejected_reason") for r in rs if r["source"] != "llm"]),
-            "unsupported_shown": [{"book_id": c["row"]["book_id"], "user_id": c["row"]["user_id"],
-                                   "problem": c["problem"]} for c in checked if not c["supported"]][:20],
+            "unsupported_shown": [
+                {
+                    "book_id": c["row"]["book_id"],
+                    "user_id": c["row"]["user_id"],
+                    "problem": c["problem"],
+                }
+                for c in checked
+                if not c["supported"]
+            ][:20],
         }
     return out
 
@@ -187,9 +210,13 @@ def _reguard(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) ->
             continue
         cat = catalogs[r["dataset"]]
         hist = [(cat.by_id[b], rt) for b, rt in r["history"] if b in cat.by_id]
-        evs = [Evidence(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()}) for e in r["evidence"]]
-        msgs, version, check, ctx = ex._prepare(cat.by_id[r["book_id"]], evs, hist, cat.by_id, r["template"],
-                                                r["query"])
+        evs = [
+            Evidence(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()})
+            for e in r["evidence"]
+        ]
+        msgs, version, check, ctx = ex._prepare(
+            cat.by_id[r["book_id"]], evs, hist, cat.by_id, r["template"], r["query"]
+        )
         prev = shown[(r["dataset"], r["user_id"])]
         res = ex._finish(r["raw"], None, check, ctx, version, r["template"], prev)
         if res.source == "llm":
@@ -217,18 +244,22 @@ def _fmt(v: Any, pct: bool = True) -> str:
 def report(metrics: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -> str:
     """The metrics as a Markdown table (one column per backend)."""
     names = list(metrics)
-    rows = [("(reader, pick) pairs", "pairs", False), ("readers", "readers", False),
-            ("guard pass rate (model text shown)", "guard_pass_rate", True),
-            ("same replies, current checker", "guard_pass_rate_current_checker", True),
-            ("parse failures", "parse_failures", False), ("backend errors", "backend_errors", False),
-            ("claim support, all shown texts", "claim_support_rate_shown", True),
-            ("claim support, shown model texts", "claim_support_rate_llm_shown", True),
-            ("personalised, shown model texts", "personalisation_rate_llm_shown", True),
-            ("personalised, all shown texts", "personalisation_rate_shown", True),
-            ("distinctness (1 - Jaccard, pick pairs)", "mean_pairwise_distinctness", True),
-            ("readers with a near-duplicate pair", "readers_with_near_duplicates", False),
-            ("first token p50 / p95 (s)", ("first_token_s_p50", "first_token_s_p95"), False),
-            ("per pick p50 / p95 (s)", ("per_pick_s_p50", "per_pick_s_p95"), False)]
+    rows = [
+        ("(reader, pick) pairs", "pairs", False),
+        ("readers", "readers", False),
+        ("guard pass rate (model text shown)", "guard_pass_rate", True),
+        ("same replies, current checker", "guard_pass_rate_current_checker", True),
+        ("parse failures", "parse_failures", False),
+        ("backend errors", "backend_errors", False),
+        ("claim support, all shown texts", "claim_support_rate_shown", True),
+        ("claim support, shown model texts", "claim_support_rate_llm_shown", True),
+        ("personalised, shown model texts", "personalisation_rate_llm_shown", True),
+        ("personalised, all shown texts", "personalisation_rate_shown", True),
+        ("distinctness (1 - Jaccard, pick pairs)", "mean_pairwise_distinctness", True),
+        ("readers with a near-duplicate pair", "readers_with_near_duplicates", False),
+        ("first token p50 / p95 (s)", ("first_token_s_p50", "first_token_s_p95"), False),
+        ("per pick p50 / p95 (s)", ("per_pick_s_p50", "per_pick_s_p95"), False),
+    ]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, key, pct in rows:
         cells = []
@@ -243,16 +274,25 @@ def report(metrics: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -
     for n in names:
         rej = metrics[n]["rejections"]
         if rej:
-            lines.append(f"Why {n}'s texts were replaced by the template: "
-                         + "; ".join(f"{k} ({v})" for k, v in rej.items()) + ".")
+            lines.append(
+                f"Why {n}'s texts were replaced by the template: "
+                + "; ".join(f"{k} ({v})" for k, v in rej.items())
+                + "."
+            )
     return "\n".join(lines)
 
 
-def audit(dump: str | Path, out: str | Path | None = None, runs: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def audit(
+    dump: str | Path, out: str | Path | None = None, runs: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
     """Recompute the metrics of ``dump``; with ``out``, write ``metrics.json`` and ``table.md`` there."""
     from eval.text_study import load_spec
 
-    rows = [json.loads(line) for line in Path(dump).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in Path(dump).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     catalogs: dict[str, Catalog] = {}
     for r in rows:
         if r["dataset"] not in catalogs:
@@ -260,8 +300,9 @@ def audit(dump: str | Path, out: str | Path | None = None, runs: Sequence[Mappin
     metrics = audit_rows(rows, catalogs)
     if out is not None:
         out = Path(out)
-        (out / "metrics.json").write_text(json.dumps({"backends": metrics, "runs": list(runs)}, indent=2,
-                                                     ensure_ascii=False))
+        (out / "metrics.json").write_text(
+            json.dumps({"backends": metrics, "runs": list(runs)}, indent=2, ensure_ascii=False)
+        )
         (out / "table.md").write_text(report(metrics, runs) + "\n")
     return metrics
 

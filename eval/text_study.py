@@ -27,8 +27,14 @@ from retrieval.config import Settings
 from retrieval.data import DEMO_DIR, load_dataset, load_demo
 
 # Requests a reader might type; used for every other demo reader (the demo's tags cover them).
-REQUESTS = ("something funny", "a dark, tense thriller", "a moving story about family",
-            "an epic fantasy adventure", "space and science", "a cosy mystery")
+REQUESTS = (
+    "something funny",
+    "a dark, tense thriller",
+    "a moving story about family",
+    "an epic fantasy adventure",
+    "space and science",
+    "a cosy mystery",
+)
 
 
 def dataset_spec(path: str | None) -> dict[str, str]:
@@ -57,11 +63,15 @@ def _index_home(work: Path, name: str, spec: dict[str, str], cache: Path, progre
         if not (home / "cache").exists():
             cache.mkdir(parents=True, exist_ok=True)
             (home / "cache").symlink_to(cache.resolve(), target_is_directory=True)
-        ingest(load_spec(spec), Settings.load(home=home, env={}), progress=progress, quiet=not progress)
+        ingest(
+            load_spec(spec), Settings.load(home=home, env={}), progress=progress, quiet=not progress
+        )
     return home
 
 
-def pick_pairs(home: Path, n_readers: int, picks: int, seed: int, with_requests: bool) -> list[dict[str, Any]]:
+def pick_pairs(
+    home: Path, n_readers: int, picks: int, seed: int, with_requests: bool
+) -> list[dict[str, Any]]:
     """Top ``picks`` of ``n_readers`` seeded readers (5+ ratings), with what the explainer needs."""
     from assistant.recommender import Recommender
 
@@ -76,9 +86,17 @@ def pick_pairs(home: Path, n_readers: int, picks: int, seed: int, with_requests:
             ctx = rec.context(user, query=query)
             hist = [(b.book_id, r) for b, r in rec._history_books(ctx)]
             for r in recs:
-                rows.append({"user_id": user, "query": query, "rank": r.rank, "book_id": r.book_id,
-                             "history": hist, "evidence": [e.to_dict() for e in r.evidence],
-                             "template": r.explanation})
+                rows.append(
+                    {
+                        "user_id": user,
+                        "query": query,
+                        "rank": r.rank,
+                        "book_id": r.book_id,
+                        "history": hist,
+                        "evidence": [e.to_dict() for e in r.evidence],
+                        "template": r.explanation,
+                    }
+                )
         return rows
     finally:
         rec.close()
@@ -110,8 +128,9 @@ def _load(spec: Any, threads: int):
     return b, b.describe(), None
 
 
-def interleave(datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]]]]
-               ) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
+def interleave(
+    datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]]]],
+) -> list[tuple[str, dict[str, str], dict[str, Any]]]:
     """Pairs in round-robin order of readers across datasets, so any prefix covers every dataset."""
     queues = []
     for name, spec, rows in datasets:
@@ -128,9 +147,16 @@ def interleave(datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]
     return out
 
 
-def write_texts(backend_specs: Sequence[Any], datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]]]],
-                dump: Path, max_new_tokens: int, progress: bool, threads: int,
-                skip_labels: Sequence[str] = (), compare_every: int = 1) -> list[dict[str, Any]]:
+def write_texts(
+    backend_specs: Sequence[Any],
+    datasets: Sequence[tuple[str, dict[str, str], list[dict[str, Any]]]],
+    dump: Path,
+    max_new_tokens: int,
+    progress: bool,
+    threads: int,
+    skip_labels: Sequence[str] = (),
+    compare_every: int = 1,
+) -> list[dict[str, Any]]:
     """Every pair through the first backend, and every ``compare_every``-th reader's picks through
     the others, interleaved pair by pair (same prompts, same load on a shared CPU); rows are
     appended to ``dump`` as they are written, so a stopped run keeps its rows.
@@ -158,10 +184,21 @@ def write_texts(backend_specs: Sequence[Any], datasets: Sequence[tuple[str, dict
         if backend is None:
             runs.append({"backend": label, "backend_spec": str(spec), "skipped": err})
             continue
-        mode = ("constrained JSON (grammar)" if getattr(backend, "constrained_json", False) else
-                "field-by-field prefill, strict parse" if backend.supports_prefill else "plain, strict parse")
-        run = {"backend": label, "backend_spec": str(spec), "json_mode": mode, "pairs": 0,
-               "load_s": round(time.perf_counter() - t0, 2), "every_nth_reader": 1 if i == 0 else compare_every}
+        mode = (
+            "constrained JSON (grammar)"
+            if getattr(backend, "constrained_json", False)
+            else "field-by-field prefill, strict parse"
+            if backend.supports_prefill
+            else "plain, strict parse"
+        )
+        run = {
+            "backend": label,
+            "backend_spec": str(spec),
+            "json_mode": mode,
+            "pairs": 0,
+            "load_s": round(time.perf_counter() - t0, 2),
+            "every_nth_reader": 1 if i == 0 else compare_every,
+        }
         runs.append(run)
         if label not in skip_labels:
             active.append((i, backend, Explainer(backend, max_new_tokens=max_new_tokens), run))
@@ -169,7 +206,9 @@ def write_texts(backend_specs: Sequence[Any], datasets: Sequence[tuple[str, dict
     shown: dict[tuple[str, str, str], list[str]] = {}
     readers: dict[tuple[str, str], int] = {}
     with dump.open("a", encoding="utf-8") as f:
-        for name, spec, row in tqdm(interleave(datasets), desc="text study", unit="pick", disable=not progress):
+        for name, spec, row in tqdm(
+            interleave(datasets), desc="text study", unit="pick", disable=not progress
+        ):
             n_reader = readers.setdefault((name, row["user_id"]), len(readers))
             books = catalogs[name]
             book = books[row["book_id"]]
@@ -182,8 +221,9 @@ def write_texts(backend_specs: Sequence[Any], datasets: Sequence[tuple[str, dict
                 t = time.perf_counter()
                 first = None
                 final: ExplanationResult | None = None
-                for part in ex.stream_explain(book, evs, hist, books, row["template"], query=row["query"],
-                                              shown=prev):
+                for part in ex.stream_explain(
+                    book, evs, hist, books, row["template"], query=row["query"], shown=prev
+                ):
                     if isinstance(part, str):
                         if first is None and part.strip():
                             first = time.perf_counter() - t
@@ -192,28 +232,53 @@ def write_texts(backend_specs: Sequence[Any], datasets: Sequence[tuple[str, dict
                 secs = time.perf_counter() - t
                 assert final is not None
                 reason = final.rejected_reason
-                error = bool(reason and (reason.startswith("backend error") or reason == "LLM disabled"))
+                error = bool(
+                    reason and (reason.startswith("backend error") or reason == "LLM disabled")
+                )
                 parsed = None if error else parse_explanation(final.raw or "")[0]
                 if final.source == "llm":
                     prev += [final.why, final.blurb or ""]
-                out = {"dataset": name, "dataset_spec": spec, "backend": run["backend"],
-                       "backend_spec": run["backend_spec"], "json_mode": run["json_mode"], **row,
-                       "prompt_version": final.prompt_version, "raw": final.raw, "source": final.source,
-                       "explanation": final.why, "blurb": final.blurb, "rejected_reason": reason,
-                       "model_explanation": parsed["why"] if parsed else None,
-                       "model_blurb": parsed["blurb"] if parsed else None,
-                       "parse_failure": (not error) and parsed is None, "backend_error": error,
-                       "first_token_s": None if first is None else round(first, 3), "seconds": round(secs, 3)}
+                out = {
+                    "dataset": name,
+                    "dataset_spec": spec,
+                    "backend": run["backend"],
+                    "backend_spec": run["backend_spec"],
+                    "json_mode": run["json_mode"],
+                    **row,
+                    "prompt_version": final.prompt_version,
+                    "raw": final.raw,
+                    "source": final.source,
+                    "explanation": final.why,
+                    "blurb": final.blurb,
+                    "rejected_reason": reason,
+                    "model_explanation": parsed["why"] if parsed else None,
+                    "model_blurb": parsed["blurb"] if parsed else None,
+                    "parse_failure": (not error) and parsed is None,
+                    "backend_error": error,
+                    "first_token_s": None if first is None else round(first, 3),
+                    "seconds": round(secs, 3),
+                }
                 f.write(json.dumps(out, ensure_ascii=False) + "\n")
                 f.flush()
                 run["pairs"] += 1
     return runs
 
 
-def run_text_study(dataset: str | None, out: str | Path, llms: Sequence[str], readers: int = 20,
-                   demo_readers: int = 15, picks: int = 3, seed: int = 42, max_new_tokens: int = 80,
-                   data_dir: str | Path | None = None, progress: bool = True, threads: int = 1,
-                   resume: bool = False, compare_every: int = 1) -> dict[str, Any]:
+def run_text_study(
+    dataset: str | None,
+    out: str | Path,
+    llms: Sequence[str],
+    readers: int = 20,
+    demo_readers: int = 15,
+    picks: int = 3,
+    seed: int = 42,
+    max_new_tokens: int = 80,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    threads: int = 1,
+    resume: bool = False,
+    compare_every: int = 1,
+) -> dict[str, Any]:
     """Run the study and its independent audit; returns the audit's metrics.
 
     Args:
@@ -244,9 +309,20 @@ def run_text_study(dataset: str | None, out: str | Path, llms: Sequence[str], re
     work = Path(settings.home) / "text-study"
     cache = Path(settings.home) / "cache"
     sets = []
-    todo = ([("goodbooks-sample" if dataset and "goodbooks-sample" in str(dataset) else Path(dataset).name,
-              dataset_spec(dataset), readers, False)] if dataset else []) + [
-        ("demo", dataset_spec(None), demo_readers, True)]
+    todo = (
+        [
+            (
+                "goodbooks-sample"
+                if dataset and "goodbooks-sample" in str(dataset)
+                else Path(dataset).name,
+                dataset_spec(dataset),
+                readers,
+                False,
+            )
+        ]
+        if dataset
+        else []
+    ) + [("demo", dataset_spec(None), demo_readers, True)]
     for name, spec, n, with_req in todo:
         home = _index_home(work, name, spec, cache, progress)
         sets.append((name, spec, pick_pairs(home, n, picks, seed, with_req)))
@@ -258,13 +334,32 @@ def run_text_study(dataset: str | None, out: str | Path, llms: Sequence[str], re
     done: set[str] = set()
     runs: list[dict[str, Any]] = []
     if resume and dump.is_file():
-        done = {json.loads(x)["backend"] for x in dump.read_text(encoding="utf-8").splitlines() if x.strip()}
+        done = {
+            json.loads(x)["backend"]
+            for x in dump.read_text(encoding="utf-8").splitlines()
+            if x.strip()
+        }
         if (out / "runs.json").is_file():
-            runs = [r for r in json.loads((out / "runs.json").read_text())["runs"] if r.get("backend") in done]
+            runs = [
+                r
+                for r in json.loads((out / "runs.json").read_text())["runs"]
+                if r.get("backend") in done
+            ]
     else:
         dump.write_text("")
-    runs += write_texts(llms, sets, dump, max_new_tokens, progress, threads, skip_labels=sorted(done),
-                        compare_every=compare_every)
-    (out / "runs.json").write_text(json.dumps({"runs": runs, "seed": seed, "picks": picks,
-                                               "max_new_tokens": max_new_tokens}, indent=2))
+    runs += write_texts(
+        llms,
+        sets,
+        dump,
+        max_new_tokens,
+        progress,
+        threads,
+        skip_labels=sorted(done),
+        compare_every=compare_every,
+    )
+    (out / "runs.json").write_text(
+        json.dumps(
+            {"runs": runs, "seed": seed, "picks": picks, "max_new_tokens": max_new_tokens}, indent=2
+        )
+    )
     return audit(dump, out, runs=runs)

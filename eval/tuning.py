@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from retrieval.config import CFConfig, SequenceConfig
 from retrieval.fusion import combine, source_contribution, top_k_matrix
 from retrieval.library import Library
 from retrieval.ranking import series_mask
-from retrieval.config import CFConfig, SequenceConfig
 from retrieval.registry import BuildDeps, build_source
 from retrieval.sources import CandidateSource
 from retrieval.types import UserContext
@@ -94,8 +94,13 @@ class TuningSet:
         return self._series
 
     @classmethod
-    def build(cls, lib: Library, ctxs: Sequence[UserContext], relevant: Sequence[set[str]],
-              chunk: int = 1000) -> "TuningSet":
+    def build(
+        cls,
+        lib: Library,
+        ctxs: Sequence[UserContext],
+        relevant: Sequence[set[str]],
+        chunk: int = 1000,
+    ) -> TuningSet:
         n = len(ctxs)
         rel = np.zeros((n, lib.n_items), dtype=bool)
         exc = np.zeros((n, lib.n_items), dtype=bool)
@@ -123,14 +128,20 @@ class TuningResult:
         return {"best": self.best, "validation_ndcg@10": self.best_ndcg, "grid": self.table}
 
 
-def score_matrix(source: CandidateSource, ctxs: Sequence[UserContext], chunk: int = 1000) -> np.ndarray:
+def score_matrix(
+    source: CandidateSource, ctxs: Sequence[UserContext], chunk: int = 1000
+) -> np.ndarray:
     """``source.score_batch`` over ``ctxs`` in chunks, stacked as float32 (readers x items)."""
-    parts = [np.asarray(source.score_batch(ctxs[s : s + chunk]), dtype=np.float32)
-             for s in range(0, len(ctxs), chunk)]
+    parts = [
+        np.asarray(source.score_batch(ctxs[s : s + chunk]), dtype=np.float32)
+        for s in range(0, len(ctxs), chunk)
+    ]
     return np.vstack(parts) if parts else np.zeros((0, source.lib.n_items), np.float32)
 
 
-def ndcg_from_topk(idx: np.ndarray, valid: np.ndarray, relevant: np.ndarray, k: int = _K) -> np.ndarray:
+def ndcg_from_topk(
+    idx: np.ndarray, valid: np.ndarray, relevant: np.ndarray, k: int = _K
+) -> np.ndarray:
     """Per-reader ndcg@k from top-k indices and a relevance mask (:func:`eval.metrics.ndcg_from_hits`)."""
     idx, valid = idx[:, :k], valid[:, :k]
     hits = np.take_along_axis(relevant, idx, axis=1) & valid
@@ -147,13 +158,20 @@ def evaluate_source(source: CandidateSource, ts: TuningSet) -> float:
     return _ndcg(score_matrix(source, ts.ctxs, ts.chunk), ts)
 
 
-def tune_single(name: str, grid: Sequence[Mapping[str, Any]], ts: TuningSet, seed: int = 0,
-                progress: bool = True) -> TuningResult:
+def tune_single(
+    name: str,
+    grid: Sequence[Mapping[str, Any]],
+    ts: TuningSet,
+    seed: int = 0,
+    progress: bool = True,
+) -> TuningResult:
     """Fit every grid point of model ``name`` on ``ts.lib`` and keep the best validation ndcg@10."""
     t0 = time.perf_counter()
     best: TuningResult | None = None
     table = []
-    for params in tqdm(list(grid), desc=f"tune {name}", unit="cfg", disable=not progress, leave=False):
+    for params in tqdm(
+        list(grid), desc=f"tune {name}", unit="cfg", disable=not progress, leave=False
+    ):
         model = build_model(name, ts.lib, params, seed)
         score = evaluate_source(model, ts)
         table.append({"params": dict(params), "ndcg@10": round(score, 6)})
@@ -167,8 +185,12 @@ def tune_single(name: str, grid: Sequence[Mapping[str, Any]], ts: TuningSet, see
     return best
 
 
-def _ascent(evaluate: Callable[[dict[str, float]], float], names: Sequence[str], rounds: int,
-            start: dict[str, float]) -> tuple[dict[str, float], float, int]:
+def _ascent(
+    evaluate: Callable[[dict[str, float]], float],
+    names: Sequence[str],
+    rounds: int,
+    start: dict[str, float],
+) -> tuple[dict[str, float], float, int]:
     """Coordinate ascent over ``WEIGHT_STEPS`` for ``names``; strict improvements only (deterministic)."""
     w = dict(start)
     best = evaluate(w)
@@ -189,8 +211,14 @@ def _ascent(evaluate: Callable[[dict[str, float]], float], names: Sequence[str],
     return w, best, n_eval
 
 
-def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool, seed: int = 0,
-                space: Mapping[str, Any] | None = None, progress: bool = True) -> TuningResult:
+def tune_hybrid(
+    ts: TuningSet,
+    tuned: Mapping[str, TuningResult],
+    ordered: bool,
+    seed: int = 0,
+    space: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> TuningResult:
     """Tune the hybrid on the validation readers (stages in the module docstring).
 
     ``tuned`` holds the single models' results (their validation-fitted models are reused).
@@ -201,7 +229,9 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
     table: list[dict[str, Any]] = []
     cf_scores = {n: r.best_ndcg for n, r in tuned.items() if n in CF_MODELS}
     if not cf_scores:
-        raise ValueError("tune_hybrid: no CF model was tuned; the hybrid needs one of itemknn, als, bpr, ease")
+        raise ValueError(
+            "tune_hybrid: no CF model was tuned; the hybrid needs one of itemknn, als, bpr, ease"
+        )
     table.append({"stage": "cf_models", "validation_ndcg@10": cf_scores})
     bar = tqdm(desc="tune hybrid", unit="step", disable=not progress, leave=False)
 
@@ -218,15 +248,31 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
             variants = [(None, 0.0)]
         fit = getattr(tuned[cf_model].model, "model", None)
         for hl, boost in variants:
-            cfg = CFConfig(model=cf_model, params=dict(tuned[cf_model].best), max_ease_items=10**9,
-                           half_life_events=hl, liked_boost=boost)
+            cfg = CFConfig(
+                model=cf_model,
+                params=dict(tuned[cf_model].best),
+                max_ease_items=10**9,
+                half_life_events=hl,
+                liked_boost=boost,
+            )
             src = build_source("cf", ts.lib, cfg, BuildDeps(fitted={"cf": fit}))
             S = score_matrix(src, ts.ctxs, ts.chunk)
             score = _ndcg(S, ts)
-            table.append({"stage": "cf_user_vector", "cf_model": cf_model, "cf_half_life": hl,
-                          "cf_liked_boost": boost, "ndcg@10": round(score, 6)})
+            table.append(
+                {
+                    "stage": "cf_user_vector",
+                    "cf_model": cf_model,
+                    "cf_half_life": hl,
+                    "cf_liked_boost": boost,
+                    "ndcg@10": round(score, 6),
+                }
+            )
             if best_cf is None or score > best_cf[0] + 1e-9:
-                best_cf = (score, {"cf_model": cf_model, "cf_half_life": hl, "cf_liked_boost": boost}, S)
+                best_cf = (
+                    score,
+                    {"cf_model": cf_model, "cf_half_life": hl, "cf_liked_boost": boost},
+                    S,
+                )
             bar.update(1)
     assert best_cf is not None
 
@@ -235,7 +281,9 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
     for variant in space["sequence"] if ordered else [None]:
         if variant is None:
             continue
-        S = score_matrix(build_source("sequence", ts.lib, SequenceConfig(**variant)), ts.ctxs, ts.chunk)
+        S = score_matrix(
+            build_source("sequence", ts.lib, SequenceConfig(**variant)), ts.ctxs, ts.chunk
+        )
         score = _ndcg(S, ts)
         table.append({"stage": "sequence", "params": variant, "ndcg@10": round(score, 6)})
         if score > seq_best[0] + 1e-9:
@@ -245,23 +293,43 @@ def tune_hybrid(ts: TuningSet, tuned: Mapping[str, TuningResult], ordered: bool,
     params: dict[str, Any] = {**best_cf[1], "sequence": seq_best[1]}
     fitted = {n: r.model for n, r in tuned.items() if r.model is not None}
     srcs = hybrid_sources(ts.lib, params, {n: r.best for n, r in tuned.items()}, seed, fitted)
-    raw = {n: (best_cf[2] if n == "cf" else seq_best[2] if n == "sequence" else score_matrix(s, ts.ctxs, ts.chunk))
-           for n, s in srcs.items()}
+    raw = {
+        n: (
+            best_cf[2]
+            if n == "cf"
+            else seq_best[2]
+            if n == "sequence"
+            else score_matrix(s, ts.ctxs, ts.chunk)
+        )
+        for n, s in srcs.items()
+    }
     others = [n for n in srcs if n != "cf"]
 
     # Stage 4: fusion method and weights.
     best: tuple[float, str, float, dict[str, float]] | None = None
     for method, rrf_k in space["fusion"]:
-        contribs = {n: source_contribution(S, ts.exclude, method, rrf_k or 60.0, 200, srcs[n].indicator)
-                    for n, S in raw.items()}
+        contribs = {
+            n: source_contribution(S, ts.exclude, method, rrf_k or 60.0, 200, srcs[n].indicator)
+            for n, S in raw.items()
+        }
 
-        def evaluate(w: dict[str, float]) -> float:
+        def evaluate(w: dict[str, float], contribs=contribs) -> float:
             bar.update(1)
             return _ndcg(combine(contribs, {"cf": 1.0, **w}, ts.exclude), ts, series_order=True)
 
-        w, score, n_eval = _ascent(evaluate, others, int(space["weight_rounds"]), {n: 0.0 for n in others})
-        table.append({"stage": "fusion", "method": method, "rrf_k": rrf_k, "weights": {"cf": 1.0, **w},
-                      "ndcg@10": round(score, 6), "evaluations": n_eval})
+        w, score, n_eval = _ascent(
+            evaluate, others, int(space["weight_rounds"]), {n: 0.0 for n in others}
+        )
+        table.append(
+            {
+                "stage": "fusion",
+                "method": method,
+                "rrf_k": rrf_k,
+                "weights": {"cf": 1.0, **w},
+                "ndcg@10": round(score, 6),
+                "evaluations": n_eval,
+            }
+        )
         if best is None or score > best[0] + 1e-9:
             best = (score, method, rrf_k or 60.0, {"cf": 1.0, **w})
         del contribs

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import re
 import tomllib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from langchain_core.prompts import ChatPromptTemplate
 
 PROMPT_DIR = Path(__file__).resolve().parent
 OPEN, CLOSE = "<<<", ">>>"
-_ROLES = {"system": "system", "human": "user", "user": "user", "ai": "assistant", "assistant": "assistant"}
+_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "ai": "assistant",
+    "assistant": "assistant",
+}
 # Runs of two or more angle brackets (ASCII or look-alikes) could rebuild a delimiter, so they go.
 _MARKERS = re.compile(r"[<>«»‹›≪≫〈〉＜＞]{2,}")
 
@@ -27,11 +33,13 @@ def list_prompts() -> list[str]:
     return sorted(p.stem for p in PROMPT_DIR.glob("*.toml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(name: str) -> tuple[ChatPromptTemplate, str, str, tuple[tuple[str, object], ...]]:
     path = PROMPT_DIR / f"{name}.toml"
     if not path.is_file():
-        raise ValueError(f"unknown prompt {name!r}: no file {path}; available: {', '.join(list_prompts())}")
+        raise ValueError(
+            f"unknown prompt {name!r}: no file {path}; available: {', '.join(list_prompts())}"
+        )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
@@ -45,8 +53,19 @@ def _load(name: str) -> tuple[ChatPromptTemplate, str, str, tuple[tuple[str, obj
     for i, m in enumerate(messages):
         role, content = m.get("role"), m.get("content")
         if role not in _ROLES or not isinstance(content, str):
-            raise ValueError(f"{path}: messages[{i}] needs role in {sorted(_ROLES)} and a string content")
-        pairs.append(("human" if _ROLES[role] == "user" else "ai" if _ROLES[role] == "assistant" else "system", content))
+            raise ValueError(
+                f"{path}: messages[{i}] needs role in {sorted(_ROLES)} and a string content"
+            )
+        pairs.append(
+            (
+                "human"
+                if _ROLES[role] == "user"
+                else "ai"
+                if _ROLES[role] == "assistant"
+                else "system",
+                content,
+            )
+        )
     system = "\n".join(c for r, c in pairs if r == "system").replace("{{", "{").replace("}}", "}")
     meta = tuple((k, v) for k, v in data.items() if k != "messages")
     return ChatPromptTemplate.from_messages(pairs), version, system, meta

@@ -7,5 +7,14 @@ from .config import Settings
 from .errors import DataError, NotFoundError, ReadnextError
 from .types import Book, Candidate, Evidence, Rating, UserContext
 
-__all__ = ["Settings", "Book", "Candidate", "Evidence", "Rating", "UserContext", "ReadnextError", "DataError",
-           "NotFoundError"]
+__all__ = [
+    "Settings",
+    "Book",
+    "Candidate",
+    "Evidence",
+    "Rating",
+    "UserContext",
+    "ReadnextError",
+    "DataError",
+    "NotFoundError",
+]

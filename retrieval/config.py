@@ -17,9 +17,10 @@ import dataclasses
 import json
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ReadnextError
 
@@ -55,16 +56,32 @@ class ProfileConfig:
 
     half_life_days: float = 730.0  # for data with timestamps
     half_life_events: float = 40.0  # for data with only an event order
-    pivot: float = 2.5  # ratings (1-5 scale) above pull the vector toward a book, below push it away
+    pivot: float = (
+        2.5  # ratings (1-5 scale) above pull the vector toward a book, below push it away
+    )
     # The content source: share of a chat request's embedding in the reader's vector (0..1).
     query_weight: float = 0.6
 
     def validate(self, where: str = "profile") -> None:
         """Refuse values no profile can use (``ValueError`` naming the field)."""
-        _need(self.half_life_days > 0, where, f"half_life_days must be > 0, got {self.half_life_days}")
-        _need(self.half_life_events > 0, where, f"half_life_events must be > 0, got {self.half_life_events}")
-        _need(1.0 <= self.pivot <= 5.0, where, f"pivot must be on the 1-5 rating scale, got {self.pivot}")
-        _need(0.0 <= self.query_weight <= 1.0, where, f"query_weight must be in [0, 1], got {self.query_weight}")
+        _need(
+            self.half_life_days > 0, where, f"half_life_days must be > 0, got {self.half_life_days}"
+        )
+        _need(
+            self.half_life_events > 0,
+            where,
+            f"half_life_events must be > 0, got {self.half_life_events}",
+        )
+        _need(
+            1.0 <= self.pivot <= 5.0,
+            where,
+            f"pivot must be on the 1-5 rating scale, got {self.pivot}",
+        )
+        _need(
+            0.0 <= self.query_weight <= 1.0,
+            where,
+            f"query_weight must be in [0, 1], got {self.query_weight}",
+        )
 
 
 @dataclass
@@ -76,53 +93,101 @@ class FusionConfig:
     for any dataset to ``OUT/tuned-config.toml``, ready to use as a config file.
     """
 
-    method: str = "score"  # score (weighted per-reader z-scores) | rrf (weighted reciprocal-rank fusion)
+    method: str = (
+        "score"  # score (weighted per-reader z-scores) | rrf (weighted reciprocal-rank fusion)
+    )
     weights: dict[str, float] = field(
-        default_factory=lambda: {"cf": 1.0, "content": 0.75, "popularity": 0.2, "series": 5.0, "sequence": 0.35,
-                                 "sasrec": 5.0}
+        default_factory=lambda: {
+            "cf": 1.0,
+            "content": 0.75,
+            "popularity": 0.2,
+            "series": 5.0,
+            "sequence": 0.35,
+            "sasrec": 5.0,
+        }
     )
     rrf_k: float = 60.0
-    depth: int = 200  # how deep each source's ranking is read (rrf; and which sources "found" a book)
+    depth: int = (
+        200  # how deep each source's ranking is read (rrf; and which sources "found" a book)
+    )
 
     def validate(self, where: str = "fusion") -> None:
         """Refuse a method, weights or depths the hybrid cannot use."""
-        _need(self.method in FUSION_METHODS, where,
-              f"method = {self.method!r}; use one of {', '.join(FUSION_METHODS)}")
+        _need(
+            self.method in FUSION_METHODS,
+            where,
+            f"method = {self.method!r}; use one of {', '.join(FUSION_METHODS)}",
+        )
         known = source_names()
         bad = sorted(set(self.weights) - set(known))
-        _need(not bad, where, f"weights names unknown source(s) {', '.join(bad)}; sources are {', '.join(known)}")
-        _need(all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
-                  for w in self.weights.values()) and any(w > 0 for w in self.weights.values()),
-              where, f"weights must be numbers >= 0, at least one > 0; got {self.weights}")
+        _need(
+            not bad,
+            where,
+            f"weights names unknown source(s) {', '.join(bad)}; sources are {', '.join(known)}",
+        )
+        _need(
+            all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+                for w in self.weights.values()
+            )
+            and any(w > 0 for w in self.weights.values()),
+            where,
+            f"weights must be numbers >= 0, at least one > 0; got {self.weights}",
+        )
         _need(self.rrf_k > 0, where, f"rrf_k must be > 0, got {self.rrf_k}")
-        _need(isinstance(self.depth, int) and self.depth >= 1, where, f"depth must be an int >= 1, got {self.depth}")
+        _need(
+            isinstance(self.depth, int) and self.depth >= 1,
+            where,
+            f"depth must be an int >= 1, got {self.depth}",
+        )
 
 
 @dataclass
 class CFConfig:
     """The collaborative-filtering model trained at ingest, and the reader's fold-in row."""
 
-    model: str = "auto"  # auto | ease | als | itemknn | bpr ; auto = EASE up to max_ease_items else item-kNN
+    model: str = (
+        "auto"  # auto | ease | als | itemknn | bpr ; auto = EASE up to max_ease_items else item-kNN
+    )
     max_ease_items: int = 15000
     params: dict[str, Any] = field(default_factory=dict)
     # Recency half-life of the reader's row in events (0 or None: all books count alike); ordered data only.
     half_life_events: float | None = 2.0
-    liked_boost: float = 0.5  # EASE / item-kNN: a book rated r >= 3 counts 1 + liked_boost * (r - 3)
-    confidence: str = "liked"  # how a rating becomes a training weight (retrieval.cf.confidence_from_ratings)
+    liked_boost: float = (
+        0.5  # EASE / item-kNN: a book rated r >= 3 counts 1 + liked_boost * (r - 3)
+    )
+    confidence: str = (
+        "liked"  # how a rating becomes a training weight (retrieval.cf.confidence_from_ratings)
+    )
 
     def validate(self, where: str = "cf") -> None:
         """Refuse a model or user-vector setting the CF source cannot use."""
         from .cf import MODELS
 
-        _need(self.model == "auto" or self.model in MODELS, where,
-              f"model = {self.model!r}; use auto or one of {', '.join(sorted(MODELS))}")
-        _need(self.max_ease_items >= 1, where, f"max_ease_items must be >= 1, got {self.max_ease_items}")
-        _need(isinstance(self.params, Mapping), where, f"params must be a table, got {self.params!r}")
-        _need(self.half_life_events is None or self.half_life_events >= 0, where,
-              f"half_life_events must be >= 0 (0 = off); got {self.half_life_events}")
+        _need(
+            self.model == "auto" or self.model in MODELS,
+            where,
+            f"model = {self.model!r}; use auto or one of {', '.join(sorted(MODELS))}",
+        )
+        _need(
+            self.max_ease_items >= 1,
+            where,
+            f"max_ease_items must be >= 1, got {self.max_ease_items}",
+        )
+        _need(
+            isinstance(self.params, Mapping), where, f"params must be a table, got {self.params!r}"
+        )
+        _need(
+            self.half_life_events is None or self.half_life_events >= 0,
+            where,
+            f"half_life_events must be >= 0 (0 = off); got {self.half_life_events}",
+        )
         _need(self.liked_boost >= 0, where, f"liked_boost must be >= 0, got {self.liked_boost}")
-        _need(self.confidence in ("binary", "rating", "liked"), where,
-              f"confidence = {self.confidence!r}; use binary, rating or liked")
+        _need(
+            self.confidence in ("binary", "rating", "liked"),
+            where,
+            f"confidence = {self.confidence!r}; use binary, rating or liked",
+        )
 
 
 @dataclass
@@ -139,11 +204,16 @@ class PopularityConfig:
 class SeriesConfig:
     """The series source: the next unread volume of each series the reader liked."""
 
-    liked_threshold: float = 3.5  # mean rating of the reader's books in a series that counts as liked
+    liked_threshold: float = (
+        3.5  # mean rating of the reader's books in a series that counts as liked
+    )
 
     def validate(self, where: str = "series") -> None:
-        _need(1.0 <= self.liked_threshold <= 5.0, where,
-              f"liked_threshold must be on the 1-5 rating scale, got {self.liked_threshold}")
+        _need(
+            1.0 <= self.liked_threshold <= 5.0,
+            where,
+            f"liked_threshold must be on the 1-5 rating scale, got {self.liked_threshold}",
+        )
 
 
 @dataclass
@@ -156,8 +226,16 @@ class SequenceConfig:
     half_life: float = 1.0  # in events, among those latest books
 
     def validate(self, where: str = "sequence") -> None:
-        _need(isinstance(self.window, int) and self.window >= 1, where, f"window must be an int >= 1, got {self.window}")
-        _need(isinstance(self.last, int) and self.last >= 1, where, f"last must be an int >= 1, got {self.last}")
+        _need(
+            isinstance(self.window, int) and self.window >= 1,
+            where,
+            f"window must be an int >= 1, got {self.window}",
+        )
+        _need(
+            isinstance(self.last, int) and self.last >= 1,
+            where,
+            f"last must be an int >= 1, got {self.last}",
+        )
         _need(self.half_life > 0, where, f"half_life must be > 0, got {self.half_life}")
         _need(self.norm >= 0, where, f"norm must be >= 0, got {self.norm}")
 
@@ -180,7 +258,11 @@ class RequestConfig:
         for k in ("lexical_weight", "anchor_weight", "tag_boost"):
             v = getattr(self, k)
             low = 1 if k == "tag_boost" else 0
-            _need(isinstance(v, (int, float)) and v >= low, where, f"{k} must be a number >= {low}; got {v!r}")
+            _need(
+                isinstance(v, (int, float)) and v >= low,
+                where,
+                f"{k} must be a number >= {low}; got {v!r}",
+            )
 
 
 @dataclass
@@ -206,14 +288,34 @@ class SASRecConfig:
     seed: int = 0
 
     def validate(self, where: str = "sasrec") -> None:
-        for k in ("blocks", "hidden", "heads", "batch_size", "max_epochs", "patience", "val_readers"):
+        for k in (
+            "blocks",
+            "hidden",
+            "heads",
+            "batch_size",
+            "max_epochs",
+            "patience",
+            "val_readers",
+        ):
             v = getattr(self, k)
             _need(isinstance(v, int) and v >= 1, where, f"{k} must be an int >= 1, got {v!r}")
-        _need(self.hidden % self.heads == 0, where, f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        _need(
+            self.hidden % self.heads == 0,
+            where,
+            f"hidden ({self.hidden}) must be divisible by heads ({self.heads})",
+        )
         _need(0 <= self.dropout < 1, where, f"dropout must be in [0, 1), got {self.dropout}")
-        _need(isinstance(self.max_len, int) and self.max_len >= 2, where, f"max_len must be an int >= 2, got {self.max_len}")
+        _need(
+            isinstance(self.max_len, int) and self.max_len >= 2,
+            where,
+            f"max_len must be an int >= 2, got {self.max_len}",
+        )
         _need(self.lr > 0, where, f"lr must be > 0, got {self.lr}")
-        _need(self.threads >= 0, where, f"threads must be >= 0 (0 = torch's default), got {self.threads}")
+        _need(
+            self.threads >= 0,
+            where,
+            f"threads must be >= 0 (0 = torch's default), got {self.threads}",
+        )
 
 
 @dataclass
@@ -232,11 +334,22 @@ class ReadersConfig:
     min_similarity: float = 0.0  # neighbours below this cosine are ignored
 
     def validate(self, where: str = "readers") -> None:
-        _need(isinstance(self.neighbours, int) and self.neighbours >= 1, where,
-              f"neighbours must be an int >= 1, got {self.neighbours!r}")
+        _need(
+            isinstance(self.neighbours, int) and self.neighbours >= 1,
+            where,
+            f"neighbours must be an int >= 1, got {self.neighbours!r}",
+        )
         _need(self.shrinkage >= 0, where, f"shrinkage must be >= 0, got {self.shrinkage}")
-        _need(self.centred_weight >= 0, where, f"centred_weight must be >= 0, got {self.centred_weight}")
-        _need(-1 <= self.min_similarity <= 1, where, f"min_similarity must be in [-1, 1], got {self.min_similarity}")
+        _need(
+            self.centred_weight >= 0,
+            where,
+            f"centred_weight must be >= 0, got {self.centred_weight}",
+        )
+        _need(
+            -1 <= self.min_similarity <= 1,
+            where,
+            f"min_similarity must be in [-1, 1], got {self.min_similarity}",
+        )
 
 
 @dataclass
@@ -257,8 +370,12 @@ class LLMConfig:
     threads: int = 0
     n_ctx: int = 4096  # llama.cpp context length (prompt + reply tokens)
     timeout_s: float = 20.0  # deadline of one LLM call (a generation, a yes/no batch, a JSON reply)
-    turn_budget_s: float = 15.0  # all LLM calls of one chat turn / request; later picks keep templates
-    breaker_failures: int = 3  # consecutive failures (timeout, unreachable, error) that pause the LLM
+    turn_budget_s: float = (
+        15.0  # all LLM calls of one chat turn / request; later picks keep templates
+    )
+    breaker_failures: int = (
+        3  # consecutive failures (timeout, unreachable, error) that pause the LLM
+    )
     breaker_cooldown_s: float = 60.0  # how long it stays paused before one trial call
     warm_up: bool = True  # load and warm the model when the chat starts, not on the first request
 
@@ -339,7 +456,7 @@ class Settings:
         config_file: str | Path | None = None,
         env: Mapping[str, str] | None = None,
         **overrides: Any,
-    ) -> "Settings":
+    ) -> Settings:
         """Defaults, then the TOML file, then ``READNEXT_*`` env vars, then keyword overrides."""
         env = os.environ if env is None else env
         s = cls()
@@ -353,7 +470,9 @@ class Settings:
         if path is not None:
             path = Path(path)
             if not path.is_file():
-                raise ReadnextError(f"config file {path} does not exist: fix READNEXT_CONFIG or --config")
+                raise ReadnextError(
+                    f"config file {path} does not exist: fix READNEXT_CONFIG or --config"
+                )
             try:
                 data = tomllib.loads(path.read_text())
             except tomllib.TOMLDecodeError as e:
@@ -362,7 +481,7 @@ class Settings:
         for key, raw in env.items():
             if not key.startswith("READNEXT_") or key in ("READNEXT_HOME", "READNEXT_CONFIG"):
                 continue
-            name = key[len("READNEXT_"):].lower()
+            name = key[len("READNEXT_") :].lower()
             section, _, attr = name.partition("_")
             if section in ("seed",):
                 s._apply({"seed": raw}, key)
@@ -393,39 +512,53 @@ class Settings:
             if not isinstance(v, int) or v < 1:
                 raise ReadnextError(f"{origin}: limits.{name} must be an integer >= 1; got {v!r}")
         if self.privacy.log_days < 0 or self.privacy.upload_max_age_s < 60:
-            raise ReadnextError(f"{origin}: privacy.log_days must be >= 0 and "
-                                "privacy.upload_max_age_s >= 60")
+            raise ReadnextError(
+                f"{origin}: privacy.log_days must be >= 0 and privacy.upload_max_age_s >= 60"
+            )
         m = self.llm
         for name in ("timeout_s", "turn_budget_s", "breaker_cooldown_s"):
             v = getattr(m, name)
             if not isinstance(v, (int, float)) or v < 0 or (name == "timeout_s" and v == 0):
-                raise ReadnextError(f"{origin}: llm.{name} must be a number of seconds "
-                                    f"{'> 0' if name == 'timeout_s' else '>= 0'}; got {v!r}")
+                raise ReadnextError(
+                    f"{origin}: llm.{name} must be a number of seconds "
+                    f"{'> 0' if name == 'timeout_s' else '>= 0'}; got {v!r}"
+                )
         if not isinstance(m.breaker_failures, int) or m.breaker_failures < 1:
-            raise ReadnextError(f"{origin}: llm.breaker_failures must be an integer >= 1; got {m.breaker_failures!r}")
+            raise ReadnextError(
+                f"{origin}: llm.breaker_failures must be an integer >= 1; got {m.breaker_failures!r}"
+            )
         if not isinstance(m.threads, int) or m.threads < 0:
-            raise ReadnextError(f"{origin}: llm.threads must be an integer >= 0 (0 = auto); got {m.threads!r}")
+            raise ReadnextError(
+                f"{origin}: llm.threads must be an integer >= 0 (0 = auto); got {m.threads!r}"
+            )
         if not isinstance(m.n_ctx, int) or m.n_ctx < 256:
             raise ReadnextError(f"{origin}: llm.n_ctx must be an integer >= 256; got {m.n_ctx!r}")
         if not 0 <= self.ingest.min_fraction <= 1:
-            raise ReadnextError(f"{origin}: ingest.min_fraction must be in 0..1; "
-                                f"got {self.ingest.min_fraction}")
+            raise ReadnextError(
+                f"{origin}: ingest.min_fraction must be in 0..1; got {self.ingest.min_fraction}"
+            )
         limit = self.chat.max_message_chars
         if not isinstance(limit, int) or not 1 <= limit <= 100_000:
-            raise ReadnextError(f"{origin}: chat.max_message_chars must be an integer from 1 to "
-                                f"100000; got {limit!r}")
+            raise ReadnextError(
+                f"{origin}: chat.max_message_chars must be an integer from 1 to "
+                f"100000; got {limit!r}"
+            )
 
     def _apply(self, data: Mapping[str, Any], origin: str) -> None:
         for key, value in data.items():
             if not hasattr(self, key):
-                raise ReadnextError(f"{origin}: unknown setting '{key}'; see `readnext config` for the valid ones")
+                raise ReadnextError(
+                    f"{origin}: unknown setting '{key}'; see `readnext config` for the valid ones"
+                )
             current = getattr(self, key)
             if dataclasses.is_dataclass(current):
                 if not isinstance(value, Mapping):
                     raise ReadnextError(f"{origin}: '{key}' must be a table of settings")
                 for k, v in value.items():
                     if not hasattr(current, k):
-                        raise ReadnextError(f"{origin}: unknown setting '{key}.{k}'; see `readnext config`")
+                        raise ReadnextError(
+                            f"{origin}: unknown setting '{key}.{k}'; see `readnext config`"
+                        )
                     setattr(current, k, _coerce(getattr(current, k), v, f"{origin}: {key}.{k}"))
             else:
                 setattr(self, key, _coerce(current, value, f"{origin}: {key}"))

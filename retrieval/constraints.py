@@ -7,12 +7,22 @@ so "shorter" is a boost, never a claim.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from .types import Book
 
-LIGHT_TAGS = {"funny", "humor", "humour", "heartwarming", "lighthearted", "light", "feel-good", "cozy", "comedy"}
+LIGHT_TAGS = {
+    "funny",
+    "humor",
+    "humour",
+    "heartwarming",
+    "lighthearted",
+    "light",
+    "feel-good",
+    "cozy",
+    "comedy",
+}
 DARK_TAGS = {"dark", "horror", "grim", "tragedy", "war", "dystopia", "bleak"}
 
 
@@ -32,25 +42,42 @@ class Constraints:
     ref_year: int | None = None  # for newer/older relative to a referenced book
     tag_boost: float = 1.5  # rank-score factor per wanted tag a book carries (request.tag_boost)
 
-    def refined_by(self, new: "Constraints") -> "Constraints":
+    def refined_by(self, new: Constraints) -> Constraints:
         """These constraints with a follow-up request applied ("not fantasy" after "more horror").
 
         Tags accumulate (a newly excluded tag wins over an earlier include), authors and years
         are replaced when the follow-up names them, flags stay on once asked for.
         """
         exclude = list(dict.fromkeys(self.exclude_tags + new.exclude_tags))
-        include = [t for t in dict.fromkeys(self.include_tags + new.include_tags) if t not in exclude]
+        include = [
+            t for t in dict.fromkeys(self.include_tags + new.include_tags) if t not in exclude
+        ]
         return Constraints(
-            include_tags=include, exclude_tags=exclude, authors=list(new.authors or self.authors),
+            include_tags=include,
+            exclude_tags=exclude,
+            authors=list(new.authors or self.authors),
             year_min=new.year_min if new.year_min is not None else self.year_min,
             year_max=new.year_max if new.year_max is not None else self.year_max,
-            shorter=new.shorter or self.shorter, lighter=new.lighter or self.lighter,
-            newer=new.newer or self.newer, older=new.older or self.older, ref_year=self.ref_year,
-            tag_boost=self.tag_boost)
+            shorter=new.shorter or self.shorter,
+            lighter=new.lighter or self.lighter,
+            newer=new.newer or self.newer,
+            older=new.older or self.older,
+            ref_year=self.ref_year,
+            tag_boost=self.tag_boost,
+        )
 
     def is_empty(self) -> bool:
-        return not (self.include_tags or self.exclude_tags or self.authors or self.year_min is not None
-                    or self.year_max is not None or self.shorter or self.lighter or self.newer or self.older)
+        return not (
+            self.include_tags
+            or self.exclude_tags
+            or self.authors
+            or self.year_min is not None
+            or self.year_max is not None
+            or self.shorter
+            or self.lighter
+            or self.newer
+            or self.older
+        )
 
     def allows(self, b: Book) -> bool:
         tags = {t.lower() for t in b.tags}

@@ -11,8 +11,8 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -27,8 +27,13 @@ _LOCK = threading.Lock()
 
 def offline_env() -> None:
     """Forbid hub downloads for everything loaded in this process."""
-    for k, v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-                 "ANONYMIZED_TELEMETRY": "False", "TOKENIZERS_PARALLELISM": "false"}.items():
+    for k, v in {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "TOKENIZERS_PARALLELISM": "false",
+    }.items():
         os.environ.setdefault(k, v)
 
 
@@ -47,6 +52,7 @@ def _device(pref: str) -> str:
     if pref != "auto":
         return pref
     import torch
+
     if torch.cuda.is_available():
         return "cuda"
     return "cpu"
@@ -60,8 +66,13 @@ class Embedder:
     (1, 384)
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 64,
-                 cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str = "auto",
+        batch_size: int = 64,
+        cache_dir: str | Path | None = None,
+    ) -> None:
         self.model_name = model
         self.path = resolve_model_path(model)
         self.device = _device(device)
@@ -79,19 +90,27 @@ class Embedder:
             if key not in _MODELS:
                 offline_env()
                 from sentence_transformers import SentenceTransformer
+
                 try:
                     _MODELS[key] = SentenceTransformer(self.path, device=self.device)
                 except OSError as e:
-                    raise ReadnextError(f"cannot load embedding model {self.model_name!r} offline ({e}); "
-                                        "use a local path or the default all-MiniLM-L6-v2") from e
+                    raise ReadnextError(
+                        f"cannot load embedding model {self.model_name!r} offline ({e}); "
+                        "use a local path or the default all-MiniLM-L6-v2"
+                    ) from e
             return _MODELS[key]
 
     @property
     def dim(self) -> int:
         return int(self.model.get_sentence_embedding_dimension())
 
-    def encode(self, texts: Sequence[str], show_progress: bool = False, desc: str = "embedding",
-               cache: bool = True) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        show_progress: bool = False,
+        desc: str = "embedding",
+        cache: bool = True,
+    ) -> np.ndarray:
         """Embed ``texts`` (cached by content hash unless ``cache=False``); rows are unit vectors.
 
         ``cache=False`` is for reader text (chat messages): it is neither read from nor written
@@ -123,9 +142,10 @@ class Embedder:
             chunks = range(0, len(todo), step)
             if show_progress and len(todo) > step:
                 from tqdm.auto import tqdm
+
                 chunks = tqdm(chunks, desc=desc, unit="chunk")
             for s in chunks:
-                idx = todo[s: s + step]
+                idx = todo[s : s + step]
                 vecs = self._encode([texts[i] for i in idx])
                 for i, v in zip(idx, vecs):
                     out[i] = v
@@ -134,8 +154,9 @@ class Embedder:
         return np.vstack(out).astype(np.float32, copy=False)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        vecs = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True)
+        vecs = self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
         return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
 
 
@@ -161,7 +182,7 @@ class _EmbeddingCache:
         found: dict[str, np.ndarray] = {}
         with self._conn() as c:
             for s in range(0, len(hashes), 900):
-                chunk = hashes[s: s + 900]
+                chunk = hashes[s : s + 900]
                 q = f"SELECT h, v FROM emb WHERE h IN ({','.join('?' * len(chunk))})"
                 for h, v in c.execute(q, chunk):
                     found[h] = np.frombuffer(v, dtype=np.float32)
@@ -169,5 +190,7 @@ class _EmbeddingCache:
 
     def put(self, hashes: list[str], vecs: np.ndarray) -> None:
         with self._conn() as c:  # one transaction per chunk: committed before the next starts
-            c.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
-                          [(h, v.astype(np.float32).tobytes()) for h, v in zip(hashes, vecs)])
+            c.executemany(
+                "INSERT OR REPLACE INTO emb VALUES (?, ?)",
+                [(h, v.astype(np.float32).tobytes()) for h, v in zip(hashes, vecs)],
+            )

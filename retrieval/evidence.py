@@ -6,7 +6,7 @@ against the ratings, so a claim without evidence cannot reach a reader.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,11 +27,16 @@ CO_READERS_PER_BOOK = 3  # favourable records kept per pick (different books of 
 
 def liked_items(lib: Library, history: Sequence[Rating]) -> list[tuple[int, float]]:
     """(item index, rating) of history books rated at or above LIKED, newest first."""
-    return [(lib.index[r.book_id], r.rating) for r in reversed(history)
-            if r.rating >= LIKED and r.book_id in lib.index]
+    return [
+        (lib.index[r.book_id], r.rating)
+        for r in reversed(history)
+        if r.rating >= LIKED and r.book_id in lib.index
+    ]
 
 
-def similar_to(lib: Library, item: int, liked: list[tuple[int, float]], top: int = 2) -> Evidence | None:
+def similar_to(
+    lib: Library, item: int, liked: list[tuple[int, float]], top: int = 2
+) -> Evidence | None:
     if not liked:
         return None
     idx = np.array([i for i, _ in liked])
@@ -40,11 +45,16 @@ def similar_to(lib: Library, item: int, liked: list[tuple[int, float]], top: int
     keep = [o for o in order if sims[o] >= SIMILAR_MIN]
     if not keep:
         return None
-    return Evidence("similar_to", book_ids=tuple(lib.books[idx[o]].book_id for o in keep),
-                    value=round(float(sims[keep[0]]), 3))
+    return Evidence(
+        "similar_to",
+        book_ids=tuple(lib.books[idx[o]].book_id for o in keep),
+        value=round(float(sims[keep[0]]), 3),
+    )
 
 
-def shared_tags(lib: Library, item: int, liked: list[tuple[int, float]], max_tags: int = 4) -> Evidence | None:
+def shared_tags(
+    lib: Library, item: int, liked: list[tuple[int, float]], max_tags: int = 4
+) -> Evidence | None:
     tags = lib.tag_sets[item]
     if not tags or not liked:
         return None
@@ -62,8 +72,12 @@ def shared_tags(lib: Library, item: int, liked: list[tuple[int, float]], max_tag
         for i in counts[t]:
             if i not in books:
                 books.append(i)
-    return Evidence("shared_tags", tags=tuple(best), book_ids=tuple(lib.books[i].book_id for i in books[:3]),
-                    count=len(books))
+    return Evidence(
+        "shared_tags",
+        tags=tuple(best),
+        book_ids=tuple(lib.books[i].book_id for i in books[:3]),
+        count=len(books),
+    )
 
 
 def same_author(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evidence | None:
@@ -75,13 +89,16 @@ def same_author(lib: Library, item: int, liked: list[tuple[int, float]]) -> Evid
         return None
     shared = authors & lib.author_sets[hits[0]]
     names = tuple(a for a in lib.books[item].authors if a.lower() in shared)
-    return Evidence("same_author", authors=names, book_ids=tuple(lib.books[i].book_id for i in hits[:3]))
+    return Evidence(
+        "same_author", authors=names, book_ids=tuple(lib.books[i].book_id for i in hits[:3])
+    )
 
 
 def favourable(count: int, mean: float, share: float) -> bool:
     """Whether co-reader numbers argue *for* a book (see ``CO_READERS_FAVOURABLE_MIN`` etc.)."""
-    return (count >= CO_READERS_FAVOURABLE_MIN and mean >= FAVOURABLE_MEAN
-            and share >= FAVOURABLE_SHARE)
+    return (
+        count >= CO_READERS_FAVOURABLE_MIN and mean >= FAVOURABLE_MEAN and share >= FAVOURABLE_SHARE
+    )
 
 
 def _wilson_lower(share: float, n: int, z: float = 1.64) -> float:
@@ -94,8 +111,9 @@ def _wilson_lower(share: float, n: int, z: float = 1.64) -> float:
     return float((centre - margin) / d)
 
 
-def co_readers(lib: Library, item: int, liked: list[tuple[int, float]],
-               top: int = 1) -> list[Evidence]:
+def co_readers(
+    lib: Library, item: int, liked: list[tuple[int, float]], top: int = 1
+) -> list[Evidence]:
     """How readers who liked one of your books rated this one (from the ratings matrix).
 
     Your liked books are ranked by how *convincingly* their co-readers liked ``item`` (the
@@ -119,8 +137,16 @@ def co_readers(lib: Library, item: int, liked: list[tuple[int, float]],
         if favourable(n, mean, share):
             found.append((_wilson_lower(share, n), n, k, mean, share))
     found.sort(key=lambda x: (-x[0], -x[1], x[2]))
-    return [Evidence("co_readers", book_ids=(lib.books[liked[k][0]].book_id,), count=n,
-                     value=mean, share=share) for _, n, k, mean, share in found[:top]]
+    return [
+        Evidence(
+            "co_readers",
+            book_ids=(lib.books[liked[k][0]].book_id,),
+            count=n,
+            value=mean,
+            share=share,
+        )
+        for _, n, k, mean, share in found[:top]
+    ]
 
 
 def popular(lib: Library, item: int) -> Evidence | None:
@@ -130,8 +156,9 @@ def popular(lib: Library, item: int) -> Evidence | None:
     return Evidence("popular", count=n, value=round(float(lib.pop_mean[item]), 2))
 
 
-def query_match(lib: Library, item: int, query: str | None, qvec: np.ndarray | None,
-                threshold: float = 0.25) -> Evidence | None:
+def query_match(
+    lib: Library, item: int, query: str | None, qvec: np.ndarray | None, threshold: float = 0.25
+) -> Evidence | None:
     if not query or qvec is None:
         return None
     sim = float(lib.vectors[item] @ qvec)
@@ -140,14 +167,24 @@ def query_match(lib: Library, item: int, query: str | None, qvec: np.ndarray | N
     return Evidence("query_match", text=query, value=round(sim, 3))
 
 
-def collect(lib: Library, item: int, history: Sequence[Rating], query: str | None = None,
-            qvec: np.ndarray | None = None, to_read: set[str] | None = None,
-            liked: list[tuple[int, float]] | None = None) -> list[Evidence]:
+def collect(
+    lib: Library,
+    item: int,
+    history: Sequence[Rating],
+    query: str | None = None,
+    qvec: np.ndarray | None = None,
+    to_read: set[str] | None = None,
+    liked: list[tuple[int, float]] | None = None,
+) -> list[Evidence]:
     """All evidence the system holds for recommending ``item`` to a reader with ``history``."""
     liked = liked_items(lib, history) if liked is None else liked
-    out = [similar_to(lib, item, liked), same_author(lib, item, liked), shared_tags(lib, item, liked),
-           *co_readers(lib, item, liked, top=CO_READERS_PER_BOOK),
-           query_match(lib, item, query, qvec)]
+    out = [
+        similar_to(lib, item, liked),
+        same_author(lib, item, liked),
+        shared_tags(lib, item, liked),
+        *co_readers(lib, item, liked, top=CO_READERS_PER_BOOK),
+        query_match(lib, item, query, qvec),
+    ]
     if to_read and lib.books[item].book_id in to_read:
         out.append(Evidence("to_read", book_ids=(lib.books[item].book_id,)))
     if not any(e is not None for e in out):
@@ -159,9 +196,18 @@ def collect(lib: Library, item: int, history: Sequence[Rating], query: str | Non
 # strongest one or two; the bands keep the kinds in a sensible order (the next volume of your
 # series beats "popular here"), and within a band the numbers decide (a 0.7 cosine beats 0.4,
 # 90% of 40 co-readers beats 61% of 6).
-_BASE = {"series_next": 0.95, "anchor": 0.8, "to_read": 0.85, "same_author": 0.75, "query_match": 0.55,
-         "similar_to": 0.45, "co_readers": 0.5, "readers_like_you": 0.5, "shared_tags": 0.3,
-         "popular": 0.1}
+_BASE = {
+    "series_next": 0.95,
+    "anchor": 0.8,
+    "to_read": 0.85,
+    "same_author": 0.75,
+    "query_match": 0.55,
+    "similar_to": 0.45,
+    "co_readers": 0.5,
+    "readers_like_you": 0.5,
+    "shared_tags": 0.3,
+    "popular": 0.1,
+}
 
 
 def strength(ev: Evidence) -> float:
@@ -191,7 +237,9 @@ def strength(ev: Evidence) -> float:
     return base
 
 
-def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], tol: float = 0.011) -> bool:
+def verify(
+    lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], tol: float = 0.011
+) -> bool:
     """Re-check one evidence record against the data (used by eval's faithfulness rate)."""
     if book_id not in lib.index:
         return False
@@ -199,16 +247,32 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
     rated = {r.book_id: r.rating for r in history}
     liked = {b for b, r in rated.items() if r >= LIKED}
     if ev.kind == "similar_to":
-        return bool(ev.book_ids) and all(b in liked for b in ev.book_ids) and \
-            abs(float(lib.vectors[lib.index[ev.book_ids[0]]] @ lib.vectors[item]) - (ev.value or 0)) < tol
+        return (
+            bool(ev.book_ids)
+            and all(b in liked for b in ev.book_ids)
+            and abs(
+                float(lib.vectors[lib.index[ev.book_ids[0]]] @ lib.vectors[item]) - (ev.value or 0)
+            )
+            < tol
+        )
     if ev.kind == "shared_tags":
         tags = lib.tag_sets[item]
-        return bool(ev.tags) and all(t in tags for t in ev.tags) and all(b in liked for b in ev.book_ids) and \
-            all(any(t in lib.tag_sets[lib.index[b]] for t in ev.tags) for b in ev.book_ids)
+        return (
+            bool(ev.tags)
+            and all(t in tags for t in ev.tags)
+            and all(b in liked for b in ev.book_ids)
+            and all(any(t in lib.tag_sets[lib.index[b]] for t in ev.tags) for b in ev.book_ids)
+        )
     if ev.kind == "same_author":
-        return bool(ev.authors) and all(b in liked for b in ev.book_ids) and all(
-            a.lower() in lib.author_sets[item] and a.lower() in lib.author_sets[lib.index[b]]
-            for a in ev.authors for b in ev.book_ids[:1])
+        return (
+            bool(ev.authors)
+            and all(b in liked for b in ev.book_ids)
+            and all(
+                a.lower() in lib.author_sets[item] and a.lower() in lib.author_sets[lib.index[b]]
+                for a in ev.authors
+                for b in ev.book_ids[:1]
+            )
+        )
     if ev.kind == "co_readers":
         h = ev.book_ids[0]
         if h not in liked or h not in lib.index:
@@ -218,18 +282,27 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
         col = lib.R_csc[:, item]
         r = np.array([v for u, v in zip(col.indices, col.data) if u in likers])
         # The numbers must be right, and the record must be favourable: it is shown as a reason.
-        return len(r) == ev.count and abs(r.mean() - (ev.value or 0)) < tol and \
-            abs((r >= LIKED).mean() - (ev.share or 0)) < tol and \
-            favourable(ev.count or 0, ev.value or 0.0, ev.share or 0.0)
+        return (
+            len(r) == ev.count
+            and abs(r.mean() - (ev.value or 0)) < tol
+            and abs((r >= LIKED).mean() - (ev.share or 0)) < tol
+            and favourable(ev.count or 0, ev.value or 0.0, ev.share or 0.0)
+        )
     if ev.kind == "popular":
-        return int(lib.pop_count[item]) == ev.count and abs(float(lib.pop_mean[item]) - (ev.value or 0)) < tol
+        return (
+            int(lib.pop_count[item]) == ev.count
+            and abs(float(lib.pop_mean[item]) - (ev.value or 0)) < tol
+        )
     if ev.kind == "series_next":
         b = lib.books[item]
         prev = ev.book_ids[0] if ev.book_ids else None
         from .series import series_key
 
-        return (b.series == ev.series and prev in rated
-                and series_key(lib.book(prev).series or "") == series_key(b.series or ""))
+        return (
+            b.series == ev.series
+            and prev in rated
+            and series_key(lib.book(prev).series or "") == series_key(b.series or "")
+        )
     if ev.kind == "anchor":
         from .anchor import verify_anchor
 
@@ -241,7 +314,9 @@ def verify(lib: Library, book_id: str, ev: Evidence, history: Sequence[Rating], 
     return False
 
 
-def _verify_readers(lib: Library, item: int, ev: Evidence, history: Sequence[Rating], tol: float) -> bool:
+def _verify_readers(
+    lib: Library, item: int, ev: Evidence, history: Sequence[Rating], tol: float
+) -> bool:
     """The named neighbours rated the book as claimed and are among the reader's nearest by taste.
 
     Nearness is re-checked against the exact taste vectors of the library's readers (the index
@@ -257,7 +332,10 @@ def _verify_readers(lib: Library, item: int, ev: Evidence, history: Sequence[Rat
     if any(r not in rated for r in rows):
         return False
     vals = np.array([rated[r] for r in rows])
-    if abs(float(vals.mean()) - (ev.value or 0)) >= tol or abs(float((vals >= LIKED).mean()) - (ev.share or 0)) >= tol:
+    if (
+        abs(float(vals.mean()) - (ev.value or 0)) >= tol
+        or abs(float((vals >= LIKED).mean()) - (ev.share or 0)) >= tol
+    ):
         return False
     if not ev.neighbours:
         return False

@@ -41,16 +41,28 @@ def normalize_signal(value: float | int | str) -> tuple[str, float | None]:
     """Turn ``4``, ``"4"``, ``"like"``, ``"👍"`` ... into ``(signal, rating or None)``."""
     if isinstance(value, str):
         v = value.strip().lower().replace(" ", "_").replace("-", "_")
-        v = {"👍": "like", "up": "like", "thumbs_up": "like", "👎": "dislike", "down": "dislike",
-             "thumbs_down": "dislike", "read_it": "read", "seen": "read", "not": "not_interested",
-             "toread": "to_read", "want": "to_read", "reading": "currently_reading"}.get(v, v)
+        v = {
+            "👍": "like",
+            "up": "like",
+            "thumbs_up": "like",
+            "👎": "dislike",
+            "down": "dislike",
+            "thumbs_down": "dislike",
+            "read_it": "read",
+            "seen": "read",
+            "not": "not_interested",
+            "toread": "to_read",
+            "want": "to_read",
+            "reading": "currently_reading",
+        }.get(v, v)
         if v in SIGNALS:
             return v, SIGNALS[v][0]
         try:
             value = float(v)
         except ValueError:
-            raise ReadnextError(f"unknown feedback {value!r}: use a rating 1-5 or one of "
-                                f"{', '.join(SIGNALS)}") from None
+            raise ReadnextError(
+                f"unknown feedback {value!r}: use a rating 1-5 or one of {', '.join(SIGNALS)}"
+            ) from None
     r = float(value)
     if not 1 <= r <= 5:
         raise ReadnextError(f"rating {value} out of range: use 1 to 5")
@@ -84,14 +96,24 @@ class FeedbackStore:
             self._local.conn = c
         return c
 
-    def add(self, dataset: str, user_id: str, book_id: str, signal: str, rating: float | None,
-            ts: float | None = None) -> FeedbackEvent:
+    def add(
+        self,
+        dataset: str,
+        user_id: str,
+        book_id: str,
+        signal: str,
+        rating: float | None,
+        ts: float | None = None,
+    ) -> FeedbackEvent:
         now = time.time()
         ev = FeedbackEvent(user_id, book_id, signal, rating, now if ts is None else ts)
         with self._conn() as c:
             c.execute("BEGIN IMMEDIATE")
-            c.execute("INSERT INTO events (dataset, user_id, book_id, signal, rating, ts, created) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?)", (dataset, user_id, book_id, signal, rating, ev.ts, now))
+            c.execute(
+                "INSERT INTO events (dataset, user_id, book_id, signal, rating, ts, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (dataset, user_id, book_id, signal, rating, ev.ts, now),
+            )
             c.execute("COMMIT")
         return ev
 
@@ -99,24 +121,29 @@ class FeedbackStore:
         now = time.time()
         with self._conn() as c:
             c.execute("BEGIN IMMEDIATE")
-            c.executemany("INSERT INTO events (dataset, user_id, book_id, signal, rating, ts, created) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          [(dataset, e.user_id, e.book_id, e.signal, e.rating, e.ts, now) for e in events])
+            c.executemany(
+                "INSERT INTO events (dataset, user_id, book_id, signal, rating, ts, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(dataset, e.user_id, e.book_id, e.signal, e.rating, e.ts, now) for e in events],
+            )
             c.execute("COMMIT")
 
-    def add_reader_with_events(self, dataset: str, user_id: str, origin: str,
-                               events: list[FeedbackEvent]) -> None:
+    def add_reader_with_events(
+        self, dataset: str, user_id: str, origin: str, events: list[FeedbackEvent]
+    ) -> None:
         """Create a reader (if new) and append their events, all in one transaction."""
         now = time.time()
         c = self._conn()
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.execute("INSERT OR IGNORE INTO readers VALUES (?, ?, ?, ?)",
-                      (dataset, user_id, origin, now))
+            c.execute(
+                "INSERT OR IGNORE INTO readers VALUES (?, ?, ?, ?)", (dataset, user_id, origin, now)
+            )
             c.executemany(
                 "INSERT INTO events (dataset, user_id, book_id, signal, rating, ts, created) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(dataset, e.user_id, e.book_id, e.signal, e.rating, e.ts, now) for e in events])
+                [(dataset, e.user_id, e.book_id, e.signal, e.rating, e.ts, now) for e in events],
+            )
         except BaseException:
             c.execute("ROLLBACK")
             raise
@@ -133,12 +160,18 @@ class FeedbackStore:
 
     def add_reader(self, dataset: str, user_id: str, origin: str) -> None:
         with self._conn() as c:
-            c.execute("INSERT OR IGNORE INTO readers VALUES (?, ?, ?, ?)", (dataset, user_id, origin, time.time()))
+            c.execute(
+                "INSERT OR IGNORE INTO readers VALUES (?, ?, ?, ?)",
+                (dataset, user_id, origin, time.time()),
+            )
 
     def readers(self, dataset: str) -> list[str]:
         with self._conn() as c:
-            rows = c.execute("SELECT user_id FROM readers WHERE dataset = ? UNION "
-                             "SELECT DISTINCT user_id FROM events WHERE dataset = ?", (dataset, dataset))
+            rows = c.execute(
+                "SELECT user_id FROM readers WHERE dataset = ? UNION "
+                "SELECT DISTINCT user_id FROM events WHERE dataset = ?",
+                (dataset, dataset),
+            )
             return sorted(r[0] for r in rows)
 
     # -- privacy (``readnext forget`` / ``export``) ----------------------------------------------
@@ -146,13 +179,21 @@ class FeedbackStore:
     def export(self, user_id: str) -> dict:
         """Every row held about ``user_id``, in every dataset: ``{"readers", "events"}``."""
         with self._conn() as c:
-            readers = [{"dataset": d, "origin": o, "created": t} for d, o, t in c.execute(
-                "SELECT dataset, origin, created FROM readers WHERE user_id = ? ORDER BY created",
-                (user_id,))]
-            events = [{"dataset": d, "book_id": b, "signal": s, "rating": r, "ts": ts, "created": cr}
-                      for d, b, s, r, ts, cr in c.execute(
-                          "SELECT dataset, book_id, signal, rating, ts, created FROM events "
-                          "WHERE user_id = ? ORDER BY id", (user_id,))]
+            readers = [
+                {"dataset": d, "origin": o, "created": t}
+                for d, o, t in c.execute(
+                    "SELECT dataset, origin, created FROM readers WHERE user_id = ? ORDER BY created",
+                    (user_id,),
+                )
+            ]
+            events = [
+                {"dataset": d, "book_id": b, "signal": s, "rating": r, "ts": ts, "created": cr}
+                for d, b, s, r, ts, cr in c.execute(
+                    "SELECT dataset, book_id, signal, rating, ts, created FROM events "
+                    "WHERE user_id = ? ORDER BY id",
+                    (user_id,),
+                )
+            ]
         return {"readers": readers, "events": events}
 
     def forget(self, user_id: str) -> dict[str, int]:

@@ -20,8 +20,14 @@ import numpy as np
 
 from .config import FUSION_METHODS
 
-__all__ = ["FUSION_METHODS", "combine", "fuse_matrices", "normalise", "source_contribution",
-           "top_k_matrix"]
+__all__ = [
+    "FUSION_METHODS",
+    "combine",
+    "fuse_matrices",
+    "normalise",
+    "source_contribution",
+    "top_k_matrix",
+]
 
 NEG = -np.inf
 
@@ -48,7 +54,9 @@ def normalise(S: np.ndarray, exclude: np.ndarray, indicator: bool = False) -> np
     return Z
 
 
-def top_k_matrix(S: np.ndarray, exclude: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k_matrix(
+    S: np.ndarray, exclude: np.ndarray | None, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top ``k`` item indices, best first: higher score first, then lower item index.
 
     ``nan``/``-inf`` and excluded items are not rankable. Returns ``(idx, valid)``, both
@@ -64,8 +72,8 @@ def top_k_matrix(S: np.ndarray, exclude: np.ndarray | None, k: int) -> tuple[np.
     if k <= 0 or n_rows == 0:
         return np.zeros((n_rows, 0), np.int64), np.zeros((n_rows, 0), bool)
     kth = -np.partition(-X, k - 1, axis=1)[:, k - 1 : k]  # the k-th largest per row
-    above = X > kth
-    tied = X == kth
+    above = kth < X
+    tied = kth == X
     need = k - above.sum(axis=1, keepdims=True)
     take = above | (tied & (np.cumsum(tied, axis=1) <= need))  # boundary ties: lowest indices
     idx = np.nonzero(take)[1].reshape(n_rows, k)
@@ -76,8 +84,14 @@ def top_k_matrix(S: np.ndarray, exclude: np.ndarray | None, k: int) -> tuple[np.
     return idx, valid
 
 
-def source_contribution(S: np.ndarray, exclude: np.ndarray, method: str = "score", rrf_k: float = 60.0,
-                        depth: int = 200, indicator: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def source_contribution(
+    S: np.ndarray,
+    exclude: np.ndarray,
+    method: str = "score",
+    rrf_k: float = 60.0,
+    depth: int = 200,
+    indicator: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """One source's unweighted share of the fused score, and where it has an opinion.
 
     ``method="score"``: per-reader z-scores (:func:`normalise`). ``method="rrf"``:
@@ -88,7 +102,9 @@ def source_contribution(S: np.ndarray, exclude: np.ndarray, method: str = "score
     if method == "score":
         return normalise(S, exclude, indicator), ok
     if method != "rrf":
-        raise ValueError(f"unknown fusion method {method!r}; use one of {', '.join(FUSION_METHODS)}")
+        raise ValueError(
+            f"unknown fusion method {method!r}; use one of {', '.join(FUSION_METHODS)}"
+        )
     n_rows, n_items = S.shape
     contrib = np.zeros(S.shape)
     found = np.zeros(S.shape, dtype=bool)
@@ -103,12 +119,17 @@ def source_contribution(S: np.ndarray, exclude: np.ndarray, method: str = "score
     return contrib, found
 
 
-def combine(contributions: Mapping[str, tuple[np.ndarray, np.ndarray]], weights: Mapping[str, float],
-            exclude: np.ndarray) -> np.ndarray:
+def combine(
+    contributions: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    weights: Mapping[str, float],
+    exclude: np.ndarray,
+) -> np.ndarray:
     """Weighted sum of :func:`source_contribution` outputs; ``-inf`` where no weighted source has an opinion."""
     names = [n for n in contributions if weights.get(n, 0) > 0]
     if not names:
-        raise ValueError("fusion: every fusion weight is 0; give at least one source a positive weight")
+        raise ValueError(
+            "fusion: every fusion weight is 0; give at least one source a positive weight"
+        )
     fused = np.zeros(exclude.shape)
     found = np.zeros(exclude.shape, dtype=bool)
     for n in names:
@@ -118,14 +139,23 @@ def combine(contributions: Mapping[str, tuple[np.ndarray, np.ndarray]], weights:
     return np.where(found & ~exclude, fused, NEG)
 
 
-def fuse_matrices(per_source: Mapping[str, np.ndarray], weights: Mapping[str, float], exclude: np.ndarray,
-                  method: str = "score", rrf_k: float = 60.0, depth: int = 200,
-                  indicator: Sequence[str] = ()) -> np.ndarray:
+def fuse_matrices(
+    per_source: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    exclude: np.ndarray,
+    method: str = "score",
+    rrf_k: float = 60.0,
+    depth: int = 200,
+    indicator: Sequence[str] = (),
+) -> np.ndarray:
     """Fuse per-source score matrices (readers x items) into one; ``-inf`` where no source has an opinion.
 
     Excluded items and items no weighted source can rank get ``-inf``. ``indicator`` names the
     sources whose finite scores count 1 / 0 (a source declares it: ``CandidateSource.indicator``).
     """
-    contribs = {n: source_contribution(S, exclude, method, rrf_k, depth, n in indicator)
-                for n, S in per_source.items() if weights.get(n, 0) > 0}
+    contribs = {
+        n: source_contribution(S, exclude, method, rrf_k, depth, n in indicator)
+        for n, S in per_source.items()
+        if weights.get(n, 0) > 0
+    }
     return combine(contribs, weights, exclude)

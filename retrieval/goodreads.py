@@ -20,7 +20,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -32,9 +32,22 @@ from .matcher import best_match, matches
 from .series import parse_series
 from .types import Book, Rating
 
-__all__ = ["ExportRow", "Match", "MatchReport", "CatalogIndex", "read_goodreads_export",
-           "match_rows", "to_history", "normalize_title", "isbn_key", "isbn10_to_13",
-           "isbn13_to_10", "READ_UNRATED", "FUZZY_CUTOFF", "FUZZY_CUTOFF_NO_AUTHOR"]
+__all__ = [
+    "ExportRow",
+    "Match",
+    "MatchReport",
+    "CatalogIndex",
+    "read_goodreads_export",
+    "match_rows",
+    "to_history",
+    "normalize_title",
+    "isbn_key",
+    "isbn10_to_13",
+    "isbn13_to_10",
+    "READ_UNRATED",
+    "FUZZY_CUTOFF",
+    "FUZZY_CUTOFF_NO_AUTHOR",
+]
 
 READ_UNRATED = 3.5
 """Rating given to a book on the ``read`` shelf with no stars: the reader finished it and did not
@@ -46,8 +59,10 @@ FUZZY_CUTOFF = 85.0
 FUZZY_CUTOFF_NO_AUTHOR = 92.0
 """Stricter cutoff when the row names no author, so nothing else confirms the match."""
 
-_EXPORT_HINT = ("expected a Goodreads library export (My Books > Import and export > Export "
-                "library), a CSV with a 'title' column, or a .txt with one title per line")
+_EXPORT_HINT = (
+    "expected a Goodreads library export (My Books > Import and export > Export "
+    "library), a CSV with a 'title' column, or a .txt with one title per line"
+)
 
 
 @dataclass(frozen=True)
@@ -79,14 +94,29 @@ class ExportRow:
 
 # Lower-cased header name -> field. Goodreads names first; the rest are for hand-made CSVs.
 _ALIASES: dict[str, str] = {
-    "title": "title", "book title": "title", "book": "title",
-    "author": "author", "authors": "author", "author name": "author",
+    "title": "title",
+    "book title": "title",
+    "book": "title",
+    "author": "author",
+    "authors": "author",
+    "author name": "author",
     "additional authors": "additional_authors",
-    "isbn": "isbn", "isbn10": "isbn", "isbn-10": "isbn", "isbn13": "isbn13", "isbn-13": "isbn13",
-    "my rating": "rating", "rating": "rating", "stars": "rating",
-    "date read": "date_read", "read at": "date_read", "date added": "date_added",
-    "exclusive shelf": "shelf", "shelf": "shelf", "status": "shelf",
-    "bookshelves": "bookshelves", "book id": "goodreads_id",
+    "isbn": "isbn",
+    "isbn10": "isbn",
+    "isbn-10": "isbn",
+    "isbn13": "isbn13",
+    "isbn-13": "isbn13",
+    "my rating": "rating",
+    "rating": "rating",
+    "stars": "rating",
+    "date read": "date_read",
+    "read at": "date_read",
+    "date added": "date_added",
+    "exclusive shelf": "shelf",
+    "shelf": "shelf",
+    "status": "shelf",
+    "bookshelves": "bookshelves",
+    "book id": "goodreads_id",
 }
 
 
@@ -103,14 +133,20 @@ def _decode(path: Path) -> str:
     except IsADirectoryError:
         raise _fail(path, None, "is a directory", "pass the export file itself") from None
     if b"\x00" in data:
-        line = data[:data.index(b"\x00")].count(b"\n") + 1
-        raise _fail(path, line, "binary data or UTF-16 text (NUL byte)",
-                    "re-save it as UTF-8 text; " + _EXPORT_HINT)
+        line = data[: data.index(b"\x00")].count(b"\n") + 1
+        raise _fail(
+            path,
+            line,
+            "binary data or UTF-16 text (NUL byte)",
+            "re-save it as UTF-8 text; " + _EXPORT_HINT,
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise _fail(path, line, f"not UTF-8 text ({e.reason})", "re-save the file as UTF-8") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise _fail(
+            path, line, f"not UTF-8 text ({e.reason})", "re-save the file as UTF-8"
+        ) from None
 
 
 def _clean_isbn(value: str) -> str | None:
@@ -133,8 +169,12 @@ def _parse_date(value: str, path: Path, line: int, column: str) -> date | None:
             return datetime.strptime(v, fmt).date()
         except ValueError:
             continue
-    raise _fail(path, line, f"{column} {v!r} is not a date",
-                "use YYYY/MM/DD as Goodreads exports do, or leave it empty")
+    raise _fail(
+        path,
+        line,
+        f"{column} {v!r} is not a date",
+        "use YYYY/MM/DD as Goodreads exports do, or leave it empty",
+    )
 
 
 def _parse_rating(value: str, path: Path, line: int, column: str) -> float:
@@ -146,8 +186,12 @@ def _parse_rating(value: str, path: Path, line: int, column: str) -> float:
     except ValueError:
         r = -1.0
     if not 0.0 <= r <= 5.0:
-        raise _fail(path, line, f"{column} {v!r} is not a rating",
-                    "use a number from 0 (unrated) to 5, or leave it empty")
+        raise _fail(
+            path,
+            line,
+            f"{column} {v!r} is not a rating",
+            "use a number from 0 (unrated) to 5, or leave it empty",
+        )
     return r
 
 
@@ -165,8 +209,13 @@ def _read_csv(path: Path, text: str) -> list[ExportRow]:
         if key and key not in cols:
             cols[key] = i
     if "title" not in cols:
-        raise _fail(path, 1, f"no 'Title' column in header ({', '.join(h.strip() for h in header[:6])}"
-                    f"{', ...' if len(header) > 6 else ''})", _EXPORT_HINT)
+        raise _fail(
+            path,
+            1,
+            f"no 'Title' column in header ({', '.join(h.strip() for h in header[:6])}"
+            f"{', ...' if len(header) > 6 else ''})",
+            _EXPORT_HINT,
+        )
     names = {k: header[i].strip() for k, i in cols.items()}
     rows: list[ExportRow] = []
     while True:
@@ -176,38 +225,62 @@ def _read_csv(path: Path, text: str) -> list[ExportRow]:
         except StopIteration:
             break
         except csv.Error as e:
-            raise _fail(path, start, f"malformed CSV ({e})",
-                        "check the quotes on this line; a field holding commas or line breaks "
-                        "must be wrapped in double quotes") from None
+            raise _fail(
+                path,
+                start,
+                f"malformed CSV ({e})",
+                "check the quotes on this line; a field holding commas or line breaks "
+                "must be wrapped in double quotes",
+            ) from None
         if not rec or all(not f.strip() for f in rec):
             continue
         if len(rec) != len(header):
-            raise _fail(path, start, f"{len(rec)} fields where the header has {len(header)}",
-                        "quote fields that contain commas, or re-export the file")
+            raise _fail(
+                path,
+                start,
+                f"{len(rec)} fields where the header has {len(header)}",
+                "quote fields that contain commas, or re-export the file",
+            )
 
-        def get(k: str) -> str:
+        def get(k: str, rec=rec) -> str:
             return rec[cols[k]] if k in cols else ""
 
         title = " ".join(get("title").split())
         if not title:
-            raise _fail(path, start, f"empty {names['title']}", "fill in the title or delete the line")
+            raise _fail(
+                path, start, f"empty {names['title']}", "fill in the title or delete the line"
+            )
         extra = tuple(a.strip() for a in get("additional_authors").split(",") if a.strip())
         shelves = tuple(s.strip() for s in get("bookshelves").split(",") if s.strip())
-        rows.append(ExportRow(
-            line=start, title=title, author=" ".join(get("author").split()),
-            additional_authors=extra,
-            isbn=_clean_isbn(get("isbn")), isbn13=_clean_isbn(get("isbn13")),
-            rating=_parse_rating(get("rating"), path, start, names.get("rating", "rating")),
-            date_read=_parse_date(get("date_read"), path, start, names.get("date_read", "date")),
-            date_added=_parse_date(get("date_added"), path, start, names.get("date_added", "date")),
-            shelf=(get("shelf").strip().lower() or "read"), bookshelves=shelves,
-            goodreads_id=get("goodreads_id").strip() or None,
-        ))
+        rows.append(
+            ExportRow(
+                line=start,
+                title=title,
+                author=" ".join(get("author").split()),
+                additional_authors=extra,
+                isbn=_clean_isbn(get("isbn")),
+                isbn13=_clean_isbn(get("isbn13")),
+                rating=_parse_rating(get("rating"), path, start, names.get("rating", "rating")),
+                date_read=_parse_date(
+                    get("date_read"), path, start, names.get("date_read", "date")
+                ),
+                date_added=_parse_date(
+                    get("date_added"), path, start, names.get("date_added", "date")
+                ),
+                shelf=(get("shelf").strip().lower() or "read"),
+                bookshelves=shelves,
+                goodreads_id=get("goodreads_id").strip() or None,
+            )
+        )
     if not rows:
         # A header-only export would create a reader with nothing: say so instead.
-        raise _fail(path, None, "no books after the header line",
-                    "export your library again once it lists books (Goodreads: My Books > Import "
-                    "and export > Export library), or add one row per book")
+        raise _fail(
+            path,
+            None,
+            "no books after the header line",
+            "export your library again once it lists books (Goodreads: My Books > Import "
+            "and export > Export library), or add one row per book",
+        )
     return rows
 
 
@@ -225,15 +298,23 @@ def _read_lines(path: Path, text: str) -> list[ExportRow]:
         if not s or s.startswith("#"):
             continue
         if len(s) > _MAX_LINE:
-            raise _fail(path, n, f"line is {len(s)} characters long",
-                        "put one title (optionally 'by Author') per line")
+            raise _fail(
+                path,
+                n,
+                f"line is {len(s)} characters long",
+                "put one title (optionally 'by Author') per line",
+            )
         m = _BY_RE.match(s) or _DASH_RE.match(s)
         if m:
             title, author = m.group("title").strip(), m.group("author").strip()
             rows.append(ExportRow(line=n, title=title, author=author, raw=s))
         elif re.match(r"^(by\s|[-\u2013\u2014]\s)", s, re.I):
-            raise _fail(path, n, f"no title before the author in {s!r}",
-                        "write 'Title by Author' or just the title")
+            raise _fail(
+                path,
+                n,
+                f"no title before the author in {s!r}",
+                "write 'Title by Author' or just the title",
+            )
         else:
             rows.append(ExportRow(line=n, title=s))
     if not rows:
@@ -256,13 +337,15 @@ def read_goodreads_export(path: str | Path) -> list[ExportRow]:
     first = text.lstrip("\r\n").splitlines()[0]
     first_cols = {c.strip().lower() for c in next(csv.reader([first]), [])}
     is_csv = p.suffix.lower() in (".csv", ".tsv") or (
-        "," in first and any(_ALIASES.get(c) == "title" for c in first_cols))
+        "," in first and any(_ALIASES.get(c) == "title" for c in first_cols)
+    )
     if is_csv and p.suffix.lower() == ".tsv":
         raise _fail(p, None, "tab-separated files are not supported", "save it as CSV")
     return _read_csv(p, text) if is_csv else _read_lines(p, text)
 
 
 # --------------------------------------------------------------------------- normalising
+
 
 def isbn10_to_13(isbn10: str) -> str:
     """ISBN-10 -> ISBN-13 (prefix 978, new check digit). The input's check digit is ignored."""
@@ -320,7 +403,7 @@ def _title_keys(title: str) -> tuple[str, str]:
     base = parse_series(title).title
     full = _ARTICLE_RE.sub("", _fold(base))
     m = _SUBTITLE_RE.search(base)
-    head = base[:m.start()] if m else ""
+    head = base[: m.start()] if m else ""
     short = _ARTICLE_RE.sub("", _fold(head)) if head.strip() else ""
     return full, (short if short != full else "")
 
@@ -361,6 +444,7 @@ def _name_surnames(name: str) -> frozenset[str]:
 
 # --------------------------------------------------------------------------- matching
 
+
 @dataclass(frozen=True)
 class Match:
     """A row matched to a catalog book. ``score`` is 100 for ISBN and exact title matches."""
@@ -388,8 +472,10 @@ class MatchReport:
         """One line for the CLI, e.g. ``matched 41/45 (isbn 30, exact 9, fuzzy 2)``."""
         by = {m: sum(1 for x in self.matched if x.method == m) for m in ("isbn", "exact", "fuzzy")}
         total = len(self.matched) + len(self.unmatched)
-        return (f"matched {len(self.matched)}/{total} "
-                f"(isbn {by['isbn']}, exact {by['exact']}, fuzzy {by['fuzzy']})")
+        return (
+            f"matched {len(self.matched)}/{total} "
+            f"(isbn {by['isbn']}, exact {by['exact']}, fuzzy {by['fuzzy']})"
+        )
 
 
 class CatalogIndex:
@@ -509,8 +595,9 @@ def match_rows(rows: Sequence[ExportRow], books: Sequence[Book] | CatalogIndex) 
 
 # --------------------------------------------------------------------------- history
 
+
 def _unix(d: date) -> float:
-    return datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp()
+    return datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()
 
 
 def to_history(report: MatchReport, user_id: str) -> tuple[list[Rating], set[str], set[str]]:
@@ -556,8 +643,12 @@ def to_history(report: MatchReport, user_id: str) -> tuple[list[Rating], set[str
         stars = m.row.rating > 0
         if m.book_id in starred and not stars:
             continue
-        best[m.book_id] = Rating(user_id=user_id, book_id=m.book_id,
-                                 rating=float(m.row.rating) if stars else READ_UNRATED, ts=ts)
+        best[m.book_id] = Rating(
+            user_id=user_id,
+            book_id=m.book_id,
+            rating=float(m.row.rating) if stars else READ_UNRATED,
+            ts=ts,
+        )
         if stars:
             starred.add(m.book_id)
     ratings = sorted(best.values(), key=lambda r: r.ts)

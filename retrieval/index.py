@@ -21,6 +21,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -45,7 +46,9 @@ def current_index_dir(home: Path) -> Path:
     """The live index folder, or a clear error if there is none."""
     ptr = home / "CURRENT"
     if not home.is_dir():
-        raise NotFoundError(f"data dir {home} does not exist: run `readnext ingest` first (or set --data-dir / READNEXT_HOME)")
+        raise NotFoundError(
+            f"data dir {home} does not exist: run `readnext ingest` first (or set --data-dir / READNEXT_HOME)"
+        )
     if not ptr.is_file():
         raise NotFoundError(f"no index in {home}: run `readnext ingest` first")
     d = home / "indexes" / ptr.read_text().strip()
@@ -72,20 +75,25 @@ def check_shrink(ds: Dataset, home: Path, min_fraction: float) -> None:
     n_books = len(ds.books)
     n_users = int(ds.ratings["user_id"].nunique()) if len(ds.ratings) else 0
     if n_books == 0:
-        raise ReadnextError(f"{ds.label or ds.name}: the catalog has 0 books (is the books file "
-                            "only a header, or one long line?); nothing ingested. Fix the file, "
-                            "or --force")
+        raise ReadnextError(
+            f"{ds.label or ds.name}: the catalog has 0 books (is the books file "
+            "only a header, or one long line?); nothing ingested. Fix the file, "
+            "or --force"
+        )
     try:
         live = json.loads((current_index_dir(home) / "meta.json").read_text())["stats"]
     except (ReadnextError, OSError, KeyError, ValueError):
         return  # no live index: nothing to protect
-    for what, new, old in (("books", n_books, int(live.get("books", 0))),
-                           ("readers", n_users, int(live.get("users", 0)))):
+    for what, new, old in (
+        ("books", n_books, int(live.get("books", 0))),
+        ("readers", n_users, int(live.get("users", 0))),
+    ):
         if old and new < min_fraction * old:
             raise ReadnextError(
                 f"{ds.label or ds.name}: {new:,} {what} against {old:,} in the live index "
                 f"({live.get('label', '?')}): below ingest.min_fraction={min_fraction:g}, so "
-                "nothing was replaced. Check the input files, or pass --force to replace it anyway")
+                "nothing was replaced. Check the input files, or pass --force to replace it anyway"
+            )
 
 
 def _hold(label: str) -> None:
@@ -96,8 +104,14 @@ def _hold(label: str) -> None:
             time.sleep(60)
 
 
-def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool = False,
-           fail_after: str | None = None, force: bool = False) -> Path:
+def ingest(
+    ds: Dataset,
+    settings: Settings,
+    progress: bool = True,
+    quiet: bool = False,
+    fail_after: str | None = None,
+    force: bool = False,
+) -> Path:
     """Build a complete index for ``ds`` beside the live one, then swap it in.
 
     Args:
@@ -147,33 +161,66 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
             for b in ds.books:
                 f.write(json.dumps(asdict(b), ensure_ascii=False) + "\n")
         r = ds.ratings
-        np.savez(out / "ratings.npz", user_id=r["user_id"].to_numpy(dtype=str), book_id=r["book_id"].to_numpy(dtype=str),
-                 rating=r["rating"].to_numpy(dtype=np.float32), ts=r["ts"].to_numpy(dtype=np.float64))
+        np.savez(
+            out / "ratings.npz",
+            user_id=r["user_id"].to_numpy(dtype=str),
+            book_id=r["book_id"].to_numpy(dtype=str),
+            rating=r["rating"].to_numpy(dtype=np.float32),
+            ts=r["ts"].to_numpy(dtype=np.float64),
+        )
         tr = ds.to_read
-        np.savez(out / "to_read.npz", user_id=tr["user_id"].to_numpy(dtype=str), book_id=tr["book_id"].to_numpy(dtype=str))
+        np.savez(
+            out / "to_read.npz",
+            user_id=tr["user_id"].to_numpy(dtype=str),
+            book_id=tr["book_id"].to_numpy(dtype=str),
+        )
         step("catalog", t)
 
         t = time.perf_counter()
-        emb = Embedder(settings.embedder.model, settings.embedder.device, settings.embedder.batch_size,
-                       cache_dir=home / "cache")
-        vectors = emb.encode([b.embedding_text() for b in ds.books], show_progress=progress, desc="embed books")
+        emb = Embedder(
+            settings.embedder.model,
+            settings.embedder.device,
+            settings.embedder.batch_size,
+            cache_dir=home / "cache",
+        )
+        vectors = emb.encode(
+            [b.embedding_text() for b in ds.books], show_progress=progress, desc="embed books"
+        )
         embed_stats = dict(getattr(emb, "last_stats", {}))
-        _log(f"embedded {embed_stats.get('embedded', 0):,} books "
-             f"({embed_stats.get('cached', 0):,} from the cache)", quiet)
+        _log(
+            f"embedded {embed_stats.get('embedded', 0):,} books "
+            f"({embed_stats.get('cached', 0):,} from the cache)",
+            quiet,
+        )
         np.save(out / "vectors.npy", vectors)
         step("embed", t)
 
         t = time.perf_counter()
         store = VectorStore(out / "chroma", emb)
-        metas = [{"title": b.title, "authors": ", ".join(b.authors), "year": b.year if b.year is not None else -9999,
-                  "tags": "|".join(b.tags)} for b in ds.books]
-        store.upsert("books", [b.book_id for b in ds.books], vectors, metas,
-                     documents=[b.embedding_text() for b in ds.books], progress=progress)
+        metas = [
+            {
+                "title": b.title,
+                "authors": ", ".join(b.authors),
+                "year": b.year if b.year is not None else -9999,
+                "tags": "|".join(b.tags),
+            }
+            for b in ds.books
+        ]
+        store.upsert(
+            "books",
+            [b.book_id for b in ds.books],
+            vectors,
+            metas,
+            documents=[b.embedding_text() for b in ds.books],
+            progress=progress,
+        )
         step("chroma-books", t)
 
         t = time.perf_counter()
         index = {b.book_id: i for i, b in enumerate(ds.books)}
-        users, uvecs, umeta = build_profiles(ds.ratings, index, vectors, settings.profile, ds.has_timestamps)
+        users, uvecs, umeta = build_profiles(
+            ds.ratings, index, vectors, settings.profile, ds.has_timestamps
+        )
         if users:
             store.upsert("users", users, uvecs, umeta, progress=progress)
         step("profiles", t)
@@ -189,11 +236,21 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
         step("sasrec", t)
 
         meta = {
-            "schema": SCHEMA, "name": name, "dataset": ds.name, "label": ds.label or ds.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "has_timestamps": ds.has_timestamps,
-            "ordered": ds.ordered, "embedder": settings.embedder.model, "dim": int(vectors.shape[1]),
-            "cf_model": cf.model_name, "cf_params": getattr(cf.model, "params", {}),
-            "stats": ds.stats(), "notes": ds.notes, "timings_s": timings, "sasrec": sasrec_info,
+            "schema": SCHEMA,
+            "name": name,
+            "dataset": ds.name,
+            "label": ds.label or ds.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "has_timestamps": ds.has_timestamps,
+            "ordered": ds.ordered,
+            "embedder": settings.embedder.model,
+            "dim": int(vectors.shape[1]),
+            "cf_model": cf.model_name,
+            "cf_params": getattr(cf.model, "params", {}),
+            "stats": ds.stats(),
+            "notes": ds.notes,
+            "timings_s": timings,
+            "sasrec": sasrec_info,
             "embeddings": embed_stats,
         }
         _write_atomic(out / "meta.json", json.dumps(meta, indent=2))
@@ -208,9 +265,12 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
         # Old folders go only when nobody serves them; a running server drops its lease once it
         # has switched to this index and collects them then (or the next start does).
         collect_garbage(home)
-        _log(f"ingested {ds.label or ds.name}: {len(ds.books):,} books, {len(ds.ratings):,} ratings, "
-             f"{len(users):,} readers in {time.perf_counter() - t0:.1f}s -> {out}"
-             + (f" (replaced {old})" if old else ""), quiet)
+        _log(
+            f"ingested {ds.label or ds.name}: {len(ds.books):,} books, {len(ds.ratings):,} ratings, "
+            f"{len(users):,} readers in {time.perf_counter() - t0:.1f}s -> {out}"
+            + (f" (replaced {old})" if old else ""),
+            quiet,
+        )
         return out
     except BaseException:
         if store is not None:
@@ -220,15 +280,19 @@ def ingest(ds: Dataset, settings: Settings, progress: bool = True, quiet: bool =
         raise
 
 
-def _train_sasrec(lib: Library, ds: Dataset, settings: Settings, out: Path, progress: bool,
-                  quiet: bool) -> dict:
+def _train_sasrec(
+    lib: Library, ds: Dataset, settings: Settings, out: Path, progress: bool, quiet: bool
+) -> dict:
     """Train the SASRec source when the events are ordered; say why not otherwise."""
     cfg = settings.sasrec
     if not cfg.enabled:
         return {"trained": False, "reason": "sasrec.enabled is false"}
     if not ds.ordered:
-        return {"trained": False, "reason": "the ratings carry no order (no timestamps, no documented "
-                                            "chronological file), and SASRec models the order"}
+        return {
+            "trained": False,
+            "reason": "the ratings carry no order (no timestamps, no documented "
+            "chronological file), and SASRec models the order",
+        }
     if lib.R.shape[0] < 2 or not (lib.pop_count > 0).any():
         return {"trained": False, "reason": "too few ratings to train on"}
     from .sasrec import train_sasrec
@@ -236,8 +300,11 @@ def _train_sasrec(lib: Library, ds: Dataset, settings: Settings, out: Path, prog
     model = train_sasrec(lib, cfg, progress=progress, cache_dir=settings.home / "cache" / "sasrec")
     model.save(out / "sasrec.pt")
     r = model.report
-    _log(f"sasrec: {r.epochs} epochs (best {r.best_epoch}, validation ndcg@10 {r.best_val_ndcg:.4f}) "
-         f"in {r.seconds:.0f}s" + (" (cached)" if r.from_cache else ""), quiet)
+    _log(
+        f"sasrec: {r.epochs} epochs (best {r.best_epoch}, validation ndcg@10 {r.best_val_ndcg:.4f}) "
+        f"in {r.seconds:.0f}s" + (" (cached)" if r.from_cache else ""),
+        quiet,
+    )
     return {"trained": True, **r.to_dict()}
 
 
@@ -254,7 +321,7 @@ class Index:
     lease: Lease | None = None  # shared lock: this process serves the folder, keep it
 
     @classmethod
-    def open(cls, home: Path) -> "Index":
+    def open(cls, home: Path) -> Index:
         """Load the live index and hold a shared lease on its folder until :meth:`release`.
 
         Every start also deletes folders nobody uses: partial ones of killed ingests, and old
@@ -271,8 +338,9 @@ class Index:
                 break
             lease.release()
         else:
-            raise NotFoundError(f"index in {home} keeps changing or is missing: "
-                                "run `readnext ingest` again")
+            raise NotFoundError(
+                f"index in {home} keeps changing or is missing: run `readnext ingest` again"
+            )
         try:
             return cls._load(d, lease)
         except BaseException:
@@ -280,11 +348,13 @@ class Index:
             raise
 
     @classmethod
-    def _load(cls, d: Path, lease: Lease) -> "Index":
+    def _load(cls, d: Path, lease: Lease) -> Index:
         meta = json.loads((d / "meta.json").read_text())
         if meta.get("schema") != SCHEMA:
-            raise ReadnextError(f"index {d} has schema {meta.get('schema')}, this readnext needs {SCHEMA}: "
-                                "run `readnext ingest` again")
+            raise ReadnextError(
+                f"index {d} has schema {meta.get('schema')}, this readnext needs {SCHEMA}: "
+                "run `readnext ingest` again"
+            )
         books = []
         with open(d / "books.jsonl") as f:
             for line in f:
@@ -292,10 +362,18 @@ class Index:
                 x["authors"], x["tags"] = tuple(x["authors"]), tuple(x["tags"])
                 books.append(Book(**x))
         z = np.load(d / "ratings.npz")
-        ratings = pd.DataFrame({"user_id": z["user_id"].astype(object), "book_id": z["book_id"].astype(object),
-                                "rating": z["rating"].astype(np.float64), "ts": z["ts"]})
+        ratings = pd.DataFrame(
+            {
+                "user_id": z["user_id"].astype(object),
+                "book_id": z["book_id"].astype(object),
+                "rating": z["rating"].astype(np.float64),
+                "ts": z["ts"],
+            }
+        )
         t = np.load(d / "to_read.npz")
-        to_read = pd.DataFrame({"user_id": t["user_id"].astype(object), "book_id": t["book_id"].astype(object)})
+        to_read = pd.DataFrame(
+            {"user_id": t["user_id"].astype(object), "book_id": t["book_id"].astype(object)}
+        )
         vectors = np.load(d / "vectors.npy")
         return cls(d, meta, books, ratings, to_read, vectors, lease)
 
@@ -305,8 +383,15 @@ class Index:
             self.lease.release()
 
     def library(self) -> Library:
-        return Library(self.books, self.vectors, self.ratings, bool(self.meta["has_timestamps"]), self.to_read,
-                       self.meta["dataset"], bool(self.meta.get("ordered", True)))
+        return Library(
+            self.books,
+            self.vectors,
+            self.ratings,
+            bool(self.meta["has_timestamps"]),
+            self.to_read,
+            self.meta["dataset"],
+            bool(self.meta.get("ordered", True)),
+        )
 
     def cf_model(self):
         """The CF model fitted at ingest (over the rated books only, see CFSource)."""

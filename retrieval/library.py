@@ -6,9 +6,9 @@ evaluation (built from a training split), so every model sees data the same way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,13 +43,23 @@ class Library:
         self.index = {b.book_id: i for i, b in enumerate(self.books)}
         r = self.ratings[self.ratings["book_id"].isin(self.index.keys())]
         self.ratings = r.reset_index(drop=True)
-        users, uidx = np.unique(r["user_id"].to_numpy(dtype=str), return_inverse=True) if len(r) else ([], [])
+        users, uidx = (
+            np.unique(r["user_id"].to_numpy(dtype=str), return_inverse=True) if len(r) else ([], [])
+        )
         self.user_ids = [str(u) for u in users]
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
-        items = r["book_id"].map(self.index).to_numpy(dtype=np.int64) if len(r) else np.zeros(0, np.int64)
-        self.R = sp.csr_matrix((r["rating"].to_numpy(dtype=np.float32) if len(r) else np.zeros(0, np.float32),
-                                (np.asarray(uidx, dtype=np.int64), items)),
-                               shape=(len(self.user_ids), len(self.books)))
+        items = (
+            r["book_id"].map(self.index).to_numpy(dtype=np.int64)
+            if len(r)
+            else np.zeros(0, np.int64)
+        )
+        self.R = sp.csr_matrix(
+            (
+                r["rating"].to_numpy(dtype=np.float32) if len(r) else np.zeros(0, np.float32),
+                (np.asarray(uidx, dtype=np.int64), items),
+            ),
+            shape=(len(self.user_ids), len(self.books)),
+        )
         self.R.sum_duplicates()
 
     @property
@@ -98,7 +108,11 @@ class Library:
         """Ratings sorted by (ts, row) and each reader's row positions in that frame."""
         order = np.lexsort((np.arange(len(self.ratings)), self.ratings["ts"].to_numpy()))
         df = self.ratings.iloc[order].reset_index(drop=True)
-        groups = {str(u): idx for u, idx in df.groupby("user_id", sort=False).indices.items()} if len(df) else {}
+        groups = (
+            {str(u): idx for u, idx in df.groupby("user_id", sort=False).indices.items()}
+            if len(df)
+            else {}
+        )
         return df, groups
 
     def history(self, user_id: str) -> list[Rating]:
@@ -108,15 +122,23 @@ class Library:
         if idx is None:
             return []
         rows = df.iloc[np.sort(idx)]
-        return [Rating(user_id, str(b), float(r), float(t)) for b, r, t in
-                zip(rows["book_id"], rows["rating"], rows["ts"])]
+        return [
+            Rating(user_id, str(b), float(r), float(t))
+            for b, r, t in zip(rows["book_id"], rows["rating"], rows["ts"])
+        ]
 
     def histories(self) -> dict[str, list[Rating]]:
         """All readers' histories at once (oldest first), for batch work."""
         out: dict[str, list[Rating]] = {}
-        df = self.ratings.iloc[np.lexsort((np.arange(len(self.ratings)), self.ratings["ts"].to_numpy()))]
-        for u, b, r, t in zip(df["user_id"].to_numpy(), df["book_id"].to_numpy(), df["rating"].to_numpy(),
-                              df["ts"].to_numpy()):
+        df = self.ratings.iloc[
+            np.lexsort((np.arange(len(self.ratings)), self.ratings["ts"].to_numpy()))
+        ]
+        for u, b, r, t in zip(
+            df["user_id"].to_numpy(),
+            df["book_id"].to_numpy(),
+            df["rating"].to_numpy(),
+            df["ts"].to_numpy(),
+        ):
             out.setdefault(str(u), []).append(Rating(str(u), str(b), float(r), float(t)))
         return out
 
@@ -125,7 +147,9 @@ class Library:
         if self.to_read is None or not len(self.to_read):
             return {}
         out: dict[str, set[str]] = {}
-        for u, b in zip(self.to_read["user_id"].to_numpy(dtype=str), self.to_read["book_id"].to_numpy(dtype=str)):
+        for u, b in zip(
+            self.to_read["user_id"].to_numpy(dtype=str), self.to_read["book_id"].to_numpy(dtype=str)
+        ):
             out.setdefault(u, set()).add(b)
         return out
 
@@ -168,8 +192,10 @@ class Library:
             vals.append(weight(ratings, ages))
         if not rows:
             return sp.csr_matrix((len(histories), self.n_items))
-        m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                          shape=(len(histories), self.n_items))
+        m = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(len(histories), self.n_items),
+        )
         m.sum_duplicates()
         return m
 
@@ -180,6 +206,8 @@ class Library:
         if not idx:
             return sp.csr_matrix((1, self.n_items), dtype=np.float32)
         w = confidence(np.asarray(vals, dtype=np.float32))
-        m = sp.csr_matrix((w, (np.zeros(len(idx), np.int64), np.asarray(idx))), shape=(1, self.n_items))
+        m = sp.csr_matrix(
+            (w, (np.zeros(len(idx), np.int64), np.asarray(idx))), shape=(1, self.n_items)
+        )
         m.sum_duplicates()
         return m

@@ -23,8 +23,8 @@ import re
 import secrets
 import shutil
 import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 

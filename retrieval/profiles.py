@@ -13,8 +13,8 @@ time of the newest event, so a new rating updates the profile in O(d) without a 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,9 +56,14 @@ def _ages(ts: np.ndarray, has_timestamps: bool) -> np.ndarray:
     return (len(ts) - 1 - order).astype(np.float64)
 
 
-def profile_from_history(history: Sequence[Rating], vectors: Mapping[str, np.ndarray] | None,
-                         cfg: ProfileConfig, has_timestamps: bool,
-                         matrix: np.ndarray | None = None, index: Mapping[str, int] | None = None) -> Profile | None:
+def profile_from_history(
+    history: Sequence[Rating],
+    vectors: Mapping[str, np.ndarray] | None,
+    cfg: ProfileConfig,
+    has_timestamps: bool,
+    matrix: np.ndarray | None = None,
+    index: Mapping[str, int] | None = None,
+) -> Profile | None:
     """Build a profile from a list of ratings. Books without a vector are skipped."""
     rows = []
     for r in history:
@@ -71,7 +76,9 @@ def profile_from_history(history: Sequence[Rating], vectors: Mapping[str, np.nda
     E = np.vstack([x[0] for x in rows]).astype(np.float64)
     ratings = np.array([x[1] for x in rows])
     ts = np.array([x[2] for x in rows], dtype=np.float64)
-    w = rating_weight(ratings, cfg.pivot) * 0.5 ** (_ages(ts, has_timestamps) / _half_life(cfg, has_timestamps))
+    w = rating_weight(ratings, cfg.pivot) * 0.5 ** (
+        _ages(ts, has_timestamps) / _half_life(cfg, has_timestamps)
+    )
     S = w @ E
     t_ref = float(ts.max()) if has_timestamps else float(len(ts) - 1)
     return _from_sum(S, t_ref, len(rows))
@@ -83,8 +90,14 @@ def _from_sum(S: np.ndarray, t_ref: float, n: int) -> Profile:
     return Profile(vector=vec, norm=norm, t_ref=t_ref, n=n)
 
 
-def update_profile(profile: Profile | None, book_vector: np.ndarray, rating: float, ts: float | None,
-                   cfg: ProfileConfig, has_timestamps: bool) -> Profile:
+def update_profile(
+    profile: Profile | None,
+    book_vector: np.ndarray,
+    rating: float,
+    ts: float | None,
+    cfg: ProfileConfig,
+    has_timestamps: bool,
+) -> Profile:
     """Fold one new event into a profile in place of a rebuild.
 
     ``ts``: unix seconds when the data has timestamps; ignored otherwise (the event is the newest).
@@ -109,8 +122,13 @@ def update_profile(profile: Profile | None, book_vector: np.ndarray, rating: flo
     return _from_sum(S, t_ref, profile.n + 1)
 
 
-def build_profiles(ratings: pd.DataFrame, item_index: Mapping[str, int], item_vectors: np.ndarray,
-                   cfg: ProfileConfig, has_timestamps: bool) -> tuple[list[str], np.ndarray, list[dict]]:
+def build_profiles(
+    ratings: pd.DataFrame,
+    item_index: Mapping[str, int],
+    item_vectors: np.ndarray,
+    cfg: ProfileConfig,
+    has_timestamps: bool,
+) -> tuple[list[str], np.ndarray, list[dict]]:
     """Profiles of every reader at once (vectorised: one sparse matrix product).
 
     Returns ``(user_ids, unit vectors, metadata)``; equal to calling :func:`profile_from_history`
@@ -141,5 +159,8 @@ def build_profiles(ratings: pd.DataFrame, item_index: Mapping[str, int], item_ve
     norms = np.linalg.norm(S, axis=1)
     vecs = (S / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
     counts = np.bincount(uidx)
-    meta = [{"norm": float(n), "t_ref": float(t), "n_ratings": int(c)} for n, t, c in zip(norms, t_ref_u, counts)]
+    meta = [
+        {"norm": float(n), "t_ref": float(t), "n_ratings": int(c)}
+        for n, t, c in zip(norms, t_ref_u, counts)
+    ]
     return [str(u) for u in users], vecs, meta

@@ -32,8 +32,15 @@ from .library import Library
 from .sources import CandidateSource, exclude_mask
 from .types import Candidate, UserContext
 
-__all__ = ["DEFAULT_DEPTH", "Ranked", "constraint_scores", "rank", "rank_matrix", "rank_one",
-           "series_mask"]
+__all__ = [
+    "DEFAULT_DEPTH",
+    "Ranked",
+    "constraint_scores",
+    "rank",
+    "rank_matrix",
+    "rank_one",
+    "series_mask",
+]
 
 NEG = -np.inf
 DEFAULT_DEPTH = 200  # a non-hybrid source's rank-score depth for constraints (FusionConfig.depth)
@@ -55,16 +62,19 @@ class Ranked:
     def book_ids(self, lib: Library) -> list[str]:
         return [lib.books[i].book_id for i in self.items]
 
-    def candidates(self, source: CandidateSource,
-                   ctx: UserContext | None = None) -> list[Candidate]:
+    def candidates(
+        self, source: CandidateSource, ctx: UserContext | None = None
+    ) -> list[Candidate]:
         """The evidence step: ``Candidate`` (book, score, found-by sources, evidence) per item."""
         ctx = ctx or self.ctx
         items = [int(i) for i in self.items]
         found = source.found_by(ctx, items, self.per_source)
         evidence = source.evidence_for(ctx, items, found=found)
         lib = source.lib
-        return [Candidate(lib.books[i].book_id, float(s), "+".join(f), e)
-                for i, s, f, e in zip(items, self.scores, found, evidence)]
+        return [
+            Candidate(lib.books[i].book_id, float(s), "+".join(f), e)
+            for i, s, f, e in zip(items, self.scores, found, evidence)
+        ]
 
 
 def series_mask(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
@@ -84,8 +94,13 @@ def series_mask(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
     return mask
 
 
-def constraint_scores(lib: Library, S: np.ndarray, rankable: np.ndarray, constraints: Constraints,
-                      depth: int = DEFAULT_DEPTH) -> np.ndarray:
+def constraint_scores(
+    lib: Library,
+    S: np.ndarray,
+    rankable: np.ndarray,
+    constraints: Constraints,
+    depth: int = DEFAULT_DEPTH,
+) -> np.ndarray:
     """Rank scores under ``constraints`` (step 4 of the module docstring), readers x items."""
     allow = np.array([constraints.allows(b) for b in lib.books], dtype=bool)
     boost = np.array([constraints.boost(b) for b in lib.books], dtype=np.float64)
@@ -100,9 +115,15 @@ def constraint_scores(lib: Library, S: np.ndarray, rankable: np.ndarray, constra
     return out
 
 
-def rank_matrix(lib: Library, S: np.ndarray, ctxs: Sequence[UserContext], k: int,
-                constraints: Constraints | None = None, series_order: bool = True,
-                depth: int = DEFAULT_DEPTH) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rank_matrix(
+    lib: Library,
+    S: np.ndarray,
+    ctxs: Sequence[UserContext],
+    k: int,
+    constraints: Constraints | None = None,
+    series_order: bool = True,
+    depth: int = DEFAULT_DEPTH,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 2-5 of the module docstring on a score matrix (readers x items) for ``ctxs``.
 
     Returns:
@@ -127,9 +148,14 @@ def _scores(source: CandidateSource, ctxs: Sequence[UserContext]):
     return source.score_batch(ctxs), None
 
 
-def rank(source: CandidateSource, ctxs: Sequence[UserContext], k: int,
-         constraints: Constraints | None = None, series_order: bool = True,
-         scores: np.ndarray | None = None) -> list[Ranked]:
+def rank(
+    source: CandidateSource,
+    ctxs: Sequence[UserContext],
+    k: int,
+    constraints: Constraints | None = None,
+    series_order: bool = True,
+    scores: np.ndarray | None = None,
+) -> list[Ranked]:
     """Rank the catalog for many readers with ``source`` (batched; ``scores`` = precomputed).
 
     Args:
@@ -159,8 +185,13 @@ def rank(source: CandidateSource, ctxs: Sequence[UserContext], k: int,
     return out
 
 
-def rank_one(source: CandidateSource, ctx: UserContext, k: int,
-             constraints: Constraints | None = None, series_order: bool = True) -> Ranked:
+def rank_one(
+    source: CandidateSource,
+    ctx: UserContext,
+    k: int,
+    constraints: Constraints | None = None,
+    series_order: bool = True,
+) -> Ranked:
     """:func:`rank` for one reader (the live path): the same arithmetic, a batch of one."""
     return rank(source, [ctx], k, constraints, series_order)[0]
 

@@ -16,7 +16,7 @@ neighbours' ratings minus each neighbour's own mean, shrunk toward 0 by ``shrink
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -51,7 +51,9 @@ class _Ratings:
         self.mean = np.asarray(R.sum(axis=1)).ravel() / counts
         self.C = R.copy()
         self.C.data = self.C.data - np.repeat(self.mean, np.diff(R.indptr))
-        self.C.data[self.C.data == 0] = 1e-9  # keep the pattern: a rating equal to the mean is still a rating
+        self.C.data[self.C.data == 0] = (
+            1e-9  # keep the pattern: a rating equal to the mean is still a rating
+        )
 
 
 def _ratings(lib: Library) -> _Ratings:
@@ -61,7 +63,9 @@ def _ratings(lib: Library) -> _Ratings:
     return cache[0]
 
 
-def neighbourhood_scores(lib: Library, rows: np.ndarray, sims: np.ndarray, cfg: ReadersConfig) -> np.ndarray:
+def neighbourhood_scores(
+    lib: Library, rows: np.ndarray, sims: np.ndarray, cfg: ReadersConfig
+) -> np.ndarray:
     """Book scores for each reader from their neighbours.
 
     Args:
@@ -92,7 +96,11 @@ def neighbourhood_scores(lib: Library, rows: np.ndarray, sims: np.ndarray, cfg: 
     total = s.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         support = mass / np.where(total > 0, total, 1.0)
-        avg = centred / (mass + cfg.shrinkage) if cfg.shrinkage > 0 else np.where(mass > 0, centred / mass, 0.0)
+        avg = (
+            centred / (mass + cfg.shrinkage)
+            if cfg.shrinkage > 0
+            else np.where(mass > 0, centred / mass, 0.0)
+        )
     score = support + cfg.centred_weight * avg
     return np.where(mass > 0, score, NEG)
 
@@ -102,7 +110,9 @@ class ReaderIndex:
 
     def __init__(self, lib: Library, profile: ProfileConfig) -> None:
         self.lib, self.profile = lib, profile
-        users, vecs, _ = build_profiles(lib.ratings, lib.index, lib.vectors, profile, lib.has_timestamps)
+        users, vecs, _ = build_profiles(
+            lib.ratings, lib.index, lib.vectors, profile, lib.has_timestamps
+        )
         keep = [i for i, u in enumerate(users) if u in lib.user_index]
         self.user_ids = [users[i] for i in keep]
         self.vectors = vecs[keep].astype(np.float32)
@@ -112,11 +122,19 @@ class ReaderIndex:
 
     def taste_vector(self, ctx: UserContext) -> np.ndarray | None:
         """The reader's taste vector from their history (what Chroma holds for a stored reader)."""
-        p = profile_from_history(ctx.history, None, self.profile, self.lib.has_timestamps,
-                                 matrix=self.lib.vectors, index=self.lib.index)
+        p = profile_from_history(
+            ctx.history,
+            None,
+            self.profile,
+            self.lib.has_timestamps,
+            matrix=self.lib.vectors,
+            index=self.lib.index,
+        )
         return p.vector if p is not None and p.norm > 0 else None
 
-    def exact(self, V: np.ndarray, self_ids: Sequence[str | None], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def exact(
+        self, V: np.ndarray, self_ids: Sequence[str | None], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosine top ``k`` (R rows, sims) for each row of ``V``, the reader themself left out.
 
         Ties go to the lower row, so the result is deterministic.
@@ -128,8 +146,11 @@ class ReaderIndex:
         k = min(k, S.shape[1])
         if k <= 0:
             return np.full((len(V), 0), -1), np.zeros((len(V), 0))
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < S.shape[1] else \
-            np.tile(np.arange(S.shape[1]), (len(V), 1))
+        part = (
+            np.argpartition(-S, k - 1, axis=1)[:, :k]
+            if k < S.shape[1]
+            else np.tile(np.arange(S.shape[1]), (len(V), 1))
+        )
         ps = np.take_along_axis(S, part, axis=1)
         order = np.lexsort((part, -ps), axis=1)
         idx = np.take_along_axis(part, order, axis=1)
@@ -189,8 +210,13 @@ class ReadersSource(CandidateSource):
 
     name = "readers"
 
-    def __init__(self, lib: Library, cfg: ReadersConfig | None = None, profile: ProfileConfig | None = None,
-                 store=None) -> None:
+    def __init__(
+        self,
+        lib: Library,
+        cfg: ReadersConfig | None = None,
+        profile: ProfileConfig | None = None,
+        store=None,
+    ) -> None:
         super().__init__(lib)
         self.cfg = cfg or ReadersConfig()
         self.profile = profile or ProfileConfig()
@@ -204,8 +230,14 @@ class ReadersSource(CandidateSource):
 
     def taste_vector(self, ctx: UserContext) -> np.ndarray | None:
         """The reader's taste vector, rebuilt from ``ctx.history`` (equal to the stored one)."""
-        p = profile_from_history(ctx.history, None, self.profile, self.lib.has_timestamps,
-                                 matrix=self.lib.vectors, index=self.lib.index)
+        p = profile_from_history(
+            ctx.history,
+            None,
+            self.profile,
+            self.lib.has_timestamps,
+            matrix=self.lib.vectors,
+            index=self.lib.index,
+        )
         return p.vector if p is not None and p.norm > 0 else None
 
     def neighbours(self, ctxs: Sequence[UserContext]) -> tuple[np.ndarray, np.ndarray]:
@@ -222,15 +254,20 @@ class ReadersSource(CandidateSource):
             return res
         return self._chroma_neighbours(ctxs, k)
 
-    def _chroma_neighbours(self, ctxs: Sequence[UserContext], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _chroma_neighbours(
+        self, ctxs: Sequence[UserContext], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         rows = np.full((len(ctxs), k), -1, dtype=np.int64)
         sims = np.zeros((len(ctxs), k))
         for i, c in enumerate(ctxs):
             v = self.taste_vector(c)
             if v is None:
                 continue
-            hits = [(u, s) for u, s in self.store.query("users", v, k + 1)
-                    if u != c.user_id and u in self.lib.user_index][:k]
+            hits = [
+                (u, s)
+                for u, s in self.store.query("users", v, k + 1)
+                if u != c.user_id and u in self.lib.user_index
+            ][:k]
             for j, (u, s) in enumerate(hits):
                 rows[i, j], sims[i, j] = self.lib.user_index[u], s
         return rows, sims
@@ -245,7 +282,7 @@ class ReadersSource(CandidateSource):
         return self.score_batch([ctx])[0]
 
     def source_evidence(self, ctx: UserContext, item: int) -> list[Evidence]:
-        """"N readers whose taste is closest to yours rated it X★ on average", when N >= 3."""
+        """ "N readers whose taste is closest to yours rated it X★ on average", when N >= 3."""
         rows, sims = self.neighbours([ctx])
         nb = rows[0][(rows[0] >= 0) & (sims[0] >= self.cfg.min_similarity)]
         if not len(nb):
@@ -256,9 +293,16 @@ class ReadersSource(CandidateSource):
         if len(hit) < EVIDENCE_MIN:
             return []
         vals = np.array([rated[r] for r in hit])
-        return [Evidence("readers_like_you", count=len(hit), value=round(float(vals.mean()), 2),
-                         share=round(float((vals >= LIKED).mean()), 2), neighbours=int(len(nb)),
-                         reader_ids=tuple(self.lib.user_ids[r] for r in hit))]
+        return [
+            Evidence(
+                "readers_like_you",
+                count=len(hit),
+                value=round(float(vals.mean()), 2),
+                share=round(float((vals >= LIKED).mean()), 2),
+                neighbours=int(len(nb)),
+                reader_ids=tuple(self.lib.user_ids[r] for r in hit),
+            )
+        ]
 
     def evidence(self, ctx, item, liked):
         return self.source_evidence(ctx, item) + super().evidence(ctx, item, liked)
@@ -276,9 +320,13 @@ class UserKNNSource(CandidateSource):
 
     name = "userknn"
 
-    def __init__(self, lib: Library, neighbours: int = 50, shrink: float = 10.0, centred_weight: float = 0.2) -> None:
+    def __init__(
+        self, lib: Library, neighbours: int = 50, shrink: float = 10.0, centred_weight: float = 0.2
+    ) -> None:
         super().__init__(lib)
-        self.cfg = ReadersConfig(neighbours=int(neighbours), shrinkage=2.0, centred_weight=float(centred_weight))
+        self.cfg = ReadersConfig(
+            neighbours=int(neighbours), shrinkage=2.0, centred_weight=float(centred_weight)
+        )
         self.shrink = float(shrink)
         rt = _ratings(lib)
         norms = np.sqrt(np.asarray(rt.C.multiply(rt.C).sum(axis=1)).ravel())
@@ -304,12 +352,14 @@ class UserKNNSource(CandidateSource):
         kk = max(self.cfg.neighbours, _CACHE_K)
         rows = np.full((len(ctxs), kk), -1, dtype=np.int64)
         sims = np.zeros((len(ctxs), kk))
-        todo = [i for i, c in enumerate(ctxs) if _ctx_key(c) not in self._cache or _ctx_key(c) is None]
+        todo = [
+            i for i, c in enumerate(ctxs) if _ctx_key(c) not in self._cache or _ctx_key(c) is None
+        ]
         for i, c in enumerate(ctxs):
             if i not in todo:
                 rows[i], sims[i] = self._cache[_ctx_key(c)]
         for s0 in range(0, len(todo), 250):  # 250 x readers dense blocks bound the memory
-            part_ids = todo[s0:s0 + 250]
+            part_ids = todo[s0 : s0 + 250]
             sub = [ctxs[i] for i in part_ids]
             Xc, Xb = self._row(sub)
             S = (Xc @ self._CnT).toarray()
@@ -320,8 +370,11 @@ class UserKNNSource(CandidateSource):
                 if c.user_id in self.lib.user_index:
                     S[j, self.lib.user_index[c.user_id]] = -np.inf
             k = min(kk, S.shape[1])
-            part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < S.shape[1] else \
-                np.tile(np.arange(S.shape[1]), (len(sub), 1))
+            part = (
+                np.argpartition(-S, k - 1, axis=1)[:, :k]
+                if k < S.shape[1]
+                else np.tile(np.arange(S.shape[1]), (len(sub), 1))
+            )
             ps = np.take_along_axis(S, part, axis=1)
             order = np.lexsort((part, -ps), axis=1)
             idx = np.take_along_axis(part, order, axis=1)

@@ -30,16 +30,24 @@ from .config import (
     FusionConfig,
     PopularityConfig,
     ProfileConfig,
-    RequestConfig,
     ReadersConfig,
+    RequestConfig,
     SASRecConfig,
     SequenceConfig,
     SeriesConfig,
 )
 from .library import Library
 
-__all__ = ["BuildDeps", "SOURCES", "SourceSpec", "build_hybrid", "build_source", "build_sources",
-           "section_configs", "source_names"]
+__all__ = [
+    "BuildDeps",
+    "SOURCES",
+    "SourceSpec",
+    "build_hybrid",
+    "build_source",
+    "build_sources",
+    "section_configs",
+    "source_names",
+]
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,10 @@ class SourceSpec:
     def available(self, lib: Library) -> str | None:
         """``None`` when the source can be built on ``lib``, else why not (one line)."""
         if self.needs_order and not lib.ordered:
-            return (f"{self.name}: the ratings carry no event order "
-                    "(no timestamps, no documented row order)")
+            return (
+                f"{self.name}: the ratings carry no event order "
+                "(no timestamps, no documented row order)"
+            )
         return None
 
 
@@ -134,8 +144,10 @@ def _sasrec(lib: Library, cfg: SASRecConfig, deps: BuildDeps):
 
     model = deps.fitted.get("sasrec")
     if model is None:
-        raise ValueError("sasrec: no trained model (SASRec is trained at `readnext ingest` on ordered data; "
-                         "re-ingest, or set sasrec.enabled and check the data has an order)")
+        raise ValueError(
+            "sasrec: no trained model (SASRec is trained at `readnext ingest` on ordered data; "
+            "re-ingest, or set sasrec.enabled and check the data has an order)"
+        )
     cfg.validate("sasrec")
     return SASRecSource(lib, getattr(model, "model", model))
 
@@ -147,28 +159,83 @@ def _readers(lib: Library, cfg: ReadersConfig, deps: BuildDeps):
     return ReadersSource(lib, cfg, deps.profile or ProfileConfig(), deps.store)
 
 
-SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
-    SourceSpec("content", "profile", ProfileConfig, _content,
-               summary="embedding similarity of the reader's profile (and request) to each book"),
-    SourceSpec("cf", "cf", CFConfig, _cf,
-               summary="collaborative filtering (EASE, ALS, item-kNN, BPR), weighted row"),
-    SourceSpec("popularity", "popularity", PopularityConfig, _popularity,
-               summary="most-rated books, damped mean rating as a tie-breaker"),
-    SourceSpec("series", "series", SeriesConfig, _series,
-               summary="the next unread volume of each series the reader liked"),
-    SourceSpec("sequence", "sequence", SequenceConfig, _sequence, needs_order=True, optional=True,
-               summary="what readers rated next after the reader's latest books"),
-    SourceSpec("lexical", "request", RequestConfig, _lexical, request_only=True,
-               default_weight=lambda c: c.lexical_weight,
-               summary="BM25 over tags, authors, titles, descriptions for the request's words"),
-    SourceSpec("anchor", "request", RequestConfig, _anchor, request_only=True,
-               default_weight=lambda c: c.anchor_weight,
-               summary='books like the request\'s anchors ("something like X")'),
-    SourceSpec("sasrec", "sasrec", SASRecConfig, _sasrec, needs_order=True, optional=True, needs_fitted=True,
-               summary="SASRec self-attention over the reading order (trained at ingest)"),
-    SourceSpec("readers", "readers", ReadersConfig, _readers,
-               summary="books rated by the readers whose taste vector is closest (Chroma `users`)"),
-)}
+SOURCES: dict[str, SourceSpec] = {
+    s.name: s
+    for s in (
+        SourceSpec(
+            "content",
+            "profile",
+            ProfileConfig,
+            _content,
+            summary="embedding similarity of the reader's profile (and request) to each book",
+        ),
+        SourceSpec(
+            "cf",
+            "cf",
+            CFConfig,
+            _cf,
+            summary="collaborative filtering (EASE, ALS, item-kNN, BPR), weighted row",
+        ),
+        SourceSpec(
+            "popularity",
+            "popularity",
+            PopularityConfig,
+            _popularity,
+            summary="most-rated books, damped mean rating as a tie-breaker",
+        ),
+        SourceSpec(
+            "series",
+            "series",
+            SeriesConfig,
+            _series,
+            summary="the next unread volume of each series the reader liked",
+        ),
+        SourceSpec(
+            "sequence",
+            "sequence",
+            SequenceConfig,
+            _sequence,
+            needs_order=True,
+            optional=True,
+            summary="what readers rated next after the reader's latest books",
+        ),
+        SourceSpec(
+            "lexical",
+            "request",
+            RequestConfig,
+            _lexical,
+            request_only=True,
+            default_weight=lambda c: c.lexical_weight,
+            summary="BM25 over tags, authors, titles, descriptions for the request's words",
+        ),
+        SourceSpec(
+            "anchor",
+            "request",
+            RequestConfig,
+            _anchor,
+            request_only=True,
+            default_weight=lambda c: c.anchor_weight,
+            summary='books like the request\'s anchors ("something like X")',
+        ),
+        SourceSpec(
+            "sasrec",
+            "sasrec",
+            SASRecConfig,
+            _sasrec,
+            needs_order=True,
+            optional=True,
+            needs_fitted=True,
+            summary="SASRec self-attention over the reading order (trained at ingest)",
+        ),
+        SourceSpec(
+            "readers",
+            "readers",
+            ReadersConfig,
+            _readers,
+            summary="books rated by the readers whose taste vector is closest (Chroma `users`)",
+        ),
+    )
+}
 
 
 def source_names() -> tuple[str, ...]:
@@ -178,8 +245,10 @@ def source_names() -> tuple[str, ...]:
 
 def section_configs(settings: Any = None) -> dict[str, Any]:
     """``{source name: its config}`` from a ``Settings`` (or defaults for each, when None)."""
-    return {n: (getattr(settings, s.section) if settings is not None else s.config())
-            for n, s in SOURCES.items()}
+    return {
+        n: (getattr(settings, s.section) if settings is not None else s.config())
+        for n, s in SOURCES.items()
+    }
 
 
 def build_source(name: str, lib: Library, config: Any = None, deps: BuildDeps | None = None):
@@ -193,8 +262,9 @@ def build_source(name: str, lib: Library, config: Any = None, deps: BuildDeps | 
         raise ValueError(f"unknown source {name!r}; sources are {', '.join(SOURCES)}")
     cfg = spec.config() if config is None else config
     if not isinstance(cfg, spec.config):
-        raise ValueError(f"source {name}: config must be a {spec.config.__name__}, "
-                         f"got {type(cfg).__name__}")
+        raise ValueError(
+            f"source {name}: config must be a {spec.config.__name__}, got {type(cfg).__name__}"
+        )
     why = spec.available(lib)
     if why:
         raise ValueError(why)
@@ -214,10 +284,18 @@ def build_hybrid(lib: Library, sources: Mapping[str, Any], fusion: FusionConfig 
     return h
 
 
-def build_sources(lib: Library, settings: Any = None, *, configs: Mapping[str, Any] | None = None,
-                  fusion: FusionConfig | None = None, deps: BuildDeps | None = None,
-                  embed_query=None, store=None, fitted: Mapping[str, Any] | None = None,
-                  seed: int = 0) -> dict[str, Any]:
+def build_sources(
+    lib: Library,
+    settings: Any = None,
+    *,
+    configs: Mapping[str, Any] | None = None,
+    fusion: FusionConfig | None = None,
+    deps: BuildDeps | None = None,
+    embed_query=None,
+    store=None,
+    fitted: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Every source that applies to ``lib``, and ``"hybrid"`` fusing them: the product's and eval's.
 
     Configs come from ``configs`` (by source name), else ``settings`` (a ``Settings``), else the

@@ -23,9 +23,9 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -44,7 +44,9 @@ def _torch():
     return torch
 
 
-def training_sequences(lib: Library, shuffle_seed: int | None = None) -> tuple[list[str], list[np.ndarray]]:
+def training_sequences(
+    lib: Library, shuffle_seed: int | None = None
+) -> tuple[list[str], list[np.ndarray]]:
     """Every reader's rated books as 1-based ids of the rated part of the catalog, oldest first.
 
     ``shuffle_seed`` permutes each reader's sequence (the shuffled-order control experiment).
@@ -55,7 +57,9 @@ def training_sequences(lib: Library, shuffle_seed: int | None = None) -> tuple[l
     users, seqs = [], []
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
     for u, hist in lib.histories().items():
-        s = np.array([col[lib.index[r.book_id]] for r in hist if r.book_id in lib.index], dtype=np.int64)
+        s = np.array(
+            [col[lib.index[r.book_id]] for r in hist if r.book_id in lib.index], dtype=np.int64
+        )
         s = s[s > 0]
         if len(s):
             if rng is not None:
@@ -93,10 +97,17 @@ def _build_net(n_items: int, cfg: SASRecConfig):
         def __init__(self) -> None:
             super().__init__()
             self.ln1 = nn.LayerNorm(cfg.hidden)
-            self.attn = nn.MultiheadAttention(cfg.hidden, cfg.heads, dropout=cfg.dropout, batch_first=True)
+            self.attn = nn.MultiheadAttention(
+                cfg.hidden, cfg.heads, dropout=cfg.dropout, batch_first=True
+            )
             self.ln2 = nn.LayerNorm(cfg.hidden)
-            self.ff = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
-                                    nn.Linear(cfg.hidden, cfg.hidden), nn.Dropout(cfg.dropout))
+            self.ff = nn.Sequential(
+                nn.Linear(cfg.hidden, cfg.hidden),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.hidden, cfg.hidden),
+                nn.Dropout(cfg.dropout),
+            )
             self.drop = nn.Dropout(cfg.dropout)
 
         def forward(self, x, mask, keep):
@@ -143,7 +154,7 @@ def _pad_left(seqs: Sequence[np.ndarray], L: int) -> np.ndarray:
     for i, s in enumerate(seqs):
         s = s[-L:]
         if len(s):
-            out[i, L - len(s):] = s
+            out[i, L - len(s) :] = s
     return out
 
 
@@ -162,7 +173,9 @@ class SASRecModel:
     ``item_ids[j]`` is the book of output column ``j`` (1-based input id ``j + 1``).
     """
 
-    def __init__(self, net, cfg: SASRecConfig, item_ids: list[str], report: TrainReport | None = None) -> None:
+    def __init__(
+        self, net, cfg: SASRecConfig, item_ids: list[str], report: TrainReport | None = None
+    ) -> None:
         # scored in float64: a reader's scores alone and in a batch agree to ~1e-12 (float32
         # batched matmuls differ from single ones by ~1e-6, enough to swap near-ties)
         self.net = net.eval().double()
@@ -183,22 +196,29 @@ class SASRecModel:
         L = self.cfg.max_len
         with _threads(self.cfg.threads), torch.inference_mode():
             for s in range(0, len(seqs), batch):
-                part = seqs[s:s + batch]
+                part = seqs[s : s + batch]
                 # always padded to max_len: a reader scores the same alone and in a batch
                 X = torch.from_numpy(_pad_left(part, L))
                 h = self.net(X)[:, -1]
                 S = self.net.logits(h).numpy()
                 has = np.array([len(p) > 0 for p in part])
-                out[s:s + len(part)][has] = S[has]
+                out[s : s + len(part)][has] = S[has]
         return out
 
     def save(self, path: Path) -> None:
         torch = _torch()
-        torch.save({"config": asdict(self.cfg), "item_ids": self.item_ids, "state": self.net.state_dict(),
-                    "report": self.report.to_dict()}, path)
+        torch.save(
+            {
+                "config": asdict(self.cfg),
+                "item_ids": self.item_ids,
+                "state": self.net.state_dict(),
+                "report": self.report.to_dict(),
+            },
+            path,
+        )
 
     @classmethod
-    def load(cls, path: Path) -> "SASRecModel":
+    def load(cls, path: Path) -> SASRecModel:
         torch = _torch()
         d = torch.load(path, map_location="cpu", weights_only=True)
         cfg = SASRecConfig(**d["config"])
@@ -231,23 +251,29 @@ def _val_ndcg(net, prefixes: list[np.ndarray], targets: np.ndarray, L: int, k: i
     total = 0.0
     with torch.inference_mode():
         for s in range(0, len(prefixes), 512):
-            part = prefixes[s:s + 512]
+            part = prefixes[s : s + 512]
             h = net(torch.from_numpy(_pad_left(part, L)))[:, -1]
             S = net.logits(h)
             for i, p in enumerate(part):
                 S[i, torch.from_numpy(p - 1)] = -torch.inf  # seen books are never ranked
-            tgt = torch.from_numpy(targets[s:s + len(part)] - 1)
+            tgt = torch.from_numpy(targets[s : s + len(part)] - 1)
             t_score = S.gather(1, tgt[:, None])
-            rank = (S > t_score).sum(1)
+            rank = (t_score < S).sum(1)
             total += float(torch.where(rank < k, 1.0 / torch.log2(rank.double() + 2), 0.0).sum())
     net.train()
     return total / max(len(prefixes), 1)
 
 
-def train_sasrec(lib: Library, cfg: SASRecConfig | None = None, progress: bool = True,
-                 cache_dir: Path | None = None, shuffle_seed: int | None = None,
-                 desc: str = "train sasrec", init: SASRecModel | None = None,
-                 max_epochs: int | None = None) -> SASRecModel:
+def train_sasrec(
+    lib: Library,
+    cfg: SASRecConfig | None = None,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+    shuffle_seed: int | None = None,
+    desc: str = "train sasrec",
+    init: SASRecModel | None = None,
+    max_epochs: int | None = None,
+) -> SASRecModel:
     """Train SASRec on every reader's sequence in ``lib`` (full softmax cross-entropy).
 
     Args:
@@ -268,8 +294,10 @@ def train_sasrec(lib: Library, cfg: SASRecConfig | None = None, progress: bool =
     """
     cfg = cfg or SASRecConfig()
     if not lib.ordered:
-        raise ValueError("SASRec needs events with an order (timestamps or a documented chronological file); "
-                         "this library has none")
+        raise ValueError(
+            "SASRec needs events with an order (timestamps or a documented chronological file); "
+            "this library has none"
+        )
     users, seqs = training_sequences(lib)
     active = np.flatnonzero(lib.pop_count > 0)
     item_ids = [lib.books[i].book_id for i in active]
@@ -280,7 +308,9 @@ def train_sasrec(lib: Library, cfg: SASRecConfig | None = None, progress: bool =
     if shuffle_seed is not None:
         key = hashlib.sha256(f"{key}|shuffle={shuffle_seed}".encode()).hexdigest()[:24]
     if init is not None or max_epochs is not None:
-        extra = f"{key}|init={_state_digest(init) if init is not None else None}|epochs={max_epochs}"
+        extra = (
+            f"{key}|init={_state_digest(init) if init is not None else None}|epochs={max_epochs}"
+        )
         key = hashlib.sha256(extra.encode()).hexdigest()[:24]
     cached = Path(cache_dir) / f"sasrec-{key}.pt" if cache_dir is not None else None
     lock = cached.with_suffix(".lock") if cached is not None else None
@@ -294,8 +324,17 @@ def train_sasrec(lib: Library, cfg: SASRecConfig | None = None, progress: bool =
         lock.parent.mkdir(parents=True, exist_ok=True)
         lock.write_text(str(os.getpid()))
     try:
-        return _train(seqs, item_ids, cfg, progress, cached, shuffle_seed, desc, init,
-                      max_epochs or cfg.max_epochs)
+        return _train(
+            seqs,
+            item_ids,
+            cfg,
+            progress,
+            cached,
+            shuffle_seed,
+            desc,
+            init,
+            max_epochs or cfg.max_epochs,
+        )
     finally:
         if lock is not None:
             lock.unlink(missing_ok=True)
@@ -338,9 +377,17 @@ def _state_digest(model: SASRecModel) -> str:
     return h.hexdigest()[:16]
 
 
-def _train(seqs: list[np.ndarray], item_ids: list[str], cfg: SASRecConfig, progress: bool,
-           cached: Path | None, shuffle_seed: int | None, desc: str, init: SASRecModel | None,
-           max_epochs: int) -> SASRecModel:
+def _train(
+    seqs: list[np.ndarray],
+    item_ids: list[str],
+    cfg: SASRecConfig,
+    progress: bool,
+    cached: Path | None,
+    shuffle_seed: int | None,
+    desc: str,
+    init: SASRecModel | None,
+    max_epochs: int,
+) -> SASRecModel:
     from tqdm.auto import tqdm
 
     torch = _torch()
@@ -354,11 +401,11 @@ def _train(seqs: list[np.ndarray], item_ids: list[str], cfg: SASRecConfig, progr
     train, prefixes, targets = [], [], []
     for i, s in enumerate(seqs):
         if i in val:
-            prefixes.append(s[:-1][-cfg.max_len:])
+            prefixes.append(s[:-1][-cfg.max_len :])
             targets.append(s[-1])
             s = s[:-1]
         if len(s) >= 2:
-            train.append(s[-(cfg.max_len + 1):])
+            train.append(s[-(cfg.max_len + 1) :])
     if shuffle_seed is not None:
         # the control: training sequences lose their order; validation keeps the true last event
         # (and its true prefix), so the early stop and the curves compare with the ordered model
@@ -373,9 +420,13 @@ def _train(seqs: list[np.ndarray], item_ids: list[str], cfg: SASRecConfig, progr
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
         lengths = np.array([len(s) for s in train])
         order = np.argsort(lengths, kind="stable")
-        batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
-        rep = TrainReport(sequences=len(train), validation_readers=len(prefixes), shuffled=shuffle_seed is not None,
-                          warm_start=init is not None)
+        batches = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+        rep = TrainReport(
+            sequences=len(train),
+            validation_readers=len(prefixes),
+            shuffled=shuffle_seed is not None,
+            warm_start=init is not None,
+        )
         if init is not None:  # the starting point must be beaten, else it is kept
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             best = _val_ndcg(net, prefixes, targets_a, cfg.max_len) if prefixes else 0.0
@@ -383,7 +434,9 @@ def _train(seqs: list[np.ndarray], item_ids: list[str], cfg: SASRecConfig, progr
         else:
             best_state, best = None, -1.0
         bad = 0
-        bar = tqdm(range(1, max_epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
+        bar = tqdm(
+            range(1, max_epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False
+        )
         net.train()
         for epoch in bar:
             for bi in rng.permutation(len(batches)):
@@ -392,7 +445,7 @@ def _train(seqs: list[np.ndarray], item_ids: list[str], cfg: SASRecConfig, progr
                 X = torch.from_numpy(_pad_left([train[j] for j in b], L))
                 inp, tgt = X[:, :-1], X[:, 1:]
                 if inp.shape[1] > cfg.max_len:
-                    inp, tgt = inp[:, -cfg.max_len:], tgt[:, -cfg.max_len:]
+                    inp, tgt = inp[:, -cfg.max_len :], tgt[:, -cfg.max_len :]
                 h = net(inp)
                 keep = tgt > 0
                 loss = torch.nn.functional.cross_entropy(net.logits(h[keep]), tgt[keep] - 1)

@@ -23,8 +23,15 @@ from dataclasses import dataclass, field
 
 from .types import Book
 
-__all__ = ["SeriesInfo", "SeriesIndex", "parse_series", "series_key", "series_info",
-           "next_in_series", "series_filter"]
+__all__ = [
+    "SeriesInfo",
+    "SeriesIndex",
+    "parse_series",
+    "series_key",
+    "series_info",
+    "next_in_series",
+    "series_filter",
+]
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ def _trailing_group(title: str) -> tuple[str, str] | None:
             depth -= 1
             if depth == 0:
                 head = s[:i].rstrip()
-                return (head, s[i + 1:-1].strip()) if head else None
+                return (head, s[i + 1 : -1].strip()) if head else None
     return None
 
 
@@ -114,8 +121,14 @@ def parse_series(title: str) -> SeriesInfo:
         extra = float(more.group("num"))
         start, end = min(start, extra), max(end, extra)
     if omnibus:
-        return SeriesInfo(title=head, series=series, index=None, omnibus=True,
-                          first=min(start, end), last=max(start, end))
+        return SeriesInfo(
+            title=head,
+            series=series,
+            index=None,
+            omnibus=True,
+            first=min(start, end),
+            last=max(start, end),
+        )
     return SeriesInfo(title=head, series=series, index=start, first=start, last=start)
 
 
@@ -133,8 +146,9 @@ def series_info(book: Book) -> SeriesInfo:
     """A book's series info: its ``series``/``series_index`` fields, else parsed from the title."""
     if book.series and book.series_index is not None:
         idx = float(book.series_index)
-        return SeriesInfo(title=parse_series(book.title).title, series=book.series, index=idx,
-                          first=idx, last=idx)
+        return SeriesInfo(
+            title=parse_series(book.title).title, series=book.series, index=idx, first=idx, last=idx
+        )
     info = parse_series(book.title)
     if info.series is None and book.series:
         return SeriesInfo(title=info.title, series=book.series)
@@ -186,7 +200,9 @@ class SeriesIndex:
                 continue
             got = out.setdefault(self.keys[bid], set())
             if info.omnibus and info.first is not None and info.last is not None:
-                got.update(float(i) for i in range(math.ceil(info.first), math.floor(info.last) + 1))
+                got.update(
+                    float(i) for i in range(math.ceil(info.first), math.floor(info.last) + 1)
+                )
             elif info.is_volume:
                 got.add(float(info.index))  # type: ignore[arg-type]
         return out
@@ -202,8 +218,11 @@ class SeriesIndex:
             key = self.keys[cid]
             have = read.get(key, set())
             if info.omnibus:
-                if info.first is not None and info.last is not None and any(
-                        info.first <= v <= info.last for v in have):
+                if (
+                    info.first is not None
+                    and info.last is not None
+                    and any(info.first <= v <= info.last for v in have)
+                ):
                     drop.add(cid)
                 continue
             if not info.is_volume:
@@ -234,8 +253,9 @@ class SeriesIndex:
         out = {b for b in self.default_blocked() if self.keys[b] not in touched}
         return out | self.blocked([b for k in touched for b in self.members[k]], read)
 
-    def next_volumes(self, history: Mapping[str, float], books: Mapping[str, Book],
-                     liked_threshold: float = 3.5) -> dict[str, Book]:
+    def next_volumes(
+        self, history: Mapping[str, float], books: Mapping[str, Book], liked_threshold: float = 3.5
+    ) -> dict[str, Book]:
         """See :func:`next_in_series`."""
         ratings: dict[str, list[float]] = {}
         for bid, r in history.items():
@@ -248,8 +268,9 @@ class SeriesIndex:
                 continue
             have = read.get(key, set())
             top = max(have) if have else -math.inf
-            nxt = sorted(i for i in self.volumes.get(key, {})
-                         if i.is_integer() and i > top and i not in have)
+            nxt = sorted(
+                i for i in self.volumes.get(key, {}) if i.is_integer() and i > top and i not in have
+            )
             if not nxt:
                 continue
             # Several editions may share an index: take the first in catalog order.
@@ -258,8 +279,12 @@ class SeriesIndex:
         return out
 
 
-def next_in_series(history: Mapping[str, float], books: Mapping[str, Book],
-                   liked_threshold: float = 3.5, index: SeriesIndex | None = None) -> dict[str, Book]:
+def next_in_series(
+    history: Mapping[str, float],
+    books: Mapping[str, Book],
+    liked_threshold: float = 3.5,
+    index: SeriesIndex | None = None,
+) -> dict[str, Book]:
     """Next unread volume of each series the reader liked.
 
     ``history`` maps book_id -> rating. A series counts as liked when the mean rating of the
@@ -273,8 +298,12 @@ def next_in_series(history: Mapping[str, float], books: Mapping[str, Book],
     return idx.next_volumes(history, books, liked_threshold)
 
 
-def series_filter(candidate_ids: Iterable[str], read_ids: Iterable[str], books: Mapping[str, Book],
-                  index: SeriesIndex | None = None) -> set[str]:
+def series_filter(
+    candidate_ids: Iterable[str],
+    read_ids: Iterable[str],
+    books: Mapping[str, Book],
+    index: SeriesIndex | None = None,
+) -> set[str]:
     """Candidate ids to drop because they would skip ahead in a series.
 
     Let ``top`` be the highest integer volume of series S the reader has covered (single volumes

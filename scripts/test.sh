@@ -7,6 +7,8 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO
        ANONYMIZED_TELEMETRY=False TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 # One torch thread for the tiny LLM: on 2 shared cores, 2 threads were 3-60x slower (bench_llm).
 export READNEXT_LLM_THREADS=${READNEXT_LLM_THREADS:-1}
+# Lint and format first (seconds): the style rules live in pyproject.toml [tool.ruff].
+.venv/bin/ruff check . && .venv/bin/ruff format --check . || { echo "ruff: fix the lines above (ruff check --fix . && ruff format .)" >&2; exit 1; }
 .venv/bin/python -m pytest "$@"
 rc=$?
 if [[ $rc == 5 ]]; then

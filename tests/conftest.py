@@ -52,7 +52,12 @@ def demo_home(tmp_path_factory, emb_cache) -> Path:
     home = _home(tmp_path_factory, "demo-home", emb_cache)
     # SASRec is trained at ingest; a short training keeps the session fixtures fast (its quality
     # is tested in test_sasrec.py with a full training)
-    ingest(load_demo(), Settings.load(home=home, env={}, sasrec=_SHORT_SASREC), progress=False, quiet=True)
+    ingest(
+        load_demo(),
+        Settings.load(home=home, env={}, sasrec=_SHORT_SASREC),
+        progress=False,
+        quiet=True,
+    )
     return home
 
 
@@ -64,15 +69,27 @@ def gb_home(tmp_path_factory, emb_cache) -> Path:
 
     d = shared("goodbooks-sample")
     home = _home(tmp_path_factory, "gb-home", emb_cache)
-    ingest(load_dataset("goodbooks", directory=d), Settings.load(home=home, env={}, sasrec=_SHORT_SASREC),
-           progress=False, quiet=True)
+    ingest(
+        load_dataset("goodbooks", directory=d),
+        Settings.load(home=home, env={}, sasrec=_SHORT_SASREC),
+        progress=False,
+        quiet=True,
+    )
     return home
 
 
-def run_cli(*args: str, home: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, home: Path | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Run the real `readnext` console entry point in a fresh process."""
     env = dict(os.environ)
     if home is not None:
         env["READNEXT_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "assistant.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "assistant.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

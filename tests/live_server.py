@@ -43,8 +43,13 @@ class ChatServer:
         e = dict(os.environ, READNEXT_HOME=str(home), READNEXT_LLM_BACKEND="none", **(env or {}))
         self.log = log or (self.home.parent / f"chat-{self.port}.log")
         self._logf = open(self.log, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "assistant.cli", "chat", "--port", str(self.port)],
-                                     cwd=ROOT, env=e, stdout=self._logf, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "assistant.cli", "chat", "--port", str(self.port)],
+            cwd=ROOT,
+            env=e,
+            stdout=self._logf,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_listening(self, timeout: float = 180) -> float:
         """Block until the port accepts connections; returns the monotonic time it did."""
@@ -56,7 +61,9 @@ class ChatServer:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0 and self._is_gradio():
                     return time.monotonic()
             time.sleep(0.05)
-        raise TimeoutError(f"chat server not listening after {timeout}s: {self.log.read_text()[-2000:]}")
+        raise TimeoutError(
+            f"chat server not listening after {timeout}s: {self.log.read_text()[-2000:]}"
+        )
 
     def _is_gradio(self) -> bool:
         try:
@@ -67,11 +74,16 @@ class ChatServer:
 
     def call(self, api: str, *data, timeout: float = 60):
         """Call a named endpoint; returns its result (raises on transport or server errors)."""
-        req = urllib.request.Request(f"{self.url}/gradio_api/call/{api}", data=json.dumps({"data": list(data)}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.url}/gradio_api/call/{api}",
+            data=json.dumps({"data": list(data)}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=timeout) as r:
             event_id = json.loads(r.read())["event_id"]
-        with urllib.request.urlopen(f"{self.url}/gradio_api/call/{api}/{event_id}", timeout=timeout) as r:
+        with urllib.request.urlopen(
+            f"{self.url}/gradio_api/call/{api}/{event_id}", timeout=timeout
+        ) as r:
             body = r.read().decode()
         event = None
         for line in body.splitlines():

@@ -381,9 +381,21 @@ def _toy_source_library():
     from retrieval.types import Book
 
     books = [Book(f"b{i}", f"Book {i}", ("A",)) for i in range(5)]
-    rows = [("u1", "b0", 5, 0), ("u1", "b1", 4, 1), ("u1", "b3", 2, 2), ("u2", "b1", 5, 0), ("u2", "b2", 3, 1),
-            ("u3", "b0", 4, 0), ("u3", "b2", 5, 1), ("u3", "b3", 4, 2), ("u4", "b3", 1, 0), ("u4", "b4", 5, 1)]
-    df = pd.DataFrame(rows, columns=["user_id", "book_id", "rating", "ts"]).astype({"rating": float, "ts": float})
+    rows = [
+        ("u1", "b0", 5, 0),
+        ("u1", "b1", 4, 1),
+        ("u1", "b3", 2, 2),
+        ("u2", "b1", 5, 0),
+        ("u2", "b2", 3, 1),
+        ("u3", "b0", 4, 0),
+        ("u3", "b2", 5, 1),
+        ("u3", "b3", 4, 2),
+        ("u4", "b3", 1, 0),
+        ("u4", "b4", 5, 1),
+    ]
+    df = pd.DataFrame(rows, columns=["user_id", "book_id", "rating", "ts"]).astype(
+        {"rating": float, "ts": float}
+    )
     return Library(books, np.eye(5, dtype=np.float32), df)
 
 
@@ -392,7 +404,11 @@ def test_cf_source_weighted_reader_row_by_hand() -> None:
     from retrieval.types import Rating, UserContext
 
     lib = _toy_source_library()
-    hist = [Rating("x", "b0", 5.0, 0.0), Rating("x", "b3", 2.0, 1.0), Rating("x", "b2", 4.0, 2.0)]  # oldest first
+    hist = [
+        Rating("x", "b0", 5.0, 0.0),
+        Rating("x", "b3", 2.0, 1.0),
+        Rating("x", "b2", 4.0, 2.0),
+    ]  # oldest first
     ctx = UserContext("x", hist)
     plain = CFSource(lib, "ease", {"l2": 1.0})
     same = CFSource(lib, "ease", {"l2": 1.0}, half_life_events=None, liked_boost=0.0)
@@ -403,7 +419,9 @@ def test_cf_source_weighted_reader_row_by_hand() -> None:
     # ages 2, 1, 0 -> recency 0.25, 0.5, 1; ratings 5, 2, 4 -> 1 + 0.5 * (r - 3) for r >= 3, else 1
     x = np.zeros(5)
     x[[0, 3, 2]] = [0.25 * 2.0, 0.5 * 1.0, 1.0 * 1.5]
-    want = x @ np.asarray(src.model.weights)  # every book has ratings, so the active columns are all five
+    want = x @ np.asarray(
+        src.model.weights
+    )  # every book has ratings, so the active columns are all five
     np.testing.assert_allclose(src.score(ctx), want, rtol=1e-5)
     # the newest book dominates: a reader whose last book was b2 ranks like "after b2", not "after b0"
     assert not np.allclose(src.score(ctx), plain.score(ctx))

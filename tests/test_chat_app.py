@@ -57,7 +57,9 @@ def test_api_lists_named_endpoints(client):
 def test_recommend_and_feedback_changes_next_answer(client, server):
     rec = server[1]
     u = next(x["user_id"] for x in rec.users() if x["n_ratings"] >= 30)
-    first = client.predict(user_id=u, message="what should I read next?", k=5, api_name="/recommend")
+    first = client.predict(
+        user_id=u, message="what should I read next?", k=5, api_name="/recommend"
+    )
     ids = [i["book_id"] for i in first["items"]]
     assert len(ids) == 5 and all(i["explanation"] for i in first["items"])
     read = {r.book_id for r in rec.history(u)}
@@ -67,9 +69,13 @@ def test_recommend_and_feedback_changes_next_answer(client, server):
     assert out["ok"]
     out = client.predict(user_id=u, book_id=ids[1], signal="like", api_name="/feedback")
     assert out["ok"]
-    second = client.predict(user_id=u, message="what should I read next?", k=5, api_name="/recommend")
+    second = client.predict(
+        user_id=u, message="what should I read next?", k=5, api_name="/recommend"
+    )
     ids2 = [i["book_id"] for i in second["items"]]
-    assert ids[0] not in ids2 and ids[1] not in ids2  # dismissed and liked books are not offered again
+    assert (
+        ids[0] not in ids2 and ids[1] not in ids2
+    )  # dismissed and liked books are not offered again
     assert ids2 != ids
     # persisted: a fresh Recommender on the same data dir sees the feedback
     fresh = Recommender.open(rec.settings.home)
@@ -79,8 +85,12 @@ def test_recommend_and_feedback_changes_next_answer(client, server):
 
 def test_new_reader_onboarding(client, server):
     rec = server[1]
-    out = client.predict(name="onboard-test", loved="The Hobbit\nA Game of Thrones", genres=["fantasy"],
-                         api_name="/new_reader")
+    out = client.predict(
+        name="onboard-test",
+        loved="The Hobbit\nA Game of Thrones",
+        genres=["fantasy"],
+        api_name="/new_reader",
+    )
     assert "Welcome" in out["text"] and out["user_id"] == "onboard-test"
     items = out["items"]
     assert len(items) == 5
@@ -96,9 +106,13 @@ def test_goodreads_import_through_the_api(client, server):
     out = client.predict(name="gr-reader", csv_text=text, api_name="/import_goodreads")
     assert out["user_id"] == "gr-reader"
     assert out["rows"] == 26 and out["matched"] >= 20
-    assert set(out["unmatched"]) >= {"Fourth Wing"} or any("Fourth Wing" in u for u in out["unmatched"])
+    assert set(out["unmatched"]) >= {"Fourth Wing"} or any(
+        "Fourth Wing" in u for u in out["unmatched"]
+    )
     assert out["to_read"] >= 3 and out["ratings"] >= 15
-    recs = client.predict(user_id="gr-reader", message="what should I read next?", k=5, api_name="/recommend")
+    recs = client.predict(
+        user_id="gr-reader", message="what should I read next?", k=5, api_name="/recommend"
+    )
     hist = {r.book_id for r in rec.history("gr-reader")}
     assert recs["items"] and not hist & {i["book_id"] for i in recs["items"]}
 
@@ -168,15 +182,19 @@ def test_llm_intent_is_validated_and_rules_are_the_fallback(chat_home):
 
     s = Settings.load(home=chat_home, env={})
     # the chat_intent v2 schema (assistant.intent.INTENT_SCHEMA): flat fields, "kind"
-    good = _ScriptedLLM('{"kind": "refine", "anchor_title": null, "ref_index": null, '
-                        '"include_tags": ["horror", "not-a-tag"], "exclude_tags": [], "authors": ["Nobody Atall"], '
-                        '"year_min": 1990, "year_max": null, "shorter": false, "lighter": false, "newer": false, '
-                        '"older": false, "query_text": "scary"}')
+    good = _ScriptedLLM(
+        '{"kind": "refine", "anchor_title": null, "ref_index": null, '
+        '"include_tags": ["horror", "not-a-tag"], "exclude_tags": [], "authors": ["Nobody Atall"], '
+        '"year_min": 1990, "year_max": null, "shorter": false, "lighter": false, "newer": false, '
+        '"older": false, "query_text": "scary"}'
+    )
     rec = Recommender(Index.open(chat_home), s, llm=good)
     eng = ChatEngine(rec, k=5, llm_picks=0)
     it = eng.parse("give me something scary and recent")
     assert good.calls == 1 and it.kind == "refine"
-    assert it.include_tags == ["horror"] and it.authors == [] and it.year_min == 1990  # unknown values dropped
+    assert (
+        it.include_tags == ["horror"] and it.authors == [] and it.year_min == 1990
+    )  # unknown values dropped
     bad = _ScriptedLLM("Sure! Here are some great books for you.")
     rec2 = Recommender(Index.open(chat_home), s, llm=bad)
     eng2 = ChatEngine(rec2, k=5, llm_picks=0)

@@ -28,8 +28,14 @@ VOCAB = catalog_tag_vocab(DEMO.books)
 
 
 def ctx(title: str, history=(), evidence=(), query=None) -> ClaimContext:
-    return ClaimContext(BY_TITLE[title], tuple(evidence), [(BY_TITLE[t], r) for t, r in history], BOOKS,
-                        query, VOCAB)
+    return ClaimContext(
+        BY_TITLE[title],
+        tuple(evidence),
+        [(BY_TITLE[t], r) for t, r in history],
+        BOOKS,
+        query,
+        VOCAB,
+    )
 
 
 def bid(title: str) -> str:
@@ -39,14 +45,26 @@ def bid(title: str) -> str:
 @pytest.fixture
 def leviathan() -> ClaimContext:
     """A reader who loved Project Hail Mary and disliked Gone Girl; the pick is Leviathan Wakes."""
-    return ctx("Leviathan Wakes", [("Project Hail Mary", 5.0), ("Gone Girl", 2.0)],
-               [Evidence("shared_tags", book_ids=(bid("Project Hail Mary"),), tags=("science-fiction", "fast-paced"))])
+    return ctx(
+        "Leviathan Wakes",
+        [("Project Hail Mary", 5.0), ("Gone Girl", 2.0)],
+        [
+            Evidence(
+                "shared_tags",
+                book_ids=(bid("Project Hail Mary"),),
+                tags=("science-fiction", "fast-paced"),
+            )
+        ],
+    )
 
 
 @pytest.fixture
 def gone_girl() -> ClaimContext:
-    return ctx("Gone Girl", [("Leviathan Wakes", 4.0)],
-               [Evidence("shared_tags", book_ids=(bid("Leviathan Wakes"),), tags=("mystery",))])
+    return ctx(
+        "Gone Girl",
+        [("Leviathan Wakes", 4.0)],
+        [Evidence("shared_tags", book_ids=(bid("Leviathan Wakes"),), tags=("mystery",))],
+    )
 
 
 TRUE_WHY = "You loved Project Hail Mary, and this is fast-paced science fiction too."
@@ -54,58 +72,113 @@ TRUE_WHY = "You loved Project Hail Mary, and this is fast-paced science fiction 
 
 def test_records_are_what_the_tests_assume():
     lw = BY_TITLE["Leviathan Wakes"]
-    assert "missing heiress" in lw.description and "science-fiction" in lw.tags and lw.series_index == 1
+    assert (
+        "missing heiress" in lw.description
+        and "science-fiction" in lw.tags
+        and lw.series_index == 1
+    )
     assert BY_TITLE["Gone Girl"].authors == ("Gillian Flynn",)
 
 
 # -- true texts pass -----------------------------------------------------------------------------
-@pytest.mark.parametrize("why, blurb", [
-    (TRUE_WHY, "A weary detective on an asteroid station searches for a missing heiress, while an ice "
-               "hauler crew survives an attack that could start a war."),
-    ("Like Project Hail Mary, this fast-paced science fiction opens The Expanse series.",
-     "Set between Earth, Mars and the Belt, a detective hunts a missing heiress while an ice hauler's crew "
-     "survives an attack."),
-    ("Since you rated Project Hail Mary 5 stars, try this fast-paced space opera.",
-     "A space-opera mystery: a detective searches for a missing heiress, and both trails lead somewhere stranger."),
-])
+@pytest.mark.parametrize(
+    "why, blurb",
+    [
+        (
+            TRUE_WHY,
+            "A weary detective on an asteroid station searches for a missing heiress, while an ice "
+            "hauler crew survives an attack that could start a war.",
+        ),
+        (
+            "Like Project Hail Mary, this fast-paced science fiction opens The Expanse series.",
+            "Set between Earth, Mars and the Belt, a detective hunts a missing heiress while an ice hauler's crew "
+            "survives an attack.",
+        ),
+        (
+            "Since you rated Project Hail Mary 5 stars, try this fast-paced space opera.",
+            "A space-opera mystery: a detective searches for a missing heiress, and both trails lead somewhere stranger.",
+        ),
+    ],
+)
 def test_true_texts_pass(leviathan, why, blurb):
     assert check_claims(why, blurb, leviathan) is None
 
 
 def test_true_gone_girl_text_passes(gone_girl):
-    assert check_claims("Like Leviathan Wakes, which you enjoyed, it is a mystery.",
-                        "On their fifth wedding anniversary a man's wife disappears from their Missouri home, "
-                        "and suspicion falls on him.", gone_girl) is None
+    assert (
+        check_claims(
+            "Like Leviathan Wakes, which you enjoyed, it is a mystery.",
+            "On their fifth wedding anniversary a man's wife disappears from their Missouri home, "
+            "and suspicion falls on him.",
+            gone_girl,
+        )
+        is None
+    )
 
 
 # -- false texts fail, each for the right reason -------------------------------------------------
-@pytest.mark.parametrize("why, blurb, needle", [
-    # issue #10: an invented plot and character built from a title word
-    (TRUE_WHY, "Leviathan Wakes is a story about a man named Leviathan who goes undercover to find a "
-               "missing heiress.", "character 'Leviathan'"),
-    # issue #10: a generic explanation that says nothing true about the book or the reader
-    ("You may enjoy this book because it tells about a story where your life will be saved when there are "
-     "people around whom you can share memories.", None, "does not support"),
-    # issue #10: a tautological blurb
-    (TRUE_WHY, "Leviathan Wakes is a science fiction novel written by James S.A. Corey for the science "
-               "fiction genre.", "tautology"),
-    # the reader rated Gone Girl 2
-    ("You loved Gone Girl, and this is fast-paced science fiction too.", None, "rated it 2"),
-    ("You gave Gone Girl 5 stars, so try this fast-paced science fiction.", None, "rated it 2"),
-    # positions, sequels, numbers, tags, names, authorship the records do not hold
-    ("Like Project Hail Mary, it is fast-paced science fiction, the second book in the series.", None,
-     "series position 2"),
-    ("Like Project Hail Mary, this fast-paced science fiction is the sequel you wanted.", None, "sequel"),
-    ("Like Project Hail Mary, it is fast-paced science fiction with 12 planets.", None, "number 12"),
-    ("Like Project Hail Mary, it is fast-paced science fiction with a romance at its heart.", None,
-     "tag/genre 'romance'"),
-    ("Like Project Hail Mary, it is fast-paced science fiction.",
-     "Captain Holden and his crew survive an attack that could start a war between Earth and Mars.",
-     "'Holden'"),
-    ("Like Project Hail Mary by Gillian Flynn, it is fast-paced science fiction.", None, "is by Gillian Flynn"),
-    # it is not about this reader's books, request or evidence
-    ("This fast-paced science fiction is a great pick for anyone.", None, "not personal"),
-])
+@pytest.mark.parametrize(
+    "why, blurb, needle",
+    [
+        # issue #10: an invented plot and character built from a title word
+        (
+            TRUE_WHY,
+            "Leviathan Wakes is a story about a man named Leviathan who goes undercover to find a "
+            "missing heiress.",
+            "character 'Leviathan'",
+        ),
+        # issue #10: a generic explanation that says nothing true about the book or the reader
+        (
+            "You may enjoy this book because it tells about a story where your life will be saved when there are "
+            "people around whom you can share memories.",
+            None,
+            "does not support",
+        ),
+        # issue #10: a tautological blurb
+        (
+            TRUE_WHY,
+            "Leviathan Wakes is a science fiction novel written by James S.A. Corey for the science "
+            "fiction genre.",
+            "tautology",
+        ),
+        # the reader rated Gone Girl 2
+        ("You loved Gone Girl, and this is fast-paced science fiction too.", None, "rated it 2"),
+        ("You gave Gone Girl 5 stars, so try this fast-paced science fiction.", None, "rated it 2"),
+        # positions, sequels, numbers, tags, names, authorship the records do not hold
+        (
+            "Like Project Hail Mary, it is fast-paced science fiction, the second book in the series.",
+            None,
+            "series position 2",
+        ),
+        (
+            "Like Project Hail Mary, this fast-paced science fiction is the sequel you wanted.",
+            None,
+            "sequel",
+        ),
+        (
+            "Like Project Hail Mary, it is fast-paced science fiction with 12 planets.",
+            None,
+            "number 12",
+        ),
+        (
+            "Like Project Hail Mary, it is fast-paced science fiction with a romance at its heart.",
+            None,
+            "tag/genre 'romance'",
+        ),
+        (
+            "Like Project Hail Mary, it is fast-paced science fiction.",
+            "Captain Holden and his crew survive an attack that could start a war between Earth and Mars.",
+            "'Holden'",
+        ),
+        (
+            "Like Project Hail Mary by Gillian Flynn, it is fast-paced science fiction.",
+            None,
+            "is by Gillian Flynn",
+        ),
+        # it is not about this reader's books, request or evidence
+        ("This fast-paced science fiction is a great pick for anyone.", None, "not personal"),
+    ],
+)
 def test_false_texts_fail(leviathan, why, blurb, needle):
     reason = check_claims(why, blurb, leviathan)
     assert reason is not None and needle in reason, reason
@@ -113,9 +186,17 @@ def test_false_texts_fail(leviathan, why, blurb, needle):
 
 def test_the_request_does_not_make_a_genre_claim_true():
     """Found by hand-reading the study: the reader asked for a thriller, the model called Speak one."""
-    c = ctx("Speak", [("The Book Thief", 4.0)],
-            [Evidence("shared_tags", book_ids=(bid("The Book Thief"),), tags=("young-adult", "emotional")),
-             Evidence("query_match", text="a dark, tense thriller", value=0.27)], query="a dark, tense thriller")
+    c = ctx(
+        "Speak",
+        [("The Book Thief", 4.0)],
+        [
+            Evidence(
+                "shared_tags", book_ids=(bid("The Book Thief"),), tags=("young-adult", "emotional")
+            ),
+            Evidence("query_match", text="a dark, tense thriller", value=0.27),
+        ],
+        query="a dark, tense thriller",
+    )
     false = "Speak is a dark, tense thriller that shares the tags young-adult and emotional with The Book Thief."
     reason = check_claims(false, None, c)
     assert reason is not None and "thriller" in reason, reason
@@ -124,14 +205,19 @@ def test_the_request_does_not_make_a_genre_claim_true():
 
 
 def test_the_author_is_never_a_character(gone_girl):
-    reason = check_claims("Like Leviathan Wakes, it is a mystery.",
-                          "The main character, Gillian Flynn, was left to care for her father after his wife "
-                          "disappears.", gone_girl)
+    reason = check_claims(
+        "Like Leviathan Wakes, it is a mystery.",
+        "The main character, Gillian Flynn, was left to care for her father after his wife "
+        "disappears.",
+        gone_girl,
+    )
     assert reason is not None and "author 'Gillian Flynn' a character" in reason
 
 
 def test_a_liked_book_must_be_in_the_history(leviathan):
-    reason = check_claims("You loved The Martian, and this is fast-paced science fiction too.", None, leviathan)
+    reason = check_claims(
+        "You loved The Martian, and this is fast-paced science fiction too.", None, leviathan
+    )
     # either rule may fire first; both name the unsupported claim
     assert reason is not None and ("Martian" in reason or "not in your history" in reason), reason
 
@@ -139,7 +225,10 @@ def test_a_liked_book_must_be_in_the_history(leviathan):
 def test_near_duplicates_across_a_readers_picks(leviathan):
     first = "You loved Project Hail Mary, and this is fast-paced science fiction with a detective."
     assert check_claims(TRUE_WHY, None, leviathan, shown=[first]) is not None
-    assert check_claims(TRUE_WHY, None, leviathan, shown=["A cosy village mystery about a baker."]) is None
+    assert (
+        check_claims(TRUE_WHY, None, leviathan, shown=["A cosy village mystery about a baker."])
+        is None
+    )
     assert jaccard("a detective hunts an heiress", "a detective hunts an heiress") == 1.0
 
 
@@ -155,7 +244,12 @@ def test_measures_behind_the_rules(leviathan):
     share, _ = plot_support("a weary detective searches for a missing heiress", leviathan)
     assert share == 1.0
     assert facets("Leviathan Wakes is a science fiction novel by James S.A. Corey.", leviathan) == 1
-    assert facets("A weary detective searches for a missing heiress on an asteroid station.", leviathan) >= 3
+    assert (
+        facets(
+            "A weary detective searches for a missing heiress on an asteroid station.", leviathan
+        )
+        >= 3
+    )
     assert stem("searches") == "search" and stem("survived") == "surviv"
 
 
@@ -163,8 +257,23 @@ def test_template_texts_of_real_evidence_pass():
     """The template is the fallback: its claims (ratings, counts, shares, positions) must check out."""
     from assistant.explain import template_explanation
 
-    c = ctx("Caliban's War", [("Leviathan Wakes", 5.0), ("Project Hail Mary", 4.0)],
-            [Evidence("series_next", book_ids=(bid("Leviathan Wakes"),), series="The Expanse", value=2.0),
-             Evidence("co_readers", book_ids=(bid("Project Hail Mary"),), count=37, value=4.2162, share=0.8108)])
-    text = template_explanation(c.evidence, BOOKS, {bid("Leviathan Wakes"): 5.0, bid("Project Hail Mary"): 4.0})
+    c = ctx(
+        "Caliban's War",
+        [("Leviathan Wakes", 5.0), ("Project Hail Mary", 4.0)],
+        [
+            Evidence(
+                "series_next", book_ids=(bid("Leviathan Wakes"),), series="The Expanse", value=2.0
+            ),
+            Evidence(
+                "co_readers",
+                book_ids=(bid("Project Hail Mary"),),
+                count=37,
+                value=4.2162,
+                share=0.8108,
+            ),
+        ],
+    )
+    text = template_explanation(
+        c.evidence, BOOKS, {bid("Leviathan Wakes"): 5.0, bid("Project Hail Mary"): 4.0}
+    )
     assert check_claims(text, None, c, rules="claims") is None, text

@@ -28,8 +28,14 @@ def home(demo_home, tmp_path):
 
 
 def _rebuild(rec, u):
-    return profile_from_history(rec.history(u), None, rec.settings.profile, rec.lib.has_timestamps,
-                                matrix=rec.lib.vectors, index=rec.lib.index)
+    return profile_from_history(
+        rec.history(u),
+        None,
+        rec.settings.profile,
+        rec.lib.has_timestamps,
+        matrix=rec.lib.vectors,
+        index=rec.lib.index,
+    )
 
 
 def test_four_concurrent_first_feedbacks_on_a_fresh_recommender(home):

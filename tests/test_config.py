@@ -8,13 +8,32 @@ from retrieval.errors import ReadnextError
 
 def test_defaults_toml_env_precedence(tmp_path):
     cfg = tmp_path / "config.toml"
-    cfg.write_text('seed = 7\n[fusion]\nrrf_k = 10.0\nweights = { content = 2.0, cf = 1.0 }\n[llm]\nbackend = "http://127.0.0.1:9/v1"\n')
+    cfg.write_text(
+        'seed = 7\n[fusion]\nrrf_k = 10.0\nweights = { content = 2.0, cf = 1.0 }\n[llm]\nbackend = "http://127.0.0.1:9/v1"\n'
+    )
     s = Settings.load(home=tmp_path, env={})
-    assert s.seed == 7 and s.fusion.rrf_k == 10.0 and s.fusion.weights["content"] == 2.0 and s.llm.backend == "http://127.0.0.1:9/v1"
-    s = Settings.load(home=tmp_path, env={"READNEXT_LLM_BACKEND": "none", "READNEXT_FUSION_RRF_K": "30",
-                                          "READNEXT_PROFILE_HALF_LIFE_DAYS": "90", "READNEXT_SEED": "3",
-                                          "READNEXT_FUSION_WEIGHTS": '{"content": 1.5}'})
-    assert s.llm.backend == "none" and s.fusion.rrf_k == 30.0 and s.profile.half_life_days == 90.0 and s.seed == 3
+    assert (
+        s.seed == 7
+        and s.fusion.rrf_k == 10.0
+        and s.fusion.weights["content"] == 2.0
+        and s.llm.backend == "http://127.0.0.1:9/v1"
+    )
+    s = Settings.load(
+        home=tmp_path,
+        env={
+            "READNEXT_LLM_BACKEND": "none",
+            "READNEXT_FUSION_RRF_K": "30",
+            "READNEXT_PROFILE_HALF_LIFE_DAYS": "90",
+            "READNEXT_SEED": "3",
+            "READNEXT_FUSION_WEIGHTS": '{"content": 1.5}',
+        },
+    )
+    assert (
+        s.llm.backend == "none"
+        and s.fusion.rrf_k == 30.0
+        and s.profile.half_life_days == 90.0
+        and s.seed == 3
+    )
     assert s.fusion.weights == {"content": 1.5}
     assert Settings.load(env={}).fusion.rrf_k == 60.0
 
@@ -31,8 +50,13 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 
 def test_fusion_and_cf_settings_are_validated_and_reach_the_sources(tmp_path):
-    s = Settings.load(env={"READNEXT_FUSION_METHOD": "rrf", "READNEXT_CF_HALF_LIFE_EVENTS": "0",
-                           "READNEXT_SEQUENCE_LAST": "3"})
+    s = Settings.load(
+        env={
+            "READNEXT_FUSION_METHOD": "rrf",
+            "READNEXT_CF_HALF_LIFE_EVENTS": "0",
+            "READNEXT_SEQUENCE_LAST": "3",
+        }
+    )
     assert (s.fusion.method, s.cf.half_life_events, s.sequence.last) == ("rrf", 0.0, 3)
     with pytest.raises(ReadnextError, match="fusion.method"):
         Settings.load(env={"READNEXT_FUSION_METHOD": "borda"})

@@ -11,7 +11,7 @@ import importlib.util
 import re
 import sys
 from collections import Counter, defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
@@ -22,9 +22,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
 EXPORT = ROOT / "tests" / "data" / "goodreads_library_export.csv"
-BOOK_COLUMNS = ["book_id", "title", "authors", "year", "tags", "description", "isbn", "series", "series_index"]
-T_START = datetime(2015, 1, 1, tzinfo=timezone.utc).timestamp()
-T_END = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
+BOOK_COLUMNS = [
+    "book_id",
+    "title",
+    "authors",
+    "year",
+    "tags",
+    "description",
+    "isbn",
+    "series",
+    "series_index",
+]
+T_START = datetime(2015, 1, 1, tzinfo=UTC).timestamp()
+T_END = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 SERIES_SUFFIX = re.compile(r" \(([^()]+), #(\d+(?:\.\d+)?)\)$")
 
 
@@ -32,7 +42,9 @@ SERIES_SUFFIX = re.compile(r" \(([^()]+), #(\d+(?:\.\d+)?)\)$")
 
 
 def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("demo_generate_readers", DEMO / "generate_readers.py")
+    spec = importlib.util.spec_from_file_location(
+        "demo_generate_readers", DEMO / "generate_readers.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
@@ -82,7 +94,9 @@ def test_catalog_size_and_unique_ids(books: list[dict[str, str]]) -> None:
 def test_every_book_has_text_fields(books: list[dict[str, str]]) -> None:
     for b in books:
         assert b["title"].strip() and b["authors"].strip(), b["book_id"]
-        assert len(b["description"]) >= 40 and b["description"].rstrip().endswith((".", "?", "!")), b["book_id"]
+        assert len(b["description"]) >= 40 and b["description"].rstrip().endswith(
+            (".", "?", "!")
+        ), b["book_id"]
         assert b["description"] != b["title"]
         year = int(b["year"])  # raises on non-integers
         assert -3000 < year <= 2026, b["book_id"]
@@ -99,8 +113,20 @@ def test_tags_are_from_a_small_consistent_vocabulary(books: list[dict[str, str]]
         counts.update(tags)
     assert 40 <= len(counts) <= 80
     assert min(counts.values()) >= 2, [t for t, n in counts.items() if n < 2]
-    for needed in ("fantasy", "science-fiction", "mystery", "romance", "non-fiction", "short", "long",
-                   "dark", "funny", "heartwarming", "fast-paced", "slow-burn"):
+    for needed in (
+        "fantasy",
+        "science-fiction",
+        "mystery",
+        "romance",
+        "non-fiction",
+        "short",
+        "long",
+        "dark",
+        "funny",
+        "heartwarming",
+        "fast-paced",
+        "slow-burn",
+    ):
         assert counts[needed] >= 5, needed
 
 
@@ -128,13 +154,23 @@ def test_series_titles_match_series_columns(books: list[dict[str, str]]) -> None
         assert len(set(idx)) == len(idx), f"duplicate volume numbers in {series}"
 
 
-@pytest.mark.parametrize(("series", "expected"), [
-    ("Harry Potter", range(1, 8)), ("The Hunger Games", range(1, 4)),
-    ("The Lord of the Rings", range(1, 4)), ("A Song of Ice and Fire", range(1, 6)),
-    ("Dune", range(1, 4)), ("The Expanse", range(1, 5)), ("Remembrance of Earth's Past", range(1, 4)),
-    ("Neapolitan Novels", range(1, 5)), ("The Twilight Saga", range(1, 5)),
-])
-def test_required_series_are_complete(books: list[dict[str, str]], series: str, expected: range) -> None:
+@pytest.mark.parametrize(
+    ("series", "expected"),
+    [
+        ("Harry Potter", range(1, 8)),
+        ("The Hunger Games", range(1, 4)),
+        ("The Lord of the Rings", range(1, 4)),
+        ("A Song of Ice and Fire", range(1, 6)),
+        ("Dune", range(1, 4)),
+        ("The Expanse", range(1, 5)),
+        ("Remembrance of Earth's Past", range(1, 4)),
+        ("Neapolitan Novels", range(1, 5)),
+        ("The Twilight Saga", range(1, 5)),
+    ],
+)
+def test_required_series_are_complete(
+    books: list[dict[str, str]], series: str, expected: range
+) -> None:
     have = sorted(int(float(b["series_index"])) for b in books if b["series"] == series)
     assert have == list(expected)
 
@@ -153,14 +189,17 @@ def test_generator_is_deterministic(generator: ModuleType, tmp_path: Path) -> No
         generator.main(["--seed", seed, "--users", "40", "--out", str(tmp_path / name)])
     for f in ("ratings.csv", "to_read.csv"):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
-    assert (tmp_path / "a" / "ratings.csv").read_bytes() != (tmp_path / "c" / "ratings.csv").read_bytes()
+    assert (tmp_path / "a" / "ratings.csv").read_bytes() != (
+        tmp_path / "c" / "ratings.csv"
+    ).read_bytes()
 
 
 def test_committed_outputs_equal_a_fresh_default_run(generator: ModuleType, tmp_path: Path) -> None:
     generator.main(["--out", str(tmp_path)])
     for f in ("ratings.csv", "to_read.csv"):
         assert (tmp_path / f).read_bytes() == (DEMO / f).read_bytes(), (
-            f"data/demo/{f} is stale: rerun python data/demo/generate_readers.py")
+            f"data/demo/{f} is stale: rerun python data/demo/generate_readers.py"
+        )
 
 
 def test_generator_rejects_bad_catalog(generator: ModuleType, tmp_path: Path) -> None:
@@ -168,7 +207,9 @@ def test_generator_rejects_bad_catalog(generator: ModuleType, tmp_path: Path) ->
     bad.write_text("book_id,title\nb1,Something\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"books\.csv:1: missing columns"):
         generator.load_catalog(bad)
-    bad.write_text(",".join(BOOK_COLUMNS) + "\nb1,T (S, #1),A,2000,x|y|z,d,,S,one\n", encoding="utf-8")
+    bad.write_text(
+        ",".join(BOOK_COLUMNS) + "\nb1,T (S, #1),A,2000,x|y|z,d,,S,one\n", encoding="utf-8"
+    )
     with pytest.raises(ValueError, match=r"books\.csv:2: .*series_index"):
         generator.load_catalog(bad)
 
@@ -238,8 +279,10 @@ def test_taste_drifts_over_time(ratings: pd.DataFrame, books: list[dict[str, str
     near, far = [], []
     for _, g in ratings.groupby("user_id"):
         third = len(g) // 3
-        first, middle, end = (profile(g["book_id"].iloc[a:b]) for a, b in
-                              ((0, third), (third, 2 * third), (2 * third, len(g))))
+        first, middle, end = (
+            profile(g["book_id"].iloc[a:b])
+            for a, b in ((0, third), (third, 2 * third), (2 * third, len(g)))
+        )
         near.append(first @ middle)
         far.append(first @ end)
     # Without drift the gap is about 0.03 (series runs sit close in time); with it, about 0.08.
@@ -269,7 +312,11 @@ def _norm_title(t: str) -> str:
 def test_goodreads_export_fixture_shape(books: list[dict[str, str]]) -> None:
     with open(EXPORT, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames is not None and reader.fieldnames[:3] == ["Book Id", "Title", "Author"]
+        assert reader.fieldnames is not None and reader.fieldnames[:3] == [
+            "Book Id",
+            "Title",
+            "Author",
+        ]
         assert len(reader.fieldnames) == 24
         rows = list(reader)
     assert 20 <= len(rows) <= 30
@@ -277,14 +324,22 @@ def test_goodreads_export_fixture_shape(books: list[dict[str, str]]) -> None:
     assert shelves["to-read"] == 4 and shelves["currently-reading"] == 1
     assert shelves["read"] == len(rows) - 5
     for r in rows:
-        assert re.fullmatch(r'=""|="\d{9}[\dX]"', r["ISBN"]) and re.fullmatch(r'=""|="\d{13}"', r["ISBN13"])
+        assert re.fullmatch(r'=""|="\d{9}[\dX]"', r["ISBN"]) and re.fullmatch(
+            r'=""|="\d{13}"', r["ISBN13"]
+        )
         assert re.fullmatch(r"\d{4}/\d{2}/\d{2}", r["Date Added"])
         if r["Exclusive Shelf"] == "read":
             assert r["My Rating"] in {"1", "2", "3", "4", "5"}
             assert re.fullmatch(r"\d{4}/\d{2}/\d{2}", r["Date Read"])
         else:
             assert r["My Rating"] == "0" and r["Date Read"] == ""
-    assert {r["My Rating"] for r in rows if r["Exclusive Shelf"] == "read"} == {"1", "2", "3", "4", "5"}
+    assert {r["My Rating"] for r in rows if r["Exclusive Shelf"] == "read"} == {
+        "1",
+        "2",
+        "3",
+        "4",
+        "5",
+    }
 
     # ISBNs that are present point at demo books; exactly three titles are absent from the demo.
     catalog_isbns = {b["isbn"] for b in books if b["isbn"]}

@@ -16,7 +16,7 @@ CODE = ("assistant", "retrieval", "eval", "prompts")
 # checks the reason's marker string appears in our code.
 USED_WITHOUT_IMPORT = {
     # transformers' device_map="auto" (GPU path of a HF model id) needs accelerate installed.
-    "accelerate": 'device_map',
+    "accelerate": "device_map",
     # transformers reads GGUF files (the tiny SmolLM2 option) through the gguf package.
     "gguf": "gguf_file",
     # weights-only package, located with find_spec (never imported) and sha256-checked.

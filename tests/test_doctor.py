@@ -25,7 +25,9 @@ def test_doctor_names_the_fix_for_a_missing_data_dir(tmp_path):
     assert r.returncode == 1
     lines = r.stdout.splitlines()
     i = next(i for i, l in enumerate(lines) if l.startswith("FAIL") and "data dir" in l)
-    assert "does not exist" in lines[i] and lines[i + 1].strip().startswith("fix: run `readnext ingest")
+    assert "does not exist" in lines[i] and lines[i + 1].strip().startswith(
+        "fix: run `readnext ingest"
+    )
 
 
 def test_doctor_names_the_fix_for_a_missing_model(tmp_path):

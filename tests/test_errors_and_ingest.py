@@ -27,23 +27,44 @@ def _one_line_error(p, *needles):
 
 
 def test_unknown_user_and_book(demo_home):
-    _one_line_error(run_cli("recommend", "--user", "nobody-here", home=demo_home), "unknown user", "nobody-here")
-    _one_line_error(run_cli("explain", "--user", "u0001", "--book", "no-such-book", home=demo_home),
-                    "unknown book", "no-such-book")
-    _one_line_error(run_cli("feedback", "--user", "u0001", "--book", "b0001", "--rating", "9", home=demo_home),
-                    "out of range")
+    _one_line_error(
+        run_cli("recommend", "--user", "nobody-here", home=demo_home), "unknown user", "nobody-here"
+    )
+    _one_line_error(
+        run_cli("explain", "--user", "u0001", "--book", "no-such-book", home=demo_home),
+        "unknown book",
+        "no-such-book",
+    )
+    _one_line_error(
+        run_cli("feedback", "--user", "u0001", "--book", "b0001", "--rating", "9", home=demo_home),
+        "out of range",
+    )
 
 
 def test_missing_data_dir(tmp_path):
-    _one_line_error(run_cli("users", "--data-dir", str(tmp_path / "nope")), "does not exist", "readnext ingest")
+    _one_line_error(
+        run_cli("users", "--data-dir", str(tmp_path / "nope")), "does not exist", "readnext ingest"
+    )
     (tmp_path / "empty").mkdir()
-    _one_line_error(run_cli("users", "--data-dir", str(tmp_path / "empty")), "no index", "readnext ingest")
+    _one_line_error(
+        run_cli("users", "--data-dir", str(tmp_path / "empty")), "no index", "readnext ingest"
+    )
 
 
 def test_empty_history(demo_home, tmp_path):
     home = tmp_path / "h"
     shutil.copytree(demo_home, home, symlinks=True)
-    p = run_cli("feedback", "--user", "newbie", "--book", "b0001", "--signal", "to_read", "--create", home=home)
+    p = run_cli(
+        "feedback",
+        "--user",
+        "newbie",
+        "--book",
+        "b0001",
+        "--signal",
+        "to_read",
+        "--create",
+        home=home,
+    )
     assert p.returncode == 0, p.stderr
     _one_line_error(run_cli("history", "--user", "newbie", home=home), "no rated books")
     # but recommending for them works: cold start, with a note
@@ -55,7 +76,9 @@ def test_empty_history(demo_home, tmp_path):
 
 def test_malformed_csv_names_file_and_line(tmp_path):
     books = tmp_path / "books.csv"
-    books.write_text('book_id,title,authors\n1,Dune,Frank Herbert\n2,"Emma,Jane Austen\n3,Beloved,Toni Morrison\n')
+    books.write_text(
+        'book_id,title,authors\n1,Dune,Frank Herbert\n2,"Emma,Jane Austen\n3,Beloved,Toni Morrison\n'
+    )
     with pytest.raises(DataError) as e:
         load_generic(books)
     assert str(books) in str(e.value)
@@ -70,8 +93,17 @@ def test_malformed_csv_names_file_and_line(tmp_path):
     ratings.write_text("user,book,stars\na,1,5\n")
     with pytest.raises(DataError, match=r"ratings.csv:1: missing column"):
         load_generic(books, ratings)
-    p = run_cli("ingest", "--format", "generic", "--books", str(books), "--ratings", str(ratings),
-                "--data-dir", str(tmp_path / "home"))
+    p = run_cli(
+        "ingest",
+        "--format",
+        "generic",
+        "--books",
+        str(books),
+        "--ratings",
+        str(ratings),
+        "--data-dir",
+        str(tmp_path / "home"),
+    )
     _one_line_error(p, "ratings.csv:1", "missing column")
     assert not (tmp_path / "home" / "CURRENT").exists()
 
@@ -89,10 +121,18 @@ def test_failed_ingest_leaves_previous_index_working(demo_home, tmp_path, emb_ca
     ds = load_generic(books)
     for step in ("embed", "chroma-books", "cf"):
         with pytest.raises(Exception, match="simulated failure"):
-            ingest(ds, Settings.load(home=home, env={}), progress=False, quiet=True, fail_after=step,
-                   force=True)
+            ingest(
+                ds,
+                Settings.load(home=home, env={}),
+                progress=False,
+                quiet=True,
+                fail_after=step,
+                force=True,
+            )
         assert current_index_dir(home) == before
-        assert [p.name for p in (home / "indexes").iterdir() if p.is_dir()] == [before.name]  # partial build removed
+        assert [p.name for p in (home / "indexes").iterdir() if p.is_dir()] == [
+            before.name
+        ]  # partial build removed
     rec = Recommender.open(home)
     assert [r.book_id for r in rec.recommend(user_id=u, k=5)] == expected
     rec.close()

@@ -151,7 +151,10 @@ def test_rank_scores_matches_sorted_reference() -> None:
         s = rng.integers(0, 5, size=200).astype(float)
         s[rng.random(200) < 0.1] = np.nan
         ex = rng.choice(200, size=15, replace=False)
-        expect = sorted((i for i in range(200) if not np.isnan(s[i]) and i not in set(ex)), key=lambda i: (-s[i], i))
+        expect = sorted(
+            (i for i in range(200) if not np.isnan(s[i]) and i not in set(ex)),
+            key=lambda i: (-s[i], i),
+        )
         for k in (1, 7, 50, 300):
             assert rank_scores(s, None, k, exclude=ex) == expect[:k]
 
@@ -170,7 +173,9 @@ def test_catalog_coverage() -> None:
     # top-2: {a, b} and {b, d} -> {a, b, d} = 3 of 8 items
     assert catalog_coverage([["a", "b", "c"], ["b", "d"]], n_items=8, k=2) == pytest.approx(3 / 8)
     # top-3 adds c -> 4 / 8
-    assert catalog_coverage({"u": ["a", "b", "c"], "v": ["b", "d"]}, n_items=8, k=3) == pytest.approx(0.5)
+    assert catalog_coverage(
+        {"u": ["a", "b", "c"], "v": ["b", "d"]}, n_items=8, k=3
+    ) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="n_items"):
         catalog_coverage([["a", "b", "c"]], n_items=2, k=3)
 
@@ -211,7 +216,13 @@ def _hand_run():
     relevant = {"u1": {"b"}, "u2": {"x"}, "u3": set(), "u5": {"a"}}
     vecs = {"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [1.0, 0.0], "d": [1.0, 1.0]}
     return evaluate_rankings(
-        rankings, relevant, ks=(2,), item_pop={"a": 8, "b": 2, "c": 1}, n_users=8, n_items=10, item_vectors=vecs
+        rankings,
+        relevant,
+        ks=(2,),
+        item_pop={"a": 8, "b": 2, "c": 1},
+        n_users=8,
+        n_items=10,
+        item_vectors=vecs,
     )
 
 
@@ -220,9 +231,21 @@ def test_evaluate_rankings_hand_case() -> None:
     # u3 (empty relevant) skipped; u5 has no ranking -> scored as empty; u4 not in relevant -> ignored.
     assert res.users == ["u1", "u2", "u5"]
     assert res.n_skipped == 1 and res.n_missing == 1
-    assert set(res.keys()) == {f"{m}@2" for m in
-                               ["recall", "precision", "ndcg", "hitrate", "mrr", "map", "coverage",
-                                "diversity", "novelty", "arp"]}
+    assert set(res.keys()) == {
+        f"{m}@2"
+        for m in [
+            "recall",
+            "precision",
+            "ndcg",
+            "hitrate",
+            "mrr",
+            "map",
+            "coverage",
+            "diversity",
+            "novelty",
+            "arp",
+        ]
+    }
     # u1 top-2 [a, b], rel {b}: hits [0, 1]
     assert res["recall@2"] == pytest.approx([1.0, 0.0, 0.0])
     assert res["precision@2"] == pytest.approx([0.5, 0.0, 0.0])
@@ -246,7 +269,9 @@ def test_evaluate_matches_per_user_functions() -> None:
     for u in range(300):
         n = int(rng.integers(0, 25))
         rankings[f"u{u}"] = [items[i] for i in rng.choice(60, size=n, replace=False)]
-        relevant[f"u{u}"] = {items[i] for i in rng.choice(60, size=int(rng.integers(0, 8)), replace=False)}
+        relevant[f"u{u}"] = {
+            items[i] for i in rng.choice(60, size=int(rng.integers(0, 8)), replace=False)
+        }
     res = evaluate_rankings(rankings, relevant, ks=(5, 20))
     evaluated = [u for u in relevant if relevant[u]]
     assert res.users == evaluated and res.n_skipped == len(relevant) - len(evaluated)

@@ -21,23 +21,53 @@ from assistant.cli import main
 from eval.metrics import rank_scores
 from eval.models import build_model
 from eval.runner import SAMPLED_WARNING
-from retrieval.library import Library
 from retrieval.fusion import top_k_matrix
+from retrieval.library import Library
 from retrieval.sources import HybridSource, SequenceSource, top_k
 from retrieval.types import Book, Rating, UserContext
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "goodbooks-sample"
 CACHE = Path(tempfile.gettempdir()) / "readnext-test-embedding-cache"
 MODELS = ["popularity", "itemknn", "als", "bpr", "ease", "content", "hybrid"]
-METRICS = ["recall", "precision", "ndcg", "hitrate", "mrr", "map", "coverage", "diversity", "novelty", "arp"]
+METRICS = [
+    "recall",
+    "precision",
+    "ndcg",
+    "hitrate",
+    "mrr",
+    "map",
+    "coverage",
+    "diversity",
+    "novelty",
+    "arp",
+]
 KEYS = {f"{m}@{k}" for k in (10, 20) for m in METRICS}
 
 
 def _eval(out: Path, *extra: str, dataset: Path = SAMPLE) -> int:
     # Fewer validation readers and resamples than the defaults keep the file fast; the contract is the same.
-    return main(["eval", "--dataset", str(dataset), "--quick", "--seed", "7", "--out", str(out),
-                 "--cache-dir", str(CACHE), "--no-progress", "--val-users", "200", "--n-boot", "300",
-                 "--explain-users", "60", *extra])
+    return main(
+        [
+            "eval",
+            "--dataset",
+            str(dataset),
+            "--quick",
+            "--seed",
+            "7",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(CACHE),
+            "--no-progress",
+            "--val-users",
+            "200",
+            "--n-boot",
+            "300",
+            "--explain-users",
+            "60",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +88,19 @@ def _lines(path: Path) -> list[dict]:
 
 def test_writes_every_output_file(sample_run):
     out, _ = sample_run
-    for name in ("metrics.json", "report.md", "rankings.jsonl", "ndcg_at_10.png", "recall_at_20.png",
-                 "accuracy_vs_popularity.png"):
+    for name in (
+        "metrics.json",
+        "report.md",
+        "rankings.jsonl",
+        "ndcg_at_10.png",
+        "recall_at_20.png",
+        "accuracy_vs_popularity.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     report = (out / "report.md").read_text()
-    assert "goodbooks-10k (" in report.splitlines()[0]  # the dataset label, never plain "goodbooks-10k"
+    assert (
+        "goodbooks-10k (" in report.splitlines()[0]
+    )  # the dataset label, never plain "goodbooks-10k"
     assert "readnext eval --dataset" in report and "faithfulness" in report
 
 
@@ -99,7 +137,7 @@ def _independent_split(ratings_csv: Path) -> tuple[dict[str, set[str]], dict[str
         n = len(g)
         n_test = min(max(1, math.floor(0.2 * n + 0.5)), n - 1) if n >= 2 else 0
         train[user] = set(g["book_id"].iloc[: n - n_test])
-        held = g.iloc[n - n_test:]
+        held = g.iloc[n - n_test :]
         relevant[user] = set(held.loc[held["rating"] >= 4, "book_id"])
     return train, relevant
 
@@ -122,8 +160,12 @@ def test_rankings_recompute_to_the_reported_means(sample_run):
             sums[name]["ndcg"] += dcg / idcg
     assert set(sums) == set(MODELS)
     for name, s in sums.items():
-        assert s["recall"] / len(lines) == pytest.approx(m["models"][name]["recall@10"]["mean"], abs=2e-6), name
-        assert s["ndcg"] / len(lines) == pytest.approx(m["models"][name]["ndcg@10"]["mean"], abs=2e-6), name
+        assert s["recall"] / len(lines) == pytest.approx(
+            m["models"][name]["recall@10"]["mean"], abs=2e-6
+        ), name
+        assert s["ndcg"] / len(lines) == pytest.approx(
+            m["models"][name]["ndcg@10"]["mean"], abs=2e-6
+        ), name
 
 
 def test_rankings_follow_the_split_and_exclude_training_books(sample_run):
@@ -162,14 +204,27 @@ def _synthetic(root: Path) -> Path:
     books = []
     for i in range(24):
         genre = "fantasy" if i < 12 else "mystery"
-        books.append({"book_id": f"b{i:02d}", "title": f"{genre.title()} Tale {i}", "authors": f"Author {i % 6}",
-                      "tags": f"{genre}|fiction", "year": 1990 + i})
+        books.append(
+            {
+                "book_id": f"b{i:02d}",
+                "title": f"{genre.title()} Tale {i}",
+                "authors": f"Author {i % 6}",
+                "tags": f"{genre}|fiction",
+                "year": 1990 + i,
+            }
+        )
     rows = []
     for u in range(60):
         group = range(12) if u % 2 == 0 else range(12, 24)
         n = 3 + (u % 4) if u < 12 else 8 + u % 4  # readers 0-11: 3-6 ratings -> 2-4 in training
         for j in rng.choice(list(group), size=n, replace=False):
-            rows.append({"user_id": f"u{u:02d}", "book_id": f"b{j:02d}", "rating": int(rng.choice([3, 4, 5]))})
+            rows.append(
+                {
+                    "user_id": f"u{u:02d}",
+                    "book_id": f"b{j:02d}",
+                    "rating": int(rng.choice([3, 4, 5])),
+                }
+            )
     root.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(books).to_csv(root / "books.csv", index=False)
     pd.DataFrame(rows).to_csv(root / "ratings.csv", index=False)
@@ -179,12 +234,25 @@ def _synthetic(root: Path) -> Path:
 def test_cold_start_slice_skips_and_sampled_warning(tmp_path, capsys):
     data = _synthetic(tmp_path / "data")
     out = tmp_path / "out"
-    assert _eval(out, "--dump-rankings", "--sampled", "10", "--models", "popularity,ease,hybrid",
-                 dataset=data) == 0
+    assert (
+        _eval(
+            out,
+            "--dump-rankings",
+            "--sampled",
+            "10",
+            "--models",
+            "popularity,ease,hybrid",
+            dataset=data,
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert "Krichene" in capsys.readouterr().err
-    assert m["sampled"]["warning"] == SAMPLED_WARNING and set(m["sampled"]["models"]) == {"popularity", "ease",
-                                                                                           "hybrid"}
+    assert m["sampled"]["warning"] == SAMPLED_WARNING and set(m["sampled"]["models"]) == {
+        "popularity",
+        "ease",
+        "hybrid",
+    }
     assert "Krichene" in (out / "report.md").read_text()
     train, relevant = _independent_split(data / "ratings.csv")
     users = m["dataset"]["evaluated_users"]
@@ -210,9 +278,17 @@ def test_bad_dataset_is_a_one_line_error(tmp_path, capsys):
 
 
 def _toy_library() -> Library:
-    books = [Book(f"b{i}", f"Book {i}", (f"A{i % 2}",), tags=("x",) if i % 2 else ("y",)) for i in range(6)]
+    books = [
+        Book(f"b{i}", f"Book {i}", (f"A{i % 2}",), tags=("x",) if i % 2 else ("y",))
+        for i in range(6)
+    ]
     vecs = np.eye(6, dtype=np.float32)
-    seqs = {"u1": ["b0", "b1", "b2"], "u2": ["b0", "b1"], "u3": ["b1", "b2"], "u4": ["b3", "b4", "b5", "b0"]}
+    seqs = {
+        "u1": ["b0", "b1", "b2"],
+        "u2": ["b0", "b1"],
+        "u3": ["b1", "b2"],
+        "u4": ["b3", "b4", "b5", "b0"],
+    }
     rows = [(u, b, 5.0, float(t)) for u, bs in seqs.items() for t, b in enumerate(bs)]
     return Library(books, vecs, pd.DataFrame(rows, columns=["user_id", "book_id", "rating", "ts"]))
 
@@ -224,16 +300,23 @@ def test_sequence_source_counts_successors_by_hand():
     s = src.score(UserContext("new", [Rating("new", "b0", 5.0, 0.0)]))
     assert s[lib.index["b1"]] == pytest.approx(1.0)
     assert np.count_nonzero(s) == 1
-    s = src.score(UserContext("new", [Rating("new", "b0", 5.0, 0.0), Rating("new", "b5", 4.0, 1.0)]))
+    s = src.score(
+        UserContext("new", [Rating("new", "b0", 5.0, 0.0), Rating("new", "b5", 4.0, 1.0)])
+    )
     # last=1: only the newest book (b5) counts, and u4 read b0 right after b5
     assert s[lib.index["b0"]] == pytest.approx(1.0) and np.count_nonzero(s) == 1
-    assert np.all(np.isneginf(src.score(UserContext("new", [Rating("new", "b2", 5.0, 0.0)]))))  # no successor
+    assert np.all(
+        np.isneginf(src.score(UserContext("new", [Rating("new", "b2", 5.0, 0.0)])))
+    )  # no successor
 
 
 def _toy_hybrid(method: str) -> tuple[Library, HybridSource, list[UserContext]]:
     lib = _toy_library()
-    srcs = {"cf": build_model("ease", lib, {"l2": 1.0}), "content": build_model("content", lib, {}),
-            "popularity": build_model("popularity", lib, {})}
+    srcs = {
+        "cf": build_model("ease", lib, {"l2": 1.0}),
+        "content": build_model("content", lib, {}),
+        "popularity": build_model("popularity", lib, {}),
+    }
     weights = {"cf": 1.0, "content": 0.5, "popularity": 0.2}
     ctxs = [UserContext(u, lib.history(u)) for u in ("u1", "u2", "u3", "u4")]
     ctxs.append(UserContext("new", [Rating("new", "b4", 4.0, 0.0)]))
@@ -294,8 +377,15 @@ def test_tuned_config_makes_the_live_hybrid_rank_as_eval_did(sample_run):
     best = m["tuning"]["hybrid"]["best"]
     assert settings.fusion.method == best["method"] and settings.cf.model == best["cf_model"]
     assert settings.fusion.weights == {n: w for n, w in best["weights"].items() if w > 0}
-    cfg = EvalConfig(dataset=str(SAMPLE), users=300, seed=7, quick=True, cache_dir=str(CACHE), progress=False,
-                     verbose=False)
+    cfg = EvalConfig(
+        dataset=str(SAMPLE),
+        users=300,
+        seed=7,
+        quick=True,
+        cache_dir=str(CACHE),
+        progress=False,
+        verbose=False,
+    )
     prep = prepare(cfg, settings)
     live = build_sources(prep.lib, settings)["hybrid"]
     want = {x["user_id"]: x["rankings"]["hybrid"] for x in _lines(out / "rankings.jsonl")}

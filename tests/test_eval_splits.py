@@ -87,7 +87,11 @@ def test_output_keeps_original_index_and_order(ordered_df: pd.DataFrame) -> None
 
 def test_random_mode_sizes_and_determinism() -> None:
     rng = np.random.default_rng(1)
-    rows = [(f"u{u}", f"b{i}", 4.0, float(i)) for u in range(30) for i in range(int(rng.integers(1, 20)))]
+    rows = [
+        (f"u{u}", f"b{i}", 4.0, float(i))
+        for u in range(30)
+        for i in range(int(rng.integers(1, 20)))
+    ]
     df = _frame(rows)
     temporal = temporal_holdout(df, frac=0.2)
     r1 = temporal_holdout(df, frac=0.2, ordered=False, seed=5)
@@ -98,7 +102,8 @@ def test_random_mode_sizes_and_determinism() -> None:
     assert not r1.test.index.equals(r3.test.index)  # another seed -> another draw
     # Same per-user sizes as the temporal rule.
     pd.testing.assert_series_equal(
-        r1.test["user_id"].value_counts().sort_index(), temporal.test["user_id"].value_counts().sort_index()
+        r1.test["user_id"].value_counts().sort_index(),
+        temporal.test["user_id"].value_counts().sort_index(),
     )
     # Not simply the latest events: some user has a test event that is not among its newest.
     assert not r1.test.index.equals(temporal.test.index)
@@ -147,7 +152,11 @@ def test_relevant_items(ordered_df: pd.DataFrame) -> None:
     # Test events: A a9 (5.0) a10 (3.0); B b5 (4.0); D d2 (2.0); E e3 (4.0).
     rel = relevant_items(split.test, threshold=4.0)
     assert rel == {"A": {"a9"}, "B": {"b5"}, "D": set(), "E": {"e3"}}
-    assert relevant_items(split.test, threshold=4.0, keep_empty=False) == {"A": {"a9"}, "B": {"b5"}, "E": {"e3"}}
+    assert relevant_items(split.test, threshold=4.0, keep_empty=False) == {
+        "A": {"a9"},
+        "B": {"b5"},
+        "E": {"e3"},
+    }
     assert relevant_items(split.test, threshold=5.0, keep_empty=False) == {"A": {"a9"}}
 
 

@@ -86,14 +86,24 @@ def test_kill_chat_server_during_feedback(demo_home, tmp_path):
         assert new[key] == 1, f"acknowledged {key} stored {new[key]} times"
     assert all(n == 1 for n in new.values()), "an event was duplicated"
     assert set(new) <= stored
-    print(f"\nkill -9 during feedback: {len(acked)} acknowledged, {sum(new.values())} stored, 0 lost")
+    print(
+        f"\nkill -9 during feedback: {len(acked)} acknowledged, {sum(new.values())} stored, 0 lost"
+    )
     # the next rating heals a profile the kill interrupted: it equals a rebuild again
     rec = Recommender.open(home)
     for u in users:
         rec.add_feedback(u, todo[u][-1], 4)
-        full = profile_from_history(rec.history(u), None, rec.settings.profile, rec.lib.has_timestamps,
-                                    matrix=rec.lib.vectors, index=rec.lib.index)
-        assert rec.profile(u).n == full.n and np.allclose(rec.profile(u).vector, full.vector, atol=1e-4)
+        full = profile_from_history(
+            rec.history(u),
+            None,
+            rec.settings.profile,
+            rec.lib.has_timestamps,
+            matrix=rec.lib.vectors,
+            index=rec.lib.index,
+        )
+        assert rec.profile(u).n == full.n and np.allclose(
+            rec.profile(u).vector, full.vector, atol=1e-4
+        )
     rec.close()
 
 
@@ -113,8 +123,14 @@ def _ingest(home: Path, hold: str | None = None) -> subprocess.Popen:
     env.pop("READNEXT_TEST_HOLD_AFTER", None)
     if hold:
         env["READNEXT_TEST_HOLD_AFTER"] = hold
-    return subprocess.Popen([sys.executable, "-m", "assistant.cli", "ingest", "--no-progress"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "assistant.cli", "ingest", "--no-progress"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_line(p: subprocess.Popen, needle: str, timeout: float = 300) -> list[str]:
@@ -146,12 +162,16 @@ def test_kill_ingest_at_three_points(demo_home, tmp_path):
         return procs[-1]
 
     try:
-        expected = [x["book_id"] for x in srv.call("recommend", u, "what should I read next?", 5)["items"]]
+        expected = [
+            x["book_id"] for x in srv.call("recommend", u, "what should I read next?", 5)["items"]
+        ]
         # 1. during the embedding: some chunks are done (the server's query vectors share the cache)
         base = _cache_rows(home / "cache")
         p = start()
         end = time.monotonic() + 300
-        while _cache_rows(home / "cache") < base + 64 and time.monotonic() < end and p.poll() is None:
+        while (
+            _cache_rows(home / "cache") < base + 64 and time.monotonic() < end and p.poll() is None
+        ):
             time.sleep(0.05)
         p.send_signal(signal.SIGKILL)
         p.wait(30)
@@ -163,17 +183,26 @@ def test_kill_ingest_at_three_points(demo_home, tmp_path):
             out = _wait_line(p, f"holding after {point}")
             if point == "chroma-books":  # the rerun resumed: only the rest was embedded
                 line = next(x for x in out if x.startswith("embedded"))
-                assert line.strip() == f"embedded {618 - done:,} books ({done:,} from the cache)", line
+                assert line.strip() == f"embedded {618 - done:,} books ({done:,} from the cache)", (
+                    line
+                )
             p.send_signal(signal.SIGKILL)
             p.wait(30)
             assert current_index_dir(home) == live
             got = srv.call("recommend", u, "what should I read next?", 5)
-            assert [x["book_id"] for x in got["items"]] == expected, "the previous index stopped serving"
+            assert [x["book_id"] for x in got["items"]] == expected, (
+                "the previous index stopped serving"
+            )
         partial = [d for d in (home / "indexes").iterdir() if d.is_dir() and d != live]
         assert partial, "the killed ingests left no folder to clean (the test would prove nothing)"
         # the next start cleans the partial folders (the server holds only the live one)
-        r = subprocess.run([sys.executable, "-m", "assistant.cli", "users", "--limit", "1"], cwd=ROOT,
-                           env=dict(os.environ, READNEXT_HOME=str(home)), capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "assistant.cli", "users", "--limit", "1"],
+            cwd=ROOT,
+            env=dict(os.environ, READNEXT_HOME=str(home)),
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
         assert [d.name for d in (home / "indexes").iterdir() if d.is_dir()] == [live.name]
         # the rerun completes from the cache, and the running server switches to it
@@ -183,7 +212,9 @@ def test_kill_ingest_at_three_points(demo_home, tmp_path):
         assert "embedded 0 books (618 from the cache)" in out, out
         new = current_index_dir(home)
         assert new != live
-        got = srv.call("feedback", u, expected[0], "like")  # first request after: triggers the switch
+        got = srv.call(
+            "feedback", u, expected[0], "like"
+        )  # first request after: triggers the switch
         assert got["ok"], got
         end = time.monotonic() + 120
         while live.exists() and time.monotonic() < end:

@@ -27,7 +27,9 @@ def test_incremental_update_equals_rebuild():
     index = {f"b{i}": i for i in range(30)}
     cfg = ProfileConfig(half_life_days=30, half_life_events=5)
     for has_ts in (True, False):
-        hist = [Rating("u", f"b{i}", float(rng.integers(1, 6)), 1e9 + 86400 * 3 * i) for i in range(12)]
+        hist = [
+            Rating("u", f"b{i}", float(rng.integers(1, 6)), 1e9 + 86400 * 3 * i) for i in range(12)
+        ]
         p = None
         for r in hist:
             p = update_profile(p, vecs[index[r.book_id]], r.rating, r.ts, cfg, has_ts)
@@ -36,8 +38,14 @@ def test_incremental_update_equals_rebuild():
         assert p.n == full.n == 12
         import pandas as pd
 
-        df = pd.DataFrame({"user_id": "u", "book_id": [r.book_id for r in hist], "rating": [r.rating for r in hist],
-                           "ts": [r.ts for r in hist]})
+        df = pd.DataFrame(
+            {
+                "user_id": "u",
+                "book_id": [r.book_id for r in hist],
+                "rating": [r.rating for r in hist],
+                "ts": [r.ts for r in hist],
+            }
+        )
         users, bv, meta = build_profiles(df, index, vecs, cfg, has_ts)
         assert users == ["u"] and np.allclose(bv[0], full.vector, atol=1e-5)
 
@@ -46,8 +54,14 @@ def test_low_ratings_push_the_profile_away():
     vecs = np.eye(4, dtype=np.float32)
     index = {f"b{i}": i for i in range(4)}
     cfg = ProfileConfig()
-    p = profile_from_history([Rating("u", "b0", 5, 0), Rating("u", "b1", 1, 1)], None, cfg, False,
-                             matrix=vecs, index=index)
+    p = profile_from_history(
+        [Rating("u", "b0", 5, 0), Rating("u", "b1", 1, 1)],
+        None,
+        cfg,
+        False,
+        matrix=vecs,
+        index=index,
+    )
     assert p.vector[0] > 0 > p.vector[1]
 
 
@@ -55,8 +69,14 @@ def test_recent_events_weigh_more():
     vecs = np.eye(4, dtype=np.float32)
     index = {f"b{i}": i for i in range(4)}
     cfg = ProfileConfig(half_life_events=2)
-    p = profile_from_history([Rating("u", "b0", 5, 0), Rating("u", "b1", 5, 1)], None, cfg, False,
-                             matrix=vecs, index=index)
+    p = profile_from_history(
+        [Rating("u", "b0", 5, 0), Rating("u", "b1", 5, 1)],
+        None,
+        cfg,
+        False,
+        matrix=vecs,
+        index=index,
+    )
     assert p.vector[1] > p.vector[0] > 0
 
 
@@ -77,8 +97,14 @@ def test_feedback_changes_next_answer_and_survives_reopen(home):
     assert stored1.n == stored0.n + 2
     assert float(stored1.vector @ v) > float(stored0.vector @ v)
     # the stored vector equals a rebuild from the full history (index ratings + feedback)
-    full = profile_from_history(rec.history(u), None, rec.settings.profile, rec.lib.has_timestamps,
-                                matrix=rec.lib.vectors, index=rec.lib.index)
+    full = profile_from_history(
+        rec.history(u),
+        None,
+        rec.settings.profile,
+        rec.lib.has_timestamps,
+        matrix=rec.lib.vectors,
+        index=rec.lib.index,
+    )
     assert np.allclose(stored1.vector, full.vector, atol=1e-4)
     rec.close()
     rec2 = Recommender.open(home)

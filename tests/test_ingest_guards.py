@@ -35,11 +35,16 @@ def test_empty_or_one_line_books_file_is_refused(home, tmp_path):
     live = current_index_dir(home)
     header_only = tmp_path / "books.csv"
     header_only.write_text("book_id,title,authors\n")
-    line = _one_line_error(run_cli("ingest", "--format", "generic", "--books", str(header_only), home=home),
-                           "0 books", "--force")
+    line = _one_line_error(
+        run_cli("ingest", "--format", "generic", "--books", str(header_only), home=home),
+        "0 books",
+        "--force",
+    )
     huge = tmp_path / "huge.csv"
     huge.write_text("book_id,title," + "x" * 50_000_000)  # a 50 MB single line
-    line = _one_line_error(run_cli("ingest", "--format", "generic", "--books", str(huge), home=home), "0 books")
+    line = _one_line_error(
+        run_cli("ingest", "--format", "generic", "--books", str(huge), home=home), "0 books"
+    )
     assert len(line) < 500
     assert current_index_dir(home) == live and _readers(home) == 600
 
@@ -49,7 +54,9 @@ def test_huge_one_line_ratings_file_gives_a_short_error(home, tmp_path):
     books.write_text("book_id,title\n1,Dune\n")
     ratings = tmp_path / "ratings.csv"
     ratings.write_text("user_id,book_id," + "9" * 50_000_000)
-    p = run_cli("ingest", "--format", "generic", "--books", str(books), "--ratings", str(ratings), home=home)
+    p = run_cli(
+        "ingest", "--format", "generic", "--books", str(books), "--ratings", str(ratings), home=home
+    )
     line = _one_line_error(p, "ratings.csv:1", "missing column")
     assert len(p.stderr) < 1000 and len(line) < 500, len(p.stderr)
 
@@ -57,9 +64,20 @@ def test_huge_one_line_ratings_file_gives_a_short_error(home, tmp_path):
 def test_forced_empty_catalog_answers_queries_with_one_line(home, tmp_path):
     header_only = tmp_path / "books.csv"
     header_only.write_text("book_id,title\n")
-    p = run_cli("ingest", "--format", "generic", "--books", str(header_only), "--force", "--no-progress", home=home)
+    p = run_cli(
+        "ingest",
+        "--format",
+        "generic",
+        "--books",
+        str(header_only),
+        "--force",
+        "--no-progress",
+        home=home,
+    )
     assert p.returncode == 0, p.stderr
-    _one_line_error(run_cli("recommend", "--query", "a funny fantasy", home=home), "catalog is empty")
+    _one_line_error(
+        run_cli("recommend", "--query", "a funny fantasy", home=home), "catalog is empty"
+    )
 
 
 def test_shrinking_catalog_or_readers_needs_force(home):
@@ -108,10 +126,16 @@ def test_a_lease_outlives_nothing_but_its_process(home, tmp_path):
 
     old = home / "indexes" / "demo-old"
     old.mkdir()
-    code = ("import sys, time; from pathlib import Path; from retrieval.leases import Lease; "
-            "l = Lease(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)")
-    p = subprocess.Popen([sys.executable, "-c", code, str(old)], stdout=subprocess.PIPE, text=True,
-                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    code = (
+        "import sys, time; from pathlib import Path; from retrieval.leases import Lease; "
+        "l = Lease(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, str(old)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     try:
         assert p.stdout.readline().strip() == "held"
         from retrieval.leases import collect_garbage

@@ -16,11 +16,34 @@ TITLES = [
     "Gone with the Wind",
     "It",
 ]
-TAGS = ["fantasy", "romance", "horror", "thriller", "thrillers", "dark", "science-fiction",
-        "sci-fi", "young-adult", "ya", "humor", "funny", "mystery", "lighthearted", "vampires",
-        "classics", "short-stories", "space-opera", "fiction"]
-AUTHORS = ["Ursula K. Le Guin", "Terry Pratchett", "Frank Herbert", "Stephen King",
-           "Suzanne Collins"]
+TAGS = [
+    "fantasy",
+    "romance",
+    "horror",
+    "thriller",
+    "thrillers",
+    "dark",
+    "science-fiction",
+    "sci-fi",
+    "young-adult",
+    "ya",
+    "humor",
+    "funny",
+    "mystery",
+    "lighthearted",
+    "vampires",
+    "classics",
+    "short-stories",
+    "space-opera",
+    "fiction",
+]
+AUTHORS = [
+    "Ursula K. Le Guin",
+    "Terry Pratchett",
+    "Frank Herbert",
+    "Stephen King",
+    "Suzanne Collins",
+]
 
 DEFAULTS = Intent(kind="recommend").to_dict()
 
@@ -44,13 +67,23 @@ def same(got: dict, want: dict) -> None:
 
 SPEC = [
     ("what should I read next?", expect(kind="recommend")),
-    ("something like Dune but shorter",
-     expect(kind="more_like", title_ref="Dune (Dune Chronicles #1)", shorter=True)),
-    ("something like the hunger games but lighter",
-     expect(kind="more_like", title_ref="The Hunger Games (The Hunger Games, #1)", lighter=True)),
+    (
+        "something like Dune but shorter",
+        expect(kind="more_like", title_ref="Dune (Dune Chronicles #1)", shorter=True),
+    ),
+    (
+        "something like the hunger games but lighter",
+        expect(kind="more_like", title_ref="The Hunger Games (The Hunger Games, #1)", lighter=True),
+    ),
     ("more fantasy", expect(kind="refine", include_tags=["fantasy"], query_text="fantasy")),
-    ("more dark thrillers", expect(kind="refine", include_tags=["dark", "thriller", "thrillers"],
-                                   query_text="dark thrillers")),
+    (
+        "more dark thrillers",
+        expect(
+            kind="refine",
+            include_tags=["dark", "thriller", "thrillers"],
+            query_text="dark thrillers",
+        ),
+    ),
     ("not romance", expect(kind="refine", exclude_tags=["romance"])),
     ("no horror please", expect(kind="refine", exclude_tags=["horror"])),
     ("why this one?", expect(kind="why")),
@@ -59,14 +92,18 @@ SPEC = [
     ("I've read that", expect(kind="read_it")),
     ("already read #3", expect(kind="read_it", ref_index=3)),
     ("not interested in #1", expect(kind="not_interested", ref_index=1)),
-    ("not interested in Twilight",
-     expect(kind="not_interested", title_ref="Twilight (Twilight, #1)")),
+    (
+        "not interested in Twilight",
+        expect(kind="not_interested", title_ref="Twilight (Twilight, #1)"),
+    ),
     ("books by Ursula K. Le Guin", expect(kind="recommend", authors=["Ursula K. Le Guin"])),
     ("something newer", expect(kind="refine", newer=True)),
     ("published after 2000", expect(kind="refine", year_min=2001)),
     ("before 1950", expect(kind="refine", year_max=1949)),
-    ("a short funny book", expect(kind="recommend", shorter=True, include_tags=["funny", "humor"],
-                                  query_text="funny")),
+    (
+        "a short funny book",
+        expect(kind="recommend", shorter=True, include_tags=["funny", "humor"], query_text="funny"),
+    ),
 ]
 
 
@@ -95,34 +132,84 @@ MORE = [
     ("I don't like horror", expect(kind="refine", exclude_tags=["horror"])),
     ("more like #2", expect(kind="more_like", ref_index=2)),
     ("more like this", expect(kind="more_like")),
-    ("something like the hunger gmaes", expect(kind="more_like",
-                                               title_ref="The Hunger Games (The Hunger Games, #1)")),
-    ("something like Gone with the Wind but newer",  # "with" inside the title is kept
-     expect(kind="more_like", title_ref="Gone with the Wind", newer=True)),
-    ("something like a cozy space opera",  # no such title: a free request
-     expect(kind="recommend", include_tags=["space-opera"], query_text="cozy space opera")),
-    ("fantasy but no romance", expect(kind="recommend", include_tags=["fantasy"],
-                                      exclude_tags=["romance"], query_text="fantasy")),
-    ("fantasy without romance or vampires",
-     expect(kind="recommend", include_tags=["fantasy"], exclude_tags=["romance", "vampires"],
-            query_text="fantasy")),
-    ("less romance, more horror", expect(kind="refine", include_tags=["horror"],
-                                         exclude_tags=["romance"], query_text="horror")),
-    ("scary ya books", expect(kind="recommend", include_tags=["horror", "ya", "young-adult"],
-                              query_text="scary ya")),
-    ("sci-fi from the 90s", expect(kind="recommend", include_tags=["science-fiction", "sci-fi"],
-                                   year_min=1990, year_max=1999, query_text="sci-fi")),
+    (
+        "something like the hunger gmaes",
+        expect(kind="more_like", title_ref="The Hunger Games (The Hunger Games, #1)"),
+    ),
+    (
+        "something like Gone with the Wind but newer",  # "with" inside the title is kept
+        expect(kind="more_like", title_ref="Gone with the Wind", newer=True),
+    ),
+    (
+        "something like a cozy space opera",  # no such title: a free request
+        expect(kind="recommend", include_tags=["space-opera"], query_text="cozy space opera"),
+    ),
+    (
+        "fantasy but no romance",
+        expect(
+            kind="recommend",
+            include_tags=["fantasy"],
+            exclude_tags=["romance"],
+            query_text="fantasy",
+        ),
+    ),
+    (
+        "fantasy without romance or vampires",
+        expect(
+            kind="recommend",
+            include_tags=["fantasy"],
+            exclude_tags=["romance", "vampires"],
+            query_text="fantasy",
+        ),
+    ),
+    (
+        "less romance, more horror",
+        expect(
+            kind="refine", include_tags=["horror"], exclude_tags=["romance"], query_text="horror"
+        ),
+    ),
+    (
+        "scary ya books",
+        expect(
+            kind="recommend", include_tags=["horror", "ya", "young-adult"], query_text="scary ya"
+        ),
+    ),
+    (
+        "sci-fi from the 90s",
+        expect(
+            kind="recommend",
+            include_tags=["science-fiction", "sci-fi"],
+            year_min=1990,
+            year_max=1999,
+            query_text="sci-fi",
+        ),
+    ),
     ("between 1990 and 2005", expect(kind="refine", year_min=1990, year_max=2005)),
     ("since 2010", expect(kind="refine", year_min=2010)),
-    ("19th century classics", expect(kind="recommend", include_tags=["classics"],
-                                     year_min=1800, year_max=1899, query_text="classics")),
+    (
+        "19th century classics",
+        expect(
+            kind="recommend",
+            include_tags=["classics"],
+            year_min=1800,
+            year_max=1899,
+            query_text="classics",
+        ),
+    ),
     ("anything by pratchett", expect(kind="recommend", authors=["Terry Pratchett"])),
     ("more Ursula K. Le Guin", expect(kind="recommend", authors=["Ursula K. Le Guin"])),
-    ("short stories", expect(kind="recommend", include_tags=["short-stories"],
-                             query_text="short stories")),
-    ("space opera with political intrigue",
-     expect(kind="recommend", include_tags=["space-opera"],
-            query_text="space opera with political intrigue")),
+    (
+        "short stories",
+        expect(kind="recommend", include_tags=["short-stories"], query_text="short stories"),
+    ),
+    (
+        "space opera with political intrigue",
+        expect(
+            kind="recommend",
+            include_tags=["space-opera"],
+            query_text="space opera with political intrigue",
+        ),
+    ),
     ("something older", expect(kind="refine", older=True)),
 ]
 
@@ -159,8 +246,21 @@ def test_unknown_title_stays_in_query():
 
 def test_to_dict_is_plain_and_complete():
     d = parse_intent("why #2?").to_dict()
-    assert set(d) == {"kind", "ref_index", "title_ref", "include_tags", "exclude_tags", "authors",
-                      "year_min", "year_max", "shorter", "lighter", "newer", "older", "query_text"}
+    assert set(d) == {
+        "kind",
+        "ref_index",
+        "title_ref",
+        "include_tags",
+        "exclude_tags",
+        "authors",
+        "year_min",
+        "year_max",
+        "shorter",
+        "lighter",
+        "newer",
+        "older",
+        "query_text",
+    }
     assert d["kind"] == "why" and d["ref_index"] == 2 and d["include_tags"] == []
 
 

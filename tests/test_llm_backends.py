@@ -43,7 +43,12 @@ def test_logsumexp_and_score_top():
     assert logsumexp([]) == -math.inf
     assert logsumexp([math.log(0.2), math.log(0.3)]) == pytest.approx(math.log(0.5))
     # P(Yes)=0.5 pooled over two spellings, P(No)=0.25: score = log 2
-    top = [("Yes", math.log(0.3)), (" No", math.log(0.25)), (" Yes", math.log(0.2)), ("Maybe", math.log(0.1))]
+    top = [
+        ("Yes", math.log(0.3)),
+        (" No", math.log(0.25)),
+        (" Yes", math.log(0.2)),
+        ("Maybe", math.log(0.1)),
+    ]
     assert EndpointBackend.score_top(top) == pytest.approx(math.log(2))
     # "No" missing from the list: it gets the smallest listed log-probability (0.1)
     assert EndpointBackend.score_top(top[:1] + top[3:]) == pytest.approx(math.log(3))
@@ -93,8 +98,12 @@ def test_prompts_load_and_delimit():
         load_prompt("nope")
     with pytest.raises(ValueError, match="needs variables"):
         render_messages("rerank_yes_no", history="x")
-    msgs, _ = render_messages("chat_intent", utterance=delimit("more like {Dune}"), context="(none)")
-    assert [m["role"] for m in msgs] == ["system", "user"] and "<<<more like {Dune}>>>" in msgs[1]["content"]
+    msgs, _ = render_messages(
+        "chat_intent", utterance=delimit("more like {Dune}"), context="(none)"
+    )
+    assert [m["role"] for m in msgs] == ["system", "user"] and "<<<more like {Dune}>>>" in msgs[1][
+        "content"
+    ]
 
 
 # -- reranker with scripted scores ---------------------------------------------------------
@@ -142,22 +151,35 @@ def test_zscores_and_listwise_parse():
 
 def test_weight_zero_keeps_retrieval_order_but_reports_llm_scores():
     llm = {f"Book {i}": float(i) for i in range(6)}  # the model prefers the reverse order
-    unsorted = CANDS[:2][::-1] + CANDS[2:]  # exact input order is kept even when scores are unsorted
+    unsorted = (
+        CANDS[:2][::-1] + CANDS[2:]
+    )  # exact input order is kept even when scores are unsorted
     out = LLMReranker(TableBackend(llm), weight=0.0).rerank(HISTORY, unsorted)
     assert [r.book_id for r in out] == [b.book_id for b, _ in unsorted]
     assert [r.llm_score for r in out] == [1.0, 0.0, 2.0, 3.0, 4.0, 5.0]
-    assert [r.book_id for r in LLMReranker(TableBackend(llm), weight=5.0).rerank(HISTORY, CANDS)] == list("543210")
+    assert [
+        r.book_id for r in LLMReranker(TableBackend(llm), weight=5.0).rerank(HISTORY, CANDS)
+    ] == list("543210")
 
 
 def test_pointwise_fusion_reorders_the_head_and_keeps_the_tail():
-    llm = {"Book 0": -3.0, "Book 1": 0.0, "Book 2": 5.0, "Book 3": 1.0, "Book 4": 9.0, "Book 5": 9.0}
+    llm = {
+        "Book 0": -3.0,
+        "Book 1": 0.0,
+        "Book 2": 5.0,
+        "Book 3": 1.0,
+        "Book 4": 9.0,
+        "Book 5": 9.0,
+    }
     out = LLMReranker(TableBackend(llm), weight=100.0, top_n=4).rerank(HISTORY, CANDS)
     # head (0..3) sorted by the LLM because the weight dominates; tail 4, 5 untouched
     assert [r.book_id for r in out] == ["2", "3", "1", "0", "4", "5"]
     assert out[0].llm_score == 5.0 and out[-1].llm_score is None and out[-1].fused_score is None
     # a small weight cannot overturn a large retrieval gap
     close = [(book(0), 10.0), (book(1), 0.0), (book(2), -10.0)]
-    out = LLMReranker(TableBackend({"Book 0": 0.0, "Book 1": 1.0, "Book 2": 2.0}), weight=0.1).rerank(HISTORY, close)
+    out = LLMReranker(
+        TableBackend({"Book 0": 0.0, "Book 1": 1.0, "Book 2": 2.0}), weight=0.1
+    ).rerank(HISTORY, close)
     assert [r.book_id for r in out] == ["0", "1", "2"]
 
 
@@ -179,7 +201,9 @@ def test_rerank_rejects_duplicates_and_survives_backend_errors():
 
     rr = LLMReranker(Down({}), weight=1.0)
     out = rr.rerank(HISTORY, CANDS)
-    assert [r.book_id for r in out] == [b.book_id for b, _ in CANDS] and "cannot connect" in rr.last_error
+    assert [r.book_id for r in out] == [
+        b.book_id for b, _ in CANDS
+    ] and "cannot connect" in rr.last_error
     assert LLMReranker(NoLLM(), weight=1.0).mode == "off"
 
 
@@ -199,8 +223,10 @@ def local():
 
 
 YES_NO = [
-    [{"role": "system", "content": "Reply with one word: Yes or No."},
-     {"role": "user", "content": f"Is {a} larger than {b}? Answer Yes or No."}]
+    [
+        {"role": "system", "content": "Reply with one word: Yes or No."},
+        {"role": "user", "content": f"Is {a} larger than {b}? Answer Yes or No."},
+    ]
     for a, b in [(10, 2), (3, 70), (5, 5)]
 ]
 
@@ -211,19 +237,39 @@ def test_real_yes_no_scores_are_finite_deterministic_and_batch_invariant(local):
     assert len(s1) == 3 and all(math.isfinite(x) for x in s1)
     assert s1 == s2
     singles = [local.yes_no_scores([p])[0] for p in YES_NO]
-    assert singles == pytest.approx(s1, abs=1e-3)  # padding / shared-prefix batching changes nothing
+    assert singles == pytest.approx(
+        s1, abs=1e-3
+    )  # padding / shared-prefix batching changes nothing
     assert len(set(round(x, 4) for x in s1)) == 3  # the scores do depend on the prompt
 
 
 def test_real_rerank_of_20_candidates_is_a_permutation(local):
-    cands = [(Book(str(i), f"Novel {i}", (f"Writer {i % 7}",), 1990 + i, ("fantasy" if i % 2 else "romance",),
-                   description=f"A story number {i}."), 1.0 - i / 20) for i in range(20)]
+    cands = [
+        (
+            Book(
+                str(i),
+                f"Novel {i}",
+                (f"Writer {i % 7}",),
+                1990 + i,
+                ("fantasy" if i % 2 else "romance",),
+                description=f"A story number {i}.",
+            ),
+            1.0 - i / 20,
+        )
+        for i in range(20)
+    ]
     rr = LLMReranker(local, weight=1.0)
-    out = rr.rerank([(Book("h1", "The Dragon Queen", ("Writer 1",), tags=("fantasy",)), 5.0)], cands)
+    out = rr.rerank(
+        [(Book("h1", "The Dragon Queen", ("Writer 1",), tags=("fantasy",)), 5.0)], cands
+    )
     assert sorted(r.book_id for r in out) == sorted(b.book_id for b, _ in cands)
     assert all(r.llm_score is not None and math.isfinite(r.llm_score) for r in out)
-    assert [r.book_id for r in out] == [r.book_id for r in rr.rerank(
-        [(Book("h1", "The Dragon Queen", ("Writer 1",), tags=("fantasy",)), 5.0)], cands)]  # deterministic
+    assert [r.book_id for r in out] == [
+        r.book_id
+        for r in rr.rerank(
+            [(Book("h1", "The Dragon Queen", ("Writer 1",), tags=("fantasy",)), 5.0)], cands
+        )
+    ]  # deterministic
 
 
 def test_real_generate_and_stream_agree(local):
@@ -237,8 +283,10 @@ def test_real_generate_and_stream_agree(local):
 
 
 def test_real_prefill_is_continued(local):
-    msgs = [{"role": "user", "content": "Reply in JSON with a key 'colour'."},
-            {"role": "assistant", "content": '{"colour": "'}]
+    msgs = [
+        {"role": "user", "content": "Reply in JSON with a key 'colour'."},
+        {"role": "assistant", "content": '{"colour": "'},
+    ]
     assert local.render(msgs).endswith('assistant\n{"colour": "')
     out = local.generate(msgs, max_new_tokens=8, stop=['"'])
     assert out and not out.startswith("{")
@@ -259,7 +307,11 @@ class FakeLM(LLMBackend):
         out = []
         for p in prompts:
             good = "good" in p[-1]["content"]
-            top = [("Yes", math.log(0.6)), (" No", math.log(0.2))] if good else [("No", math.log(0.7)), ("Yes", math.log(0.1))]
+            top = (
+                [("Yes", math.log(0.6)), (" No", math.log(0.2))]
+                if good
+                else [("No", math.log(0.7)), ("Yes", math.log(0.1))]
+            )
             out.append((top + [("maybe", math.log(0.05))])[:k])
         return out
 
@@ -267,7 +319,9 @@ class FakeLM(LLMBackend):
         return cut_at_stop(f"You said: {messages[-1]['content']}", stop)[0]
 
     def stream(self, messages, max_new_tokens=160, stop=None):
-        yield from stream_with_stops(re.findall(r"\S+\s*", self.generate(messages, max_new_tokens)), stop)
+        yield from stream_with_stops(
+            re.findall(r"\S+\s*", self.generate(messages, max_new_tokens)), stop
+        )
 
 
 def _serve(backend: LLMBackend):
@@ -278,7 +332,9 @@ def _serve(backend: LLMBackend):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(backend), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(backend), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -313,7 +369,9 @@ def test_endpoint_yes_no_via_logprobs(fake_server):
     assert e.supports_logprobs  # probed
     good = [{"role": "user", "content": "a good book"}]
     bad = [{"role": "user", "content": "a dull book"}]
-    assert e.yes_no_scores([good, bad, good]) == pytest.approx([math.log(3), math.log(1 / 7), math.log(3)])
+    assert e.yes_no_scores([good, bad, good]) == pytest.approx(
+        [math.log(3), math.log(1 / 7), math.log(3)]
+    )
 
 
 def test_endpoint_errors_are_one_line(fake_server):
@@ -324,7 +382,9 @@ def test_endpoint_errors_are_one_line(fake_server):
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     with pytest.raises(LLMError, match="cannot connect") as info:
-        EndpointBackend(f"http://127.0.0.1:{dead}", model="m").generate([{"role": "user", "content": "x"}])
+        EndpointBackend(f"http://127.0.0.1:{dead}", model="m").generate(
+            [{"role": "user", "content": "x"}]
+        )
     assert "\n" not in str(info.value)
 
 

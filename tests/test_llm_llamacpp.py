@@ -25,14 +25,22 @@ def qwen():
 
 def _yn(history: str, candidate: str) -> list[dict[str, str]]:
     return [
-        {"role": "system", "content": "You judge whether a reader will enjoy a book. Reply with one word: Yes or No."},
-        {"role": "user", "content": f"Books the reader loved (5/5):\n{history}\n\nCandidate book:\n{candidate}\n\n"
-                                    "Will this reader enjoy the candidate book? Answer Yes or No."},
+        {
+            "role": "system",
+            "content": "You judge whether a reader will enjoy a book. Reply with one word: Yes or No.",
+        },
+        {
+            "role": "user",
+            "content": f"Books the reader loved (5/5):\n{history}\n\nCandidate book:\n{candidate}\n\n"
+            "Will this reader enjoy the candidate book? Answer Yes or No.",
+        },
     ]
 
 
-SF = "- Dune by Frank Herbert (science fiction)\n- Foundation by Isaac Asimov (science fiction)\n" \
-     "- Hyperion by Dan Simmons (science fiction)"
+SF = (
+    "- Dune by Frank Herbert (science fiction)\n- Foundation by Isaac Asimov (science fiction)\n"
+    "- Hyperion by Dan Simmons (science fiction)"
+)
 AUSTEN = "- Pride and Prejudice by Jane Austen (classics, romance)\n- Emma by Jane Austen (classics, romance)"
 PAIRS = [  # (history, candidate, relevant?)
     (SF, "The Left Hand of Darkness by Ursula K. Le Guin (science fiction)", True),
@@ -57,39 +65,72 @@ def test_yes_no_separates_obvious_relevant_from_irrelevant(qwen):
 
 
 def test_constrained_json_always_parses_and_fits_the_schema(qwen):
-    schema = {"type": "object",
-              "properties": {"why": {"type": "string", "maxLength": 200},
-                             "mood": {"type": "string", "enum": ["dark", "light", "mixed"]},
-                             "pages_guess": {"type": "integer"}},
-              "required": ["why", "mood", "pages_guess"], "additionalProperties": False}
-    msgs = [{"role": "user", "content": "In JSON: why might a fan of Dune enjoy Hyperion? Keys: why (one short "
-                                        "sentence), mood, pages_guess."}]
+    schema = {
+        "type": "object",
+        "properties": {
+            "why": {"type": "string", "maxLength": 200},
+            "mood": {"type": "string", "enum": ["dark", "light", "mixed"]},
+            "pages_guess": {"type": "integer"},
+        },
+        "required": ["why", "mood", "pages_guess"],
+        "additionalProperties": False,
+    }
+    msgs = [
+        {
+            "role": "user",
+            "content": "In JSON: why might a fan of Dune enjoy Hyperion? Keys: why (one short "
+            "sentence), mood, pages_guess.",
+        }
+    ]
     obj = qwen.generate_json(msgs, schema, max_new_tokens=90)
     assert list(obj) == ["why", "mood", "pages_guess"]  # schema order is the writing order
     assert obj["mood"] in ("dark", "light", "mixed") and isinstance(obj["pages_guess"], int)
     assert obj["why"].strip()
-    intent_schema = {"type": "object", "properties": {
-        "intent": {"type": "string", "enum": ["recommend", "more_like", "refine", "why"]},
-        "exclude_tags": {"type": "array", "items": {"type": "string"}, "maxItems": 5}},
-        "required": ["intent", "exclude_tags"], "additionalProperties": False}
-    got = qwen.generate_json([{"role": "user", "content": "Reader says: 'more fantasy please, but no romance'. "
-                                                          "Give the intent and tags to exclude as JSON."}],
-                             intent_schema, max_new_tokens=40)
-    assert got["intent"] in ("recommend", "more_like", "refine", "why") and isinstance(got["exclude_tags"], list)
+    intent_schema = {
+        "type": "object",
+        "properties": {
+            "intent": {"type": "string", "enum": ["recommend", "more_like", "refine", "why"]},
+            "exclude_tags": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
+        },
+        "required": ["intent", "exclude_tags"],
+        "additionalProperties": False,
+    }
+    got = qwen.generate_json(
+        [
+            {
+                "role": "user",
+                "content": "Reader says: 'more fantasy please, but no romance'. "
+                "Give the intent and tags to exclude as JSON.",
+            }
+        ],
+        intent_schema,
+        max_new_tokens=40,
+    )
+    assert got["intent"] in ("recommend", "more_like", "refine", "why") and isinstance(
+        got["exclude_tags"], list
+    )
 
 
 def test_json_cut_off_by_the_token_limit_is_a_clear_failure(qwen):
     schema = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
     with pytest.raises(LLMBadOutput, match="max_new_tokens=5"):
-        qwen.generate_json([{"role": "user", "content": "Tell a long story as JSON."}], schema, max_new_tokens=5)
+        qwen.generate_json(
+            [{"role": "user", "content": "Tell a long story as JSON."}], schema, max_new_tokens=5
+        )
 
 
 def test_stream_equals_generate_and_prefill_is_continued(qwen):
     msgs = [{"role": "user", "content": "Name three primary colours, comma separated."}]
     text = qwen.generate(msgs, max_new_tokens=16)
     assert "".join(qwen.stream(msgs, max_new_tokens=16)) == text and text.strip()
-    out = qwen.generate([{"role": "user", "content": "Name a colour as JSON."},
-                         {"role": "assistant", "content": '{"colour": "'}], max_new_tokens=8, stop=['"'])
+    out = qwen.generate(
+        [
+            {"role": "user", "content": "Name a colour as JSON."},
+            {"role": "assistant", "content": '{"colour": "'},
+        ],
+        max_new_tokens=8,
+        stop=['"'],
+    )
     assert out and '"' not in out and "{" not in out
 
 
@@ -101,7 +142,9 @@ def test_deadline_stops_a_local_generation(qwen):
         r.generate(msgs, max_new_tokens=400)
     assert time.monotonic() - t0 < 1.0
     # The model is free again soon after (the worker stopped at its own deadline check).
-    assert qwen.generate([{"role": "user", "content": "Say OK."}], max_new_tokens=2, deadline=time.monotonic() + 120)
+    assert qwen.generate(
+        [{"role": "user", "content": "Say OK."}], max_new_tokens=2, deadline=time.monotonic() + 120
+    )
 
 
 def test_slices_join_into_the_pinned_file(tmp_path):

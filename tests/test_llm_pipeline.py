@@ -45,11 +45,15 @@ def test_rerank_is_a_permutation_and_weight_zero_keeps_retrieval_order(home, llm
     u = next(x["user_id"] for x in rec.users() if x["n_ratings"] >= 40)
     base = [r.book_id for r in rec.recommend(user_id=u, k=20)]
     res = rec.recommend_full(user_id=u, k=20, rerank="llm")
-    assert [r.book_id for r in res.items] == base  # a weak model must not degrade the default ranking
+    assert [
+        r.book_id for r in res.items
+    ] == base  # a weak model must not degrade the default ranking
     rec2 = _rec(home, llm, 1.0)
     res2 = rec2.recommend_full(user_id=u, k=20, rerank="llm")
     got = [r.book_id for r in res2.items]
-    assert sorted(got) == sorted(base) and len(set(got)) == 20  # a permutation of the same candidates
+    assert (
+        sorted(got) == sorted(base) and len(set(got)) == 20
+    )  # a permutation of the same candidates
     assert all(r.llm_score is not None for r in res2.items)
     assert all(r.retrieval_score is not None for r in res2.items)
 
@@ -71,16 +75,32 @@ def test_llm_explanations_pass_the_guard_or_fall_back(home, llm):
                 # any catalog title named in LLM text is the candidate's own or one from the history
                 named = {t for t in allowed_titles if len(t) > 6 and t.split(" (")[0] in text}
                 ok = {rec.books[r.book_id].title} | {rec.books[b].title for b in hist}
-                assert named <= ok, (named - ok)
+                assert named <= ok, named - ok
             else:
-                assert r.rejected_reason or r.explanation  # the template text, with the reason recorded
+                assert (
+                    r.rejected_reason or r.explanation
+                )  # the template text, with the reason recorded
     # The tiny model passes the guard sometimes; the point is that nothing unchecked gets through.
     assert n_llm >= 0
 
 
 def test_cli_rerank_llm_json(home):
-    p = run_cli("recommend", "--user", "u0003", "-k", "3", "--rerank", "llm", "--llm", "tiny", "--json",
-                "--explain-llm", "1", home=home, timeout=600)
+    p = run_cli(
+        "recommend",
+        "--user",
+        "u0003",
+        "-k",
+        "3",
+        "--rerank",
+        "llm",
+        "--llm",
+        "tiny",
+        "--json",
+        "--explain-llm",
+        "1",
+        home=home,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert len(out["items"]) == 3

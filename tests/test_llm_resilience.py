@@ -198,12 +198,18 @@ def test_turn_budget_skips_later_calls():
 
 
 def test_generate_json_validates_and_retries_once():
-    schema = {"type": "object", "properties": {"why": {"type": "string", "maxLength": 40}},
-              "required": ["why"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"why": {"type": "string", "maxLength": 40}},
+        "required": ["why"],
+        "additionalProperties": False,
+    }
     f = Flaky()
     f.down = False
     f.replies = ['Sure: {"why": 3}', 'Here: {"why": "shared tags"} done']
-    assert f.generate_json([{"role": "user", "content": "explain"}], schema) == {"why": "shared tags"}
+    assert f.generate_json([{"role": "user", "content": "explain"}], schema) == {
+        "why": "shared tags"
+    }
     f.replies = ["no json", '{"because": "x"}']
     with pytest.raises(LLMBadOutput, match="schema"):
         f.generate_json([{"role": "user", "content": "explain"}], schema)
@@ -215,9 +221,15 @@ def test_generate_json_validates_and_retries_once():
 
 
 def test_guard_rejections_are_counted_apart_from_backend_failures():
-    reasons = ["names 'Dune', which is not in the evidence", "backend error: LLM endpoint timed out", None]
+    reasons = [
+        "names 'Dune', which is not in the evidence",
+        "backend error: LLM endpoint timed out",
+        None,
+    ]
     assert count_guard_rejections(reasons) == 1
-    assert honest_notes(object(), 2) == ["2 LLM text(s) failed the grounding check: showing template text instead"]
+    assert honest_notes(object(), 2) == [
+        "2 LLM text(s) failed the grounding check: showing template text instead"
+    ]
 
 
 # -- the product paths against the hung server ------------------------------------------------------
@@ -230,7 +242,12 @@ def hung_home(demo_home, tmp_path):
 
 def _settings(home, timeout=1.0, budget=2.5):
     s = Settings.load(home=home, env={})
-    s.llm.timeout_s, s.llm.turn_budget_s, s.llm.breaker_failures, s.llm.breaker_cooldown_s = timeout, budget, 3, 60
+    s.llm.timeout_s, s.llm.turn_budget_s, s.llm.breaker_failures, s.llm.breaker_cooldown_s = (
+        timeout,
+        budget,
+        3,
+        60,
+    )
     s.llm.model = "m"
     return s
 
@@ -271,7 +288,9 @@ def test_chat_turns_with_hung_llm_stay_within_budget_and_do_not_hold_others(hung
     for t in threads:
         t.join(30)
     assert len(took) == len(users), "a chat turn did not finish"
-    assert max(took.values()) < 2.5 + 3.0, took  # concurrent readers are not queued behind each other
+    assert max(took.values()) < 2.5 + 3.0, (
+        took
+    )  # concurrent readers are not queued behind each other
     notes = [n for ns in finals.values() for n in ns]
     assert not any("grounding" in n for n in notes), notes
     assert any("did not answer in time" in n or "budget" in n for n in notes), notes

@@ -54,8 +54,13 @@ def test_20_readers_for_60s(demo_home, tmp_path):
         while time.monotonic() < end:
             t = time.monotonic()
             try:
-                r = srv.call("recommend", u, "what should I read next?" if i % 2 else "something funny", 5,
-                             timeout=120)
+                r = srv.call(
+                    "recommend",
+                    u,
+                    "what should I read next?" if i % 2 else "something funny",
+                    5,
+                    timeout=120,
+                )
                 dt = time.monotonic() - t
                 if "error" in r or not r.get("items"):
                     raise RuntimeError(f"recommend: {str(r)[:200]}")
@@ -79,16 +84,23 @@ def test_20_readers_for_60s(demo_home, tmp_path):
                 first_ok.append(t - t_open)  # when this successful round was sent
             i += 1
 
-    threads = [threading.Thread(target=reader, args=(n, u), daemon=True) for n, u in enumerate(users)]
+    threads = [
+        threading.Thread(target=reader, args=(n, u), daemon=True) for n, u in enumerate(users)
+    ]
     for t in threads:
         t.start()
     ingest_done: list[float] = []
 
     def reingest():
         go.wait()
-        p = subprocess.run([sys.executable, "-m", "assistant.cli", "ingest", "--no-progress"], cwd=ROOT,
-                           env=dict(os.environ, READNEXT_HOME=str(home)), capture_output=True, text=True,
-                           timeout=SECONDS + 240)
+        p = subprocess.run(
+            [sys.executable, "-m", "assistant.cli", "ingest", "--no-progress"],
+            cwd=ROOT,
+            env=dict(os.environ, READNEXT_HOME=str(home)),
+            capture_output=True,
+            text=True,
+            timeout=SECONDS + 240,
+        )
         assert p.returncode == 0, p.stderr[-2000:]
         ingest_done.append(time.monotonic() - t_open)
 
@@ -104,26 +116,44 @@ def test_20_readers_for_60s(demo_home, tmp_path):
     finally:
         srv.stop()
     with sqlite3.connect(home / "feedback.sqlite") as c:
-        stored = Counter(c.execute(f"SELECT user_id, book_id, signal FROM events WHERE user_id IN "
-                                   f"({','.join('?' * len(users))})", users))
+        stored = Counter(
+            c.execute(
+                f"SELECT user_id, book_id, signal FROM events WHERE user_id IN "
+                f"({','.join('?' * len(users))})",
+                users,
+            )
+        )
     # the demo's base ratings live in the index, not in feedback.sqlite: every row here is ours
     lost = Counter(acked) - stored
     dup = stored - Counter(acked)
     q = {k: (np.percentile(v, 50) * 1e3, np.percentile(v, 95) * 1e3) for k, v in lat.items() if v}
-    print(f"\nload: {READERS} readers x {SECONDS:.0f}s: {len(acked)} recommend+feedback rounds, "
-          f"{len(errors)} errors, {sum(lost.values())} lost, {sum(dup.values())} duplicated; "
-          + "; ".join(f"{k} p50 {a:.0f} ms p95 {b:.0f} ms" for k, (a, b) in q.items())
-          + f"; first success {min(first_ok, default=float('nan')):.2f}s after the port opened; re-ingest done at "
-          + (f"{ingest_done[0]:.0f}s" if ingest_done else "never") + " (noisy: shared 2-core machine)")
+    print(
+        f"\nload: {READERS} readers x {SECONDS:.0f}s: {len(acked)} recommend+feedback rounds, "
+        f"{len(errors)} errors, {sum(lost.values())} lost, {sum(dup.values())} duplicated; "
+        + "; ".join(f"{k} p50 {a:.0f} ms p95 {b:.0f} ms" for k, (a, b) in q.items())
+        + f"; first success {min(first_ok, default=float('nan')):.2f}s after the port opened; re-ingest done at "
+        + (f"{ingest_done[0]:.0f}s" if ingest_done else "never")
+        + " (noisy: shared 2-core machine)"
+    )
     assert not errors, (len(errors), errors[:5])
     assert acked and not lost and not dup
     assert min(first_ok) < 1.0, "no request succeeded within the first second after start"
-    assert ingest_done and ingest_done[0] < SECONDS - 3, "the re-ingest did not finish during the load"
-    assert switched and current_index_dir(home) != live, "the server never switched to the new index"
+    assert ingest_done and ingest_done[0] < SECONDS - 3, (
+        "the re-ingest did not finish during the load"
+    )
+    assert switched and current_index_dir(home) != live, (
+        "the server never switched to the new index"
+    )
     rec = Recommender.open(home)
     for u in users:
-        full = profile_from_history(rec.history(u), None, rec.settings.profile, rec.lib.has_timestamps,
-                                    matrix=rec.lib.vectors, index=rec.lib.index)
+        full = profile_from_history(
+            rec.history(u),
+            None,
+            rec.settings.profile,
+            rec.lib.has_timestamps,
+            matrix=rec.lib.vectors,
+            index=rec.lib.index,
+        )
         p = rec.profile(u)
         assert p.n == full.n and np.allclose(p.vector, full.vector, atol=1e-4), u
     rec.close()

@@ -82,7 +82,16 @@ def test_reopen_in_a_new_process_gives_the_same_results(home, rec):
     out = json.loads(p.stdout)
     assert [i["book_id"] for i in out["items"]] == here
     item = out["items"][0]
-    for key in ("book_id", "title", "authors", "score", "sources", "explanation", "explanation_source", "evidence"):
+    for key in (
+        "book_id",
+        "title",
+        "authors",
+        "score",
+        "sources",
+        "explanation",
+        "explanation_source",
+        "evidence",
+    ):
         assert key in item
     assert item["explanation_source"] == "template"
 
@@ -100,8 +109,17 @@ def test_cold_start_query_and_popularity(rec):
     assert all("popularity" in r.sources for r in pop)
     # ...in popularity order, minus later volumes of series the reader has not started
     raw = [r.book_id for r in rec.recommend(history=[], k=40, source="popularity")]
-    firsts = [b for b in raw if rec.books[b].series is None or rec.books[b].series_index == min(
-        x.series_index for x in rec.books.values() if x.series == rec.books[b].series and x.series_index)]
+    firsts = [
+        b
+        for b in raw
+        if rec.books[b].series is None
+        or rec.books[b].series_index
+        == min(
+            x.series_index
+            for x in rec.books.values()
+            if x.series == rec.books[b].series and x.series_index
+        )
+    ]
     assert [r.book_id for r in pop] == firsts[:5]
 
 
@@ -120,7 +138,14 @@ def test_explain_a_chosen_book(rec):
     e = rec.explain(u, top.book_id)
     assert e.book_id == top.book_id and e.explanation
     kinds = {x.kind for x in e.evidence}
-    assert kinds & {"similar_to", "shared_tags", "co_readers", "same_author", "series_next", "popular"}
+    assert kinds & {
+        "similar_to",
+        "shared_tags",
+        "co_readers",
+        "same_author",
+        "series_next",
+        "popular",
+    }
 
 
 def test_batch_recommend_matches_single(rec):

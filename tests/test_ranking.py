@@ -73,8 +73,9 @@ def test_constraints_apply_in_the_rank_path_for_any_source():
     ctxs = [UserContext(f"u{i}", lib.history(f"u{i}")[:2]) for i in range(3)]
     for name in ("popularity", "content", "hybrid"):
         batched = rank(srcs[name], ctxs, 4, Constraints(shorter=True))
-        assert [r.items.tolist() for r in batched] == \
-            [rank_one(srcs[name], x, 4, Constraints(shorter=True)).items.tolist() for x in ctxs]
+        assert [r.items.tolist() for r in batched] == [
+            rank_one(srcs[name], x, 4, Constraints(shorter=True)).items.tolist() for x in ctxs
+        ]
 
 
 # --------------------------------------------------------------------------- live == eval
@@ -85,9 +86,27 @@ def _live_from_eval(tmp: Path, *dataset: str, users: str | None = None):
     from eval.runner import EvalConfig, prepare
 
     out = tmp / "eval"
-    args = ["eval", *dataset, "--quick", "--seed", "7", "--out", str(out),
-            "--cache-dir", str(CACHE), "--no-progress", "--val-users", "200", "--n-boot", "50",
-            "--explain-users", "20", "--dump-rankings", "--models", "hybrid"]
+    args = [
+        "eval",
+        *dataset,
+        "--quick",
+        "--seed",
+        "7",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(CACHE),
+        "--no-progress",
+        "--val-users",
+        "200",
+        "--n-boot",
+        "50",
+        "--explain-users",
+        "20",
+        "--dump-rankings",
+        "--models",
+        "hybrid",
+    ]
     if users:
         args += ["--users", users]
     assert main(args) == 0
@@ -97,13 +116,25 @@ def _live_from_eval(tmp: Path, *dataset: str, users: str | None = None):
     settings = Settings.load(config_file=out / "tuned-config.toml", env={})
     settings.home = home
     ds_dir = dataset[1] if dataset else None
-    cfg = EvalConfig(dataset=ds_dir, seed=7, quick=True, cache_dir=str(CACHE), progress=False,
-                     verbose=False, users=int(users) if users else None)
+    cfg = EvalConfig(
+        dataset=ds_dir,
+        seed=7,
+        quick=True,
+        cache_dir=str(CACHE),
+        progress=False,
+        verbose=False,
+        users=int(users) if users else None,
+    )
     prep = prepare(cfg, settings)
     rows = prep.split.train.reset_index(drop=True)
-    train = Dataset(prep.dataset.name, list(prep.lib.books), rows,
-                    has_timestamps=prep.dataset.has_timestamps, ordered=prep.lib.ordered,
-                    label="eval train")
+    train = Dataset(
+        prep.dataset.name,
+        list(prep.lib.books),
+        rows,
+        has_timestamps=prep.dataset.has_timestamps,
+        ordered=prep.lib.ordered,
+        label="eval train",
+    )
     ingest(train, settings, progress=False, quiet=True)
     rec = Recommender(Index.open(home), settings, llm="none")
     want = {}

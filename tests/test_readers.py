@@ -43,7 +43,11 @@ def test_stored_reader_gets_books_their_neighbours_rated_with_verified_evidence(
     for r in recs:
         for e in r.evidence:
             if e.kind == "readers_like_you":
-                assert e.count >= 3 and 1.0 <= e.value <= 5.0 and e.neighbours == rec.settings.readers.neighbours
+                assert (
+                    e.count >= 3
+                    and 1.0 <= e.value <= 5.0
+                    and e.neighbours == rec.settings.readers.neighbours
+                )
                 assert u not in e.reader_ids  # the reader is never their own neighbour
                 assert verify(rec.lib, r.book_id, e, hist)
                 assert "reader_ids" not in e.to_dict()  # other readers' ids never leave the system
@@ -53,16 +57,25 @@ def test_stored_reader_gets_books_their_neighbours_rated_with_verified_evidence(
 def test_tampered_readers_evidence_fails_verify(rec):
     u = _readers(rec, 1)[0]
     hist = rec.history(u)
-    r = next(r for r in rec.recommend(u, k=10, source="readers")
-             if any(e.kind == "readers_like_you" for e in r.evidence))
+    r = next(
+        r
+        for r in rec.recommend(u, k=10, source="readers")
+        if any(e.kind == "readers_like_you" for e in r.evidence)
+    )
     e = next(e for e in r.evidence if e.kind == "readers_like_you")
     assert verify(rec.lib, r.book_id, e, hist)
     fields = {k: getattr(e, k) for k in ("count", "value", "share", "neighbours", "reader_ids")}
-    assert not verify(rec.lib, r.book_id, Evidence("readers_like_you", **{**fields, "value": e.value + 0.5}), hist)
+    assert not verify(
+        rec.lib, r.book_id, Evidence("readers_like_you", **{**fields, "value": e.value + 0.5}), hist
+    )
     far = [x for x in rec.lib.user_ids if x not in e.reader_ids and x != u]
     # readers who did not rate the book, or who are far from this reader, make the claim false
-    assert not verify(rec.lib, r.book_id, Evidence("readers_like_you", **{**fields,
-                                                                          "reader_ids": tuple(far[:e.count])}), hist)
+    assert not verify(
+        rec.lib,
+        r.book_id,
+        Evidence("readers_like_you", **{**fields, "reader_ids": tuple(far[: e.count])}),
+        hist,
+    )
 
 
 def test_live_chroma_path_ranks_as_the_exact_batch_path(rec):
@@ -83,7 +96,9 @@ def test_live_chroma_path_ranks_as_the_exact_batch_path(rec):
         a, b = live.score(c), exact.score(c)
         excl = live.exclude_idx(c)
         a[excl] = b[excl] = -np.inf
-        same_top += list(np.argsort(-a, kind="stable")[:10]) == list(np.argsort(-b, kind="stable")[:10])
+        same_top += list(np.argsort(-a, kind="stable")[:10]) == list(
+            np.argsort(-b, kind="stable")[:10]
+        )
     assert np.mean(recall) >= 0.995
     assert same_top >= 0.95 * len(ctxs)
 
@@ -100,8 +115,11 @@ def test_feedback_moves_the_vector_the_next_neighbour_query_uses(rec):
     assert np.allclose(stored, rebuilt, atol=1e-4)
     # the neighbours the source uses are the ones Chroma returns for the stored (fresh) vector
     rows, _ = src.neighbours([rec.context(uid)])
-    hits = [x for x, _ in rec.store.query("users", stored, src.cfg.neighbours + 5)
-            if x != uid and x in rec.lib.user_index][: src.cfg.neighbours]
+    hits = [
+        x
+        for x, _ in rec.store.query("users", stored, src.cfg.neighbours + 5)
+        if x != uid and x in rec.lib.user_index
+    ][: src.cfg.neighbours]
     assert [rec.lib.user_ids[r] for r in rows[0] if r >= 0] == hits
     assert rows[0].tolist() != before[0].tolist()  # a new loved book changes who is "like you"
 
@@ -115,14 +133,36 @@ def test_new_reader_from_a_few_loved_books(rec):
 
 def test_cli_recommend_source_readers_for_stored_and_new_readers(demo_home, rec):
     u = _readers(rec, 1)[0]
-    p = run_cli("recommend", "--user", u, "--source", "readers", "-k", "5", "--json", "--llm", "none",
-                home=demo_home)
+    p = run_cli(
+        "recommend",
+        "--user",
+        u,
+        "--source",
+        "readers",
+        "-k",
+        "5",
+        "--json",
+        "--llm",
+        "none",
+        home=demo_home,
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert len(out["items"]) == 5 and out["source"] == "readers"
     books = [b.book_id for b in rec.lib.books[:3]]
-    p = run_cli("recommend", "--history", ",".join(f"{b}:5" for b in books), "--source", "readers", "-k", "5",
-                "--json", "--llm", "none", home=demo_home)
+    p = run_cli(
+        "recommend",
+        "--history",
+        ",".join(f"{b}:5" for b in books),
+        "--source",
+        "readers",
+        "-k",
+        "5",
+        "--json",
+        "--llm",
+        "none",
+        home=demo_home,
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert len(out["items"]) == 5 and not set(books) & {i["book_id"] for i in out["items"]}
@@ -139,8 +179,13 @@ def lib():
     return Library(ds.books, vecs, ds.ratings, ds.has_timestamps, None, ds.name, True)
 
 
-@pytest.mark.parametrize("make", [lambda lib: UserKNNSource(lib, 50, 10.0, 0.2),
-                                  lambda lib: ReadersSource(lib, ReadersConfig(neighbours=30), ProfileConfig())])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lib: UserKNNSource(lib, 50, 10.0, 0.2),
+        lambda lib: ReadersSource(lib, ReadersConfig(neighbours=30), ProfileConfig()),
+    ],
+)
 def test_user_neighbour_sources_batch_equals_single_and_leave_the_reader_out(lib, make):
     src = make(lib)
     users = lib.user_ids[:15]
@@ -161,7 +206,9 @@ def test_chat_readers_like_me_and_onboarding_use_the_readers_source(rec):
     from assistant.chat_engine import ChatEngine
 
     eng = ChatEngine(rec, k=4, llm_picks=0)
-    st, msg = eng.new_reader("readers-test-chat", loved="; ".join(b.title for b in rec.lib.books[100:103]))
+    st, msg = eng.new_reader(
+        "readers-test-chat", loved="; ".join(b.title for b in rec.lib.books[100:103])
+    )
     assert "readers like me" in msg
     replies = list(eng.respond(st, "What are readers like me reading?"))
     cards = replies[-1].cards

@@ -10,7 +10,6 @@ from retrieval.data import load_demo
 from retrieval.library import Library
 from retrieval.sasrec import SASRecModel, train_sasrec
 from retrieval.sasrec_source import SASRecSource
-from retrieval.sources import PopularitySource
 from retrieval.types import UserContext
 
 FAST = SASRecConfig(max_epochs=4, patience=2, threads=1)
@@ -28,14 +27,18 @@ def demo():
     ds = load_demo()
     train, test = _split(ds)
     vecs = np.zeros((len(ds.books), 4), np.float32)
-    lib = Library(ds.books, vecs, train.reset_index(drop=True), ds.has_timestamps, None, ds.name, True)
+    lib = Library(
+        ds.books, vecs, train.reset_index(drop=True), ds.has_timestamps, None, ds.name, True
+    )
     return lib, test
 
 
 @pytest.fixture(scope="module")
 def fast_model(demo, tmp_path_factory):
     lib, _ = demo
-    return train_sasrec(lib, FAST, progress=False, cache_dir=tmp_path_factory.mktemp("sasrec-cache"))
+    return train_sasrec(
+        lib, FAST, progress=False, cache_dir=tmp_path_factory.mktemp("sasrec-cache")
+    )
 
 
 def _next_book_ndcg(src, lib, test) -> float:
@@ -80,7 +83,9 @@ def test_save_load_and_cache(demo, fast_model, tmp_path):
     fast_model.save(p)
     again = SASRecModel.load(p)
     ctx = [UserContext("u", lib.history(lib.user_ids[3]))]
-    np.testing.assert_array_equal(SASRecSource(lib, again).score_batch(ctx), SASRecSource(lib, fast_model).score_batch(ctx))
+    np.testing.assert_array_equal(
+        SASRecSource(lib, again).score_batch(ctx), SASRecSource(lib, fast_model).score_batch(ctx)
+    )
     assert again.report.best_epoch == fast_model.report.best_epoch >= 1
     cached = train_sasrec(lib, FAST, progress=False, cache_dir=tmp_path)
     assert not cached.report.from_cache  # first time here: trained

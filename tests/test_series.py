@@ -16,37 +16,74 @@ GOODBOOKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "goodbooks
 
 # ----------------------------------------------------------------------------- parse_series
 
-@pytest.mark.parametrize("title, clean, series, index", [
-    ("Catching Fire (The Hunger Games, #2)", "Catching Fire", "The Hunger Games", 2.0),
-    ("The Fellowship of the Ring (The Lord of the Rings, #1)", "The Fellowship of the Ring",
-     "The Lord of the Rings", 1.0),
-    ("Dune (Dune Chronicles #1)", "Dune", "Dune Chronicles", 1.0),  # no comma before '#'
-    ("The Slow Regard of Silent Things (The Kingkiller Chronicle #2.5)",
-     "The Slow Regard of Silent Things", "The Kingkiller Chronicle", 2.5),
-    ("The Color of Magic (Discworld, #1; Rincewind #1)", "The Color of Magic", "Discworld", 1.0),
-    ("Night Play (Dark-Hunter #5, Were-Hunter #1)", "Night Play", "Dark-Hunter", 5.0),
-    ("Raising Steam (Discworld, #40, Moist von Lipwig #3 )", "Raising Steam", "Discworld", 40.0),
-    ("Ranma ½, Vol. 1 (Ranma ½ (US 2nd), #1)", "Ranma ½, Vol. 1", "Ranma ½ (US 2nd)", 1.0),
-    ("A Storm of Swords: Blood and Gold (A Song of Ice and Fire, #3: Part 2 of 2)",
-     "A Storm of Swords: Blood and Gold", "A Song of Ice and Fire", 3.0),
-    ("From the Two Rivers, Part 1 (Wheel of time, #1-1)", "From the Two Rivers, Part 1",
-     "Wheel of time", 1.0),  # a one-volume "range" is that volume
-    ("One Thousand White Women (One Thousand White Women#1)", "One Thousand White Women",
-     "One Thousand White Women", 1.0),
-])
+
+@pytest.mark.parametrize(
+    "title, clean, series, index",
+    [
+        ("Catching Fire (The Hunger Games, #2)", "Catching Fire", "The Hunger Games", 2.0),
+        (
+            "The Fellowship of the Ring (The Lord of the Rings, #1)",
+            "The Fellowship of the Ring",
+            "The Lord of the Rings",
+            1.0,
+        ),
+        ("Dune (Dune Chronicles #1)", "Dune", "Dune Chronicles", 1.0),  # no comma before '#'
+        (
+            "The Slow Regard of Silent Things (The Kingkiller Chronicle #2.5)",
+            "The Slow Regard of Silent Things",
+            "The Kingkiller Chronicle",
+            2.5,
+        ),
+        (
+            "The Color of Magic (Discworld, #1; Rincewind #1)",
+            "The Color of Magic",
+            "Discworld",
+            1.0,
+        ),
+        ("Night Play (Dark-Hunter #5, Were-Hunter #1)", "Night Play", "Dark-Hunter", 5.0),
+        (
+            "Raising Steam (Discworld, #40, Moist von Lipwig #3 )",
+            "Raising Steam",
+            "Discworld",
+            40.0,
+        ),
+        ("Ranma ½, Vol. 1 (Ranma ½ (US 2nd), #1)", "Ranma ½, Vol. 1", "Ranma ½ (US 2nd)", 1.0),
+        (
+            "A Storm of Swords: Blood and Gold (A Song of Ice and Fire, #3: Part 2 of 2)",
+            "A Storm of Swords: Blood and Gold",
+            "A Song of Ice and Fire",
+            3.0,
+        ),
+        (
+            "From the Two Rivers, Part 1 (Wheel of time, #1-1)",
+            "From the Two Rivers, Part 1",
+            "Wheel of time",
+            1.0,
+        ),  # a one-volume "range" is that volume
+        (
+            "One Thousand White Women (One Thousand White Women#1)",
+            "One Thousand White Women",
+            "One Thousand White Women",
+            1.0,
+        ),
+    ],
+)
 def test_parse_series_volumes(title, clean, series, index):
     info = parse_series(title)
     assert (info.title, info.series, info.index, info.omnibus) == (clean, series, index, False)
 
 
-@pytest.mark.parametrize("title, series, first, last", [
-    ("Harry Potter Boxed Set, Books 1-5 (Harry Potter, #1-5)", "Harry Potter", 1.0, 5.0),
-    ("The Hunger Games Trilogy Boxset (The Hunger Games, #1-3)", "The Hunger Games", 1.0, 3.0),
-    ("The Oedipus Cycle (The Theban Plays, #1–3)", "The Theban Plays", 1.0, 3.0),  # en dash
-    ("Four: A Divergent Story Collection (Divergent, #0.1 - 0.4)", "Divergent", 0.1, 0.4),
-    ("The Twilight Saga Complete Collection (Twilight, #1-4 + 3.5)", "Twilight", 1.0, 4.0),
-    ("The Selection Stories (The Selection, #0.5, 2.5)", "The Selection", 0.5, 2.5),
-])
+@pytest.mark.parametrize(
+    "title, series, first, last",
+    [
+        ("Harry Potter Boxed Set, Books 1-5 (Harry Potter, #1-5)", "Harry Potter", 1.0, 5.0),
+        ("The Hunger Games Trilogy Boxset (The Hunger Games, #1-3)", "The Hunger Games", 1.0, 3.0),
+        ("The Oedipus Cycle (The Theban Plays, #1–3)", "The Theban Plays", 1.0, 3.0),  # en dash
+        ("Four: A Divergent Story Collection (Divergent, #0.1 - 0.4)", "Divergent", 0.1, 0.4),
+        ("The Twilight Saga Complete Collection (Twilight, #1-4 + 3.5)", "Twilight", 1.0, 4.0),
+        ("The Selection Stories (The Selection, #0.5, 2.5)", "The Selection", 0.5, 2.5),
+    ],
+)
 def test_parse_series_omnibus(title, series, first, last):
     info = parse_series(title)
     assert info.omnibus and info.index is None
@@ -54,13 +91,16 @@ def test_parse_series_omnibus(title, series, first, last):
     assert not info.is_volume and not info.is_novella
 
 
-@pytest.mark.parametrize("title", [
-    "Persuasion (Penguin Classics)",
-    "The Silmarillion (Middle-Earth Universe)",
-    "Nickel and Dimed: On (Not) Getting By in America",
-    "Saga #1",  # '#' outside a trailing parenthesis
-    "To Kill a Mockingbird",
-])
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Persuasion (Penguin Classics)",
+        "The Silmarillion (Middle-Earth Universe)",
+        "Nickel and Dimed: On (Not) Getting By in America",
+        "Saga #1",  # '#' outside a trailing parenthesis
+        "To Kill a Mockingbird",
+    ],
+)
 def test_parse_series_not_a_series(title):
     info = parse_series(title)
     assert info.series is None and info.index is None and not info.omnibus
@@ -106,6 +146,7 @@ def test_goodbooks_titles_parse():
 
 
 # ----------------------------------------------------------------------------- filter / next
+
 
 def _catalog(*books: Book) -> dict[str, Book]:
     return {b.book_id: b for b in books}

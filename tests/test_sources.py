@@ -34,8 +34,10 @@ def world(demo_home):
     from retrieval.embed import Embedder
 
     emb = Embedder(settings.embedder.model, cache_dir=demo_home / "cache")
-    deps = BuildDeps(embed_query=lambda t: emb.encode([t])[0],
-                     fitted={"cf": idx.cf_model(), "sasrec": idx.sasrec_model()})
+    deps = BuildDeps(
+        embed_query=lambda t: emb.encode([t])[0],
+        fitted={"cf": idx.cf_model(), "sasrec": idx.sasrec_model()},
+    )
     users = lib.user_ids[:: max(1, len(lib.user_ids) // 25)][:25]
     readers = [UserContext(u, lib.history(u)) for u in users]
     first = readers[0]
@@ -44,8 +46,9 @@ def world(demo_home):
         UserContext("asks", query="a funny fantasy with dragons"),  # a request only
         UserContext("like-x", anchors=(lib.books[5].book_id,)),  # "something like X"
         UserContext("short", [Rating("short", lib.books[3].book_id, 5.0, 0.0)]),  # one book
-        UserContext(first.user_id, first.history,
-                    exclude={lib.books[0].book_id, lib.books[1].book_id}),
+        UserContext(
+            first.user_id, first.history, exclude={lib.books[0].book_id, lib.books[1].book_id}
+        ),
     ]
     return lib, settings, deps, readers
 
@@ -81,8 +84,9 @@ def test_batch_scores_equal_single_scores(name, world):
         np.testing.assert_array_equal(np.isfinite(one), np.isfinite(S[i]))
         # atol 1e-5: the hybrid sums z-scores of float32 sources with weights up to 5 (sasrec,
         # series), so float32 batch-vs-single noise (~1e-7 relative) reaches ~2e-6 absolute
-        np.testing.assert_allclose(one[np.isfinite(one)], S[i][np.isfinite(S[i])],
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            one[np.isfinite(one)], S[i][np.isfinite(S[i])], rtol=1e-5, atol=1e-5
+        )
     batched = rank(src, readers, 20)
     for c, r in zip(readers, batched):
         assert rank_one(src, c, 20).items.tolist() == r.items.tolist()
@@ -136,12 +140,20 @@ def test_config_is_a_validated_dataclass_with_defaults(name, world):
         build_source(name, lib, object())
 
 
-@pytest.mark.parametrize("name,field,bad", [
-    ("cf", "model", "svd"), ("cf", "liked_boost", -1.0), ("popularity", "damping", -5.0),
-    ("series", "liked_threshold", 9.0), ("sequence", "window", 0), ("content", "query_weight", 1.5),
-])
-def test_a_bad_source_setting_is_refused_on_construction_and_in_the_toml(name, field, bad, world,
-                                                                         tmp_path):
+@pytest.mark.parametrize(
+    "name,field,bad",
+    [
+        ("cf", "model", "svd"),
+        ("cf", "liked_boost", -1.0),
+        ("popularity", "damping", -5.0),
+        ("series", "liked_threshold", 9.0),
+        ("sequence", "window", 0),
+        ("content", "query_weight", 1.5),
+    ],
+)
+def test_a_bad_source_setting_is_refused_on_construction_and_in_the_toml(
+    name, field, bad, world, tmp_path
+):
     lib = world[0]
     spec = SOURCES[name]
     cfg = dataclasses.replace(spec.config(), **{field: bad})

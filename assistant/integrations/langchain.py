@@ -44,8 +44,11 @@ def recommendation_document(rec: Any) -> Document:
     so a chain can cite or filter without parsing text.
     """
     d = rec.to_dict()
-    lines = [f"{rec.title} by {', '.join(rec.authors) or 'unknown author'}"
-             + (f" ({rec.year})" if rec.year else ""), f"Why: {rec.explanation}"]
+    lines = [
+        f"{rec.title} by {', '.join(rec.authors) or 'unknown author'}"
+        + (f" ({rec.year})" if rec.year else ""),
+        f"Why: {rec.explanation}",
+    ]
     if rec.blurb:
         lines.append(f"Blurb: {rec.blurb}")
     return Document(page_content="\n".join(lines), metadata=d, id=rec.book_id)
@@ -68,22 +71,29 @@ class ReadnextRetriever(BaseRetriever):
     k: int = 5
     source: str = "hybrid"
 
-    def _get_relevant_documents(self, query: str, *,
-                                run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        recs = self.recommender.recommend(user_id=self.user_id, query=query or None, k=self.k,
-                                          source=self.source)
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        recs = self.recommender.recommend(
+            user_id=self.user_id, query=query or None, k=self.k, source=self.source
+        )
         return [recommendation_document(r) for r in recs]
 
 
 class _RecommendArgs(BaseModel):
-    request: str = Field("", description="what the reader asks for in their own words, e.g. "
-                                         "'a funny fantasy' (empty: their usual taste)")
+    request: str = Field(
+        "",
+        description="what the reader asks for in their own words, e.g. "
+        "'a funny fantasy' (empty: their usual taste)",
+    )
     k: int = Field(5, ge=1, le=20, description="how many books")
 
 
 class _FeedbackArgs(BaseModel):
     book_id: str = Field(description="the book_id of a recommended book")
-    signal: str = Field(description="like | dislike | read | not_interested | to_read, or a rating 1-5")
+    signal: str = Field(
+        description="like | dislike | read | not_interested | to_read, or a rating 1-5"
+    )
 
 
 def readnext_tools(recommender: Any, user_id: str) -> list[BaseTool]:
@@ -98,8 +108,19 @@ def readnext_tools(recommender: Any, user_id: str) -> list[BaseTool]:
             recs = recommender.recommend(user_id=user_id, query=request or None, k=k)
         except ReadnextError as e:
             return json.dumps({"error": str(e)})
-        return json.dumps([{"book_id": r.book_id, "title": r.title, "authors": r.authors,
-                            "why": r.explanation, "sources": r.sources} for r in recs], ensure_ascii=False)
+        return json.dumps(
+            [
+                {
+                    "book_id": r.book_id,
+                    "title": r.title,
+                    "authors": r.authors,
+                    "why": r.explanation,
+                    "sources": r.sources,
+                }
+                for r in recs
+            ],
+            ensure_ascii=False,
+        )
 
     def record_feedback(book_id: str, signal: str) -> str:
         value: Any = signal
@@ -114,10 +135,18 @@ def readnext_tools(recommender: Any, user_id: str) -> list[BaseTool]:
         return json.dumps({"recorded": {"book_id": book_id, "signal": signal}})
 
     return [
-        StructuredTool.from_function(recommend_books, name="recommend_books", args_schema=_RecommendArgs,
-                                     description="Explained book recommendations for the current reader."),
-        StructuredTool.from_function(record_feedback, name="record_feedback", args_schema=_FeedbackArgs,
-                                     description="Record the current reader's reaction to a book."),
+        StructuredTool.from_function(
+            recommend_books,
+            name="recommend_books",
+            args_schema=_RecommendArgs,
+            description="Explained book recommendations for the current reader.",
+        ),
+        StructuredTool.from_function(
+            record_feedback,
+            name="record_feedback",
+            args_schema=_FeedbackArgs,
+            description="Record the current reader's reaction to a book.",
+        ),
     ]
 
 
@@ -125,8 +154,11 @@ def to_messages(messages: Sequence[BaseMessage]) -> list[Message]:
     """LangChain messages to the role/content dicts our backends take."""
     out: list[Message] = []
     for m in messages:
-        content = m.content if isinstance(m.content, str) else "".join(
-            p.get("text", "") if isinstance(p, dict) else str(p) for p in m.content)
+        content = (
+            m.content
+            if isinstance(m.content, str)
+            else "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in m.content)
+        )
         out.append({"role": _ROLES.get(m.type, "user"), "content": content})
     return out
 
@@ -155,14 +187,28 @@ class ReadnextChatModel(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {"backend": self.backend.name, "model": self.backend.model_id}
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        text = self.backend.generate(to_messages(messages), max_new_tokens=self.max_new_tokens, stop=stop)
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text = self.backend.generate(
+            to_messages(messages), max_new_tokens=self.max_new_tokens, stop=stop
+        )
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        for piece in self.backend.stream(to_messages(messages), max_new_tokens=self.max_new_tokens, stop=stop):
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for piece in self.backend.stream(
+            to_messages(messages), max_new_tokens=self.max_new_tokens, stop=stop
+        ):
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:
                 run_manager.on_llm_new_token(piece, chunk=chunk)

@@ -17,5 +17,15 @@ from assistant.llm.base import (
 )
 from assistant.llm.resilience import CircuitBreaker, ResilientBackend
 
-__all__ = ["LLMBackend", "LLMError", "LLMTimeout", "LLMUnreachable", "LLMBadOutput", "LLMSkipped", "NoLLM",
-           "load_backend", "ResilientBackend", "CircuitBreaker"]
+__all__ = [
+    "LLMBackend",
+    "LLMError",
+    "LLMTimeout",
+    "LLMUnreachable",
+    "LLMBadOutput",
+    "LLMSkipped",
+    "NoLLM",
+    "load_backend",
+    "ResilientBackend",
+    "CircuitBreaker",
+]

@@ -77,7 +77,9 @@ def validate_json(obj: Any, schema: dict[str, Any]) -> None:
         jsonschema.validate(obj, schema)
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(root)"
-        raise LLMBadOutput(f"JSON reply does not fit the schema at {where}: {e.message[:160]}") from None
+        raise LLMBadOutput(
+            f"JSON reply does not fit the schema at {where}: {e.message[:160]}"
+        ) from None
 
 
 def parse_json_reply(text: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +90,9 @@ def parse_json_reply(text: str, schema: dict[str, Any]) -> dict[str, Any]:
     try:
         obj, _ = json.JSONDecoder().raw_decode(text[start:])
     except json.JSONDecodeError as e:
-        raise LLMBadOutput(f"reply is not valid JSON ({e.msg} at char {e.pos}): {text[start:start + 80]!r}") from None
+        raise LLMBadOutput(
+            f"reply is not valid JSON ({e.msg} at char {e.pos}): {text[start : start + 80]!r}"
+        ) from None
     validate_json(obj, schema)
     return obj
 
@@ -118,7 +122,9 @@ class LLMBackend(ABC):
         """Return ``log P("Yes") - log P("No")`` of the next token for each prompt (batched, deterministic)."""
 
     @abstractmethod
-    def generate(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None) -> str:
+    def generate(
+        self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None
+    ) -> str:
         """Greedy-decode a reply to ``messages``; the text is cut before the first ``stop`` string."""
 
     @abstractmethod
@@ -127,7 +133,9 @@ class LLMBackend(ABC):
     ) -> Iterator[str]:
         """Like :meth:`generate` but yields text chunks as they are produced (their concatenation equals ``generate``'s text)."""
 
-    def next_token_logprobs(self, prompts: list[list[Message]], k: int = 20) -> list[list[tuple[str, float]]]:
+    def next_token_logprobs(
+        self, prompts: list[list[Message]], k: int = 20
+    ) -> list[list[tuple[str, float]]]:
         """Top-``k`` (token text, log-probability) pairs of the next token per prompt, best first.
 
         Optional: used by the OpenAI-compatible server to answer ``logprobs`` requests.
@@ -165,10 +173,14 @@ class LLMBackend(ABC):
         """
         kw: dict[str, Any] = {"deadline": deadline} if self.supports_deadline else {}
         msgs = list(messages)
-        hint = ("Reply with one JSON object only, matching this JSON schema: "
-                + json.dumps(schema, separators=(",", ":")))
-        msgs = [*msgs[:-1], {**msgs[-1], "content": msgs[-1]["content"] + "\n\n" + hint}] \
-            if msgs and msgs[-1]["role"] == "user" else [*msgs, {"role": "user", "content": hint}]
+        hint = "Reply with one JSON object only, matching this JSON schema: " + json.dumps(
+            schema, separators=(",", ":")
+        )
+        msgs = (
+            [*msgs[:-1], {**msgs[-1], "content": msgs[-1]["content"] + "\n\n" + hint}]
+            if msgs and msgs[-1]["role"] == "user"
+            else [*msgs, {"role": "user", "content": hint}]
+        )
         last: LLMBadOutput | None = None
         for _attempt in range(2):
             check_deadline(deadline, "JSON generation")
@@ -177,8 +189,11 @@ class LLMBackend(ABC):
                 return parse_json_reply(text, schema)
             except LLMBadOutput as e:
                 last = e
-                msgs = [*msgs, {"role": "assistant", "content": text},
-                        {"role": "user", "content": f"That was not valid: {e}. {hint}"}]
+                msgs = [
+                    *msgs,
+                    {"role": "assistant", "content": text},
+                    {"role": "user", "content": f"That was not valid: {e}. {hint}"},
+                ]
         assert last is not None
         raise last
 
@@ -202,19 +217,34 @@ class NoLLM(LLMBackend):
     supports_prefill = False
 
     def yes_no_scores(self, prompts: list[list[Message]]) -> list[float]:
-        raise LLMError("LLM is disabled (--llm none): yes/no scoring is unavailable; use retrieval order")
+        raise LLMError(
+            "LLM is disabled (--llm none): yes/no scoring is unavailable; use retrieval order"
+        )
 
-    def generate(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None) -> str:
-        raise LLMError("LLM is disabled (--llm none): text generation is unavailable; use the template text")
+    def generate(
+        self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None
+    ) -> str:
+        raise LLMError(
+            "LLM is disabled (--llm none): text generation is unavailable; use the template text"
+        )
 
     def stream(
         self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None
     ) -> Iterator[str]:
-        raise LLMError("LLM is disabled (--llm none): text generation is unavailable; use the template text")
+        raise LLMError(
+            "LLM is disabled (--llm none): text generation is unavailable; use the template text"
+        )
 
-    def generate_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
-                      deadline: float | None = None) -> dict[str, Any]:
-        raise LLMError("LLM is disabled (--llm none): JSON generation is unavailable; use the rules/templates")
+    def generate_json(
+        self,
+        messages: list[Message],
+        schema: dict[str, Any],
+        max_new_tokens: int = 256,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        raise LLMError(
+            "LLM is disabled (--llm none): JSON generation is unavailable; use the rules/templates"
+        )
 
     def warm_up(self) -> float:
         return 0.0
@@ -228,7 +258,9 @@ def validate_messages(messages: Any) -> list[Message]:
         if not isinstance(m, dict) or not isinstance(m.get("content"), str):
             raise ValueError(f"messages[{i}] must be a dict with a string 'content'")
         if m.get("role") not in ("system", "user", "assistant"):
-            raise ValueError(f"messages[{i}] has role {m.get('role')!r}; expected system, user or assistant")
+            raise ValueError(
+                f"messages[{i}] has role {m.get('role')!r}; expected system, user or assistant"
+            )
     return messages
 
 
@@ -288,7 +320,11 @@ def is_yes_no_token(token: str) -> str | None:
     return None
 
 
-LOCAL_SPECS = ("local", "qwen", "default")  # the offline default: Qwen2.5-Coder-1.5B GGUF via llama.cpp
+LOCAL_SPECS = (
+    "local",
+    "qwen",
+    "default",
+)  # the offline default: Qwen2.5-Coder-1.5B GGUF via llama.cpp
 TINY_SPECS = ("tiny", "smollm2")  # SmolLM2-135M via transformers: fast tests, not for readers
 
 
@@ -307,7 +343,9 @@ def load_backend(spec: str | None, **opts: Any) -> LLMBackend:
         raise ValueError(f"LLM spec must be a string or None, got {type(spec).__name__}")
     s = (spec or "local").strip()
     if not s:
-        raise ValueError("empty LLM spec: use 'local', 'tiny', 'none', an http(s):// URL or a model id/path")
+        raise ValueError(
+            "empty LLM spec: use 'local', 'tiny', 'none', an http(s):// URL or a model id/path"
+        )
     low = s.lower()
     if low == "none":
         return NoLLM()
@@ -322,5 +360,9 @@ def load_backend(spec: str | None, **opts: Any) -> LLMBackend:
         return LlamaCppBackend(None if low in LOCAL_SPECS else s, **keep)
     from assistant.llm.local import LocalBackend
 
-    keep = {k: v for k, v in opts.items() if k in ("device", "batch_size", "repetition_penalty", "num_threads")}
+    keep = {
+        k: v
+        for k, v in opts.items()
+        if k in ("device", "batch_size", "repetition_penalty", "num_threads")
+    }
     return LocalBackend(None if low in TINY_SPECS else s, **keep)

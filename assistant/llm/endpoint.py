@@ -71,9 +71,13 @@ class EndpointBackend(LLMBackend):
         self.base_url = normalize_base_url(base_url)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = float(timeout)
-        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+        self._client = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0))
+        )
         self._model = model
-        self._json_mode: str | None = None  # "json_schema" | "json_object" | "prompt", found on first use
+        self._json_mode: str | None = (
+            None  # "json_schema" | "json_object" | "prompt", found on first use
+        )
         self._logprobs = supports_logprobs
         self.supports_prefill = supports_prefill
         self.max_concurrency = max(1, max_concurrency)
@@ -108,8 +112,9 @@ class EndpointBackend(LLMBackend):
 
     def _post(self, payload: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
         try:
-            r = self._client.post(f"{self.base_url}/chat/completions", json=payload,
-                                  timeout=self._timeout(deadline))
+            r = self._client.post(
+                f"{self.base_url}/chat/completions", json=payload, timeout=self._timeout(deadline)
+            )
             r.raise_for_status()
             return r.json()
         except (httpx.HTTPError, json.JSONDecodeError) as e:
@@ -126,19 +131,33 @@ class EndpointBackend(LLMBackend):
             except (httpx.HTTPError, json.JSONDecodeError) as e:
                 raise self._fail(e, "/models") from e
             if not data:
-                raise LLMError(f"LLM endpoint {self.base_url}/models lists no model; pass model=...")
+                raise LLMError(
+                    f"LLM endpoint {self.base_url}/models lists no model; pass model=..."
+                )
             self._model = str(data[0]["id"])
         return self._model
 
-    def _payload(self, messages: list[Message], max_new_tokens: int, **extra: Any) -> dict[str, Any]:
+    def _payload(
+        self, messages: list[Message], max_new_tokens: int, **extra: Any
+    ) -> dict[str, Any]:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        return {"model": self.model_id, "messages": validate_messages(messages), "max_tokens": max_new_tokens,
-                "temperature": 0, **extra}
+        return {
+            "model": self.model_id,
+            "messages": validate_messages(messages),
+            "max_tokens": max_new_tokens,
+            "temperature": 0,
+            **extra,
+        }
 
     # -- generation ------------------------------------------------------------------------
-    def generate(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
-                 deadline: float | None = None) -> str:
+    def generate(
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 160,
+        stop: list[str] | None = None,
+        deadline: float | None = None,
+    ) -> str:
         """Greedy (``temperature: 0``) completion; stop strings are also applied client-side."""
         extra = {"stop": stop[:4]} if stop else {}  # the OpenAI API accepts at most 4
         data = self._post(self._payload(messages, max_new_tokens, **extra), deadline)
@@ -148,10 +167,17 @@ class EndpointBackend(LLMBackend):
         try:
             return data["choices"][0]["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError) as e:
-            raise LLMError(f"LLM endpoint {self.base_url} sent an unexpected reply: {str(data)[:200]}") from e
+            raise LLMError(
+                f"LLM endpoint {self.base_url} sent an unexpected reply: {str(data)[:200]}"
+            ) from e
 
-    def generate_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
-                      deadline: float | None = None) -> dict[str, Any]:
+    def generate_json(
+        self,
+        messages: list[Message],
+        schema: dict[str, Any],
+        max_new_tokens: int = 256,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
         """Ask with ``response_format`` (``json_schema``, else ``json_object``, else the prompt) and validate.
 
         Which form the server accepts is found on the first call (an HTTP 4xx means "not
@@ -166,7 +192,9 @@ class EndpointBackend(LLMBackend):
             if mode == "json_schema":
                 fmt["json_schema"] = {"name": "reply", "schema": schema, "strict": True}
             try:
-                data = self._post(self._payload(messages, max_new_tokens, response_format=fmt), deadline)
+                data = self._post(
+                    self._payload(messages, max_new_tokens, response_format=fmt), deadline
+                )
             except LLMError as e:
                 if "HTTP 4" in str(e) and len(modes) > 1:
                     continue  # this server does not take that response_format: try the next form
@@ -183,8 +211,9 @@ class EndpointBackend(LLMBackend):
     def _sse(self, payload: dict[str, Any], deadline: float | None = None) -> Iterator[str]:
         path = "/chat/completions"
         try:
-            with self._client.stream("POST", f"{self.base_url}{path}", json=payload,
-                                     timeout=self._timeout(deadline)) as r:
+            with self._client.stream(
+                "POST", f"{self.base_url}{path}", json=payload, timeout=self._timeout(deadline)
+            ) as r:
                 if r.status_code >= 400:
                     r.read()
                     r.raise_for_status()
@@ -197,9 +226,13 @@ class EndpointBackend(LLMBackend):
                     try:
                         event = json.loads(body)
                     except json.JSONDecodeError as e:
-                        raise LLMError(f"LLM endpoint {self.base_url}{path} sent a bad stream event: {body[:120]}") from e
+                        raise LLMError(
+                            f"LLM endpoint {self.base_url}{path} sent a bad stream event: {body[:120]}"
+                        ) from e
                     if event.get("error"):
-                        raise LLMError(f"LLM endpoint {self.base_url}{path} error: {event['error']}")
+                        raise LLMError(
+                            f"LLM endpoint {self.base_url}{path} error: {event['error']}"
+                        )
                     for choice in event.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
@@ -209,19 +242,27 @@ class EndpointBackend(LLMBackend):
             raise self._fail(e, path) from e
 
     def stream(
-        self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 160,
+        stop: list[str] | None = None,
         deadline: float | None = None,
     ) -> Iterator[str]:
         """Stream text chunks from server-sent events."""
         extra: dict[str, Any] = {"stream": True}
         if stop:
             extra["stop"] = stop[:4]
-        yield from stream_with_stops(self._sse(self._payload(messages, max_new_tokens, **extra), deadline), stop)
+        yield from stream_with_stops(
+            self._sse(self._payload(messages, max_new_tokens, **extra), deadline), stop
+        )
 
     # -- scoring ---------------------------------------------------------------------------
-    def _top_logprobs(self, messages: list[Message], deadline: float | None = None
-                      ) -> list[tuple[str, float]] | None:
-        data = self._post(self._payload(messages, 1, logprobs=True, top_logprobs=TOP_LOGPROBS), deadline)
+    def _top_logprobs(
+        self, messages: list[Message], deadline: float | None = None
+    ) -> list[tuple[str, float]] | None:
+        data = self._post(
+            self._payload(messages, 1, logprobs=True, top_logprobs=TOP_LOGPROBS), deadline
+        )
         try:
             content = data["choices"][0]["logprobs"]["content"]
             return [(str(t["token"]), float(t["logprob"])) for t in content[0]["top_logprobs"]]
@@ -233,9 +274,13 @@ class EndpointBackend(LLMBackend):
         """Configured value, or probed once with a one-token request."""
         if self._logprobs is None:
             try:
-                top = self._top_logprobs([{"role": "user", "content": "Answer Yes or No: is 2 > 1?"}])
+                top = self._top_logprobs(
+                    [{"role": "user", "content": "Answer Yes or No: is 2 > 1?"}]
+                )
             except LLMError as e:
-                if "HTTP 4" not in str(e):  # a 4xx means "not supported"; anything else is a real failure
+                if "HTTP 4" not in str(
+                    e
+                ):  # a 4xx means "not supported"; anything else is a real failure
                     raise
                 top = None
             self._logprobs = bool(top)
@@ -253,12 +298,16 @@ class EndpointBackend(LLMBackend):
         no = floor if no == -math.inf else no
         return yes - no
 
-    def yes_no_scores(self, prompts: list[list[Message]], deadline: float | None = None) -> list[float]:
+    def yes_no_scores(
+        self, prompts: list[list[Message]], deadline: float | None = None
+    ) -> list[float]:
         """One ``max_tokens: 1`` request per prompt, ``max_concurrency`` at a time (servers batch them)."""
         if not prompts:
             return []
         if not self.supports_logprobs:
-            raise LLMError(f"LLM endpoint {self.base_url} returns no logprobs; use listwise reranking")
+            raise LLMError(
+                f"LLM endpoint {self.base_url} returns no logprobs; use listwise reranking"
+            )
         with ThreadPoolExecutor(self.max_concurrency) as pool:
             tops = list(pool.map(lambda p: self._top_logprobs(p, deadline), prompts))
         if any(t is None for t in tops):

@@ -31,9 +31,9 @@ from typing import Any
 # Must be set before llama_cpp loads libgomp (it reads the variable once, at load).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from assistant.llm.base import (  # noqa: E402
+from assistant.llm.base import (
     NO_VARIANTS,
     YES_VARIANTS,
     LLMBackend,
@@ -52,10 +52,12 @@ from assistant.llm.base import (  # noqa: E402
 
 DEFAULT_N_CTX = 4096
 PROMPT_CHUNK = 128  # tokens per prompt decode: the granularity of deadline checks
-_CACHE: dict[tuple[str, int, int], "_Loaded"] = {}
+_CACHE: dict[tuple[str, int, int], _Loaded] = {}
 _CACHE_LOCK = threading.Lock()
-INSTALL_HINT = ("llama-cpp-python is not installed: run scripts/setup.sh (it builds the CPU wheel "
-                "once and caches it), or use --llm tiny / an http(s):// endpoint")
+INSTALL_HINT = (
+    "llama-cpp-python is not installed: run scripts/setup.sh (it builds the CPU wheel "
+    "once and caches it), or use --llm tiny / an http(s):// endpoint"
+)
 
 
 def default_threads() -> int:
@@ -93,13 +95,20 @@ def _load(path: Path, threads: int, n_ctx: int) -> _Loaded:
     gpu = bool(getattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)())
     try:
         llm = llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, n_batch=PROMPT_CHUNK, n_ubatch=PROMPT_CHUNK,
-            n_threads=threads, n_threads_batch=threads, n_gpu_layers=-1 if gpu else 0,
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=PROMPT_CHUNK,
+            n_ubatch=PROMPT_CHUNK,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=-1 if gpu else 0,
             verbose=False,
         )
     except (ValueError, RuntimeError) as e:
-        raise LLMError(f"cannot load GGUF model {path}: {str(e).splitlines()[0]} "
-                       "(is it a complete .gguf file? re-run scripts/setup.sh for the default)") from e
+        raise LLMError(
+            f"cannot load GGUF model {path}: {str(e).splitlines()[0]} "
+            "(is it a complete .gguf file? re-run scripts/setup.sh for the default)"
+        ) from e
     return _Loaded(llm, path, time.perf_counter() - t0)
 
 
@@ -151,7 +160,9 @@ class LlamaCppBackend(LLMBackend):
         else:
             path = Path(model_path).expanduser()
             if not path.is_file():
-                raise LLMError(f"GGUF model file {path} does not exist: pass a path to a .gguf file")
+                raise LLMError(
+                    f"GGUF model file {path} does not exist: pass a path to a .gguf file"
+                )
             self.model_id = str(path)
         threads = num_threads or default_threads()
         key = (str(path.resolve()), threads, n_ctx)
@@ -176,7 +187,11 @@ class LlamaCppBackend(LLMBackend):
 
             eos = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "ignore")
             bos_id = llm.token_bos()
-            bos = llm.detokenize([bos_id], special=True).decode("utf-8", "ignore") if bos_id >= 0 else ""
+            bos = (
+                llm.detokenize([bos_id], special=True).decode("utf-8", "ignore")
+                if bos_id >= 0
+                else ""
+            )
             self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
             # A template that writes the BOS itself must not get a second one from the tokenizer.
             self._add_bos = "bos_token" not in template
@@ -202,12 +217,17 @@ class LlamaCppBackend(LLMBackend):
         if self._formatter is not None:
             text = self._formatter(messages=msgs).prompt
         else:
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in msgs) + "Assistant:"
+            text = (
+                "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in msgs)
+                + "Assistant:"
+            )
             prefill = (" " + prefill) if prefill else ""
         return text + prefill
 
     def _tokens(self, messages: list[Message]) -> list[int]:
-        toks = self._m.llm.tokenize(self.render(messages).encode("utf-8"), add_bos=self._add_bos, special=True)
+        toks = self._m.llm.tokenize(
+            self.render(messages).encode("utf-8"), add_bos=self._add_bos, special=True
+        )
         return toks
 
     # -- core: prompt evaluation over the cached prefix -------------------------------------
@@ -224,8 +244,10 @@ class LlamaCppBackend(LLMBackend):
         if not tokens:
             raise LLMError("empty prompt: nothing to evaluate")
         if len(tokens) + reserve > self.n_ctx:
-            raise LLMError(f"prompt of {len(tokens)} tokens + {reserve} to generate exceeds the "
-                           f"context of {self.n_ctx} tokens: shorten the history or raise [llm] n_ctx")
+            raise LLMError(
+                f"prompt of {len(tokens)} tokens + {reserve} to generate exceeds the "
+                f"context of {self.n_ctx} tokens: shorten the history or raise [llm] n_ctx"
+            )
         keep = _common_prefix(llm.input_ids[: llm.n_tokens], tokens)
         keep = min(keep, len(tokens) - 1)  # the last token is always re-run: its logits are needed
         llm.n_tokens = keep  # llm.eval() drops the KV cache beyond n_tokens first
@@ -247,7 +269,9 @@ class LlamaCppBackend(LLMBackend):
         return logits - (top + np.log(np.exp(logits - top).sum()))
 
     # -- scoring -------------------------------------------------------------------------
-    def _score_all(self, prompts: list[list[Message]], fn: Any, deadline: float | None) -> list[Any]:
+    def _score_all(
+        self, prompts: list[list[Message]], fn: Any, deadline: float | None
+    ) -> list[Any]:
         toks = [self._tokens(p) for p in prompts]
         out = []
         self._acquire(deadline)
@@ -259,20 +283,27 @@ class LlamaCppBackend(LLMBackend):
             self._m.lock.release()
         return out
 
-    def yes_no_scores(self, prompts: list[list[Message]], deadline: float | None = None) -> list[float]:
+    def yes_no_scores(
+        self, prompts: list[list[Message]], deadline: float | None = None
+    ) -> list[float]:
         """``logsumexp`` over the Yes variants minus over the No variants of the next token, per prompt."""
         if not prompts:
             return []
         if not self.supports_logprobs:
-            raise LLMError(f"model {self.model_id} has no single-token Yes/No; use listwise reranking")
+            raise LLMError(
+                f"model {self.model_id} has no single-token Yes/No; use listwise reranking"
+            )
 
         def score(lp: np.ndarray) -> float:
-            return logsumexp(float(lp[i]) for i in self._yes_ids) - logsumexp(float(lp[i]) for i in self._no_ids)
+            return logsumexp(float(lp[i]) for i in self._yes_ids) - logsumexp(
+                float(lp[i]) for i in self._no_ids
+            )
 
         return self._score_all(prompts, score, deadline)
 
-    def next_token_logprobs(self, prompts: list[list[Message]], k: int = 20,
-                            deadline: float | None = None) -> list[list[tuple[str, float]]]:
+    def next_token_logprobs(
+        self, prompts: list[list[Message]], k: int = 20, deadline: float | None = None
+    ) -> list[list[tuple[str, float]]]:
         """Top-``k`` next tokens (decoded text, log-probability) per prompt."""
         if not prompts:
             return []
@@ -280,7 +311,9 @@ class LlamaCppBackend(LLMBackend):
 
         def top(lp: np.ndarray) -> list[tuple[str, float]]:
             idx = np.argsort(-lp)[:k]
-            return [(llm.detokenize([int(i)]).decode("utf-8", "replace"), float(lp[i])) for i in idx]
+            return [
+                (llm.detokenize([int(i)]).decode("utf-8", "replace"), float(lp[i])) for i in idx
+            ]
 
         return self._score_all(prompts, top, deadline)
 
@@ -294,11 +327,18 @@ class LlamaCppBackend(LLMBackend):
             try:
                 g = self._m.grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
             except Exception as e:  # the converter raises plain exceptions on unsupported schemas
-                raise ValueError(f"JSON schema not supported by the llama.cpp grammar converter: {e}") from e
+                raise ValueError(
+                    f"JSON schema not supported by the llama.cpp grammar converter: {e}"
+                ) from e
         return g
 
-    def _chunks(self, messages: list[Message], max_new_tokens: int, deadline: float | None,
-                grammar: Any = None) -> Iterator[str]:
+    def _chunks(
+        self,
+        messages: list[Message],
+        max_new_tokens: int,
+        deadline: float | None,
+        grammar: Any = None,
+    ) -> Iterator[str]:
         """Greedy text chunks (lock held while iterating); raises LLMTimeout at the deadline."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -313,7 +353,9 @@ class LlamaCppBackend(LLMBackend):
         gen = None
         try:
             self._eval_prompt(tokens, max_new_tokens, deadline)
-            gen = llm.generate(tokens, temp=0.0, repeat_penalty=self.repeat_penalty, grammar=grammar)
+            gen = llm.generate(
+                tokens, temp=0.0, repeat_penalty=self.repeat_penalty, grammar=grammar
+            )
             dec = codecs.getincrementaldecoder("utf-8")("replace")
             vocab = llm._model.vocab
             for tok in gen:
@@ -338,29 +380,53 @@ class LlamaCppBackend(LLMBackend):
             stats["seconds"] = time.perf_counter() - t0
             self._m.lock.release()
 
-    def stream(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
-               deadline: float | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 160,
+        stop: list[str] | None = None,
+        deadline: float | None = None,
+    ) -> Iterator[str]:
         """Yield text chunks as they are decoded; a trailing assistant message is continued."""
         yield from stream_with_stops(self._chunks(messages, max_new_tokens, deadline), stop)
 
-    def generate(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
-                 deadline: float | None = None) -> str:
+    def generate(
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 160,
+        stop: list[str] | None = None,
+        deadline: float | None = None,
+    ) -> str:
         """Greedy reply, cut before the first ``stop`` string."""
         return "".join(self.stream(messages, max_new_tokens, stop, deadline))
 
-    def generate_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
-                      deadline: float | None = None) -> dict[str, Any]:
+    def generate_json(
+        self,
+        messages: list[Message],
+        schema: dict[str, Any],
+        max_new_tokens: int = 256,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
         """A JSON object decoded under a grammar built from ``schema`` (see :meth:`LLMBackend.generate_json`)."""
-        msgs, _prefill = split_prefill(validate_messages(messages))  # a prefill would fight the grammar
+        msgs, _prefill = split_prefill(
+            validate_messages(messages)
+        )  # a prefill would fight the grammar
         text = "".join(self._chunks(msgs, max_new_tokens, deadline, grammar=self._grammar(schema)))
         try:
             return parse_json_reply(text, schema)
         except LLMBadOutput as e:
             cut = self.last_generation.get("new_tokens", 0) >= max_new_tokens
-            raise LLMBadOutput(f"{e} (the object was cut at max_new_tokens={max_new_tokens})" if cut else str(e)) from None
+            raise LLMBadOutput(
+                f"{e} (the object was cut at max_new_tokens={max_new_tokens})" if cut else str(e)
+            ) from None
 
-    def stream_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
-                    deadline: float | None = None) -> Iterator[str]:
+    def stream_json(
+        self,
+        messages: list[Message],
+        schema: dict[str, Any],
+        max_new_tokens: int = 256,
+        deadline: float | None = None,
+    ) -> Iterator[str]:
         """The raw text of a :meth:`generate_json` reply, chunk by chunk, under the same grammar
         (for streaming display; the caller parses the joined text)."""
         msgs, _prefill = split_prefill(validate_messages(messages))

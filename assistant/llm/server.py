@@ -32,7 +32,9 @@ class BadRequest(ValueError):
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": status}}, status_code=status
+    )
 
 
 def _parse(body: Any) -> dict[str, Any]:
@@ -58,8 +60,14 @@ def _parse(body: Any) -> dict[str, Any]:
         raise BadRequest("top_logprobs must be an integer in 0..20")
     if logprobs and max_tokens != 1:
         raise BadRequest("logprobs are only supported with max_tokens=1 (next-token scoring)")
-    return {"messages": messages, "max_tokens": max_tokens, "stop": stop or None, "logprobs": logprobs,
-            "top_logprobs": top, "stream": bool(body.get("stream"))}
+    return {
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "stop": stop or None,
+        "logprobs": logprobs,
+        "top_logprobs": top,
+        "stream": bool(body.get("stream")),
+    }
 
 
 def _lp(token: str, logprob: float) -> dict[str, Any]:
@@ -73,7 +81,10 @@ def create_app(backend: LLMBackend) -> FastAPI:
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "readnext"}]}
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "readnext"}],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Any:
@@ -84,7 +95,9 @@ def create_app(backend: LLMBackend) -> FastAPI:
         except BadRequest as e:
             return _error(400, str(e), "invalid_request_error")
         if req["logprobs"] and not backend.supports_logprobs:
-            return _error(400, f"backend {backend.name!r} does not provide logprobs", "invalid_request_error")
+            return _error(
+                400, f"backend {backend.name!r} does not provide logprobs", "invalid_request_error"
+            )
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         head = {"id": cid, "created": created, "model": model_name}
         if req["stream"]:
@@ -106,19 +119,38 @@ def _complete(backend: LLMBackend, req: dict[str, Any]) -> dict[str, Any]:
     if req["logprobs"]:
         top = backend.next_token_logprobs([req["messages"]], max(1, req["top_logprobs"]))[0]
         token, logprob = top[0]
-        logprobs = {"content": [{**_lp(token, logprob), "top_logprobs": [_lp(t, v) for t, v in top[: req["top_logprobs"]]]}]}
-        return {"index": 0, "message": {"role": "assistant", "content": token}, "logprobs": logprobs,
-                "finish_reason": "length"}
+        logprobs = {
+            "content": [
+                {
+                    **_lp(token, logprob),
+                    "top_logprobs": [_lp(t, v) for t, v in top[: req["top_logprobs"]]],
+                }
+            ]
+        }
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": token},
+            "logprobs": logprobs,
+            "finish_reason": "length",
+        }
     text = backend.generate(req["messages"], req["max_tokens"], req["stop"])
-    return {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": "stop"}
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
 
 
 def _events(backend: LLMBackend, req: dict[str, Any], head: dict[str, Any]) -> Iterator[str]:
     """SSE stream: a role delta, content deltas, a finish chunk, then ``[DONE]``."""
 
     def event(delta: dict[str, Any], finish: str | None = None) -> str:
-        chunk = {**head, "object": "chat.completion.chunk",
-                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        chunk = {
+            **head,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
         return f"data: {json.dumps(chunk)}\n\n"
 
     yield event({"role": "assistant", "content": ""})
@@ -145,7 +177,11 @@ def serve(backend: LLMBackend, host: str = "127.0.0.1", port: int = 8000) -> Non
 def main(argv: list[str] | None = None) -> None:
     """CLI: ``python -m assistant.llm.server [--llm SPEC] [--host H] [--port P]``."""
     ap = argparse.ArgumentParser(description="OpenAI-compatible server for a readnext LLM backend")
-    ap.add_argument("--llm", default="local", help="local (default offline model), a HF id/path, or an http(s) URL")
+    ap.add_argument(
+        "--llm",
+        default="local",
+        help="local (default offline model), a HF id/path, or an http(s) URL",
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     args = ap.parse_args(argv)
