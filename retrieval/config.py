@@ -251,7 +251,9 @@ class RequestConfig:
     lexical_weight: float = 0.3  # BM25 on the request's words and tags (retrieval.lexical)
     anchor_weight: float = 1.5  # "something like X": X's neighbours, co-readers, tags
     # A request's wanted tags multiply a book's rank score by this per tag group it carries.
-    tag_boost: float = 2.0
+    # 3.0 so that a tag the reader names outweighs the stacked soft preferences of a follow-up
+    # ("shorter" 1.5x times "newer" up to 1.5x), which are relative wishes, not the topic.
+    tag_boost: float = 3.0
 
     def validate(self, where: str = "request") -> None:
         """Refuse weights below 0 and a tag boost below 1 (the lexical and anchor sources' config)."""
