@@ -462,6 +462,11 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     metrics = clean(metrics)
     study.log(f"writing {out}")
     _write(out, metrics, study.runs, prep, cfg)
+    sas = getattr(study.fitted.get("sasrec"), "model", None)
+    if cfg.dump_rankings and sas is not None:
+        # With tuned-config.toml this is what the live product needs to rank as eval did (its
+        # ingest would train its own SASRec on all the data instead).
+        sas.save(out / "sasrec.pt")
     if study.hybrid_tuned is not None:
         (out / "tuned-config.toml").write_text(
             tuned_config_toml(
