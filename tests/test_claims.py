@@ -199,7 +199,10 @@ def test_the_request_does_not_make_a_genre_claim_true():
     )
     false = "Speak is a dark, tense thriller that shares the tags young-adult and emotional with The Book Thief."
     reason = check_claims(false, None, c)
-    assert reason is not None and "thriller" in reason, reason
+    # both genre words are the request's, not the book's: either one is the reason
+    assert reason is not None and any(f"'{w}'" in reason for w in ("thriller", "dark", "tense")), (
+        reason
+    )
     true = "You asked for a dark, tense thriller; like The Book Thief, Speak is emotional young-adult fiction."
     assert check_claims(true, None, c) is None
 

@@ -99,7 +99,7 @@ def test_prompts_load_and_delimit():
     with pytest.raises(ValueError, match="needs variables"):
         render_messages("rerank_yes_no", history="x")
     msgs, _ = render_messages(
-        "chat_intent", utterance=delimit("more like {Dune}"), context="(none)"
+        "chat_intent", utterance=delimit("more like {Dune}"), context="(none)", tags="(none)"
     )
     assert [m["role"] for m in msgs] == ["system", "user"] and "<<<more like {Dune}>>>" in msgs[1][
         "content"
