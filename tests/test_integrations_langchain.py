@@ -101,8 +101,13 @@ def test_lcel_chain_over_retriever_and_chat_model(rec):
     assert len(chunks) > 1 and "".join(c.content for c in chunks) == "Try Dune."
 
 
-def test_agent_tool_calls_recommend_and_record_feedback(demo_home):
-    rec = Recommender.open(demo_home, llm="none")
+def test_agent_tool_calls_recommend_and_record_feedback(demo_home, tmp_path):
+    # a copy of the demo home: this test stores a reader, other tests count the shared home's
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home, symlinks=True)
+    rec = Recommender.open(home, llm="none")
     try:
         # a reader of its own, so the shared demo readers stay as other tests expect them
         rec.create_reader("lc-agent", [(r.book_id, r.rating) for r in rec.history("u0003")[:6]])

@@ -136,6 +136,12 @@ def _live_from_eval(tmp: Path, *dataset: str, users: str | None = None):
         label="eval train",
     )
     ingest(train, settings, progress=False, quiet=True)
+    if (out / "sasrec.pt").is_file():
+        # eval's SASRec (tuned, refit on this split), as its tuned config expects; the ingest
+        # trained its own with the default config
+        import shutil
+
+        shutil.copy(out / "sasrec.pt", Index.open(home).path / "sasrec.pt")
     rec = Recommender(Index.open(home), settings, llm="none")
     want = {}
     for f in ("rankings.jsonl", "rankings_cold_start.jsonl"):
