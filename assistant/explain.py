@@ -81,7 +81,16 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
             )
         return like + (": " + "; ".join(bits) if bits else "") + "."
     if e.kind == "query_match":
-        return f"It matches what you asked for (“{excerpt(e.text or '', QUERY_EXCERPT)}”)."
+        asked = f"“{excerpt(e.text or '', QUERY_EXCERPT)}”"
+        bits = []
+        if e.tags:
+            bits.append(f"it is tagged {_and(list(e.tags))}")
+        if e.terms:
+            bits.append(f"its description mentions {_and(list(e.terms))}")
+        if bits:
+            return f"You asked for {asked}: {', and '.join(bits)}."
+        # embedding similarity alone: close in subject, not a claim that it "matches"
+        return f"It is close in subject to what you asked for ({asked})."
     if e.kind == "to_read":
         return "It is on your to-read shelf."
     return ""
@@ -204,3 +213,8 @@ def list_explanations(
     a book of yours already cited by an earlier pick counts against citing it again."""
     memory = ReasonMemory()
     return [template_explanation(ev, books, rated, max_sentences, memory) for ev in evidences]
+
+
+def _and(words: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]

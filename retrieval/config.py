@@ -254,9 +254,19 @@ class RequestConfig:
     # 3.0 so that a tag the reader names outweighs the stacked soft preferences of a follow-up
     # ("shorter" 1.5x times "newer" up to 1.5x), which are relative wishes, not the topic.
     tag_boost: float = 3.0
+    # A request with a topic ("a funny fantasy with dragons") is answered from the `pool` books
+    # most relevant to it (the request's embedding and its BM25 words, rank-fused), ordered by
+    # the reader's hybrid score: the history personalises the answer but cannot replace the
+    # topic (CF, SASRec and series weigh far more than the request's own sources). 0 = off.
+    pool: int = 30
 
     def validate(self, where: str = "request") -> None:
-        """Refuse weights below 0 and a tag boost below 1 (the lexical and anchor sources' config)."""
+        """Refuse weights below 0, a tag boost below 1 and a negative pool."""
+        _need(
+            isinstance(self.pool, int) and self.pool >= 0,
+            where,
+            f"pool must be an integer >= 0; got {self.pool!r}",
+        )
         for k in ("lexical_weight", "anchor_weight", "tag_boost"):
             v = getattr(self, k)
             low = 1 if k == "tag_boost" else 0

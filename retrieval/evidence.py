@@ -6,6 +6,7 @@ against the ratings, so a claim without evidence cannot reach a reader.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -162,9 +163,38 @@ def query_match(
     if not query or qvec is None:
         return None
     sim = float(lib.vectors[item] @ qvec)
-    if sim < threshold:
+    tags, words = request_words_in_book(lib.books[item], query)
+    if sim < threshold and not (tags or words):
         return None
-    return Evidence("query_match", text=query, value=round(sim, 3))
+    # The matched words make the claim concrete ("tagged funny", "mentions dragons"); a match by
+    # embedding alone is only said to be close in subject, never that it "matches".
+    return Evidence("query_match", text=query, value=round(sim, 3), tags=tags, terms=words)
+
+
+def request_words_in_book(book, query: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The book's tags that a request names, and the request's other words that its description
+    contains (folded, lightly singularised; see :func:`retrieval.lexical.tokenize`).
+
+    Returns:
+        ``(tags, words)``: tags as the catalog spells them; words in the request's own form.
+    """
+    from .lexical import tokenize
+
+    q_tokens = set(tokenize(query))
+    tags = tuple(
+        t
+        for t in book.tags
+        if tokenize(t.replace("-", " ")) and set(tokenize(t.replace("-", " "))) <= q_tokens
+    )
+    tagged = {w for t in tags for w in tokenize(t.replace("-", " "))}
+    own = set(tokenize(book.description or ""))
+    words, seen = [], set()
+    for raw in re.findall(r"[A-Za-z0-9']+", query):
+        tok = tokenize(raw)
+        if len(tok) == 1 and tok[0] in own and tok[0] not in tagged and tok[0] not in seen:
+            seen.add(tok[0])
+            words.append(raw.lower())
+    return tags, tuple(words)
 
 
 def collect(
@@ -230,8 +260,9 @@ def strength(ev: Evidence) -> float:
         return base + 0.35 * float(np.clip((bound - 0.4) / 0.55, 0.0, 1.0))
     if ev.kind == "shared_tags":  # more shared tags, with more liked books -> 0.3..0.5
         return base + min(0.2, 0.04 * len(ev.tags) + 0.02 * int(ev.count or 0))
-    if ev.kind == "query_match":  # cosine 0.25..0.6 -> 0.55..0.75
-        return base + 0.2 * float(np.clip((v - 0.25) / 0.35, 0.0, 1.0))
+    if ev.kind == "query_match":  # cosine 0.25..0.6 -> 0.55..0.75, +0.05 per matched word
+        words = 0.05 * (len(ev.tags) + len(ev.terms))
+        return min(0.9, base + 0.2 * float(np.clip((v - 0.25) / 0.35, 0.0, 1.0)) + words)
     if ev.kind == "popular":
         return base + 0.1 * float(np.clip((v - 3.0) / 2.0, 0.0, 1.0))
     return base
@@ -309,8 +340,11 @@ def verify(
         return verify_anchor(lib, book_id, ev, tol)
     if ev.kind == "readers_like_you":
         return _verify_readers(lib, item, ev, history, tol)
-    if ev.kind in ("query_match", "to_read"):
-        return True  # these restate the reader's own input
+    if ev.kind == "query_match":  # the request is the reader's own input; its matched words
+        tags, words = request_words_in_book(lib.books[item], ev.text or "")  # must be the book's
+        return set(ev.tags) <= set(tags) and set(ev.terms) <= set(words)
+    if ev.kind == "to_read":
+        return True  # restates the reader's own shelf
     return False
 
 

@@ -13,7 +13,12 @@ Every ranking a reader sees or eval scores goes through :func:`rank_matrix`: the
    score ``1 / (depth + 1 + rank)``, disallowed books are dropped and soft preferences multiply
    it (z-scores can be negative, so a multiplicative boost needs a positive score: a 1.5x
    preference lifts a book about ``depth / 2`` places);
-5. **top k**: higher score first, then the lower catalog index (deterministic ties).
+5. **request pool** (a topical request, hybrid only: "a funny fantasy with dragons"): the
+   ``request_pool`` rankable, allowed books most relevant to the request alone
+   (:meth:`HybridSource.request_relevance`) rank above every other book, in the order of step
+   4: the reader's history orders the answer but cannot replace its topic, and a short pool is
+   filled from the rest rather than left empty;
+6. **top k**: higher score first, then the lower catalog index (deterministic ties).
 
 Evidence is a separate step after ranking (:meth:`Ranked.candidates`), on the final list only.
 """
@@ -29,7 +34,7 @@ import numpy as np
 from .constraints import Constraints
 from .fusion import top_k_matrix
 from .library import Library
-from .sources import CandidateSource, exclude_mask
+from .sources import CandidateSource, exclude_mask, top_mask
 from .types import Candidate, UserContext
 
 __all__ = [
@@ -123,8 +128,12 @@ def rank_matrix(
     constraints: Constraints | None = None,
     series_order: bool = True,
     depth: int = DEFAULT_DEPTH,
+    relevance: Sequence | None = None,
+    pool: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps 2-5 of the module docstring on a score matrix (readers x items) for ``ctxs``.
+    """Steps 2-6 of the module docstring on a score matrix (readers x items) for ``ctxs``.
+
+    ``relevance``: per reader, the request-only relevance of every book, or None (step 5).
 
     Returns:
         ``(idx, valid, final)``: the top ``k`` item indices per row, best first; which of them
@@ -136,8 +145,27 @@ def rank_matrix(
         blocked |= series_mask(lib, ctxs)
     if constraints is not None and not constraints.is_empty():
         S = constraint_scores(lib, S, ~blocked & np.isfinite(S), constraints, depth)
+    if relevance is not None and pool > 0:
+        S = pool_first(S, relevance, blocked, pool)
     idx, valid = top_k_matrix(S, blocked, k)
     return idx, valid, S
+
+
+def pool_first(S: np.ndarray, relevance: Sequence, blocked: np.ndarray, pool: int) -> np.ndarray:
+    """Step 5: per row with a relevance vector, its ``pool`` most relevant rankable books
+    first (their order kept), every other finite score shifted below them (order kept)."""
+    S = S.copy()
+    for r, rel in enumerate(relevance):
+        if rel is None:
+            continue
+        fin = np.isfinite(S[r]) & ~blocked[r]
+        if not fin.any():
+            continue
+        chosen = top_mask(np.where(fin, rel, NEG), pool)
+        row = S[r]
+        span = float(row[fin].max() - row[fin].min()) + 1.0
+        S[r] = np.where(chosen | ~np.isfinite(row), row, row - span)
+    return S
 
 
 def _scores(source: CandidateSource, ctxs: Sequence[UserContext]):
@@ -176,7 +204,13 @@ def rank(
     if S is None:
         S, per = _scores(source, ctxs)
     depth = int(getattr(source, "depth", DEFAULT_DEPTH))
-    idx, valid, final = rank_matrix(source.lib, S, ctxs, k, constraints, series_order, depth)
+    pool = int(getattr(source, "request_pool", 0))
+    relevance = None
+    if pool > 0:  # a hybrid: a topical request's relevance per reader (None without one)
+        relevance = [source.request_relevance(c) for c in ctxs]  # type: ignore[attr-defined]
+    idx, valid, final = rank_matrix(
+        source.lib, S, ctxs, k, constraints, series_order, depth, relevance, pool
+    )
     out = []
     for r, c in enumerate(ctxs):
         items = idx[r][valid[r]].astype(np.int64)

@@ -320,4 +320,6 @@ def build_sources(
             continue  # nothing trained at ingest (older index, disabled): the fusion does without
         srcs[name] = build_source(name, lib, cfgs[name], deps)
     srcs["hybrid"] = build_hybrid(lib, srcs, fusion)
+    request = getattr(settings, "request", None) if settings is not None else None
+    srcs["hybrid"].request_pool = int(request.pool if request is not None else RequestConfig().pool)
     return srcs

@@ -675,7 +675,7 @@ class HybridSource(CandidateSource):
     ) -> np.ndarray:
         """Fused scores from :meth:`source_scores` output (split out so eval can reuse the matrices
         for ablations with other ``weights``)."""
-        return fuse_matrices(
+        S = fuse_matrices(
             per_source,
             self.weights if weights is None else weights,
             self.exclude_mask(ctxs),
@@ -684,11 +684,41 @@ class HybridSource(CandidateSource):
             self.depth,
             indicator=self.indicators,
         )
+        return S
+
+    # A topical request is answered from the books most relevant to it (RequestConfig.pool;
+    # applied by the rank path, retrieval.ranking, step 4).
+    request_pool: int = 0
 
     def score_batch(self, ctxs: Sequence[UserContext]) -> np.ndarray:
         if not ctxs:
             return np.zeros((0, self.lib.n_items))
         return self.fuse(self.source_scores(ctxs), ctxs)
+
+    def request_relevance(self, ctx: UserContext) -> np.ndarray | None:
+        """How relevant each book is to the request alone (no history): reciprocal-rank fusion
+        of the request's embedding cosine and its BM25 words; None without a topical query."""
+        if not ctx.query:
+            return None
+        rows = []
+        content = self.sources.get("content")
+        if isinstance(content, ContentSource):
+            q = content.query_vector(ctx.query)
+            if q is not None:
+                rows.append(self.lib.vectors @ q)
+        lexical = self.sources.get("lexical")
+        if isinstance(lexical, LexicalSource):
+            rows.append(lexical.score(ctx))
+        rows = [r for r in rows if np.isfinite(r).any()]
+        if not rows:
+            return None
+        rel = np.zeros(self.lib.n_items)
+        for row in rows:
+            order = np.argsort(-np.where(np.isfinite(row), row, NEG), kind="stable")
+            ranks = np.empty(len(order))
+            ranks[order] = np.arange(len(order))
+            rel += np.where(np.isfinite(row), 1.0 / (60.0 + ranks), 0.0)
+        return rel
 
     def score(self, ctx: UserContext) -> np.ndarray:
         return self.score_batch([ctx])[0]
@@ -746,6 +776,17 @@ class HybridSource(CandidateSource):
                     evidence = own(ctx, int(i)) + evidence
             out.append(evidence)
         return out
+
+
+def top_mask(scores: np.ndarray, n: int) -> np.ndarray:
+    """True for the ``n`` highest finite scores (all finite ones when there are fewer)."""
+    finite = np.isfinite(scores)
+    mask = np.zeros(len(scores), dtype=bool)
+    if finite.sum() <= n:
+        return finite
+    idx = np.argpartition(-np.where(finite, scores, NEG), n - 1)[:n]
+    mask[idx] = True
+    return mask & finite
 
 
 def build_sources(lib: Library, settings=None, **kwargs) -> dict[str, CandidateSource]:

@@ -79,13 +79,15 @@ class Evidence:
     value: float | None = None
     share: float | None = None
     neighbours: int | None = None
+    # query_match: the request's words found in the book's description
+    terms: tuple[str, ...] = ()
     # Other readers' ids behind a readers_like_you claim: kept for verify(), never rendered,
     # serialised or sent to the LLM (a reader's data is theirs).
     reader_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if v not in (None, (), []) and k != "reader_ids"}
-        for k in ("book_ids", "tags", "authors"):
+        for k in ("book_ids", "tags", "authors", "terms"):
             if k in d:
                 d[k] = list(d[k])
         return d

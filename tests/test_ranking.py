@@ -204,3 +204,64 @@ def test_content_source_has_its_store_from_construction(demo_home):
     exact = rank_one(content, ctx, 10, series_order=False).book_ids(rec.lib)
     assert len(set(ann) & set(exact)) >= 8
     rec.close()
+
+
+# --------------------------------------------------------------------------- a request's pool
+
+
+def test_a_topical_request_is_answered_from_its_pool_and_the_history_orders_it(demo_home):
+    rec = Recommender.open(demo_home)
+    hybrid = rec.sources["hybrid"]
+    assert hybrid.request_pool == Settings.load(home=demo_home, env={}).request.pool > 0
+    reader = next(u["user_id"] for u in rec.users() if u["n_ratings"] >= 30)
+    query = "books about grief and loss"
+    ctx = rec.context(reader, None, query, (), (), [])
+    rel = hybrid.request_relevance(ctx)
+    blocked = hybrid.exclude_mask([ctx])[0] | series_mask(rec.lib, [ctx])[0]
+    rankable = np.flatnonzero(~blocked)
+    pool = set(rankable[np.argsort(-rel[rankable], kind="stable")[: hybrid.request_pool]])
+    picks = rank_one(hybrid, ctx, 10).items
+    assert len(picks) == 10 and set(picks.tolist()) <= pool  # every pick is on the topic
+    # ... and it is the reader's order within the pool, not the request's own order
+    by_rel = sorted(pool, key=lambda i: -rel[i])[:10]
+    assert picks.tolist() != by_rel
+    # without a request the same reader gets their history-only list, untouched by the pool
+    plain = rank_one(hybrid, rec.context(reader, None, None, (), (), []), 10).items
+    assert not set(plain.tolist()) <= pool
+    # a pool smaller than k is filled from the rest, in the hybrid's order
+    hybrid.request_pool = 3
+    try:
+        few = rank_one(hybrid, ctx, 10).items.tolist()
+    finally:
+        hybrid.request_pool = Settings.load(home=demo_home, env={}).request.pool
+    top3 = set(rankable[np.argsort(-rel[rankable], kind="stable")[:3]])
+    assert len(few) == 10 and set(few[:3]) == top3 and not set(few[3:]) & top3
+    rec.close()
+
+
+def test_query_match_evidence_names_only_words_the_book_holds(demo_home):
+    from assistant.explain import render_evidence
+    from retrieval.evidence import query_match, verify
+    from retrieval.types import Evidence
+
+    rec = Recommender.open(demo_home)
+    lib = rec.lib
+    hobbit = next(i for i, b in enumerate(lib.books) if b.title == "The Hobbit")
+    query = "a whimsical adventure with a dragon and robots"
+    q = rec.sources["content"].query_vector(query)
+    e = query_match(lib, hobbit, query, q)
+    assert set(e.tags) == {"whimsical", "adventure"} and e.terms == ("dragon",)
+    book_id = lib.books[hobbit].book_id
+    assert verify(lib, book_id, e, [])
+    text = render_evidence(e, rec.books, {})
+    said = text.split("”:", 1)[1]  # what the reason claims, after the quoted request
+    assert "tagged" in said and "dragon" in said and "robot" not in said
+    # a claimed word the description lacks, or a tag the book lacks, fails the re-check
+    assert not verify(lib, book_id, Evidence("query_match", text=query, terms=("robots",)), [])
+    assert not verify(lib, book_id, Evidence("query_match", text=query, tags=("romance",)), [])
+    # matched by the embedding alone: "close in subject", never "matches"
+    vague = Evidence("query_match", text="something cosy", value=0.4)
+    assert render_evidence(vague, rec.books, {}).startswith(
+        "It is close in subject to what you asked"
+    )
+    rec.close()
