@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.config import Settings
-from retrieval.constraints import Constraints
+from retrieval.constraints import LIGHT_TAGS, Constraints
 from retrieval.embed import Embedder
 from retrieval.errors import NotFoundError, ReadnextError
 from retrieval.feedback import FeedbackStore, normalize_signal
@@ -533,6 +533,8 @@ class Recommender:
             cands, llm_scores = self._rerank(ctx, cands, notes)
         t2 = time.perf_counter()
         recs = [self._to_rec(c, ctx, rank=i + 1) for i, c in enumerate(cands[:k])]
+        if constraints is not None:
+            notes.extend(_unmet_wishes(constraints, recs))
         # One pass over the list, so picks do not all cite the same book of yours.
         rated = {r.book_id: r.rating for r in ctx.history}
         for r, text in zip(recs, list_explanations([r.evidence for r in recs], self.books, rated)):
@@ -1015,3 +1017,21 @@ def _natural(s: str):
     import re
 
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _unmet_wishes(c: Constraints, recs: Sequence[Recommendation]) -> list[str]:
+    """Say so when a soft wish could not change the list: length and mood are known only from
+    the catalog's tags, and a reader who asked "shorter" should not think the list ignored it."""
+    tags = [{t.lower() for t in r.tags} for r in recs]
+    out = []
+    if c.shorter and recs and not any("short" in t for t in tags):
+        out.append(
+            "none of these picks is tagged short in the catalog (length is known only from its "
+            "short/long tags): books tagged long were moved down"
+        )
+    if c.lighter and recs and not any(t & LIGHT_TAGS for t in tags):
+        out.append(
+            "none of these picks carries a light-hearted tag in the catalog: darker ones were "
+            "moved down"
+        )
+    return out

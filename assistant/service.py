@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.errors import NotFoundError, ReadnextError
-from retrieval.privacy import LOG_DIR, check_reader_id, home_secret, pseudonym
+from retrieval.privacy import (
+    LOG_DIR,
+    check_reader_id,
+    home_secret,
+    pseudonym,
+    reader_id_from_name,
+)
 
 from .accounts import AccountStore
 from .chat_engine import ChatEngine, ChatState, Reply
@@ -276,7 +282,7 @@ class ReaderService:
                 )
             return uid, loved_text, gen
         if nm:
-            check_reader_id(nm, "reader name")
+            nm = reader_id_from_name(nm)
         return nm or None, loved_text, gen
 
     def onboard(
@@ -295,7 +301,7 @@ class ReaderService:
             for last in self.engine(k).onboard(nm, loved_text, gen):
                 pass
             assert last is not None
-            if not nm:
+            if not nm or nm != (name or "").strip():
                 last.text += (
                     f"\n\nYou are saved as reader **{last.state.user_id}**: use that id to come "
                     f"back, or erase it with `readnext forget --user {last.state.user_id}`."
@@ -313,7 +319,7 @@ class ReaderService:
         if caller.role == READER:
             nm = self.reader_for(caller, nm or None) or ""
         elif nm:
-            check_reader_id(nm, "reader name")
+            nm = reader_id_from_name(nm)
         if path is not None:
             size = Path(path).stat().st_size
             if size > self.limits.max_import_bytes:

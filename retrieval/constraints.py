@@ -99,12 +99,18 @@ class Constraints:
         """A multiplicative bonus >= 1 for soft preferences."""
         tags = {t.lower() for t in b.tags}
         s = 1.0
+        wanted = sum(t.lower() in tags for t in self.include_tags)
         if self.include_tags:
-            s *= self.tag_boost ** sum(t.lower() in tags for t in self.include_tags)
+            s *= self.tag_boost**wanted
+        # A follow-up's wish ("shorter", "lighter") weighs like a named tag on books that carry
+        # a wanted tag (or when none is named), so the list visibly changes when a reader asks
+        # for it; off the request's tags it only weighs 1x, so "more fantasy" + "shorter" never
+        # lets a short non-fantasy book outrank the fantasy ones.
+        wish = max(self.tag_boost, 1.5) if wanted or not self.include_tags else 1.0
         if self.shorter:
-            s *= 1.5 if "short" in tags else (0.7 if "long" in tags else 1.0)
+            s *= wish if "short" in tags else (0.7 if "long" in tags else 1.0)
         if self.lighter:
-            s *= 1.4 if tags & LIGHT_TAGS else (0.7 if tags & DARK_TAGS else 1.0)
+            s *= wish if tags & LIGHT_TAGS else (0.7 if tags & DARK_TAGS else 1.0)
         if self.newer and self.ref_year is None and b.year is not None:
             s *= 1.0 + max(0, min(b.year, 2030) - 1950) / 150
         return s

@@ -37,6 +37,20 @@ READER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_READER_ID = 64
 
 
+def reader_id_from_name(name: str, what: str = "reader name") -> str:
+    """A reader id from a name a person typed in a form: spaces become '-' ("Iris Murdoch" ->
+    "Iris-Murdoch"); anything else an id may not hold is refused by :func:`check_reader_id`.
+
+    Args:
+        name: the typed name (stripped here).
+        what: how an error names the value.
+
+    Returns:
+        The reader id.
+    """
+    return check_reader_id(re.sub(r"\s+", "-", (name or "").strip()), what)
+
+
 def check_reader_id(user_id: object, what: str = "reader id") -> str:
     """Return ``user_id`` if it is a well-formed reader id, else raise a one-line error.
 

@@ -253,3 +253,33 @@ def test_conversation_eval_runs_through_the_chat_engine(demo_home, tmp_path):
     convs = [json.loads(x) for x in (tmp_path / "conversations.jsonl").read_text().splitlines()]
     assert len(convs) == 12 and all(t["message"] for c in convs for t in c["turns"])
     assert (tmp_path / "report.md").read_text().startswith("# Simulated-reader conversations")
+
+
+def test_a_follow_up_wish_changes_the_list_or_says_why_not(rec):
+    eng = ChatEngine(rec, k=5, llm_picks=0)
+    u = next(x["user_id"] for x in rec.users() if x["n_ratings"] >= 30)
+    st, _ = eng.select_reader(u)
+    r1 = list(eng.respond(st, "more fantasy"))[-1]
+    r2 = list(eng.respond(r1.state, "shorter"))[-1]
+    assert all("fantasy" in c.tags for c in r2.cards)  # the wish never leaves the topic
+    if any("short" in b.tags and "fantasy" in b.tags for b in rec.books.values()):
+        short = sum("short" in c.tags for c in r2.cards)
+        assert short > sum("short" in c.tags for c in r1.cards) and short >= 1
+    # a wish the picks cannot meet is said, not silently ignored
+    from assistant.recommender import _unmet_wishes
+    from retrieval.constraints import Constraints
+
+    long_only = [c for c in r1.cards if "short" not in c.tags]
+    said = _unmet_wishes(Constraints(shorter=True), long_only)
+    assert said and "tagged short" in said[0]
+    assert not _unmet_wishes(Constraints(shorter=True), [c for c in r2.cards])
+
+
+def test_a_typed_name_with_spaces_becomes_a_reader_id():
+    from retrieval.errors import ReadnextError
+    from retrieval.privacy import reader_id_from_name
+
+    assert reader_id_from_name("  Iris   Murdoch ") == "Iris-Murdoch"
+    for bad in ("../etc", "a/b", "", "x" * 80):
+        with pytest.raises(ReadnextError):
+            reader_id_from_name(bad)
