@@ -55,7 +55,13 @@ def _positive(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the ``eval`` options to ``p`` (``--data-dir``/``--config``/``--json`` come from the caller)."""
+    """Add the ``eval`` options to ``p``.
+
+    ``--data-dir``/``--config``/``--json`` come from the caller (``readnext eval``).
+
+    Args:
+        p: the ``eval`` sub-command's parser.
+    """
     p.add_argument(
         "--dataset",
         metavar="DIR",
@@ -233,7 +239,14 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def config_from_args(args: argparse.Namespace):
-    """An :class:`eval.runner.EvalConfig` from parsed arguments."""
+    """An :class:`eval.runner.EvalConfig` from parsed arguments.
+
+    Args:
+        args: the parsed ``readnext eval`` arguments.
+
+    Returns:
+        The config.
+    """
     from .runner import EvalConfig
 
     return EvalConfig(
@@ -319,7 +332,19 @@ def _run_text_study(args: argparse.Namespace) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the study for parsed ``args``; prints a summary (or metrics.json with ``--json``)."""
+    """Run the study for parsed ``args``; prints a summary (or metrics.json with ``--json``).
+
+    ``--text-study`` and ``--conversation`` run those studies instead.
+
+    Args:
+        args: the parsed ``readnext eval`` arguments.
+
+    Returns:
+        The exit status (0).
+
+    Raises:
+        ReadnextError: the study failed (one line).
+    """
     if getattr(args, "text_study", False):
         return _run_text_study(args)
     if getattr(args, "conversation", False):

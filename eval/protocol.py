@@ -55,6 +55,37 @@ class EvalConfig:
 
     ``dataset`` (a folder, format auto-detected) or ``data_dir`` (an ingested index) selects the
     data; neither means the shipped demo. ``users`` evaluates a seeded subset of test readers.
+
+    Attributes:
+        dataset: a dataset folder (format auto-detected); ``None`` with no ``data_dir``: the demo.
+        data_dir: an ingested index to evaluate instead (its stored book vectors are reused).
+        config: a TOML settings file (sources, fusion, embedder).
+        models: the models to run (``None``: every model; ``hybrid+llm`` only with ``llm`` or not
+            ``quick``); see :meth:`chosen_models`.
+        users: evaluate a seeded subset of this many test readers (``None``: all).
+        seed: the seed for the split, subsets, tuning, seeded models and the bootstrap.
+        ks: the cut-offs K of every metric.
+        out: the output folder (metrics.json, report.md, plots, rankings).
+        dump_rankings: also write every model's rankings.
+        quick: a smaller, faster study (fewer tuning trials and validation readers).
+        llm: the LLM for the ``hybrid+llm`` rerank and explanations (``None``: none).
+        llm_users: readers the LLM stage reranks for.
+        llm_explain: LLM explanations written (top pick of this many LLM readers).
+        sampled: add the sampled protocol with this many random negatives (``None``: off).
+        relevant: the lowest held-out rating that counts as relevant.
+        holdout: the share of each reader's ratings held out (min 1).
+        cold_threshold: readers with fewer training ratings form the cold-start slice.
+        explain_users: readers whose explanations are audited for faithfulness.
+        sasrec_shuffled: also train SASRec on shuffled sequences (the order-matters control).
+        val_users: cap on validation readers (default 3000, quick 600).
+        n_boot: bootstrap resamples for confidence intervals and paired tests.
+        catalog: ``"rated"`` (books with >= 1 rating in the data) or ``"all"`` (every book).
+        min_item_ratings: k-core filter on books (default 5 for Book-Crossing, else none).
+        min_user_ratings: k-core filter on readers.
+        cache_dir: where book embeddings are cached between runs.
+        progress: show progress bars.
+        verbose: one line per stage on stderr.
+        command: the command line that started the run (recorded in metrics.json).
     """
 
     dataset: str | None = None
@@ -160,7 +191,19 @@ def _bookcrossing_core(ds: Dataset, min_item: int, min_user: int) -> tuple[Datas
 def load_eval_dataset(
     cfg: EvalConfig, settings: Settings
 ) -> tuple[Dataset, dict[str, np.ndarray] | None]:
-    """The dataset to evaluate and, for an ingested index, its stored book vectors (by book id)."""
+    """The dataset to evaluate and, for an ingested index, its stored book vectors (by book id).
+
+    Args:
+        cfg: the run's config (``dataset`` or ``data_dir``; neither: the demo).
+        settings: the settings (the demo's location, the ingest's options).
+
+    Returns:
+        ``(dataset, vectors)``: ``vectors`` is ``None`` unless ``cfg.data_dir`` was given.
+
+    Raises:
+        ReadnextError: both ``dataset`` and ``data_dir`` given, or data that cannot be read (one
+            line naming the file).
+    """
     if cfg.dataset and cfg.data_dir:
         raise ReadnextError("give either --dataset DIR or --data-dir D, not both")
     vectors = None
@@ -240,7 +283,17 @@ def _contexts(lib: Library, users: Sequence[str]) -> list[UserContext]:
 
 
 def subset(items: Sequence[str], n: int | None, seed: int, salt: int) -> list[str]:
-    """A seeded subset of ``n`` of ``items`` (sorted first, so it depends only on the set)."""
+    """A seeded subset of ``n`` of ``items`` (sorted first, so it depends only on the set).
+
+    Args:
+        items: the pool (e.g. reader ids).
+        n: the subset size (``None`` or ``>= len(items)``: all of them).
+        seed: the run's seed.
+        salt: a per-purpose number, so two subsets of one pool differ.
+
+    Returns:
+        The chosen items, sorted.
+    """
     pool = sorted(items)
     if n is None or n >= len(pool):
         return pool
@@ -249,7 +302,18 @@ def subset(items: Sequence[str], n: int | None, seed: int, salt: int) -> list[st
 
 
 def prepare(cfg: EvalConfig, settings: Settings) -> Prepared:
-    """Load, split, embed and pick the test readers (main and cold-start slices)."""
+    """Load, split, embed and pick the test readers (main and cold-start slices).
+
+    Args:
+        cfg: the run's config.
+        settings: the settings (embedder, profile).
+
+    Returns:
+        The :class:`Prepared` split: training Library, test readers and their relevant books.
+
+    Raises:
+        ReadnextError: a bad ``catalog`` value or unreadable data.
+    """
     t = time.perf_counter()
     ds, given = load_eval_dataset(cfg, settings)
     notes = list(ds.notes)
@@ -308,7 +372,16 @@ def prepare(cfg: EvalConfig, settings: Settings) -> Prepared:
 
 
 def tuning_set(prep: Prepared, cfg: EvalConfig) -> tuple[TuningSet, dict[str, Any]]:
-    """Validation readers: the last share of each training history, carved from training only."""
+    """Validation readers: the last share of each training history, carved from training only.
+
+    Args:
+        prep: the prepared split (its training part is split again).
+        cfg: the run's config (``holdout``, ``relevant``, ``val_users``, ``seed``...).
+
+    Returns:
+        ``(tuning set, description)``: the cached validation readers and what metrics.json
+        records about them.
+    """
     val = validation_split(prep.split, frac=cfg.holdout, min_test=1, seed=cfg.seed)
     lib = Library(
         prep.lib.books,
@@ -352,6 +425,20 @@ def protocol_dict(
     skipped: Mapping[str, str],
     llm_info: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
+    """The ``protocol`` section of metrics.json: how the run split, scored and tested.
+
+    Args:
+        cfg: the run's config.
+        prep: the prepared split.
+        ks: the metric cut-offs.
+        val_desc: the validation set's description (:func:`tuning_set`).
+        models: the models evaluated.
+        skipped: model -> why it was not run.
+        llm_info: what the LLM stage used (``None``: no LLM stage).
+
+    Returns:
+        JSON-safe data (:func:`clean`).
+    """
     ds = prep.dataset
     split = prep.split
     if split.method == "temporal":

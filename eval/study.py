@@ -434,7 +434,17 @@ class _Study:
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
-    """Run the whole study and write ``cfg.out`` (metrics.json, report.md, plots, rankings); returns metrics."""
+    """Run the whole study and write ``cfg.out`` (metrics.json, report.md, plots, rankings).
+
+    Args:
+        cfg: the run's config.
+
+    Returns:
+        The metrics (what metrics.json holds).
+
+    Raises:
+        ReadnextError: bad config or unreadable data (one line).
+    """
     study = _Study(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -506,5 +516,12 @@ def _write(
 
 
 def config_dict(cfg: EvalConfig) -> dict[str, Any]:
-    """The config as plain data (for logs)."""
+    """The config as plain data (for logs).
+
+    Args:
+        cfg: the run's config.
+
+    Returns:
+        Field -> value.
+    """
     return asdict(cfg)

@@ -59,6 +59,7 @@ PUBLIC_API: dict[str, tuple[str, ...]] = {
     "retrieval.cf": ("ItemScorer", "make_model", "confidence_from_ratings", "build_user_items"),
     "retrieval.ranking": ("Ranked", "rank", "rank_one", "rank_matrix", "ranked_ids"),
     "retrieval.fusion": ("normalise", "top_k_matrix", "combine", "fuse_matrices"),
+    "assistant.cli": ("main",),  # `readnext` and `readnext eval`
     "eval.cli": ("add_arguments", "config_from_args", "run_from_args"),
     "eval.protocol": (
         "EvalConfig",
