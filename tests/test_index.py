@@ -15,7 +15,7 @@ from retrieval.index import check_shrink, current_index_dir
 from retrieval.leases import Lease
 
 from .conftest import run_cli
-from .test_errors_and_ingest import _one_line_error
+from .test_errors import _one_line_error
 
 
 @pytest.fixture()
