@@ -314,8 +314,11 @@ class Recommender:
 
     @property
     def llm(self):
-        """The LLM backend (loaded on first use), wrapped with deadlines and a circuit breaker
-        (:class:`assistant.llm.resilience.ResilientBackend`); ``None`` when the backend is "none"."""
+        """The LLM backend (loaded on first use), wrapped with deadlines and a circuit breaker.
+
+        It is a :class:`assistant.llm.resilience.ResilientBackend`; ``None`` when the backend is
+        "none".
+        """
         if self._llm is None and self._llm_spec not in (None, "none"):
             with self._llm_lock:  # concurrent first requests: one model, one breaker
                 if self._llm is None and self._llm_spec not in (None, "none"):
@@ -371,7 +374,8 @@ class Recommender:
 
     @_request
     def users(self) -> list[dict]:
-        """Every reader: ``[{"user_id", "n_ratings"}]`` (index readers plus readers created here)."""
+        """Every reader: ``[{"user_id", "n_ratings"}]`` (index readers plus readers created
+        here)."""
         counts = self.lib.R.getnnz(axis=1)
         out = {u: int(c) for u, c in zip(self.lib.user_ids, counts)}
         extra: dict[str, set[str]] = {}  # distinct books: re-rating a book is not a new rating
@@ -481,8 +485,8 @@ class Recommender:
 
         Args:
             user_id: a known reader whose history (with feedback) and exclusions are used.
-            history: extra ratings: :class:`Rating` or ``(book_id, rating[, ts])`` tuples, added after
-                the reader's own.
+            history: extra ratings: :class:`Rating` or ``(book_id, rating[, ts])`` tuples, added
+                after the reader's own.
             query: the request text (``None``/empty: none).
             exclude: book ids never to offer (added to the reader's rated and dismissed books).
             anchors: books the request asked for "something like" (unknown ids are dropped).
@@ -548,7 +552,8 @@ class Recommender:
             k: how many books.
             source: a source name: ``hybrid`` (default), ``content``, ``cf``, ``popularity``,
                 ``series``... (see :func:`retrieval.registry.source_names`).
-            rerank: ``"llm"`` reranks the top ``settings.llm.top_n`` with the LLM; ``None``: no rerank.
+            rerank: ``"llm"`` reranks the top ``settings.llm.top_n`` with the LLM; ``None``: no
+                rerank.
             explain_llm: True or a count: ask the LLM for explanation text and a blurb for the top
                 picks (checked against the evidence; templates otherwise).
             constraints: chat constraints (filters and boosts) applied while ranking.
@@ -752,14 +757,14 @@ class Recommender:
                 ctx.exclude,
                 ctx.to_read,
             )
-        per = {n: s.score(ctx) for n, s in hybrid.sources.items()}  # type: ignore[attr-defined]
+        per = {n: s.score(ctx) for n, s in hybrid.sources.items()}
         found = hybrid.found_by(ctx, [i], per)
         ev_ctx, ev_found = ctx, found
         if own is not None:  # never its own reason, and no "next in the series" for a judged book
             ev_ctx = replace(ctx, history=[r for r in ctx.history if r.book_id != book_id])
             ev_found = [[n for n in found[0] if n != "series"]]
         evidence = hybrid.evidence_for(ev_ctx, [i], found=ev_found)[0]
-        fused = hybrid.fuse({n: m[None, :] for n, m in per.items()}, [ctx])[0]  # type: ignore[attr-defined]
+        fused = hybrid.fuse({n: m[None, :] for n, m in per.items()}, [ctx])[0]
         score = float(fused[i]) if np.isfinite(fused[i]) else 0.0
         rec = self._to_rec(
             Candidate(book_id, score, "+".join(found[0]) or "none", evidence), ctx, rank=0
@@ -1114,7 +1119,8 @@ class Recommender:
             turn: a view already made for this turn (e.g. by the chat), else a new one.
 
         Returns:
-            ``(explainer, turn)``: a copy of :meth:`explainer` on the turn's backend view, and the view.
+            ``(explainer, turn)``: a copy of :meth:`explainer` on the turn's backend view, and the
+            view.
         """
         import copy
 
