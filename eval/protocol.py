@@ -41,10 +41,10 @@ __all__ = [
 ]
 
 SAMPLED_WARNING = (
-    "Sampled-negative metrics are NOT full-catalog metrics. Krichene & Rendle (KDD 2020, 'On Sampled "
-    "Metrics for Item Recommendation') show they are inconsistent with the exact metrics and can even "
-    "reverse the order of two models. They are reported only for comparison with older work; "
-    "conclusions rest on the full-catalog tables."
+    "Sampled-negative metrics are NOT full-catalog metrics. Krichene & Rendle (KDD 2020, 'On "
+    "Sampled Metrics for Item Recommendation') show they are inconsistent with the exact metrics "
+    "and can even reverse the order of two models. They are reported only for comparison with "
+    "older work; conclusions rest on the full-catalog tables."
 )
 KRICHENE_RENDLE = "Krichene & Rendle, On Sampled Metrics for Item Recommendation, KDD 2020"
 
@@ -130,7 +130,8 @@ class EvalConfig:
             bad = [m for m in names if m not in ALL_MODELS]
             if bad:
                 raise ReadnextError(
-                    f"--models: unknown model(s) {', '.join(bad)}; choose from {', '.join(ALL_MODELS)}"
+                    f"--models: unknown model(s) {', '.join(bad)}; choose from "
+                    f"{', '.join(ALL_MODELS)}"
                 )
         if "hybrid+llm" in names and "hybrid" not in names:
             raise ReadnextError("--models: hybrid+llm reranks the hybrid, so list hybrid too")
@@ -176,10 +177,11 @@ def _bookcrossing_core(ds: Dataset, min_item: int, min_user: int) -> tuple[Datas
     keep = set(r["book_id"].unique())
     books = [b for b in ds.books if b.book_id in keep]
     notes = [
-        "Book-Crossing ratings rescaled to 1-5: explicit r/10 -> r/2 (so relevant >= 4 means >= 8/10); "
-        "implicit 0 -> 3 (a weak positive, never relevant)",
-        f"iterative {min_item}-core: books with >= {min_item} and readers with >= {min_user} ratings, "
-        f"repeated until stable: {n0:,} -> {len(r):,} ratings, {len(books):,} books, {r['user_id'].nunique():,} readers",
+        "Book-Crossing ratings rescaled to 1-5: explicit r/10 -> r/2 (so relevant >= 4 means >= "
+        "8/10); implicit 0 -> 3 (a weak positive, never relevant)",
+        f"iterative {min_item}-core: books with >= {min_item} and readers with >= {min_user} "
+        f"ratings, repeated until stable: {n0:,} -> {len(r):,} ratings, {len(books):,} books, "
+        f"{r['user_id'].nunique():,} readers",
     ]
     label = f"Book-Crossing ({min_item}-core: {len(r):,} ratings, {len(books):,} books)"
     out = replace(
@@ -252,8 +254,8 @@ def load_eval_dataset(
     top = float(ds.ratings["rating"].max())
     if top > 5.0:
         raise DataError(
-            f"{ds.label or ds.name}: ratings go up to {top:g}, but readnext's models and the relevance "
-            "threshold use a 1-5 scale; rescale the ratings to 1-5 first"
+            f"{ds.label or ds.name}: ratings go up to {top:g}, but readnext's models and the "
+            "relevance threshold use a 1-5 scale; rescale the ratings to 1-5 first"
         )
     return ds, vectors
 
@@ -447,11 +449,14 @@ def protocol_dict(
             if ds.has_timestamps
             else "row order (documented as chronological; approximate, see the dataset README)"
         )
-        split_text = f"per-reader temporal holdout of the last {cfg.holdout:.0%} of ratings (min 1) by {order}"
+        split_text = (
+            f"per-reader temporal holdout of the last {cfg.holdout:.0%} of ratings (min "
+            f"1) by {order}"
+        )
     else:
         split_text = (
-            f"per-reader seeded random holdout of {cfg.holdout:.0%} of ratings (min 1): the data has no "
-            "timestamps and no meaningful order"
+            f"per-reader seeded random holdout of {cfg.holdout:.0%} of ratings (min 1): the data "
+            "has no timestamps and no meaningful order"
         )
     return clean(
         {
@@ -469,24 +474,28 @@ def protocol_dict(
             ),
             "exclude": "the reader's training books",
             "series_order": (
-                "readnext's own models (hybrid, its ablations, hybrid+llm) rank through the product's rank "
-                "path (retrieval.ranking), which never offers volume n > 1 of a series whose volume n-1 the "
-                "reader has not read; the peers rank as published (exclusions and top-k only)"
+                "readnext's own models (hybrid, its ablations, hybrid+llm) rank through the "
+                "product's rank path (retrieval.ranking), which never offers volume n > 1 of a "
+                "series whose volume n-1 the reader has not read; the peers rank as published "
+                "(exclusions and top-k only)"
             ),
             "cold_start_threshold": cfg.cold_threshold,
-            "main_slice": f"test readers with >= {cfg.cold_threshold} training ratings and >= 1 relevant held-out book",
+            "main_slice": f"test readers with >= {cfg.cold_threshold} training ratings and >= 1 "
+            "relevant held-out book",
             "users_subset": cfg.users,
             "models": list(models),
             "skipped_models": dict(skipped),
             "validation": dict(val_desc) | {"selection": "ndcg@10"},
             "quick": cfg.quick,
             "bootstrap": {"n_boot": cfg.n_boot, "level": 0.95, "kind": "percentile"},
-            "significance_test": "paired sign-flip permutation test (two-sided), bootstrap CI of the mean difference",
+            "significance_test": "paired sign-flip permutation test (two-sided), bootstrap CI of "
+            "the mean difference",
             "sampled_negatives": cfg.sampled,
             "llm": (
                 dict(readers=llm_info["readers"], backend=llm_info["backend"]) if llm_info else None
             ),
-            "to_read": "not used (to-read shelves carry no time, so they may reflect the held-out period)",
+            "to_read": "not used (to-read shelves carry no time, so they may reflect the held-out "
+            "period)",
         }
     )
 

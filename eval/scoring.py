@@ -291,8 +291,9 @@ def ablation_hook(
 
     Returns ``(hook, rankings, cold)``: the hook (for :func:`score_model`) fills
     ``rankings[variant]`` for the main slice and ``cold[variant]`` (the "without a source"
-    variants) for the cold-start slice. Variants: each weighted source dropped, the CF source alone, the sequence
-    source alone, the plain (unweighted) CF user vector, the hybrid without the series reading
+    variants) for the cold-start slice. Variants: each weighted source dropped, the CF source alone,
+    the sequence source alone, the plain (unweighted) CF user vector, the hybrid without the series
+    reading
     order (what the rank path's series rule changes), and the shipped defaults: what
     ``readnext ingest`` + ``recommend`` build on this training data with default settings
     (:func:`retrieval.registry.build_sources`, its own CF fit), so the report shows how far the
@@ -314,7 +315,8 @@ def ablation_hook(
     cf = hybrid.sources["cf"]
     plain_cfg = dataclasses.replace(cf.config, half_life_events=None, liked_boost=0.0)
     plain = build_source("cf", prep.lib, plain_cfg, BuildDeps(fitted={"cf": cf.model}))  # type: ignore[attr-defined]
-    # the product's defaults with the SASRec this training split gets at ingest (same default config)
+    # the product's defaults with the SASRec this training split gets at ingest (same default
+    # config)
     sas = getattr(fitted.get("sasrec"), "model", None)
     shipped = build_sources(prep.lib, fitted={"sasrec": sas} if sas is not None else None)["hybrid"]
     variants: dict[str, Any] = {}
