@@ -341,7 +341,8 @@ class ItemScorer(ABC):
         return np.concatenate(ids), np.concatenate(vals)
 
     def similar_items(self, item_idx: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores) of the ``n`` items most similar to ``item_idx``, best first, itself excluded.
+        """(ids, scores) of the ``n`` items most similar to ``item_idx``, best first, itself
+        excluded.
 
         ItemKNN returns at most its ``k`` stored neighbours.
 

@@ -172,8 +172,8 @@ def rank_matrix(
 def _scores(source: CandidateSource, ctxs: Sequence[UserContext]):
     """The source's score matrix and, for a hybrid, its per-source matrices (reused later)."""
     if hasattr(source, "source_scores") and hasattr(source, "fuse"):
-        per = source.source_scores(ctxs)  # type: ignore[attr-defined]
-        return source.fuse(per, ctxs), per  # type: ignore[attr-defined]
+        per = source.source_scores(ctxs)
+        return source.fuse(per, ctxs), per
     return source.score_batch(ctxs), None
 
 

@@ -147,7 +147,8 @@ class ReaderIndex:
     def exact(
         self, V: np.ndarray, self_ids: Sequence[str | None], k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine top ``k`` (R rows, sims) for each row of ``V``, the reader themself left out.
+        """Exact cosine top ``k`` (R rows, sims) for each row of ``V``, the reader themself left
+        out.
 
         Ties go to the lower row, so the result is deterministic.
 
@@ -230,7 +231,8 @@ def reader_index(lib: Library, profile: ProfileConfig | None = None) -> ReaderIn
 
 
 class ReadersSource(CandidateSource):
-    """Books that the readers whose taste vector is closest to yours rated (user-based CF on embeddings).
+    """Books that the readers whose taste vector is closest to yours rated (user-based CF on
+    embeddings).
 
     Args:
         lib: the Library (its ratings are the neighbours' ratings).
@@ -407,7 +409,8 @@ class UserKNNSource(CandidateSource):
         return Xc.tocsr(), Xb.tocsr()
 
     def neighbours(self, ctxs: Sequence[UserContext]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows of ``lib.R``, shrunk adjusted cosine) of each reader's ``neighbours`` nearest readers.
+        """(rows of ``lib.R``, shrunk adjusted cosine) of each reader's ``neighbours`` nearest
+        readers.
 
         Args:
             ctxs: the readers.

@@ -217,7 +217,8 @@ class CandidateSource(ABC):
             items: item indices of the final list.
             liked: the reader's liked items (:func:`retrieval.evidence.liked_items`); computed
                 when ``None``.
-            found: per item, the sources that found it (:meth:`found_by`); unused by a single source.
+            found: per item, the sources that found it (:meth:`found_by`); unused by a single
+                source.
 
         Returns:
             One list of :class:`~retrieval.types.Evidence` per item.
@@ -244,7 +245,8 @@ class CandidateSource(ABC):
         Args:
             ctx: the reader.
             k: how many books.
-            constraints: a :class:`~retrieval.constraints.Constraints` filter/boost (``None``: none).
+            constraints: a :class:`~retrieval.constraints.Constraints` filter/boost (``None``:
+                none).
 
         Returns:
             Up to ``k`` candidates, best first.
@@ -426,7 +428,8 @@ class ContentSource(CandidateSource):
 
 
 class CFSource(CandidateSource):
-    """A collaborative-filtering model (EASE, ALS, item-kNN, BPR) over the rated part of the catalog.
+    """A collaborative-filtering model (EASE, ALS, item-kNN, BPR) over the rated part of the
+    catalog.
 
     Only books with ratings enter the model (goodbooks: 1,188 of 10,000), which keeps EASE's dense
     inverse small; books without ratings get ``-inf`` (content still reaches them).
@@ -503,7 +506,8 @@ class CFSource(CandidateSource):
         self.active = np.flatnonzero(lib.pop_count > 0)
         n_active = len(self.active)
         if model == "auto":
-            # beyond EASE's dense inverse, item-kNN: on Book-Crossing (36k books) it beat ALS untuned and tuned
+            # beyond EASE's dense inverse, item-kNN: on Book-Crossing (36k books) it beat ALS
+            # untuned and tuned
             model = "ease" if n_active <= max_ease_items else "itemknn"
         self.model_name = model
         self.half_life_events = half_life_events
@@ -519,7 +523,8 @@ class CFSource(CandidateSource):
                 X.data = self._conf(X.data).astype(np.float32)
                 X.eliminate_zeros()
                 self.model.fit(X)
-        # the item-item matrix of linear models (x_u @ W), which the weighted row multiplies directly
+        # the item-item matrix of linear models (x_u @ W), which the weighted row multiplies
+        # directly
         W = getattr(self.model, "weights", None) if model == "ease" else None
         self._W = (
             W
@@ -957,7 +962,8 @@ class HybridSource(CandidateSource):
         Args:
             ctx: the reader.
             items: item indices of the final list.
-            per_source: each source's score vector for ``ctx`` if already computed (else scored here).
+            per_source: each source's score vector for ``ctx`` if already computed (else scored
+                here).
 
         Returns:
             One list of source names per item, in the hybrid's source order.
@@ -991,7 +997,8 @@ class HybridSource(CandidateSource):
             ctx: the reader.
             items: item indices of the final list.
             liked: the reader's liked items; computed when ``None``.
-            found: per item, the sources that found it; computed with :meth:`found_by` when ``None``.
+            found: per item, the sources that found it; computed with :meth:`found_by` when
+                ``None``.
 
         Returns:
             One list of :class:`~retrieval.types.Evidence` per item.
