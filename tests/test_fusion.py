@@ -66,7 +66,8 @@ def test_rrf_fusion_is_the_hand_computed_sum():
 
 @pytest.mark.parametrize("method", ["score", "rrf"])
 def test_live_candidates_follow_the_batch_scores_eval_ranks(method):
-    """What `readnext recommend` returns (candidates, one reader) is what eval ranks (score_batch)."""
+    """What `readnext recommend` returns (candidates, one reader) is what eval ranks
+    (score_batch)."""
     lib, hybrid, ctxs = _toy_hybrid(method)
     S = hybrid.score_batch(ctxs)
     excl = hybrid.exclude_mask(ctxs)

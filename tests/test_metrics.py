@@ -228,7 +228,8 @@ def _hand_run():
 
 def test_evaluate_rankings_hand_case() -> None:
     res = _hand_run()
-    # u3 (empty relevant) skipped; u5 has no ranking -> scored as empty; u4 not in relevant -> ignored.
+    # u3 (empty relevant) skipped; u5 has no ranking -> scored as empty; u4 not in relevant ->
+    # ignored.
     assert res.users == ["u1", "u2", "u5"]
     assert res.n_skipped == 1 and res.n_missing == 1
     assert set(res.keys()) == {

@@ -50,7 +50,8 @@ KEYS = {f"{m}@{k}" for k in (10, 20) for m in METRICS}
 
 
 def _eval(out: Path, *extra: str, dataset: Path = SAMPLE) -> int:
-    # Fewer validation readers and resamples than the defaults keep the file fast; the contract is the same.
+    # Fewer validation readers and resamples than the defaults keep the file fast; the contract is
+    # the same.
     return main(
         [
             "eval",
@@ -77,7 +78,8 @@ def _eval(out: Path, *extra: str, dataset: Path = SAMPLE) -> int:
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
-    """Two identical quick runs on goodbooks-sample into the same folder: (out, first metrics text)."""
+    """Two identical quick runs on goodbooks-sample into the same folder: (out, first metrics
+    text)."""
     if not (SAMPLE / "ratings.csv").is_file():
         pytest.skip("../shared/data/goodbooks-sample is not available")
     out = tmp_path_factory.mktemp("eval-sample")
@@ -208,7 +210,8 @@ def test_hybrid_explanations_are_fully_faithful(sample_run):
     assert e["faithfulness"] == 1.0, e["failures"]
 
 
-# --------------------------------------------------------------------------- a small synthetic dataset
+# --------------------------------------------------------------------------- a small synthetic
+# dataset
 
 
 def _synthetic(root: Path) -> Path:
@@ -288,7 +291,8 @@ def test_bad_dataset_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_tuned_config_makes_the_live_hybrid_rank_as_eval_did(sample_run):
-    """`OUT/tuned-config.toml` + the live source builder reproduce eval's hybrid rankings exactly."""
+    """`OUT/tuned-config.toml` + the live source builder reproduce eval's hybrid rankings
+    exactly."""
     from eval.runner import EvalConfig, prepare
     from retrieval.config import Settings
     from retrieval.ranking import rank
