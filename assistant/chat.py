@@ -22,11 +22,14 @@ from .recommender import Recommender
 from .service import ReaderService, delete_upload, setup_request_log
 
 CSS = """
-.rn-card{display:flex;gap:14px;padding:12px;border:1px solid var(--border-color-primary);border-radius:10px}
+.rn-card{display:flex;gap:14px;padding:12px;border:1px solid var(--border-color-primary);
+ border-radius:10px}
 .rn-cover{width:72px;height:108px;object-fit:cover;border-radius:4px;flex:none}
-.rn-nocover{display:flex;align-items:center;justify-content:center;font-size:32px;background:var(--background-fill-secondary)}
+.rn-nocover{display:flex;align-items:center;justify-content:center;font-size:32px;
+ background:var(--background-fill-secondary)}
 .rn-title{font-weight:700;font-size:1.05em}.rn-meta{opacity:.8;margin-bottom:4px}
-.rn-tag,.rn-src{display:inline-block;font-size:.78em;padding:1px 7px;margin:2px 4px 2px 0;border-radius:10px;
+.rn-tag,.rn-src{display:inline-block;font-size:.78em;padding:1px 7px;margin:2px 4px 2px 0;
+ border-radius:10px;
  background:var(--background-fill-secondary)}.rn-src{background:var(--color-accent-soft)}
 .rn-why{margin:6px 0}.rn-blurb{font-style:italic;margin:4px 0}
 """

@@ -165,7 +165,10 @@ class ChatEngine:
         if genres:
             msg += " Genres: " + ", ".join(genres) + "."
         if ids:
-            msg += " Ask *what are readers like me reading?* to see what the readers closest to your taste rated."
+            msg += (
+                " Ask *what are readers like me reading?* to see what the readers closest to "
+                "your taste rated."
+            )
         return st, msg
 
     def onboard(
@@ -264,7 +267,8 @@ class ChatEngine:
             target = self._target(st, intent)
             if target is None:
                 yield Reply(
-                    "Which book do you mean? Ask for recommendations first, then refer to them as #1, #2…",
+                    "Which book do you mean? Ask for recommendations first, then refer to them as "
+                    "#1, #2…",
                     state=st,
                 )
                 return
@@ -331,7 +335,8 @@ class ChatEngine:
         st.recs = [r.book_id for r in res.items]
         if not res.items:
             yield Reply(
-                "Nothing in the catalog fits all of that. Try loosening a constraint (say *reset*).",
+                "Nothing in the catalog fits all of that. Try loosening a constraint (say "
+                "*reset*).",
                 cards=[],
                 notes=res.notes,
                 state=st,
@@ -489,10 +494,10 @@ def card_html(r: Recommendation, n: int) -> str:
     }.get(r.explanation_source, "Why you (template, from the evidence)")
     blurb = f'<p class="rn-blurb">{e(r.blurb)}</p>' if r.blurb else ""
     return (
-        f'<div class="rn-card" data-book-id="{e(r.book_id)}">{cover}<div class="rn-body">'
-        f'<div class="rn-title">#{n} {e(r.title)}</div><div class="rn-meta">{meta}</div>'
-        f'<div class="rn-tags">{tags}</div><div class="rn-why"><b>{why_label}:</b> {e(r.explanation)}</div>'
-        f'{blurb}<div class="rn-sources">found by {srcs}</div></div></div>'
+        f'<div class="rn-card" data-book-id="{e(r.book_id)}">{cover}<div class="rn-body"><div '
+        f'class="rn-title">#{n} {e(r.title)}</div><div class="rn-meta">{meta}</div><div '
+        f'class="rn-tags">{tags}</div><div class="rn-why"><b>{why_label}:</b> '
+        f'{e(r.explanation)}</div>{blurb}<div class="rn-sources">found by {srcs}</div></div></div>'
     )
 
 

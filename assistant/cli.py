@@ -453,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``readnext`` command: parse ``argv`` and run the sub-command.
+
+    Args:
+        argv: the arguments (``None``: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (a failure prints one line and returns non-zero).
+    """
     from retrieval.embed import offline_env
 
     offline_env()

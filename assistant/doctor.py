@@ -66,7 +66,8 @@ def _torch(_: Settings) -> Check:
         v,
         ""
         if ok
-        else f"reinstall torch=={TORCH_VERSION} (`make clean && make setup`): another version was resolved",
+        else f"reinstall torch=={TORCH_VERSION} (`make clean && make setup`): another version was "
+        "resolved",
     )
 
 

@@ -41,14 +41,20 @@ def _titles(
 def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, float]) -> str:
     """One plain sentence stating exactly what ``e`` holds."""
     if e.kind == "similar_to":
-        return f"It is close in subject and style to {_titles(books, e.book_ids, rated)}, which you rated highly."
+        return (
+            f"It is close in subject and style to {_titles(books, e.book_ids, rated)}, which "
+            "you rated highly."
+        )
     if e.kind == "shared_tags":
         tags = ", ".join(e.tags[:3])  # the three most shared; more reads as a list, not a reason
         return (
             f"It shares {tags} with books you liked, such as {_titles(books, e.book_ids, rated)}."
         )
     if e.kind == "same_author":
-        return f"It is by {', '.join(e.authors)}, who also wrote {_titles(books, e.book_ids, rated, 1)}."
+        return (
+            f"It is by {', '.join(e.authors)}, who also wrote "
+            f"{_titles(books, e.book_ids, rated, 1)}."
+        )
     if e.kind == "co_readers":
         pct = f"{round((e.share or 0) * 100)}%"
         return (
@@ -58,8 +64,8 @@ def render_evidence(e: Evidence, books: Mapping[str, Book], rated: Mapping[str, 
     if e.kind == "readers_like_you":
         of = f" of the {e.neighbours}" if e.neighbours else ""
         return (
-            f"{e.count}{of} readers whose taste is closest to yours rated it {e.value:.1f}★ on average "
-            f"({round((e.share or 0) * 100)}% gave 4★ or more)."
+            f"{e.count}{of} readers whose taste is closest to yours rated it {e.value:.1f}★ on "
+            f"average ({round((e.share or 0) * 100)}% gave 4★ or more)."
         )
     if e.kind == "popular":
         return f"It is widely read here: {e.count} ratings averaging {e.value:.1f}★."

@@ -125,6 +125,12 @@ class Recommender:
     Safe to share between threads (the chat serves every session from one instance): the stores
     are opened once, a reader's profile is updated under a per-reader lock, and a newly ingested
     index replaces the served one atomically, after the requests in flight finish on the old one.
+
+    Args:
+        index: the opened live index (:meth:`retrieval.index.Index.open`); usually via :meth:`open`.
+        settings: the typed settings (home, sources, fusion, LLM, chat...).
+        llm: the LLM to use: ``None`` (``settings.llm.backend``), ``"none"``, ``"local"``, a HF
+            model id/path, an endpoint URL, or an ``LLMBackend`` instance. Loaded on first use.
     """
 
     def __init__(self, index: Index, settings: Settings, llm: Any = None) -> None:
@@ -250,8 +256,18 @@ class Recommender:
     ) -> Recommender:
         """Open the live index in ``data_dir`` (None: ``READNEXT_HOME`` or ``~/.readnext``).
 
-        ``llm``: None (from config), ``"none"``, ``"local"``, a HF model id/path, an endpoint URL,
-        or an ``LLMBackend`` instance.
+        Args:
+            data_dir: the data dir holding the ingested index (wins over the settings' ``home``).
+            settings: settings to use instead of loading them (defaults, TOML, env).
+            llm: ``None`` (from config), ``"none"``, ``"local"``, a HF model id/path, an endpoint
+                URL, or an ``LLMBackend`` instance.
+            config_file: a TOML file to load the settings from (when ``settings`` is not given).
+
+        Returns:
+            The recommender over the live index.
+
+        Raises:
+            ReadnextError: no index in the data dir (run ``readnext ingest``), or bad settings.
         """
         settings = settings or Settings.load(config_file=config_file, home=data_dir)
         if data_dir is not None:
@@ -298,8 +314,11 @@ class Recommender:
 
     @property
     def llm(self):
-        """The LLM backend (loaded on first use), wrapped with deadlines and a circuit breaker
-        (:class:`assistant.llm.resilience.ResilientBackend`); ``None`` when the backend is "none"."""
+        """The LLM backend (loaded on first use), wrapped with deadlines and a circuit breaker.
+
+        It is a :class:`assistant.llm.resilience.ResilientBackend`; ``None`` when the backend is
+        "none".
+        """
         if self._llm is None and self._llm_spec not in (None, "none"):
             with self._llm_lock:  # concurrent first requests: one model, one breaker
                 if self._llm is None and self._llm_spec not in (None, "none"):
@@ -355,7 +374,8 @@ class Recommender:
 
     @_request
     def users(self) -> list[dict]:
-        """Every reader: ``[{"user_id", "n_ratings"}]`` (index readers plus readers created here)."""
+        """Every reader: ``[{"user_id", "n_ratings"}]`` (index readers plus readers created
+        here)."""
         counts = self.lib.R.getnnz(axis=1)
         out = {u: int(c) for u, c in zip(self.lib.user_ids, counts)}
         extra: dict[str, set[str]] = {}  # distinct books: re-rating a book is not a new rating
@@ -376,6 +396,14 @@ class Recommender:
 
     @_request
     def has_user(self, user_id: str) -> bool:
+        """Whether ``user_id`` is a reader here (a dataset reader or one created by feedback).
+
+        Args:
+            user_id: the reader id.
+
+        Returns:
+            False for unknown and erased (``readnext forget``) readers.
+        """
         if user_id in self.hidden:
             return False
         return user_id in self.lib.user_index or user_id in set(self.feedback.readers(self.dataset))
@@ -385,6 +413,17 @@ class Recommender:
             raise NotFoundError(f"unknown user {user_id!r}: see `readnext users` for valid ids")
 
     def book(self, book_id: str) -> Book:
+        """The catalog record of ``book_id``.
+
+        Args:
+            book_id: the book id.
+
+        Returns:
+            The book.
+
+        Raises:
+            NotFoundError: the book is not in the catalog.
+        """
         b = self.books.get(str(book_id))
         if b is None:
             raise NotFoundError(f"unknown book {book_id!r}: not in the {self.dataset} catalog")
@@ -392,7 +431,17 @@ class Recommender:
 
     @_request
     def history(self, user_id: str) -> list[Rating]:
-        """Index ratings plus feedback ratings, oldest first (a later rating of a book wins)."""
+        """Index ratings plus feedback ratings, oldest first (a later rating of a book wins).
+
+        Args:
+            user_id: the reader id.
+
+        Returns:
+            The reader's ratings.
+
+        Raises:
+            NotFoundError: unknown reader.
+        """
         self._require_user(user_id)
         return self._history(user_id)[0]
 
@@ -432,8 +481,23 @@ class Recommender:
         anchors: Sequence[str] = (),
         query_tags: Sequence[str] = (),
     ) -> UserContext:
-        """Build the request context every candidate source reads (``anchors``: books the request
-        asked for "something like"; ``query_tags``: catalog tags it named)."""
+        """Build the request context every candidate source reads.
+
+        Args:
+            user_id: a known reader whose history (with feedback) and exclusions are used.
+            history: extra ratings: :class:`Rating` or ``(book_id, rating[, ts])`` tuples, added
+                after the reader's own.
+            query: the request text (``None``/empty: none).
+            exclude: book ids never to offer (added to the reader's rated and dismissed books).
+            anchors: books the request asked for "something like" (unknown ids are dropped).
+            query_tags: catalog tags the request named.
+
+        Returns:
+            The :class:`~retrieval.types.UserContext`.
+
+        Raises:
+            NotFoundError: ``user_id`` is given and unknown.
+        """
         hist: list[Rating] = []
         excl: set[str] = set(exclude)
         to_read: set[str] = set()
@@ -479,10 +543,28 @@ class Recommender:
     ) -> list[Recommendation]:
         """Top ``k`` books for a reader (by id, by an explicit history, by a query, or a mix).
 
-        ``source``: hybrid | content | cf | popularity | series. ``rerank="llm"`` reranks the
-        top ``settings.llm.top_n`` with the LLM; ``explain_llm`` (True or a count) asks the LLM
-        for explanation text and a blurb for the top picks. Notes about fallbacks are left in
-        ``self.last_notes``.
+        Notes about fallbacks are left in ``self.last_notes``.
+
+        Args:
+            user_id: a known reader (``None``: anonymous, from ``history`` and/or ``query``).
+            history: ratings to use besides (or instead of) the reader's own (see :meth:`context`).
+            query: a free-text request ("a cosy mystery").
+            k: how many books.
+            source: a source name: ``hybrid`` (default), ``content``, ``cf``, ``popularity``,
+                ``series``... (see :func:`retrieval.registry.source_names`).
+            rerank: ``"llm"`` reranks the top ``settings.llm.top_n`` with the LLM; ``None``: no
+                rerank.
+            explain_llm: True or a count: ask the LLM for explanation text and a blurb for the top
+                picks (checked against the evidence; templates otherwise).
+            constraints: chat constraints (filters and boosts) applied while ranking.
+            exclude: book ids never to offer in this request.
+
+        Returns:
+            Up to ``k`` recommendations, best first.
+
+        Raises:
+            ReadnextError: ``k`` is not positive, the catalog is empty, an unknown source, a request
+                over ``chat.max_message_chars``; ``NotFoundError`` for an unknown reader.
         """
         return self.recommend_full(
             user_id, history, query, k, source, rerank, explain_llm, constraints, exclude
@@ -505,7 +587,24 @@ class Recommender:
     ) -> RecommendResult:
         """Like :meth:`recommend`, returning notes and stage timings too.
 
-        ``anchors`` and ``query_tags`` come from a parsed request (:mod:`assistant.intent`).
+        Args:
+            user_id: a known reader (``None``: anonymous).
+            history: extra ratings (see :meth:`context`).
+            query: a free-text request.
+            k: how many books.
+            source: a source name (``hybrid`` by default).
+            rerank: ``"llm"`` to rerank the top with the LLM.
+            explain_llm: True or a count: LLM explanations for the top picks.
+            constraints: chat constraints applied while ranking.
+            exclude: book ids never to offer.
+            anchors: books the request is "like" (from a parsed request, :mod:`assistant.intent`).
+            query_tags: catalog tags the request named (likewise).
+
+        Returns:
+            The recommendations, the notes (fallbacks, cold start...) and per-stage timings in ms.
+
+        Raises:
+            ReadnextError: as :meth:`recommend`.
         """
         if k <= 0:
             raise ReadnextError(f"k must be positive, got {k}")
@@ -600,7 +699,19 @@ class Recommender:
     def recommend_batch(
         self, user_ids: Sequence[str], k: int = 10, source: str = "hybrid"
     ) -> dict[str, list[str]]:
-        """Top-``k`` book ids for many readers at once: the same rank path, batched (no evidence)."""
+        """Top-``k`` book ids for many readers at once: the same rank path, batched (no evidence).
+
+        Args:
+            user_ids: known readers.
+            k: how many books each.
+            source: a source name.
+
+        Returns:
+            User id -> book ids, best first.
+
+        Raises:
+            ReadnextError: an unknown source; ``NotFoundError`` for an unknown reader.
+        """
         if source not in self.sources:
             raise ReadnextError(f"unknown source {source!r}: use one of {', '.join(self.sources)}")
         ctxs = [self.context(u) for u in user_ids]
@@ -621,6 +732,17 @@ class Recommender:
         For a book the reader already rated or dismissed, the explanation says so plainly, and
         the evidence is computed against the reader's *other* books (a book is never its own
         reason: "by the author of itself").
+
+        Args:
+            user_id: the reader.
+            book_id: the book to explain.
+            llm: ask the LLM for the explanation text (checked; the template otherwise).
+
+        Returns:
+            The book as a :class:`Recommendation`, with its sources, evidence and explanation.
+
+        Raises:
+            NotFoundError: unknown reader or book.
         """
         self.book(book_id)
         ctx = self.context(user_id)
@@ -637,14 +759,14 @@ class Recommender:
                 ctx.exclude,
                 ctx.to_read,
             )
-        per = {n: s.score(ctx) for n, s in hybrid.sources.items()}  # type: ignore[attr-defined]
+        per = {n: s.score(ctx) for n, s in hybrid.sources.items()}
         found = hybrid.found_by(ctx, [i], per)
         ev_ctx, ev_found = ctx, found
         if own is not None:  # never its own reason, and no "next in the series" for a judged book
             ev_ctx = replace(ctx, history=[r for r in ctx.history if r.book_id != book_id])
             ev_found = [[n for n in found[0] if n != "series"]]
         evidence = hybrid.evidence_for(ev_ctx, [i], found=ev_found)[0]
-        fused = hybrid.fuse({n: m[None, :] for n, m in per.items()}, [ctx])[0]  # type: ignore[attr-defined]
+        fused = hybrid.fuse({n: m[None, :] for n, m in per.items()}, [ctx])[0]
         score = float(fused[i]) if np.isfinite(fused[i]) else 0.0
         rec = self._to_rec(
             Candidate(book_id, score, "+".join(found[0]) or "none", evidence), ctx, rank=0
@@ -696,6 +818,19 @@ class Recommender:
         recomputed from their whole history under a per-reader lock (threads and processes), so
         concurrent ratings never lose an update and the stored profile always equals a rebuild;
         a crash between the two steps is healed by the reader's next rating.
+
+        Args:
+            user_id: the reader.
+            book_id: the book.
+            rating_or_signal: a rating 1-5, or one of the signal names above.
+            create_user: create the reader when unknown (else it is refused).
+
+        Returns:
+            The reader's rebuilt profile (``None`` for a signal that carries no rating).
+
+        Raises:
+            NotFoundError: unknown book, or unknown reader without ``create_user``.
+            ReadnextError: a bad rating or signal.
         """
         self.book(book_id)
         signal, rating = normalize_signal(rating_or_signal)
@@ -733,7 +868,14 @@ class Recommender:
 
     @_request
     def profile(self, user_id: str) -> Profile | None:
-        """The stored (incrementally updated) taste vector of a reader."""
+        """The stored (incrementally updated) taste vector of a reader.
+
+        Args:
+            user_id: the reader.
+
+        Returns:
+            The profile, or ``None`` when none is stored.
+        """
         meta = self.store.get_metadata("users", [user_id]).get(user_id)
         if not meta:
             return None
@@ -742,7 +884,15 @@ class Recommender:
 
     @_request
     def similar_readers(self, user_id: str, n: int = 10) -> list[tuple[str, float]]:
-        """Readers whose stored taste vectors are nearest (Chroma ``users`` collection)."""
+        """Readers whose stored taste vectors are nearest (Chroma ``users`` collection).
+
+        Args:
+            user_id: the reader.
+            n: how many readers.
+
+        Returns:
+            ``[(user_id, cosine)]``, nearest first, the reader left out.
+        """
         p = self.profile(user_id)
         if p is None:
             ctx = self.context(user_id)
@@ -771,6 +921,17 @@ class Recommender:
 
         All or nothing: every book and rating is checked first, then the reader and all events
         are written in one transaction, and the profile is built once.
+
+        Args:
+            user_id: the new reader's id (a dataset reader's id is refused).
+            ratings: ``(book_id, rating or signal)`` pairs.
+            origin: where the reader came from (``"app"``, ``"import"``...).
+            to_read: books for the to-read shelf.
+            timestamps: per rating, when it happened (``None``: now).
+
+        Raises:
+            ReadnextError: the id belongs to a dataset reader, or a bad rating.
+            NotFoundError: a book is not in the catalog.
         """
         from retrieval.feedback import FeedbackEvent
 
@@ -906,6 +1067,11 @@ class Recommender:
         return out, scores
 
     def explainer(self):
+        """The reader-facing explainer over this recommender's LLM (built once).
+
+        Returns:
+            The :class:`~assistant.explainer.Explainer`.
+        """
         if not hasattr(self, "_explainer"):
             from .explainer import Explainer
 
@@ -946,9 +1112,18 @@ class Recommender:
         notes.extend(honest_notes(turn, count_guard_rejections(reasons), "LLM explanation(s)"))
 
     def explainer_for_turn(self, turn=None):
-        """(explainer, backend view) for one request: the view carries the turn's LLM time budget
-        (``[llm] turn_budget_s``) and records what happened, for :func:`honest_notes`.
-        ``turn``: a view already made for this turn (e.g. by the chat), else a new one."""
+        """(explainer, backend view) for one request.
+
+        The view carries the turn's LLM time budget (``[llm] turn_budget_s``) and records what
+        happened, for :func:`honest_notes`.
+
+        Args:
+            turn: a view already made for this turn (e.g. by the chat), else a new one.
+
+        Returns:
+            ``(explainer, turn)``: a copy of :meth:`explainer` on the turn's backend view, and the
+            view.
+        """
         import copy
 
         llm = self.llm
@@ -960,7 +1135,12 @@ class Recommender:
 
     @staticmethod
     def apply_explanation(r: Recommendation, res) -> None:
-        """Put a checked result on a card: the model's text only when it passed every check."""
+        """Put a checked result on a card: the model's text only when it passed every check.
+
+        Args:
+            r: the card to update.
+            res: the explainer's result (``source``, ``why``, ``blurb``, ``rejected_reason``...).
+        """
         r.prompt_version = res.prompt_version
         if res.source == "llm":
             r.explanation, r.blurb, r.explanation_source = res.why, res.blurb, "llm"
@@ -975,6 +1155,14 @@ def prompt_history(
     """The reader's best and most recent books (at most ``n``), as the LLM prompts see them.
 
     Used by the live reranker and explainer and by eval's LLM stage, so both prompt alike.
+
+    Args:
+        history: the reader's ratings, oldest first.
+        books: the catalog by id (books not in it are skipped).
+        n: the most books to return.
+
+    Returns:
+        ``[(book, rating)]``: half best-rated, then the most recent, without repeats.
     """
     hist = [r for r in history if r.book_id in books]
     recent = hist[-n:]
@@ -999,6 +1187,10 @@ class _LazyStore:
 
 def check_query_length(query: str | None, limit: int) -> None:
     """Refuse a request longer than ``limit`` characters, without quoting it back.
+
+    Args:
+        query: the request text (``None``: nothing to check).
+        limit: the most characters allowed (``chat.max_message_chars``).
 
     Raises:
         ReadnextError: one line naming the length, the limit and the setting.

@@ -31,7 +31,8 @@ _LABEL = re.compile(r"\bB\s*0*(\d{1,4})\b", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class RerankResult:
-    """One reranked candidate. ``llm_score``/``fused_score`` are ``None`` where the model was not asked."""
+    """One reranked candidate. ``llm_score``/``fused_score`` are ``None`` where the model was not
+    asked."""
 
     book_id: str
     retrieval_score: float
@@ -93,7 +94,8 @@ class LLMReranker:
         history_k: int = 5,
         desc_chars: int = 200,
     ) -> None:
-        """``weight`` scales the z-scored LLM signal; ``top_n`` candidates are reranked, the rest kept."""
+        """``weight`` scales the z-scored LLM signal; ``top_n`` candidates are reranked, the rest
+        kept."""
         if not math.isfinite(weight):
             raise ValueError(f"rerank weight must be a finite number, got {weight!r}")
         if top_n < 1 or batch_size < 1 or history_k < 1:
@@ -120,7 +122,8 @@ class LLMReranker:
     def rerank(
         self, history_books: list[tuple[Book, float]], candidates: list[tuple[Book, float]]
     ) -> list[RerankResult]:
-        """Rerank ``candidates`` (in retrieval order) for a reader with rated ``history_books`` (oldest first).
+        """Rerank ``candidates`` (in retrieval order) for a reader with rated ``history_books``
+        (oldest first).
 
         Returns a permutation of the candidates. On a backend error the retrieval order is
         returned and the message kept in ``last_error``.

@@ -52,7 +52,12 @@ class AccessDenied(ReadnextError):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking: the local owner (no accounts), or a signed-in account and its role."""
+    """Who is asking: the local owner (no accounts), or a signed-in account and its role.
+
+    Attributes:
+        name: the account name (``None`` for the local owner).
+        role: ``"owner"``, ``"admin"`` or ``"reader"``.
+    """
 
     name: str | None
     role: str
@@ -91,7 +96,17 @@ class ReaderService:
     # -- identity -------------------------------------------------------------------------------
 
     def caller(self, username: str | None) -> Caller:
-        """The caller of a request from its authenticated user name (``gr.Request.username``)."""
+        """The caller of a request from its authenticated user name (``gr.Request.username``).
+
+        Args:
+            username: the authenticated account name (``None``/empty: nobody signed in).
+
+        Returns:
+            The local owner without accounts, else the account and its role.
+
+        Raises:
+            AccessDenied: accounts exist and nobody is signed in, or the account was removed.
+        """
         if self.accounts is None:
             return Caller(None, OWNER)
         if not username:
@@ -108,6 +123,18 @@ class ReaderService:
 
         A signed-in reader always gets their own id; naming anybody else is refused. Owners and
         admins name a reader explicitly, which must be a valid, existing id.
+
+        Args:
+            caller: who is asking.
+            requested: the reader id the request names (``None``/empty: none).
+            must_exist: refuse an id that is not a reader yet.
+
+        Returns:
+            The reader id, or ``None`` for an owner's ephemeral guest.
+
+        Raises:
+            AccessDenied: a reader names somebody else.
+            ReadnextError: an invalid id; ``NotFoundError`` for an unknown one with ``must_exist``.
         """
         requested = requested.strip() if isinstance(requested, str) else requested
         if caller.role == READER:
@@ -169,7 +196,14 @@ class ReaderService:
         return text
 
     def engine(self, k: int | None = None) -> ChatEngine:
-        """The shared chat engine for answers of ``k`` cards (built once per k)."""
+        """The shared chat engine for answers of ``k`` cards (built once per k).
+
+        Args:
+            k: cards per answer (``None``/0: ``chat.k``).
+
+        Returns:
+            The engine.
+        """
         k = k or self.rec.settings.chat.k
         with self._lock:
             if k not in self._engines:
@@ -179,7 +213,14 @@ class ReaderService:
     # -- logging --------------------------------------------------------------------------------
 
     def pseudonym(self, user_id: str | None) -> str:
-        """The reader id as request logs show it (keyed hash with the home's secret)."""
+        """The reader id as request logs show it (keyed hash with the home's secret).
+
+        Args:
+            user_id: the reader id (``None``/empty: ``"-"``).
+
+        Returns:
+            The pseudonym.
+        """
         if not user_id:
             return "-"
         if self._secret is None:
@@ -218,7 +259,21 @@ class ReaderService:
         message: str = "what should I read next?",
         k: int = 5,
     ) -> dict:
-        """Picks with explanations for a chat message, as plain data (``Reply.to_dict``)."""
+        """Picks with explanations for a chat message, as plain data (``Reply.to_dict``).
+
+        Args:
+            caller: who is asking.
+            reader: the reader to answer for (see :meth:`reader_for`; ``None``: the caller's own, or
+                a guest for the owner).
+            message: the chat message.
+            k: how many picks (1..``limits.max_k``).
+
+        Returns:
+            ``{"text", "items", "notes", "user_id", ...}``.
+
+        Raises:
+            ReadnextError: a bad ``k`` or message, or a refused reader (:meth:`reader_for`).
+        """
 
         def run():
             kk = self._k(k)
@@ -235,7 +290,20 @@ class ReaderService:
         return self._call("recommend", caller, run)
 
     def feedback(self, caller: Caller, reader: str | None, book_id: str, signal: Any) -> dict:
-        """Record a rating 1-5 or a signal for an existing reader (never creates one)."""
+        """Record a rating 1-5 or a signal for an existing reader (never creates one).
+
+        Args:
+            caller: who is asking.
+            reader: the reader the feedback is for (required for owners and admins).
+            book_id: the book.
+            signal: a rating 1-5 or a signal name (like, dislike, read, not_interested, to_read).
+
+        Returns:
+            ``{"ok": True, "user_id", "book_id", "signal"}``.
+
+        Raises:
+            ReadnextError: no reader named, a refused reader, an unknown book or a bad signal.
+        """
 
         def run():
             uid = self.reader_for(caller, reader)
@@ -257,7 +325,21 @@ class ReaderService:
         genres: list[str] | None = None,
         k: int | None = None,
     ) -> dict:
-        """Onboarding: a reader from loved titles and genres (a signed-in reader: their own)."""
+        """Onboarding: a reader from loved titles and genres (a signed-in reader: their own).
+
+        Args:
+            caller: who is asking.
+            name: the new reader's id (empty: a new guest id is made).
+            loved: loved titles, one per line or separated by ``;`` (at most ``limits.max_loved``).
+            genres: genres the reader likes.
+            k: how many first picks (``None``: ``chat.k``).
+
+        Returns:
+            The final chat reply as plain data.
+
+        Raises:
+            ReadnextError: bad input, or a reader who already has a history.
+        """
         return self.onboard(caller, name, loved, genres, k).to_dict()
 
     def onboarding_input(
@@ -266,6 +348,19 @@ class ReaderService:
         """Check an "I'm new" request: ``(reader name or None for a new guest id, loved, genres)``.
 
         A signed-in reader onboards only themself; owners and admins name a valid id.
+
+        Args:
+            caller: who is asking.
+            name: the requested reader id (``None``/empty: a new guest id).
+            loved: loved titles, one per line or separated by ``;``.
+            genres: genres the reader likes (capped at 50, 60 characters each).
+
+        Returns:
+            ``(reader id or None, loved text, genres)``, checked.
+
+        Raises:
+            ReadnextError: too many loved books, text over its cap, an invalid id, or a signed-in
+                reader who already has a history; ``AccessDenied`` for somebody else's id.
         """
         loved_text = self._text(loved, "loved", self.limits.max_loved * 200)
         if len([x for x in re.split(r"[\n;]+", loved_text) if x.strip()]) > self.limits.max_loved:
@@ -293,7 +388,21 @@ class ReaderService:
         genres: list[str] | None = None,
         k: int | None = None,
     ) -> Reply:
-        """Like :meth:`new_reader`, returning the final chat reply (cards as objects)."""
+        """Like :meth:`new_reader`, returning the final chat reply (cards as objects).
+
+        Args:
+            caller: who is asking.
+            name: the new reader's id (empty: a new guest id).
+            loved: loved titles, one per line or separated by ``;``.
+            genres: genres the reader likes.
+            k: how many first picks (``None``: ``chat.k``).
+
+        Returns:
+            The final :class:`~assistant.chat_engine.Reply`.
+
+        Raises:
+            ReadnextError: as :meth:`onboarding_input`.
+        """
 
         def run():
             nm, loved_text, gen = self.onboarding_input(caller, name, loved, genres)
@@ -313,8 +422,23 @@ class ReaderService:
     def import_name(
         self, caller: Caller, name: str | None, path: str | Path | None = None
     ) -> str | None:
-        """Check an import request: the reader it goes to (a signed-in reader: themself) and the
-        file's size (``limits.max_import_bytes``)."""
+        """Check an import request: the reader it goes to and the file's size.
+
+        A signed-in reader imports only into themself; the file may be at most
+        ``limits.max_import_bytes``.
+
+        Args:
+            caller: who is asking.
+            name: the reader to import into (``None``/empty: a new guest id).
+            path: the uploaded export file, when there is one.
+
+        Returns:
+            The reader id, or ``None`` for a new one.
+
+        Raises:
+            ReadnextError: an invalid id or a file over the limit; ``AccessDenied`` for somebody
+                else's id.
+        """
         nm = (name or "").strip()
         if caller.role == READER:
             nm = self.reader_for(caller, nm or None) or ""
@@ -337,8 +461,22 @@ class ReaderService:
         path: str | Path | None = None,
         delete_file: bool = False,
     ) -> dict:
-        """Import a Goodreads export (its text, or a file) as a reader; an uploaded file is
-        deleted afterwards (``delete_file``), whatever the outcome."""
+        """Import a Goodreads export (its text, or a file) as a reader.
+
+        Args:
+            caller: who is asking.
+            name: the reader to import into (empty: a new guest id).
+            csv_text: the export's text (when no ``path``).
+            path: the export file (wins over ``csv_text``).
+            delete_file: delete ``path`` afterwards, whatever the outcome (an upload).
+
+        Returns:
+            The import summary (counts) with ``user_id`` and the chat ``text``.
+
+        Raises:
+            ReadnextError: a refused reader, a file over the limit, or an unreadable export (one
+                line naming the file and row).
+        """
 
         def run():
             try:
@@ -359,7 +497,18 @@ class ReaderService:
         return self._call("import_goodreads", caller, run)
 
     def readers(self, caller: Caller, limit: int = 50) -> list[dict]:
-        """Readers the caller may see: all for the owner and admins, only themself for a reader."""
+        """Readers the caller may see: all for the owner and admins, only themself for a reader.
+
+        Args:
+            caller: who is asking.
+            limit: the most readers to list (1..``limits.max_list``).
+
+        Returns:
+            ``[{"user_id", "n_ratings"}]``.
+
+        Raises:
+            ReadnextError: a bad ``limit``.
+        """
 
         def run():
             n = self._limit(limit)
@@ -371,7 +520,18 @@ class ReaderService:
         return self._call("readers", caller, run)
 
     def select(self, caller: Caller, reader: str | None) -> str:
-        """The reader a chat session switches to ("Use this reader")."""
+        """The reader a chat session switches to ("Use this reader").
+
+        Args:
+            caller: who is asking.
+            reader: the reader id.
+
+        Returns:
+            The reader id.
+
+        Raises:
+            ReadnextError: no id given, or a refused reader.
+        """
 
         def run():
             uid = self.reader_for(caller, reader)
@@ -384,7 +544,19 @@ class ReaderService:
     def history(
         self, caller: Caller, reader: str | None = None, limit: int | None = None
     ) -> list[dict]:
-        """The reader's rated books, newest last (capped at ``limits.max_list``)."""
+        """The reader's rated books, newest last (capped at ``limits.max_list``).
+
+        Args:
+            caller: who is asking.
+            reader: the reader id (``None``: the caller's own, for a signed-in reader).
+            limit: the most books (``None``: ``limits.max_list``).
+
+        Returns:
+            ``[{"book_id", "title", "rating", "ts"}]``.
+
+        Raises:
+            ReadnextError: no reader, a refused reader, or a bad ``limit``.
+        """
 
         def run():
             uid = self.reader_for(caller, reader)
@@ -405,7 +577,18 @@ class ReaderService:
         return self._call("history", caller, run)
 
     def export(self, caller: Caller, reader: str | None = None) -> dict:
-        """Everything held about a reader (``readnext export``); a reader exports only themself."""
+        """Everything held about a reader (``readnext export``); a reader exports only themself.
+
+        Args:
+            caller: who is asking.
+            reader: the reader id.
+
+        Returns:
+            The export document.
+
+        Raises:
+            ReadnextError: no reader, or a refused reader.
+        """
         from .privacy import export_reader
 
         def run():
@@ -417,7 +600,18 @@ class ReaderService:
         return self._call("export", caller, run)
 
     def forget(self, caller: Caller, reader: str | None = None) -> dict:
-        """Erase a reader everywhere (``readnext forget``); a reader may erase only themself."""
+        """Erase a reader everywhere (``readnext forget``); a reader may erase only themself.
+
+        Args:
+            caller: who is asking.
+            reader: the reader id.
+
+        Returns:
+            What was erased, per store.
+
+        Raises:
+            ReadnextError: no reader, or a refused reader.
+        """
         from .privacy import forget_reader
 
         def run():
@@ -434,7 +628,15 @@ class ReaderService:
     # -- chat UI sessions -------------------------------------------------------------------------
 
     def session_state(self, caller: Caller, state: Any) -> ChatState:
-        """A chat session's state with its reader forced to what the caller may act for."""
+        """A chat session's state with its reader forced to what the caller may act for.
+
+        Args:
+            caller: who is asking.
+            state: the session's state (a ``ChatState`` or its dict form).
+
+        Returns:
+            The state to use (a fresh one when its reader was erased meanwhile).
+        """
         st = ChatState.from_any(state)
         if caller.role == READER:
             st.user_id = self.reader_for(caller)
@@ -443,11 +645,24 @@ class ReaderService:
         return st
 
     def reply_error(self, e: ReadnextError, state: Any) -> Reply:
+        """A chat reply that shows ``e`` (one line) and keeps the session's state.
+
+        Args:
+            e: the error to show.
+            state: the session's state.
+
+        Returns:
+            The reply.
+        """
         return Reply(f"⚠️ {e}", state=ChatState.from_any(state))
 
 
 def delete_upload(path: str | Path) -> None:
-    """Delete an uploaded file, and its folder when Gradio made one just for it."""
+    """Delete an uploaded file, and its folder when Gradio made one just for it.
+
+    Args:
+        path: the uploaded file (a missing one is fine).
+    """
     p = Path(path)
     try:
         p.unlink(missing_ok=True)
@@ -459,7 +674,14 @@ def delete_upload(path: str | Path) -> None:
 
 
 def request_logger(home: str | Path) -> logging.Logger:
-    """The request logger of one data dir (one per home, so two servers in a process never mix)."""
+    """The request logger of one data dir (one per home, so two servers in a process never mix).
+
+    Args:
+        home: the data dir.
+
+    Returns:
+        The logger.
+    """
     import hashlib
 
     key = hashlib.sha1(str(Path(home).resolve()).encode()).hexdigest()[:10]
@@ -467,7 +689,15 @@ def request_logger(home: str | Path) -> logging.Logger:
 
 
 def setup_request_log(home: str | Path, days: int) -> logging.Handler | None:
-    """Log request lines (pseudonymous ids) to ``home/logs/requests.log``; ``days`` days kept."""
+    """Log request lines (pseudonymous ids) to ``home/logs/requests.log``.
+
+    Args:
+        home: the data dir.
+        days: how many days of logs to keep (``<= 0``: no file log).
+
+    Returns:
+        The file handler (the existing one when already set up), or ``None``.
+    """
     if days <= 0:
         return None
     from logging.handlers import TimedRotatingFileHandler

@@ -1,7 +1,8 @@
 """``readnext eval``: options and entry point (the ``readnext`` CLI delegates here).
 
     readnext eval --dataset ../shared/data/goodbooks --out eval/results/goodbooks-partial
-    readnext eval --quick --users 300 --dump-rankings --out /tmp/ev     # the demo, in about a minute
+    readnext eval --quick --users 300 --dump-rankings --out /tmp/ev     # the demo, in about a
+    minute
 
 The parser passed in already has ``--data-dir``, ``--config`` and ``--json``.
 """
@@ -55,7 +56,13 @@ def _positive(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Add the ``eval`` options to ``p`` (``--data-dir``/``--config``/``--json`` come from the caller)."""
+    """Add the ``eval`` options to ``p``.
+
+    ``--data-dir``/``--config``/``--json`` come from the caller (``readnext eval``).
+
+    Args:
+        p: the ``eval`` sub-command's parser.
+    """
     p.add_argument(
         "--dataset",
         metavar="DIR",
@@ -102,7 +109,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--sampled",
         type=_positive,
         metavar="N",
-        help="ALSO report sampled metrics with N random negatives (discouraged: Krichene & Rendle 2020)",
+        help="ALSO report sampled metrics with N random negatives (discouraged: Krichene & Rendle "
+        "2020)",
     )
     p.add_argument(
         "--relevant",
@@ -195,7 +203,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _command(args: argparse.Namespace) -> str:
-    """The command line that produced this run: verbatim under the ``readnext`` script, else rebuilt."""
+    """The command line that produced this run: verbatim under the ``readnext`` script, else
+    rebuilt."""
     if Path(sys.argv[0]).name == "readnext" and len(sys.argv) > 1 and sys.argv[1] == "eval":
         return shlex.join(["readnext", *sys.argv[1:]])
     parts = ["readnext", "eval"]
@@ -233,7 +242,14 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def config_from_args(args: argparse.Namespace):
-    """An :class:`eval.runner.EvalConfig` from parsed arguments."""
+    """An :class:`eval.runner.EvalConfig` from parsed arguments.
+
+    Args:
+        args: the parsed ``readnext eval`` arguments.
+
+    Returns:
+        The config.
+    """
     from .runner import EvalConfig
 
     return EvalConfig(
@@ -270,8 +286,8 @@ def _summary(m: dict[str, Any], out: str) -> str:
     ks = m["protocol"]["ks"]
     k1, k2 = min(ks), max(ks)
     lines = [
-        f"{m['dataset'].get('label')}: {m['dataset']['evaluated_users']['main']:,} readers (main slice), "
-        f"{m['dataset']['evaluated_users']['cold_start']:,} cold-start"
+        f"{m['dataset'].get('label')}: {m['dataset']['evaluated_users']['main']:,} readers (main "
+        f"slice), {m['dataset']['evaluated_users']['cold_start']:,} cold-start"
     ]
     lines.append(f"{'model':<12} {'ndcg@' + str(k1):>9} {'recall@' + str(k2):>10}")
     for n, v in m["models"].items():
@@ -319,7 +335,19 @@ def _run_text_study(args: argparse.Namespace) -> int:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the study for parsed ``args``; prints a summary (or metrics.json with ``--json``)."""
+    """Run the study for parsed ``args``; prints a summary (or metrics.json with ``--json``).
+
+    ``--text-study`` and ``--conversation`` run those studies instead.
+
+    Args:
+        args: the parsed ``readnext eval`` arguments.
+
+    Returns:
+        The exit status (0).
+
+    Raises:
+        ReadnextError: the study failed (one line).
+    """
     if getattr(args, "text_study", False):
         return _run_text_study(args)
     if getattr(args, "conversation", False):

@@ -385,7 +385,8 @@ def report(obj: dict[str, Any]) -> str:
     """Markdown table: Recall@10 / NDCG@10 per turn and the summary numbers, per parser."""
     m = obj["meta"]
     lines = [
-        f"# Simulated-reader conversations ({m['dataset']}, {m['readers']} readers, seed {m['seed']})",
+        f"# Simulated-reader conversations ({m['dataset']}, {m['readers']} readers, seed "
+        f"{m['seed']})",
         "",
         "Each reader's target (a book they rated >= 4) was removed before the index was built; the "
         'reader opens with "what should I read next?" and then gives feedback from the target\'s '
@@ -403,17 +404,19 @@ def report(obj: dict[str, Any]) -> str:
         ]
         for p in r["per_turn"]:
             lines.append(
-                f"| {p['turn']} | {p['recall@10']:.3f} [{p['recall_ci'][0]:.3f}, {p['recall_ci'][1]:.3f}] | "
-                f"{p['ndcg@10']:.3f} [{p['ndcg_ci'][0]:.3f}, {p['ndcg_ci'][1]:.3f}] |"
+                f"| {p['turn']} | {p['recall@10']:.3f} [{p['recall_ci'][0]:.3f}, "
+                f"{p['recall_ci'][1]:.3f}] | {p['ndcg@10']:.3f} [{p['ndcg_ci'][0]:.3f}, "
+                f"{p['ndcg_ci'][1]:.3f}] |"
             )
         d = r["recall3_minus_recall1"]
         lines += [
             "",
             f"- found within {r['turns']} turns: {r['found_within']:.3f}; mean turns to a hit: "
             f"{r['mean_turns_to_hit']}",
-            f"- Recall@10 after turn 3 / turn 1: {r['recall3_over_recall1']} (difference {d['mean']:+.3f} "
-            f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}])",
-            f"- leak rate (turns naming the target): {r['leak_rate']:.3f} of {r['turns_total']} turns",
+            f"- Recall@10 after turn 3 / turn 1: {r['recall3_over_recall1']} (difference "
+            f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}])",
+            f"- leak rate (turns naming the target): {r['leak_rate']:.3f} of {r['turns_total']} "
+            "turns",
             f"- feedback given: {r['feedback_kinds']}; LLM parses that fell back to rules: "
             f"{r['intent_fallbacks']}",
             "",
@@ -421,6 +424,7 @@ def report(obj: dict[str, Any]) -> str:
     if "llm_minus_rules_found" in obj["results"]:
         d = obj["results"]["llm_minus_rules_found"]
         lines.append(
-            f"LLM minus rules, found within the turns (paired): {d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+            f"LLM minus rules, found within the turns (paired): {d['mean']:+.3f} "
+            f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
         )
     return "\n".join(lines)

@@ -33,7 +33,8 @@ def llm_stage(
     notes: list[str],
     settings: Settings | None = None,
 ) -> tuple[dict[str, list[str]], dict[str, Any]] | None:
-    """Rerank the hybrid's head with the LLM for a seeded subset of readers (weight tuned on validation).
+    """Rerank the hybrid's head with the LLM for a seeded subset of readers (weight tuned on
+    validation).
 
     The live pieces, not a copy: the head is the product's ranking (:func:`retrieval.ranking.rank`,
     series order included), the prompt history is :func:`assistant.recommender.prompt_history`,
@@ -122,7 +123,8 @@ def llm_stage(
         "weight_grid": table,
         "weight": best_w,
         "validation_ndcg@10": clean(best),
-        "selection": "best validation ndcg@10, kept only if its gain over weight 0 exceeds one standard error",
+        "selection": "best validation ndcg@10, kept only if its gain over weight 0 exceeds one "
+        "standard error",
         "errors": reranker.last_error,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -185,7 +187,8 @@ def _llm_explanations(
     rankings: Mapping[str, list[str]],
     cfg: EvalConfig,
 ) -> dict[str, Any]:
-    """LLM explanations for the top pick of the first ``cfg.llm_explain`` LLM readers: guard stats."""
+    """LLM explanations for the top pick of the first ``cfg.llm_explain`` LLM readers: guard
+    stats."""
     try:
         from assistant.explain import template_explanation
         from assistant.explainer import Explainer

@@ -104,7 +104,8 @@ def rank_scores(
         elif ex.size:
             if not np.issubdtype(ex.dtype, np.integer):
                 raise ValueError(
-                    f"rank_scores: exclude must hold int item indices (not ids), got dtype {ex.dtype}"
+                    "rank_scores: exclude must hold int item indices (not ids), got dtype "
+                    f"{ex.dtype}"
                 )
             if ex.min() < 0 or ex.max() >= len(s):
                 raise ValueError(
@@ -146,7 +147,8 @@ def _top(ranking: Ranking, k: int, where: str) -> list:
         seen: set = set()
         dup = next(x for x in top if x in seen or seen.add(x))
         raise ValueError(
-            f"{where}: ranking repeats item {dup!r} within its top {k}; rankings must be duplicate-free"
+            f"{where}: ranking repeats item {dup!r} within its top {k}; rankings must be "
+            "duplicate-free"
         )
     return top
 
@@ -194,7 +196,8 @@ def ndcg_from_hits(hits: np.ndarray, n_rel: np.ndarray | Sequence[int], k: int) 
 
 
 def ndcg_at_k(ranking: Ranking, relevant: Collection[str], k: int) -> float:
-    """Binary-gain NDCG with ideal DCG over ``min(|relevant|, k)``; ``nan`` if ``relevant`` is empty."""
+    """Binary-gain NDCG with ideal DCG over ``min(|relevant|, k)``; ``nan`` if ``relevant`` is
+    empty."""
     h = _hits(ranking, relevant, k, "ndcg_at_k")
     if h is None:
         return math.nan
@@ -208,7 +211,8 @@ def hitrate_at_k(ranking: Ranking, relevant: Collection[str], k: int) -> float:
 
 
 def mrr_at_k(ranking: Ranking, relevant: Collection[str], k: int) -> float:
-    """1 / rank of the first relevant item within ``k`` (else 0); ``nan`` if ``relevant`` is empty."""
+    """1 / rank of the first relevant item within ``k`` (else 0); ``nan`` if ``relevant`` is
+    empty."""
     h = _hits(ranking, relevant, k, "mrr_at_k")
     if h is None:
         return math.nan
@@ -216,7 +220,8 @@ def mrr_at_k(ranking: Ranking, relevant: Collection[str], k: int) -> float:
 
 
 def map_at_k(ranking: Ranking, relevant: Collection[str], k: int) -> float:
-    """Average precision at ``k`` normalised by ``min(|relevant|, k)``; ``nan`` if ``relevant`` is empty."""
+    """Average precision at ``k`` normalised by ``min(|relevant|, k)``; ``nan`` if ``relevant`` is
+    empty."""
     h = _hits(ranking, relevant, k, "map_at_k")
     if h is None:
         return math.nan
@@ -278,8 +283,8 @@ def _flatten(rankings: Rankings, kmax: int, where: str) -> _Flat:
     if dup.size:
         u, c = divmod(int(dup[0]), max(len(uniques), 1))
         raise ValueError(
-            f"{where}: ranking of user {labels[u]!r} repeats item {uniques[c]!r} within its top {kmax}; "
-            f"rankings must be duplicate-free"
+            f"{where}: ranking of user {labels[u]!r} repeats item {uniques[c]!r} within its top "
+            f"{kmax}; rankings must be duplicate-free"
         )
     return out
 
@@ -354,7 +359,8 @@ def _coverage(flat: _Flat, k: int, n_items: int, where: str) -> float:
     n_seen = np.unique(flat.codes[flat.at(k)]).size
     if n_seen > n_items:
         raise ValueError(
-            f"{where}: {n_seen} distinct items recommended but n_items={n_items}; pass the catalog size"
+            f"{where}: {n_seen} distinct items recommended but n_items={n_items}; pass the catalog "
+            "size"
         )
     return n_seen / n_items
 
@@ -381,7 +387,8 @@ def _information(pop: np.ndarray, n_users: int, where: str) -> np.ndarray:
         raise ValueError(f"{where}: n_users must be a positive int, got {n_users!r}")
     if pop.size and pop.max() > n_users:
         raise ValueError(
-            f"{where}: an item's popularity {pop.max():g} exceeds n_users={n_users}; pop must count distinct users"
+            f"{where}: an item's popularity {pop.max():g} exceeds n_users={n_users}; pop must "
+            "count distinct users"
         )
     return -np.log2(np.maximum(pop, 1.0) / n_users)
 

@@ -105,7 +105,7 @@ def cold_start_bars(
         ax.bar(
             [i + off for i in range(len(names))],
             [x[0] for x in t],
-            w,  # type: ignore[index]
+            w,
             yerr=[[x[0] - x[1] for x in t], [x[2] - x[0] for x in t]],  # type: ignore[index]
             capsize=3,
             label=label,

@@ -41,10 +41,10 @@ __all__ = [
 ]
 
 SAMPLED_WARNING = (
-    "Sampled-negative metrics are NOT full-catalog metrics. Krichene & Rendle (KDD 2020, 'On Sampled "
-    "Metrics for Item Recommendation') show they are inconsistent with the exact metrics and can even "
-    "reverse the order of two models. They are reported only for comparison with older work; "
-    "conclusions rest on the full-catalog tables."
+    "Sampled-negative metrics are NOT full-catalog metrics. Krichene & Rendle (KDD 2020, 'On "
+    "Sampled Metrics for Item Recommendation') show they are inconsistent with the exact metrics "
+    "and can even reverse the order of two models. They are reported only for comparison with "
+    "older work; conclusions rest on the full-catalog tables."
 )
 KRICHENE_RENDLE = "Krichene & Rendle, On Sampled Metrics for Item Recommendation, KDD 2020"
 
@@ -55,6 +55,37 @@ class EvalConfig:
 
     ``dataset`` (a folder, format auto-detected) or ``data_dir`` (an ingested index) selects the
     data; neither means the shipped demo. ``users`` evaluates a seeded subset of test readers.
+
+    Attributes:
+        dataset: a dataset folder (format auto-detected); ``None`` with no ``data_dir``: the demo.
+        data_dir: an ingested index to evaluate instead (its stored book vectors are reused).
+        config: a TOML settings file (sources, fusion, embedder).
+        models: the models to run (``None``: every model; ``hybrid+llm`` only with ``llm`` or not
+            ``quick``); see :meth:`chosen_models`.
+        users: evaluate a seeded subset of this many test readers (``None``: all).
+        seed: the seed for the split, subsets, tuning, seeded models and the bootstrap.
+        ks: the cut-offs K of every metric.
+        out: the output folder (metrics.json, report.md, plots, rankings).
+        dump_rankings: also write every model's rankings.
+        quick: a smaller, faster study (fewer tuning trials and validation readers).
+        llm: the LLM for the ``hybrid+llm`` rerank and explanations (``None``: none).
+        llm_users: readers the LLM stage reranks for.
+        llm_explain: LLM explanations written (top pick of this many LLM readers).
+        sampled: add the sampled protocol with this many random negatives (``None``: off).
+        relevant: the lowest held-out rating that counts as relevant.
+        holdout: the share of each reader's ratings held out (min 1).
+        cold_threshold: readers with fewer training ratings form the cold-start slice.
+        explain_users: readers whose explanations are audited for faithfulness.
+        sasrec_shuffled: also train SASRec on shuffled sequences (the order-matters control).
+        val_users: cap on validation readers (default 3000, quick 600).
+        n_boot: bootstrap resamples for confidence intervals and paired tests.
+        catalog: ``"rated"`` (books with >= 1 rating in the data) or ``"all"`` (every book).
+        min_item_ratings: k-core filter on books (default 5 for Book-Crossing, else none).
+        min_user_ratings: k-core filter on readers.
+        cache_dir: where book embeddings are cached between runs.
+        progress: show progress bars.
+        verbose: one line per stage on stderr.
+        command: the command line that started the run (recorded in metrics.json).
     """
 
     dataset: str | None = None
@@ -99,7 +130,8 @@ class EvalConfig:
             bad = [m for m in names if m not in ALL_MODELS]
             if bad:
                 raise ReadnextError(
-                    f"--models: unknown model(s) {', '.join(bad)}; choose from {', '.join(ALL_MODELS)}"
+                    f"--models: unknown model(s) {', '.join(bad)}; choose from "
+                    f"{', '.join(ALL_MODELS)}"
                 )
         if "hybrid+llm" in names and "hybrid" not in names:
             raise ReadnextError("--models: hybrid+llm reranks the hybrid, so list hybrid too")
@@ -145,10 +177,11 @@ def _bookcrossing_core(ds: Dataset, min_item: int, min_user: int) -> tuple[Datas
     keep = set(r["book_id"].unique())
     books = [b for b in ds.books if b.book_id in keep]
     notes = [
-        "Book-Crossing ratings rescaled to 1-5: explicit r/10 -> r/2 (so relevant >= 4 means >= 8/10); "
-        "implicit 0 -> 3 (a weak positive, never relevant)",
-        f"iterative {min_item}-core: books with >= {min_item} and readers with >= {min_user} ratings, "
-        f"repeated until stable: {n0:,} -> {len(r):,} ratings, {len(books):,} books, {r['user_id'].nunique():,} readers",
+        "Book-Crossing ratings rescaled to 1-5: explicit r/10 -> r/2 (so relevant >= 4 means >= "
+        "8/10); implicit 0 -> 3 (a weak positive, never relevant)",
+        f"iterative {min_item}-core: books with >= {min_item} and readers with >= {min_user} "
+        f"ratings, repeated until stable: {n0:,} -> {len(r):,} ratings, {len(books):,} books, "
+        f"{r['user_id'].nunique():,} readers",
     ]
     label = f"Book-Crossing ({min_item}-core: {len(r):,} ratings, {len(books):,} books)"
     out = replace(
@@ -160,7 +193,19 @@ def _bookcrossing_core(ds: Dataset, min_item: int, min_user: int) -> tuple[Datas
 def load_eval_dataset(
     cfg: EvalConfig, settings: Settings
 ) -> tuple[Dataset, dict[str, np.ndarray] | None]:
-    """The dataset to evaluate and, for an ingested index, its stored book vectors (by book id)."""
+    """The dataset to evaluate and, for an ingested index, its stored book vectors (by book id).
+
+    Args:
+        cfg: the run's config (``dataset`` or ``data_dir``; neither: the demo).
+        settings: the settings (the demo's location, the ingest's options).
+
+    Returns:
+        ``(dataset, vectors)``: ``vectors`` is ``None`` unless ``cfg.data_dir`` was given.
+
+    Raises:
+        ReadnextError: both ``dataset`` and ``data_dir`` given, or data that cannot be read (one
+            line naming the file).
+    """
     if cfg.dataset and cfg.data_dir:
         raise ReadnextError("give either --dataset DIR or --data-dir D, not both")
     vectors = None
@@ -209,8 +254,8 @@ def load_eval_dataset(
     top = float(ds.ratings["rating"].max())
     if top > 5.0:
         raise DataError(
-            f"{ds.label or ds.name}: ratings go up to {top:g}, but readnext's models and the relevance "
-            "threshold use a 1-5 scale; rescale the ratings to 1-5 first"
+            f"{ds.label or ds.name}: ratings go up to {top:g}, but readnext's models and the "
+            "relevance threshold use a 1-5 scale; rescale the ratings to 1-5 first"
         )
     return ds, vectors
 
@@ -240,7 +285,17 @@ def _contexts(lib: Library, users: Sequence[str]) -> list[UserContext]:
 
 
 def subset(items: Sequence[str], n: int | None, seed: int, salt: int) -> list[str]:
-    """A seeded subset of ``n`` of ``items`` (sorted first, so it depends only on the set)."""
+    """A seeded subset of ``n`` of ``items`` (sorted first, so it depends only on the set).
+
+    Args:
+        items: the pool (e.g. reader ids).
+        n: the subset size (``None`` or ``>= len(items)``: all of them).
+        seed: the run's seed.
+        salt: a per-purpose number, so two subsets of one pool differ.
+
+    Returns:
+        The chosen items, sorted.
+    """
     pool = sorted(items)
     if n is None or n >= len(pool):
         return pool
@@ -249,7 +304,18 @@ def subset(items: Sequence[str], n: int | None, seed: int, salt: int) -> list[st
 
 
 def prepare(cfg: EvalConfig, settings: Settings) -> Prepared:
-    """Load, split, embed and pick the test readers (main and cold-start slices)."""
+    """Load, split, embed and pick the test readers (main and cold-start slices).
+
+    Args:
+        cfg: the run's config.
+        settings: the settings (embedder, profile).
+
+    Returns:
+        The :class:`Prepared` split: training Library, test readers and their relevant books.
+
+    Raises:
+        ReadnextError: a bad ``catalog`` value or unreadable data.
+    """
     t = time.perf_counter()
     ds, given = load_eval_dataset(cfg, settings)
     notes = list(ds.notes)
@@ -308,7 +374,16 @@ def prepare(cfg: EvalConfig, settings: Settings) -> Prepared:
 
 
 def tuning_set(prep: Prepared, cfg: EvalConfig) -> tuple[TuningSet, dict[str, Any]]:
-    """Validation readers: the last share of each training history, carved from training only."""
+    """Validation readers: the last share of each training history, carved from training only.
+
+    Args:
+        prep: the prepared split (its training part is split again).
+        cfg: the run's config (``holdout``, ``relevant``, ``val_users``, ``seed``...).
+
+    Returns:
+        ``(tuning set, description)``: the cached validation readers and what metrics.json
+        records about them.
+    """
     val = validation_split(prep.split, frac=cfg.holdout, min_test=1, seed=cfg.seed)
     lib = Library(
         prep.lib.books,
@@ -352,6 +427,20 @@ def protocol_dict(
     skipped: Mapping[str, str],
     llm_info: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
+    """The ``protocol`` section of metrics.json: how the run split, scored and tested.
+
+    Args:
+        cfg: the run's config.
+        prep: the prepared split.
+        ks: the metric cut-offs.
+        val_desc: the validation set's description (:func:`tuning_set`).
+        models: the models evaluated.
+        skipped: model -> why it was not run.
+        llm_info: what the LLM stage used (``None``: no LLM stage).
+
+    Returns:
+        JSON-safe data (:func:`clean`).
+    """
     ds = prep.dataset
     split = prep.split
     if split.method == "temporal":
@@ -360,11 +449,14 @@ def protocol_dict(
             if ds.has_timestamps
             else "row order (documented as chronological; approximate, see the dataset README)"
         )
-        split_text = f"per-reader temporal holdout of the last {cfg.holdout:.0%} of ratings (min 1) by {order}"
+        split_text = (
+            f"per-reader temporal holdout of the last {cfg.holdout:.0%} of ratings (min "
+            f"1) by {order}"
+        )
     else:
         split_text = (
-            f"per-reader seeded random holdout of {cfg.holdout:.0%} of ratings (min 1): the data has no "
-            "timestamps and no meaningful order"
+            f"per-reader seeded random holdout of {cfg.holdout:.0%} of ratings (min 1): the data "
+            "has no timestamps and no meaningful order"
         )
     return clean(
         {
@@ -382,24 +474,28 @@ def protocol_dict(
             ),
             "exclude": "the reader's training books",
             "series_order": (
-                "readnext's own models (hybrid, its ablations, hybrid+llm) rank through the product's rank "
-                "path (retrieval.ranking), which never offers volume n > 1 of a series whose volume n-1 the "
-                "reader has not read; the peers rank as published (exclusions and top-k only)"
+                "readnext's own models (hybrid, its ablations, hybrid+llm) rank through the "
+                "product's rank path (retrieval.ranking), which never offers volume n > 1 of a "
+                "series whose volume n-1 the reader has not read; the peers rank as published "
+                "(exclusions and top-k only)"
             ),
             "cold_start_threshold": cfg.cold_threshold,
-            "main_slice": f"test readers with >= {cfg.cold_threshold} training ratings and >= 1 relevant held-out book",
+            "main_slice": f"test readers with >= {cfg.cold_threshold} training ratings and >= 1 "
+            "relevant held-out book",
             "users_subset": cfg.users,
             "models": list(models),
             "skipped_models": dict(skipped),
             "validation": dict(val_desc) | {"selection": "ndcg@10"},
             "quick": cfg.quick,
             "bootstrap": {"n_boot": cfg.n_boot, "level": 0.95, "kind": "percentile"},
-            "significance_test": "paired sign-flip permutation test (two-sided), bootstrap CI of the mean difference",
+            "significance_test": "paired sign-flip permutation test (two-sided), bootstrap CI of "
+            "the mean difference",
             "sampled_negatives": cfg.sampled,
             "llm": (
                 dict(readers=llm_info["readers"], backend=llm_info["backend"]) if llm_info else None
             ),
-            "to_read": "not used (to-read shelves carry no time, so they may reflect the held-out period)",
+            "to_read": "not used (to-read shelves carry no time, so they may reflect the held-out "
+            "period)",
         }
     )
 

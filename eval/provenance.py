@@ -1,4 +1,5 @@
-"""Provenance of a run: the hardware and library versions it ran on, and the command that made it."""
+"""Provenance of a run: the hardware and library versions it ran on, and the command that made
+it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``report.md`` from the ``metrics.json`` structure of a run (so a report can be re-rendered from disk)."""
+"""``report.md`` from the ``metrics.json`` structure of a run (so a report can be re-rendered from
+disk)."""
 
 from __future__ import annotations
 
@@ -73,18 +74,19 @@ def _gain_sources(m: Mapping[str, Any], key: str) -> list[str]:
         )
         vector = (" and ".join(how) + " user vector") if how else "plain user vector"
         out += [
-            f"Where the margin comes from (see the ablation below): the hybrid's CF component alone - "
-            f"`{b.get('cf_model')}`, the same fitted model with a {vector} - scores {_num(cf)}, "
-            f"{_pct(cf / single - 1)} over plain `{b.get('cf_model')}`; the full hybrid adds "
-            f"{_pct(h / cf - 1)} on top of it.",
+            "Where the margin comes from (see the ablation below): the hybrid's CF component "
+            f"alone - `{b.get('cf_model')}`, the same fitted model with a {vector} - scores "
+            f"{_num(cf)}, {_pct(cf / single - 1)} over plain `{b.get('cf_model')}`; the full "
+            f"hybrid adds {_pct(h / cf - 1)} on top of it.",
             "",
         ]
     if seq is not None:
         out += [
-            f"The sequence source alone (sequential rules: what readers rated next) scores {_num(seq)}; "
-            f"the hybrid is {_pct(h / seq - 1)} above it. The recency-weighted user vector and the sequence "
-            "source both exploit the chronological order that the temporal split tests; neither is one of "
-            "the required single-source baselines, which are reported as their usual implementations, tuned.",
+            "The sequence source alone (sequential rules: what readers rated next) scores "
+            f"{_num(seq)}; the hybrid is {_pct(h / seq - 1)} above it. The recency-weighted user "
+            "vector and the sequence source both exploit the chronological order that the "
+            "temporal split tests; neither is one of the required single-source baselines, which "
+            "are reported as their usual implementations, tuned.",
             "",
         ]
     return out
@@ -107,9 +109,10 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
         L += [
             "## Does the hybrid beat every single-source model by >= 10%?",
             "",
-            f"{verdict}. On {key} (main slice) the hybrid scores {_num(bar.get('hybrid'))}; the closest "
-            f"single-source model is `{bar.get('closest_model')}`, which the hybrid beats by "
-            f"{_pct(bar.get('min_gain'))} (relative). The bar asks for >= +10.0% against every one.",
+            f"{verdict}. On {key} (main slice) the hybrid scores {_num(bar.get('hybrid'))}; the "
+            f"closest single-source model is `{bar.get('closest_model')}`, which the hybrid beats "
+            f"by {_pct(bar.get('min_gain'))} (relative). The bar asks for >= +10.0% against every "
+            "one.",
             "",
         ]
         L += _table(
@@ -124,25 +127,27 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
     L += ["## Protocol", ""]
     L += [
         f"- Split: {p.get('split_text')}; seed {p.get('seed')}.",
-        f"- Relevant: a held-out rating >= {p.get('relevant_threshold')} (1-5 scale). Test readers without a "
-        f"relevant held-out book are skipped: {_num(users.get('skipped_no_relevant'))} of "
-        f"{_num(users.get('evaluated_pool'))}.",
-        f"- Main slice: {p.get('main_slice')} ({_num(users.get('main'))} readers). Cold-start slice: readers "
-        f"with fewer than {p.get('cold_start_threshold')} training ratings ({_num(users.get('cold_start'))} readers), "
-        "reported separately.",
-        f"- Ranking: {p.get('ranking')} ({p.get('catalog')}; {_num(ds.get('catalog_books'))} books), excluding "
-        f"{p.get('exclude')}. No sampled negatives"
+        f"- Relevant: a held-out rating >= {p.get('relevant_threshold')} (1-5 scale). Test readers "
+        f"without a relevant held-out book are skipped: {_num(users.get('skipped_no_relevant'))} "
+        f"of {_num(users.get('evaluated_pool'))}.",
+        f"- Main slice: {p.get('main_slice')} ({_num(users.get('main'))} readers). Cold-start "
+        f"slice: readers with fewer than {p.get('cold_start_threshold')} training ratings "
+        f"({_num(users.get('cold_start'))} readers), reported separately.",
+        f"- Ranking: {p.get('ranking')} ({p.get('catalog')}; {_num(ds.get('catalog_books'))} "
+        f"books), excluding {p.get('exclude')}. No sampled negatives"
         + (" in the main tables." if p.get("sampled_negatives") else "."),
         f"- Cut-offs K = {', '.join(map(str, ks))}. 95% percentile bootstrap CIs over readers "
-        f"({p.get('bootstrap', {}).get('n_boot')} resamples). Significance: {p.get('significance_test')}.",
-        "- Tuning: every model's grid is searched on a validation split carved from the training part only "
+        f"({p.get('bootstrap', {}).get('n_boot')} resamples). Significance: "
+        f"{p.get('significance_test')}.",
+        "- Tuning: every model's grid is searched on a validation split carved from the training "
+        "part only "
         + (
             f"(temporal holdout of the last {p.get('holdout', 0.2):.0%} of each training history; "
             if p.get("validation", {}).get("method") == "temporal"
             else f"(seeded random holdout of {p.get('holdout', 0.2):.0%} of each training history; "
         )
-        + f"{_num(p.get('validation', {}).get('validation_readers'))} seeded warm validation readers), "
-        "best ndcg@10. The test split is used once, for the tables below.",
+        + f"{_num(p.get('validation', {}).get('validation_readers'))} seeded warm validation "
+        "readers), best ndcg@10. The test split is used once, for the tables below.",
         f"- To-read shelves: {p.get('to_read')}.",
     ]
     if p.get("series_order"):
@@ -153,7 +158,8 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
         ]
     if p.get("quick"):
         L += [
-            "- `--quick`: small grids and few validation readers; numbers are a smoke test, not the study."
+            "- `--quick`: small grids and few validation readers; numbers are a smoke test, not "
+            "the study."
         ]
     for n, why in p.get("skipped_models", {}).items():
         L += [f"- `{n}`: {why}"]
@@ -174,16 +180,19 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
             [
                 "train events / readers / books",
                 f"{_num(sp.get('train', {}).get('events'))} / "
-                f"{_num(sp.get('train', {}).get('users'))} / {_num(sp.get('train', {}).get('items'))}",
+                f"{_num(sp.get('train', {}).get('users'))} / "
+                f"{_num(sp.get('train', {}).get('items'))}",
             ],
             [
                 "test events / readers / books",
                 f"{_num(sp.get('test', {}).get('events'))} / "
-                f"{_num(sp.get('test', {}).get('users'))} / {_num(sp.get('test', {}).get('items'))}",
+                f"{_num(sp.get('test', {}).get('users'))} / "
+                f"{_num(sp.get('test', {}).get('items'))}",
             ],
             [
                 "evaluated readers: main / cold-start / skipped",
-                f"{_num(users.get('main'))} / {_num(users.get('cold_start'))} / {_num(users.get('skipped_no_relevant'))}",
+                f"{_num(users.get('main'))} / {_num(users.get('cold_start'))} / "
+                f"{_num(users.get('skipped_no_relevant'))}",
             ],
         ],
     )
@@ -195,15 +204,17 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
         L += _metric_table(models, k) + [""]
     if "hybrid+llm" in models:
         L += [
-            f"`hybrid+llm` is measured on its {_num(p.get('llm', {}).get('readers') if p.get('llm') else None)} "
-            "seeded readers only (see below), so compare it with the paired test, not with this column.",
+            "`hybrid+llm` is measured on its "
+            f"{_num(p.get('llm', {}).get('readers') if p.get('llm') else None)} seeded readers "
+            "only (see below), so compare it with the paired test, not with this column.",
             "",
         ]
 
     cold = m.get("cold_start", {})
     if cold.get("models"):
         L += [
-            f"## Cold-start slice ({_num(cold.get('readers'))} readers with < {cold.get('threshold')} training ratings)",
+            f"## Cold-start slice ({_num(cold.get('readers'))} readers with < "
+            f"{cold.get('threshold')} training ratings)",
             "",
         ]
         cols = [f"{x}@{k}" for k in ks for x in ("ndcg", "recall", "hitrate")]
@@ -224,7 +235,8 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
                     _num(d.get("n")),
                     _num(d.get("mean_a")),
                     _num(d.get("mean_b")),
-                    f"{_num(d.get('mean_diff'))} [{_num(d.get('ci_low'))}, {_num(d.get('ci_high'))}]",
+                    f"{_num(d.get('mean_diff'))} [{_num(d.get('ci_low'))}, "
+                    f"{_num(d.get('ci_high'))}]",
                     _pct(d.get("relative")),
                     _num(d.get("p_value"), 4),
                     _num(d.get("p_ttest"), 4),
@@ -248,10 +260,12 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
     abl = m.get("ablation", {})
     if abl:
         L += [
-            "## Hybrid ablation (main slice; same tuned settings, one change each, nothing re-tuned)",
+            "## Hybrid ablation (main slice; same tuned settings, one change each, nothing "
+            "re-tuned)",
             "",
-            '"Shipped defaults" is what `readnext ingest` + `readnext recommend` build on this training data '
-            "with no config file (`FusionConfig`, `CFConfig`, `SequenceConfig` defaults; its own CF fit).",
+            '"Shipped defaults" is what `readnext ingest` + `readnext recommend` build on this '
+            "training data with no config file (`FusionConfig`, `CFConfig`, `SequenceConfig` "
+            "defaults; its own CF fit).",
             "",
         ]
         keys = list(next(iter(abl.values())).keys())
@@ -265,9 +279,10 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
         L += [
             "## Where few books are known: the hybrid with and without each learned source",
             "",
-            "Cold start = readers with fewer training ratings than the threshold; onboarding = readers with "
-            "3-5 training books (main or cold slice), like a new reader who named a few loved books. Same tuned "
-            "hybrid, one source's weight set to 0; p from the paired sign-flip test against the full hybrid.",
+            "Cold start = readers with fewer training ratings than the threshold; onboarding = "
+            "readers with 3-5 training books (main or cold slice), like a new reader who named a "
+            "few loved books. Same tuned hybrid, one source's weight set to 0; p from the paired "
+            "sign-flip test against the full hybrid.",
             "",
         ]
         rows = []
@@ -309,30 +324,33 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
                 return "-"
             cached = " (trained earlier, loaded from the cache)" if d.get("from_cache") else ""
             return (
-                f"{d.get('epochs')} epochs, best epoch {d.get('best_epoch')} (validation next-book ndcg@10 "
-                f"{_num(d.get('best_val_ndcg'))}), {_num(d.get('seconds'), 1)} s = "
-                f"{_num(d.get('seconds_per_epoch'), 1)} s/epoch on {_num(d.get('sequences'))} sequences{cached}"
+                f"{d.get('epochs')} epochs, best epoch {d.get('best_epoch')} (validation next-book "
+                f"ndcg@10 {_num(d.get('best_val_ndcg'))}), {_num(d.get('seconds'), 1)} s = "
+                f"{_num(d.get('seconds_per_epoch'), 1)} s/epoch on {_num(d.get('sequences'))} "
+                f"sequences{cached}"
             )
 
         L += [
             "## SASRec training",
             "",
             f"Full cross-entropy over the catalog, config `{sas.get('config') or 'defaults'}` "
-            "(`retrieval.config.SASRecConfig`: 2 blocks, hidden 64, 1 head, dropout 0.2, max length 50, Adam 1e-3, "
-            "batch 128), early stop on the last event of 2,000 training readers held out from training.",
+            "(`retrieval.config.SASRecConfig`: 2 blocks, hidden 64, 1 head, dropout 0.2, max "
+            "length 50, Adam 1e-3, batch 128), early stop on the last event of 2,000 training "
+            "readers held out from training.",
             "",
             f"- validation-split model (used for tuning): {fit(sas.get('validation_fit'))}",
             f"- test model (trained on the whole training split): {fit(sas.get('test_fit'))}",
         ]
         if sas.get("shuffled_fit"):
             L += [
-                f"- shuffled-order control (each reader's training sequence permuted): {fit(sas.get('shuffled_fit'))};"
-                ' its ndcg@10 is the ablation row "sasrec alone, trained on per-reader shuffled sequences".'
+                "- shuffled-order control (each reader's training sequence permuted): "
+                f"{fit(sas.get('shuffled_fit'))}; its ndcg@10 is the ablation row "
+                '"sasrec alone, trained on per-reader shuffled sequences".'
             ]
         L += [
             "",
-            "Training times are wall-clock on a 2-core machine shared with other jobs: noisy, read them as "
-            "an order of magnitude.",
+            "Training times are wall-clock on a 2-core machine shared with other jobs: noisy, read "
+            "them as an order of magnitude.",
             "",
         ]
 
@@ -362,11 +380,12 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
                     if b.get("method") == "rrf"
                     else " (per-reader z-scores)"
                 )
-                + f", weights `{b.get('weights')}`, CF model `{b.get('cf_model')}` with user-vector half-life "
-                f"{b.get('cf_half_life')} events and liked boost {b.get('cf_liked_boost')}, sequence source "
-                f"`{b.get('sequence')}`; validation ndcg@10 {_num(h.get('validation_ndcg@10'))}. "
-                "These settings as a readnext config file: `tuned-config.toml` (the live `readnext recommend` "
-                "runs the same `HybridSource` class eval ranks with)."
+                + f", weights `{b.get('weights')}`, CF model `{b.get('cf_model')}` with "
+                f"user-vector half-life {b.get('cf_half_life')} events and liked boost "
+                f"{b.get('cf_liked_boost')}, sequence source `{b.get('sequence')}`; validation "
+                f"ndcg@10 {_num(h.get('validation_ndcg@10'))}. These settings as a readnext "
+                "config file: `tuned-config.toml` (the live `readnext recommend` runs the same "
+                "`HybridSource` class eval ranks with)."
             ]
         if "hybrid+llm" in tun:
             t = tun["hybrid+llm"]
@@ -374,10 +393,10 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
                 f"{g.get('weight')}: {_num(g.get('ndcg@10'))}" for g in t.get("weight_grid", [])
             )
             L += [
-                f"- **hybrid+llm** ({t.get('backend')}, {t.get('mode')} over the top {t.get('top_n')}): LLM weight "
-                f"**{t.get('weight')}**, from validation ndcg@10 by weight ({grid}) on "
-                f"{_num(t.get('validation_readers'))} validation readers; {t.get('selection')}. A weight of 0 "
-                "returns the hybrid's ranking exactly"
+                f"- **hybrid+llm** ({t.get('backend')}, {t.get('mode')} over the top "
+                f"{t.get('top_n')}): LLM weight **{t.get('weight')}**, from validation ndcg@10 by "
+                f"weight ({grid}) on {_num(t.get('validation_readers'))} validation readers; "
+                f"{t.get('selection')}. A weight of 0 returns the hybrid's ranking exactly"
                 + (" - which is what hybrid+llm then is." if t.get("weight") == 0 else ".")
             ]
         L += [""]
@@ -393,12 +412,13 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
         L += [
             "## Explanation faithfulness",
             "",
-            f"Every evidence record behind the hybrid's top {e.get('k')} for {_num(e.get('readers'))} seeded readers "
-            f"({_num(e.get('items'))} recommendations, {_num(e.get('evidence_records'))} records) was re-checked "
-            f"with `retrieval.evidence.verify` against the training data: faithfulness "
-            f"**{_num(e.get('faithfulness'))}** ({verdict}). Recommendations with no evidence at all: "
-            f"{_num(e.get('items_without_evidence'))}. Records by kind: {e.get('by_kind')}; failed: "
-            f"{e.get('failed_by_kind') or 'none'}.",
+            f"Every evidence record behind the hybrid's top {e.get('k')} for "
+            f"{_num(e.get('readers'))} seeded readers ({_num(e.get('items'))} recommendations, "
+            f"{_num(e.get('evidence_records'))} records) was re-checked with "
+            "`retrieval.evidence.verify` against the training data: faithfulness "
+            f"**{_num(e.get('faithfulness'))}** ({verdict}). Recommendations with no evidence at "
+            f"all: {_num(e.get('items_without_evidence'))}. Records by kind: {e.get('by_kind')}; "
+            f"failed: {e.get('failed_by_kind') or 'none'}.",
             "",
         ]
     if ex.get("hybrid+llm"):
@@ -407,12 +427,14 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
             L += [f"LLM explanations: {e['skipped']}", ""]
         else:
             L += [
-                f"LLM explanations ({_num(e.get('explanations'))} top picks, `assistant.explainer.Explainer`): "
-                f"hallucinated-title rate {_num(e.get('hallucinated_title_rate'))}, hallucinated-author rate "
+                f"LLM explanations ({_num(e.get('explanations'))} top picks, "
+                "`assistant.explainer.Explainer`): hallucinated-title rate "
+                f"{_num(e.get('hallucinated_title_rate'))}, hallucinated-author rate "
                 f"{_num(e.get('hallucinated_author_rate'))}, other unsupported names or years "
-                f"{_num(e.get('unsupported_name_rate'))} (replies the grounding guard caught naming something "
-                f"outside the facts), guard fallback rate {_num(e.get('guard_fallback_rate'))} "
-                f"(reasons: {e.get('fallback_reasons') or 'none'}). Every rejected reply was replaced by the "
+                f"{_num(e.get('unsupported_name_rate'))} (replies the grounding guard caught "
+                "naming something outside the facts), guard fallback rate "
+                f"{_num(e.get('guard_fallback_rate'))} (reasons: "
+                f"{e.get('fallback_reasons') or 'none'}). Every rejected reply was replaced by the "
                 "template text, so none of these reached a reader.",
                 "",
             ]
@@ -420,7 +442,8 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
     if m.get("sampled"):
         s = m["sampled"]
         L += [
-            f"## Sampled metrics ({s.get('negatives')} random negatives per reader) - read the warning",
+            f"## Sampled metrics ({s.get('negatives')} random negatives per reader) - read the "
+            "warning",
             "",
             f"> {s.get('warning')}",
             "",
@@ -431,8 +454,9 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
     rt = m.get("runtime_s", {})
     L += ["## Hardware and runtime", ""]
     L += [
-        f"- CPU: {hw.get('cpu')} ({hw.get('cores')} cores), RAM {hw.get('ram_gib')} GiB; Python {hw.get('python')}, "
-        f"numpy {hw.get('numpy')}, torch {hw.get('torch')}, scipy {hw.get('scipy')}, implicit {hw.get('implicit')}.",
+        f"- CPU: {hw.get('cpu')} ({hw.get('cores')} cores), RAM {hw.get('ram_gib')} GiB; Python "
+        f"{hw.get('python')}, numpy {hw.get('numpy')}, torch {hw.get('torch')}, scipy "
+        f"{hw.get('scipy')}, implicit {hw.get('implicit')}.",
         f"- Total {rt.get('total')} s: prepare (load, split, embed) {rt.get('prepare')} s, tuning "
         f"{rt.get('tuning_total')} s, metrics + bootstrap {rt.get('metrics')} s, evidence checks "
         f"{rt.get('explanations')} s.",

@@ -1,11 +1,13 @@
-"""The offline study: load -> split -> tune on validation -> fit -> rank the full catalog -> score -> write.
+"""The offline study: load -> split -> tune on validation -> fit -> rank the full catalog -> score
+-> write.
 
 This module is the stable entry point; the stages live in :mod:`eval.protocol` (config, data,
 split, readers), :mod:`eval.tuning`, :mod:`eval.scoring` (rank path, metrics, ablations),
 :mod:`eval.llm_stage`, :mod:`eval.faithfulness`, :mod:`eval.provenance` and :mod:`eval.study`.
 
 >>> from eval.runner import EvalConfig, run
->>> results = run(EvalConfig(dataset="../shared/data/goodbooks-sample", quick=True, users=300, out="out"))
+>>> results = run(EvalConfig(dataset="../shared/data/goodbooks-sample", quick=True, users=300,
+out="out"))
 
 Everything is deterministic for a seed: the split, the user subsets, the tuning, the models
 (ALS/BPR are seeded) and the bootstrap. ``metrics.json`` differs between two identical runs only

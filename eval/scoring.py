@@ -47,7 +47,15 @@ def rank_rows(
 
 @dataclass
 class Sampler:
-    """Per-reader candidate sets for the opt-in sampled protocol: relevant + N random negatives."""
+    """Per-reader candidate sets for the opt-in sampled protocol: relevant + N random negatives.
+
+    Attributes:
+        lib: the training Library.
+        n_neg: random negatives per reader.
+        seed: the run's seed (each reader's negatives are seeded by it and their id).
+        test_items: reader -> held-out books (never drawn as negatives).
+        cands: reader -> candidate item indices, filled on first use.
+    """
 
     lib: Library
     n_neg: int
@@ -56,6 +64,15 @@ class Sampler:
     cands: dict[str, np.ndarray] = field(default_factory=dict)
 
     def candidates(self, ctx: UserContext, relevant: set[str]) -> np.ndarray:
+        """The reader's candidate items: their relevant books plus ``n_neg`` seeded negatives.
+
+        Args:
+            ctx: the reader.
+            relevant: the reader's relevant held-out books.
+
+        Returns:
+            Sorted item indices (cached per reader).
+        """
         if ctx.user_id not in self.cands:
             lib = self.lib
             seen = {lib.index[r.book_id] for r in ctx.history if r.book_id in lib.index}
@@ -74,6 +91,17 @@ class Sampler:
         return self.cands[ctx.user_id]
 
     def rank(self, ctx: UserContext, relevant: set[str], scores: np.ndarray, k: int) -> list[str]:
+        """The top ``k`` of the reader's candidates by ``scores``.
+
+        Args:
+            ctx: the reader.
+            relevant: the reader's relevant held-out books.
+            scores: the model's scores over the whole catalog.
+            k: how many books.
+
+        Returns:
+            Book ids, best first.
+        """
         c = self.candidates(ctx, relevant)
         order = rank_scores(scores[c], None, k)
         return [self.lib.books[c[i]].book_id for i in order]
@@ -112,9 +140,24 @@ def score_model(
     extra=None,
     series_order: bool = False,
 ) -> Run:
-    """Rank the full catalog for every main and cold reader through the product's rank path
-    (:func:`retrieval.ranking.rank_matrix`; ``series_order`` for readnext's own models);
-    ``extra(chunk, per_source, S, slice)`` lets the hybrid reuse its per-source matrices for ablations."""
+    """Rank the full catalog for every main and cold reader through the product's rank path.
+
+    That is :func:`retrieval.ranking.rank_matrix`, in batches of :func:`chunk_size` readers.
+
+    Args:
+        model: the (fitted) candidate source.
+        prep: the prepared split.
+        kmax: how many books per reader (the largest K).
+        sampler: also rank the sampled protocol's candidates (``None``: off).
+        progress: show a progress bar.
+        desc: the progress bar's label.
+        extra: ``extra(chunk, per_source, S, slice)`` is called per batch, so the hybrid can reuse
+            its per-source matrices for ablations (:func:`ablation_hook`).
+        series_order: apply the series reading order (readnext's own models).
+
+    Returns:
+        The :class:`Run`: rankings per slice and timings.
+    """
     run = Run()
     t = time.perf_counter()
     size = chunk_size(prep.lib.n_items)
@@ -149,6 +192,17 @@ def metrics_of(
     lib: Library,
     ks: Sequence[int],
 ) -> RunResult:
+    """Per-reader metrics of ``rankings`` (accuracy and beyond-accuracy) at each K.
+
+    Args:
+        rankings: reader -> ranked book ids.
+        relevant: reader -> relevant held-out books.
+        lib: the training Library (popularity, vectors for diversity/novelty).
+        ks: the cut-offs.
+
+    Returns:
+        The per-reader :class:`~eval.metrics.RunResult`.
+    """
     pop = pd.Series(
         lib.pop_count.astype(np.float64),
         index=pd.Index([b.book_id for b in lib.books], dtype=object),
@@ -172,6 +226,16 @@ def metric_keys(ks: Sequence[int]) -> list[str]:
 def summary(
     res: RunResult, ks: Sequence[int], cfg: EvalConfig
 ) -> dict[str, dict[str, float | None]]:
+    """Means with bootstrap confidence intervals of every contractual metric.
+
+    Args:
+        res: per-reader metrics (:func:`metrics_of`).
+        ks: the cut-offs.
+        cfg: the run's config (``n_boot``, ``seed``).
+
+    Returns:
+        Metric key -> ``{"mean", "ci_low", "ci_high"}``, JSON-safe.
+    """
     s = summarize(
         res, n_boot=cfg.n_boot, seed=cfg.seed, keys=[k for k in metric_keys(ks) if k in res]
     )
@@ -179,7 +243,18 @@ def summary(
 
 
 def paired(a: RunResult, b: RunResult, key: str, cfg: EvalConfig) -> dict[str, Any]:
-    """Paired test on the users both results share (same order by construction)."""
+    """Paired test on the users both results share (same order by construction).
+
+    Args:
+        a: the model's per-reader metrics.
+        b: the baseline's.
+        key: the metric key (e.g. ``"ndcg@10"``).
+        cfg: the run's config (``n_boot``, ``seed``).
+
+    Returns:
+        ``n``, both means, the mean difference with its CI, ``relative`` and p-values,
+        JSON-safe.
+    """
     pos = {u: i for i, u in enumerate(b.users)}
     common = [u for u in a.users if u in pos]
     ia = {u: i for i, u in enumerate(a.users)}
@@ -216,13 +291,23 @@ def ablation_hook(
 
     Returns ``(hook, rankings, cold)``: the hook (for :func:`score_model`) fills
     ``rankings[variant]`` for the main slice and ``cold[variant]`` (the "without a source"
-    variants) for the cold-start slice. Variants: each weighted source dropped, the CF source alone, the sequence
-    source alone, the plain (unweighted) CF user vector, the hybrid without the series reading
+    variants) for the cold-start slice. Variants: each weighted source dropped, the CF source alone,
+    the sequence source alone, the plain (unweighted) CF user vector, the hybrid without the series
+    reading
     order (what the rank path's series rule changes), and the shipped defaults: what
     ``readnext ingest`` + ``recommend`` build on this training data with default settings
     (:func:`retrieval.registry.build_sources`, its own CF fit), so the report shows how far the
     untuned product is from the tuned hybrid. Every variant but the one without it ranks with
     the series order, as the product does.
+
+    Args:
+        hybrid: the tuned hybrid.
+        params: its tuned parameters (``weights``...).
+        tuned: per source, its tuned parameters.
+        prep: the prepared split.
+        kmax: how many books per reader.
+        fitted: the fitted single-source models, by name.
+        seed: the run's seed.
     """
     from retrieval.registry import BuildDeps, build_source, build_sources
 
@@ -230,7 +315,8 @@ def ablation_hook(
     cf = hybrid.sources["cf"]
     plain_cfg = dataclasses.replace(cf.config, half_life_events=None, liked_boost=0.0)
     plain = build_source("cf", prep.lib, plain_cfg, BuildDeps(fitted={"cf": cf.model}))  # type: ignore[attr-defined]
-    # the product's defaults with the SASRec this training split gets at ingest (same default config)
+    # the product's defaults with the SASRec this training split gets at ingest (same default
+    # config)
     sas = getattr(fitted.get("sasrec"), "model", None)
     shipped = build_sources(prep.lib, fitted={"sasrec": sas} if sas is not None else None)["hybrid"]
     variants: dict[str, Any] = {}
@@ -275,7 +361,15 @@ def ablation_hook(
 
 
 def bar_check(models: Mapping[str, Any], ks: Sequence[int]) -> dict[str, Any]:
-    """Does the hybrid beat every single-source model by >= 10% on ndcg@10 (relative)?"""
+    """Does the hybrid beat every single-source model by >= 10% on ndcg@10 (relative)?
+
+    Args:
+        models: model -> metric summary (:func:`summary`).
+        ks: the cut-offs (ndcg@10, else at the first K).
+
+    Returns:
+        ``{"metric", "met", ...}``: ``met`` is ``None`` when the hybrid was not evaluated.
+    """
     key = f"ndcg@{10 if 10 in ks else ks[0]}"
     if "hybrid" not in models:
         return {"metric": key, "met": None, "reason": "hybrid not evaluated"}

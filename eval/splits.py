@@ -93,18 +93,21 @@ def _check_frame(df: pd.DataFrame, need_ts: bool, where: str) -> None:
         if df[col].isna().any():
             row = int(np.flatnonzero(df[col].isna().to_numpy())[0])
             raise ValueError(
-                f"{where}: column {col!r} has a missing id at row position {row}; drop such rows first"
+                f"{where}: column {col!r} has a missing id at row position {row}; drop such rows "
+                "first"
             )
     if need_ts:
         if not is_numeric_dtype(df["ts"]):
             raise ValueError(
-                f"{where}: column 'ts' must be numeric (unix time or row position), got {df['ts'].dtype}"
+                f"{where}: column 'ts' must be numeric (unix time or row position), got "
+                f"{df['ts'].dtype}"
             )
         bad = ~np.isfinite(df["ts"].to_numpy(dtype=float))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise ValueError(
-                f"{where}: column 'ts' is nan/inf at row position {row}; fill or drop it, or pass ordered=False"
+                f"{where}: column 'ts' is nan/inf at row position {row}; fill or drop it, or pass "
+                "ordered=False"
             )
 
 

@@ -109,8 +109,8 @@ class _Study:
             )
         u = self.prep.info["users"]
         self.log(
-            f"{self.prep.lib.n_items:,} catalog books; {u['main']:,} main and {u['cold_start']:,} cold-start "
-            f"readers ({u['skipped_no_relevant']:,} skipped: no relevant held-out book)"
+            f"{self.prep.lib.n_items:,} catalog books; {u['main']:,} main and {u['cold_start']:,} "
+            f"cold-start readers ({u['skipped_no_relevant']:,} skipped: no relevant held-out book)"
         )
 
     def tune(self) -> None:
@@ -118,7 +118,8 @@ class _Study:
         self.ts, self.val_desc = tuning_set(self.prep, self.cfg)
         grids = dict(QUICK_GRIDS if self.cfg.quick else GRIDS)
         if self.prep.split.method != "temporal":
-            # No order: a profile's recency decay would follow file order (Book-Crossing: ISBN order).
+            # No order: a profile's recency decay would follow file order (Book-Crossing: ISBN
+            # order).
             grids["content"] = [
                 {"half_life_events": 1e9, "pivot": p}
                 for p in sorted({g["pivot"] for g in grids["content"]})
@@ -133,7 +134,8 @@ class _Study:
             days = (90.0, 365.0) if self.cfg.quick else (30.0, 180.0, 730.0)
             grids["content"] = [{"half_life_days": d, "pivot": p} for d in days for p in pivots]
         # the hybrid needs every single model it may fuse; with --models, the CF models it may
-        # pick from are the listed ones (a slow peer left out is left out of the hybrid's choice too)
+        # pick from are the listed ones (a slow peer left out is left out of the hybrid's choice
+        # too)
         listed = self.cfg.models is not None
         need = [
             m
@@ -177,7 +179,8 @@ class _Study:
             self.runtime["tuning"][m] = round(self.tuned[m].seconds, 2)
         if "hybrid" in self.models:
             self.log(
-                "tuning the hybrid (CF model + user vector, sequence source, fusion method and weights)"
+                "tuning the hybrid (CF model + user vector, sequence source, fusion method and "
+                "weights)"
             )
             space = QUICK_HYBRID_SPACE if self.cfg.quick else HYBRID_SPACE
             self.hybrid_tuned = tune_hybrid(
@@ -192,7 +195,8 @@ class _Study:
         self.runtime["tuning_total"] = round(time.perf_counter() - t, 2)
 
     def rank(self) -> None:
-        """Refit each tuned model on the whole training split and rank the catalog for every reader."""
+        """Refit each tuned model on the whole training split and rank the catalog for every
+        reader."""
         cfg, prep = self.cfg, self.prep
         if cfg.sampled:
             test_items = prep.split.test.groupby("user_id")["book_id"].agg(set).to_dict()
@@ -240,7 +244,8 @@ class _Study:
             and self.hybrid_tuned is not None
         ):
             self.log(
-                f"hybrid+llm: LLM reranking for {cfg.llm_users} validation and {cfg.llm_users} test readers"
+                f"hybrid+llm: LLM reranking for {cfg.llm_users} validation and {cfg.llm_users} "
+                "test readers"
             )
             t = time.perf_counter()
             val_hybrid = build_hybrid(
@@ -269,7 +274,8 @@ class _Study:
                 self.skipped[m] = next((n for n in self.notes if n.startswith(m)), "skipped")
 
     def _sasrec_checks(self) -> None:
-        """SASRec's training record and the shuffled-order control (does the order carry signal?)."""
+        """SASRec's training record and the shuffled-order control (does the order carry
+        signal?)."""
         cfg, prep = self.cfg, self.prep
         if "sasrec" not in self.fitted:
             return
@@ -434,7 +440,17 @@ class _Study:
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
-    """Run the whole study and write ``cfg.out`` (metrics.json, report.md, plots, rankings); returns metrics."""
+    """Run the whole study and write ``cfg.out`` (metrics.json, report.md, plots, rankings).
+
+    Args:
+        cfg: the run's config.
+
+    Returns:
+        The metrics (what metrics.json holds).
+
+    Raises:
+        ReadnextError: bad config or unreadable data (one line).
+    """
     study = _Study(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -506,5 +522,12 @@ def _write(
 
 
 def config_dict(cfg: EvalConfig) -> dict[str, Any]:
-    """The config as plain data (for logs)."""
+    """The config as plain data (for logs).
+
+    Args:
+        cfg: the run's config.
+
+    Returns:
+        Field -> value.
+    """
     return asdict(cfg)

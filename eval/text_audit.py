@@ -94,7 +94,8 @@ def names_ok(text: str, allowed_books: Sequence[Book], cat: Catalog) -> str | No
 
 
 def personal(explanation: str, history: Sequence[Book], query: str | None) -> bool:
-    """Whether the text names a history book (2+ words of its title or series) or author, or the request."""
+    """Whether the text names a history book (2+ words of its title or series) or author, or the
+    request."""
     toks = words(explanation)
     for b in history:
         for name in (b.title, b.series or "", *b.authors):
@@ -285,7 +286,8 @@ def report(metrics: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -
 def audit(
     dump: str | Path, out: str | Path | None = None, runs: Sequence[Mapping[str, Any]] = ()
 ) -> dict[str, Any]:
-    """Recompute the metrics of ``dump``; with ``out``, write ``metrics.json`` and ``table.md`` there."""
+    """Recompute the metrics of ``dump``; with ``out``, write ``metrics.json`` and ``table.md``
+    there."""
     from eval.text_study import load_spec
 
     rows = [

@@ -142,7 +142,8 @@ def score_matrix(
 def ndcg_from_topk(
     idx: np.ndarray, valid: np.ndarray, relevant: np.ndarray, k: int = _K
 ) -> np.ndarray:
-    """Per-reader ndcg@k from top-k indices and a relevance mask (:func:`eval.metrics.ndcg_from_hits`)."""
+    """Per-reader ndcg@k from top-k indices and a relevance mask
+    (:func:`eval.metrics.ndcg_from_hits`)."""
     idx, valid = idx[:, :k], valid[:, :k]
     hits = np.take_along_axis(relevant, idx, axis=1) & valid
     return ndcg_from_hits(hits, relevant.sum(axis=1), k)
@@ -191,7 +192,8 @@ def _ascent(
     rounds: int,
     start: dict[str, float],
 ) -> tuple[dict[str, float], float, int]:
-    """Coordinate ascent over ``WEIGHT_STEPS`` for ``names``; strict improvements only (deterministic)."""
+    """Coordinate ascent over ``WEIGHT_STEPS`` for ``names``; strict improvements only
+    (deterministic)."""
     w = dict(start)
     best = evaluate(w)
     n_eval = 1

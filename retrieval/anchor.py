@@ -61,7 +61,15 @@ def tag_jaccard(lib: Library, item: int) -> np.ndarray:
 
 
 def anchor_scores(lib: Library, anchors: Sequence[str]) -> np.ndarray:
-    """Summed z-scores of the three signals for every book (``-inf``: no anchor, or the anchor)."""
+    """Summed z-scores of the three signals for every book (``-inf``: no anchor, or the anchor).
+
+    Args:
+        lib: the catalog.
+        anchors: book ids the request is "like"; ids not in ``lib`` are ignored.
+
+    Returns:
+        One score per catalog item.
+    """
     idx = [lib.index[a] for a in anchors if a in lib.index]
     if not idx:
         return np.full(lib.n_items, NEG)
@@ -77,7 +85,16 @@ def anchor_scores(lib: Library, anchors: Sequence[str]) -> np.ndarray:
 
 
 def anchor_evidence(lib: Library, item: int, anchor: str) -> Evidence | None:
-    """What makes ``item`` like the anchor: shared tags, closeness, favourable co-readers."""
+    """What makes ``item`` like the anchor: shared tags, closeness, favourable co-readers.
+
+    Args:
+        lib: the catalog.
+        item: the recommended book's item index.
+        anchor: the anchor's book id.
+
+    Returns:
+        An ``anchor`` evidence, or ``None`` when nothing links the two.
+    """
     if anchor not in lib.index:
         return None
     a = lib.index[anchor]
@@ -105,7 +122,17 @@ def anchor_evidence(lib: Library, item: int, anchor: str) -> Evidence | None:
 
 
 def verify_anchor(lib: Library, book_id: str, ev: Evidence, tol: float = 0.011) -> bool:
-    """Re-check an ``anchor`` evidence record against the catalog and the ratings."""
+    """Re-check an ``anchor`` evidence record against the catalog and the ratings.
+
+    Args:
+        lib: the catalog.
+        book_id: the recommended book.
+        ev: the evidence to check.
+        tol: the tolerance on the rounded similarity and share.
+
+    Returns:
+        Whether every number and tag in ``ev`` holds.
+    """
     if not ev.book_ids or ev.book_ids[0] not in lib.index or book_id not in lib.index:
         return False
     a, i = lib.index[ev.book_ids[0]], lib.index[book_id]

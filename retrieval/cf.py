@@ -76,6 +76,20 @@ def build_user_items(
 
     ``weights`` (e.g. from :func:`confidence_from_ratings`) must be finite and > 0; ``None``
     means 1 for every pair.
+
+    Args:
+        user_idx: one user row index per interaction.
+        item_idx: one item column index per interaction.
+        weights: one weight per interaction, or ``None`` for 1.
+        n_users: the number of rows.
+        n_items: the number of columns.
+
+    Returns:
+        The ``(n_users, n_items)`` float32 csr matrix.
+
+    Raises:
+        ValueError: the arrays differ in shape, an index is out of range or not an integer, or a
+            weight is not finite and > 0.
     """
     users = np.asarray(user_idx)
     items = np.asarray(item_idx)
@@ -121,6 +135,18 @@ def confidence_from_ratings(
 
     A rating of 0 (Book-Crossing's "implicit" interaction) is accepted and gets the base
     weight 1 in ``binary``/``liked`` mode; ``rating`` mode refuses it (weight 0 = no signal).
+
+    Args:
+        ratings: the explicit ratings.
+        mode: ``"binary"``, ``"rating"`` or ``"liked"`` (above).
+        max_rating: the top of the rating scale.
+
+    Returns:
+        float32 weights, the shape of ``ratings``.
+
+    Raises:
+        ValueError: a rating is outside ``[0, max_rating]``, a 0 in ``"rating"`` mode, or an
+            unknown mode.
     """
     r = np.asarray(ratings, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(r) | (r < 0) | (r > max_rating))
@@ -220,6 +246,10 @@ class ItemScorer(ABC):
 
     Subclasses set ``name``, take hyper-parameters as keyword constructor arguments (recorded
     in ``params``) and implement ``_fit``, ``_score``, ``_similar``, ``_state``/``_set_state``.
+
+    Args:
+        **params: the model's hyper-parameters (each subclass names its own), recorded in
+            ``params`` and saved with the model.
     """
 
     name: ClassVar[str]
@@ -235,8 +265,19 @@ class ItemScorer(ABC):
     # -- public API ----------------------------------------------------------------------------
 
     def fit(self, user_items: sp.spmatrix, show_progress: bool = False) -> Self:
-        """Fit on ``user_items`` (users x items, values = preference weight > 0, e.g. from
-        :func:`confidence_from_ratings`). Returns ``self``."""
+        """Fit on ``user_items``.
+
+        Args:
+            user_items: users x items, values = preference weight > 0 (e.g. from
+                :func:`confidence_from_ratings`).
+            show_progress: show a progress bar where the model has iterations (ALS, BPR).
+
+        Returns:
+            ``self``, fitted.
+
+        Raises:
+            ValueError: the matrix is malformed or holds no interactions.
+        """
         x = _check_matrix(user_items, f"{self.name}.fit")
         if x.shape[0] == 0 or x.shape[1] == 0 or x.nnz == 0:
             raise ValueError(f"{self.name}.fit: user_items {x.shape} holds no interactions")
@@ -250,6 +291,16 @@ class ItemScorer(ABC):
         Rows need not be training users: models fold the history in. History items are *not*
         masked here (see :func:`mask_seen` / :meth:`recommend`). Memory is n_rows * n_items * 4
         bytes, so score large populations in batches.
+
+        Args:
+            user_items: history rows (n_rows x n_items), weighted as for :meth:`fit`.
+
+        Returns:
+            A float32 ``(n_rows, n_items)`` score matrix.
+
+        Raises:
+            NotFittedError: neither :meth:`fit` nor :meth:`load` ran.
+            ValueError: the matrix is malformed or has the wrong number of items.
         """
         x = _check_matrix(user_items, f"{self.name}.score", self._require_fitted())
         return np.ascontiguousarray(self._score(x), dtype=np.float32)
@@ -265,6 +316,15 @@ class ItemScorer(ABC):
 
         With ``exclude_seen`` the history items get score ``-inf`` and therefore come last
         (only reachable when ``n`` exceeds the unseen items).
+
+        Args:
+            user_items: history rows (n_rows x n_items).
+            n: how many items per row.
+            exclude_seen: push each row's history items to the end (score ``-inf``).
+            batch_size: rows scored at once (memory: ``batch_size * n_items * 4`` bytes).
+
+        Returns:
+            ``(ids, scores)``, each ``(n_rows, n)``.
         """
         x = sp.csr_matrix(user_items)
         ids, vals = [], []
@@ -282,7 +342,21 @@ class ItemScorer(ABC):
 
     def similar_items(self, item_idx: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """(ids, scores) of the ``n`` items most similar to ``item_idx``, best first, itself
-        excluded. ItemKNN returns at most its ``k`` stored neighbours."""
+        excluded.
+
+        ItemKNN returns at most its ``k`` stored neighbours.
+
+        Args:
+            item_idx: the item's column index.
+            n: how many similar items.
+
+        Returns:
+            ``(ids, scores)``, best first.
+
+        Raises:
+            NotFittedError: the model is not fitted.
+            ValueError: ``item_idx`` is out of range.
+        """
         n_items = self._require_fitted()
         if not 0 <= int(item_idx) < n_items:
             raise ValueError(
@@ -291,7 +365,14 @@ class ItemScorer(ABC):
         return self._similar(int(item_idx), max(0, int(n)))
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the fitted model to ``path`` as ``.npz`` (no pickle), atomically."""
+        """Write the fitted model to ``path`` as ``.npz`` (no pickle), atomically.
+
+        Args:
+            path: the file to write (parents are created).
+
+        Raises:
+            NotFittedError: the model is not fitted.
+        """
         n_items = self._require_fitted()
         path = Path(path)
         arrays = {f"state_{k}": np.asarray(v) for k, v in self._state().items()}
@@ -311,8 +392,21 @@ class ItemScorer(ABC):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Self:
-        """Load a model written by :meth:`save`. ``ItemScorer.load`` picks the class from the
-        file; ``EASE.load`` etc. also check that the file holds that model."""
+        """Load a model written by :meth:`save`.
+
+        ``ItemScorer.load`` picks the class from the file; ``EASE.load`` etc. also check that the
+        file holds that model.
+
+        Args:
+            path: a file written by :meth:`save`.
+
+        Returns:
+            The fitted model.
+
+        Raises:
+            ValueError: the file is unreadable, not a saved model, of another format version, or
+                holds another model than ``cls``.
+        """
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
@@ -735,8 +829,20 @@ MODELS: dict[str, type[ItemScorer]] = {
 
 
 def make_model(name: str, **params: Any) -> ItemScorer:
-    """Instantiate a registered model by name with hyper-parameters, e.g. ``make_model("ease",
-    l2=200.0)``."""
+    """Instantiate a registered model by name with hyper-parameters.
+
+    Example: ``make_model("ease", l2=200.0)``.
+
+    Args:
+        name: a registered model name (``ease``, ``als``, ``itemknn``, ``bpr``, ``popularity``).
+        **params: the model's hyper-parameters.
+
+    Returns:
+        The unfitted model.
+
+    Raises:
+        ValueError: an unknown name or bad hyper-parameters.
+    """
     try:
         klass = MODELS[name]
     except KeyError:

@@ -136,7 +136,8 @@ def _numeric(
         i = int(np.flatnonzero(bad.to_numpy())[0])
         rng = f" in {lo:g}..{hi:g}" if lo is not None and hi is not None else ""
         raise DataError(
-            f"{path}:{i + 2}: {what} {excerpt(df[col].iloc[i])} is not a number{rng}; fix or remove that row"
+            f"{path}:{i + 2}: {what} {excerpt(df[col].iloc[i])} is not a number{rng}; fix or "
+            "remove that row"
         )
     return vals.to_numpy(dtype=np.float64)
 
@@ -218,7 +219,8 @@ def load_generic(
     if bdf["book_id"].duplicated().any():
         i = int(np.flatnonzero(bdf["book_id"].duplicated().to_numpy())[0])
         raise DataError(
-            f"{books_path}:{i + 2}: duplicate book_id {excerpt(bdf['book_id'].iloc[i])}; ids must be unique"
+            f"{books_path}:{i + 2}: duplicate book_id {excerpt(bdf['book_id'].iloc[i])}; ids must "
+            "be unique"
         )
     empty = (bdf["title"].str.strip() == "") | (bdf["book_id"].str.strip() == "")
     if empty.any():
@@ -265,8 +267,8 @@ def load_generic(
                 if parsed.isna().any():
                     i = int(np.flatnonzero(parsed.isna().to_numpy())[0])
                     raise DataError(
-                        f"{ratings_path}:{i + 2}: timestamp {excerpt(rdf['timestamp'].iloc[i])} is neither "
-                        "unix seconds nor a date; fix that row"
+                        f"{ratings_path}:{i + 2}: timestamp {excerpt(rdf['timestamp'].iloc[i])} is "
+                        "neither unix seconds nor a date; fix that row"
                     )
                 ts = parsed.astype("int64") // 10**9
             ts = ts.to_numpy(dtype=np.float64)
@@ -393,7 +395,8 @@ def load_goodbooks(
     label = (
         f"goodbooks-10k (partial ratings: {n_rated:,} books)"
         if partial
-        else f"goodbooks-10k ({Path(ratings_path).name if ratings_path else 'no ratings'}: {n_rated:,} rated books)"
+        else f"goodbooks-10k ({Path(ratings_path).name if ratings_path else 'no ratings'}: "
+        f"{n_rated:,} rated books)"
     )
     return Dataset(
         name=name,

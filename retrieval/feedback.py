@@ -79,8 +79,9 @@ class FeedbackStore:
         with self._conn() as c:
             c.executescript("""
                 CREATE TABLE IF NOT EXISTS events (
-                  id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL, user_id TEXT NOT NULL,
-                  book_id TEXT NOT NULL, signal TEXT NOT NULL, rating REAL, ts REAL NOT NULL, created REAL NOT NULL);
+                  id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT NOT NULL,
+                  user_id TEXT NOT NULL, book_id TEXT NOT NULL, signal TEXT NOT NULL, rating REAL,
+                  ts REAL NOT NULL, created REAL NOT NULL);
                 CREATE INDEX IF NOT EXISTS events_user ON events(dataset, user_id);
                 CREATE TABLE IF NOT EXISTS readers (
                   dataset TEXT NOT NULL, user_id TEXT NOT NULL, origin TEXT, created REAL NOT NULL,
@@ -182,7 +183,8 @@ class FeedbackStore:
             readers = [
                 {"dataset": d, "origin": o, "created": t}
                 for d, o, t in c.execute(
-                    "SELECT dataset, origin, created FROM readers WHERE user_id = ? ORDER BY created",
+                    "SELECT dataset, origin, created FROM readers WHERE user_id = ? ORDER BY "
+                    "created",
                     (user_id,),
                 )
             ]

@@ -38,6 +38,14 @@ def normalise(S: np.ndarray, exclude: np.ndarray, indicator: bool = False) -> np
     ``exclude`` is a boolean mask (readers x items) of books never to rank (already read).
     With ``indicator`` the source's finite scores become 1 and the rest 0 (the series source
     names a handful of next volumes; its raw value is not a scale).
+
+    Args:
+        S: the source's scores, readers x items.
+        exclude: the mask of items never to rank.
+        indicator: treat finite scores as 1 and the rest as 0.
+
+    Returns:
+        The normalised matrix.
     """
     finite = np.isfinite(S) & ~exclude
     if indicator:
@@ -62,6 +70,14 @@ def top_k_matrix(
     ``nan``/``-inf`` and excluded items are not rankable. Returns ``(idx, valid)``, both
     ``(rows, min(k, items))``: ``valid`` is False in the tail of rows with fewer than ``k``
     rankable items (their ``idx`` there is meaningless).
+
+    Args:
+        S: scores, rows x items.
+        exclude: a boolean mask of items not to rank (``None``: none).
+        k: how many per row.
+
+    Returns:
+        ``(idx, valid)`` as above.
     """
     S = np.asarray(S, dtype=np.float64)
     X = np.where(np.isnan(S), -np.inf, S)
@@ -124,7 +140,19 @@ def combine(
     weights: Mapping[str, float],
     exclude: np.ndarray,
 ) -> np.ndarray:
-    """Weighted sum of :func:`source_contribution` outputs; ``-inf`` where no weighted source has an opinion."""
+    """Weighted sum of :func:`source_contribution` outputs.
+
+    Args:
+        contributions: source name -> ``(contribution, found)``.
+        weights: fusion weight per source name (names without a positive weight are skipped).
+        exclude: the mask of items never to rank.
+
+    Returns:
+        The fused matrix; ``-inf`` where no weighted source has an opinion.
+
+    Raises:
+        ValueError: every weight is 0.
+    """
     names = [n for n in contributions if weights.get(n, 0) > 0]
     if not names:
         raise ValueError(
@@ -148,10 +176,25 @@ def fuse_matrices(
     depth: int = 200,
     indicator: Sequence[str] = (),
 ) -> np.ndarray:
-    """Fuse per-source score matrices (readers x items) into one; ``-inf`` where no source has an opinion.
+    """Fuse per-source score matrices (readers x items) into one.
 
-    Excluded items and items no weighted source can rank get ``-inf``. ``indicator`` names the
-    sources whose finite scores count 1 / 0 (a source declares it: ``CandidateSource.indicator``).
+    Excluded items and items no weighted source can rank get ``-inf``.
+
+    Args:
+        per_source: source name -> score matrix.
+        weights: fusion weight per source name.
+        exclude: the mask of items never to rank (readers x items).
+        method: ``"score"`` (z-scores) or ``"rrf"``.
+        rrf_k: the RRF constant.
+        depth: the RRF depth.
+        indicator: the sources whose finite scores count 1 / 0 (a source declares it:
+            ``CandidateSource.indicator``).
+
+    Returns:
+        The fused readers x items matrix.
+
+    Raises:
+        ValueError: an unknown method, or every weight is 0.
     """
     contribs = {
         n: source_contribution(S, exclude, method, rrf_k, depth, n in indicator)

@@ -577,8 +577,9 @@ def match_rows(rows: Sequence[ExportRow], books: Sequence[Book] | CatalogIndex) 
 
     Order per row: ISBN (ISBN13 column, then ISBN; 10 and 13 digit forms compare equal); exact
     normalised title, also with a subtitle (after ":", " - ", ", or", "(") dropped on either
-    side, whose author surname agrees; fuzzy ``token_sort_ratio`` >= :data:`FUZZY_CUTOFF` among that author's books
-    (>= :data:`FUZZY_CUTOFF_NO_AUTHOR` over the whole catalog when the row names no author).
+    side, whose author surname agrees; fuzzy ``token_sort_ratio`` >= :data:`FUZZY_CUTOFF` among that
+    author's books (>= :data:`FUZZY_CUTOFF_NO_AUTHOR` over the whole catalog when the row names no
+    author).
     When the row names an author, a book by someone else never matches by title. Pass a prebuilt
     :class:`CatalogIndex` to match several files against a large catalog.
     """

@@ -102,7 +102,14 @@ _STOP = frozenset(
 
 
 def tokenize(text: str) -> list[str]:
-    """Folded words without stop words, lightly singularised ("vampires" -> "vampire")."""
+    """Folded words without stop words, lightly singularised ("vampires" -> "vampire").
+
+    Args:
+        text: any text (``None``/empty gives no tokens).
+
+    Returns:
+        The tokens, in order.
+    """
     out = []
     for w in re.findall(r"[a-z0-9]+", fold(text or "")):
         if w in _STOP or len(w) < 2:
@@ -167,7 +174,14 @@ class BM25Index:
         self.n = n
 
     def score(self, tokens: Sequence[str]) -> np.ndarray:
-        """BM25 score of every book for a bag of query tokens (0 where none occurs)."""
+        """BM25 score of every book for a bag of query tokens (0 where none occurs).
+
+        Args:
+            tokens: query tokens (:func:`tokenize`, :func:`tag_token`); unknown ones are ignored.
+
+        Returns:
+            One score per book, in library order.
+        """
         cols = [self.vocab[t] for t in tokens if t in self.vocab]
         if not cols:
             return np.zeros(self.n)
@@ -175,12 +189,28 @@ class BM25Index:
 
 
 def request_tokens(ctx: UserContext) -> list[str]:
-    """The query's words plus the tags the request named (as whole-tag tokens)."""
+    """The query's words plus the tags the request named (as whole-tag tokens).
+
+    Args:
+        ctx: the reader's context (``query``, ``query_tags``).
+
+    Returns:
+        The tokens.
+    """
     return tokenize(ctx.query or "") + [tag_token(t) for t in ctx.query_tags]
 
 
 def lexical_scores(index: BM25Index, lib: Library, ctx: UserContext) -> np.ndarray:
-    """Scores for :class:`~retrieval.sources.LexicalSource`: ``-inf`` where nothing matched."""
+    """Scores for :class:`~retrieval.sources.LexicalSource`: ``-inf`` where nothing matched.
+
+    Args:
+        index: the catalog's BM25 index.
+        lib: the catalog (for its size).
+        ctx: the reader's context with the request.
+
+    Returns:
+        One score per catalog item.
+    """
     tokens = request_tokens(ctx)
     if not tokens:
         return np.full(lib.n_items, NEG)

@@ -76,7 +76,8 @@ def matches(
     scorer: str = "ratio",
     limit: int = 10,
 ) -> list[tuple[str, float, Any]]:
-    """Every fuzzy match of ``query`` scoring at least ``cutoff``, best first (at most ``limit``)."""
+    """Every fuzzy match of ``query`` scoring at least ``cutoff``, best first (at most
+    ``limit``)."""
     return process.extract(
         query, choices, scorer=_SCORERS[scorer], score_cutoff=cutoff, limit=limit
     )
@@ -217,7 +218,8 @@ class CatalogMatcher:
         return None
 
     def author(self, text: str, fuzzy: bool = True) -> str | None:
-        """The catalog author ``text`` names (full name, unique surname/tail, or a near spelling)."""
+        """The catalog author ``text`` names (full name, unique surname/tail, or a near
+        spelling)."""
         key = name_key(text)
         if not key:
             return None

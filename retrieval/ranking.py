@@ -55,8 +55,12 @@ DEFAULT_DEPTH = 200  # a non-hybrid source's rank-score depth for constraints (F
 class Ranked:
     """One reader's ranking: catalog item indices best first, and their final scores.
 
-    ``per_source`` keeps the hybrid's component score rows for this reader, so the evidence step
-    does not score twice.
+    Attributes:
+        ctx: the reader.
+        items: catalog item indices, best first.
+        scores: the scores they were ranked by (same order).
+        per_source: the hybrid's component score rows for this reader, kept so the evidence
+            step does not score twice (``None`` for a single source).
     """
 
     ctx: UserContext
@@ -65,12 +69,28 @@ class Ranked:
     per_source: Mapping[str, np.ndarray] | None = field(default=None, repr=False)
 
     def book_ids(self, lib: Library) -> list[str]:
+        """The ranked book ids, best first.
+
+        Args:
+            lib: the catalog the item indices refer to.
+
+        Returns:
+            Book ids.
+        """
         return [lib.books[i].book_id for i in self.items]
 
     def candidates(
         self, source: CandidateSource, ctx: UserContext | None = None
     ) -> list[Candidate]:
-        """The evidence step: ``Candidate`` (book, score, found-by sources, evidence) per item."""
+        """The evidence step: ``Candidate`` (book, score, found-by sources, evidence) per item.
+
+        Args:
+            source: the source that ranked (its ``found_by`` and ``evidence_for`` are used).
+            ctx: the reader to explain for (default: the ranked one).
+
+        Returns:
+            One candidate per ranked item, best first.
+        """
         ctx = ctx or self.ctx
         items = [int(i) for i in self.items]
         found = source.found_by(ctx, items, self.per_source)
@@ -135,6 +155,15 @@ def rank_matrix(
 
     ``relevance``: per reader, the request-only relevance of every book, or None (step 5).
 
+    Args:
+        lib: the catalog.
+        S: the score matrix, readers x items (``nan`` counts as ``-inf``).
+        ctxs: the readers of the rows.
+        k: how many books per reader.
+        constraints: chat constraints (``None``: none).
+        series_order: never skip ahead in a series.
+        depth: the rank-score depth for constraints (the hybrid's ``depth``).
+
     Returns:
         ``(idx, valid, final)``: the top ``k`` item indices per row, best first; which of them
         are real (rows with fewer rankable books end early); the scores they were ranked by.
@@ -171,8 +200,8 @@ def pool_first(S: np.ndarray, relevance: Sequence, blocked: np.ndarray, pool: in
 def _scores(source: CandidateSource, ctxs: Sequence[UserContext]):
     """The source's score matrix and, for a hybrid, its per-source matrices (reused later)."""
     if hasattr(source, "source_scores") and hasattr(source, "fuse"):
-        per = source.source_scores(ctxs)  # type: ignore[attr-defined]
-        return source.fuse(per, ctxs), per  # type: ignore[attr-defined]
+        per = source.source_scores(ctxs)
+        return source.fuse(per, ctxs), per
     return source.score_batch(ctxs), None
 
 
@@ -226,10 +255,29 @@ def rank_one(
     constraints: Constraints | None = None,
     series_order: bool = True,
 ) -> Ranked:
-    """:func:`rank` for one reader (the live path): the same arithmetic, a batch of one."""
+    """:func:`rank` for one reader (the live path): the same arithmetic, a batch of one.
+
+    Args:
+        source: any candidate source.
+        ctx: the reader.
+        k: how many books.
+        constraints: chat constraints (``None``: none).
+        series_order: apply the series reading order.
+
+    Returns:
+        The reader's :class:`Ranked`.
+    """
     return rank(source, [ctx], k, constraints, series_order)[0]
 
 
 def ranked_ids(lib: Library, ranked: Sequence[Ranked]) -> dict[Any, list[str]]:
-    """``{user_id: [book ids]}`` of :func:`rank` output (eval's rankings format)."""
+    """``{user_id: [book ids]}`` of :func:`rank` output (eval's rankings format).
+
+    Args:
+        lib: the catalog.
+        ranked: :func:`rank` output.
+
+    Returns:
+        User id -> ranked book ids.
+    """
     return {r.ctx.user_id: r.book_ids(lib) for r in ranked}

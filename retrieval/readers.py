@@ -106,7 +106,12 @@ def neighbourhood_scores(
 
 
 class ReaderIndex:
-    """Every reader's taste vector in a Library, as ingest writes them to Chroma ``users``."""
+    """Every reader's taste vector in a Library, as ingest writes them to Chroma ``users``.
+
+    Args:
+        lib: the Library whose ratings give the histories.
+        profile: how a history becomes a taste vector (the settings ingest used).
+    """
 
     def __init__(self, lib: Library, profile: ProfileConfig) -> None:
         self.lib, self.profile = lib, profile
@@ -121,7 +126,14 @@ class ReaderIndex:
         self._cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def taste_vector(self, ctx: UserContext) -> np.ndarray | None:
-        """The reader's taste vector from their history (what Chroma holds for a stored reader)."""
+        """The reader's taste vector from their history (what Chroma holds for a stored reader).
+
+        Args:
+            ctx: the reader.
+
+        Returns:
+            A unit vector, or ``None`` for a reader without a usable history.
+        """
         p = profile_from_history(
             ctx.history,
             None,
@@ -135,9 +147,18 @@ class ReaderIndex:
     def exact(
         self, V: np.ndarray, self_ids: Sequence[str | None], k: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine top ``k`` (R rows, sims) for each row of ``V``, the reader themself left out.
+        """Exact cosine top ``k`` (R rows, sims) for each row of ``V``, the reader themself left
+        out.
 
         Ties go to the lower row, so the result is deterministic.
+
+        Args:
+            V: the query taste vectors, one row each.
+            self_ids: per row, the reader's own id (left out of their neighbours) or ``None``.
+            k: how many neighbours per row.
+
+        Returns:
+            ``(rows, sims)``, each ``(len(V), k)``: ``lib.R`` rows (``-1`` = none) and cosines.
         """
         S = V.astype(np.float32) @ self.vectors.T
         for i, u in enumerate(self_ids):
@@ -159,7 +180,15 @@ class ReaderIndex:
         return rows, np.where(np.isfinite(sims), sims, 0.0)
 
     def neighbours(self, ctxs: Sequence[UserContext], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, sims), each (readers, k): exact neighbours, cached per reader for repeated calls."""
+        """Exact neighbours of each reader, cached per reader for repeated calls.
+
+        Args:
+            ctxs: the readers.
+            k: how many neighbours each.
+
+        Returns:
+            ``(rows, sims)``, each ``(len(ctxs), k)`` (row ``-1`` = none).
+        """
         kk = max(k, _CACHE_K)
         rows = np.full((len(ctxs), kk), -1, dtype=np.int64)
         sims = np.zeros((len(ctxs), kk))
@@ -184,7 +213,15 @@ class ReaderIndex:
 
 
 def reader_index(lib: Library, profile: ProfileConfig | None = None) -> ReaderIndex:
-    """The Library's :class:`ReaderIndex` for ``profile`` (built once, then shared)."""
+    """The Library's :class:`ReaderIndex` for ``profile`` (built once, then shared).
+
+    Args:
+        lib: the Library (the index is cached on it).
+        profile: the profile settings (defaults when ``None``).
+
+    Returns:
+        The shared index.
+    """
     profile = profile or ProfileConfig()
     cache = lib.__dict__.setdefault("_reader_index", {})
     key = (profile.half_life_days, profile.half_life_events, profile.pivot)
@@ -194,7 +231,8 @@ def reader_index(lib: Library, profile: ProfileConfig | None = None) -> ReaderIn
 
 
 class ReadersSource(CandidateSource):
-    """Books that the readers whose taste vector is closest to yours rated (user-based CF on embeddings).
+    """Books that the readers whose taste vector is closest to yours rated (user-based CF on
+    embeddings).
 
     Args:
         lib: the Library (its ratings are the neighbours' ratings).
@@ -229,7 +267,14 @@ class ReadersSource(CandidateSource):
         return reader_index(self.lib, self.profile)
 
     def taste_vector(self, ctx: UserContext) -> np.ndarray | None:
-        """The reader's taste vector, rebuilt from ``ctx.history`` (equal to the stored one)."""
+        """The reader's taste vector, rebuilt from ``ctx.history`` (equal to the stored one).
+
+        Args:
+            ctx: the reader.
+
+        Returns:
+            A unit vector, or ``None`` for a reader without a usable history.
+        """
         p = profile_from_history(
             ctx.history,
             None,
@@ -241,7 +286,14 @@ class ReadersSource(CandidateSource):
         return p.vector if p is not None and p.norm > 0 else None
 
     def neighbours(self, ctxs: Sequence[UserContext]) -> tuple[np.ndarray, np.ndarray]:
-        """(rows of ``lib.R``, cosine) of each reader's ``cfg.neighbours`` nearest readers."""
+        """(rows of ``lib.R``, cosine) of each reader's ``cfg.neighbours`` nearest readers.
+
+        Args:
+            ctxs: the readers.
+
+        Returns:
+            ``(rows, sims)``, each ``(len(ctxs), cfg.neighbours)`` (row ``-1`` = none).
+        """
         k = self.cfg.neighbours
         if self.store is None:
             return self.index.neighbours(ctxs, k)
@@ -282,7 +334,15 @@ class ReadersSource(CandidateSource):
         return self.score_batch([ctx])[0]
 
     def source_evidence(self, ctx: UserContext, item: int) -> list[Evidence]:
-        """ "N readers whose taste is closest to yours rated it X★ on average", when N >= 3."""
+        """ "N readers whose taste is closest to yours rated it X★ on average", when N >= 3.
+
+        Args:
+            ctx: the reader.
+            item: the item index.
+
+        Returns:
+            One ``readers_like_you`` evidence, or none when too few neighbours rated the book.
+        """
         rows, sims = self.neighbours([ctx])
         nb = rows[0][(rows[0] >= 0) & (sims[0] >= self.cfg.min_similarity)]
         if not len(nb):
@@ -349,6 +409,15 @@ class UserKNNSource(CandidateSource):
         return Xc.tocsr(), Xb.tocsr()
 
     def neighbours(self, ctxs: Sequence[UserContext]) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of ``lib.R``, shrunk adjusted cosine) of each reader's ``neighbours`` nearest
+        readers.
+
+        Args:
+            ctxs: the readers.
+
+        Returns:
+            ``(rows, sims)``, each ``(len(ctxs), neighbours)`` (row ``-1`` = none).
+        """
         kk = max(self.cfg.neighbours, _CACHE_K)
         rows = np.full((len(ctxs), kk), -1, dtype=np.int64)
         sims = np.zeros((len(ctxs), kk))

@@ -54,8 +54,15 @@ __all__ = [
 class BuildDeps:
     """What a source factory may need besides the Library and its config.
 
-    ``fitted`` maps a source name to a model already fitted on this Library (the CF model the
-    ingest saved, or one eval fitted while tuning) so it is not fitted twice.
+    Attributes:
+        embed_query: text -> unit vector, for the content source's requests (``None``: no
+            request embedding).
+        store: the Chroma store (content's nearest neighbours, the readers source's ``users``).
+        fitted: source name -> a model already fitted on this Library (the CF model the ingest
+            saved, or one eval fitted while tuning) so it is not fitted twice.
+        seed: the seed for sources with randomness.
+        profile: how histories become taste vectors (the readers source's neighbours);
+            :func:`build_sources` fills it from the content source's ``ProfileConfig``.
     """
 
     embed_query: Callable[[str], Any] | None = None
@@ -69,7 +76,21 @@ class BuildDeps:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One registered candidate source (see the module docstring)."""
+    """One registered candidate source (see the module docstring).
+
+    Attributes:
+        name: the source's name (fusion weights, ``found_by``, eval tables).
+        section: the ``Settings`` attribute / TOML section holding its config.
+        config: the config dataclass type.
+        build: the factory ``(lib, config, deps) -> source``.
+        needs_order: the source only makes sense when the ratings carry an event order.
+        optional: built only when the fusion gives it a weight.
+        summary: one line for ``readnext doctor``, docs and eval reports.
+        request_only: no opinion without a chat request (eval leaves it out of the hybrid).
+        default_weight: the fusion weight (from its config) when ``[fusion] weights`` does not
+            name the source.
+        needs_fitted: needs a model trained at ingest (``deps.fitted[name]``).
+    """
 
     name: str
     section: str
@@ -85,7 +106,14 @@ class SourceSpec:
     needs_fitted: bool = False  # needs a model trained at ingest (``deps.fitted[name]``)
 
     def available(self, lib: Library) -> str | None:
-        """``None`` when the source can be built on ``lib``, else why not (one line)."""
+        """``None`` when the source can be built on ``lib``, else why not (one line).
+
+        Args:
+            lib: the Library to build on.
+
+        Returns:
+            ``None``, or the reason the source cannot run on this data.
+        """
         if self.needs_order and not lib.ordered:
             return (
                 f"{self.name}: the ratings carry no event order "
@@ -244,7 +272,14 @@ def source_names() -> tuple[str, ...]:
 
 
 def section_configs(settings: Any = None) -> dict[str, Any]:
-    """``{source name: its config}`` from a ``Settings`` (or defaults for each, when None)."""
+    """``{source name: its config}`` from a ``Settings`` (or defaults for each, when None).
+
+    Args:
+        settings: a :class:`~retrieval.config.Settings`, or ``None`` for defaults.
+
+    Returns:
+        Source name -> config dataclass.
+    """
     return {
         n: (getattr(settings, s.section) if settings is not None else s.config())
         for n, s in SOURCES.items()
@@ -252,10 +287,20 @@ def section_configs(settings: Any = None) -> dict[str, Any]:
 
 
 def build_source(name: str, lib: Library, config: Any = None, deps: BuildDeps | None = None):
-    """Build registered source ``name`` on ``lib`` with ``config`` (its dataclass; None = defaults).
+    """Build registered source ``name`` on ``lib`` with ``config``.
 
-    Raises ``ValueError`` for an unknown name, a config of the wrong type, a bad value, or a
-    source that cannot run on this data (see :meth:`SourceSpec.available`).
+    Args:
+        name: a name from :func:`source_names`.
+        lib: the Library.
+        config: the source's config dataclass (``None``: defaults).
+        deps: embedder, store, fitted models, seed (``None``: none).
+
+    Returns:
+        The built source, named ``name``.
+
+    Raises:
+        ValueError: an unknown name, a config of the wrong type, a bad value, or a source that
+            cannot run on this data (see :meth:`SourceSpec.available`).
     """
     spec = SOURCES.get(name)
     if spec is None:
@@ -274,7 +319,20 @@ def build_source(name: str, lib: Library, config: Any = None, deps: BuildDeps | 
 
 
 def build_hybrid(lib: Library, sources: Mapping[str, Any], fusion: FusionConfig | None = None):
-    """The hybrid over ``sources`` with ``fusion`` (weights, method, rrf_k, depth)."""
+    """The hybrid over ``sources`` with ``fusion`` (weights, method, rrf_k, depth).
+
+    Args:
+        lib: the Library.
+        sources: the component sources by name.
+        fusion: the fusion config (defaults when ``None``); weights of names not in ``sources``
+            are dropped.
+
+    Returns:
+        The :class:`~retrieval.sources.HybridSource`, named ``"hybrid"``.
+
+    Raises:
+        ValueError: no source has a positive weight.
+    """
     from .sources import HybridSource
 
     f = fusion or FusionConfig()
@@ -301,6 +359,24 @@ def build_sources(
     Configs come from ``configs`` (by source name), else ``settings`` (a ``Settings``), else the
     defaults; ``fusion`` likewise. A source that needs an event order is left out on data without
     one; an ``optional`` source is built only when the fusion weights it.
+
+    Args:
+        lib: the Library.
+        settings: a :class:`~retrieval.config.Settings` (``None``: defaults).
+        configs: per source name, a config that wins over ``settings``.
+        fusion: the fusion config that wins over ``settings.fusion``.
+        deps: everything the factories need; when given, ``embed_query``, ``store``, ``fitted``
+            and ``seed`` are ignored.
+        embed_query: text -> unit vector, for requests.
+        store: the Chroma store.
+        fitted: source name -> a model fitted on ``lib`` (ingest's CF and SASRec).
+        seed: the seed for sources with randomness.
+
+    Returns:
+        Source name -> source, with ``"hybrid"`` last.
+
+    Raises:
+        ValueError: a config is invalid, or no built source has a positive fusion weight.
     """
     fusion = fusion or (settings.fusion if settings is not None else FusionConfig())
     cfgs = {**section_configs(settings), **dict(configs or {})}

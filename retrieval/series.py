@@ -292,7 +292,8 @@ def next_in_series(
     Its next volume is the smallest integer volume in the catalog above the highest integer
     volume the reader has covered (a read omnibus covers its range; a novella alone covers
     nothing, so after reading only #0.5 the next volume is #1). Returns {series name: Book};
-    series with nothing left to read are absent. Pass a prebuilt ``index`` to avoid re-parsing a large catalog.
+    series with nothing left to read are absent. Pass a prebuilt ``index`` to avoid re-parsing a
+    large catalog.
     """
     idx = index if index is not None else SeriesIndex.build(books)
     return idx.next_volumes(history, books, liked_threshold)

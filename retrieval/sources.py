@@ -42,7 +42,18 @@ NEG = -np.inf
 
 
 def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Indices of the ``k`` best finite scores, best first; ties go to the lower index (also at the cut-off)."""
+    """Indices of the ``k`` best finite scores, best first; ties go to the lower index.
+
+    Ties are broken the same way at the cut-off, so two runs rank alike.
+
+    Args:
+        scores: one score per item (``-inf``/``nan`` are never returned).
+        k: how many indices to return at most.
+        exclude: item indices that must not be returned (rated, dismissed...).
+
+    Returns:
+        Up to ``k`` item indices (``int64``), best first.
+    """
     mask = None
     if exclude is not None and len(exclude):
         mask = np.zeros((1, len(scores)), dtype=bool)
@@ -52,13 +63,29 @@ def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.n
 
 
 def exclude_idx(lib: Library, ctx: UserContext) -> np.ndarray:
-    """Item indices a reader must never be offered: rated books and ``ctx.exclude`` (dismissed...)."""
+    """Item indices a reader must never be offered: rated books and ``ctx.exclude`` (dismissed...).
+
+    Args:
+        lib: the catalog the indices refer to.
+        ctx: the reader (history and explicit exclusions).
+
+    Returns:
+        The sorted item indices (``int64``); ids missing from ``lib`` are skipped.
+    """
     ids = {r.book_id for r in ctx.history} | set(ctx.exclude)
     return np.array(sorted(lib.index[b] for b in ids if b in lib.index), dtype=np.int64)
 
 
 def exclude_mask(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
-    """Readers x items: True where the book is rated or excluded and must not be ranked."""
+    """Readers x items: True where the book is rated or excluded and must not be ranked.
+
+    Args:
+        lib: the catalog (columns).
+        ctxs: the readers (rows).
+
+    Returns:
+        A boolean matrix of shape ``(len(ctxs), lib.n_items)``.
+    """
     mask = np.zeros((len(ctxs), lib.n_items), dtype=bool)
     for i, c in enumerate(ctxs):
         mask[i, exclude_idx(lib, c)] = True
@@ -73,6 +100,15 @@ def rank_within(
     The order is :func:`top_k`'s (higher score first, then lower index); an item itself never
     counts as excluded, so the answer for a rated book (``explain``) is where it would rank.
     ``-inf``/``nan`` scores are never found.
+
+    Args:
+        scores: one score per catalog item.
+        excluded: a boolean mask of items that do not count (rated, dismissed).
+        items: the item indices to test.
+        depth: the rank cut-off (``depth=200``: in the top 200).
+
+    Returns:
+        One boolean per entry of ``items``.
     """
     s = np.where(np.isnan(scores), NEG, np.asarray(scores, dtype=np.float64))
     ok = ~excluded & np.isfinite(s)
@@ -92,6 +128,9 @@ class CandidateSource(ABC):
 
     Subclasses set ``name``; ``indicator = True`` says the source's finite scores are a short
     list (the hybrid counts them 1/0) rather than a scale.
+
+    Args:
+        lib: the catalog (books, ratings, vectors) the source scores.
     """
 
     name: str = "source"
@@ -103,16 +142,46 @@ class CandidateSource(ABC):
 
     @abstractmethod
     def score(self, ctx: UserContext) -> np.ndarray:
-        """Scores for every item in ``self.lib.books`` (``-inf``: this source has no opinion)."""
+        """Scores for every item in ``self.lib.books`` (``-inf``: this source has no opinion).
+
+        Args:
+            ctx: the reader (history, request, exclusions).
+
+        Returns:
+            A float array of length ``lib.n_items``.
+        """
 
     def score_batch(self, ctxs: Sequence[UserContext]) -> np.ndarray:
-        """Scores for many readers (rows); sources with a vectorised path override this."""
+        """Scores for many readers (rows); sources with a vectorised path override this.
+
+        Args:
+            ctxs: the readers, one row each.
+
+        Returns:
+            A float matrix of shape ``(len(ctxs), lib.n_items)``.
+        """
         return np.vstack([self.score(c) for c in ctxs]) if ctxs else np.zeros((0, self.lib.n_items))
 
     def exclude_idx(self, ctx: UserContext) -> np.ndarray:
+        """The items this reader must never be offered (see :func:`exclude_idx`).
+
+        Args:
+            ctx: the reader.
+
+        Returns:
+            Sorted item indices.
+        """
         return exclude_idx(self.lib, ctx)
 
     def exclude_mask(self, ctxs: Sequence[UserContext]) -> np.ndarray:
+        """Readers x items mask of what must not be ranked (see :func:`exclude_mask`).
+
+        Args:
+            ctxs: the readers (rows).
+
+        Returns:
+            A boolean matrix of shape ``(len(ctxs), lib.n_items)``.
+        """
         return exclude_mask(self.lib, ctxs)
 
     def found_by(
@@ -121,7 +190,17 @@ class CandidateSource(ABC):
         items: Sequence[int],
         per_source: Mapping[str, np.ndarray] | None = None,
     ) -> list[list[str]]:
-        """The sources that found each of ``items``: a single source found what it ranked."""
+        """The sources that found each of ``items``: a single source found what it ranked.
+
+        Args:
+            ctx: the reader.
+            items: item indices of the final list.
+            per_source: score vectors per source name already computed for ``ctx`` (the hybrid
+                reuses them instead of scoring again); ignored by a single source.
+
+        Returns:
+            One list of source names per item.
+        """
         return [[self.name] for _ in items]
 
     def evidence_for(
@@ -131,22 +210,64 @@ class CandidateSource(ABC):
         liked=None,
         found: Sequence[Sequence[str]] | None = None,
     ) -> list[list[Evidence]]:
-        """Evidence for each of ``items`` (computed after ranking, for the final list only)."""
+        """Evidence for each of ``items`` (computed after ranking, for the final list only).
+
+        Args:
+            ctx: the reader.
+            items: item indices of the final list.
+            liked: the reader's liked items (:func:`retrieval.evidence.liked_items`); computed
+                when ``None``.
+            found: per item, the sources that found it (:meth:`found_by`); unused by a single
+                source.
+
+        Returns:
+            One list of :class:`~retrieval.types.Evidence` per item.
+        """
         liked = liked if liked is not None else ev.liked_items(self.lib, ctx.history)
         return [self.evidence(ctx, int(i), liked) for i in items]
 
     def evidence(self, ctx: UserContext, item: int, liked) -> list[Evidence]:
+        """Evidence for one item: what the data says about the book and this reader.
+
+        Args:
+            ctx: the reader.
+            item: the item index.
+            liked: the reader's liked items (:func:`retrieval.evidence.liked_items`).
+
+        Returns:
+            The facts behind recommending the item (possibly empty).
+        """
         return ev.collect(self.lib, item, ctx.history, ctx.query, None, ctx.to_read, liked)
 
     def candidates(self, ctx: UserContext, k: int, constraints=None) -> list[Candidate]:
-        """Top ``k`` books for one reader through the one rank path, with evidence and sources."""
+        """Top ``k`` books for one reader through the one rank path, with evidence and sources.
+
+        Args:
+            ctx: the reader.
+            k: how many books.
+            constraints: a :class:`~retrieval.constraints.Constraints` filter/boost (``None``:
+                none).
+
+        Returns:
+            Up to ``k`` candidates, best first.
+        """
         from .ranking import rank_one
 
         return rank_one(self, ctx, k, constraints).candidates(self, ctx)
 
 
 class PopularitySource(CandidateSource):
-    """Most-rated books, with a small bonus for a high mean rating (damped toward the global mean)."""
+    """Most-rated books, with a small bonus for a high mean rating (damped toward the global mean).
+
+    Args:
+        lib: the catalog.
+        damping: shorthand for ``PopularityConfig(damping=...)``: how many pseudo-ratings at the
+            global mean pull a book's mean rating (ignored when ``config`` is given).
+        config: the full config (``[popularity]``); wins over ``damping``.
+
+    Raises:
+        ValueError: the config is invalid.
+    """
 
     name = "popularity"
 
@@ -183,6 +304,17 @@ class ContentSource(CandidateSource):
     Scores are exact over the whole catalog (numpy, the vectors are in memory), on the live path
     and in eval alike, so both rank the same. The Chroma ``store`` (given at construction; the
     live index's, ``None`` in eval) answers nearest-neighbour queries (:meth:`nearest`).
+
+    Args:
+        lib: the catalog, with book vectors.
+        profile_cfg: how a history becomes a taste vector (``[profile]``; defaults when ``None``).
+        embed_query: text -> unit vector, for chat requests; without it requests are ignored.
+        store: the Chroma store for :meth:`nearest` (``None``: exact numpy).
+        query_weight: the request's share when mixed with the profile (default:
+            ``profile_cfg.query_weight``).
+
+    Raises:
+        ValueError: ``profile_cfg`` is invalid.
     """
 
     name = "content"
@@ -207,6 +339,14 @@ class ContentSource(CandidateSource):
         self._qcache: dict[str, np.ndarray] = {}
 
     def query_vector(self, query: str | None) -> np.ndarray | None:
+        """The embedded request, cached per text.
+
+        Args:
+            query: the reader's request text (``None``/empty: no request).
+
+        Returns:
+            The request's unit vector, or ``None`` without a request or an embedder.
+        """
         if not query or self.embed_query is None:
             return None
         if query not in self._qcache:
@@ -214,6 +354,14 @@ class ContentSource(CandidateSource):
         return self._qcache[query]
 
     def user_vector(self, ctx: UserContext) -> np.ndarray | None:
+        """The reader's taste vector: their profile, mixed with the request when there is one.
+
+        Args:
+            ctx: the reader.
+
+        Returns:
+            A unit vector, or ``None`` when the reader has neither a profile nor a request.
+        """
         prof = profile_from_history(
             ctx.history,
             None,
@@ -250,8 +398,17 @@ class ContentSource(CandidateSource):
         return S
 
     def nearest(self, ctx: UserContext, n: int) -> list[tuple[str, float]]:
-        """The ``n`` unread books nearest the reader's vector, asked of the Chroma store
-        (``[(book_id, cosine)]``, best first); exact numpy when no store was given."""
+        """The ``n`` unread books nearest the reader's vector, asked of the Chroma store.
+
+        Exact numpy when no store was given.
+
+        Args:
+            ctx: the reader.
+            n: how many books.
+
+        Returns:
+            ``[(book_id, cosine)]``, best first (empty when the reader has no vector).
+        """
         v = self.user_vector(ctx)
         if v is None:
             return []
@@ -271,7 +428,8 @@ class ContentSource(CandidateSource):
 
 
 class CFSource(CandidateSource):
-    """A collaborative-filtering model (EASE, ALS, item-kNN, BPR) over the rated part of the catalog.
+    """A collaborative-filtering model (EASE, ALS, item-kNN, BPR) over the rated part of the
+    catalog.
 
     Only books with ratings enter the model (goodbooks: 1,188 of 10,000), which keeps EASE's dense
     inverse small; books without ratings get ``-inf`` (content still reaches them).
@@ -287,6 +445,24 @@ class CFSource(CandidateSource):
     ``half_life_events=None`` and ``liked_boost=0`` score the plain confidence row. On goodbooks
     the weighted row lifts EASE's ndcg@10 by 13.6% for the same fitted model (see
     ``eval/results/goodbooks-partial``): what a reader read last says most about what comes next.
+
+    Args:
+        lib: the catalog with its ratings matrix.
+        model: ``"ease"``, ``"als"``, ``"itemknn"``, ``"bpr"``, ``"popularity"`` or ``"auto"``
+            (EASE up to ``max_ease_items`` rated books, item-kNN beyond).
+        params: the model's hyper-parameters (passed to :func:`retrieval.cf.make_model`).
+        max_ease_items: the largest number of rated books ``"auto"`` gives to EASE.
+        confidence: how ratings become confidences (see
+            :func:`retrieval.cf.confidence_from_ratings`).
+        fitted: an already fitted model (saved at ingest) to use instead of fitting one.
+        name: the source's name (default ``"cf"``; eval names one source per model).
+        half_life_events: the recency half-life of the fold-in row, in events (``None``: off).
+        liked_boost: the extra weight per star above 3 in the fold-in row (EASE, item-kNN).
+        config: the full config (``[cf]``); when given it replaces ``model``, ``params``,
+            ``max_ease_items``, ``confidence``, ``half_life_events`` and ``liked_boost``.
+
+    Raises:
+        ValueError: the config is invalid (``"CFSource: ..."``).
     """
 
     name = "cf"
@@ -330,7 +506,8 @@ class CFSource(CandidateSource):
         self.active = np.flatnonzero(lib.pop_count > 0)
         n_active = len(self.active)
         if model == "auto":
-            # beyond EASE's dense inverse, item-kNN: on Book-Crossing (36k books) it beat ALS untuned and tuned
+            # beyond EASE's dense inverse, item-kNN: on Book-Crossing (36k books) it beat ALS
+            # untuned and tuned
             model = "ease" if n_active <= max_ease_items else "itemknn"
         self.model_name = model
         self.half_life_events = half_life_events
@@ -346,7 +523,8 @@ class CFSource(CandidateSource):
                 X.data = self._conf(X.data).astype(np.float32)
                 X.eliminate_zeros()
                 self.model.fit(X)
-        # the item-item matrix of linear models (x_u @ W), which the weighted row multiplies directly
+        # the item-item matrix of linear models (x_u @ W), which the weighted row multiplies
+        # directly
         W = getattr(self.model, "weights", None) if model == "ease" else None
         self._W = (
             W
@@ -416,7 +594,11 @@ class CFSource(CandidateSource):
         return bool(len(self.active)) and self.lib.R.shape[0] > 0
 
     def save(self, path: Path) -> None:
-        """Save the fitted model; a catalog without ratings has none to save."""
+        """Save the fitted model; a catalog without ratings has none to save.
+
+        Args:
+            path: where the model goes (see :meth:`retrieval.cf.ItemScorer.save`).
+        """
         if self.fitted:
             self.model.save(path)
 
@@ -432,6 +614,17 @@ class SequenceSource(CandidateSource):
 
     Only meaningful when the ratings carry an order (timestamps or a chronological file);
     :func:`build_sources` leaves it out otherwise.
+
+    Args:
+        lib: the catalog with ordered ratings.
+        window: how many events after ``a`` count as "after ``a``".
+        norm: the row normalisation exponent (1: a distribution, 0: raw counts).
+        last: how many of the reader's newest books vote.
+        half_life: the age (in events) at which a book's vote halves.
+        config: the full config (``[sequence]``); replaces the four values above.
+
+    Raises:
+        ValueError: the config is invalid (``"SequenceSource: ..."``).
     """
 
     name = "sequence"
@@ -510,7 +703,17 @@ class SequenceSource(CandidateSource):
 
 
 class SeriesSource(CandidateSource):
-    """The next unread volume of each series the reader liked (an indicator: a short list)."""
+    """The next unread volume of each series the reader liked (an indicator: a short list).
+
+    Args:
+        lib: the catalog with series fields.
+        liked_threshold: the lowest rating that counts as liking a volume (ignored when
+            ``config`` is given).
+        config: the full config (``[series]``).
+
+    Raises:
+        ValueError: the config is invalid.
+    """
 
     name = "series"
     indicator = True
@@ -532,7 +735,14 @@ class SeriesSource(CandidateSource):
         )
 
     def score(self, ctx: UserContext) -> np.ndarray:
-        """The next volumes get the reader's mean rating of their series; everything else ``-inf``."""
+        """The next volumes get the reader's mean rating of their series; everything else ``-inf``.
+
+        Args:
+            ctx: the reader.
+
+        Returns:
+            A float array of length ``lib.n_items``.
+        """
         s = np.full(self.lib.n_items, NEG)
         rated = {r.book_id: r.rating for r in ctx.history}
         keys = self.lib.series_index.keys
@@ -548,7 +758,15 @@ class SeriesSource(CandidateSource):
         )
 
     def series_evidence(self, ctx: UserContext, item: int) -> list[Evidence]:
-        """ "Next in a series you read": the volume and the previous one the reader rated."""
+        """ "Next in a series you read": the volume and the previous one the reader rated.
+
+        Args:
+            ctx: the reader.
+            item: the item index of the next volume.
+
+        Returns:
+            One ``series_next`` evidence.
+        """
         book = self.lib.books[item]
         rated = {r.book_id: r.rating for r in ctx.history}
         key = series_key(book.series or "")
@@ -572,7 +790,11 @@ class SeriesSource(CandidateSource):
 
 class LexicalSource(CandidateSource):
     """BM25 over tags, authors, titles and descriptions for the request's words and named tags
-    (see :mod:`retrieval.lexical`); no opinion without a request."""
+    (see :mod:`retrieval.lexical`); no opinion without a request.
+
+    Args:
+        lib: the catalog; the BM25 index is built from its books on first use.
+    """
 
     name = "lexical"
 
@@ -598,7 +820,11 @@ class LexicalSource(CandidateSource):
 
 class AnchorSource(CandidateSource):
     """Books like the request's anchors ("something like X"): X's embedding neighbours,
-    co-readers and tags (see :mod:`retrieval.anchor`); no opinion without an anchor."""
+    co-readers and tags (see :mod:`retrieval.anchor`); no opinion without an anchor.
+
+    Args:
+        lib: the catalog (vectors, ratings, tags).
+    """
 
     name = "anchor"
 
@@ -624,6 +850,19 @@ class HybridSource(CandidateSource):
     finite scores count 1/0). A book is "found" by the sources that rank it in their top
     ``depth`` (:meth:`found_by`); its evidence adds "next in a series" when the series source
     found it.
+
+    Args:
+        lib: the catalog.
+        sources: the component sources by name; those without a positive weight are dropped.
+        weights: the fusion weight of each source name (ignored when ``config`` is given).
+        rrf_k: the RRF constant (``method="rrf"``).
+        depth: the rank cut-off for RRF and for "found by".
+        method: ``"score"`` (weighted z-scores) or ``"rrf"``.
+        config: the full config (``[fusion]``); replaces ``method``, ``weights``, ``rrf_k``
+            and ``depth``.
+
+    Raises:
+        ValueError: the config is invalid, or no source has a positive weight.
     """
 
     name = "hybrid"
@@ -664,7 +903,14 @@ class HybridSource(CandidateSource):
         self.indicators = tuple(n for n, s in self.sources.items() if s.indicator)
 
     def source_scores(self, ctxs: Sequence[UserContext]) -> dict[str, np.ndarray]:
-        """Each weighted source's score matrix for ``ctxs``."""
+        """Each weighted source's score matrix for ``ctxs``.
+
+        Args:
+            ctxs: the readers (rows).
+
+        Returns:
+            Source name -> ``(len(ctxs), n_items)`` score matrix.
+        """
         return {n: s.score_batch(ctxs) for n, s in self.sources.items()}
 
     def fuse(
@@ -673,9 +919,19 @@ class HybridSource(CandidateSource):
         ctxs: Sequence[UserContext],
         weights: Mapping[str, float] | None = None,
     ) -> np.ndarray:
-        """Fused scores from :meth:`source_scores` output (split out so eval can reuse the matrices
-        for ablations with other ``weights``)."""
-        S = fuse_matrices(
+        """Fused scores from :meth:`source_scores` output.
+
+        Split out so eval can reuse the matrices for ablations with other ``weights``.
+
+        Args:
+            per_source: source name -> score matrix, as :meth:`source_scores` returns.
+            ctxs: the readers of the rows (for the exclusion mask).
+            weights: fusion weights to use instead of the configured ones.
+
+        Returns:
+            The fused ``(len(ctxs), n_items)`` score matrix.
+        """
+        return fuse_matrices(
             per_source,
             self.weights if weights is None else weights,
             self.exclude_mask(ctxs),
@@ -684,10 +940,9 @@ class HybridSource(CandidateSource):
             self.depth,
             indicator=self.indicators,
         )
-        return S
 
     # A topical request is answered from the books most relevant to it (RequestConfig.pool;
-    # applied by the rank path, retrieval.ranking, step 4).
+    # applied by the rank path, retrieval.ranking, step 5).
     request_pool: int = 0
 
     def score_batch(self, ctxs: Sequence[UserContext]) -> np.ndarray:
@@ -729,8 +984,19 @@ class HybridSource(CandidateSource):
         items: Sequence[int],
         per_source: Mapping[str, np.ndarray] | None = None,
     ) -> list[list[str]]:
-        """Per item, the component sources that rank it within their top ``depth`` for this reader
-        (among books not excluded; see :func:`rank_within`). The one definition of "found by"."""
+        """Per item, the component sources that rank it within their top ``depth`` for this reader.
+
+        Among books not excluded (see :func:`rank_within`). The one definition of "found by".
+
+        Args:
+            ctx: the reader.
+            items: item indices of the final list.
+            per_source: each source's score vector for ``ctx`` if already computed (else scored
+                here).
+
+        Returns:
+            One list of source names per item, in the hybrid's source order.
+        """
         excl = np.zeros(self.lib.n_items, dtype=bool)
         excl[self.exclude_idx(ctx)] = True
         per = (
@@ -751,8 +1017,21 @@ class HybridSource(CandidateSource):
         liked=None,
         found: Sequence[Sequence[str]] | None = None,
     ) -> list[list[Evidence]]:
-        """Evidence for each of ``items``: what the data says about the book and this reader
-        (computed once per book), plus "next in a series you read" when the series source found it."""
+        """Evidence for each of ``items``: what the data says about the book and this reader.
+
+        Computed once per book, plus "next in a series you read" when the series source found it,
+        anchor similarity when the request names anchors, and each found source's own facts.
+
+        Args:
+            ctx: the reader.
+            items: item indices of the final list.
+            liked: the reader's liked items; computed when ``None``.
+            found: per item, the sources that found it; computed with :meth:`found_by` when
+                ``None``.
+
+        Returns:
+            One list of :class:`~retrieval.types.Evidence` per item.
+        """
         found = found if found is not None else self.found_by(ctx, items)
         liked = liked if liked is not None else ev.liked_items(self.lib, ctx.history)
         content = self.sources.get("content")
@@ -790,7 +1069,16 @@ def top_mask(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def build_sources(lib: Library, settings=None, **kwargs) -> dict[str, CandidateSource]:
-    """The standard set of sources and the hybrid: see :func:`retrieval.registry.build_sources`."""
+    """The standard set of sources and the hybrid: see :func:`retrieval.registry.build_sources`.
+
+    Args:
+        lib: the catalog.
+        settings: the :class:`~retrieval.config.Settings` (defaults when ``None``).
+        **kwargs: passed on (``embed_query``, ``store``, ``fitted``, ``seed``...).
+
+    Returns:
+        Source name -> source, including ``"hybrid"``.
+    """
     from .registry import build_sources as build
 
     return build(lib, settings, **kwargs)

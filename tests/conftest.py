@@ -30,7 +30,8 @@ def shared(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def emb_cache(tmp_path_factory) -> Path:
-    """One embedding cache for every index built in the session (embeddings are content-addressed)."""
+    """One embedding cache for every index built in the session (embeddings are
+    content-addressed)."""
     return tmp_path_factory.mktemp("emb-cache")
 
 

@@ -423,7 +423,8 @@ def test_cf_source_weighted_reader_row_by_hand() -> None:
         src.model.weights
     )  # every book has ratings, so the active columns are all five
     np.testing.assert_allclose(src.score(ctx), want, rtol=1e-5)
-    # the newest book dominates: a reader whose last book was b2 ranks like "after b2", not "after b0"
+    # the newest book dominates: a reader whose last book was b2 ranks like "after b2", not "after
+    # b0"
     assert not np.allclose(src.score(ctx), plain.score(ctx))
     with pytest.raises(ValueError, match="half_life_events"):
         CFSource(lib, "ease", {"l2": 1.0}, half_life_events=-1.0)

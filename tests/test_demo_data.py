@@ -303,7 +303,8 @@ def test_to_read_marks(ratings: pd.DataFrame, books: list[dict[str, str]]) -> No
 
 
 def _norm_title(t: str) -> str:
-    """Crude title key: no series suffix, subtitle, leading 'The' or case (enough for the fixture)."""
+    """Crude title key: no series suffix, subtitle, leading 'The' or case (enough for the
+    fixture)."""
     t = re.sub(r"\s*\([^()]*#[\d.]+\)$", "", t.replace("\u2019", "'")).lower()
     t = re.split(r":|, or ", t)[0]
     return re.sub(r"^the ", "", t).strip()

@@ -131,7 +131,8 @@ def test_20_readers_for_60s(demo_home, tmp_path):
         f"\nload: {READERS} readers x {SECONDS:.0f}s: {len(acked)} recommend+feedback rounds, "
         f"{len(errors)} errors, {sum(lost.values())} lost, {sum(dup.values())} duplicated; "
         + "; ".join(f"{k} p50 {a:.0f} ms p95 {b:.0f} ms" for k, (a, b) in q.items())
-        + f"; first success {min(first_ok, default=float('nan')):.2f}s after the port opened; re-ingest done at "
+        + f"; first success {min(first_ok, default=float('nan')):.2f}s after the port opened; "
+        "re-ingest done at "
         + (f"{ingest_done[0]:.0f}s" if ingest_done else "never")
         + " (noisy: shared 2-core machine)"
     )

@@ -1,4 +1,5 @@
-"""Readers like you (user-based CF on taste vectors) and the classic user-kNN peer, on real indexes."""
+"""Readers like you (user-based CF on taste vectors) and the classic user-kNN peer, on real
+indexes."""
 
 from __future__ import annotations
 

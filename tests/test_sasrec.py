@@ -1,4 +1,5 @@
-"""SASRec (retrieval.sasrec): training, determinism, persistence, warm start, and quality on the demo."""
+"""SASRec (retrieval.sasrec): training, determinism, persistence, warm start, and quality on the
+demo."""
 
 from __future__ import annotations
 

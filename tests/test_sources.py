@@ -20,7 +20,10 @@ from retrieval.index import Index
 from retrieval.ranking import rank, rank_one
 from retrieval.registry import SOURCES, BuildDeps, build_source, build_sources, source_names
 from retrieval.series import series_filter
+from retrieval.sources import SequenceSource
 from retrieval.types import Rating, UserContext
+
+from .test_fusion import _toy_library
 
 NAMES = [*source_names(), "hybrid"]
 
@@ -173,3 +176,20 @@ def test_the_hybrid_declares_indicators_from_its_sources(world):
     assert h.indicators == tuple(n for n, s in h.sources.items() if type(s).indicator)
     assert "series" in h.indicators and "cf" not in h.indicators
     assert set(h.sources) <= set(source_names())
+
+
+def test_sequence_source_counts_successors_by_hand():
+    lib = _toy_library()
+    src = SequenceSource(lib, window=1, norm=1.0, last=1)
+    # successors of b0: b1 (u1, u2) -> row b0 = {b1: 2/2}; of b1: b2 twice -> {b2: 1.0}
+    s = src.score(UserContext("new", [Rating("new", "b0", 5.0, 0.0)]))
+    assert s[lib.index["b1"]] == pytest.approx(1.0)
+    assert np.count_nonzero(s) == 1
+    s = src.score(
+        UserContext("new", [Rating("new", "b0", 5.0, 0.0), Rating("new", "b5", 4.0, 1.0)])
+    )
+    # last=1: only the newest book (b5) counts, and u4 read b0 right after b5
+    assert s[lib.index["b0"]] == pytest.approx(1.0) and np.count_nonzero(s) == 1
+    assert np.all(
+        np.isneginf(src.score(UserContext("new", [Rating("new", "b2", 5.0, 0.0)])))
+    )  # no successor

@@ -66,7 +66,8 @@ def test_every_explanation_cites_only_true_evidence(rec):
             for e in r.evidence:
                 assert verify(rec.lib, r.book_id, e, hist), (u, r.book_id, e)
                 n += 1
-                # any book the explanation names as yours is really in your history, with that rating
+                # any book the explanation names as yours is really in your history, with that
+                # rating
                 for bid in e.book_ids:
                     if e.kind in ("similar_to", "shared_tags", "same_author", "co_readers"):
                         assert rated[bid] >= 4

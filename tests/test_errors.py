@@ -77,7 +77,8 @@ def test_empty_history(demo_home, tmp_path):
 def test_malformed_csv_names_file_and_line(tmp_path):
     books = tmp_path / "books.csv"
     books.write_text(
-        'book_id,title,authors\n1,Dune,Frank Herbert\n2,"Emma,Jane Austen\n3,Beloved,Toni Morrison\n'
+        'book_id,title,authors\n1,Dune,Frank Herbert\n2,"Emma,Jane Austen\n3,Beloved,Toni '
+        "Morrison\n"
     )
     with pytest.raises(DataError) as e:
         load_generic(books)

@@ -15,7 +15,7 @@ from retrieval.index import check_shrink, current_index_dir
 from retrieval.leases import Lease
 
 from .conftest import run_cli
-from .test_errors_and_ingest import _one_line_error
+from .test_errors import _one_line_error
 
 
 @pytest.fixture()
@@ -114,38 +114,3 @@ def test_partial_folders_are_cleaned_at_the_next_start(home):
         lease.release()
     Recommender.open(home).close()
     assert {d.name for d in (home / "indexes").iterdir() if d.is_dir()} == {live.name}
-
-
-def test_a_lease_outlives_nothing_but_its_process(home, tmp_path):
-    """A lease held by a killed process is gone at once (flock), so its folder is collectable."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    old = home / "indexes" / "demo-old"
-    old.mkdir()
-    code = (
-        "import sys, time; from pathlib import Path; from retrieval.leases import Lease; "
-        "l = Lease(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)"
-    )
-    p = subprocess.Popen(
-        [sys.executable, "-c", code, str(old)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
-    )
-    try:
-        assert p.stdout.readline().strip() == "held"
-        from retrieval.leases import collect_garbage
-
-        assert collect_garbage(home) == [] and old.is_dir()  # served by another process: kept
-        p.send_signal(signal.SIGKILL)
-        p.wait(30)
-        time.sleep(0.1)
-        assert collect_garbage(home) == ["demo-old"] and not old.exists()
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait(30)

@@ -1,4 +1,5 @@
-"""LangChain pieces over a real ingested demo index (real embedder, real Chroma, real feedback store).
+"""LangChain pieces over a real ingested demo index (real embedder, real Chroma, real feedback
+store).
 
 The chat model in the chain is a deterministic stand-in backend (allowed for chains); everything
 it is given comes from the real retriever.

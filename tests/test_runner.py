@@ -18,13 +18,7 @@ import pandas as pd
 import pytest
 
 from assistant.cli import main
-from eval.metrics import rank_scores
-from eval.models import build_model
 from eval.runner import SAMPLED_WARNING
-from retrieval.fusion import top_k_matrix
-from retrieval.library import Library
-from retrieval.sources import HybridSource, SequenceSource, top_k
-from retrieval.types import Book, Rating, UserContext
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "goodbooks-sample"
 CACHE = Path(tempfile.gettempdir()) / "readnext-test-embedding-cache"
@@ -56,7 +50,8 @@ KEYS = {f"{m}@{k}" for k in (10, 20) for m in METRICS}
 
 
 def _eval(out: Path, *extra: str, dataset: Path = SAMPLE) -> int:
-    # Fewer validation readers and resamples than the defaults keep the file fast; the contract is the same.
+    # Fewer validation readers and resamples than the defaults keep the file fast; the contract is
+    # the same.
     return main(
         [
             "eval",
@@ -83,7 +78,8 @@ def _eval(out: Path, *extra: str, dataset: Path = SAMPLE) -> int:
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
-    """Two identical quick runs on goodbooks-sample into the same folder: (out, first metrics text)."""
+    """Two identical quick runs on goodbooks-sample into the same folder: (out, first metrics
+    text)."""
     if not (SAMPLE / "ratings.csv").is_file():
         pytest.skip("../shared/data/goodbooks-sample is not available")
     out = tmp_path_factory.mktemp("eval-sample")
@@ -214,7 +210,8 @@ def test_hybrid_explanations_are_fully_faithful(sample_run):
     assert e["faithfulness"] == 1.0, e["failures"]
 
 
-# --------------------------------------------------------------------------- a small synthetic dataset
+# --------------------------------------------------------------------------- a small synthetic
+# dataset
 
 
 def _synthetic(root: Path) -> Path:
@@ -293,98 +290,9 @@ def test_bad_dataset_is_a_one_line_error(tmp_path, capsys):
     assert last.startswith("readnext: error:") and "missing" in last and "Traceback" not in err
 
 
-# --------------------------------------------------------------------------- building blocks
-
-
-def _toy_library() -> Library:
-    books = [
-        Book(f"b{i}", f"Book {i}", (f"A{i % 2}",), tags=("x",) if i % 2 else ("y",))
-        for i in range(6)
-    ]
-    vecs = np.eye(6, dtype=np.float32)
-    seqs = {
-        "u1": ["b0", "b1", "b2"],
-        "u2": ["b0", "b1"],
-        "u3": ["b1", "b2"],
-        "u4": ["b3", "b4", "b5", "b0"],
-    }
-    rows = [(u, b, 5.0, float(t)) for u, bs in seqs.items() for t, b in enumerate(bs)]
-    return Library(books, vecs, pd.DataFrame(rows, columns=["user_id", "book_id", "rating", "ts"]))
-
-
-def test_sequence_source_counts_successors_by_hand():
-    lib = _toy_library()
-    src = SequenceSource(lib, window=1, norm=1.0, last=1)
-    # successors of b0: b1 (u1, u2) -> row b0 = {b1: 2/2}; of b1: b2 twice -> {b2: 1.0}
-    s = src.score(UserContext("new", [Rating("new", "b0", 5.0, 0.0)]))
-    assert s[lib.index["b1"]] == pytest.approx(1.0)
-    assert np.count_nonzero(s) == 1
-    s = src.score(
-        UserContext("new", [Rating("new", "b0", 5.0, 0.0), Rating("new", "b5", 4.0, 1.0)])
-    )
-    # last=1: only the newest book (b5) counts, and u4 read b0 right after b5
-    assert s[lib.index["b0"]] == pytest.approx(1.0) and np.count_nonzero(s) == 1
-    assert np.all(
-        np.isneginf(src.score(UserContext("new", [Rating("new", "b2", 5.0, 0.0)])))
-    )  # no successor
-
-
-def _toy_hybrid(method: str) -> tuple[Library, HybridSource, list[UserContext]]:
-    lib = _toy_library()
-    srcs = {
-        "cf": build_model("ease", lib, {"l2": 1.0}),
-        "content": build_model("content", lib, {}),
-        "popularity": build_model("popularity", lib, {}),
-    }
-    weights = {"cf": 1.0, "content": 0.5, "popularity": 0.2}
-    ctxs = [UserContext(u, lib.history(u)) for u in ("u1", "u2", "u3", "u4")]
-    ctxs.append(UserContext("new", [Rating("new", "b4", 4.0, 0.0)]))
-    # depth = catalog size: retrieval.sources.top_k and top_k_matrix break exact ties the same
-    # way (lower index), but a shallow RRF depth would make the tie at the cut-off matter.
-    return lib, HybridSource(lib, srcs, weights, rrf_k=5.0, depth=6, method=method), ctxs
-
-
-def test_rrf_fusion_is_the_hand_computed_sum():
-    lib, hybrid, ctxs = _toy_hybrid("rrf")
-    for c in ctxs:
-        want = np.zeros(lib.n_items)
-        found = np.zeros(lib.n_items, dtype=bool)
-        for n, src in hybrid.sources.items():
-            for rank, i in enumerate(top_k(src.score(c), 6, hybrid.exclude_idx(c)), start=1):
-                want[i] += hybrid.weights[n] / (5.0 + rank)
-                found[i] = True
-        want[~found] = -np.inf
-        np.testing.assert_allclose(hybrid.score(c), want)
-
-
-@pytest.mark.parametrize("method", ["score", "rrf"])
-def test_live_candidates_follow_the_batch_scores_eval_ranks(method):
-    """What `readnext recommend` returns (candidates, one reader) is what eval ranks (score_batch)."""
-    lib, hybrid, ctxs = _toy_hybrid(method)
-    S = hybrid.score_batch(ctxs)
-    excl = hybrid.exclude_mask(ctxs)
-    idx, valid = top_k_matrix(S, excl, 3)
-    for i, c in enumerate(ctxs):
-        got = [x.book_id for x in hybrid.candidates(c, 3)]
-        assert got == [lib.books[j].book_id for j in idx[i][valid[i]]]
-        assert not {r.book_id for r in c.history} & set(got)
-
-
-def test_top_k_matrix_matches_rank_scores():
-    rng = np.random.default_rng(3)
-    for _ in range(200):
-        n, m, k = int(rng.integers(1, 5)), int(rng.integers(1, 25)), int(rng.integers(1, 12))
-        S = rng.integers(0, 4, (n, m)).astype(float)  # many ties
-        S[rng.random((n, m)) < 0.2] = -np.inf
-        S[rng.random((n, m)) < 0.1] = np.nan
-        excl = rng.random((n, m)) < 0.2
-        idx, valid = top_k_matrix(S, excl, k)
-        for i in range(n):
-            assert idx[i][valid[i]].tolist() == list(rank_scores(S[i], None, k, excl[i]))
-
-
 def test_tuned_config_makes_the_live_hybrid_rank_as_eval_did(sample_run):
-    """`OUT/tuned-config.toml` + the live source builder reproduce eval's hybrid rankings exactly."""
+    """`OUT/tuned-config.toml` + the live source builder reproduce eval's hybrid rankings
+    exactly."""
     from eval.runner import EvalConfig, prepare
     from retrieval.config import Settings
     from retrieval.ranking import rank

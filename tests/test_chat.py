@@ -1,4 +1,5 @@
-"""The Gradio chat app: a real server on 127.0.0.1 driven by gradio_client, and the engine itself."""
+"""The Gradio chat app: a real server on 127.0.0.1 driven by gradio_client, and the engine
+itself."""
 
 from __future__ import annotations
 
