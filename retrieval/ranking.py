@@ -153,8 +153,6 @@ def rank_matrix(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 2-6 of the module docstring on a score matrix (readers x items) for ``ctxs``.
 
-    ``relevance``: per reader, the request-only relevance of every book, or None (step 5).
-
     Args:
         lib: the catalog.
         S: the score matrix, readers x items (``nan`` counts as ``-inf``).
@@ -163,6 +161,8 @@ def rank_matrix(
         constraints: chat constraints (``None``: none).
         series_order: never skip ahead in a series.
         depth: the rank-score depth for constraints (the hybrid's ``depth``).
+        relevance: per reader, the request-only relevance of every book, or None (step 5).
+        pool: how many of the most relevant books rank first (step 5; 0 = off).
 
     Returns:
         ``(idx, valid, final)``: the top ``k`` item indices per row, best first; which of them

@@ -951,8 +951,15 @@ class HybridSource(CandidateSource):
         return self.fuse(self.source_scores(ctxs), ctxs)
 
     def request_relevance(self, ctx: UserContext) -> np.ndarray | None:
-        """How relevant each book is to the request alone (no history): reciprocal-rank fusion
-        of the request's embedding cosine and its BM25 words; None without a topical query."""
+        """How relevant each book is to the request alone (no history).
+
+        Args:
+            ctx: the reader's context; only its ``query`` (and ``query_tags``) count.
+
+        Returns:
+            Reciprocal-rank fusion of the request's embedding cosine and its BM25 words, per
+            catalog book; None without a topical query.
+        """
         if not ctx.query:
             return None
         rows = []
