@@ -16,7 +16,7 @@ from typing import Any
 
 from retrieval.constraints import Constraints
 from retrieval.errors import ReadnextError
-from retrieval.types import Rating
+from retrieval.types import Rating, year_text
 
 from .explain import QUERY_EXCERPT, excerpt
 from .intent import (
@@ -420,7 +420,7 @@ class ChatEngine:
         b = self.rec.books[book_id]
         parts = [
             f"**{b.title}** by {', '.join(b.authors) or 'unknown author'}"
-            + (f" ({b.year})" if b.year is not None else "")
+            + (f" ({year_text(b.year)})" if b.year is not None else "")
         ]
         if b.series:
             parts.append(
@@ -486,7 +486,7 @@ def card_html(r: Recommendation, n: int) -> str:
     )
     tags = "".join(f'<span class="rn-tag">{e(t)}</span>' for t in r.tags[:6])
     srcs = "".join(f'<span class="rn-src">{e(s)}</span>' for s in r.sources)
-    meta = e(", ".join(r.authors)) + (f" · {r.year}" if r.year is not None else "")
+    meta = e(", ".join(r.authors)) + (f" · {year_text(r.year)}" if r.year is not None else "")
     # Only text that passed every check is called checked; a draft is not; the template says so.
     why_label = {
         "llm": "Why you (LLM, checked against evidence)",

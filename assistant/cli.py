@@ -103,11 +103,13 @@ def cmd_history(args) -> int:
 
 
 def _rec_text(items, notes) -> str:
+    from retrieval.types import year_text
+
     lines = [f"note: {n}" for n in notes]
     for r in items:
         lines.append(
             f"{r.rank}. {r.title} — {', '.join(r.authors)}"
-            + (f" ({r.year})" if r.year is not None else "")
+            + (f" ({year_text(r.year)})" if r.year is not None else "")
             + f"   [{' + '.join(r.sources)}]"
         )
         lines.append(f"   {r.explanation}")

@@ -8,7 +8,8 @@ Every ranking a reader sees or eval scores goes through :func:`rank_matrix`: the
 2. **exclusions**: books the reader rated, and ``ctx.exclude`` (dismissed, "not this one");
 3. **series order**: never volume n > 1 of a strictly ordered series to a reader who has not
    read volume n-1 -- volume 1 or the next unread one only (:meth:`SeriesIndex.blocked_for`);
-   for every reader, cold readers and request results included;
+   for every reader, cold readers and request results included; and no further volume of a
+   series the reader rated badly (:func:`disliked_series`);
 4. **constraints** (chat: "more fantasy", "not romance", "shorter"): the scores become a rank
    score ``1 / (depth + 1 + rank)``, disallowed books are dropped and soft preferences multiply
    it (z-scores can be negative, so a multiplicative boost needs a positive score: a 1.5x
@@ -114,9 +115,33 @@ def series_mask(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
         read = [r.book_id for r in c.history]
         if any(b in sidx.keys for b in read):
             mask[i, [lib.index[b] for b in sidx.blocked_for(read) if b in lib.index]] = True
+            gave_up = disliked_series(sidx, c.history)
+            if gave_up:  # never the sequel of a series the reader rated badly
+                rows = [
+                    lib.index[b]
+                    for key in gave_up
+                    for b in sidx.members[key]
+                    if b in lib.index and b not in read
+                ]
+                mask[i, rows] = True
         else:
             mask[i] = base
     return mask
+
+
+# A series whose volumes the reader rated this low on average (of 5) is not continued.
+DISLIKED_SERIES_MEAN = 2.0
+
+
+def disliked_series(sidx: Any, history: Sequence[Any]) -> set[str]:
+    """Keys of the series whose read volumes the reader rated ``<= DISLIKED_SERIES_MEAN`` on
+    average (step 3: "Twilight" rated 2 stars, so no "New Moon")."""
+    by_key: dict[str, list[float]] = {}
+    for r in history:
+        key = sidx.keys.get(r.book_id)
+        if key is not None and r.rating >= 1:  # 0 = an implicit read (Book-Crossing): no verdict
+            by_key.setdefault(key, []).append(float(r.rating))
+    return {k for k, rs in by_key.items() if sum(rs) / len(rs) <= DISLIKED_SERIES_MEAN}
 
 
 def constraint_scores(

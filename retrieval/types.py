@@ -122,3 +122,10 @@ class UserContext:
     to_read: set[str] = field(default_factory=set)
     query_tags: tuple[str, ...] = ()
     anchors: tuple[str, ...] = ()
+
+
+def year_text(year: int | None) -> str:
+    """A publication year as a reader writes it: ``1937``, ``340 BC``; ``""`` when unknown."""
+    if year is None:
+        return ""
+    return f"{-int(year)} BC" if int(year) < 0 else str(int(year))

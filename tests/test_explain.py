@@ -172,3 +172,9 @@ def test_explaining_a_book_you_already_judged_says_so_plainly(rec):
     other = rec.recommend(user_id=u, k=1)[0].book_id
     rec.add_feedback(u, other, "not_interested")
     assert "not interested" in rec.explain(u, other).explanation
+
+
+def test_years_read_as_a_reader_writes_them():
+    from retrieval.types import year_text
+
+    assert (year_text(1937), year_text(-340), year_text(None)) == ("1937", "340 BC", "")

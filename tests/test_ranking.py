@@ -56,6 +56,11 @@ def test_series_order_holds_for_cold_readers_requests_and_readers_mid_series():
     # skipping ahead on one's own is allowed; the next unread volume is the one offered
     late = rank_one(pop, UserContext("r", [Rating("r", "s2", 5.0, 0.0)]), 10).book_ids(lib)
     assert "s3" in late and "s1" in late
+    # a series the reader rated badly is not continued (nor its novella); a liked one is
+    bad = rank_one(pop, UserContext("r", [Rating("r", "s1", 2.0, 0.0)]), 10).book_ids(lib)
+    assert not {"s2", "s3", "n"} & set(bad) and {"x", "y"} <= set(bad)
+    ok = rank_one(pop, UserContext("r", [Rating("r", "s1", 3.0, 0.0)]), 10).book_ids(lib)
+    assert "s2" in ok
     # the batched mask is the per-reader rule, reader by reader
     ctxs = [UserContext("new"), UserContext("r", [Rating("r", "s1", 5.0, 0.0)])]
     m = series_mask(lib, ctxs)
