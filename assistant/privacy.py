@@ -80,10 +80,10 @@ def forget_reader(
             rows[k] += v
         if d.resolve() == Path(rec.index.path).resolve():
             vectors += pv.purge_from_collection(rec.store, "users", [user_id])
-        elif (d / "chroma").is_dir():
+        elif (d / "chroma").is_dir() or rec.settings.chroma.mode != "embedded":
             from retrieval.store import VectorStore
 
-            vs = VectorStore(d / "chroma")
+            vs = VectorStore(d / "chroma", chroma=rec.settings.chroma)
             try:
                 vectors += pv.purge_from_collection(vs, "users", [user_id])
             finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -430,6 +431,49 @@ class IngestConfig:
     reload_check_s: float = 1.0  # how often a running server looks for a newly ingested index
 
 
+CHROMA_MODES = ("embedded", "http")
+
+
+@dataclass
+class ChromaConfig:
+    """Where the vector collections live: embedded in each index folder, or a Chroma server.
+
+    ``mode = "http"`` talks to ``chroma run --host H --port P`` (``chromadb.HttpClient``): app
+    replicas share one server; each ingest writes its own collections there (named after the
+    index folder), so the served ones are never overwritten mid-build.
+    """
+
+    mode: str = "embedded"  # embedded (PersistentClient in the index folder) | http (a server)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ssl: bool = False
+    collection_prefix: str = "readnext"  # server mode: names are PREFIX-<index folder>-books|users
+
+    def validate(self, where: str = "chroma") -> None:
+        """Refuse a mode, host or port no client can use."""
+        _need(
+            self.mode in CHROMA_MODES,
+            where,
+            f"mode = {self.mode!r}; use one of {', '.join(CHROMA_MODES)}",
+        )
+        _need(
+            isinstance(self.host, str) and 0 < len(self.host) <= 255 and " " not in self.host,
+            where,
+            f"host must be a host name or address, got {str(self.host)[:40]!r}",
+        )
+        _need(
+            isinstance(self.port, int) and 1 <= self.port <= 65535,
+            where,
+            f"port must be 1-65535, got {self.port!r}",
+        )
+        _need(
+            bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", str(self.collection_prefix))),
+            where,
+            "collection_prefix must be 1-64 letters, digits, '.', '_', '-' starting with a "
+            f"letter or digit, got {str(self.collection_prefix)[:40]!r}",
+        )
+
+
 @dataclass
 class Settings:
     """Everything configurable in readnext. Build with :meth:`Settings.load`."""
@@ -451,6 +495,7 @@ class Settings:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     request: RequestConfig = field(default_factory=RequestConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    chroma: ChromaConfig = field(default_factory=ChromaConfig)
 
     @classmethod
     def load(
