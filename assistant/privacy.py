@@ -100,6 +100,9 @@ def forget_reader(
 
         accounts = AccountStore.for_home(home, rec.settings.chat.accounts_file)
     out["account_removed"] = accounts.remove(user_id)
+    from .api_keys import KeyStore
+
+    out["api_keys_revoked"] = KeyStore.for_home(home).revoke_reader(user_id)
     out["log_lines"] = pv.scrub_logs(home, [pseudonym])
     pv.remember_forgotten(home, pseudonym)
     return out

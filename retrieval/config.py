@@ -431,6 +431,22 @@ class IngestConfig:
     reload_check_s: float = 1.0  # how often a running server looks for a newly ingested index
 
 
+@dataclass
+class RestConfig:
+    """The REST API, ``readnext serve`` (keys: ``readnext keys``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def validate(self, where: str = "rest") -> None:
+        """Refuse a port no server can bind."""
+        _need(
+            isinstance(self.port, int) and 1 <= self.port <= 65535,
+            where,
+            f"port must be 1-65535, got {self.port!r}",
+        )
+
+
 CHROMA_MODES = ("embedded", "http")
 
 
@@ -496,6 +512,7 @@ class Settings:
     request: RequestConfig = field(default_factory=RequestConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     chroma: ChromaConfig = field(default_factory=ChromaConfig)
+    rest: RestConfig = field(default_factory=RestConfig)
 
     @classmethod
     def load(
