@@ -89,9 +89,11 @@ class AuthError(ReadnextError):
     """No key, or a key this server does not know."""
 
 
-def _json(status: int, obj: Any) -> Response:
+def _json(status: int, obj: Any, service_ms: float | None = None) -> Response:
     body = json.dumps(obj, ensure_ascii=False, default=str, separators=(",", ":"))
-    return Response(body, status_code=status, media_type="application/json")
+    # Server-Timing tells a client (and bench/bench_rest.py) how much of its wait was the work
+    headers = {"Server-Timing": f"service;dur={service_ms:.1f}"} if service_ms is not None else None
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 class BodyLimit:
@@ -213,8 +215,9 @@ def build_app(svc: ReaderService, keys: KeyStore, max_body: int = MAX_BODY_BYTES
         c = caller(authorization, x_api_key)
         # a program gets a 422 for an over-long request (the chat answers it with a polite turn)
         check_query_length(body.query, rec.settings.chat.max_message_chars)
+        t0 = time.perf_counter()
         out = svc.recommend(c, reader_of(c, body.reader), body.query, body.k)
-        return _json(200, out)
+        return _json(200, out, (time.perf_counter() - t0) * 1e3)
 
     @app.post("/v1/explain", tags=["recommend"])
     def explain(body: ExplainIn, authorization: Auth = None, x_api_key: Auth = None):

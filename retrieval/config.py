@@ -390,6 +390,10 @@ class ChatConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     concurrency: int = 4
+    # Gradio API calls (recommend, feedback) run at once: they are short and thread-safe (the
+    # LLM has its own lock and deadlines); UI events keep `concurrency`. 4 left 8 API clients
+    # queueing behind each other (bench/bench_rest.py).
+    api_concurrency: int = 16
     k: int = 5
     auth: str | None = None  # "user:password"; required when host is not loopback
     # Parse chat intents with the LLM: "auto" = only with a model bigger than the offline 135M one
@@ -601,6 +605,10 @@ class Settings:
             raise ReadnextError(
                 f"{origin}: ingest.min_fraction must be in 0..1; got {self.ingest.min_fraction}"
             )
+        for name in ("concurrency", "api_concurrency"):
+            v = getattr(self.chat, name)
+            if not isinstance(v, int) or not 1 <= v <= 1000:
+                raise ReadnextError(f"{origin}: chat.{name} must be an integer 1-1000; got {v!r}")
         limit = self.chat.max_message_chars
         if not isinstance(limit, int) or not 1 <= limit <= 100_000:
             raise ReadnextError(
