@@ -13,7 +13,7 @@ def cmd_serve(args) -> int:
     from .rest import serve
 
     s = _settings(args)
-    serve(s, host=args.host or s.rest.host, port=args.port or s.rest.port)
+    serve(s, host=args.host or s.rest.host, port=args.port or s.rest.port, json_out=args.json)
     return 0
 
 

@@ -299,7 +299,13 @@ def open_service(settings: Settings) -> ReaderService:
     return svc
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, block: bool = True) -> Any:
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    block: bool = True,
+    json_out: bool = False,
+) -> Any:
     """Start ``readnext serve``: load and warm everything, then listen on ``host:port``.
 
     Args:
@@ -307,6 +313,7 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, block: 
         host: bind address (loopback by default; every route but healthz needs a key anyway).
         port: TCP port.
         block: run until interrupted (False: return the started ``uvicorn.Server``, for tests).
+        json_out: print the start-up line as JSON (``readnext serve --json``).
 
     Returns:
         The uvicorn server (after it stopped, when ``block``).
@@ -320,12 +327,17 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, block: 
     svc = open_service(settings)
     app = build_app(svc, keys)
     n = len(keys)
-    print(
-        f"readnext REST API on http://{host}:{port}/v1  (docs: /docs; data: "
-        f"{svc.rec.meta.get('label')}; {n} API key(s); ready in {time.perf_counter() - t0:.1f} s)",
-        flush=True,
-    )
-    if n == 0:
+    ready = round(time.perf_counter() - t0, 1)
+    if json_out:
+        info = {"url": f"http://{host}:{port}/v1", "docs": f"http://{host}:{port}/docs"}
+        print(json.dumps({**info, "api_keys": n, "ready_s": ready}), flush=True)
+    else:
+        print(
+            f"readnext REST API on http://{host}:{port}/v1  (docs: /docs; data: "
+            f"{svc.rec.meta.get('label')}; {n} API key(s); ready in {ready} s)",
+            flush=True,
+        )
+    if n == 0 and not json_out:
         print(
             "note: no API keys yet: create one with `readnext keys create --reader ID` "
             "(or --admin); every route but /v1/healthz needs one",
