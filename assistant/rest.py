@@ -295,7 +295,14 @@ def open_service(settings: Settings) -> ReaderService:
     accounts = AccountStore.for_home(settings.home, settings.chat.accounts_file)
     svc = ReaderService(rec, accounts)
     setup_request_log(settings.home, settings.privacy.log_days)
-    svc.recommend(Caller(None, OWNER), None, "a good book", 1)  # the intent parser, the engine
+    # One guest and one reader request (read-only): the intent parser, the engine, and what a
+    # reader's first request loads lazily (the `users` collection's HNSW index, CF rows).
+    owner = Caller(None, OWNER)
+    svc.recommend(owner, None, "a good book", 1)
+    some_reader = next(iter(rec.lib.user_index), None)
+    if some_reader is not None:
+        svc.recommend(owner, some_reader, "what should I read next?", 10)
+        svc.recommend(owner, some_reader, "something funny", 10)
     return svc
 
 
