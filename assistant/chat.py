@@ -367,8 +367,9 @@ def build_app(
                 return {"error": "forget erases the reader for good: call again with confirm=True"}
             return api_call(svc.forget, request, user_id)
 
-        gr.api(recommend, api_name="recommend")
-        gr.api(feedback, api_name="feedback")
+        api_limit = rec.settings.chat.api_concurrency  # programs' short calls: more at once
+        gr.api(recommend, api_name="recommend", concurrency_limit=api_limit)
+        gr.api(feedback, api_name="feedback", concurrency_limit=api_limit)
         gr.api(new_reader, api_name="new_reader")
         gr.api(import_goodreads, api_name="import_goodreads")
         gr.api(readers_list, api_name="readers")

@@ -426,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_privacy_commands(sub, common)
 
+    from .cli_rest import add_rest_commands
+
+    add_rest_commands(sub, common)
+
     a = sub.add_parser(
         "serve-llm", parents=[common], help="serve an LLM backend as an OpenAI-compatible endpoint"
     )

@@ -200,7 +200,7 @@ def _chroma(s: Settings) -> Check:
     except ReadnextError:
         return Check("chroma", None, "skipped: no index yet")
     try:
-        st = VectorStore(d / "chroma")
+        st = VectorStore(d / "chroma", chroma=s.chroma)
         n_b, n_u = st.count("books"), st.count("users")
         st.close()
         return Check("chroma", True, f"{d / 'chroma'}: {n_b} books, {n_u} readers")

@@ -80,10 +80,10 @@ def forget_reader(
             rows[k] += v
         if d.resolve() == Path(rec.index.path).resolve():
             vectors += pv.purge_from_collection(rec.store, "users", [user_id])
-        elif (d / "chroma").is_dir():
+        elif (d / "chroma").is_dir() or rec.settings.chroma.mode != "embedded":
             from retrieval.store import VectorStore
 
-            vs = VectorStore(d / "chroma")
+            vs = VectorStore(d / "chroma", chroma=rec.settings.chroma)
             try:
                 vectors += pv.purge_from_collection(vs, "users", [user_id])
             finally:
@@ -100,6 +100,9 @@ def forget_reader(
 
         accounts = AccountStore.for_home(home, rec.settings.chat.accounts_file)
     out["account_removed"] = accounts.remove(user_id)
+    from .api_keys import KeyStore
+
+    out["api_keys_revoked"] = KeyStore.for_home(home).revoke_reader(user_id)
     out["log_lines"] = pv.scrub_logs(home, [pseudonym])
     pv.remember_forgotten(home, pseudonym)
     return out

@@ -217,7 +217,7 @@ class Recommender:
             try:
                 index = Index.open(self.settings.home)
                 state = self._build_state(index)
-                store = VectorStore(index.path / "chroma", self.embedder)
+                store = VectorStore(index.path / "chroma", self.embedder, self.settings.chroma)
             except Exception as e:  # keep serving the old index, say why once
                 self._failed_reload, self.last_reload_error = name, f"{type(e).__name__}: {e}"
                 return False
@@ -299,7 +299,9 @@ class Recommender:
                 if self._store is None:
                     from retrieval.store import VectorStore
 
-                    self._store = VectorStore(self.index.path / "chroma", embedder)
+                    self._store = VectorStore(
+                        self.index.path / "chroma", embedder, self.settings.chroma
+                    )
                 store = self._store
         return store
 

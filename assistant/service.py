@@ -289,6 +289,18 @@ class ReaderService:
 
         return self._call("recommend", caller, run)
 
+    def explain(self, caller: Caller, reader: str | None, book_id: str) -> dict:
+        """Why ``book_id`` for a reader (``readnext explain``): the evidence, as plain data."""
+
+        def run():
+            uid = self.reader_for(caller, reader)
+            if uid is None:
+                raise ReadnextError("name the reader to explain the book for (user_id)")
+            r = self.rec.explain(uid, self._text(book_id, "book_id", 100))
+            return uid, {"user_id": uid, **r.to_dict()}
+
+        return self._call("explain", caller, run)
+
     def feedback(self, caller: Caller, reader: str | None, book_id: str, signal: Any) -> dict:
         """Record a rating 1-5 or a signal for an existing reader (never creates one).
 

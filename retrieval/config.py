@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -399,6 +400,10 @@ class ChatConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     concurrency: int = 4
+    # Gradio API calls (recommend, feedback) run at once: they are short and thread-safe (the
+    # LLM has its own lock and deadlines); UI events keep `concurrency`. 4 left 8 API clients
+    # queueing behind each other (bench/bench_rest.py).
+    api_concurrency: int = 16
     k: int = 5
     auth: str | None = None  # "user:password"; required when host is not loopback
     # Parse chat intents with the LLM: "auto" = only with a model bigger than the offline 135M one
@@ -441,6 +446,65 @@ class IngestConfig:
 
 
 @dataclass
+class RestConfig:
+    """The REST API, ``readnext serve`` (keys: ``readnext keys``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    def validate(self, where: str = "rest") -> None:
+        """Refuse a port no server can bind."""
+        _need(
+            isinstance(self.port, int) and 1 <= self.port <= 65535,
+            where,
+            f"port must be 1-65535, got {self.port!r}",
+        )
+
+
+CHROMA_MODES = ("embedded", "http")
+
+
+@dataclass
+class ChromaConfig:
+    """Where the vector collections live: embedded in each index folder, or a Chroma server.
+
+    ``mode = "http"`` talks to ``chroma run --host H --port P`` (``chromadb.HttpClient``): app
+    replicas share one server; each ingest writes its own collections there (named after the
+    index folder), so the served ones are never overwritten mid-build.
+    """
+
+    mode: str = "embedded"  # embedded (PersistentClient in the index folder) | http (a server)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ssl: bool = False
+    collection_prefix: str = "readnext"  # server mode: names are PREFIX-<index folder>-books|users
+
+    def validate(self, where: str = "chroma") -> None:
+        """Refuse a mode, host or port no client can use."""
+        _need(
+            self.mode in CHROMA_MODES,
+            where,
+            f"mode = {self.mode!r}; use one of {', '.join(CHROMA_MODES)}",
+        )
+        _need(
+            isinstance(self.host, str) and 0 < len(self.host) <= 255 and " " not in self.host,
+            where,
+            f"host must be a host name or address, got {str(self.host)[:40]!r}",
+        )
+        _need(
+            isinstance(self.port, int) and 1 <= self.port <= 65535,
+            where,
+            f"port must be 1-65535, got {self.port!r}",
+        )
+        _need(
+            bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", str(self.collection_prefix))),
+            where,
+            "collection_prefix must be 1-64 letters, digits, '.', '_', '-' starting with a "
+            f"letter or digit, got {str(self.collection_prefix)[:40]!r}",
+        )
+
+
+@dataclass
 class Settings:
     """Everything configurable in readnext. Build with :meth:`Settings.load`."""
 
@@ -461,6 +525,8 @@ class Settings:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     request: RequestConfig = field(default_factory=RequestConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    chroma: ChromaConfig = field(default_factory=ChromaConfig)
+    rest: RestConfig = field(default_factory=RestConfig)
 
     @classmethod
     def load(
@@ -549,6 +615,10 @@ class Settings:
             raise ReadnextError(
                 f"{origin}: ingest.min_fraction must be in 0..1; got {self.ingest.min_fraction}"
             )
+        for name in ("concurrency", "api_concurrency"):
+            v = getattr(self.chat, name)
+            if not isinstance(v, int) or not 1 <= v <= 1000:
+                raise ReadnextError(f"{origin}: chat.{name} must be an integer 1-1000; got {v!r}")
         limit = self.chat.max_message_chars
         if not isinstance(limit, int) or not 1 <= limit <= 100_000:
             raise ReadnextError(

@@ -196,7 +196,7 @@ def ingest(
         step("embed", t)
 
         t = time.perf_counter()
-        store = VectorStore(out / "chroma", emb)
+        store = VectorStore(out / "chroma", emb, settings.chroma)
         metas = [
             {
                 "title": b.title,

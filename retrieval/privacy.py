@@ -197,8 +197,9 @@ def purge_from_collection(store, collection: str, ids: Sequence[str], batch: int
         "configuration": {"hnsw": {"space": "cosine"}},
         "embedding_function": col._embedding_function,
     }
-    client.delete_collection(collection)
-    new = client.create_collection(collection, **kw)
+    name = getattr(store, "names", {}).get(collection, collection)
+    client.delete_collection(name)
+    new = client.create_collection(name, **kw)
     setattr(store, collection, new)
     has_docs = any(d is not None for d in keep_docs)
     for s in range(0, len(keep_ids), batch):

@@ -6,14 +6,18 @@ queries), because Chroma's default embedding function downloads a model.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .embed import Embedder, offline_env
+
+if TYPE_CHECKING:
+    from .config import ChromaConfig
 
 BOOKS = "books"
 USERS = "users"
@@ -66,26 +70,73 @@ def make_embedding_function(embedder: Embedder):
     return ReadnextEmbeddingFunction()
 
 
+def chroma_client(path: str | Path, chroma: ChromaConfig | None = None):
+    """The one place a Chroma client is made: embedded in ``path``, or a Chroma server.
+
+    Args:
+        path: the index's ``chroma`` folder (used by the embedded mode only).
+        chroma: ``[chroma]`` settings; None or ``mode = "embedded"``: a ``PersistentClient``.
+
+    Returns:
+        A ``chromadb`` client with telemetry off.
+    """
+    chromadb, *_ = _chroma()
+    from chromadb.config import Settings as ChromaSettings
+
+    cs = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+    if chroma is None or chroma.mode == "embedded":
+        return chromadb.PersistentClient(path=str(path), settings=cs)
+    try:
+        return chromadb.HttpClient(host=chroma.host, port=chroma.port, ssl=chroma.ssl, settings=cs)
+    except Exception as e:  # chromadb raises ValueError/ConnectError/... when unreachable
+        from .errors import ReadnextError
+
+        raise ReadnextError(
+            f"cannot reach the Chroma server at {chroma.host}:{chroma.port} "
+            f"({type(e).__name__}): start it with `chroma run --path DIR --host {chroma.host} "
+            f'--port {chroma.port}` or set chroma.mode = "embedded"'
+        ) from None
+
+
+def collection_names(path: str | Path, chroma: ChromaConfig | None = None) -> dict[str, str]:
+    """Collection names of one index: ``books``/``users`` embedded (one Chroma per index folder);
+    on a server, which holds every index version side by side, prefixed with the index folder's
+    name (unique per ingest), so a new ingest never overwrites the collections being served."""
+    if chroma is None or chroma.mode == "embedded":
+        return {BOOKS: BOOKS, USERS: USERS}
+    p = Path(path)
+    folder = p.parent.name if p.name == "chroma" else p.name
+    # Chroma names: 3-512 of [a-zA-Z0-9._-], starting and ending with a letter or digit
+    key = re.sub(r"[^A-Za-z0-9._-]", "-", f"{chroma.collection_prefix}-{folder}")[:400]
+    return {BOOKS: f"{key}-{BOOKS}", USERS: f"{key}-{USERS}"}
+
+
 class VectorStore:
-    """The two Chroma collections of one index: ``books`` and ``users`` (cosine space)."""
+    """The two Chroma collections of one index: ``books`` and ``users`` (cosine space).
 
-    def __init__(self, path: str | Path, embedder: Embedder | None = None) -> None:
-        chromadb, *_ = _chroma()
-        from chromadb.config import Settings as ChromaSettings
+    Args:
+        path: the index's ``chroma`` folder.
+        embedder: for text queries (None: vector queries only).
+        chroma: ``[chroma]`` settings (None: embedded in ``path``).
+    """
 
+    def __init__(
+        self,
+        path: str | Path,
+        embedder: Embedder | None = None,
+        chroma: ChromaConfig | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.names = collection_names(self.path, chroma)
         self._write_lock = threading.Lock()  # one writer at a time per store; reads run freely
         with _OPEN_LOCK:
-            self.client = chromadb.PersistentClient(
-                path=str(self.path),
-                settings=ChromaSettings(anonymized_telemetry=False, allow_reset=False),
-            )
+            self.client = chroma_client(self.path, chroma)
             ef = make_embedding_function(embedder) if embedder is not None else None
             kw: dict[str, Any] = {
                 "configuration": {"hnsw": {"space": "cosine"}},
                 "embedding_function": ef,
             }
-            self.books = self.client.get_or_create_collection(BOOKS, **kw)
+            self.books = self.client.get_or_create_collection(self.names[BOOKS], **kw)
             # Readers-like-you asks `users` for ~100 neighbours: a wider HNSW search (ef_search)
             # keeps Chroma's answer equal to the exact one (bench/bench_readers.py measures recall).
             ukw = {
@@ -98,7 +149,7 @@ class VectorStore:
                     }
                 },
             }
-            self.users = self.client.get_or_create_collection(USERS, **ukw)
+            self.users = self.client.get_or_create_collection(self.names[USERS], **ukw)
 
     def _batches(self, n: int) -> Iterable[slice]:
         size = min(4000, self.client.get_max_batch_size())
