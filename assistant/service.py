@@ -290,7 +290,16 @@ class ReaderService:
         return self._call("recommend", caller, run)
 
     def explain(self, caller: Caller, reader: str | None, book_id: str) -> dict:
-        """Why ``book_id`` for a reader (``readnext explain``): the evidence, as plain data."""
+        """Why ``book_id`` for a reader (``readnext explain``): the evidence, as plain data.
+
+        Args:
+            caller: who is asking.
+            reader: the reader to explain for (required for owners and admins).
+            book_id: the book.
+
+        Returns:
+            ``{"user_id": ..., **Explanation.to_dict()}``.
+        """
 
         def run():
             uid = self.reader_for(caller, reader)

@@ -18,6 +18,9 @@ COVERED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     # the CLI is driven by the tests of each command it runs
     "assistant.cli": ("test_recommender.py", "test_chat_engine.py", "test_runner.py"),
     "assistant.cli_privacy": ("test_privacy.py",),  # `readnext export` / `forget`
+    # the REST server's keys and its CLI (`readnext serve`, `readnext keys`) run in its tests
+    "assistant.api_keys": ("test_rest.py",),
+    "assistant.cli_rest": ("test_rest.py",),
     # the explainer is the LLM text path: grounding checks and the text study drive it
     "assistant.explainer": ("test_grounding.py", "test_text_study.py"),
     "assistant.importer": ("test_chat_engine.py", "test_properties.py"),  # Goodreads re-imports
