@@ -298,6 +298,7 @@ class CFSource(CandidateSource):
         params: Mapping | None = None,
         max_ease_items: int = 15000,
         confidence: str = "liked",
+        max_itemknn_items: int = 200_000,
         fitted=None,
         name: str | None = None,
         half_life_events: float | None = None,
@@ -313,6 +314,7 @@ class CFSource(CandidateSource):
             config = CFConfig(
                 model=model,
                 max_ease_items=max_ease_items,
+                max_itemknn_items=max_itemknn_items,
                 params=dict(params or {}),
                 half_life_events=half_life_events,
                 liked_boost=float(liked_boost),
@@ -329,9 +331,22 @@ class CFSource(CandidateSource):
         self._conf = lambda r: confidence_from_ratings(r, mode=confidence)
         self.active = np.flatnonzero(lib.pop_count > 0)
         n_active = len(self.active)
-        if model == "auto":
-            # beyond EASE's dense inverse, item-kNN: on Book-Crossing (36k books) it beat ALS untuned and tuned
-            model = "ease" if n_active <= max_ease_items else "itemknn"
+        if model == "auto" and fitted is not None:
+            model = fitted.name  # the choice made at ingest travels with the fitted model
+            self.choice = f"{model}: fitted at ingest"
+        elif model == "auto":
+            # beyond EASE's dense inverse, item-kNN (on Book-Crossing, 36k books, it beat ALS
+            # untuned and tuned); beyond item-kNN's quadratic fit, ALS. See choose_cf_model.
+            from .cf import choose_cf_model
+
+            model, self.choice = choose_cf_model(
+                n_active,
+                max_ease_items,
+                config.max_itemknn_items,
+                config.ease_memory_fraction,
+            )
+        else:
+            self.choice = f"{model}: cf.model = {model!r} in the config"
         self.model_name = model
         self.half_life_events = half_life_events
         self.liked_boost = float(liked_boost)
