@@ -17,7 +17,8 @@ times of the stages it finished. Sizes: 10k = 10k books / 100k ratings, 100k = 1
 SASRec trains over the whole catalog with a full softmax; it is on up to ``--sasrec-max-books``
 (default 2k) and off above: at 10k books (7.4k rated, 5k readers) one epoch took ~62 s on
 the shared machine, up to 60 epochs, so its CPU training alone would take about an hour.
-REST throughput comes from ``bench/bench_rest.py`` when it exists (helper rest); else skipped.
+REST throughput (1 and 8 clients, ``--rest-seconds`` each) comes from ``bench/bench_rest.py
+--home HOME --only rest`` when that script exists (helper rest's); else the result says skipped.
 
 Writes ``bench/results/growth-<date>.json``. Timing figures on a shared 2-core machine are
 noisy (other jobs run beside it): compare orders of magnitude, not percent.
@@ -178,6 +179,25 @@ def run_size(name: str, args, base: Path) -> dict:
     if rec["rc"] == 0:
         rec.update(json.loads(out.strip().splitlines()[-1]))
     res["recommend"] = rec
+    rest = ROOT / "bench" / "bench_rest.py"
+    if rest.exists() and args.rest_seconds > 0:
+        print(f"[{name}] REST throughput (bench_rest.py, 1 and 8 clients)", flush=True)
+        r, out = _child(
+            [*py, str(rest), "--home", str(home), "--seconds", str(args.rest_seconds)]
+            + ["--clients", "1,8", "--only", "rest"],
+            log,
+            env,
+            args.min_free_gib,
+            args.limit_s,
+        )
+        if r["rc"] == 0:
+            try:
+                r["result"] = json.loads(out)
+            except ValueError:
+                r["result"] = out[-2000:]
+        res["rest"] = r
+    else:
+        res["rest"] = "skipped: no bench/bench_rest.py in this tree (helper rest)"
     if not args.keep:
         shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
@@ -336,6 +356,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--embed-sample", type=int, default=2000, help="0 = skip")
     ap.add_argument("--sasrec-max-books", type=int, default=2_000)
+    ap.add_argument("--rest-seconds", type=float, default=5.0, help="0 = skip REST")
     ap.add_argument("--min-free-gib", type=float, default=4.0)
     ap.add_argument("--limit-s", type=float, default=4 * 3600, help="per stage")
     ap.add_argument("--keep", help="keep datasets and homes under this folder")
@@ -399,12 +420,6 @@ def main() -> int:
         result["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))  # after each size: partial runs count
-    rest = ROOT / "bench" / "bench_rest.py"
-    result["rest"] = (
-        "bench/bench_rest.py exists: run it against each home (not automated here yet)"
-        if rest.exists()
-        else "skipped: bench/bench_rest.py (helper rest) is not in this tree"
-    )
     path.write_text(json.dumps(result, indent=2))
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
