@@ -341,7 +341,8 @@ def table(result: dict) -> str:
             f"| {name} | {who} | {total} | "
             + " | ".join(cells)
             + f" | {ing.get('cf_model', '-')} | {ing.get('peak_rss_mib', 0) / 1024:.1f} GiB | "
-            + f"{idx} | {p} | {rec.get('rss_mib', 0) / 1024:.1f} GiB |"
+            + f"{idx} | {p} | "
+            + (f"{rec['rss_mib'] / 1024:.1f} GiB |" if "rss_mib" in rec else "- |")
         )
     return "\n".join(lines)
 
