@@ -57,10 +57,34 @@ def cmd_ingest(args) -> int:
     for n in ds.notes:
         print(f"note: {n}", file=sys.stderr)
     out = ingest(
-        ds, s, progress=not args.no_progress and not args.json, quiet=args.json, force=args.force
+        ds,
+        s,
+        progress=not args.no_progress and not args.json,
+        quiet=args.json,
+        force=args.force,
+        synthetic_vectors=args.synthetic_vectors,
     )
     meta = json.loads((out / "meta.json").read_text())
     _print(args, {"index": str(out), **meta}, "")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from retrieval.synthetic import SyntheticSpec, generate
+
+    spec = SyntheticSpec(books=args.books, ratings=args.ratings, users=args.users, seed=args.seed)
+    try:
+        spec.validate()
+    except ValueError as e:
+        raise ReadnextError(str(e)) from None
+    summary = generate(spec, args.out, progress=not args.json and not args.no_progress)
+    _print(
+        args,
+        {"out": str(args.out), **summary},
+        f"wrote {summary['books']:,} books ({summary['series']:,} series), "
+        f"{summary['ratings']:,} ratings by {summary['users']:,} readers to {args.out} "
+        f"(synthetic, seed {args.seed}); ingest with `readnext ingest --dataset {args.out}`",
+    )
     return 0
 
 
@@ -341,7 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the live index even with an empty or much smaller catalog or reader set",
     )
+    a.add_argument(
+        "--synthetic-vectors",
+        action="store_true",
+        help="growth runs only: seeded stand-in book vectors instead of embeddings "
+        "(recorded in meta.json; text queries then match nothing real)",
+    )
     a.set_defaults(func=cmd_ingest)
+
+    a = sub.add_parser(
+        "synth", parents=[common], help="write a seeded synthetic catalog + readers (generic CSVs)"
+    )
+    a.add_argument("--books", type=int, default=10_000)
+    a.add_argument("--ratings", type=int, default=100_000)
+    a.add_argument("--users", type=int, default=0, help="readers (default: ratings / 20)")
+    a.add_argument("--seed", type=int, default=7)
+    a.add_argument("--out", required=True, help="dataset folder to write")
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(func=cmd_synth)
 
     a = sub.add_parser("users", parents=[common], help="list readers")
     a.add_argument("--limit", type=int, default=0)

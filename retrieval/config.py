@@ -147,10 +147,14 @@ class FusionConfig:
 class CFConfig:
     """The collaborative-filtering model trained at ingest, and the reader's fold-in row."""
 
-    model: str = (
-        "auto"  # auto | ease | als | itemknn | bpr ; auto = EASE up to max_ease_items else item-kNN
-    )
+    # auto | ease | als | itemknn | bpr ; auto: retrieval.cf.choose_cf_model (EASE where its
+    # dense fit fits, else item-kNN up to max_itemknn_items, else ALS; docs/scaling.md)
+    model: str = "auto"
     max_ease_items: int = 15000
+    # auto: EASE also needs its dense fit (~24 B x items^2) within this share of free memory;
+    # item-kNN up to max_itemknn_items rated books (its fit is quadratic in items), ALS beyond.
+    ease_memory_fraction: float = 0.5
+    max_itemknn_items: int = 200_000
     params: dict[str, Any] = field(default_factory=dict)
     # Recency half-life of the reader's row in events (0 or None: all books count alike); ordered data only.
     half_life_events: float | None = 2.0
@@ -174,6 +178,16 @@ class CFConfig:
             self.max_ease_items >= 1,
             where,
             f"max_ease_items must be >= 1, got {self.max_ease_items}",
+        )
+        _need(
+            0 < self.ease_memory_fraction <= 1,
+            where,
+            f"ease_memory_fraction must be in (0, 1], got {self.ease_memory_fraction}",
+        )
+        _need(
+            self.max_itemknn_items >= 1,
+            where,
+            f"max_itemknn_items must be >= 1, got {self.max_itemknn_items}",
         )
         _need(
             isinstance(self.params, Mapping), where, f"params must be a table, got {self.params!r}"

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,7 @@ def ingest(
     quiet: bool = False,
     fail_after: str | None = None,
     force: bool = False,
+    synthetic_vectors: bool = False,
 ) -> Path:
     """Build a complete index for ``ds`` beside the live one, then swap it in.
 
@@ -121,6 +122,9 @@ def ingest(
         quiet: print nothing.
         fail_after: testing aid, raises after the named step to prove atomicity.
         force: skip the guard against an empty or much smaller catalog / reader set.
+        synthetic_vectors: growth runs only: seeded stand-in vectors
+            (``retrieval.synthetic.synthetic_vectors``) instead of embedding the catalog;
+            said in the output and in ``meta.json`` (``vectors``). Never for real data.
 
     Returns:
         The new index folder (now ``CURRENT``).
@@ -183,15 +187,26 @@ def ingest(
             settings.embedder.batch_size,
             cache_dir=home / "cache",
         )
-        vectors = emb.encode(
-            [b.embedding_text() for b in ds.books], show_progress=progress, desc="embed books"
-        )
-        embed_stats = dict(getattr(emb, "last_stats", {}))
-        _log(
-            f"embedded {embed_stats.get('embedded', 0):,} books "
-            f"({embed_stats.get('cached', 0):,} from the cache)",
-            quiet,
-        )
+        if synthetic_vectors:
+            from .synthetic import synthetic_vectors as fake_vectors
+
+            vectors = fake_vectors(ds.books, emb.dim, settings.seed, progress)
+            embed_stats = {"embedded": 0, "cached": 0, "synthetic": len(ds.books)}
+            _log(
+                f"SYNTHETIC VECTORS: {len(ds.books):,} books got seeded stand-in vectors, "
+                "not embeddings (--synthetic-vectors; a growth run, queries match nothing real)",
+                quiet,
+            )
+        else:
+            vectors = emb.encode(
+                [b.embedding_text() for b in ds.books], show_progress=progress, desc="embed books"
+            )
+            embed_stats = dict(getattr(emb, "last_stats", {}))
+            _log(
+                f"embedded {embed_stats.get('embedded', 0):,} books "
+                f"({embed_stats.get('cached', 0):,} from the cache)",
+                quiet,
+            )
         np.save(out / "vectors.npy", vectors)
         step("embed", t)
 
@@ -227,7 +242,10 @@ def ingest(
 
         t = time.perf_counter()
         lib = Library(ds.books, vectors, ds.ratings, ds.has_timestamps, ds.to_read, ds.name)
-        cf = CFSource(lib, settings.cf.model, settings.cf.params, settings.cf.max_ease_items)
+        # The fit uses the plain row (what this call always did); scoring weights come later.
+        cf_fit = replace(settings.cf, half_life_events=None, liked_boost=0.0, confidence="liked")
+        cf = CFSource(lib, config=cf_fit)
+        _log(f"cf: {cf.choice}", quiet)
         cf.save(out / "cf.npz")
         step("cf", t)
 
@@ -247,11 +265,15 @@ def ingest(
             "dim": int(vectors.shape[1]),
             "cf_model": cf.model_name,
             "cf_params": getattr(cf.model, "params", {}),
+            "cf_choice": cf.choice,
             "stats": ds.stats(),
             "notes": ds.notes,
             "timings_s": timings,
             "sasrec": sasrec_info,
             "embeddings": embed_stats,
+            "vectors": "synthetic (seeded stand-ins, retrieval.synthetic)"
+            if synthetic_vectors
+            else "embedder",
         }
         _write_atomic(out / "meta.json", json.dumps(meta, indent=2))
         step("meta", t)

@@ -449,9 +449,11 @@ class CFSource(CandidateSource):
     Args:
         lib: the catalog with its ratings matrix.
         model: ``"ease"``, ``"als"``, ``"itemknn"``, ``"bpr"``, ``"popularity"`` or ``"auto"``
-            (EASE up to ``max_ease_items`` rated books, item-kNN beyond).
+            (EASE up to ``max_ease_items`` rated books and while it fits in memory, item-kNN
+            up to ``max_itemknn_items``, ALS beyond: :func:`retrieval.cf.choose_cf_model`).
         params: the model's hyper-parameters (passed to :func:`retrieval.cf.make_model`).
         max_ease_items: the largest number of rated books ``"auto"`` gives to EASE.
+        max_itemknn_items: the largest number of rated books ``"auto"`` gives to item-kNN.
         confidence: how ratings become confidences (see
             :func:`retrieval.cf.confidence_from_ratings`).
         fitted: an already fitted model (saved at ingest) to use instead of fitting one.
@@ -474,6 +476,7 @@ class CFSource(CandidateSource):
         params: Mapping | None = None,
         max_ease_items: int = 15000,
         confidence: str = "liked",
+        max_itemknn_items: int = 200_000,
         fitted=None,
         name: str | None = None,
         half_life_events: float | None = None,
@@ -489,6 +492,7 @@ class CFSource(CandidateSource):
             config = CFConfig(
                 model=model,
                 max_ease_items=max_ease_items,
+                max_itemknn_items=max_itemknn_items,
                 params=dict(params or {}),
                 half_life_events=half_life_events,
                 liked_boost=float(liked_boost),
@@ -505,10 +509,22 @@ class CFSource(CandidateSource):
         self._conf = lambda r: confidence_from_ratings(r, mode=confidence)
         self.active = np.flatnonzero(lib.pop_count > 0)
         n_active = len(self.active)
-        if model == "auto":
-            # beyond EASE's dense inverse, item-kNN: on Book-Crossing (36k books) it beat ALS
-            # untuned and tuned
-            model = "ease" if n_active <= max_ease_items else "itemknn"
+        if model == "auto" and fitted is not None:
+            model = fitted.name  # the choice made at ingest travels with the fitted model
+            self.choice = f"{model}: fitted at ingest"
+        elif model == "auto":
+            # beyond EASE's dense inverse, item-kNN (on Book-Crossing, 36k books, it beat ALS
+            # untuned and tuned); beyond item-kNN's quadratic fit, ALS. See choose_cf_model.
+            from .cf import choose_cf_model
+
+            model, self.choice = choose_cf_model(
+                n_active,
+                max_ease_items,
+                config.max_itemknn_items,
+                config.ease_memory_fraction,
+            )
+        else:
+            self.choice = f"{model}: cf.model = {model!r} in the config"
         self.model_name = model
         self.half_life_events = half_life_events
         self.liked_boost = float(liked_boost)
@@ -531,6 +547,11 @@ class CFSource(CandidateSource):
             if W is not None
             else (getattr(self.model, "similarity", None) if model == "itemknn" else None)
         )
+        if self._W is not None:
+            # The weighted row is float64: held as float32, W was upcast (copied whole) on every
+            # request (~0.5 s of CPU per reader at 7.4k books). A float64 copy made once gives
+            # the same products bit for bit.
+            self._W = self._W.astype(np.float64)
 
     @property
     def weighted(self) -> bool:
