@@ -83,15 +83,34 @@ def series_mask(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
     mask = np.zeros((len(ctxs), lib.n_items), dtype=bool)
     if not sidx.info:
         return mask
-    base = np.zeros(lib.n_items, dtype=bool)
-    base[[lib.index[b] for b in sidx.default_blocked() if b in lib.index]] = True
+    base, key_of, codes = _series_arrays(lib)
     for i, c in enumerate(ctxs):
         read = [r.book_id for r in c.history]
-        if any(b in sidx.keys for b in read):
-            mask[i, [lib.index[b] for b in sidx.blocked_for(read) if b in lib.index]] = True
-        else:
+        touched = {sidx.keys[b] for b in read if b in sidx.keys}
+        if not touched:
             mask[i] = base
+            continue
+        # blocked_for(read) = the default blocks of untouched series | blocked() over the
+        # touched series' members: the same set, without rebuilding the untouched part per call
+        row = base & ~np.isin(key_of, [codes[k] for k in touched])
+        members = [b for k in touched for b in sidx.members[k]]
+        row[[lib.index[b] for b in sidx.blocked(members, read) if b in lib.index]] = True
+        mask[i] = row
     return mask
+
+
+def _series_arrays(lib: Library) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(default-blocked mask, series code per item (-1: none), code of each series key) of
+    ``lib``, computed once per Library."""
+    cached = lib.__dict__.get("_series_arrays")
+    if cached is None:
+        sidx = lib.series_index
+        base = np.zeros(lib.n_items, dtype=bool)
+        base[[lib.index[b] for b in sidx.default_blocked() if b in lib.index]] = True
+        codes = {k: i for i, k in enumerate(sorted(set(sidx.keys.values())))}
+        key_of = np.array([codes.get(sidx.keys.get(b.book_id), -1) for b in lib.books], np.int64)
+        cached = lib.__dict__["_series_arrays"] = (base, key_of, codes)
+    return cached
 
 
 def constraint_scores(
