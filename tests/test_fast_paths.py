@@ -79,3 +79,31 @@ def test_series_mask_fast_path_equals_blocked_for(lib):
         assert np.array_equal(row, want), c.user_id
         touched += any(b in sidx.keys for b in read)
     assert touched >= 10  # most of these readers read inside a series
+
+
+def test_deferred_profile_writes_store_what_a_synchronous_write_stores(demo_home, tmp_path):
+    import shutil
+
+    from assistant import Recommender
+
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home, symlinks=True)
+    rec = Recommender.open(home)
+    rec.defer_profile_writes()
+    user = rec.users()[0]["user_id"]
+    rated = {r.book_id for r in rec.history(user)}
+    picks = [r.book_id for r in rec.recommend(user_id=user, k=5)]
+    book = next(b for b in picks if b not in rated)
+    before = rec.profile(user)
+    returned = rec.add_feedback(user, book, 5)
+    # visible at once: the rated book leaves the next list, before Chroma has been written
+    assert book not in [r.book_id for r in rec.recommend(user_id=user, k=5)]
+    stored = rec.profile(user)  # waits for the deferred write
+    assert stored.n == returned.n == before.n + 1
+    np.testing.assert_allclose(stored.vector, returned.vector, atol=1e-6)
+    rec.close()
+    again = Recommender.open(home)  # durable: another process reads the same stored vector
+    try:
+        np.testing.assert_allclose(again.profile(user).vector, returned.vector, atol=1e-6)
+    finally:
+        again.close()
