@@ -501,7 +501,8 @@ def print_report(res: dict) -> None:
             print(f"ingest {kind}: {x['error']}")
         elif x:
             print(
-                f"ingest {kind}: {x['total_s']} s (load {x['load_s']} s + ingest {x['ingest_s']} s; "
+                f"ingest {kind}: {x['total_s']} s (load {x['load_s']} s + ingest "
+                f"{x['ingest_s']} s; "
                 f"steps {x['steps_s']}; SASRec from cache: {x['sasrec_from_cache']}; "
                 f"peak RSS {x['peak_rss_mb']} MB)"
             )

@@ -107,3 +107,55 @@ def test_deferred_profile_writes_store_what_a_synchronous_write_stores(demo_home
         np.testing.assert_allclose(again.profile(user).vector, returned.vector, atol=1e-6)
     finally:
         again.close()
+
+
+def _records(index_dir):
+    from retrieval.store import VectorStore
+
+    vs = VectorStore(index_dir / "chroma")
+    try:
+        out = {}
+        for name in ("books", "users"):
+            got = getattr(vs, name).get(include=["embeddings", "metadatas", "documents"])
+            out[name] = {
+                i: (np.asarray(e, np.float32).tobytes(), m, d)
+                for i, e, m, d in zip(
+                    got["ids"], got["embeddings"], got["metadatas"], got["documents"]
+                )
+            }
+        return out
+    finally:
+        vs.close()
+
+
+def test_warm_ingest_reuses_the_live_chroma_and_holds_what_a_fresh_build_holds(tmp_path, emb_cache):
+    import json
+
+    from retrieval.config import Settings
+    from retrieval.data import load_demo
+    from retrieval.feedback import FeedbackStore
+    from retrieval.index import ingest
+
+    short = {"max_epochs": 2, "patience": 1}
+
+    def home(name):
+        h = tmp_path / name
+        h.mkdir()
+        (h / "cache").symlink_to(emb_cache, target_is_directory=True)
+        return h
+
+    warm, fresh = home("warm"), home("fresh")
+    ingest(load_demo(), Settings.load(home=warm, env={}, sasrec=short), progress=False, quiet=True)
+    ds = load_demo()
+    reader = str(ds.ratings["user_id"].iloc[0])
+    # a server changed this reader's stored vector after the build: the re-ingest rewrites it
+    FeedbackStore(warm / "feedback.sqlite").add(ds.name, reader, ds.books[0].book_id, "rating", 5.0)
+    out = ingest(ds, Settings.load(home=warm, env={}, sasrec=short), progress=False, quiet=True)
+    reuse = json.loads((out / "meta.json").read_text())["chroma_reuse"]
+    assert reuse["books"] == {"reused": True, "upserted": 0}
+    assert reuse["users"] == {"reused": True, "upserted": 1}  # the feedback rater only
+    ref = ingest(
+        load_demo(), Settings.load(home=fresh, env={}, sasrec=short), progress=False, quiet=True
+    )
+    assert json.loads((ref / "meta.json").read_text())["chroma_reuse"]["reused"] is False
+    assert _records(out) == _records(ref)
