@@ -108,9 +108,17 @@ def sync_collection(
         ``{"reused": True, "upserted": n}``, or ``{"reused": False, "why": ...}`` when the
         caller must build the collection afresh (nothing was written then).
     """
+    from .store import USERS_EF_SEARCH
+
     col = store.books if name == "books" else store.users
     if old is None:
         return {"reused": False, "why": "no digest of the live collection"}
+    want = {"space": "cosine"}
+    if name == "users":
+        want.update(ef_search=USERS_EF_SEARCH, ef_construction=USERS_EF_SEARCH)
+    hnsw = (getattr(col, "configuration", None) or {}).get("hnsw") or {}
+    if any(hnsw.get(k) != v for k, v in want.items()):
+        return {"reused": False, "why": "the live collection has another HNSW configuration"}
     if col.count() != len(old):
         return {"reused": False, "why": "the live collection does not match its digest"}
     removed = old.keys() - new.keys()

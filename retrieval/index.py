@@ -227,24 +227,30 @@ def ingest(
                 store, "books", book_ids, vectors, metas, docs, digest["books"],
                 reuse["collections"].get("books"), progress=progress,
             )  # fmt: skip
+        if reuse is not None and not reuse_stats["books"].get("reused"):
+            store.close()  # the copy cannot be reused: start from an empty folder
+            shutil.rmtree(out / "chroma")
+            store = VectorStore(out / "chroma", emb)
+            reuse = None
         if not reuse_stats.get("books", {}).get("reused"):
             store.upsert("books", book_ids, vectors, metas, documents=docs, progress=progress)
         step("chroma-books", t)
 
         t = time.perf_counter()
-        if reuse is not None and reuse_stats["books"].get("reused"):
+        if reuse is not None:
             reuse_stats["users"] = chroma_reuse.sync_collection(
                 store, "users", users, uvecs, umeta, None, digest["users"],
                 reuse["collections"].get("users"), force=reuse["feedback_raters"],
                 progress=progress,
             )  # fmt: skip
-        if not reuse_stats.get("users", {}).get("reused") and users:
+        if not reuse_stats.get("users", {}).get("reused"):
             if reuse is not None:  # the copied collection cannot be reused: start it afresh
                 store.close()
                 shutil.rmtree(out / "chroma")
                 store = VectorStore(out / "chroma", emb)
                 store.upsert("books", book_ids, vectors, metas, documents=docs)
-            store.upsert("users", users, uvecs, umeta, progress=progress)
+            if users:
+                store.upsert("users", users, uvecs, umeta, progress=progress)
         chroma_reuse.save_digest(out, settings.embedder.model, digest)
         step("profiles", t - t_profiles)
 
