@@ -15,6 +15,7 @@ a server still answering from the previous index keeps it until it has switched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -335,10 +336,16 @@ def _seed_chroma(home: Path, out: Path, settings: Settings, digest: dict, datase
         return None
     raters: set[str] = set()
     fb = home / "feedback.sqlite"
-    if fb.is_file():
-        from .feedback import FeedbackStore
+    try:
+        if fb.is_file():
+            import sqlite3
 
-        raters = {e.user_id for e in FeedbackStore(fb).events(dataset) if e.rating is not None}
+            with contextlib.closing(sqlite3.connect(fb, timeout=30)) as c:
+                q = "SELECT DISTINCT user_id FROM events WHERE dataset = ? AND rating IS NOT NULL"
+                raters = {str(r[0]) for r in c.execute(q, (dataset,))}
+    except Exception:  # an optimisation only: when in doubt, build afresh
+        shutil.rmtree(out / "chroma", ignore_errors=True)
+        return None
     return {**data, "feedback_raters": raters}
 
 
