@@ -11,7 +11,7 @@ test:
 	scripts/test.sh
 
 bench:
-	scripts/setup.sh && .venv/bin/python bench/bench_core.py
+	scripts/setup.sh && .venv/bin/python bench/run.py $(BENCH_FLAGS)
 
 eval:
 	scripts/setup.sh && .venv/bin/readnext eval --quick

@@ -71,6 +71,7 @@ def forget_reader(
     if pseudonym is None:
         pseudonym = pv.pseudonym(pv.home_secret(home), user_id)
     rec.hidden.add(user_id)
+    rec.flush_profile_writes()  # a deferred write of this reader lands before the purge, or never
     out: dict[str, Any] = {"user_id": user_id, "feedback": rec.feedback.forget(user_id)}
     complete, partial = _index_dirs(home)
     rows = {"ratings": 0, "to_read": 0}

@@ -153,6 +153,7 @@ class Recommender:
         # Readers erased while this process runs (`readnext forget`): hidden at once, even though
         # the in-memory index still holds their rows until the next start.
         self.hidden: set[str] = set()
+        self._profile_writer: _ProfileWriter | None = None  # servers: see defer_profile_writes
 
     def _build_state(self, index: Index) -> dict[str, Any]:
         """Everything that depends on the index, built off to the side (no lock held)."""
@@ -313,6 +314,19 @@ class Recommender:
         """
         v = self._embed_query("warm-up")
         self.store.query("books", v, 1)  # loads the vector index into memory
+        # Full requests through every source, so lazily built parts (the readers' sorted
+        # histories, the BM25 index, the series masks, the `users` HNSW index, SASRec's first
+        # forward pass, evidence caches) are ready: a warm server's first reader gets the
+        # steady-state latency. Only reads: an ad-hoc history (the most-rated book) and one
+        # dataset reader, so nothing is written anywhere.
+        if self.books and len(self.lib.pop_count) and self.lib.pop_count.max() > 0:
+            top = self.lib.books[int(np.argmax(self.lib.pop_count))].book_id
+            try:
+                self.recommend(history=[(top, 5.0)], query="a good book", k=10)
+                if self.lib.user_ids:
+                    self.recommend(user_id=self.lib.user_ids[0], k=10)
+            except ReadnextError as e:  # a warm-up must never stop a server from starting
+                log.warning("warm-up request failed: %s", e)
 
     @property
     def llm(self):
@@ -366,6 +380,9 @@ class Recommender:
 
     def close(self) -> None:
         """Close the store and release the index folder (it may then be collected)."""
+        if self._profile_writer is not None:
+            self._profile_writer.flush(None)
+            self._profile_writer.stop()
         with self._reload_lock, self._serving.exclusive():
             if self._store is not None:
                 self._store.close()
@@ -846,7 +863,44 @@ class Recommender:
             self.feedback.add(self.dataset, user_id, book_id, signal, rating)
             if rating is None:
                 return None
+            if self._profile_writer is not None:
+                # the next recommendation reads the committed event (its sources rebuild the
+                # taste vector from the history), so only Chroma's copy is written behind
+                self._profile_writer.submit(user_id)
+                return self._rebuilt_profile(user_id)
             return self._update_profile(user_id)
+
+    def defer_profile_writes(self) -> None:
+        """Write feedback's rebuilt profile vectors to Chroma ``users`` in a background thread.
+
+        For servers (the service layer turns it on): ``add_feedback`` returns once the event is
+        durable, and the HNSW update (the slow part, tens of ms) no longer delays the reply or
+        the reader's next recommendation, which never reads its own stored vector. Each write
+        rebuilds the profile from the whole history under the reader lock, as the synchronous
+        path does, so whichever runs last is right. :meth:`profile`, :meth:`similar_readers`,
+        ``forget`` and :meth:`close` wait for pending writes first (:meth:`flush_profile_writes`).
+        """
+        if self._profile_writer is None:
+            self._profile_writer = _ProfileWriter(self)
+
+    def flush_profile_writes(self, timeout: float | None = 60.0) -> None:
+        """Wait until deferred profile writes are in Chroma (no-op when writes are synchronous).
+
+        Args:
+            timeout: the longest wait in seconds (None: no limit).
+        """
+        if self._profile_writer is not None:
+            self._profile_writer.flush(timeout)
+
+    def _rebuilt_profile(self, user_id: str) -> Profile | None:
+        return profile_from_history(
+            self._history(user_id)[0],
+            None,
+            self.settings.profile,
+            self.lib.has_timestamps,
+            matrix=self.lib.vectors,
+            index=self.lib.index,
+        )
 
     def _update_profile(self, user_id: str) -> Profile | None:
         """Store the profile rebuilt from the full history (the caller holds the reader lock).
@@ -855,20 +909,11 @@ class Recommender:
         unlike the O(d) ``update_profile`` fold-in, it is idempotent: whichever update runs last
         has read every committed event.
         """
-        hist = self._history(user_id)[0]
-        p = profile_from_history(
-            hist,
-            None,
-            self.settings.profile,
-            self.lib.has_timestamps,
-            matrix=self.lib.vectors,
-            index=self.lib.index,
-        )
+        p = self._rebuilt_profile(user_id)
         if p is not None:
             self.store.upsert("users", [user_id], p.vector[None, :], [p.to_metadata()])
         return p
 
-    @_request
     def profile(self, user_id: str) -> Profile | None:
         """The stored (incrementally updated) taste vector of a reader.
 
@@ -878,13 +923,17 @@ class Recommender:
         Returns:
             The profile, or ``None`` when none is stored.
         """
+        self.flush_profile_writes()  # outside the request lock: the writer thread takes it too
+        return self._stored_profile(user_id)
+
+    @_request
+    def _stored_profile(self, user_id: str) -> Profile | None:
         meta = self.store.get_metadata("users", [user_id]).get(user_id)
         if not meta:
             return None
         vec = self.store.get_vectors("users", [user_id])[user_id]
         return Profile(vec, float(meta["norm"]), float(meta["t_ref"]), int(meta["n_ratings"]))
 
-    @_request
     def similar_readers(self, user_id: str, n: int = 10) -> list[tuple[str, float]]:
         """Readers whose stored taste vectors are nearest (Chroma ``users`` collection).
 
@@ -895,7 +944,12 @@ class Recommender:
         Returns:
             ``[(user_id, cosine)]``, nearest first, the reader left out.
         """
-        p = self.profile(user_id)
+        self.flush_profile_writes()
+        return self._similar_readers(user_id, n)
+
+    @_request
+    def _similar_readers(self, user_id: str, n: int) -> list[tuple[str, float]]:
+        p = self._stored_profile(user_id)
         if p is None:
             ctx = self.context(user_id)
             p = profile_from_history(
@@ -1175,6 +1229,58 @@ def prompt_history(
             seen.add(r.book_id)
             out.append((books[r.book_id], r.rating))
     return out
+
+
+class _ProfileWriter:
+    """One background thread writing readers' rebuilt profiles to Chroma (see
+    :meth:`Recommender.defer_profile_writes`); a reader queued twice is written once."""
+
+    def __init__(self, rec: Recommender) -> None:
+        self._rec = rec
+        self._cond = threading.Condition()
+        self._queue: list[str] = []
+        self._busy = False
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="readnext-profiles", daemon=True)
+        self._thread.start()
+        import atexit
+
+        atexit.register(self.flush, 30.0)  # a process that exits keeps what it was told
+
+    def submit(self, user_id: str) -> None:
+        with self._cond:
+            if user_id not in self._queue:
+                self._queue.append(user_id)
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        rec = self._rec
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._stopped)
+                if self._stopped and not self._queue:
+                    return
+                user_id = self._queue.pop(0)
+                self._busy = True
+            try:
+                with rec._serving.shared(), reader_lock(rec.settings.home, user_id):
+                    if user_id not in rec.hidden:  # forgotten meanwhile: nothing is written
+                        rec._update_profile(user_id)
+            except Exception as e:  # the event is durable; the next rating heals the vector
+                log.warning("deferred profile write for a reader failed: %s", e)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
 
 class _LazyStore:

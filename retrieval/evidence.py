@@ -128,12 +128,18 @@ def co_readers(
     if len(raters) < CO_READERS_FAVOURABLE_MIN:
         return []
     found: list[tuple[float, int, int, float, float]] = []  # (bound, n, k, mean, share)
+    # pos[u] = where reader row u sits among the item's raters (-1: did not rate it); both row
+    # lists are sorted, so pos[likers] keeps the raters' order: the same ratings, in the same
+    # order, as np.isin(raters, likers) selects, at O(len(likers)) per liked book
+    pos = np.full(lib.R.shape[0], -1, dtype=np.int64)
+    pos[raters] = np.arange(len(raters))
     for k, (h, _) in enumerate(liked):
-        mask = np.isin(raters, lib.likers(h), assume_unique=True)
-        n = int(mask.sum())
+        at = pos[lib.likers(h)]
+        at = at[at >= 0]
+        n = len(at)
         if n < CO_READERS_FAVOURABLE_MIN:
             continue
-        r = their[mask]
+        r = their[at]
         mean, share = round(float(r.mean()), 2), round(float((r >= LIKED).mean()), 2)
         if favourable(n, mean, share):
             found.append((_wilson_lower(share, n), n, k, mean, share))

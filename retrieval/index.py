@@ -15,6 +15,7 @@ a server still answering from the previous index keeps it until it has switched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import chroma_reuse
 from .config import Settings
 from .data import Dataset
 from .embed import Embedder
@@ -211,7 +213,14 @@ def ingest(
         step("embed", t)
 
         t = time.perf_counter()
-        store = VectorStore(out / "chroma", emb, settings.chroma)
+        index = {b.book_id: i for i, b in enumerate(ds.books)}
+        users, uvecs, umeta = build_profiles(
+            ds.ratings, index, vectors, settings.profile, ds.has_timestamps
+        )
+        t_profiles = time.perf_counter() - t
+
+        t = time.perf_counter()
+        book_ids = [b.book_id for b in ds.books]
         metas = [
             {
                 "title": b.title,
@@ -221,24 +230,45 @@ def ingest(
             }
             for b in ds.books
         ]
-        store.upsert(
-            "books",
-            [b.book_id for b in ds.books],
-            vectors,
-            metas,
-            documents=[b.embedding_text() for b in ds.books],
-            progress=progress,
-        )
+        docs = [b.embedding_text() for b in ds.books]
+        digest = {
+            "books": chroma_reuse.digests(book_ids, vectors, metas, docs),
+            "users": chroma_reuse.digests(users, uvecs, umeta),
+        }
+        reuse = _seed_chroma(home, out, settings, digest, ds.name)
+        store = VectorStore(out / "chroma", emb, settings.chroma)
+        reuse_stats: dict = {}
+        if reuse is not None:
+            reuse_stats["books"] = chroma_reuse.sync_collection(
+                store, "books", book_ids, vectors, metas, docs, digest["books"],
+                reuse["collections"].get("books"), progress=progress,
+            )  # fmt: skip
+        if reuse is not None and not reuse_stats["books"].get("reused"):
+            store.close()  # the copy cannot be reused: start from an empty folder
+            shutil.rmtree(out / "chroma")
+            store = VectorStore(out / "chroma", emb, settings.chroma)
+            reuse = None
+        if not reuse_stats.get("books", {}).get("reused"):
+            store.upsert("books", book_ids, vectors, metas, documents=docs, progress=progress)
         step("chroma-books", t)
 
         t = time.perf_counter()
-        index = {b.book_id: i for i, b in enumerate(ds.books)}
-        users, uvecs, umeta = build_profiles(
-            ds.ratings, index, vectors, settings.profile, ds.has_timestamps
-        )
-        if users:
-            store.upsert("users", users, uvecs, umeta, progress=progress)
-        step("profiles", t)
+        if reuse is not None:
+            reuse_stats["users"] = chroma_reuse.sync_collection(
+                store, "users", users, uvecs, umeta, None, digest["users"],
+                reuse["collections"].get("users"), force=reuse["feedback_raters"],
+                progress=progress,
+            )  # fmt: skip
+        if not reuse_stats.get("users", {}).get("reused"):
+            if reuse is not None:  # the copied collection cannot be reused: start it afresh
+                store.close()
+                shutil.rmtree(out / "chroma")
+                store = VectorStore(out / "chroma", emb, settings.chroma)
+                store.upsert("books", book_ids, vectors, metas, documents=docs)
+            if users:
+                store.upsert("users", users, uvecs, umeta, progress=progress)
+        chroma_reuse.save_digest(out, settings.embedder.model, digest)
+        step("profiles", t - t_profiles)
 
         t = time.perf_counter()
         lib = Library(ds.books, vectors, ds.ratings, ds.has_timestamps, ds.to_read, ds.name)
@@ -274,6 +304,7 @@ def ingest(
             "vectors": "synthetic (seeded stand-ins, retrieval.synthetic)"
             if synthetic_vectors
             else "embedder",
+            "chroma_reuse": reuse_stats or {"reused": False, "why": "no reusable live index"},
         }
         _write_atomic(out / "meta.json", json.dumps(meta, indent=2))
         step("meta", t)
@@ -300,6 +331,44 @@ def ingest(
         shutil.rmtree(out, ignore_errors=True)
         building.release()
         raise
+
+
+def _seed_chroma(home: Path, out: Path, settings: Settings, digest: dict, dataset: str):
+    """Copy the live index's Chroma folder into ``out`` when a warm ingest can reuse it.
+
+    Returns the live digest plus ``feedback_raters`` (readers whose stored vector a server may
+    have changed since), or None for a fresh build (then nothing was copied).
+    """
+    try:
+        live = current_index_dir(home)
+    except ReadnextError:
+        return None
+    data = chroma_reuse.reusable_chroma(live, settings.embedder.model, settings)
+    if data is None:
+        return None
+    if json.loads((live / "meta.json").read_text()).get("dataset") != dataset:
+        return None
+    old = data.get("collections", {})
+    if set(old.get("books", {})) - set(digest["books"]):
+        return None  # books to remove: a clean build (see chroma_reuse)
+    try:
+        chroma_reuse.copy_chroma(live, out)
+    except OSError:
+        shutil.rmtree(out / "chroma", ignore_errors=True)
+        return None
+    raters: set[str] = set()
+    fb = home / "feedback.sqlite"
+    try:
+        if fb.is_file():
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(fb, timeout=30)) as c:
+                q = "SELECT DISTINCT user_id FROM events WHERE dataset = ? AND rating IS NOT NULL"
+                raters = {str(r[0]) for r in c.execute(q, (dataset,))}
+    except Exception:  # an optimisation only: when in doubt, build afresh
+        shutil.rmtree(out / "chroma", ignore_errors=True)
+        return None
+    return {**data, "feedback_raters": raters}
 
 
 def _train_sasrec(

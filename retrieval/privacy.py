@@ -147,10 +147,29 @@ def forget_in_index(index_dir: str | Path, user_id: str) -> dict[str, int]:
         ``{"ratings": n, "to_read": m}`` rows removed.
     """
     d = Path(index_dir)
+    _drop_from_digest(d, user_id)
     return {
         "ratings": _rewrite_npz(d / "ratings.npz", user_id),
         "to_read": _rewrite_npz(d / "to_read.npz", user_id),
     }
+
+
+def _drop_from_digest(index_dir: Path, user_id: str) -> None:
+    """Remove the reader's record digest from ``chroma_digest.json`` (see retrieval.chroma_reuse):
+    the file then names only readers still held, and matches the purged ``users`` collection."""
+    f = index_dir / "chroma_digest.json"
+    if not f.is_file():
+        return
+    try:
+        data = json.loads(f.read_text())
+    except ValueError:
+        f.unlink()  # unreadable: a warm ingest then builds afresh
+        return
+    if data.get("collections", {}).get("users", {}).pop(user_id, None) is None:
+        return
+    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, f)
 
 
 # -- Chroma -------------------------------------------------------------------------------------

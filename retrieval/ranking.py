@@ -109,23 +109,23 @@ def series_mask(lib: Library, ctxs: Sequence[UserContext]) -> np.ndarray:
     mask = np.zeros((len(ctxs), lib.n_items), dtype=bool)
     if not sidx.info:
         return mask
-    base = np.zeros(lib.n_items, dtype=bool)
-    base[[lib.index[b] for b in sidx.default_blocked() if b in lib.index]] = True
+    base, key_of, codes = _series_arrays(lib)
     for i, c in enumerate(ctxs):
         read = [r.book_id for r in c.history]
-        if any(b in sidx.keys for b in read):
-            mask[i, [lib.index[b] for b in sidx.blocked_for(read) if b in lib.index]] = True
-            gave_up = disliked_series(sidx, c.history)
-            if gave_up:  # never the sequel of a series the reader rated badly
-                rows = [
-                    lib.index[b]
-                    for key in gave_up
-                    for b in sidx.members[key]
-                    if b in lib.index and b not in read
-                ]
-                mask[i, rows] = True
-        else:
+        touched = {sidx.keys[b] for b in read if b in sidx.keys}
+        if not touched:
             mask[i] = base
+            continue
+        # blocked_for(read) = the default blocks of untouched series | blocked() over the
+        # touched series' members: the same set, without rebuilding the untouched part per call
+        row = base & ~np.isin(key_of, [codes[k] for k in touched])
+        members = [b for k in touched for b in sidx.members[k]]
+        row[[lib.index[b] for b in sidx.blocked(members, read) if b in lib.index]] = True
+        for key in disliked_series(sidx, c.history):  # never the sequel of a series rated badly
+            row[[lib.index[b] for b in sidx.members[key] if b in lib.index and b not in read]] = (
+                True
+            )
+        mask[i] = row
     return mask
 
 
@@ -142,6 +142,20 @@ def disliked_series(sidx: Any, history: Sequence[Any]) -> set[str]:
         if key is not None and r.rating >= 1:  # 0 = an implicit read (Book-Crossing): no verdict
             by_key.setdefault(key, []).append(float(r.rating))
     return {k for k, rs in by_key.items() if sum(rs) / len(rs) <= DISLIKED_SERIES_MEAN}
+
+
+def _series_arrays(lib: Library) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(default-blocked mask, series code per item (-1: none), code of each series key) of
+    ``lib``, computed once per Library."""
+    cached = lib.__dict__.get("_series_arrays")
+    if cached is None:
+        sidx = lib.series_index
+        base = np.zeros(lib.n_items, dtype=bool)
+        base[[lib.index[b] for b in sidx.default_blocked() if b in lib.index]] = True
+        codes = {k: i for i, k in enumerate(sorted(set(sidx.keys.values())))}
+        key_of = np.array([codes.get(sidx.keys.get(b.book_id), -1) for b in lib.books], np.int64)
+        cached = lib.__dict__["_series_arrays"] = (base, key_of, codes)
+    return cached
 
 
 def constraint_scores(

@@ -6,9 +6,12 @@ queries), because Chroma's default embedding function downloads a model.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +114,26 @@ def collection_names(path: str | Path, chroma: ChromaConfig | None = None) -> di
     return {BOOKS: f"{key}-{BOOKS}", USERS: f"{key}-{USERS}"}
 
 
+@contextlib.contextmanager
+def chroma_write_lock(path: str | Path, exclusive: bool = False) -> Iterator[None]:
+    """A file lock on one embedded Chroma folder: writers share it, a copy holds it alone.
+
+    A warm ingest copies the live index's folder (``retrieval.chroma_reuse``) while servers may
+    write feedback profiles into it: the copy waits for writes in flight and blocks new ones.
+    """
+    lock = Path(path).parent / "chroma.write.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # the folder is gone (collected): nothing to guard
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 class VectorStore:
     """The two Chroma collections of one index: ``books`` and ``users`` (cosine space).
 
@@ -172,7 +195,7 @@ class VectorStore:
 
             rng = tqdm(rng, desc=f"chroma {collection}", unit="batch")
         for sl in rng:
-            with self._write_lock:
+            with self._write_lock, chroma_write_lock(self.path):
                 col.upsert(
                     ids=list(ids[sl]),
                     embeddings=vectors[sl].astype(np.float32),

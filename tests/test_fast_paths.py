@@ -1,0 +1,161 @@
+"""The speed-ups of the live path give exactly what the straightforward code gives.
+
+Each fast path (issue #14 part B) is checked against a reference written the plain way, on the
+real goodbooks sample (its ratings and series; the vectors play no part in these paths).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval import evidence as ev
+from retrieval.data import load_dataset
+from retrieval.library import LIKED, Library
+from retrieval.ranking import series_mask
+from retrieval.types import UserContext
+from tests.conftest import shared
+
+
+@pytest.fixture(scope="module")
+def lib() -> Library:
+    ds = load_dataset("goodbooks", directory=shared("goodbooks-sample"))
+    vecs = np.random.default_rng(0).normal(size=(len(ds.books), 8)).astype(np.float32)
+    return Library(ds.books, vecs, ds.ratings, ds.has_timestamps, ds.to_read, ds.name)
+
+
+def _readers(lib: Library, n: int = 25) -> list[str]:
+    counts = lib.R.getnnz(axis=1)
+    rows = np.argsort(-counts, kind="stable")[:n]
+    return [lib.user_ids[r] for r in rows]
+
+
+def _co_readers_reference(lib: Library, item: int, liked, top: int):
+    """co_readers as first written: np.isin per liked book."""
+    raters, their = lib.raters(item)
+    if not liked or len(raters) < ev.CO_READERS_FAVOURABLE_MIN:
+        return []
+    found = []
+    for k, (h, _) in enumerate(liked):
+        mask = np.isin(raters, lib.likers(h), assume_unique=True)
+        n = int(mask.sum())
+        if n < ev.CO_READERS_FAVOURABLE_MIN:
+            continue
+        r = their[mask]
+        mean, share = round(float(r.mean()), 2), round(float((r >= LIKED).mean()), 2)
+        if ev.favourable(n, mean, share):
+            found.append((ev._wilson_lower(share, n), n, k, mean, share))
+    found.sort(key=lambda x: (-x[0], -x[1], x[2]))
+    return [(liked[k][0], n, mean, share) for _, n, k, mean, share in found[:top]]
+
+
+def test_co_readers_fast_path_equals_reference(lib):
+    items = np.argsort(-lib.pop_count, kind="stable")[:60]
+    checked = 0
+    for u in _readers(lib):
+        liked = ev.liked_items(lib, lib.history(u))
+        for item in items:
+            got = ev.co_readers(lib, int(item), liked, top=ev.CO_READERS_PER_BOOK)
+            want = _co_readers_reference(lib, int(item), liked, ev.CO_READERS_PER_BOOK)
+            assert [(lib.index[e.book_ids[0]], e.count, e.value, e.share) for e in got] == want, (
+                u,
+                int(item),
+            )
+            checked += len(want)
+    assert checked > 50  # the sample has real co-reader evidence to compare
+
+
+def test_series_mask_fast_path_equals_blocked_for(lib):
+    sidx = lib.series_index
+    assert sidx.info, "the goodbooks sample has numbered series"
+    ctxs = [UserContext(user_id=u, history=lib.history(u)) for u in _readers(lib, 60)]
+    ctxs.append(UserContext(user_id=None, history=[]))  # a new reader: the default blocks
+    mask = series_mask(lib, ctxs)
+    touched = 0
+    for row, c in zip(mask, ctxs):
+        read = [r.book_id for r in c.history]
+        want = np.zeros(lib.n_items, dtype=bool)
+        want[[lib.index[b] for b in sidx.blocked_for(read) if b in lib.index]] = True
+        assert np.array_equal(row, want), c.user_id
+        touched += any(b in sidx.keys for b in read)
+    assert touched >= 10  # most of these readers read inside a series
+
+
+def test_deferred_profile_writes_store_what_a_synchronous_write_stores(demo_home, tmp_path):
+    import shutil
+
+    from assistant import Recommender
+
+    home = tmp_path / "home"
+    shutil.copytree(demo_home, home, symlinks=True)
+    rec = Recommender.open(home)
+    rec.defer_profile_writes()
+    user = rec.users()[0]["user_id"]
+    rated = {r.book_id for r in rec.history(user)}
+    picks = [r.book_id for r in rec.recommend(user_id=user, k=5)]
+    book = next(b for b in picks if b not in rated)
+    before = rec.profile(user)
+    returned = rec.add_feedback(user, book, 5)
+    # visible at once: the rated book leaves the next list, before Chroma has been written
+    assert book not in [r.book_id for r in rec.recommend(user_id=user, k=5)]
+    stored = rec.profile(user)  # waits for the deferred write
+    assert stored.n == returned.n == before.n + 1
+    np.testing.assert_allclose(stored.vector, returned.vector, atol=1e-6)
+    rec.close()
+    again = Recommender.open(home)  # durable: another process reads the same stored vector
+    try:
+        np.testing.assert_allclose(again.profile(user).vector, returned.vector, atol=1e-6)
+    finally:
+        again.close()
+
+
+def _records(index_dir):
+    from retrieval.store import VectorStore
+
+    vs = VectorStore(index_dir / "chroma")
+    try:
+        out = {}
+        for name in ("books", "users"):
+            got = getattr(vs, name).get(include=["embeddings", "metadatas", "documents"])
+            out[name] = {
+                i: (np.asarray(e, np.float32).tobytes(), m, d)
+                for i, e, m, d in zip(
+                    got["ids"], got["embeddings"], got["metadatas"], got["documents"]
+                )
+            }
+        return out
+    finally:
+        vs.close()
+
+
+def test_warm_ingest_reuses_the_live_chroma_and_holds_what_a_fresh_build_holds(tmp_path, emb_cache):
+    import json
+
+    from retrieval.config import Settings
+    from retrieval.data import load_demo
+    from retrieval.feedback import FeedbackStore
+    from retrieval.index import ingest
+
+    short = {"max_epochs": 2, "patience": 1}
+
+    def home(name):
+        h = tmp_path / name
+        h.mkdir()
+        (h / "cache").symlink_to(emb_cache, target_is_directory=True)
+        return h
+
+    warm, fresh = home("warm"), home("fresh")
+    ingest(load_demo(), Settings.load(home=warm, env={}, sasrec=short), progress=False, quiet=True)
+    ds = load_demo()
+    reader = str(ds.ratings["user_id"].iloc[0])
+    # a server changed this reader's stored vector after the build: the re-ingest rewrites it
+    FeedbackStore(warm / "feedback.sqlite").add(ds.name, reader, ds.books[0].book_id, "rating", 5.0)
+    out = ingest(ds, Settings.load(home=warm, env={}, sasrec=short), progress=False, quiet=True)
+    reuse = json.loads((out / "meta.json").read_text())["chroma_reuse"]
+    assert reuse["books"] == {"reused": True, "upserted": 0}
+    assert reuse["users"] == {"reused": True, "upserted": 1}  # the feedback rater only
+    ref = ingest(
+        load_demo(), Settings.load(home=fresh, env={}, sasrec=short), progress=False, quiet=True
+    )
+    assert json.loads((ref / "meta.json").read_text())["chroma_reuse"]["reused"] is False
+    assert _records(out) == _records(ref)
