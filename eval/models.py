@@ -65,10 +65,6 @@ ALL_MODELS = (*SINGLE_MODELS, "hybrid", "hybrid+llm")
 ORDERED_MODELS = ("sasrec",)
 # Where trained SASRec models are cached (content-addressed by data + config; set by the study).
 SASREC_CACHE: dict[str, Any] = {"dir": None, "progress": True}
-# The test-split SASRec warm-starts from the validation-split one (same config), which saw all
-# but the last 20% of each training history: a few epochs on the whole split refit it, where a
-# cold start would take dozens (minutes each on 2 shared cores).
-SASREC_WARM_EPOCHS = 10
 # The shuffled-order control trains from scratch on the validation split within this budget and
 # is compared with the ordered model's validation curve at the same epochs (and on test).
 SASREC_SHUFFLED_EPOCHS = 15
@@ -131,8 +127,10 @@ QUICK_GRIDS: dict[str, list[dict[str, Any]]] = {
 
 
 def _profile_config(p: Mapping[str, Any]) -> ProfileConfig:
+    d = ProfileConfig()  # a grid point leaves the rest at the product's defaults
     cfg = ProfileConfig(
-        half_life_events=float(p.get("half_life_events", 40.0)), pivot=float(p.get("pivot", 2.5))
+        half_life_events=float(p.get("half_life_events", d.half_life_events)),
+        pivot=float(p.get("pivot", d.pivot)),
     )
     if "half_life_days" in p:
         cfg.half_life_days = float(p["half_life_days"])
@@ -151,29 +149,25 @@ def _readers_configs(p: Mapping[str, Any]) -> tuple[ReadersConfig, ProfileConfig
     return ReadersConfig(**{k: v for k, v in p.items() if k not in _PROFILE_KEYS}), prof
 
 
-def train_sasrec_model(lib: Library, params: Mapping[str, Any], init: Any = None):
-    """Train (or load from :data:`SASREC_CACHE`) the SASRec of grid point ``params`` on ``lib``."""
+def train_sasrec_model(lib: Library, params: Mapping[str, Any]):
+    """Train (or load from :data:`SASREC_CACHE`) the SASRec of grid point ``params`` on ``lib``.
+
+    Without ``shuffled_seed`` this is the call ``readnext ingest`` makes
+    (:func:`retrieval.sasrec.train_sasrec` with the config, from scratch, early stop on its own
+    validation readers): on the same training data and config it returns the same model.
+    """
     from retrieval.sasrec import train_sasrec
 
     p = dict(params)
     shuffle = p.pop("shuffled_seed", None)
-    start = getattr(init, "model", init)
     return train_sasrec(
         lib,
         SASRecConfig(**p),
         progress=bool(SASREC_CACHE["progress"]),
         cache_dir=SASREC_CACHE["dir"],
         shuffle_seed=shuffle,
-        desc="train sasrec"
-        + (" (shuffled)" if shuffle is not None else " (warm start)" if start is not None else ""),
-        init=start,
-        max_epochs=(
-            SASREC_WARM_EPOCHS
-            if start is not None
-            else SASREC_SHUFFLED_EPOCHS
-            if shuffle is not None
-            else None
-        ),
+        desc="train sasrec" + (" (shuffled)" if shuffle is not None else ""),
+        max_epochs=SASREC_SHUFFLED_EPOCHS if shuffle is not None else None,
     )
 
 
@@ -182,20 +176,21 @@ def build_model(
     lib: Library,
     params: Mapping[str, Any],
     seed: int = 0,
-    init: CandidateSource | None = None,
 ) -> CandidateSource:
     """A single-source model ``name`` (one of :data:`SINGLE_MODELS`) fitted on ``lib``.
 
     ``params`` is one point of the model's grid; ALS and BPR also get ``seed``. Built by the
     registry's factory (:func:`retrieval.registry.build_source`), as the product builds sources;
-    a CF peer scores the plain confidence row (no recency weighting), as published. ``init``
-    (SASRec only) warm-starts from an already trained model of the same configuration, with at
-    most :data:`SASREC_WARM_EPOCHS` epochs (early stop as usual). ``userknn`` is an eval peer
-    only (the textbook method the readers source is compared with), not a product source.
+    a CF peer scores the plain confidence row (no recency weighting), as published; SASRec is
+    trained from scratch, as ingest trains it (:func:`train_sasrec_model`). ``userknn`` is an
+    eval peer only (the textbook method the readers source is compared with), not a product
+    source.
     """
     if name == "popularity":
         src = build_source(
-            "popularity", lib, PopularityConfig(damping=float(params.get("damping", 20.0)))
+            "popularity",
+            lib,
+            PopularityConfig(damping=float(params.get("damping", PopularityConfig().damping))),
         )
     elif name == "content":
         src = build_source("content", lib, _profile_config(params))
@@ -222,7 +217,7 @@ def build_model(
         src = build_source("readers", lib, rcfg, BuildDeps(profile=prof))
     elif name == "sasrec":
         p = {k: v for k, v in params.items() if k != "shuffled_seed"}
-        model = train_sasrec_model(lib, params, init)
+        model = train_sasrec_model(lib, params)
         src = build_source("sasrec", lib, SASRecConfig(**p), BuildDeps(fitted={"sasrec": model}))
     else:
         raise ValueError(

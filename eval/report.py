@@ -14,6 +14,26 @@ __all__ = ["render_report", "write_report"]
 _DIGITS = {"novelty": 2, "arp": 1, "coverage": 3, "diversity": 3}
 
 
+SHIPPED = "shipped defaults (readnext's default settings, untuned)"
+
+
+def _shipped_ratio(abl: Mapping[str, Any], hybrid: Mapping[str, Any]) -> list[str]:
+    """One line: the shipped defaults' ndcg@10 as a share of the tuned hybrid's (bar: >= 99%)."""
+    row = abl.get(SHIPPED, {})
+    key = "ndcg@10" if "ndcg@10" in row else next((k for k in row if k.startswith("ndcg@")), None)
+    got = row.get(key, {}).get("mean") if key else None
+    want = hybrid.get(key, {}).get("mean") if key else None
+    if not got or not want:
+        return []
+    r = got / want
+    verdict = "within" if r >= 0.99 else "NOT within"
+    return [
+        f"Shipped defaults / tuned hybrid ({key}): {got:.4f} / {want:.4f} = **{r:.3f}** "
+        f"({verdict} 1% of the tuned hybrid).",
+        "",
+    ]
+
+
 def _num(x: Any, digits: int = 4) -> str:
     if x is None:
         return "n/a"
@@ -264,10 +284,11 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
             "re-tuned)",
             "",
             '"Shipped defaults" is what `readnext ingest` + `readnext recommend` build on this '
-            "training data with no config file (`FusionConfig`, `CFConfig`, `SequenceConfig` "
-            "defaults; its own CF fit).",
+            "training data with no config file (`FusionConfig`, `CFConfig`, `SequenceConfig`, "
+            "`SASRecConfig`, ... defaults; its own CF and SASRec fits).",
             "",
         ]
+        L += _shipped_ratio(abl, models.get("hybrid", {}))
         keys = list(next(iter(abl.values())).keys())
         full = models.get("hybrid", {})
         rows = [["hybrid (as tuned)"] + [_cell(full.get(x), x) for x in keys]]
@@ -339,7 +360,8 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
             "readers held out from training.",
             "",
             f"- validation-split model (used for tuning): {fit(sas.get('validation_fit'))}",
-            f"- test model (trained on the whole training split): {fit(sas.get('test_fit'))}",
+            "- test model (trained from scratch on the whole training split, as `readnext ingest` "
+            f"trains it with this config): {fit(sas.get('test_fit'))}",
         ]
         if sas.get("shuffled_fit"):
             L += [

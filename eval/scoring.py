@@ -296,7 +296,8 @@ def ablation_hook(
     reading
     order (what the rank path's series rule changes), and the shipped defaults: what
     ``readnext ingest`` + ``recommend`` build on this training data with default settings
-    (:func:`retrieval.registry.build_sources`, its own CF fit), so the report shows how far the
+    (:func:`retrieval.registry.build_sources`, its own CF fit, the SASRec of the shipped
+    ``SASRecConfig``: :func:`_shipped_fits`), so the report shows how far the
     untuned product is from the tuned hybrid. Every variant but the one without it ranks with
     the series order, as the product does.
 
@@ -315,10 +316,7 @@ def ablation_hook(
     cf = hybrid.sources["cf"]
     plain_cfg = dataclasses.replace(cf.config, half_life_events=None, liked_boost=0.0)
     plain = build_source("cf", prep.lib, plain_cfg, BuildDeps(fitted={"cf": cf.model}))  # type: ignore[attr-defined]
-    # the product's defaults with the SASRec this training split gets at ingest (same default
-    # config)
-    sas = getattr(fitted.get("sasrec"), "model", None)
-    shipped = build_sources(prep.lib, fitted={"sasrec": sas} if sas is not None else None)["hybrid"]
+    shipped = build_sources(prep.lib, fitted=_shipped_fits(prep, fitted))["hybrid"]
     variants: dict[str, Any] = {}
     for n, w in weights.items():
         if w > 0 and n != "cf":
@@ -358,6 +356,25 @@ def ablation_hook(
                 out[name][c.user_id] = r
 
     return hook, out, cold
+
+
+def _shipped_fits(prep: Prepared, fitted: Mapping[str, CandidateSource]) -> dict[str, Any] | None:
+    """The trained models ``readnext ingest`` builds on this training split with no config file.
+
+    SASRec: the tuned model when eval's tuned ``[sasrec]`` is the shipped ``SASRecConfig()``
+    (then ingest trains that very model: same call, data, config, seed), else one trained with
+    the shipped config (:func:`eval.models.train_sasrec_model`, cached by data + config).
+    """
+    from retrieval.config import SASRecConfig
+
+    from .models import train_sasrec_model
+
+    sas = getattr(fitted.get("sasrec"), "model", None)
+    if sas is None:
+        return None
+    if dataclasses.asdict(sas.cfg) != dataclasses.asdict(SASRecConfig()):
+        sas = train_sasrec_model(prep.lib, {})
+    return {"sasrec": sas}
 
 
 def bar_check(models: Mapping[str, Any], ks: Sequence[int]) -> dict[str, Any]:

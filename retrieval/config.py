@@ -56,7 +56,9 @@ class ProfileConfig:
     """How a reader's history becomes one vector."""
 
     half_life_days: float = 730.0  # for data with timestamps
-    half_life_events: float = 40.0  # for data with only an event order
+    # For data with only an event order. 1.0: goodbooks' tuning (the committed study's
+    # [profile]; was 40): on that data the latest books set the taste.
+    half_life_events: float = 1.0
     pivot: float = (
         2.5  # ratings (1-5 scale) above pull the vector toward a book, below push it away
     )
@@ -209,7 +211,8 @@ class CFConfig:
 class PopularityConfig:
     """The popularity source (also the cold-start fallback)."""
 
-    damping: float = 20.0  # pseudo-ratings pulling a book's mean rating toward the global mean
+    # pseudo-ratings pulling a book's mean rating toward the global mean (5.0: goodbooks' tuning)
+    damping: float = 5.0
 
     def validate(self, where: str = "popularity") -> None:
         _need(self.damping >= 0, where, f"damping must be >= 0, got {self.damping}")

@@ -158,9 +158,19 @@ def _pad_left(seqs: Sequence[np.ndarray], L: int) -> np.ndarray:
     return out
 
 
+# Bumped when training changes what it computes: cached models of an older version are retrained.
+# 2: exactly ``cfg.threads`` threads (was "at most"), so the thread count is part of the key.
+TRAIN_VERSION = 2
+
+
 def _data_key(seqs: Sequence[np.ndarray], cfg: SASRecConfig, n_items: int, shuffled: bool) -> str:
+    """The cache key: the sequences, the config, and the effective thread count (the last bits
+    of a float sum depend on how it is split over threads: 1 and 2 threads train different
+    models from the same data)."""
+    threads = cfg.threads if cfg.threads > 0 else _torch().get_num_threads()
     h = hashlib.sha256()
     h.update(repr((sorted(asdict(cfg).items()), n_items, shuffled)).encode())
+    h.update(f"|threads={threads}|v={TRAIN_VERSION}".encode())
     for s in seqs:
         h.update(s.astype(np.int32).tobytes())
         h.update(b"|")
@@ -229,20 +239,36 @@ class SASRecModel:
 
 
 class _threads:
-    """Cap torch's intra-op threads for a block (the machine is shared; restore afterwards)."""
+    """Run a block with exactly ``n`` torch intra-op threads (and, for training, deterministic
+    algorithms).
 
-    def __init__(self, n: int) -> None:
+    Exactly ``n``, not "at most ``n``": how a sum is split over threads can change its last
+    bits, so ``readnext ingest`` and ``readnext eval`` (other processes, other thread defaults)
+    only train the same model from the same data with the same thread count
+    (``SASRecConfig.threads``). ``0`` keeps the process's count. Both settings are restored.
+    Scoring leaves the deterministic-algorithms switch alone: it is process-wide, and a server
+    may run a GPU LLM in another thread whose kernels have no deterministic variant.
+    """
+
+    def __init__(self, n: int, deterministic: bool = False) -> None:
         self.n = int(n)
+        self.deterministic = deterministic
 
     def __enter__(self):
         torch = _torch()
         self.old = torch.get_num_threads()
+        self.old_det = torch.are_deterministic_algorithms_enabled()
         if self.n > 0:
-            torch.set_num_threads(min(self.n, self.old) if self.old else self.n)
+            torch.set_num_threads(self.n)
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True)
         return self
 
     def __exit__(self, *exc):
-        _torch().set_num_threads(self.old)
+        torch = _torch()
+        torch.set_num_threads(self.old)
+        if self.deterministic:
+            torch.use_deterministic_algorithms(self.old_det)
 
 
 def _val_ndcg(net, prefixes: list[np.ndarray], targets: np.ndarray, L: int, k: int = 10) -> float:
@@ -412,7 +438,7 @@ def _train(
         srng = np.random.default_rng(shuffle_seed)
         train = [srng.permutation(s) for s in train]
     targets_a = np.asarray(targets, dtype=np.int64)
-    with _threads(cfg.threads):
+    with _threads(cfg.threads, deterministic=True):
         torch.manual_seed(cfg.seed)
         net = _build_net(n, cfg)
         if init is not None:

@@ -86,15 +86,33 @@ def test_constraints_apply_in_the_rank_path_for_any_source():
 # --------------------------------------------------------------------------- live == eval
 
 
-def _live_from_eval(tmp: Path, *dataset: str, users: str | None = None):
-    """Run eval (quick, hybrid), then a live Recommender on eval's training split and config."""
+def _live_from_eval(
+    tmp: Path,
+    *dataset: str,
+    users: str | None = None,
+    fresh_sasrec: bool = False,
+    quick: bool = True,
+    val_users: int = 200,
+):
+    """Run eval (hybrid), then a live Recommender on eval's training split and config.
+
+    Like with like: eval fits every test-time model, SASRec included, from scratch on its
+    training split (each reader's history minus the held-out test part; the validation split
+    only picks settings), and ranks that split's readers. The live index here is ingested from
+    exactly those rows (same books, same row order) with eval's ``tuned-config.toml``, so ingest
+    trains SASRec with the tuned ``[sasrec]`` on the same data eval's final fit saw.
+
+    ``fresh_sasrec``: ingest gets its own empty SASRec cache (the embedding cache is shared), so
+    it really trains its model instead of loading the one eval cached. ``quick``: eval's small
+    grids (else the study's; with ``val_users`` validation readers).
+    """
     from eval.runner import EvalConfig, prepare
 
     out = tmp / "eval"
     args = [
         "eval",
         *dataset,
-        "--quick",
+        *(["--quick"] if quick else ["--no-sasrec-shuffled"]),
         "--seed",
         "7",
         "--out",
@@ -103,7 +121,7 @@ def _live_from_eval(tmp: Path, *dataset: str, users: str | None = None):
         str(CACHE),
         "--no-progress",
         "--val-users",
-        "200",
+        str(val_users),
         "--n-boot",
         "50",
         "--explain-users",
@@ -117,14 +135,19 @@ def _live_from_eval(tmp: Path, *dataset: str, users: str | None = None):
     assert main(args) == 0
     home = tmp / "home"
     home.mkdir()
-    (home / "cache").symlink_to(CACHE, target_is_directory=True)
+    if fresh_sasrec:
+        (home / "cache").mkdir()
+        for f in CACHE.glob("embeddings-*.sqlite"):
+            (home / "cache" / f.name).symlink_to(f)
+    else:
+        (home / "cache").symlink_to(CACHE, target_is_directory=True)
     settings = Settings.load(config_file=out / "tuned-config.toml", env={})
     settings.home = home
     ds_dir = dataset[1] if dataset else None
     cfg = EvalConfig(
         dataset=ds_dir,
         seed=7,
-        quick=True,
+        quick=quick,
         cache_dir=str(CACHE),
         progress=False,
         verbose=False,
@@ -150,10 +173,18 @@ def _live_from_eval(tmp: Path, *dataset: str, users: str | None = None):
     return rec, want, prep
 
 
-def _check_live_equals_eval(rec: Recommender, want: dict[str, list[str]], explain_all: int):
+def _check_live_equals_eval(
+    rec: Recommender,
+    want: dict[str, list[str]],
+    explain_all: int,
+    skip: frozenset[str] = frozenset(),
+):
+    """Every reader's live top 20 is eval's (``skip``: readers left out, the caller says why)."""
     n_series_held = 0
     lib = rec.lib
     for n, (u, ranking) in enumerate(sorted(want.items())):
+        if u in skip:
+            continue
         recs = rec.recommend(user_id=u, k=20)
         assert [r.book_id for r in recs] == ranking, u
         # explain names the sources each card named (one definition of "found by")
@@ -163,8 +194,34 @@ def _check_live_equals_eval(rec: Recommender, want: dict[str, list[str]], explai
         n_series_held += bool(series_mask(lib, [ctx])[0][[lib.index[b] for b in ranking]].any())
     assert n_series_held == 0
     # the batched live call ranks the same as one reader at a time
-    some = sorted(want)[:50]
+    some = [u for u in sorted(want) if u not in skip][:50]
     assert rec.recommend_batch(some, k=20) == {u: want[u] for u in some}
+
+
+def _check_live_equals_eval_modulo_ann(rec: Recommender, want: dict[str, list[str]]):
+    """Live == eval for every reader, the approximate neighbour search aside.
+
+    The one approximate part of the live path: the readers source asks Chroma's HNSW for a
+    reader's neighbours, eval the exact numpy index over the same taste vectors. Where the
+    tuned hybrid weights it, readers whose Chroma neighbour set is not the exact one (measured:
+    up to 28 of 682 goodbooks-sample readers, a few of 596 demo readers; the HNSW graph differs
+    from build to build) are the only ones allowed to differ, and with exact neighbours the
+    live path ranks as eval for every reader.
+    """
+    readers = rec.sources["hybrid"].sources.get("readers")
+    miss: frozenset[str] = frozenset()
+    if readers is not None and rec.settings.fusion.weights.get("readers", 0) > 0:
+        assert readers.store is not None  # live: Chroma
+        users = sorted(want)
+        ctxs = [rec.context(u) for u in users]
+        ann = readers.neighbours(ctxs)[0]
+        exact = readers.index.neighbours(ctxs, readers.cfg.neighbours)[0]
+        miss = frozenset(u for u, x, y in zip(users, ann, exact) if set(x) != set(y))
+        assert len(miss) <= 0.1 * len(users), len(miss)  # approximate, not wrong
+    _check_live_equals_eval(rec, want, explain_all=25, skip=miss)
+    if miss:
+        readers.store, readers._last = None, None  # the exact neighbours eval uses
+        _check_live_equals_eval(rec, want, explain_all=0)
 
 
 def test_live_top20_equals_eval_rankings_on_every_demo_reader(tmp_path):
@@ -175,23 +232,43 @@ def test_live_top20_equals_eval_rankings_on_every_demo_reader(tmp_path):
     ctxs = [rec.context(u) for u in sorted(want)]
     free = rank(h, ctxs, 20, series_order=False)
     assert sum(r.book_ids(rec.lib) != want[c.user_id] for r, c in zip(free, ctxs)) > 0
-    _check_live_equals_eval(rec, want, explain_all=25)
+    _check_live_equals_eval_modulo_ann(rec, want)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known gap since SASRec joined the hybrid: the live index's SASRec (trained at ingest "
-    "with the default config) is not the model eval's tuned hybrid used on goodbooks-sample, so "
-    "some readers' top-20 differ; live == eval still holds on the demo test above and for the "
-    "tuned config + eval's dumped SASRec in test_eval_run",
-    strict=False,
-)
 def test_live_top20_equals_eval_rankings_on_goodbooks_sample_readers(tmp_path):
+    """With SASRec in the hybrid: ingest trains it with the tuned config, from scratch.
+
+    Eval's SASRec is the model ingest trains (same call, same training rows, tuned config, seed;
+    deterministic training at a fixed thread count), so the live top 20 is eval's ranking.
+    """
     if not (SAMPLE / "ratings.csv").is_file():
         pytest.skip("../shared/data/goodbooks-sample is not available")
-    rec, want, _ = _live_from_eval(tmp_path, "--dataset", str(SAMPLE), users="700")
+    import torch
+
+    from retrieval.sasrec import SASRecModel
+
+    # the study's grids: on this small sample eval's quick tuning gives SASRec no weight
+    # (measured: 0 with 200 or 600 validation readers), the full one does (0.05 with 600)
+    rec, want, _ = _live_from_eval(
+        tmp_path,
+        "--dataset",
+        str(SAMPLE),
+        users="700",
+        fresh_sasrec=True,
+        quick=False,
+        val_users=600,
+    )
     assert len(want) >= 500
-    _check_live_equals_eval(rec, want, explain_all=25)
+    assert rec.settings.fusion.weights.get("sasrec", 0) > 0  # SASRec is in the tuned hybrid
+    info = rec.index.meta["sasrec"]
+    assert info["trained"] and not info["from_cache"]  # ingest trained its own model
+    live = SASRecModel.load(rec.index.path / "sasrec.pt")
+    evals = SASRecModel.load(tmp_path / "eval" / "sasrec.pt")
+    assert live.cfg == evals.cfg == rec.settings.sasrec and live.item_ids == evals.item_ids
+    a, b = live.net.state_dict(), evals.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same model, bit for bit
+    _check_live_equals_eval_modulo_ann(rec, want)
 
 
 def test_content_source_has_its_store_from_construction(demo_home):

@@ -3,6 +3,8 @@ demo."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,28 @@ def test_save_load_and_cache(demo, fast_model, tmp_path):
     cached = train_sasrec(lib, FAST, progress=False, cache_dir=tmp_path)
     assert not cached.report.from_cache  # first time here: trained
     assert train_sasrec(lib, FAST, progress=False, cache_dir=tmp_path).report.from_cache
+
+
+def test_same_data_and_config_train_the_same_model_bit_for_bit(demo, fast_model):
+    """What lets ingest serve the model eval measured: retraining (no cache) repeats it exactly,
+    whatever thread count the process had, and leaves the process's torch settings as they were.
+    """
+    import torch
+
+    lib, _ = demo
+    old = torch.get_num_threads()
+    torch.set_num_threads(1 if old != 1 else 2)  # another process default than the first run
+    try:
+        again = train_sasrec(lib, FAST, progress=False)
+        assert torch.get_num_threads() == (1 if old != 1 else 2)
+    finally:
+        torch.set_num_threads(old)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not again.report.from_cache and again.report.history == fast_model.report.history
+    a, b = again.net.state_dict(), fast_model.net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = train_sasrec(lib, dataclasses.replace(FAST, seed=1), progress=False)
+    assert not torch.equal(other.net.state_dict()["item.weight"], a["item.weight"])
 
 
 def test_warm_start_never_ends_worse_on_its_validation(demo, fast_model):
