@@ -12,7 +12,7 @@ import pytest
 from retrieval import evidence as ev
 from retrieval.data import load_dataset
 from retrieval.library import LIKED, Library
-from retrieval.ranking import series_mask
+from retrieval.ranking import disliked_series, series_mask
 from retrieval.types import UserContext
 from tests.conftest import shared
 
@@ -76,6 +76,8 @@ def test_series_mask_fast_path_equals_blocked_for(lib):
         read = [r.book_id for r in c.history]
         want = np.zeros(lib.n_items, dtype=bool)
         want[[lib.index[b] for b in sidx.blocked_for(read) if b in lib.index]] = True
+        for key in disliked_series(sidx, c.history):  # and no sequel of a series rated badly
+            want[[lib.index[b] for b in sidx.members[key] if b in lib.index and b not in read]] = 1
         assert np.array_equal(row, want), c.user_id
         touched += any(b in sidx.keys for b in read)
     assert touched >= 10  # most of these readers read inside a series
