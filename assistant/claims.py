@@ -485,6 +485,10 @@ _LIKED = re.compile(
     r"rated|gave|praised|treasured|raved)\b|\byour (favou?rite|top-rated|five-star|5-star)\b",
     re.I,
 )
+_LIKED_VERB = (
+    r"\byou\s+(?:really\s+|also\s+|already\s+)?(?:loved|liked|enjoyed|adored|devoured|rated|"
+    r"gave|praised|treasured)"
+)
 _DISLIKED = re.compile(r"\byou\s+(disliked|hated|did not like|didn't like)\b", re.I)
 _STARS = re.compile(r"\b(\d(?:\.\d)?)\s*(?:stars?|★|/\s*5|out of 5)", re.I)
 _GENERIC_TAGS = frozenset(
@@ -511,6 +515,10 @@ _GENERIC_TAGS = frozenset(
         "re-read",
         "english",
         "novella",
+        # "tells the story of ..." is how prose speaks, not a claim of the tag "stories"
+        # (the genre "short stories" is a two-word tag and stays checked)
+        "story",
+        "stories",
     }
 )
 
@@ -894,6 +902,15 @@ def _reader_claims(text: str, ctx: ClaimContext) -> str | None:
         liked, disliked = _LIKED.search(s), _DISLIKED.search(s)
         if not (liked or disliked):
             continue
+        # "You loved <the recommended book>": the reader has not read it (it would not be picked)
+        if liked and all(h.book_id != ctx.book.book_id for h, _ in ctx.history):
+            main = _title_main(ctx.book.title)
+            if re.search(
+                _LIKED_VERB + r"\s+(?:the book\s+)?[“\"]?" + re.escape(main) + r"(?!\w)", s, re.I
+            ):
+                return (
+                    f"says you liked {main!r}, the recommended book itself, which you have not read"
+                )
         toks = words(s)
         for h, r in ctx.history:
             if h.book_id == ctx.book.book_id:

@@ -280,3 +280,39 @@ def test_template_texts_of_real_evidence_pass():
         c.evidence, BOOKS, {bid("Leviathan Wakes"): 5.0, bid("Project Hail Mary"): 4.0}
     )
     assert check_claims(text, None, c, rules="claims") is None, text
+
+
+# -- found by reading the Qwen2.5-1.5B study texts (prompt v4 -> v6) ------------------------------
+def test_saying_you_loved_the_recommended_book_itself_fails():
+    """The model wrote "You loved Lord of the Flies ..." for the pick Lord of the Flies."""
+    c = ctx(
+        "Leviathan Wakes",
+        [("Project Hail Mary", 5.0)],
+        [Evidence("shared_tags", book_ids=(bid("Project Hail Mary"),), tags=("science-fiction",))],
+    )
+    reason = check_claims(
+        "You loved Leviathan Wakes, and this shares its science fiction with Project Hail Mary.",
+        None,
+        c,
+    )
+    assert reason is not None and "recommended book itself" in reason, reason
+    # the same book named as the pick, not as liked, is fine
+    assert (
+        check_claims(
+            "You loved Project Hail Mary, and Leviathan Wakes is science fiction too.", None, c
+        )
+        is None
+    )
+
+
+def test_the_story_of_is_prose_not_a_genre_claim(leviathan):
+    blurb = (
+        "It tells the story of a detective who searches for a missing heiress while an ice hauler "
+        "crew survives an attack."
+    )
+    assert check_claims(TRUE_WHY, blurb, leviathan) is None
+    # a real two-word genre the records do not hold still fails
+    reason = check_claims(
+        TRUE_WHY, "A collection of short stories about a missing heiress.", leviathan
+    )
+    assert reason is not None and "short stories" in reason, reason
