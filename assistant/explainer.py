@@ -299,8 +299,12 @@ class Explainer:
             self._blurb_schema = json.loads(str(bmeta["json_schema"]))
 
     def _blurb_prompt(self, book: Book) -> tuple[list[dict[str, str]], dict[str, object]] | None:
-        """The blurb call's messages (the book's own record only) and schema, if it has one."""
-        if not self.blurb_prompt:
+        """The blurb call's messages (the book's own record only) and schema, or ``None`` when
+        the prompt has no blurb prompt or the book has no description."""
+        # No description: no model blurb. From tags alone Qwen2.5-1.5B wrote either world
+        # knowledge the record does not hold or word salad ("a memoir of his 1, 1, 1, ..."); the
+        # card shows the tags themselves instead.
+        if not self.blurb_prompt or not book.description.strip():
             return None
         msgs, _ = render_messages(self.blurb_prompt, book=format_book(book, self.desc_chars))
         # The blurb's words: the book's own record (its description in full, its tags).

@@ -3,6 +3,7 @@ with scripted backends, and end-to-end cases with the real offline model."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -501,3 +502,14 @@ def test_real_model_stream_explain_matches_explain(real_backend):
     final = items[-1]
     assert isinstance(final, ExplanationResult)
     assert final == ex.explain(*args)  # greedy decoding: streaming and one-shot agree
+
+
+def test_a_book_without_a_description_gets_no_model_blurb():
+    """Prompt v6: no description, no blurb call (from tags alone the model invented or babbled)."""
+    backend = Scripted([" continues the story by Suzanne Collins."], prefill=True)
+    book = BOOKS["2"]
+    bare = dataclasses.replace(book, description="")
+    books = {**BOOKS, bare.book_id: bare}
+    r = Explainer(backend).explain(bare, EVIDENCE, [(BOOKS["1"], 5.0)], books, TEMPLATE)
+    assert r.source == "llm", r.rejected_reason
+    assert r.blurb is None and len(backend.calls) == 1
