@@ -245,6 +245,13 @@ STOPWORDS = frozenset(
 # Words that frame or praise rather than state a fact about the story: not checked as plot claims.
 FRAME_WORDS = frozenset(
     [
+        # how an explanation relates two books ("shares the same tags"), not a plot claim
+        "shares",
+        "share",
+        "same",
+        "similar",
+        "tags",
+        "tagged",
         "book",
         "books",
         "novel",
@@ -485,6 +492,10 @@ _LIKED = re.compile(
     r"rated|gave|praised|treasured|raved)\b|\byour (favou?rite|top-rated|five-star|5-star)\b",
     re.I,
 )
+_LIKED_VERB = (
+    r"\byou\s+(?:really\s+|also\s+|already\s+)?(?:loved|liked|enjoyed|adored|devoured|rated|"
+    r"gave|praised|treasured)"
+)
 _DISLIKED = re.compile(r"\byou\s+(disliked|hated|did not like|didn't like)\b", re.I)
 _STARS = re.compile(r"\b(\d(?:\.\d)?)\s*(?:stars?|★|/\s*5|out of 5)", re.I)
 _GENERIC_TAGS = frozenset(
@@ -511,6 +522,10 @@ _GENERIC_TAGS = frozenset(
         "re-read",
         "english",
         "novella",
+        # "tells the story of ..." is how prose speaks, not a claim of the tag "stories"
+        # (the genre "short stories" is a two-word tag and stays checked)
+        "story",
+        "stories",
     }
 )
 
@@ -579,6 +594,16 @@ def _phrase_in(phrase: str, toks: Sequence[str]) -> bool:
         all(_same(stem(toks[i + k]), stem(p[k])) for k in range(n))
         for i in range(len(toks) - n + 1)
     )
+
+
+def name_key(name: str) -> list[str]:
+    """A name's words without a *leading* article: "The Diary of a Young Girl" -> diary of a
+    young girl (dropping every article, as before, made titles with an inner "a" or "the"
+    unmatchable, so "You liked The Diary of a Young Girl" was called not personal)."""
+    ws = words(name)
+    while len(ws) > 1 and ws[0] in ("the", "a", "an"):
+        ws = ws[1:]
+    return ws
 
 
 def _title_main(title: str) -> str:
@@ -698,7 +723,7 @@ class ClaimContext:
         out = []
         for h, r in self.history:
             for name in {_title_main(h.title), h.series or ""}:
-                key = [w for w in words(name) if w not in ("the", "a", "an")] if name else []
+                key = name_key(name) if name else []
                 if (
                     key
                     and len(key) >= 1
@@ -894,11 +919,20 @@ def _reader_claims(text: str, ctx: ClaimContext) -> str | None:
         liked, disliked = _LIKED.search(s), _DISLIKED.search(s)
         if not (liked or disliked):
             continue
+        # "You loved <the recommended book>": the reader has not read it (it would not be picked)
+        if liked and all(h.book_id != ctx.book.book_id for h, _ in ctx.history):
+            main = _title_main(ctx.book.title)
+            if re.search(
+                _LIKED_VERB + r"\s+(?:the book\s+)?[“\"]?" + re.escape(main) + r"(?!\w)", s, re.I
+            ):
+                return (
+                    f"says you liked {main!r}, the recommended book itself, which you have not read"
+                )
         toks = words(s)
         for h, r in ctx.history:
             if h.book_id == ctx.book.book_id:
                 continue
-            key = [w for w in words(_title_main(h.title)) if w not in ("the", "a", "an")]
+            key = name_key(_title_main(h.title))
             if (
                 not key
                 or not _phrase_in(" ".join(key), toks)
@@ -912,7 +946,7 @@ def _reader_claims(text: str, ctx: ClaimContext) -> str | None:
         # a catalog title the sentence says you liked, that is neither in your history nor the evidence
         rest = words(_strip_names(s, own))
         for x in ctx.books_by_id.values():
-            key = [w for w in words(_title_main(x.title)) if w not in ("the", "a", "an")]
+            key = name_key(_title_main(x.title))
             if len(key) >= 2 and x.book_id != ctx.book.book_id and _phrase_in(" ".join(key), rest):
                 return f"says you liked {x.title!r}, which is not in your history"
     return None
@@ -970,7 +1004,7 @@ def _personal(text: str, ctx: ClaimContext) -> str | None:
     # the evidence's books are the reader's own too ("similar to X, which you liked")
     mine = [*(h for h, _ in ctx.history), *ctx.ev_books]
     reader = bool(ctx.history_title_hits(toks)) or any(
-        _phrase_in(" ".join(w for w in words(n) if w not in ("the", "a", "an")), toks)
+        _phrase_in(" ".join(name_key(n)), toks)
         for b in mine
         for n in (_title_main(b.title), *b.authors)
         if len(words(n)) >= 2
@@ -985,10 +1019,7 @@ def _personal(text: str, ctx: ClaimContext) -> str | None:
         names = [*e.authors, *(tag_phrase(t) for t in e.tags), e.series or ""]
         names += [_title_main(ctx.books_by_id[i].title) for i in e.book_ids if i in ctx.books_by_id]
         if (
-            any(
-                n and _phrase_in(" ".join(w for w in words(n) if w not in ("the", "a", "an")), toks)
-                for n in names
-            )
+            any(n and _phrase_in(" ".join(name_key(n)), toks) for n in names)
             or e.kind == "co_readers"
             and re.search(r"\breaders?\b", text, re.I)
             or e.kind == "popular"
@@ -1026,6 +1057,7 @@ def check_claims(
     """
     blurb = blurb or ""
     own_only = Vocabulary([ctx.own_text, ctx.query or ""])
+    own_record = Vocabulary([ctx.own_text])
     for field_name, text, is_blurb in (("explanation", explanation, False), ("blurb", blurb, True)):
         if not text:
             continue
@@ -1043,7 +1075,9 @@ def check_claims(
                 text,
                 flags=re.I,
             )
-        tag_vocab = own_only if is_blurb else ctx.reader_no_query
+        # nor in the blurb ("A dark, tense thriller about ..." for a fantasy heist the reader
+        # reached by asking for a thriller)
+        tag_vocab = own_record if is_blurb else ctx.reader_no_query
         for reason in (
             _proper_nouns(text, vocab),
             _characters(text, ctx),

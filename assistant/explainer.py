@@ -16,9 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from assistant.claims import ClaimContext, catalog_tag_vocab, check_claims
+from assistant.claims import LIKED_RATING, ClaimContext, catalog_tag_vocab, check_claims
 from assistant.grounding import (
-    MAX_WHY_CHARS,
     NameIndex,
     _tokens,
     check_grounding,
@@ -112,11 +111,147 @@ def partial_fields(raw: str) -> tuple[str, str]:
     return out[0], out[1]
 
 
+def merge_replies(raw: str) -> str:
+    """Consecutive JSON objects (the explanation's reply, then the blurb's) as one object's text;
+    anything else comes back unchanged (the strict parse then says what is wrong)."""
+    dec, pos, merged = json.JSONDecoder(), 0, {}
+    text = raw.strip()
+    try:
+        while pos < len(text):
+            obj, end = dec.raw_decode(text, pos)
+            if not isinstance(obj, dict):
+                return raw
+            merged.update(obj)
+            pos = end
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+    except json.JSONDecodeError:
+        return raw
+    return json.dumps(merged, ensure_ascii=False) if merged and pos > 0 else raw
+
+
 HistoryItem = Book | tuple[Book, float | None]
 
 
 def _pairs(history: Sequence[HistoryItem]) -> list[tuple[Book, float | None]]:
     return [(h, None) if isinstance(h, Book) else (h[0], h[1]) for h in history]
+
+
+# One sentence of plain text: no quote (it would end the JSON string), no backslash escapes, no
+# newline, no angle brackets (the <<< >>> data markers and the prompt's <placeholders>).
+_PLAIN = r'[^"<>\\\n]'
+_REGEX_SPECIAL = re.compile(r"([\\^$.|?*+()\[\]{}])")
+
+
+def _literal(text: str) -> str:
+    """``text`` as a literal inside a JSON-schema ``pattern`` (llama.cpp's regex subset).
+
+    Only text without regex metacharacters is accepted: llama.cpp 0.3.36's converter writes an
+    escaped ``\\.`` inside a group into the grammar as is, which its parser rejects (and the
+    process crashed on it), so callers drop such words and titles instead.
+    """
+    if _REGEX_SPECIAL.search(text):
+        raise ValueError(f"{text!r} holds a regex metacharacter")
+    return text
+
+
+def _plain_literal(text: str) -> bool:
+    return not _REGEX_SPECIAL.search(text) and '"' not in text
+
+
+def lead_titles(
+    history: Sequence[tuple[Book, float | None]],
+    evidence: Sequence[Evidence],
+    book: Book,
+    shown_k: int = 5,
+    k: int = 4,
+) -> list[str]:
+    """Main titles of the reader's liked books an explanation may open with, best first.
+
+    A book counts as liked when rated at least :data:`assistant.claims.LIKED_RATING`, or, for a
+    reader who rated nothing, when it is shelved at all (the claim checker accepts the same).
+    Books the evidence names come first; then the best-rated of the ``shown_k`` history lines
+    the prompt shows. Titles with a quote or backslash are left out (they cannot sit in a
+    pattern literal) and so are titles with regex metacharacters; the pick itself never leads.
+
+    Returns:
+        Up to ``k`` titles (without a series suffix), or ``[]`` when the reader liked none.
+    """
+    from assistant.claims import _title_main
+
+    unrated = all(r is None for _, r in history)
+    liked = [
+        b for b, r in history if (r is None if unrated else r is not None and r >= LIKED_RATING)
+    ]
+    order = sorted(range(len(history)), key=lambda i: (-(history[i][1] or 0.0), -i))[:shown_k]
+    shown_ids = {history[i][0].book_id for i in order}
+    by_id = {b.book_id: b for b in liked}
+    ids = [i for e in evidence for i in e.book_ids if i in by_id]
+    ids += [history[i][0].book_id for i in order if history[i][0].book_id in by_id]
+    out: list[str] = []
+    for i in ids:
+        title = _title_main(by_id[i].title)
+        if i == book.book_id or not title or not _plain_literal(title) or title in out:
+            continue
+        if i in shown_ids or any(i in e.book_ids for e in evidence):
+            out.append(title)
+    return out[:k]
+
+
+# Words any sentence may use besides the facts' own: grammar, not claims.
+_GLUE = """a an the of and or with for about to in on at from by as is are was were be its it this
+that who whom which their his her he she they them you your also too same both like more most but
+into through after before while when where how one what has have had not all than so book books
+story stories novel readers reader rated liked loved enjoyed shares share tags tagged similar"""
+GLUE_WORDS = tuple(_GLUE.split())
+_FACT_WORD = re.compile(r"[^\W_]+(?:['’.%-][^\W_]+)*%?")
+
+
+def fact_words(*texts: str) -> list[str]:
+    """The distinct words (case kept) of ``texts`` plus :data:`GLUE_WORDS`: a sentence's vocabulary."""
+    seen: dict[str, None] = {}
+    for t in (*texts, " ".join(GLUE_WORDS)):
+        for w in _FACT_WORD.findall(t or ""):
+            if _plain_literal(w):
+                seen.setdefault(w, None)
+                seen.setdefault(w.lower(), None)
+    return list(seen)
+
+
+def vocab_pattern(opening: str, vocab: Sequence[str], min_words: int, max_words: int) -> str:
+    """A pattern: ``opening`` (a regex) then ``min_words``..``max_words`` words of ``vocab``
+    (separated by spaces or commas) and a full stop. Decoding under it cannot write a name,
+    number or word the facts do not hold; the claim checker still judges what the words say."""
+    alt = "|".join(_literal(w) for w in sorted(set(vocab), key=lambda w: (-len(w), w)))
+    return f"^{opening}((,)? ({alt})){{{min_words},{max_words}}}[.]$"
+
+
+def explanation_schema(
+    base: Mapping[str, object],
+    titles: Sequence[str],
+    vocab: Sequence[str] = (),
+) -> dict[str, object]:
+    """``base`` with its strings narrowed by patterns: one plain sentence each (of ``vocab``'s
+    words, when given); with ``titles`` the explanation opens "You liked <title>, and this book"
+    or "Like <title>, this book"."""
+    alts = "|".join(_literal(t) for t in titles)
+    opening = f"(You liked ({alts}), and this book|Like ({alts}), this book)" if titles else ""
+    if vocab:
+        caps = sorted({w[:1].upper() + w[1:] for w in vocab if w[:1].isalpha()})
+        first = f"({'|'.join(_literal(w) for w in caps)})"
+        pats = {
+            "explanation": vocab_pattern(opening or first, vocab, 3, 22),
+            "blurb": vocab_pattern(first, vocab, 6, 30),
+        }
+    else:
+        head = f"{opening} " if titles else "[A-Z]"
+        pats = {
+            "explanation": f"^{head}{_PLAIN}{{8,150}}[.]$",
+            "blurb": f"^[A-Z]{_PLAIN}{{20,220}}[.!]$",
+        }
+    # the base's property order is the order the model writes them in
+    props = {k: {"type": "string", "pattern": pats[k]} for k in base["properties"]}  # type: ignore[index]
+    return {**dict(base), "properties": props}
 
 
 class Explainer:
@@ -138,6 +273,7 @@ class Explainer:
         desc_chars: int = 300,
         counter: FallbackCounter | None = None,
         prompt: str = "explain",
+        vocab_constrained: bool = True,
     ) -> None:
         """``counter`` may be shared between explainers; :attr:`counter` is readable at any time.
 
@@ -147,12 +283,34 @@ class Explainer:
         self.max_new_tokens, self.history_k, self.desc_chars = max_new_tokens, history_k, desc_chars
         self.counter = counter or FallbackCounter()
         self.prompt = prompt
+        # On grammar backends, decode each sentence under a pattern of the facts' own words.
+        self.vocab_constrained = vocab_constrained
         self._index: tuple[int, int, _Grounding] | None = None
         self._system = system_text(prompt)
         meta = prompt_meta(prompt)
         self._why_prefill = str(meta.get("why_prefill", '{"explanation": "'))
         self._blurb_prefill = str(meta.get("blurb_prefill", '", "blurb": "'))
         self.schema = json.loads(str(meta["json_schema"])) if meta.get("json_schema") else None
+        # The blurb's own prompt (no reader data in it), when this prompt names one.
+        self.blurb_prompt = str(meta["blurb_prompt"]) if meta.get("blurb_prompt") else None
+        if self.blurb_prompt:
+            bmeta = prompt_meta(self.blurb_prompt)
+            self._blurb_lead = str(bmeta.get("prefill", '{"blurb": "'))
+            self._blurb_schema = json.loads(str(bmeta["json_schema"]))
+
+    def _blurb_prompt(self, book: Book) -> tuple[list[dict[str, str]], dict[str, object]] | None:
+        """The blurb call's messages (the book's own record only) and schema, or ``None`` when
+        the prompt has no blurb prompt or the book has no description."""
+        # No description: no model blurb. From tags alone Qwen2.5-1.5B wrote either world
+        # knowledge the record does not hold or word salad ("a memoir of his 1, 1, 1, ..."); the
+        # card shows the tags themselves instead.
+        if not self.blurb_prompt or not book.description.strip():
+            return None
+        msgs, _ = render_messages(self.blurb_prompt, book=format_book(book, self.desc_chars))
+        # The blurb's words: the book's own record (its description in full, its tags).
+        own = f"{book.title} {' '.join(book.authors)} {' '.join(book.tags)} {book.description}"
+        vocab = fact_words(own.replace("-", " ")) if self.vocab_constrained else ()
+        return msgs, explanation_schema(self._blurb_schema, (), vocab)
 
     def _grounding(self, books_by_id: Mapping[str, Book]) -> _Grounding:
         if self._index is None or self._index[:2] != (id(books_by_id), len(books_by_id)):
@@ -191,7 +349,8 @@ class Explainer:
         msgs, version = render_messages(
             self.prompt,
             history=format_history(pairs, self.history_k, numbered=True),
-            candidate=format_book(book, self.desc_chars),
+            # the description goes to the blurb's own prompt when there is one
+            candidate=format_book(book, 0 if self.blurb_prompt else self.desc_chars),
             evidence=format_evidence(evidence, books_by_id, numbered=True),
             query=delimit(query, 300) if query else "(none)",
             template=delimit(template_text, 400),
@@ -226,24 +385,40 @@ class Explainer:
             facts_text="\n".join(m["content"] for m in msgs if m["role"] == "user"),
         )
         ctx = ClaimContext(book, tuple(evidence), pairs, books_by_id, query, g.tags)
-        return msgs, version, check, ctx
+        titles = lead_titles(pairs, evidence, book, self.history_k)
+        # The explanation's words: the link facts, the reader's books and request, the pick's
+        # title, authors and tags (no description: the explanation does not retell the plot).
+        user = "\n".join(m["content"] for m in msgs if m["role"] == "user")
+        vocab = fact_words(user, format_book(book, 0)) if self.vocab_constrained else ()
+        schema = explanation_schema(self.schema, titles, vocab) if self.schema is not None else None
+        opening = f"You liked {titles[0]}, and this book" if titles else ""
+        blurb = self._blurb_prompt(book)
+        if blurb is not None:
+            check["facts_text"] += "\n" + blurb[0][-1]["content"]
+        return msgs, version, check, ctx, schema, opening, blurb
 
-    def _raw_chunks(self, msgs: list[dict[str, str]], streaming: bool) -> Iterator[str]:
-        """The raw JSON reply, as chunks (prefills included)."""
+    def _raw_chunks(
+        self,
+        msgs: list[dict[str, str]],
+        streaming: bool,
+        schema: Mapping[str, object] | None = None,
+        opening: str = "",
+        blurb_msgs: list[dict[str, str]] | None = None,
+        blurb_schema: Mapping[str, object] | None = None,
+    ) -> Iterator[str]:
+        """The raw JSON replies, as chunks (prefills included): the explanation's object, then
+        (from ``blurb_msgs``, a prompt that holds only the book's record) the blurb's; the caller
+        joins them with :func:`merge_replies`. A reply that already holds a blurb (a backend that
+        wrote the whole object) is not followed by a blurb call.
+
+        ``schema``/``blurb_schema``: the per-call schemas of the constrained path (default: the
+        prompt's); ``opening``: the explanation's first words on the prefill path (the shape the
+        schema's pattern forces).
+        """
+        schema = schema if schema is not None else self.schema
         gen_json = getattr(self.backend, "generate_json", None)
         constrained = bool(getattr(self.backend, "constrained_json", False))
-        # Constrained decoding (grammar / server-side schema) whenever the backend has it. Otherwise
-        # the paths below, streamed or not (so both agree): field by field with a prefill, which keeps
-        # small models in format better than validate-and-retry, or the whole object; parsed strictly.
-        if self.schema is not None and callable(gen_json) and constrained:
-            stream_json = getattr(self.backend, "stream_json", None)
-            budget = 2 * self.max_new_tokens + 16  # both fields and the JSON syntax
-            if streaming and callable(stream_json):
-                yield from stream_json(msgs, self.schema, max_new_tokens=budget)
-            else:
-                out = gen_json(msgs, self.schema, max_new_tokens=budget)
-                yield out if isinstance(out, str) else json.dumps(out)
-            return
+        budget = self.max_new_tokens + 12  # one field and the JSON syntax
 
         def run(m: list[dict[str, str]], stop: list[str], max_tokens: int) -> Iterator[str]:
             if streaming:
@@ -251,29 +426,39 @@ class Explainer:
             else:
                 yield self.backend.generate(m, max_tokens, stop=stop)
 
-        if not self.backend.supports_prefill:
-            out = ""
-            for chunk in run(msgs, ["}"], 2 * self.max_new_tokens):
-                out += chunk
-                yield chunk
-            if "{" in out:
-                yield "}"  # the stop string is cut off
-            return
-        why = ""
-        yield self._why_prefill
-        # ~4 characters a token: a "why" that needs more tokens than this is rejected as overlong anyway.
-        why_tokens = min(self.max_new_tokens, MAX_WHY_CHARS // 3)
-        for chunk in run(
-            msgs + [{"role": "assistant", "content": self._why_prefill}], ['"', "\n"], why_tokens
-        ):
-            why += chunk
+        def one(
+            m: list[dict[str, str]], sch: Mapping[str, object] | None, lead: str
+        ) -> Iterator[str]:
+            # Constrained decoding (grammar / server-side schema) whenever the backend has it.
+            # Otherwise, streamed or not (so both agree): a prefill, which keeps small models in
+            # format better than validate-and-retry, or the whole object; parsed strictly.
+            if sch is not None and callable(gen_json) and constrained:
+                stream_json = getattr(self.backend, "stream_json", None)
+                if streaming and callable(stream_json):
+                    yield from stream_json(m, dict(sch), max_new_tokens=budget)
+                else:
+                    out = gen_json(m, dict(sch), max_new_tokens=budget)
+                    yield out if isinstance(out, str) else json.dumps(out)
+                return
+            if not self.backend.supports_prefill:
+                out = ""
+                for chunk in run(m, ["}"], 2 * self.max_new_tokens):
+                    out += chunk
+                    yield chunk
+                if "{" in out:
+                    yield "}"  # the stop string is cut off
+                return
+            yield lead
+            yield from run(m + [{"role": "assistant", "content": lead}], ['"', "\n"], budget)
+            yield '"}'
+
+        first = ""
+        for chunk in one(msgs, schema, self._why_prefill + opening):
+            first += chunk
             yield chunk
-        yield self._blurb_prefill
-        prefix = self._why_prefill + why + self._blurb_prefill
-        yield from run(
-            msgs + [{"role": "assistant", "content": prefix}], ['"', "\n"], self.max_new_tokens
-        )
-        yield '"}'
+        if blurb_msgs is None or '"blurb"' in first:
+            return
+        yield from one(blurb_msgs, blurb_schema, self._blurb_lead)
 
     def _finish(
         self,
@@ -359,12 +544,15 @@ class Explainer:
         if self.backend.name == "none":
             yield self._finish(None, "LLM disabled", {}, None, "none", template_text, shown)
             return
-        msgs, version, check, ctx = self._prepare(
+        msgs, version, check, ctx, schema, opening, blurb = self._prepare(
             book, evidence, history_books, books_by_id, template_text, query
         )
+        blurb_msgs, blurb_schema = blurb if blurb is not None else (None, None)
         raw, error, text_so_far = "", None, ""
         try:
-            for chunk in self._raw_chunks(msgs, streaming):
+            for chunk in self._raw_chunks(
+                msgs, streaming, schema, opening, blurb_msgs, blurb_schema
+            ):
                 raw += chunk
                 if streaming:
                     why, blurb = partial_fields(raw)
@@ -376,4 +564,5 @@ class Explainer:
             # A constrained call that still gives no valid object is the model's failure to parse.
             bad = type(e).__name__ == "LLMBadOutput"
             error = f"not valid JSON ({e})" if bad else f"backend error: {e}"
+        raw = merge_replies(raw)
         yield self._finish(None if error else raw, error, check, ctx, version, template_text, shown)

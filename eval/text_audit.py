@@ -166,6 +166,8 @@ def audit_rows(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) 
         )
         ttft = [r["first_token_s"] for r in rs if r.get("first_token_s") is not None]
         secs = [r["seconds"] for r in rs if r.get("seconds") is not None]
+        ttft_cpu = [r["first_token_cpu_s"] for r in rs if r.get("first_token_cpu_s") is not None]
+        cpus = [r["cpu_s"] for r in rs if r.get("cpu_s") is not None]
         out[backend] = {
             "pairs": n,
             "readers": len(per_reader),
@@ -183,6 +185,10 @@ def audit_rows(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) 
             "first_token_s_p95": _pct(ttft, 0.95),
             "per_pick_s_p50": _pct(secs, 0.5),
             "per_pick_s_p95": _pct(secs, 0.95),
+            "first_token_cpu_s_p50": _pct(ttft_cpu, 0.5),
+            "first_token_cpu_s_p95": _pct(ttft_cpu, 0.95),
+            "per_pick_cpu_s_p50": _pct(cpus, 0.5),
+            "per_pick_cpu_s_p95": _pct(cpus, 0.95),
             "rejections": _reasons([r.get("rejected_reason") for r in rs if r["source"] != "llm"]),
             "unsupported_shown": [
                 {
@@ -215,7 +221,7 @@ def _reguard(rows: Sequence[dict[str, Any]], catalogs: Mapping[str, Catalog]) ->
             Evidence(**{k: tuple(v) if isinstance(v, list) else v for k, v in e.items()})
             for e in r["evidence"]
         ]
-        msgs, version, check, ctx = ex._prepare(
+        msgs, version, check, ctx, *_ = ex._prepare(
             cat.by_id[r["book_id"]], evs, hist, cat.by_id, r["template"], r["query"]
         )
         prev = shown[(r["dataset"], r["user_id"])]
@@ -260,6 +266,12 @@ def report(metrics: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -
         ("readers with a near-duplicate pair", "readers_with_near_duplicates", False),
         ("first token p50 / p95 (s)", ("first_token_s_p50", "first_token_s_p95"), False),
         ("per pick p50 / p95 (s)", ("per_pick_s_p50", "per_pick_s_p95"), False),
+        (
+            "first token p50 / p95 (CPU-s)",
+            ("first_token_cpu_s_p50", "first_token_cpu_s_p95"),
+            False,
+        ),
+        ("per pick p50 / p95 (CPU-s)", ("per_pick_cpu_s_p50", "per_pick_cpu_s_p95"), False),
     ]
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for label, key, pct in rows:
@@ -267,9 +279,9 @@ def report(metrics: Mapping[str, Any], runs: Sequence[Mapping[str, Any]] = ()) -
         for n in names:
             m = metrics[n]
             if isinstance(key, tuple):
-                cells.append(" / ".join(_fmt(m[k], False) for k in key))
+                cells.append(" / ".join(_fmt(m.get(k), False) for k in key))
             else:
-                cells.append(_fmt(m[key], pct))
+                cells.append(_fmt(m.get(key), pct))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     for n in names:

@@ -218,8 +218,8 @@ def write_texts(
                 if i > 0 and n_reader % compare_every:
                     continue
                 prev = shown.setdefault((run["backend"], name, row["user_id"]), [])
-                t = time.perf_counter()
-                first = None
+                t, c = time.perf_counter(), time.process_time()
+                first = first_cpu = None
                 final: ExplanationResult | None = None
                 for part in ex.stream_explain(
                     book, evs, hist, books, row["template"], query=row["query"], shown=prev
@@ -227,9 +227,10 @@ def write_texts(
                     if isinstance(part, str):
                         if first is None and part.strip():
                             first = time.perf_counter() - t
+                            first_cpu = time.process_time() - c
                     else:
                         final = part
-                secs = time.perf_counter() - t
+                secs, cpu = time.perf_counter() - t, time.process_time() - c
                 assert final is not None
                 reason = final.rejected_reason
                 error = bool(
@@ -257,6 +258,10 @@ def write_texts(
                     "backend_error": error,
                     "first_token_s": None if first is None else round(first, 3),
                     "seconds": round(secs, 3),
+                    # CPU-seconds of this process (all its threads): less noisy than wall time
+                    # on a CPU shared with other jobs
+                    "first_token_cpu_s": None if first_cpu is None else round(first_cpu, 3),
+                    "cpu_s": round(cpu, 3),
                 }
                 f.write(json.dumps(out, ensure_ascii=False) + "\n")
                 f.flush()

@@ -280,3 +280,85 @@ def test_template_texts_of_real_evidence_pass():
         c.evidence, BOOKS, {bid("Leviathan Wakes"): 5.0, bid("Project Hail Mary"): 4.0}
     )
     assert check_claims(text, None, c, rules="claims") is None, text
+
+
+# -- found by reading the Qwen2.5-1.5B study texts (prompt v4 -> v6) ------------------------------
+def test_saying_you_loved_the_recommended_book_itself_fails():
+    """The model wrote "You loved Lord of the Flies ..." for the pick Lord of the Flies."""
+    c = ctx(
+        "Leviathan Wakes",
+        [("Project Hail Mary", 5.0)],
+        [Evidence("shared_tags", book_ids=(bid("Project Hail Mary"),), tags=("science-fiction",))],
+    )
+    reason = check_claims(
+        "You loved Leviathan Wakes, and this shares its science fiction with Project Hail Mary.",
+        None,
+        c,
+    )
+    assert reason is not None and "recommended book itself" in reason, reason
+    # the same book named as the pick, not as liked, is fine
+    assert (
+        check_claims(
+            "You loved Project Hail Mary, and Leviathan Wakes is science fiction too.", None, c
+        )
+        is None
+    )
+
+
+def test_the_story_of_is_prose_not_a_genre_claim(leviathan):
+    blurb = (
+        "It tells the story of a detective who searches for a missing heiress while an ice hauler "
+        "crew survives an attack."
+    )
+    assert check_claims(TRUE_WHY, blurb, leviathan) is None
+    # a real two-word genre the records do not hold still fails
+    reason = check_claims(
+        TRUE_WHY, "A collection of short stories about a missing heiress.", leviathan
+    )
+    assert reason is not None and "short stories" in reason, reason
+
+
+def test_the_request_does_not_make_a_genre_claim_true_in_the_blurb():
+    """Six of Crows (fantasy heist), reached by a request for a thriller: the model's blurb
+    called it "a dark, tense thriller" and the blurb's vocabulary used to include the request."""
+    c = ctx(
+        "Six of Crows",
+        [("Nimona", 5.0)],
+        [Evidence("shared_tags", book_ids=(bid("Nimona"),), tags=("fantasy",))],
+        query="a dark, tense thriller",
+    )
+    assert "thriller" not in " ".join(BY_TITLE["Six of Crows"].tags)
+    why = "You liked Nimona, and this book shares its fantasy with Nimona."
+    desc_words = " ".join(BY_TITLE["Six of Crows"].description.split()[:12])
+    reason = check_claims(why, f"A dark, tense thriller: {desc_words}.", c)
+    # any of the request's genre words may be the one named
+    assert reason is not None and any(f"'{w}'" in reason for w in ("thriller", "tense", "dark")), (
+        reason
+    )
+    assert check_claims(why, f"A fast-paced fantasy adventure: {desc_words}.", c) is None
+
+
+def test_a_title_with_an_inner_article_is_found():
+    """'The Diary of a Young Girl' (goodbooks) was never matched: every article was dropped from
+    the title but not from the text, so a true personal explanation was called not personal."""
+    title = "A Wrinkle in Time"
+    inner = [b for b in DEMO.books if " a " in b.title.lower() or " the " in b.title.lower()[1:]]
+    assert inner, "the demo has a title with an inner article"
+    pick = BY_TITLE["Leviathan Wakes"]
+    liked = inner[0]
+    c = ClaimContext(
+        pick,
+        (Evidence("shared_tags", book_ids=(liked.book_id,), tags=tuple(liked.tags[:1])),),
+        [(liked, 5.0)],
+        BOOKS,
+        None,
+        VOCAB,
+    )
+    main = liked.title.split(" (")[0]
+    why = f"You liked {main}, and this book is similar."
+    assert check_claims(why, None, c, rules="all") != (
+        "explanation not personal: names none of the reader's books or their request"
+    ), title
+    # a book the reader has not read is still not personal
+    other = "You liked nothing here, and this book is similar."
+    assert "not personal" in (check_claims(other, None, c) or "")

@@ -51,6 +51,7 @@ from assistant.llm.base import (
 )
 
 DEFAULT_N_CTX = 4096
+GRAMMAR_CACHE = 64  # compiled JSON-schema grammars kept per loaded model
 PROMPT_CHUNK = 128  # tokens per prompt decode: the granularity of deadline checks
 _CACHE: dict[tuple[str, int, int], _Loaded] = {}
 _CACHE_LOCK = threading.Lock()
@@ -324,6 +325,10 @@ class LlamaCppBackend(LLMBackend):
         if g is None:
             from llama_cpp.llama_grammar import LlamaGrammar
 
+            # Schemas are per call now (the explainer's patterns hold the reader's titles and
+            # the facts' words): keep the cache bounded, oldest out first.
+            while len(self._m.grammars) >= GRAMMAR_CACHE:
+                self._m.grammars.pop(next(iter(self._m.grammars)))
             try:
                 g = self._m.grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
             except Exception as e:  # the converter raises plain exceptions on unsupported schemas
