@@ -489,7 +489,7 @@ def card_html(r: Recommendation, n: int) -> str:
     meta = e(", ".join(r.authors)) + (f" · {year_text(r.year)}" if r.year is not None else "")
     # Only text that passed every check is called checked; a draft is not; the template says so.
     why_label = {
-        "llm": "Why you (LLM, checked against evidence)",
+        "llm": "Why you (LLM; its names, numbers and tags checked against the evidence)",
         "streaming": "Why you (LLM draft, not yet checked…)",
     }.get(r.explanation_source, "Why you (template, from the evidence)")
     blurb = f'<p class="rn-blurb">{e(r.blurb)}</p>' if r.blurb else ""

@@ -144,9 +144,11 @@ def _rec(source: str, blurb: str | None = None) -> Recommendation:
 
 
 def test_card_labels_never_call_unchecked_text_checked():
-    assert "Why you (LLM, checked against evidence)" in card_html(_rec("llm"), 1)
+    assert "Why you (LLM; its names, numbers and tags checked against the evidence)" in card_html(
+        _rec("llm"), 1
+    )
     draft = card_html(_rec("streaming", "half a sente"), 1)
-    assert "not yet checked" in draft and "checked against evidence" not in draft
+    assert "not yet checked" in draft and "checked against the evidence" not in draft
     tmpl = card_html(_rec("template"), 1)
     assert "template, from the evidence" in tmpl and "LLM" not in tmpl
 
