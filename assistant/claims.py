@@ -845,7 +845,8 @@ def _tags(text: str, allowed: set[str], ctx: ClaimContext, vocab: Vocabulary) ->
 
 
 def plot_support(sentence: str, ctx: ClaimContext) -> tuple[float, list[str]]:
-    """Share of the sentence's checkable content words found in the book's record, and the misses."""
+    """Share of the sentence's checkable content words found in the book's record, and the
+    misses."""
     ws = [w for w in content_words(sentence) if w not in FRAME_WORDS]
     if not ws:
         return 1.0, []
@@ -943,7 +944,8 @@ def _reader_claims(text: str, ctx: ClaimContext) -> str | None:
                 return f"says you liked {h.title!r}, but you rated it {r:g}"
             if disliked and r is not None and r > 2:
                 return f"says you disliked {h.title!r}, but you rated it {r:g}"
-        # a catalog title the sentence says you liked, that is neither in your history nor the evidence
+        # a catalog title the sentence says you liked, that is neither in your history nor the
+        # evidence
         rest = words(_strip_names(s, own))
         for x in ctx.books_by_id.values():
             key = name_key(_title_main(x.title))
@@ -970,7 +972,10 @@ def _authorship(text: str, ctx: ClaimContext) -> str | None:
                 for a in all_authors:
                     aw = words(a)
                     if after[: len(aw)] == aw and a not in b.authors:
-                        return f"says {_title_main(b.title)!r} is by {a}, which its record does not say"
+                        return (
+                            f"says {_title_main(b.title)!r} is by {a}, which its record does "
+                            f"not say"
+                        )
     return None
 
 

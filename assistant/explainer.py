@@ -208,7 +208,8 @@ _FACT_WORD = re.compile(r"[^\W_]+(?:['’.%-][^\W_]+)*%?")
 
 
 def fact_words(*texts: str) -> list[str]:
-    """The distinct words (case kept) of ``texts`` plus :data:`GLUE_WORDS`: a sentence's vocabulary."""
+    """The distinct words (case kept) of ``texts`` plus :data:`GLUE_WORDS`: a sentence's
+    vocabulary."""
     seen: dict[str, None] = {}
     for t in (*texts, " ".join(GLUE_WORDS)):
         for w in _FACT_WORD.findall(t or ""):
@@ -258,7 +259,8 @@ class Explainer:
     """Writes grounded, personal explanations and blurbs with an LLM, else the template text.
 
     Three ways to get the JSON, best first: a backend with constrained ``generate_json`` /
-    ``stream_json`` (``constrained_json``: decoded under the prompt's JSON schema, so it parses); a prefill-capable backend, driven field by field
+    ``stream_json`` (``constrained_json``: decoded under the prompt's JSON schema, so it parses); a
+    prefill-capable backend, driven field by field
     (``why_prefill``/``blurb_prefill`` from ``prompts/explain.toml``, each field cut at its closing
     quote); any other backend writes the whole object, cut at the first ``}``. Every reply then
     passes two checks before it is shown: names (:func:`check_grounding`) and claims
@@ -277,7 +279,8 @@ class Explainer:
     ) -> None:
         """``counter`` may be shared between explainers; :attr:`counter` is readable at any time.
 
-        ``max_new_tokens`` caps each field (explanation, blurb) separately on the field-by-field path.
+        ``max_new_tokens`` caps each field (explanation, blurb) separately on the field-by-field
+        path.
         """
         self.backend = backend
         self.max_new_tokens, self.history_k, self.desc_chars = max_new_tokens, history_k, desc_chars
@@ -360,7 +363,8 @@ class Explainer:
         known = [book, *history_books, *ev_books]
         titles = [b.title for b in known] + [b.series for b in known if b.series]
         authors = [a for b in known for a in b.authors] + [a for e in evidence for a in e.authors]
-        # Names in the book's own description are facts about it; names in the request are the reader's.
+        # Names in the book's own description are facts about it; names in the request are the
+        # reader's.
         desc = _tokens(book.description)
         own_titles = [
             book.title,
@@ -493,7 +497,8 @@ class Explainer:
         query: str | None = None,
         shown: Sequence[str] = (),
     ) -> ExplanationResult:
-        """One checked explanation for ``book``; the template text when the model is off or fails a check.
+        """One checked explanation for ``book``; the template text when the model is off or fails a
+        check.
 
         Args:
             book: the recommended book.

@@ -58,7 +58,8 @@ _QUOTED = [
 ]
 _SHARED_AUTHOR = re.compile(
     r"\b(same (author|writer)|also (written )?by|another (book|novel|story|title|work) (by|from)|"
-    r"other (books|novels|works|titles) (by|from)|more (books |novels )?(by|from) (the same|this author)|"
+    r"other (books|novels|works|titles) (by|from)|more (books |novels )?(by|from) "
+    r"(the same|this author)|"
     r"(by|from) the author of|(author|writer) you (love|loved|like|liked|enjoyed|already know)|"
     r"(a|your) favou?rite author)\b",
     re.IGNORECASE,
@@ -71,7 +72,8 @@ _SHARED_TAGS = re.compile(
 
 # -- name normalisation and lookup --------------------------------------------------------
 def _tokens(text: str) -> list[tuple[str, str]]:
-    """(normalised, original) word tokens: accents folded, apostrophes dropped, ``&`` read as ``and``."""
+    """(normalised, original) word tokens: accents folded, apostrophes dropped, ``&`` read as
+    ``and``."""
     s = unicodedata.normalize("NFKD", text.replace("&", " and "))
     s = "".join(ch for ch in s if not unicodedata.combining(ch))
     return [
@@ -96,7 +98,8 @@ def split_series(title: str) -> tuple[str, str | None]:
 
 
 def normalize_title(title: str) -> str:
-    """Matching form of a title: series suffix, case, punctuation, accents and a leading article removed."""
+    """Matching form of a title: series suffix, case, punctuation, accents and a leading article
+    removed."""
     return " ".join(_key(split_series(title)[0]))
 
 
@@ -139,7 +142,8 @@ class NameIndex:
         return hits
 
     def contains_fragment(self, key: tuple[str, ...]) -> bool:
-        """Whether ``key`` is inside some name, or some name is inside ``key`` (token subsequence)."""
+        """Whether ``key`` is inside some name, or some name is inside ``key`` (token
+        subsequence)."""
         return any(_sub(key, k) or _sub(k, key) for k in self.names)
 
 
@@ -167,7 +171,8 @@ def _title_like(fragment: str) -> bool:
 
 
 def _unsupported_words(prose: str, facts_text: str) -> str | None:
-    """The first name-like word (capitalised mid-sentence) or year in ``prose`` absent from the facts."""
+    """The first name-like word (capitalised mid-sentence) or year in ``prose`` absent from the
+    facts."""
     known = {n for n, _ in _tokens(facts_text)} | _COMMON_CAPS
     for sentence in re.split(r"(?<=[.!?;:])\s+", prose):
         for k, (n, o) in enumerate(_tokens(sentence)):
@@ -270,7 +275,10 @@ def check_grounding(
             if any(a <= i and j <= b for a, b in ok_spans):
                 continue
             if _looks_named(toks[i:j], index.kind):
-                return f"names {index.kind} {name!r}, which is not in the reader's history or the book's facts"
+                return (
+                    f"names {index.kind} {name!r}, which is not in the reader's history or "
+                    f"the book's facts"
+                )
     if blurb and (blurb_titles is not None or blurb_authors is not None):
         b_toks = _tokens(blurb)
         b_ok = [NameIndex(blurb_titles or (), "title"), NameIndex(blurb_authors or (), "author")]

@@ -1,6 +1,7 @@
 """Core benchmark (no LLM): ingest times and recommend latency, with peers side by side.
 
-    .venv/bin/python bench/bench_core.py [--goodbooks ../shared/data/goodbooks] [--users 200] [--json]
+    .venv/bin/python bench/bench_core.py [--goodbooks ../shared/data/goodbooks] [--users 200]
+        [--json]
 
 Prints: demo ingest time, goodbooks ingest time (10k books + 572k ratings, embedding cache
 cold and warm), and `recommend` latency p50/p95 over N readers for each source (hybrid, content,
@@ -133,11 +134,12 @@ def main() -> int:
         print(json.dumps(out, indent=2))
     else:
         print(
-            f"readnext core benchmark ({out['machine']['cores']} cores, Python {out['machine']['python']})"
+            f"readnext core benchmark ({out['machine']['cores']} cores, Python "
+            f"{out['machine']['python']})"
         )
         print(
-            f"  demo ingest        cold {out['demo_ingest_cold_s']:>7.1f} s   warm (embedding cache) "
-            f"{out['demo_ingest_warm_s']:.1f} s"
+            f"  demo ingest        cold {out['demo_ingest_cold_s']:>7.1f} s   "
+            f"warm (embedding cache) {out['demo_ingest_warm_s']:.1f} s"
         )
         if "goodbooks_ingest_cold_s" in out:
             print(

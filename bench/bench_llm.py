@@ -2,7 +2,8 @@
 first streamed token, Yes/No rerank over N candidates (p50/p95), three short JSON replies
 (explanation + blurb for the top 3, p50/p95), the guard on real explanations, and peak RSS.
 
-    python bench/bench_llm.py                          # offline default (Qwen2.5-Coder-1.5B, llama.cpp)
+    python bench/bench_llm.py                          # offline default
+                                                         (Qwen2.5-Coder-1.5B, llama.cpp)
     python bench/bench_llm.py --llm tiny               # SmolLM2-135M via transformers
     python bench/bench_llm.py --compare tiny local     # both, each in a fresh process, side by side
     python bench/bench_llm.py --llm Qwen/Qwen2.5-1.5B-Instruct --books path/to/books.csv --json
@@ -56,7 +57,8 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def synthetic_readers(books: list[Book], n: int, seed: int, n_hist: int = 8, n_cand: int = 20):
-    """(history [(Book, rating)], candidates [(Book, score)]) per reader; deterministic given seed."""
+    """(history [(Book, rating)], candidates [(Book, score)]) per reader; deterministic given
+    seed."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -165,7 +167,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     res["warm_up_s"] = round(backend.warm_up(), 2)
     res["threads"] = getattr(backend, "threads", None) or opts.get("num_threads")
     log(
-        f"[{args.llm}] loaded {backend.describe()} in {res['load_s']}s, warmed in {res['warm_up_s']}s"
+        f"[{args.llm}] loaded {backend.describe()} in {res['load_s']}s, warmed in "
+        f"{res['warm_up_s']}s"
     )
 
     # Tokens/s: one unconstrained greedy generation.
@@ -177,7 +180,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     res["tokens_per_s"] = round(n_tok / gen_s, 1) if n_tok else None
     res["tokens_per_cpu_s"] = round(n_tok / gen_cpu, 1) if n_tok and gen_cpu else None
     log(
-        f"[{args.llm}] generation: {res['tokens_per_s']} tokens/s ({len(text)} chars in {gen_s:.1f}s)"
+        f"[{args.llm}] generation: {res['tokens_per_s']} tokens/s ({len(text)} chars in "
+        f"{gen_s:.1f}s)"
     )
 
     def explain_msgs(hist, book, rng):
@@ -210,7 +214,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "prompt_tokens": getattr(backend, "last_generation", {}).get("prompt_tokens"),
     }
     log(
-        f"[{args.llm}] first streamed token: p50 {res['first_token_s']['p50']}s p95 {res['first_token_s']['p95']}s"
+        f"[{args.llm}] first streamed token: p50 {res['first_token_s']['p50']}s p95 "
+        f"{res['first_token_s']['p95']}s"
     )
 
     # Yes/No rerank over N candidates per reader.
@@ -236,7 +241,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             "per_candidate_cpu_s": round(statistics.median(lat_cpu) / args.candidates, 3),
         }
         log(
-            f"[{args.llm}] rerank {args.candidates}: p50 {res['rerank']['p50_s']}s p95 {res['rerank']['p95_s']}s"
+            f"[{args.llm}] rerank {args.candidates}: p50 {res['rerank']['p50_s']}s p95 "
+            f"{res['rerank']['p95_s']}s"
         )
 
     # Top-3 explanation + blurb as constrained JSON (what the chat needs per turn).
@@ -263,7 +269,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
             "max_new_tokens": args.max_new_tokens,
         }
         log(
-            f"[{args.llm}] top-3 JSON texts: p50 {res['top3_json']['p50_s']}s p95 {res['top3_json']['p95_s']}s, "
+            f"[{args.llm}] top-3 JSON texts: p50 {res['top3_json']['p50_s']}s p95 "
+            f"{res['top3_json']['p95_s']}s, "
             f"{parse_fail} failures"
         )
 

@@ -1,6 +1,8 @@
-"""Readers like you: Chroma ``users`` neighbour queries vs exact numpy, ANN recall, cost per request.
+"""Readers like you: Chroma ``users`` neighbour queries vs exact numpy, ANN recall, cost per
+request.
 
-    python bench/bench_readers.py --dataset ../shared/data/goodbooks [--queries 300] [--json out.json]
+    python bench/bench_readers.py --dataset ../shared/data/goodbooks [--queries 300]
+        [--json out.json]
 
 Builds what ingest builds for the readers-like-you path (taste vectors of every reader, from the
 rated part of the catalog, in a fresh Chroma ``users`` collection in a temporary folder), then
@@ -40,7 +42,7 @@ def _pct(xs: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="../shared/data/goodbooks")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument(

@@ -173,8 +173,8 @@ def report(res: dict[str, Any]) -> str:
     lines = [
         "# Request understanding: labelled chat requests (demo catalog)",
         "",
-        "| set | parser | n | fully correct [95% CI] | kind | tags want / refuse | title | authors | years "
-        "| s/request |",
+        "| set | parser | n | fully correct [95% CI] | kind | tags want / refuse | title | "
+        "authors | years | s/request |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for set_name, one in res["sets"].items():

@@ -1,4 +1,5 @@
-"""The models under evaluation, each a :class:`~retrieval.sources.CandidateSource` over a training Library.
+"""The models under evaluation, each a :class:`~retrieval.sources.CandidateSource` over a training
+Library.
 
 Names (exactly these, they key ``metrics.json``): ``popularity``, ``itemknn``, ``als``, ``bpr``,
 ``ease``, ``content`` (single-source models), ``hybrid`` (our fusion) and ``hybrid+llm`` (the
@@ -305,7 +306,8 @@ def build_hybrid(
     seed: int = 0,
     fitted: Mapping[str, CandidateSource] | None = None,
 ) -> HybridSource:
-    """The live :class:`~retrieval.sources.HybridSource` for tuned ``params`` (see :func:`hybrid_configs`)."""
+    """The live :class:`~retrieval.sources.HybridSource` for tuned ``params`` (see
+    :func:`hybrid_configs`)."""
     _, fusion = hybrid_configs(params, tuned, seed)
     return registry_hybrid(lib, hybrid_sources(lib, params, tuned, seed, fitted), fusion)
 
@@ -335,9 +337,12 @@ def tuned_config_toml(
     cf = configs["cf"]
     lines = [
         f"# readnext settings tuned by `readnext eval` on {label}.",
-        "# Use: READNEXT_CONFIG=this-file readnext recommend ...  (or copy to ~/.readnext/config.toml)",
-        "# [cf] takes effect at the next `readnext ingest` (the model is fitted there), [profile] for stored",
-        "# reader vectors too. With these settings the live hybrid ranks exactly as eval's `hybrid`.",
+        "# Use: READNEXT_CONFIG=this-file readnext recommend ...  (or copy to "
+        "~/.readnext/config.toml)",
+        "# [cf] takes effect at the next `readnext ingest` (the model is fitted there), "
+        "[profile] for stored",
+        "# reader vectors too. With these settings the live hybrid ranks exactly as eval's "
+        "`hybrid`.",
         "",
         "[fusion]",
         f"method = {val(fusion.method)}",

@@ -98,7 +98,8 @@ def render_messages(name: str, **variables: str) -> tuple[list[dict[str, str]], 
 
 
 def clean_user_text(text: str | None, max_chars: int | None = None) -> str:
-    """Strip delimiter look-alikes and control characters from untrusted text; optionally truncate."""
+    """Strip delimiter look-alikes and control characters from untrusted text; optionally
+    truncate."""
     s = _MARKERS.sub(" ", text or "")
     s = "".join(ch if ch.isprintable() or ch in "\n\t" else " " for ch in s)
     s = re.sub(r"\s+", " ", s).strip()

@@ -12,7 +12,8 @@ from retrieval.types import Book, Evidence
 
 
 def format_book(book: Book, desc_chars: int = 200, max_tags: int = 8) -> str:
-    """One delimited line of catalog facts about ``book`` (title, authors, year, tags, description)."""
+    """One delimited line of catalog facts about ``book`` (title, authors, year, tags,
+    description)."""
     parts = [book.title]
     if book.authors:
         parts.append("by " + ", ".join(book.authors))
@@ -32,7 +33,8 @@ def format_book(book: Book, desc_chars: int = 200, max_tags: int = 8) -> str:
 def format_history(
     history: Sequence[Book | tuple[Book, float | None]], k: int = 5, numbered: bool = False
 ) -> str:
-    """The reader's ``k`` best-rated books (ties: most recent first; input is oldest first), one per line.
+    """The reader's ``k`` best-rated books (ties: most recent first; input is oldest first), one per
+    line.
 
     Args:
         history: books, or (book, rating) pairs (rating ``None``: shelved without one).
@@ -84,7 +86,8 @@ def format_evidence(
             )
         elif e.kind == "same_author" and e.authors:
             lines.append(
-                f"- It is by {delimit(', '.join(e.authors))}, who also wrote {titles or 'books the reader liked'}."
+                f"- It is by {delimit(', '.join(e.authors))}, who also wrote "
+                f"{titles or 'books the reader liked'}."
             )
         elif e.kind == "co_readers" and titles:
             share = f"{e.share:.0%} of " if e.share is not None else ""

@@ -92,7 +92,8 @@ class FusionConfig:
     """How the hybrid fuses its candidate sources (see ``retrieval.fusion``).
 
     Defaults are the values ``readnext eval`` chose on goodbooks' validation split
-    (``eval/results/goodbooks-partial-sequential/report.md``, with SASRec; readers-like-you got weight 0); ``readnext eval`` writes the values it tunes
+    (``eval/results/goodbooks-partial-sequential/report.md``, with SASRec; readers-like-you got
+    weight 0); ``readnext eval`` writes the values it tunes
     for any dataset to ``OUT/tuned-config.toml``, ready to use as a config file.
     """
 
@@ -158,7 +159,8 @@ class CFConfig:
     ease_memory_fraction: float = 0.5
     max_itemknn_items: int = 200_000
     params: dict[str, Any] = field(default_factory=dict)
-    # Recency half-life of the reader's row in events (0 or None: all books count alike); ordered data only.
+    # Recency half-life of the reader's row in events (0 or None: all books count alike); ordered
+    # data only.
     half_life_events: float | None = 2.0
     liked_boost: float = (
         0.5  # EASE / item-kNN: a book rated r >= 3 counts 1 + liked_boost * (r - 3)
@@ -395,8 +397,9 @@ class LLMConfig:
     top_n: int = 20  # candidates the reranker scores
     explain_top: int = 3  # picks that get LLM text (the rest keep templates)
     max_new_tokens: int = 160
-    # CPU threads of an in-process model (llama.cpp or torch); 0 = auto (llama.cpp: all cores up to 4;
-    # torch: its default). Env READNEXT_LLM_THREADS also works for the model loaded by any entry point.
+    # CPU threads of an in-process model (llama.cpp or torch); 0 = auto (llama.cpp: all cores up
+    # to 4; torch: its default). Env READNEXT_LLM_THREADS also works for the model loaded by any
+    # entry point.
     threads: int = 0
     n_ctx: int = 4096  # llama.cpp context length (prompt + reply tokens)
     timeout_s: float = 20.0  # deadline of one LLM call (a generation, a yes/no batch, a JSON reply)
@@ -620,7 +623,8 @@ class Settings:
                 )
         if not isinstance(m.breaker_failures, int) or m.breaker_failures < 1:
             raise ReadnextError(
-                f"{origin}: llm.breaker_failures must be an integer >= 1; got {m.breaker_failures!r}"
+                f"{origin}: llm.breaker_failures must be an integer >= 1; got "
+                f"{m.breaker_failures!r}"
             )
         if not isinstance(m.threads, int) or m.threads < 0:
             raise ReadnextError(

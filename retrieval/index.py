@@ -49,7 +49,8 @@ def current_index_dir(home: Path) -> Path:
     ptr = home / "CURRENT"
     if not home.is_dir():
         raise NotFoundError(
-            f"data dir {home} does not exist: run `readnext ingest` first (or set --data-dir / READNEXT_HOME)"
+            f"data dir {home} does not exist: run `readnext ingest` first (or set --data-dir / "
+            f"READNEXT_HOME)"
         )
     if not ptr.is_file():
         raise NotFoundError(f"no index in {home}: run `readnext ingest` first")
@@ -319,8 +320,8 @@ def ingest(
         # has switched to this index and collects them then (or the next start does).
         collect_garbage(home)
         _log(
-            f"ingested {ds.label or ds.name}: {len(ds.books):,} books, {len(ds.ratings):,} ratings, "
-            f"{len(users):,} readers in {time.perf_counter() - t0:.1f}s -> {out}"
+            f"ingested {ds.label or ds.name}: {len(ds.books):,} books, {len(ds.ratings):,} "
+            f"ratings, {len(users):,} readers in {time.perf_counter() - t0:.1f}s -> {out}"
             + (f" (replaced {old})" if old else ""),
             quiet,
         )
@@ -392,8 +393,8 @@ def _train_sasrec(
     model.save(out / "sasrec.pt")
     r = model.report
     _log(
-        f"sasrec: {r.epochs} epochs (best {r.best_epoch}, validation ndcg@10 {r.best_val_ndcg:.4f}) "
-        f"in {r.seconds:.0f}s" + (" (cached)" if r.from_cache else ""),
+        f"sasrec: {r.epochs} epochs (best {r.best_epoch}, validation ndcg@10 "
+        f"{r.best_val_ndcg:.4f}) in {r.seconds:.0f}s" + (" (cached)" if r.from_cache else ""),
         quiet,
     )
     return {"trained": True, **r.to_dict()}

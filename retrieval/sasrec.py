@@ -199,7 +199,8 @@ class SASRecModel:
         return np.array([self._id[b] for b in history_ids if b in self._id], dtype=np.int64)
 
     def next_scores(self, seqs: Sequence[np.ndarray], batch: int = 512) -> np.ndarray:
-        """(readers, n_items) next-book logits; a reader without known books gets a row of ``-inf``."""
+        """(readers, n_items) next-book logits; a reader without known books gets a row of
+        ``-inf``."""
         torch = _torch()
         n = len(self.item_ids)
         out = np.full((len(seqs), n), NEG, dtype=np.float64)

@@ -1,4 +1,5 @@
-"""The SASRec candidate source: next-book scores of a trained :class:`~retrieval.sasrec.SASRecModel`."""
+"""The SASRec candidate source: next-book scores of a trained
+:class:`~retrieval.sasrec.SASRecModel`."""
 
 from __future__ import annotations
 

@@ -91,12 +91,13 @@ def test_records_are_what_the_tests_assume():
         ),
         (
             "Like Project Hail Mary, this fast-paced science fiction opens The Expanse series.",
-            "Set between Earth, Mars and the Belt, a detective hunts a missing heiress while an ice hauler's crew "
-            "survives an attack.",
+            "Set between Earth, Mars and the Belt, a detective hunts a missing heiress while an "
+            "ice hauler's crew survives an attack.",
         ),
         (
             "Since you rated Project Hail Mary 5 stars, try this fast-paced space opera.",
-            "A space-opera mystery: a detective searches for a missing heiress, and both trails lead somewhere stranger.",
+            "A space-opera mystery: a detective searches for a missing heiress, and both trails "
+            "lead somewhere stranger.",
         ),
     ],
 )
@@ -129,16 +130,16 @@ def test_true_gone_girl_text_passes(gone_girl):
         ),
         # issue #10: a generic explanation that says nothing true about the book or the reader
         (
-            "You may enjoy this book because it tells about a story where your life will be saved when there are "
-            "people around whom you can share memories.",
+            "You may enjoy this book because it tells about a story where your life will be "
+            "saved when there are people around whom you can share memories.",
             None,
             "does not support",
         ),
         # issue #10: a tautological blurb
         (
             TRUE_WHY,
-            "Leviathan Wakes is a science fiction novel written by James S.A. Corey for the science "
-            "fiction genre.",
+            "Leviathan Wakes is a science fiction novel written by James S.A. Corey for the "
+            "science fiction genre.",
             "tautology",
         ),
         # the reader rated Gone Girl 2
@@ -146,7 +147,8 @@ def test_true_gone_girl_text_passes(gone_girl):
         ("You gave Gone Girl 5 stars, so try this fast-paced science fiction.", None, "rated it 2"),
         # positions, sequels, numbers, tags, names, authorship the records do not hold
         (
-            "Like Project Hail Mary, it is fast-paced science fiction, the second book in the series.",
+            "Like Project Hail Mary, it is fast-paced science fiction, the second book in the "
+            "series.",
             None,
             "series position 2",
         ),
@@ -167,7 +169,8 @@ def test_true_gone_girl_text_passes(gone_girl):
         ),
         (
             "Like Project Hail Mary, it is fast-paced science fiction.",
-            "Captain Holden and his crew survive an attack that could start a war between Earth and Mars.",
+            "Captain Holden and his crew survive an attack that could start a war between Earth "
+            "and Mars.",
             "'Holden'",
         ),
         (
@@ -185,7 +188,8 @@ def test_false_texts_fail(leviathan, why, blurb, needle):
 
 
 def test_the_request_does_not_make_a_genre_claim_true():
-    """Found by hand-reading the study: the reader asked for a thriller, the model called Speak one."""
+    """Found by hand-reading the study: the reader asked for a thriller, the model called Speak
+    one."""
     c = ctx(
         "Speak",
         [("The Book Thief", 4.0)],
@@ -197,13 +201,19 @@ def test_the_request_does_not_make_a_genre_claim_true():
         ],
         query="a dark, tense thriller",
     )
-    false = "Speak is a dark, tense thriller that shares the tags young-adult and emotional with The Book Thief."
+    false = (
+        "Speak is a dark, tense thriller that shares the tags young-adult and emotional "
+        "with The Book Thief."
+    )
     reason = check_claims(false, None, c)
     # both genre words are the request's, not the book's: either one is the reason
     assert reason is not None and any(f"'{w}'" in reason for w in ("thriller", "dark", "tense")), (
         reason
     )
-    true = "You asked for a dark, tense thriller; like The Book Thief, Speak is emotional young-adult fiction."
+    true = (
+        "You asked for a dark, tense thriller; like The Book Thief, Speak is emotional "
+        "young-adult fiction."
+    )
     assert check_claims(true, None, c) is None
 
 
@@ -257,7 +267,8 @@ def test_measures_behind_the_rules(leviathan):
 
 
 def test_template_texts_of_real_evidence_pass():
-    """The template is the fallback: its claims (ratings, counts, shares, positions) must check out."""
+    """The template is the fallback: its claims (ratings, counts, shares, positions) must check
+    out."""
     from assistant.explain import template_explanation
 
     c = ctx(

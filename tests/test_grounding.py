@@ -78,7 +78,8 @@ def test_grounded_reply_passes():
         check(
             j(
                 "You loved The Hunger Games, and Catching Fire continues the story.",
-                "Catching Fire follows Katniss after her victory. Suzanne Collins raises the stakes.",
+                "Catching Fire follows Katniss after her victory. Suzanne Collins raises the "
+                "stakes.",
             )
         )
         is None
@@ -90,7 +91,8 @@ def test_title_variants_match_allowed_titles():
     assert (
         check(
             j(
-                "Since you enjoyed the hunger games, this next volume of the Hunger Games series fits."
+                "Since you enjoyed the hunger games, this next volume of the Hunger Games series "
+                "fits."
             ),
         )
         is None
@@ -214,7 +216,10 @@ def test_blurb_may_only_name_the_recommended_book():
 
 
 def test_names_and_years_must_come_from_the_facts():
-    facts = "Recommended book: <<<Catching Fire by Suzanne Collins (2009). Katniss faces the Capitol.>>>"
+    facts = (
+        "Recommended book: <<<Catching Fire by Suzanne Collins (2009). Katniss faces the "
+        "Capitol.>>>"
+    )
     ok = j(
         "You may enjoy it because Katniss faces the Capitol again.",
         "Written in 2009, it raises the stakes.",
@@ -374,15 +379,18 @@ def test_prefill_backend_is_driven_field_by_field():
 
 
 def test_stream_explain_yields_growing_text_then_the_result():
-    reply = '{"why": "You read The Hunger Games first.", "blurb": "Katniss survived the arena; the Capitol wants revenge."'
+    reply = (
+        '{"why": "You read The Hunger Games first.", "blurb": "Katniss survived the arena; '
+        'the Capitol wants revenge."'
+    )
     ex = Explainer(Scripted([reply]))
     items = list(ex.stream_explain(BOOKS["2"], EVIDENCE, [BOOKS["1"]], BOOKS, TEMPLATE))
     texts, final = items[:-1], items[-1]
     assert isinstance(final, ExplanationResult) and final.source == "llm"
     assert all(isinstance(t, str) for t in texts) and len(texts) >= 3
     assert (
-        texts[-1]
-        == "You read The Hunger Games first.\n\nKatniss survived the arena; the Capitol wants revenge."
+        texts[-1] == "You read The Hunger Games first.\n\n"
+        "Katniss survived the arena; the Capitol wants revenge."
     )
     assert all(
         texts[i + 1].startswith(texts[i][:-1]) or texts[i + 1].startswith(texts[i])
@@ -441,7 +449,8 @@ def real_backend():
 
 
 def _names_outside(text: str, allowed_titles: list[str]) -> list[str]:
-    """Catalog titles (3+ words, checked independently of the guard) named in text but not allowed."""
+    """Catalog titles (3+ words, checked independently of the guard) named in text but not
+    allowed."""
     low = " ".join(re.findall(r"\w+", text.lower()))
     allowed = {normalize_title(t) for t in allowed_titles}
     out = []

@@ -27,11 +27,13 @@ def _yn(history: str, candidate: str) -> list[dict[str, str]]:
     return [
         {
             "role": "system",
-            "content": "You judge whether a reader will enjoy a book. Reply with one word: Yes or No.",
+            "content": "You judge whether a reader will enjoy a book. Reply with one word: Yes "
+            "or No.",
         },
         {
             "role": "user",
-            "content": f"Books the reader loved (5/5):\n{history}\n\nCandidate book:\n{candidate}\n\n"
+            "content": f"Books the reader loved (5/5):\n{history}\n\n"
+            f"Candidate book:\n{candidate}\n\n"
             "Will this reader enjoy the candidate book? Answer Yes or No.",
         },
     ]
@@ -41,7 +43,10 @@ SF = (
     "- Dune by Frank Herbert (science fiction)\n- Foundation by Isaac Asimov (science fiction)\n"
     "- Hyperion by Dan Simmons (science fiction)"
 )
-AUSTEN = "- Pride and Prejudice by Jane Austen (classics, romance)\n- Emma by Jane Austen (classics, romance)"
+AUSTEN = (
+    "- Pride and Prejudice by Jane Austen (classics, romance)\n"
+    "- Emma by Jane Austen (classics, romance)"
+)
 PAIRS = [  # (history, candidate, relevant?)
     (SF, "The Left Hand of Darkness by Ursula K. Le Guin (science fiction)", True),
     (SF, "Essential Pasta: 100 Italian Recipes (cookbook)", False),
@@ -148,7 +153,8 @@ def test_deadline_stops_a_local_generation(qwen):
 
 
 def test_slices_join_into_the_pinned_file(tmp_path):
-    """The real join from the installed PyPI slices: atomic, verified, and a no-op the second time."""
+    """The real join from the installed PyPI slices: atomic, verified, and a no-op the second
+    time."""
     from assistant.llm import model_files as mf
 
     try:

@@ -112,7 +112,8 @@ def book(i: int) -> Book:
 
 
 class TableBackend(LLMBackend):
-    """Yes/No score looked up from the candidate title in the prompt; generate returns a fixed reply."""
+    """Yes/No score looked up from the candidate title in the prompt; generate returns a fixed
+    reply."""
 
     name = "table"
     model_id = "table"
@@ -294,7 +295,8 @@ def test_real_prefill_is_continued(local):
 
 # -- the endpoint client against our server on 127.0.0.1 -----------------------------------
 class FakeLM(LLMBackend):
-    """Deterministic stand-in model: echoes the last user message; next token 'Yes' iff it says 'good'."""
+    """Deterministic stand-in model: echoes the last user message; next token 'Yes' iff it says
+    'good'."""
 
     name = "fake"
     model_id = "fake-lm"

@@ -35,7 +35,8 @@ def home(demo_home, tmp_path_factory):
 def _rec(home, llm, weight: float) -> Recommender:
     s = Settings.load(home=home, env={})
     s.llm.rerank_weight = weight
-    # The real model on a shared, busy CPU: deadlines generous enough that they test text, not speed.
+    # The real model on a shared, busy CPU: deadlines generous enough that they test text, not
+    # speed.
     s.llm.timeout_s, s.llm.turn_budget_s = 600.0, 1800.0
     return Recommender(Index.open(home), s, llm=llm)
 

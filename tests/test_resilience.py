@@ -1,4 +1,5 @@
-"""Never a stall: deadlines, turn budget and circuit breaker against a real hung server on 127.0.0.1.
+"""Never a stall: deadlines, turn budget and circuit breaker against a real hung server on
+127.0.0.1.
 
 The "hung" server is a real TCP socket that accepts connections and never sends a byte, the
 failure that used to make one chat request take 482 s and be reported as a grounding failure.
@@ -134,7 +135,8 @@ def test_unreachable_endpoint_is_named_as_such():
 
 
 class Flaky(LLMBackend):
-    """Fails (LLMError) while ``down`` is set, else answers; optionally sleeps without a deadline."""
+    """Fails (LLMError) while ``down`` is set, else answers; optionally sleeps without a
+    deadline."""
 
     name = "flaky"
     model_id = "flaky"
@@ -232,7 +234,7 @@ def test_guard_rejections_are_counted_apart_from_backend_failures():
     ]
 
 
-# -- the product paths against the hung server ------------------------------------------------------
+# -- the product paths against the hung server -----------------------------------------------------
 @pytest.fixture()
 def hung_home(demo_home, tmp_path):
     h = tmp_path / "home"

@@ -62,8 +62,8 @@ TEMPLATE = (
 )
 TRUE = {
     "explanation": "You loved Project Hail Mary, and this is fast-paced science fiction too.",
-    "blurb": "A weary detective on an asteroid station searches for a missing heiress, while an ice hauler "
-    "crew survives an attack.",
+    "blurb": "A weary detective on an asteroid station searches for a missing heiress, while an "
+    "ice hauler crew survives an attack.",
 }
 
 
@@ -95,8 +95,8 @@ def test_json_backend_true_text_is_shown_and_schema_is_passed():
         (
             {
                 **TRUE,
-                "blurb": "Leviathan Wakes is a story about a man named Leviathan who goes undercover to find a "
-                "missing heiress.",
+                "blurb": "Leviathan Wakes is a story about a man named Leviathan who goes "
+                "undercover to find a missing heiress.",
             },
             "character",
         ),
@@ -201,7 +201,8 @@ def test_study_dump_and_independent_audit(demo_home, tmp_path):
     assert (
         m["claim_support_rate_shown"] == 1.0
     )  # the template texts that were shown are all supported
-    # The audit re-checks what was shown, independently of the run: a false text marked "llm" is caught.
+    # The audit re-checks what was shown, independently of the run: a false text marked "llm" is
+    # caught.
     forged = dict(
         lines[0],
         backend="forged",

@@ -28,7 +28,8 @@ class LLMError(RuntimeError):
     """A backend could not answer (unreachable server, unsupported call, bad output).
 
     ``kind`` says what really happened, for honest notes: ``"error"`` (anything else),
-    ``"timeout"``, ``"unreachable"``, ``"bad_output"`` or ``"skipped"`` (circuit open / budget spent).
+    ``"timeout"``, ``"unreachable"``, ``"bad_output"`` or ``"skipped"`` (circuit open / budget
+    spent).
     """
 
     kind: str = "error"
@@ -59,7 +60,8 @@ class LLMSkipped(LLMError):
 
 
 def remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (a ``time.monotonic()`` value); ``None`` means no deadline."""
+    """Seconds left until ``deadline`` (a ``time.monotonic()`` value); ``None`` means no
+    deadline."""
     return None if deadline is None else deadline - time.monotonic()
 
 
@@ -83,7 +85,8 @@ def validate_json(obj: Any, schema: dict[str, Any]) -> None:
 
 
 def parse_json_reply(text: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """The first JSON object in ``text``, validated against ``schema``; :class:`LLMBadOutput` otherwise."""
+    """The first JSON object in ``text``, validated against ``schema``; :class:`LLMBadOutput`
+    otherwise."""
     start = text.find("{")
     if start < 0:
         raise LLMBadOutput(f"reply holds no JSON object: {text[:80]!r}")
@@ -114,24 +117,28 @@ class LLMBackend(ABC):
     # Whether generate/stream/yes_no_scores/generate_json accept ``deadline=`` (a time.monotonic()
     # value) and stop by it themselves; the resilience wrapper only passes it to backends that do.
     supports_deadline: bool = False
-    # Whether generate_json is *constrained* (grammar / server-side schema) rather than validate-and-retry.
+    # Whether generate_json is *constrained* (grammar / server-side schema) rather than
+    # validate-and-retry.
     constrained_json: bool = False
 
     @abstractmethod
     def yes_no_scores(self, prompts: list[list[Message]]) -> list[float]:
-        """Return ``log P("Yes") - log P("No")`` of the next token for each prompt (batched, deterministic)."""
+        """Return ``log P("Yes") - log P("No")`` of the next token for each prompt (batched,
+        deterministic)."""
 
     @abstractmethod
     def generate(
         self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None
     ) -> str:
-        """Greedy-decode a reply to ``messages``; the text is cut before the first ``stop`` string."""
+        """Greedy-decode a reply to ``messages``; the text is cut before the first ``stop``
+        string."""
 
     @abstractmethod
     def stream(
         self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None
     ) -> Iterator[str]:
-        """Like :meth:`generate` but yields text chunks as they are produced (their concatenation equals ``generate``'s text)."""
+        """Like :meth:`generate` but yields text chunks as they are produced (their concatenation
+        equals ``generate``'s text)."""
 
     def next_token_logprobs(
         self, prompts: list[list[Message]], k: int = 20
@@ -198,7 +205,8 @@ class LLMBackend(ABC):
         raise last
 
     def warm_up(self) -> float:
-        """Load weights and run one tiny generation so the first real request is fast; seconds taken."""
+        """Load weights and run one tiny generation so the first real request is fast; seconds
+        taken."""
         t0 = time.perf_counter()
         self.generate([{"role": "user", "content": "Say OK."}], max_new_tokens=2)
         return time.perf_counter() - t0
@@ -209,7 +217,8 @@ class LLMBackend(ABC):
 
 
 class NoLLM(LLMBackend):
-    """The "none" backend: no model at all. Callers check ``backend.name == "none"`` and skip LLM steps."""
+    """The "none" backend: no model at all. Callers check ``backend.name == "none"`` and skip LLM
+    steps."""
 
     name = "none"
     model_id = ""
@@ -280,7 +289,8 @@ def cut_at_stop(text: str, stop: Sequence[str] | None) -> tuple[str, bool]:
 
 
 def stream_with_stops(chunks: Iterable[str], stop: Sequence[str] | None) -> Iterator[str]:
-    """Yield from ``chunks`` but stop before any stop string, holding back text that may start one."""
+    """Yield from ``chunks`` but stop before any stop string, holding back text that may start
+    one."""
     stops = [s for s in (stop or []) if s]
     if not stops:
         yield from chunks

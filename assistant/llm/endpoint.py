@@ -61,7 +61,8 @@ class EndpointBackend(LLMBackend):
         supports_prefill: bool = False,
         max_concurrency: int = 4,
     ) -> None:
-        """``model=None`` takes the first id from ``GET /v1/models``; ``supports_logprobs=None`` probes once.
+        """``model=None`` takes the first id from ``GET /v1/models``; ``supports_logprobs=None``
+        probes once.
 
         ``supports_prefill``: set True only for servers that continue a trailing assistant message
         (ours does; vLLM needs ``continue_final_message``, which we do not send).
@@ -107,7 +108,10 @@ class EndpointBackend(LLMBackend):
         if isinstance(e, httpx.TimeoutException):
             return f"LLM endpoint {url} timed out ({type(e).__name__})"
         if isinstance(e, httpx.HTTPStatusError):
-            return f"LLM endpoint {url} returned HTTP {e.response.status_code}: {e.response.text[:300]}"
+            return (
+                f"LLM endpoint {url} returned HTTP {e.response.status_code}: "
+                f"{e.response.text[:300]}"
+            )
         return f"LLM endpoint {url} failed: {type(e).__name__}: {e}"
 
     def _post(self, payload: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
@@ -178,7 +182,8 @@ class EndpointBackend(LLMBackend):
         max_new_tokens: int = 256,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Ask with ``response_format`` (``json_schema``, else ``json_object``, else the prompt) and validate.
+        """Ask with ``response_format`` (``json_schema``, else ``json_object``, else the prompt) and
+        validate.
 
         Which form the server accepts is found on the first call (an HTTP 4xx means "not
         supported") and remembered. The reply is always validated against ``schema``.
@@ -227,7 +232,8 @@ class EndpointBackend(LLMBackend):
                         event = json.loads(body)
                     except json.JSONDecodeError as e:
                         raise LLMError(
-                            f"LLM endpoint {self.base_url}{path} sent a bad stream event: {body[:120]}"
+                            f"LLM endpoint {self.base_url}{path} sent a bad stream event: "
+                            f"{body[:120]}"
                         ) from e
                     if event.get("error"):
                         raise LLMError(
@@ -301,7 +307,8 @@ class EndpointBackend(LLMBackend):
     def yes_no_scores(
         self, prompts: list[list[Message]], deadline: float | None = None
     ) -> list[float]:
-        """One ``max_tokens: 1`` request per prompt, ``max_concurrency`` at a time (servers batch them)."""
+        """One ``max_tokens: 1`` request per prompt, ``max_concurrency`` at a time (servers batch
+        them)."""
         if not prompts:
             return []
         if not self.supports_logprobs:

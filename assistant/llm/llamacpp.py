@@ -62,7 +62,8 @@ INSTALL_HINT = (
 
 
 def default_threads() -> int:
-    """Threads for llama.cpp: ``READNEXT_LLM_THREADS``, else all cores up to 4, else half the cores."""
+    """Threads for llama.cpp: ``READNEXT_LLM_THREADS``, else all cores up to 4, else half the
+    cores."""
     env = os.environ.get("READNEXT_LLM_THREADS")
     if env:
         try:
@@ -213,7 +214,8 @@ class LlamaCppBackend(LLMBackend):
         return ids
 
     def render(self, messages: list[Message]) -> str:
-        """The exact prompt text fed to the model (the GGUF's chat template, or a plain transcript)."""
+        """The exact prompt text fed to the model (the GGUF's chat template, or a plain
+        transcript)."""
         msgs, prefill = split_prefill(validate_messages(messages))
         if self._formatter is not None:
             text = self._formatter(messages=msgs).prompt
@@ -240,7 +242,8 @@ class LlamaCppBackend(LLMBackend):
             raise LLMTimeout("the local model stayed busy with another request until the deadline")
 
     def _eval_prompt(self, tokens: list[int], reserve: int, deadline: float | None) -> None:
-        """Make the context hold exactly ``tokens`` with fresh logits for the last one (lock held)."""
+        """Make the context hold exactly ``tokens`` with fresh logits for the last one (lock
+        held)."""
         llm = self._m.llm
         if not tokens:
             raise LLMError("empty prompt: nothing to evaluate")
@@ -287,7 +290,8 @@ class LlamaCppBackend(LLMBackend):
     def yes_no_scores(
         self, prompts: list[list[Message]], deadline: float | None = None
     ) -> list[float]:
-        """``logsumexp`` over the Yes variants minus over the No variants of the next token, per prompt."""
+        """``logsumexp`` over the Yes variants minus over the No variants of the next token, per
+        prompt."""
         if not prompts:
             return []
         if not self.supports_logprobs:
@@ -412,7 +416,8 @@ class LlamaCppBackend(LLMBackend):
         max_new_tokens: int = 256,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        """A JSON object decoded under a grammar built from ``schema`` (see :meth:`LLMBackend.generate_json`)."""
+        """A JSON object decoded under a grammar built from ``schema`` (see
+        :meth:`LLMBackend.generate_json`)."""
         msgs, _prefill = split_prefill(
             validate_messages(messages)
         )  # a prefill would fight the grammar

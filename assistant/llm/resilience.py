@@ -41,7 +41,8 @@ _DONE = object()
 
 
 class CircuitBreaker:
-    """Opens after ``failures`` consecutive failures; stays open ``cooldown_s``; one trial closes it."""
+    """Opens after ``failures`` consecutive failures; stays open ``cooldown_s``; one trial closes
+    it."""
 
     def __init__(
         self,
@@ -188,7 +189,8 @@ class ResilientBackend(LLMBackend):
 
     # -- budget views -------------------------------------------------------------------
     def for_turn(self, budget_s: float | None = None) -> ResilientBackend:
-        """A view for one turn: same model and breaker, all its calls end by ``budget_s`` from now."""
+        """A view for one turn: same model and breaker, all its calls end by ``budget_s`` from
+        now."""
         b = self.turn_budget_s if budget_s is None else budget_s
         dl = None if b is None else time.monotonic() + max(0.0, b)
         view = ResilientBackend(self.inner, self.timeout_s, self.breaker, b, dl)
@@ -332,7 +334,8 @@ class ResilientBackend(LLMBackend):
         stop: list[str] | None = None,
         deadline: float | None = None,
     ) -> Iterator[str]:
-        """Chunks from a worker thread; :class:`LLMTimeout` when the next chunk misses the deadline."""
+        """Chunks from a worker thread; :class:`LLMTimeout` when the next chunk misses the
+        deadline."""
         return self._stream(
             lambda dl: self.inner.stream(messages, max_new_tokens, stop, **self._kw(dl)), deadline
         )
@@ -345,7 +348,8 @@ class ResilientBackend(LLMBackend):
         deadline: float | None = None,
     ) -> Iterator[str]:
         """The raw text of a constrained JSON reply as it is decoded (the inner ``stream_json``),
-        else the whole :meth:`generate_json` object as one chunk; same deadlines as :meth:`stream`."""
+        else the whole :meth:`generate_json` object as one chunk; same deadlines as
+        :meth:`stream`."""
         inner = getattr(self.inner, "stream_json", None)
         if not callable(inner):
             return iter(
@@ -426,7 +430,8 @@ def honest_notes(
         )
     if o["timeout"]:
         notes.append(
-            f"the LLM did not answer in time ({o['timeout']} call(s) timed out): showing template text"
+            f"the LLM did not answer in time ({o['timeout']} call(s) timed out): showing "
+            f"template text"
         )
     if o["unreachable"]:
         msg = next((m for m in turn.failure_messages if "connect" in m), "")
