@@ -24,6 +24,12 @@ Rules (each one measurable, each one tested with hand-made true and false texts)
 * **reader claims**: a book the text says the reader liked/loved/enjoyed must be in their history
   rated 4 or more (or shelved positively); a rating it quotes must be the one they gave;
 * **authorship**: "X by Y" must pair a title with its own author;
+* **relations** (explanation): a clause that relates the pick to a book X ("shares the tags A, B
+  with X", "like X", "similar to X", "readers who liked X", "because you liked X") must name an X
+  that is not the pick and that an evidence line of the matching kind holds (shares tags:
+  ``shared_tags``/``anchor``; like/similar: ``similar_to``/``shared_tags``/``anchor``; readers
+  who liked: ``co_readers``/``anchor``; because you liked: any line), and the tags it calls
+  shared must be that line's (with no X named: those of a shared-tags line);
 * **tautology**: the blurb must carry at least :data:`MIN_FACETS` facts beyond title and authors
   (description words or tags, a multi-word tag counting once);
 * **personal**: the explanation must mention one of the reader's books (title, series, author)
@@ -822,10 +828,11 @@ def _series(text: str, ctx: ClaimContext, blurb: bool) -> str | None:
     return None
 
 
-def _tags(text: str, allowed: set[str], ctx: ClaimContext, vocab: Vocabulary) -> str | None:
-    toks = words(text)
+def _tag_spans(toks: Sequence[str], vocab_tags: Sequence[str]) -> list[tuple[int, int, str]]:
+    """The tag phrases named in ``toks`` as (start, length, tag), longest tags taken first."""
     taken = [False] * len(toks)
-    for tag in ctx.vocab_tags:
+    out = []
+    for tag in vocab_tags:
         p = tag.split()
         n = len(p)
         for i in range(len(toks) - n + 1):
@@ -834,13 +841,21 @@ def _tags(text: str, allowed: set[str], ctx: ClaimContext, vocab: Vocabulary) ->
             if all(stem(toks[i + k]) == stem(p[k]) for k in range(n)):
                 for k in range(n):
                     taken[i + k] = True
-                said = toks[i : i + n]
-                if (
-                    tag not in allowed
-                    and not all(vocab.has(w) for w in p)
-                    and not all(vocab.has(w) for w in said)
-                ):
-                    return f"claims the tag/genre {tag!r}, which the records do not hold"
+                out.append((i, n, tag))
+    return out
+
+
+def _tags(text: str, allowed: set[str], ctx: ClaimContext, vocab: Vocabulary) -> str | None:
+    toks = words(text)
+    for i, n, tag in _tag_spans(toks, ctx.vocab_tags):
+        p = tag.split()
+        said = toks[i : i + n]
+        if (
+            tag not in allowed
+            and not all(vocab.has(w) for w in p)
+            and not all(vocab.has(w) for w in said)
+        ):
+            return f"claims the tag/genre {tag!r}, which the records do not hold"
     return None
 
 
@@ -979,6 +994,243 @@ def _authorship(text: str, ctx: ClaimContext) -> str | None:
     return None
 
 
+# -- relations -----------------------------------------------------------------------------------
+# Which evidence kinds back which relation a clause claims between the pick and a named book.
+_REL_TAGS = ("shared_tags", "anchor")  # "shares the tags A, B with X"
+_REL_SIMILAR = (
+    "similar_to",
+    "shared_tags",
+    "anchor",
+)  # "like X", "similar to X", "shares ... with X"
+_REL_AUTHOR = ("same_author",)  # "shares an author with X"
+_REL_READERS = ("co_readers", "anchor")  # "readers who liked X ...", "fans of X"
+_REL_ANY = None  # "because you liked X": any evidence line that names X
+_REL_LABEL = {
+    _REL_TAGS: "shared-tags",
+    _REL_SIMILAR: "similar-book",
+    _REL_AUTHOR: "same-author",
+    _REL_READERS: "co-readers",
+}
+_REL_VERB = {
+    _REL_TAGS: "shares tags with",
+    _REL_SIMILAR: "is like",
+    _REL_AUTHOR: "shares an author with",
+    _REL_READERS: "shares readers with",
+}
+_SHARE_WORDS = frozenset({"share", "shares", "shared", "sharing"})
+
+
+def _wordset(ws: str) -> frozenset[str]:
+    return frozenset(ws.split())
+
+
+_NOT_LIKE = _wordset(
+    "you i we they he she who that would wed youd theyd id ll youll might will may do did dont "
+    "didnt to really also if readers reader people fans those"
+)
+_OBJ_FILLER = _wordset(
+    "the a an book books novel novels title titles you your liked loved enjoyed rated highly read "
+    "such as including like both ones those other others especially namely"
+)
+_OBJ_JOIN = _wordset(", and or nor the a an as well")
+_RELATION_VERBS = _wordset("liked loved enjoyed like love enjoy rated read gave adored")
+
+
+def _name_index(ctx: ClaimContext) -> dict[tuple[str, ...], list[Book]]:
+    """Name key -> the known books (the pick, the history, the evidence) it names; a key that is
+    some book's title names only the books with that title, not a series of that name."""
+    titles: dict[tuple[str, ...], list[Book]] = {}
+    series: dict[tuple[str, ...], list[Book]] = {}
+    seen: set[str] = set()
+    for b in [ctx.book, *(h for h, _ in ctx.history), *ctx.ev_books]:
+        if b.book_id in seen:
+            continue
+        seen.add(b.book_id)
+        titles.setdefault(tuple(name_key(_title_main(b.title))), []).append(b)
+        if b.series:
+            series.setdefault(tuple(name_key(b.series)), []).append(b)
+    out = dict(series)
+    out.update(titles)
+    out.pop((), None)
+    return out
+
+
+def _tokens_cased(text: str) -> list[tuple[str, str, str]]:
+    """(lower-case, as written, the text before it) word tokens, aligned with :func:`words`."""
+    s = unicodedata.normalize("NFKD", (text or "").replace("&", " and "))
+    s = "".join(ch for ch in s if not unicodedata.combining(ch))
+    out = []
+    end = 0
+    for m in _WORD.finditer(s):
+        out.append(
+            (m.group().lower().replace("'", "").replace("’", ""), m.group(), s[end : m.start()])
+        )
+        end = m.end()
+    return out
+
+
+def _mark_names(
+    sentence: str, index: Mapping[tuple[str, ...], list[Book]]
+) -> tuple[list[str], list[list[Book]]]:
+    """The sentence's tokens with each known book name (longest first) replaced by ``§k``, and
+    the books each ``§k`` names, with a ``,`` token where a comma, colon or dash stands between
+    words outside a name. A one-word name of four letters or fewer counts only when it is
+    capitalised ("Lit", "Dry")."""
+    toks = _tokens_cased(sentence)
+    low = [t for t, _, _ in toks]
+    found = []
+    for key in index:
+        n = len(key)
+        for i in range(len(low) - n + 1):
+            if all(_same(stem(low[i + k]), stem(key[k])) for k in range(n)):
+                if n == 1 and len(key[0]) <= 4 and not toks[i][1][:1].isupper():
+                    continue
+                found.append((i, n, key))
+    found.sort(key=lambda x: (-x[1], x[0]))
+    taken = [False] * len(low)
+    spans = []
+    for i, n, key in found:
+        if not any(taken[i : i + n]):
+            taken[i : i + n] = [True] * n
+            spans.append((i, n, key))
+    starts = {i: (n, key) for i, n, key in spans}
+    seq: list[str] = []
+    named: list[list[Book]] = []
+    i = 0
+    while i < len(low):
+        if re.search(r"[,:—–]", toks[i][2]):
+            seq.append(",")
+        if i in starts:
+            n, key = starts[i]
+            seq.append(f"§{len(named)}")
+            named.append(index[key])
+            i += n
+        else:
+            seq.append(low[i])
+            i += 1
+    return seq, named
+
+
+def _object(seq: Sequence[str], j: int) -> list[int]:
+    """The ``§k`` names a relation cue at ``seq[j:]`` points to: "X", "X, Y and Z", "books you
+    liked, such as X"."""
+    skipped = 0
+    while j < len(seq) and seq[j] in _OBJ_FILLER and skipped < 8:
+        j, skipped = j + 1, skipped + 1
+    out: list[int] = []
+    closed = True  # the last two names are joined by "and"/"or", not only by a comma
+    while j < len(seq) and seq[j].startswith("§"):
+        out.append(int(seq[j][1:]))
+        j += 1
+        k = j
+        while k < len(seq) and (seq[k] in _OBJ_JOIN or seq[k].isdigit()):
+            k += 1
+        if k > j and k < len(seq) and seq[k].startswith("§"):
+            closed = bool({"and", "or", "nor"} & set(seq[j:k]))
+            j = k
+    # "Like X, Speak is ...": a name after a bare comma starts the next clause, not the list
+    return out if closed else out[:1]
+
+
+def _relations_in(seq: Sequence[str], ctx: ClaimContext):
+    """(kinds, names, tags) for every relation clause of a marked sentence: the evidence kinds
+    that back it, the ``§k`` it names, and the tags it says are shared (shares-clauses only)."""
+    for i, t in enumerate(seq):
+        nxt = seq[i + 1] if i + 1 < len(seq) else ""
+        if t in _SHARE_WORDS:
+            j = i + 1
+            while j < len(seq) and not seq[j].startswith("§"):
+                if seq[j] in ("with", "as") and seq[j - 1] != "such":
+                    break
+                j += 1
+            what = list(seq[i + 1 : j])
+            obj = _object(seq, j + 1) if j < len(seq) and seq[j] in ("with", "as") else []
+            tags = [tag for _, _, tag in _tag_spans(what, ctx.vocab_tags)]
+            if tags or {"tag", "tags", "tagged", "genre", "genres"} & set(what):
+                kinds = _REL_TAGS
+            elif {"author", "authors", "writer"} & set(what):
+                kinds = _REL_AUTHOR
+            elif {"readers", "reader", "fans", "audience"} & set(what):
+                kinds = _REL_READERS
+            else:
+                kinds = _REL_SIMILAR
+            yield kinds, obj, tags
+        elif t in ("similar", "close", "comparable", "akin"):
+            for j in range(i + 1, min(i + 7, len(seq))):
+                if seq[j].startswith("§"):
+                    break
+                if seq[j] == "to":
+                    yield _REL_SIMILAR, _object(seq, j + 1), []
+                    break
+        elif (t == "like" and (i == 0 or seq[i - 1] not in _NOT_LIKE)) or (
+            t == "of" and i > 0 and seq[i - 1] in ("reminiscent", "vein", "spirit")
+        ):
+            yield _REL_SIMILAR, _object(seq, i + 1), []
+        elif t in ("readers", "reader", "people", "fans", "those") and (
+            nxt in ("who", "that") and i + 2 < len(seq) and seq[i + 2] in _RELATION_VERBS
+        ):
+            yield _REL_READERS, _object(seq, i + 3), []
+        elif t in ("fans", "readers") and nxt == "of":
+            yield _REL_READERS, _object(seq, i + 2), []
+        elif (
+            t in ("because", "since")
+            and nxt == "you"
+            and i + 2 < len(seq)
+            and seq[i + 2] in _RELATION_VERBS
+        ):
+            yield _REL_ANY, _object(seq, i + 3), []
+
+
+def _relations(text: str, ctx: ClaimContext) -> str | None:
+    """A relation clause ("shares the tags A with X", "like X", "readers who liked X", "because
+    you liked X") must name a book other than the pick that an evidence line of a matching kind
+    holds, and the tags it says are shared must be that line's."""
+    index = _name_index(ctx)
+    pick = ctx.book.book_id
+    for s in sentences(text):
+        seq, named = _mark_names(s, index)
+        for kinds, obj, tags in _relations_in(seq, ctx):
+            lines = [e for e in ctx.evidence if kinds is None or e.kind in kinds]
+            label = _REL_LABEL.get(kinds, "")
+            backing: list[Evidence] = []
+            for k in obj:
+                books = named[k]
+                ids = {b.book_id for b in books if b.book_id != pick}
+                hit = [e for e in lines if ids & set(e.book_ids)]
+                if not hit:
+                    name = _title_main(books[0].title)
+                    if any(b.book_id == pick for b in books):
+                        name = _title_main(ctx.book.title)
+                        return (
+                            f"names the recommended book itself ({name!r}) as the book it "
+                            f"{_REL_VERB.get(kinds, 'relates to')}"
+                        )
+                    what = f"no {label} evidence" if label else "no evidence line"
+                    return f"relates the book to {name!r}, which {what} for it holds"
+                backing += hit
+            if tags:
+                held = backing or [e for e in lines if e.tags]
+                shared = {tag_phrase(t) for e in held for t in e.tags}
+                for tag in tags:
+                    # "biography, memoir" reads as the catalog tag "biographies memoirs": a
+                    # many-word span is held when each of its words is a shared tag
+                    if not any(_phrase_same(tag, x) for x in shared) and not (
+                        len(tag.split()) > 1
+                        and all(any(_phrase_same(w, x) for x in shared) for w in tag.split())
+                    ):
+                        with_ = f" with {_title_main(named[obj[0]][0].title)!r}" if obj else ""
+                        return (
+                            f"says it shares the tag {tag!r}{with_}, which that evidence does not "
+                            "hold"
+                        )
+    return None
+
+
+def _phrase_same(a: str, b: str) -> bool:
+    pa, pb = a.split(), b.split()
+    return len(pa) == len(pb) and all(stem(x) == stem(y) for x, y in zip(pa, pb))
+
+
 def facets(blurb: str, ctx: ClaimContext) -> int:
     """Distinct facts a blurb carries beyond the title and authors (description words, tags)."""
     b = ctx.book
@@ -1096,6 +1348,7 @@ def check_claims(
             _plot(text, ctx, every_sentence=is_blurb),
             _reader_claims(text, ctx) if not is_blurb else None,
             _authorship(text, ctx),
+            _relations(text, ctx) if not is_blurb else None,
         ):
             if reason:
                 return f"{field_name} {reason}"

@@ -373,3 +373,176 @@ def test_a_title_with_an_inner_article_is_found():
     # a book the reader has not read is still not personal
     other = "You liked nothing here, and this book is similar."
     assert "not personal" in (check_claims(other, None, c) or "")
+
+
+# -- relations: found by hand-reading the Qwen2.5-1.5B study (prompt v6) --------------------------
+# Each shown text below passed every lexical rule but said the pick shares tags with itself, with
+# a book of another evidence line, or listed a history tag as shared. "shares ... with X",
+# "like X", "similar to X", "readers who liked X", "because you liked X" must name a book other
+# than the pick, held by an evidence line of the matching kind, and the shared tags must be that
+# line's.
+def _brave_new_world() -> ClaimContext:
+    return ctx(
+        "Brave New World",
+        [("The Way of Kings", 5.0), ("Allegiant", 4.0)],
+        [
+            Evidence("similar_to", book_ids=(bid("Allegiant"),), value=0.6),
+            Evidence(
+                "shared_tags",
+                book_ids=(bid("The Haunting of Hill House"), bid("To Kill a Mockingbird")),
+                tags=("classic", "science-fiction", "dystopian", "thought-provoking"),
+            ),
+        ],
+    )
+
+
+def _the_giver() -> ClaimContext:
+    return ctx(
+        "The Giver",
+        [("The Book Thief", 5.0), ("Allegiant", 4.0), ("Mockingjay", 4.0)],
+        [
+            Evidence("similar_to", book_ids=(bid("The Hunger Games"), bid("Allegiant")), value=0.6),
+            Evidence(
+                "shared_tags",
+                book_ids=(bid("Allegiant"), bid("Mockingjay"), bid("The Amber Spyglass")),
+                tags=("young-adult", "classic", "dystopian", "short"),
+            ),
+            Evidence(
+                "co_readers", book_ids=(bid("The Book Thief"),), count=12, value=4.2, share=0.9
+            ),
+        ],
+    )
+
+
+def _wolf_hall() -> ClaimContext:
+    """Outlander (romance) is in the history, not in the shared-tags line."""
+    return ctx(
+        "Wolf Hall",
+        [("Outlander", 5.0), ("My Brilliant Friend", 4.0)],
+        [
+            Evidence(
+                "shared_tags",
+                book_ids=(bid("My Brilliant Friend"),),
+                tags=("historical-fiction", "literary-fiction", "slow-burn"),
+            ),
+            Evidence(
+                "co_readers", book_ids=(bid("My Brilliant Friend"),), count=9, value=4.1, share=0.8
+            ),
+        ],
+    )
+
+
+BNW_TAGS = "shares the tags classic, science-fiction, dystopian, thought-provoking with"
+
+
+@pytest.mark.parametrize(
+    "make, false, needle",
+    [
+        # the pick named as the book it shares tags with (shown on Brave New World's own card)
+        (
+            _brave_new_world,
+            f"You liked The Way of Kings, and this book {BNW_TAGS} Brave New World.",
+            "recommended book itself ('Brave New World')",
+        ),
+        (
+            _brave_new_world,
+            "You liked Allegiant, and this book is like Brave New World.",
+            "recommended book itself",
+        ),
+        # tags said to be shared with a book of another evidence line (similar_to, co_readers)
+        (
+            _the_giver,
+            "You liked The Book Thief, and this book shares the tags young-adult, classic, "
+            "dystopian, short with The Hunger Games, which the reader liked.",
+            "'The Hunger Games', which no shared-tags evidence",
+        ),
+        (
+            _the_giver,
+            "You liked The Book Thief, and this book shares the tags young-adult and classic with "
+            "The Book Thief.",
+            "'The Book Thief', which no shared-tags evidence",
+        ),
+        # a tag of the reader's history listed as shared with a book whose line lacks it
+        (
+            _wolf_hall,
+            "You liked Outlander, and this book shares the same historical fiction, slow-burn and "
+            "romance tags as My Brilliant Friend.",
+            "tag 'romance' with 'My Brilliant Friend'",
+        ),
+        (
+            _wolf_hall,
+            "You liked Outlander, and this book shares the tags romance and slow-burn.",
+            "tag 'romance'",
+        ),
+        # readers who liked X: X must be a co-readers line's book
+        (
+            _wolf_hall,
+            "Readers who liked Outlander also rated this book highly.",
+            "'Outlander', which no co-readers evidence",
+        ),
+        # because you liked X: X must be in some evidence line
+        (
+            _wolf_hall,
+            "We picked it because you liked Outlander, and it is historical fiction.",
+            "'Outlander', which no evidence line",
+        ),
+        (
+            _the_giver,
+            "You liked Mockingjay, and this book is similar to Mockingjay and The Giver.",
+            "recommended book itself ('The Giver')",
+        ),
+    ],
+)
+def test_a_wrong_relation_fails(make, false, needle):
+    reason = check_claims(false, None, make())
+    assert reason is not None and needle in reason, reason
+
+
+@pytest.mark.parametrize(
+    "make, true",
+    [
+        (
+            _brave_new_world,
+            f"You liked The Way of Kings, and this book {BNW_TAGS} To Kill a Mockingbird.",
+        ),
+        (
+            _brave_new_world,
+            f"You liked The Way of Kings, and this book {BNW_TAGS} The Haunting of Hill House and "
+            "To Kill a Mockingbird.",
+        ),
+        (_brave_new_world, "You liked Allegiant, and this book is similar to Allegiant."),
+        (_brave_new_world, "Like Allegiant, which you liked, Brave New World is dystopian."),
+        (
+            _the_giver,
+            "You liked The Book Thief, and this book shares the tags young-adult, classic, "
+            "dystopian, short with Mockingjay, which the reader liked.",
+        ),
+        (_the_giver, "You liked Mockingjay, and this book is similar to The Hunger Games."),
+        (_the_giver, "Readers who liked The Book Thief rated it highly."),
+        (
+            _wolf_hall,
+            "You liked Outlander, and this book shares the same historical fiction and slow-burn "
+            "tags as My Brilliant Friend.",
+        ),
+        (_wolf_hall, "Readers who liked My Brilliant Friend also rated this book highly."),
+        (_wolf_hall, "We picked it because you liked My Brilliant Friend, and it is slow-burn."),
+        # the pick named as the subject, not as the related book
+        (
+            _wolf_hall,
+            "You liked Outlander, and Wolf Hall shares the tag slow-burn with My Brilliant Friend.",
+        ),
+    ],
+)
+def test_a_right_relation_passes(make, true):
+    assert check_claims(true, None, make()) is None
+
+
+def test_template_relations_pass():
+    """The templates of every relation kind name their own line's books and tags."""
+    from assistant.explain import render_evidence
+
+    for c in (_brave_new_world(), _the_giver(), _wolf_hall()):
+        rated = {h.book_id: r for h, r in c.history}
+        for e in c.evidence:
+            text = render_evidence(e, BOOKS, rated)
+            assert check_claims(text, None, c, rules="claims") is None, text
