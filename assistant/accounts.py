@@ -94,6 +94,23 @@ class Account:
     source: str = "file"  # "file" | "--auth"
 
 
+def write_private_json(path: Path, data: object) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (temp file, fsync, rename), readable by the
+    owner only (0600): the account and API-key files hold password and key hashes.
+
+    Args:
+        path: the file to replace.
+        data: a JSON-serialisable object.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class AccountStore:
     """Accounts from a file plus in-memory ones; thread-safe; verifies logins.
 
@@ -156,13 +173,7 @@ class AccountStore:
                 for a in sorted(accounts.values(), key=lambda a: a.name)
             },
         }
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private_json(self.path, data)
 
     # -- queries --------------------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
@@ -24,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from assistant.accounts import write_private_json
 from retrieval.errors import ReadnextError
 from retrieval.privacy import check_reader_id
 
@@ -122,13 +122,7 @@ class KeyStore:
                 for k in sorted(keys.values(), key=lambda k: k.key_id)
             },
         }
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_private_json(self.path, data)
 
     # -- queries --------------------------------------------------------------------------------
 
