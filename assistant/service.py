@@ -81,9 +81,9 @@ class ReaderService:
         self, rec: Recommender, accounts: AccountStore | None = None, llm_picks: int | None = None
     ) -> None:
         self.rec = rec
-        # a server: feedback replies once the event is durable; Chroma's copy of the profile
-        # is written behind it (the next recommendation does not read it)
-        rec.defer_profile_writes()
+        # Profile writes stay synchronous here: a deferred write still pending when a server
+        # gets SIGTERM was lost (tests/test_load.py caught a stored profile one event behind);
+        # Recommender.defer_profile_writes() remains for callers that flush on exit.
         self.accounts = accounts if accounts is not None and len(accounts) else None
         self.limits = rec.settings.limits
         self.llm_picks = llm_picks

@@ -35,7 +35,12 @@ def _readers(rec, n=25, min_ratings=10):
 def test_index_on_disk_is_a_real_chroma_store(home, rec):
     store = VectorStore(rec.index.path / "chroma")
     assert store.count("books") == len(rec.books)
-    assert store.count("users") == len(rec.lib.user_ids)
+    # one stored profile per reader: the index's readers, plus any reader added since through
+    # onboarding or feedback (session-shared homes gain some in other tests)
+    readers = {u["user_id"] for u in rec.users()}
+    assert set(rec.lib.user_ids) <= readers
+    assert store.count("users") == len(readers)
+    assert set(store.get_metadata("users", sorted(readers))) == readers
     # the stored book vector is the embedding of the book's text
     b = rec.lib.books[3]
     v = store.get_vectors("books", [b.book_id])[b.book_id]
