@@ -203,10 +203,12 @@ def _check_live_equals_eval_modulo_ann(rec: Recommender, want: dict[str, list[st
 
     The one approximate part of the live path: the readers source asks Chroma's HNSW for a
     reader's neighbours, eval the exact numpy index over the same taste vectors. Where the
-    tuned hybrid weights it, readers whose Chroma neighbour set is not the exact one (measured:
-    up to 28 of 682 goodbooks-sample readers, a few of 596 demo readers; the HNSW graph differs
-    from build to build) are the only ones allowed to differ, and with exact neighbours the
-    live path ranks as eval for every reader.
+    tuned hybrid weights it (in either slice), readers whose Chroma neighbour set is not the exact
+    one (measured: up to 28 of 682 goodbooks-sample readers, 2 of 596 demo readers; the HNSW
+    graph differs from build to build) are the only ones allowed to differ: given the same
+    neighbours, both paths compute the same cosines bit for bit (``retrieval.readers.cosines``,
+    the exact index's vectors once it is in memory), and with exact neighbours the live path
+    ranks as eval for every reader.
     """
     readers = rec.sources["hybrid"].sources.get("readers")
     miss: frozenset[str] = frozenset()
@@ -220,7 +222,9 @@ def _check_live_equals_eval_modulo_ann(rec: Recommender, want: dict[str, list[st
         ann = readers.neighbours(ctxs)[0]
         exact = readers.index.neighbours(ctxs, readers.cfg.neighbours)[0]
         miss = frozenset(u for u, x, y in zip(users, ann, exact) if set(x) != set(y))
-        assert len(miss) <= 0.1 * len(users), len(miss)  # approximate, not wrong
+        # approximate, not wrong: measured 2 of 596 demo readers, 81 of 2,000 goodbooks-sample
+        # readers (recall 0.998) whose HNSW neighbour set is not the exact one
+        assert len(miss) <= 0.06 * len(users), len(miss)
     _check_live_equals_eval(rec, want, explain_all=25, skip=miss)
     if miss:
         readers.store, readers._last = None, None  # the exact neighbours eval uses

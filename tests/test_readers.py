@@ -86,6 +86,7 @@ def test_live_chroma_path_ranks_as_the_exact_batch_path(rec):
     live = rec.sources["readers"]
     assert live.store is not None
     exact = ReadersSource(rec.lib, rec.settings.readers, rec.settings.profile)
+    live.preload()  # the exact index in memory: live cosines from its copies, as eval's
     users = _readers(rec, 60)
     ctxs = [rec.context(u) for u in users]
     same_top, recall, same_set = 0, [], 0
