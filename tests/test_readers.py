@@ -297,3 +297,21 @@ def test_onboarding_uses_readers_like_you_through_the_cold_slice_weights(cold_re
     assert not np.array_equal(
         hybrid.fuse(per, [ctx]), hybrid.fuse(per, [ctx], weights=hybrid.weights)
     )
+
+
+def test_chat_readers_like_me_for_a_stored_reader(rec):
+    """ "what are readers like me reading?" from a stored dataset reader: the readers source's
+    picks (not the hybrid's), none already read, reasons that verify against their history."""
+    from assistant.chat_engine import ChatEngine, ChatState
+
+    u = _readers(rec, 1)[0]
+    eng = ChatEngine(rec, k=5, llm_picks=0)
+    cards = list(eng.respond(ChatState(user_id=u), "what are readers like me reading?"))[-1].cards
+    hist = rec.history(u)
+    assert len(cards) == 5 and all(c.sources == ["readers"] for c in cards)
+    assert not {c.book_id for c in cards} & {r.book_id for r in hist}
+    assert [c.book_id for c in cards] == [
+        r.book_id for r in rec.recommend(u, k=5, source="readers")
+    ]
+    ours = [(c, e) for c in cards for e in c.evidence if e.kind == "readers_like_you"]
+    assert ours and all(verify(rec.lib, c.book_id, e, hist) for c, e in ours)
