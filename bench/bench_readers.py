@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from retrieval.embed import Embedder
     from retrieval.library import Library
     from retrieval.profiles import build_profiles
-    from retrieval.readers import ReadersSource
+    from retrieval.readers import SLACK, ReadersSource
     from retrieval.sources import build_sources
     from retrieval.store import VectorStore
     from retrieval.types import UserContext
@@ -100,13 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         ]
         pos = {u: i for i, u in enumerate(users)}
         K = cfg.neighbours
-        chroma_t, numpy_t, recall = [], [], []
+        chroma_t, chroma_v_t, numpy_t, recall = [], [], [], []
         store.query("users", uvecs[0], K + 1)  # warm the index
         for u in tqdm(sample, desc="neighbour queries", unit="query"):
             v = uvecs[pos[u]]
             t = time.perf_counter()
             hits = [i for i, _ in store.query("users", v, K + 1) if i != u][:K]
             chroma_t.append(time.perf_counter() - t)
+            t = time.perf_counter()  # what the readers source asks: ids and stored vectors
+            store.query_vectors("users", v, K + 1 + SLACK)
+            chroma_v_t.append(time.perf_counter() - t)
             t = time.perf_counter()
             s = uvecs @ v
             s[pos[u]] = -np.inf
@@ -115,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             exact = {users[i] for i in top}
             recall.append(len(exact & set(hits)) / K)
         out["chroma_query"] = _pct(chroma_t)
+        out["chroma_query_with_vectors"] = _pct(chroma_v_t)
         out["numpy_query"] = _pct(numpy_t)
         out["ann_recall_at_k"] = round(float(np.mean(recall)), 4)
         out["ann_recall_min"] = round(float(np.min(recall)), 4)
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         w["readers"] = max(w.get("readers", 0.0), 0.5)
         with_r = HybridSource(lib, srcs, w)
         without_r = HybridSource(lib, srcs, {**w, "readers": 0.0})
-        live_t, exact_t, hyb_t, hyb0_t, same = [], [], [], [], []
+        live_t, exact_t, hyb_t, hyb0_t, same, same_nb, same_bits = [], [], [], [], [], [], []
         for u in tqdm(sample[:100], desc="readers source in recommend", unit="reader"):
             ctx = UserContext(u, lib.history(u))
             t = time.perf_counter()
@@ -142,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
             b = [c.book_id for c in exact_src.candidates(ctx, 10)]
             exact_t.append(time.perf_counter() - t)
             same.append(a == b)
+            live._last = None
+            r1, s1 = live.neighbours([ctx])
+            r2, s2 = exact_src.neighbours([ctx])
+            same_nb.append(set(r1[0].tolist()) == set(r2[0].tolist()))
+            same_bits.append(r1.tolist() == r2.tolist() and bool(np.array_equal(s1, s2)))
             t = time.perf_counter()
             with_r.score(ctx)
             hyb_t.append(time.perf_counter() - t)
@@ -151,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         out["readers_candidates_live_chroma"] = _pct(live_t)
         out["readers_candidates_exact_numpy"] = _pct(exact_t)
         out["live_top10_equals_exact_share"] = round(float(np.mean(same)), 4)
+        # the source's neighbours (k of the k + SLACK nearest, by the exact cosine): the same set
+        # as the exact path's, and then the same rows and cosines bit for bit
+        out["live_neighbour_set_equals_exact_share"] = round(float(np.mean(same_nb)), 4)
+        out["live_neighbours_bit_identical_share"] = round(float(np.mean(same_bits)), 4)
         out["hybrid_score_with_readers"] = _pct(hyb_t)
         out["hybrid_score_without_readers"] = _pct(hyb0_t)
         store.close()

@@ -237,7 +237,8 @@ def hybrid_configs(
     builds from it and :func:`tuned_config_toml` writes it, so the live hybrid ranks as eval's.
     ``params`` keys: ``cf_model``, ``cf_half_life``, ``cf_liked_boost`` (the CF user vector, see
     :class:`~retrieval.sources.CFSource`), ``sequence`` (:class:`~retrieval.config.SequenceConfig`
-    fields, or None to leave it out), ``method``, ``rrf_k``, ``depth``, ``weights``.
+    fields, or None to leave it out), ``method``, ``rrf_k``, ``depth``, ``weights``, and the cold
+    slice's ``cold_weights`` / ``cold_below`` (optional).
     """
     cf_name = params["cf_model"]
     configs = section_configs(None)
@@ -263,6 +264,8 @@ def hybrid_configs(
         weights={n: float(w) for n, w in params.get("weights", {"cf": 1.0}).items()},
         rrf_k=float(params.get("rrf_k", 60.0)),
         depth=int(params.get("depth", 200)),
+        cold_weights={n: float(w) for n, w in (params.get("cold_weights") or {}).items()},
+        cold_below=int(params.get("cold_below", 5)),
     )
     return configs, fusion
 
@@ -334,6 +337,7 @@ def tuned_config_toml(
 
     configs, fusion = hybrid_configs(params, tuned, seed)
     weights = {n: float(w) for n, w in fusion.weights.items() if float(w) > 0}
+    cold = fusion.slice_weights(True)
     cf = configs["cf"]
     lines = [
         f"# readnext settings tuned by `readnext eval` on {label}.",
@@ -349,6 +353,9 @@ def tuned_config_toml(
         f"weights = {val(weights)}",
         f"rrf_k = {val(float(fusion.rrf_k))}",
         f"depth = {int(fusion.depth)}",
+        "# readers with fewer than cold_below history books: these weights instead ({} = none)",
+        f"cold_weights = {val({n: float(w) for n, w in fusion.cold_weights.items()})}",
+        f"cold_below = {int(fusion.cold_below)}",
         "",
         "[cf]",
         f"model = {val(cf.model)}",
@@ -358,7 +365,8 @@ def tuned_config_toml(
         f"confidence = {val(cf.confidence)}",
     ]
     for name, spec in SOURCES.items():
-        if name == "cf" or spec.request_only or (spec.optional and weights.get(name, 0) <= 0):
+        used = max(weights.get(name, 0), cold.get(name, 0))
+        if name == "cf" or spec.request_only or (spec.optional and used <= 0):
             continue  # not built live either (optional, unweighted), or not in eval (request-only)
         fields = {k: v for k, v in dataclasses.asdict(configs[name]).items() if v is not None}
         lines += ["", f"[{spec.section}]"] + [f"{k} = {val(v)}" for k, v in fields.items()]

@@ -402,11 +402,25 @@ def tuning_set(prep: Prepared, cfg: EvalConfig) -> tuple[TuningSet, dict[str, An
     users = subset(warm, cap, cfg.seed, 2)
     ctxs = _contexts(lib, users)
     ts = TuningSet.build(lib, ctxs, [rel[u] for u in users], chunk=chunk_size(lib.n_items))
+    # the cold slice's fusion weights are tuned on cold validation readers only
+    # (eval.tuning.tune_cold_weights), drawn from the same validation split
+    cold = [u for u, r in rel.items() if r and counts.get(u, 0) < cfg.cold_threshold]
+    cold_users = subset(cold, cap, cfg.seed, 3)
+    if cold_users:
+        ts.cold = TuningSet.build(
+            lib,
+            _contexts(lib, cold_users),
+            [rel[u] for u in cold_users],
+            chunk=chunk_size(lib.n_items),
+        )
+        ts.cold_below = cfg.cold_threshold
     desc = {
         "method": val.method,
         "frac": cfg.holdout,
         "validation_readers": len(users),
         "eligible_readers": len(warm),
+        "cold_validation_readers": len(cold_users),
+        "cold_eligible_readers": len(cold),
         "train_events": len(val.train),
         "validation_events": len(val.test),
     }

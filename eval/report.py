@@ -409,6 +409,7 @@ def render_report(m: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -
                 "config file: `tuned-config.toml` (the live `readnext recommend` runs the same "
                 "`HybridSource` class eval ranks with)."
             ]
+            L += _cold_fusion_lines(h)
         if "hybrid+llm" in tun:
             t = tun["hybrid+llm"]
             grid = ", ".join(
@@ -514,3 +515,25 @@ def write_report(
 ) -> None:
     """Write :func:`render_report` to ``path``."""
     Path(path).write_text(render_report(metrics, plots))
+
+
+def _cold_fusion_lines(h: Mapping[str, Any]) -> list[str]:
+    """The cold slice's fusion weights (``eval.tuning.tune_cold_weights``), one bullet."""
+    row = next((r for r in h.get("grid", []) if r.get("stage") == "cold_fusion"), None)
+    if row is None:
+        return []
+    pv = row.get("paired_vs_warm_weights", {})
+    cold = row.get("cold_weights") or {}
+    alone = ", ".join(f"{n} {_num(v)}" for n, v in (row.get("alone") or {}).items())
+    chosen = (
+        f"weights `{row.get('weights')}` (differing from the warm ones: `{cold}`)"
+        if cold
+        else "the warm weights (no other set scored higher on them)"
+    )
+    return [
+        f"- **hybrid, cold slice** (readers with fewer than {row.get('cold_below')} history "
+        f"books, tuned on {_num(row.get('readers'))} cold validation readers only): {chosen}; "
+        f"validation ndcg@10 {_num(row.get('ndcg@10'))} vs {_num(row.get('ndcg@10_warm_weights'))} "
+        f"with the warm weights (difference {_num(pv.get('mean_diff'))}, 95% CI "
+        f"{pv.get('ci')}, p {pv.get('p')}). Each source alone on them: {alone}."
+    ]

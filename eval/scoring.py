@@ -318,9 +318,15 @@ def ablation_hook(
     plain = build_source("cf", prep.lib, plain_cfg, BuildDeps(fitted={"cf": cf.model}))  # type: ignore[attr-defined]
     shipped = build_sources(prep.lib, fitted=_shipped_fits(prep, fitted))["hybrid"]
     variants: dict[str, Any] = {}
-    for n, w in weights.items():
-        if w > 0 and n != "cf":
+    # the cold slice's weights (None: one set for all); a source weighted in either slice is
+    # dropped from both in its "without" variant
+    cold_w = hybrid.cold_weights
+    cold_variants: dict[str, dict[str, float] | None] = {}
+    names = [*weights, *[n for n in cold_w or {} if n not in weights]]
+    for n in [n for n in names if n != "cf" and n in hybrid.sources]:
+        if weights.get(n, 0) > 0 or (cold_w or {}).get(n, 0) > 0:
             variants[f"hybrid without {n}"] = {**weights, n: 0.0}
+            cold_variants[f"hybrid without {n}"] = None if cold_w is None else {**cold_w, n: 0.0}
     variants["cf source alone (tuned user vector)"] = {"cf": 1.0}
     if weights.get("sequence", 0) > 0:
         variants["sequence source alone"] = {"sequence": 1.0}
@@ -338,7 +344,9 @@ def ablation_hook(
     def hook(chunk, per, S_hybrid, slice_name):
         if slice_name != "main":
             for name in cold:  # where few books are known: does a source help new readers?
-                S = hybrid.fuse(per, chunk, weights=variants[name])
+                S = hybrid.fuse(
+                    per, chunk, weights=variants[name], cold_weights=cold_variants.get(name)
+                )
                 for c, r in zip(chunk, rank_rows(prep.lib, S, chunk, kmax, True)):
                     cold[name][c.user_id] = r
             return
@@ -351,7 +359,7 @@ def ablation_hook(
             elif w == "no-series-order":
                 S, order = S_hybrid, False
             else:
-                S = hybrid.fuse(per, chunk, weights=w)
+                S = hybrid.fuse(per, chunk, weights=w, cold_weights=cold_variants.get(name))
             for c, r in zip(chunk, rank_rows(prep.lib, S, chunk, kmax, order)):
                 out[name][c.user_id] = r
 

@@ -15,7 +15,11 @@ single models so nothing is fitted twice:
 4. per fusion method (score fusion, RRF with each ``rrf_k``), coordinate ascent over the other
    sources' weights with the CF weight fixed at 1 (fusion is scale-invariant), starting from
    all-zero, a few rounds over :data:`WEIGHT_STEPS`; the best (method, weights) wins. Ranked as
-   the product ranks: with the series reading order (:mod:`retrieval.ranking`).
+   the product ranks: with the series reading order (:mod:`retrieval.ranking`);
+5. the cold slice's weights (``FusionConfig.cold_weights``: readers with fewer than the cold
+   threshold of history books, e.g. a new reader's few loved books), by the same ascent on
+   cold validation readers only, starting from the stage-4 weights
+   (:func:`tune_cold_weights`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ __all__ = [
     "TuningSet",
     "ndcg_from_topk",
     "score_matrix",
+    "tune_cold_weights",
     "tune_hybrid",
     "tune_single",
 ]
@@ -85,6 +90,10 @@ class TuningSet:
     exclude: np.ndarray
     chunk: int = 1000
     _series: np.ndarray | None = None
+    # the cold slice's validation readers (fewer than the cold threshold of training books), for
+    # the cold fusion weights (:func:`tune_cold_weights`); None: not tuned
+    cold: TuningSet | None = None
+    cold_below: int = 5  # the cold slice's bound: fewer training books than this
 
     @property
     def rank_exclude(self) -> np.ndarray:
@@ -336,7 +345,100 @@ def tune_hybrid(
         if best is None or score > best[0] + 1e-9:
             best = (score, method, rrf_k or 60.0, {"cf": 1.0, **w})
         del contribs
-    bar.close()
     assert best is not None
     params.update({"method": best[1], "rrf_k": best[2], "depth": 200, "weights": best[3]})
+
+    # Stage 5: the cold slice's weights, on the cold validation readers only.
+    if ts.cold is not None and len(ts.cold) and space.get("cold_weights", True):
+        cold, row = tune_cold_weights(
+            ts.cold,
+            srcs,
+            best[1],
+            best[2],
+            best[3],
+            int(space["weight_rounds"]),
+            cold_below=ts.cold_below,
+            seed=seed,
+            on_eval=lambda: bar.update(1),
+        )
+        params["cold_weights"] = cold
+        params["cold_below"] = ts.cold_below
+        table.append(row)
+    bar.close()
     return TuningResult("hybrid", params, best[0], table, time.perf_counter() - t0)
+
+
+def tune_cold_weights(
+    ts: TuningSet,
+    srcs: Mapping[str, CandidateSource],
+    method: str,
+    rrf_k: float,
+    warm: Mapping[str, float],
+    rounds: int,
+    cold_below: int = 5,
+    seed: int = 0,
+    on_eval: Callable[[], None] | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The fusion weights of the cold slice (``FusionConfig.cold_weights``), on its readers.
+
+    Coordinate ascent (as stage 4, same method and ``rrf_k``, CF fixed at 1) over every source's
+    weight, *starting from the warm weights*: strict validation gains only, so the cold slice
+    keeps the warm weights unless its own readers score better otherwise. Every source is
+    scored, the readers source too even where the warm slice gave it no weight.
+
+    Args:
+        ts: the cold validation readers (``TuningSet.cold``), on the validation-train Library.
+        srcs: the hybrid's component sources, fitted on that Library.
+        method: the tuned fusion method.
+        rrf_k: the tuned RRF constant.
+        warm: the tuned (warm) weights.
+        rounds: coordinate-ascent rounds.
+        cold_below: the slice's history-length bound (recorded; ``ts`` holds those readers).
+        seed: the paired test's seed.
+        on_eval: called once per weight set tried (a progress bar).
+
+    Returns:
+        ``(cold_weights, row)``: the weights that differ from ``warm`` (empty: none do) and the
+        tuning table's row (validation ndcg@10 with the warm and the cold weights, each source
+        alone, the paired sign-flip test of cold vs warm weights).
+    """
+    from .stats import paired_test
+
+    raw = {n: score_matrix(s, ts.ctxs, ts.chunk) for n, s in srcs.items()}
+    contribs = {
+        n: source_contribution(S, ts.exclude, method, rrf_k, 200, srcs[n].indicator)
+        for n, S in raw.items()
+    }
+
+    def per_reader(w: Mapping[str, float]) -> np.ndarray:
+        idx, valid = top_k_matrix(combine(contribs, w, ts.exclude), ts.rank_exclude, _K)
+        return ndcg_from_topk(idx, valid, ts.relevant)
+
+    def evaluate(w: dict[str, float]) -> float:
+        if on_eval is not None:
+            on_eval()
+        return float(np.nanmean(per_reader({"cf": 1.0, **w})))
+
+    start = {n: float(warm.get(n, 0.0)) for n in srcs if n != "cf"}
+    w, score, n_eval = _ascent(evaluate, list(start), rounds, start)
+    full = {"cf": 1.0, **w}
+    cold = {n: v for n, v in full.items() if v != float(warm.get(n, 0.0))}
+    base = per_reader({"cf": 1.0, **start})
+    test = paired_test(per_reader(full), base, seed=seed)
+    row = {
+        "stage": "cold_fusion",
+        "readers": len(ts),
+        "cold_below": int(cold_below),
+        "weights": full,
+        "cold_weights": cold,
+        "ndcg@10": round(score, 6),
+        "ndcg@10_warm_weights": round(float(np.nanmean(base)), 6),
+        "paired_vs_warm_weights": {
+            "mean_diff": round(test.mean_diff, 6),
+            "ci": [round(test.ci_low, 6), round(test.ci_high, 6)],
+            "p": round(test.p_value, 4),
+        },
+        "alone": {n: round(_ndcg(raw[n], ts, series_order=True), 6) for n in raw},
+        "evaluations": n_eval,
+    }
+    return cold, row

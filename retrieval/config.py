@@ -114,6 +114,38 @@ class FusionConfig:
     depth: int = (
         200  # how deep each source's ranking is read (rrf; and which sources "found" a book)
     )
+    # Per-slice weights: a reader with fewer than ``cold_below`` books in their history (a new
+    # reader who named a few loved books, the eval's cold-start slice) is fused with
+    # ``cold_weights`` instead; sources it does not name keep their ``weights`` value. Empty
+    # (the default) = one weight set for everyone. ``readnext eval`` tunes it on validation
+    # readers of that slice only; the live rank path and eval choose the slice the same way
+    # (``HybridSource.fuse``).
+    cold_weights: dict[str, float] = field(default_factory=dict)
+    cold_below: int = 5
+
+    def slice_weights(self, cold: bool) -> dict[str, float]:
+        """The weights a reader of one slice is fused with.
+
+        Args:
+            cold: the reader has fewer than ``cold_below`` history books.
+
+        Returns:
+            Source name -> weight (``weights`` with ``cold_weights`` on top for a cold reader).
+        """
+        if cold and self.cold_weights:
+            return {**self.weights, **{n: float(w) for n, w in self.cold_weights.items()}}
+        return dict(self.weights)
+
+    def is_cold(self, n_books: int) -> bool:
+        """Whether a reader with ``n_books`` history books gets the cold slice's weights.
+
+        Args:
+            n_books: the length of the reader's history.
+
+        Returns:
+            True when cold weights are set and ``n_books < cold_below``.
+        """
+        return bool(self.cold_weights) and n_books < self.cold_below
 
     def validate(self, where: str = "fusion") -> None:
         """Refuse a method, weights or depths the hybrid cannot use."""
@@ -137,6 +169,35 @@ class FusionConfig:
             and any(w > 0 for w in self.weights.values()),
             where,
             f"weights must be numbers >= 0, at least one > 0; got {self.weights}",
+        )
+        _need(
+            isinstance(self.cold_weights, Mapping),
+            where,
+            f"cold_weights must be a table of source = weight, got {self.cold_weights!r}",
+        )
+        bad = sorted(set(self.cold_weights) - set(known))
+        _need(
+            not bad,
+            where,
+            f"cold_weights names unknown source(s) {', '.join(bad)}; sources are "
+            f"{', '.join(known)}",
+        )
+        _need(
+            all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+                for w in self.cold_weights.values()
+            )
+            and any(w > 0 for w in self.slice_weights(True).values()),
+            where,
+            f"cold_weights must be numbers >= 0 leaving at least one weight > 0; got "
+            f"{self.cold_weights}",
+        )
+        _need(
+            isinstance(self.cold_below, int)
+            and not isinstance(self.cold_below, bool)
+            and self.cold_below >= 1,
+            where,
+            f"cold_below must be an int >= 1 (history books), got {self.cold_below!r}",
         )
         _need(self.rrf_k > 0, where, f"rrf_k must be > 0, got {self.rrf_k}")
         _need(

@@ -30,8 +30,18 @@ from .types import Evidence, UserContext
 NEG = -np.inf
 EVIDENCE_MIN = 3  # fewer neighbours than this rating a book is anecdote, not evidence
 _CACHE_K = 200  # neighbours kept per reader in the batch cache (the largest tuned neighbourhood)
+# candidates beyond k that both neighbour paths rank by the exact float64 cosine before keeping k
+# (float32 scores of the batch matmul and Chroma's distances differ by ~1e-7)
+SLACK = 10
 
-__all__ = ["ReaderIndex", "ReadersSource", "UserKNNSource", "neighbourhood_scores", "reader_index"]
+__all__ = [
+    "ReaderIndex",
+    "ReadersSource",
+    "UserKNNSource",
+    "cosines",
+    "neighbourhood_scores",
+    "reader_index",
+]
 
 
 def _ctx_key(ctx: UserContext) -> tuple | None:
@@ -54,6 +64,41 @@ class _Ratings:
         self.C.data[self.C.data == 0] = (
             1e-9  # keep the pattern: a rating equal to the mean is still a rating
         )
+
+
+def cosines(V: np.ndarray, N: np.ndarray, block: int = 64) -> np.ndarray:
+    """Cosines of query rows ``V`` (n, d) with their neighbours' vectors ``N`` (n, k, d), in
+    float64.
+
+    The one similarity both neighbour paths report. A product of two float32 values is exact in
+    float64 and each (query, neighbour) pair is summed by the same contiguous reduction whatever
+    the batch, so the live path (Chroma's neighbours with their stored vectors) and the batch path
+    (the exact numpy index) get bit-identical similarities for the same neighbour, where float32
+    BLAS and Chroma's SIMD distances differ by ~1e-7 (enough to tip the 4-decimal rounding of
+    :func:`neighbourhood_scores`, and so a ranking).
+
+    Args:
+        V: unit query vectors, one row each.
+        N: per query, its neighbours' unit vectors.
+        block: queries per block (bounds the float64 temporary).
+
+    Returns:
+        (n, k) cosines.
+    """
+    V = np.asarray(V, dtype=np.float32)
+    N = np.asarray(N, dtype=np.float32)
+    out = np.zeros(N.shape[:2])
+    for s in range(0, len(V), block):
+        prod = N[s : s + block].astype(np.float64) * V[s : s + block, None, :].astype(np.float64)
+        out[s : s + block] = prod.sum(axis=2)
+    return out
+
+
+def _best_first(rows: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's neighbours by similarity, then lower ``lib.R`` row (``-1`` slots last)."""
+    key = np.where(rows >= 0, -sims, np.inf)
+    order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), key), axis=1)
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(sims, order, axis=1)
 
 
 def _ratings(lib: Library) -> _Ratings:
@@ -167,17 +212,24 @@ class ReaderIndex:
         k = min(k, S.shape[1])
         if k <= 0:
             return np.full((len(V), 0), -1), np.zeros((len(V), 0))
+        # a few more than k by float32, the k kept by the float64 cosine: near-ties at the k-th
+        # neighbour then fall the same way here and in the live path (which over-asks Chroma
+        # as much)
+        kk = min(k + SLACK, S.shape[1])
         part = (
-            np.argpartition(-S, k - 1, axis=1)[:, :k]
-            if k < S.shape[1]
+            np.argpartition(-S, kk - 1, axis=1)[:, :kk]
+            if kk < S.shape[1]
             else np.tile(np.arange(S.shape[1]), (len(V), 1))
         )
-        ps = np.take_along_axis(S, part, axis=1)
-        order = np.lexsort((part, -ps), axis=1)
-        idx = np.take_along_axis(part, order, axis=1)
-        sims = np.take_along_axis(ps, order, axis=1).astype(np.float64)
-        rows = np.where(np.isfinite(sims), self.rows[idx], -1)
-        return rows, np.where(np.isfinite(sims), sims, 0.0)
+        ok = np.isfinite(np.take_along_axis(S, part, axis=1))
+        # the float32 matmul picks the k; their reported similarity is :func:`cosines`, the one
+        # the live Chroma path computes too
+        cos = np.vstack(
+            [cosines(V[s : s + 64], self.vectors[part[s : s + 64]]) for s in range(0, len(V), 64)]
+        )
+        sims = np.where(ok, cos, 0.0)
+        rows, sims = _best_first(np.where(ok, self.rows[part], -1), sims)
+        return rows[:, :k], sims[:, :k]
 
     def neighbours(self, ctxs: Sequence[UserContext], k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact neighbours of each reader, cached per reader for repeated calls.
@@ -316,13 +368,31 @@ class ReadersSource(CandidateSource):
             if v is None:
                 continue
             hits = [
-                (u, s)
-                for u, s in self.store.query("users", v, k + 1)
+                (u, e)
+                for u, e in self.store.query_vectors("users", v, k + 1 + SLACK)
                 if u != c.user_id and u in self.lib.user_index
-            ][:k]
-            for j, (u, s) in enumerate(hits):
-                rows[i, j], sims[i, j] = self.lib.user_index[u], s
+            ][: k + SLACK]
+            if not hits:
+                continue
+            # the exact cosine, as the batch path computes it (:func:`cosines`), and the best k by
+            # it (the batch path's rule). Chroma re-normalises what it stores (1 ulp off in ~30%
+            # of vectors), so a neighbour whose stored vector is still the ingest-time one (to
+            # 1e-6) is scored with the index's copy, bit for bit as eval; one who gave feedback
+            # since, with Chroma's fresh vector.
+            r = np.array([[self.lib.user_index[u] for u, _ in hits]], dtype=np.int64)
+            cs = cosines(v[None, :], np.stack([self._vector(u, e) for u, e in hits])[None])
+            r, cs = _best_first(r, cs)
+            n = min(k, r.shape[1])
+            rows[i, :n], sims[i, :n] = r[0, :n], cs[0, :n]
         return rows, sims
+
+    def _vector(self, user_id: str, stored: np.ndarray) -> np.ndarray:
+        """The index's vector of ``user_id`` when Chroma's ``stored`` one equals it to 1e-6."""
+        idx = self.index
+        i = idx.pos.get(user_id)
+        if i is not None and np.abs(idx.vectors[i] - stored).max() <= 1e-6:
+            return idx.vectors[i]
+        return stored
 
     def score_batch(self, ctxs: Sequence[UserContext]) -> np.ndarray:
         if not ctxs:

@@ -337,7 +337,9 @@ def build_hybrid(lib: Library, sources: Mapping[str, Any], fusion: FusionConfig 
 
     f = fusion or FusionConfig()
     weights = {n: w for n, w in f.weights.items() if n in sources}
-    h = HybridSource(lib, sources, weights, f.rrf_k, f.depth, f.method)
+    cold = {n: w for n, w in f.cold_weights.items() if n in sources}
+    config = dataclasses.replace(f, weights=weights, cold_weights=cold)
+    h = HybridSource(lib, sources, weights, config=config)
     h.name = "hybrid"
     return h
 
@@ -390,7 +392,8 @@ def build_sources(
         deps = dataclasses.replace(deps, profile=cfgs["content"])
     srcs: dict[str, Any] = {}
     for name, spec in SOURCES.items():
-        if spec.available(lib) is not None or (spec.optional and fusion.weights.get(name, 0) <= 0):
+        weighted = max(fusion.weights.get(name, 0), fusion.slice_weights(True).get(name, 0))
+        if spec.available(lib) is not None or (spec.optional and weighted <= 0):
             continue
         if spec.needs_fitted and deps.fitted.get(name) is None:
             continue  # nothing trained at ingest (older index, disabled): the fusion does without

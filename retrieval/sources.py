@@ -910,12 +910,19 @@ class HybridSource(CandidateSource):
         except ValueError as e:
             raise ValueError(f"hybrid: {e}") from None
         weights = self.config.weights
-        self.sources = {n: s for n, s in sources.items() if weights.get(n, 0) > 0}
-        if not self.sources:
+        cold = self.config.slice_weights(True)
+        # a source weighted in either slice is kept; each reader is fused with their slice's
+        self.sources = {
+            n: s for n, s in sources.items() if weights.get(n, 0) > 0 or cold.get(n, 0) > 0
+        }
+        if not self.sources or not any(weights.get(n, 0) > 0 for n in self.sources):
             raise ValueError(
                 "hybrid: no source has a positive fusion weight; give at least one a weight > 0"
             )
         self.weights = {n: float(w) for n, w in weights.items()}
+        self.cold_weights = (
+            {n: float(w) for n, w in cold.items()} if self.config.cold_weights else None
+        )
         self.rrf_k, self.depth, self.method = (
             self.config.rrf_k,
             self.config.depth,
@@ -923,8 +930,37 @@ class HybridSource(CandidateSource):
         )
         self.indicators = tuple(n for n, s in self.sources.items() if s.indicator)
 
+    def is_cold(self, ctx: UserContext) -> bool:
+        """Whether ``ctx`` is fused with the cold slice's weights (``FusionConfig.is_cold``).
+
+        The one rule, by history length, for the live path and eval alike.
+
+        Args:
+            ctx: the reader.
+
+        Returns:
+            True for a reader with fewer than ``cold_below`` history books when cold weights
+            are set.
+        """
+        return self.cold_weights is not None and self.config.is_cold(len(ctx.history))
+
+    def weights_for(self, ctx: UserContext) -> dict[str, float]:
+        """The fusion weights of the reader's slice.
+
+        Args:
+            ctx: the reader.
+
+        Returns:
+            Source name -> weight.
+        """
+        cold = self.cold_weights if self.is_cold(ctx) else None
+        return dict(cold if cold is not None else self.weights)
+
     def source_scores(self, ctxs: Sequence[UserContext]) -> dict[str, np.ndarray]:
-        """Each weighted source's score matrix for ``ctxs``.
+        """The score matrix of each source weighted for some reader of ``ctxs``.
+
+        A source weighted only in the other slice is not asked (a warm reader's request never
+        pays for a cold-only source).
 
         Args:
             ctxs: the readers (rows).
@@ -932,35 +968,63 @@ class HybridSource(CandidateSource):
         Returns:
             Source name -> ``(len(ctxs), n_items)`` score matrix.
         """
-        return {n: s.score_batch(ctxs) for n, s in self.sources.items()}
+        slices = {self.is_cold(c) for c in ctxs}
+        sets = [self.cold_weights if c and self.cold_weights else self.weights for c in slices]
+        return {
+            n: s.score_batch(ctxs)
+            for n, s in self.sources.items()
+            if any(w.get(n, 0) > 0 for w in sets)
+        }
 
     def fuse(
         self,
         per_source: Mapping[str, np.ndarray],
         ctxs: Sequence[UserContext],
         weights: Mapping[str, float] | None = None,
+        cold_weights: Mapping[str, float] | None = None,
     ) -> np.ndarray:
-        """Fused scores from :meth:`source_scores` output.
+        """Fused scores from :meth:`source_scores` output, each reader with their slice's weights.
 
-        Split out so eval can reuse the matrices for ablations with other ``weights``.
+        Split out so eval can reuse the matrices for ablations with other ``weights``. Fusion is
+        per reader (per-row z-scores or ranks), so fusing the cold rows apart is the same
+        arithmetic as fusing one reader alone (live = eval).
 
         Args:
             per_source: source name -> score matrix, as :meth:`source_scores` returns.
-            ctxs: the readers of the rows (for the exclusion mask).
-            weights: fusion weights to use instead of the configured ones.
+            ctxs: the readers of the rows (for the exclusion mask and the slice).
+            weights: fusion weights to use instead of the configured ones; for every reader
+                unless ``cold_weights`` is given too.
+            cold_weights: the cold slice's weights to use instead (with ``weights``; ``None``
+                and no ``weights``: the configured ones).
 
         Returns:
             The fused ``(len(ctxs), n_items)`` score matrix.
         """
-        return fuse_matrices(
-            per_source,
-            self.weights if weights is None else weights,
-            self.exclude_mask(ctxs),
-            self.method,
-            self.rrf_k,
-            self.depth,
-            indicator=self.indicators,
-        )
+        if weights is None:
+            warm, cold = self.weights, self.cold_weights
+        else:
+            warm, cold = weights, cold_weights
+        exclude = self.exclude_mask(ctxs)
+
+        def fused(rows, w):
+            return fuse_matrices(
+                {n: np.asarray(S)[rows] for n, S in per_source.items()},
+                w,
+                exclude[rows],
+                self.method,
+                self.rrf_k,
+                self.depth,
+                indicator=self.indicators,
+            )
+
+        is_cold = np.array([cold is not None and self.is_cold(c) for c in ctxs], dtype=bool)
+        if not is_cold.any():
+            return fused(slice(None), warm)
+        out = np.full(exclude.shape, -np.inf)
+        out[is_cold] = fused(is_cold, cold)
+        if (~is_cold).any():
+            out[~is_cold] = fused(~is_cold, warm)
+        return out
 
     # A topical request is answered from the books most relevant to it (RequestConfig.pool;
     # applied by the rank path, retrieval.ranking, step 5).
@@ -1027,16 +1091,14 @@ class HybridSource(CandidateSource):
         """
         excl = np.zeros(self.lib.n_items, dtype=bool)
         excl[self.exclude_idx(ctx)] = True
+        # only the sources weighted for this reader's slice can have found a book for them
+        weights = self.weights_for(ctx)
+        names = [n for n in self.sources if weights.get(n, 0) > 0]
         per = (
-            per_source
-            if per_source is not None
-            else {n: s.score(ctx) for n, s in self.sources.items()}
+            per_source if per_source is not None else {n: self.sources[n].score(ctx) for n in names}
         )
-        hit = {
-            n: rank_within(np.asarray(per[n]).ravel(), excl, items, self.depth)
-            for n in self.sources
-        }
-        return [[n for n in self.sources if hit[n][j]] for j in range(len(items))]
+        hit = {n: rank_within(np.asarray(per[n]).ravel(), excl, items, self.depth) for n in names}
+        return [[n for n in names if hit[n][j]] for j in range(len(items))]
 
     def evidence_for(
         self,

@@ -217,6 +217,30 @@ class VectorStore:
         )
         return [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0])]
 
+    def query_vectors(
+        self, collection: str, vector: np.ndarray, n: int
+    ) -> list[tuple[str, np.ndarray]]:
+        """Nearest neighbours of ``vector`` with their stored vectors: ``[(id, vector)]``, best
+        first (the readers source computes the similarity itself, as its exact path does).
+
+        Args:
+            collection: ``"books"`` or ``"users"``.
+            vector: the query vector.
+            n: how many neighbours.
+
+        Returns:
+            ``(id, float32 vector)`` pairs, nearest first.
+        """
+        col = self.books if collection == BOOKS else self.users
+        n = max(1, min(n, col.count()))
+        res = col.query(
+            query_embeddings=[vector.astype(np.float32)], n_results=n, include=["embeddings"]
+        )
+        return [
+            (i, np.asarray(e, dtype=np.float32))
+            for i, e in zip(res["ids"][0], res["embeddings"][0])
+        ]
+
     def get_vectors(self, collection: str, ids: Sequence[str]) -> dict[str, np.ndarray]:
         col = self.books if collection == BOOKS else self.users
         res = col.get(ids=list(ids), include=["embeddings"])

@@ -67,3 +67,21 @@ def test_fusion_and_cf_settings_are_validated_and_reach_the_sources(tmp_path):
     (tmp_path / "config.toml").write_text("[cf]\nhalf_life_events = -2.0\n")
     with pytest.raises(ReadnextError, match="config.toml: cf.half_life_events"):
         Settings.load(home=tmp_path, env={})
+
+
+def test_cold_slice_weights_come_from_toml_and_env_and_bad_ones_name_the_file(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[fusion]\ncold_weights = { readers = 0.5, sasrec = 0.0 }\ncold_below = 6\n")
+    s = Settings.load(home=tmp_path, env={})
+    assert s.fusion.cold_weights == {"readers": 0.5, "sasrec": 0.0} and s.fusion.cold_below == 6
+    assert s.fusion.slice_weights(True)["readers"] == 0.5
+    assert s.fusion.slice_weights(False).get("readers", 0.0) == 0.0
+    s = Settings.load(
+        home=tmp_path,
+        env={"READNEXT_FUSION_COLD_WEIGHTS": '{"readers": 2.0}', "READNEXT_FUSION_COLD_BELOW": "3"},
+    )
+    assert s.fusion.cold_weights == {"readers": 2.0} and s.fusion.cold_below == 3
+    assert Settings.load(env={}).fusion.cold_weights == {}  # default: one weight set for all
+    cfg.write_text("[fusion]\ncold_weights = { bogus = 1.0 }\n")
+    with pytest.raises(ReadnextError, match=r"config.toml: .*cold_weights names unknown source"):
+        Settings.load(home=tmp_path, env={})

@@ -210,7 +210,10 @@ def _check_live_equals_eval_modulo_ann(rec: Recommender, want: dict[str, list[st
     """
     readers = rec.sources["hybrid"].sources.get("readers")
     miss: frozenset[str] = frozenset()
-    if readers is not None and rec.settings.fusion.weights.get("readers", 0) > 0:
+    fusion = rec.settings.fusion
+    if readers is not None and max(
+        fusion.weights.get("readers", 0), fusion.slice_weights(True).get("readers", 0)
+    ):
         assert readers.store is not None  # live: Chroma
         users = sorted(want)
         ctxs = [rec.context(u) for u in users]
