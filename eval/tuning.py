@@ -56,7 +56,8 @@ __all__ = [
     "tune_single",
 ]
 
-WEIGHT_STEPS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+# 8 and 13: SASRec's weight sat at the old top step (5) on goodbooks, i.e. on the grid's edge
+WEIGHT_STEPS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0)
 _SEQ = {"window": 3, "norm": 1.0, "half_life": 1.0}
 HYBRID_SPACE: dict[str, Any] = {
     "cf_half_life": [None, 1.0, 2.0, 4.0, 8.0, 16.0],
