@@ -378,6 +378,10 @@ class SASRecConfig:
     batch_size: int = 128
     max_epochs: int = 100  # a cap, not a budget: the early stop ends training (60 was hit)
     patience: int = 5  # epochs without a better validation ndcg@10 before stopping
+    # no early stop before this epoch: on goodbooks-sample's noisy 2,000-reader validation the
+    # patience alone stopped at epoch 3 (a model too weak to earn a fusion weight); goodbooks'
+    # fits stop after it (epochs 17 and 28), so they train exactly as before
+    min_epochs: int = 10
     val_readers: int = 2000  # readers whose last event is held out for the early stop
     # torch threads while training/scoring (0 = torch's default). Run with OMP_WAIT_POLICY=PASSIVE
     # on a shared machine: with OpenMP's default spin-waiting, 2 threads on 2 busy cores ran a
@@ -393,6 +397,7 @@ class SASRecConfig:
             "batch_size",
             "max_epochs",
             "patience",
+            "min_epochs",
             "val_readers",
         ):
             v = getattr(self, k)

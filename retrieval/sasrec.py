@@ -502,7 +502,7 @@ def _train(
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             else:
                 bad += 1
-                if bad >= cfg.patience:
+                if bad >= cfg.patience and epoch >= cfg.min_epochs:
                     break
         bar.close()
         if best_state is not None:
