@@ -161,3 +161,79 @@ def test_warm_ingest_reuses_the_live_chroma_and_holds_what_a_fresh_build_holds(t
     )
     assert json.loads((ref / "meta.json").read_text())["chroma_reuse"]["reused"] is False
     assert _records(out) == _records(ref)
+
+
+def _sasrec_fast_equals_plain(lib, model, ctxs, tmp_path, k=20):
+    """Kept reader states (precomputed and lazily computed) give the plain forward's scores
+    and the same top ``k`` for every context; returns how many came from the precomputed rows."""
+    from retrieval.sasrec_source import SASRecSource, load_reader_states, save_reader_states
+
+    path = tmp_path / "states.npz"
+    assert save_reader_states(model, lib, path)["readers"] > 0
+    states = load_reader_states(model, path)
+    plain = SASRecSource(lib, model, cache_states=False)
+    fast = SASRecSource(lib, model, states)
+    lazy = SASRecSource(lib, model)  # nothing precomputed: every state computed on first use
+    A = plain.score_batch(ctxs)
+    for B in (
+        np.array([fast.score(c) for c in ctxs]),
+        fast.score_batch(ctxs),
+        lazy.score_batch(ctxs),
+        np.array([lazy.score(c) for c in ctxs]),  # now from the LRU
+    ):
+        fin = np.isfinite(A)
+        assert np.array_equal(fin, np.isfinite(B))
+        np.testing.assert_allclose(B[fin], A[fin], rtol=0, atol=1e-9)
+        for i, c in enumerate(ctxs):
+            a, b = A[i].copy(), B[i].copy()
+            a[plain.exclude_idx(c)] = b[plain.exclude_idx(c)] = -np.inf
+            top_a = np.argsort(-a, kind="stable")[:k]
+            assert np.array_equal(top_a, np.argsort(-b, kind="stable")[:k]), c.user_id
+    return states.hits
+
+
+def _sasrec_contexts(lib, users):
+    """Each reader as ingested, and after a new rating and a re-rating (a changed history)."""
+    ctxs = [UserContext(user_id=u, history=lib.history(u)) for u in users]
+    rng = np.random.default_rng(0)
+    for u in users[::4]:
+        h = list(lib.history(u))
+        new = lib.books[int(rng.integers(lib.n_items))].book_id
+        ctxs.append(UserContext(user_id=u, history=[*h, type(h[0])(u, new, 5.0, 1e12)]))
+        if len(h) > 2:  # the oldest book re-rated: it moves to the newest position
+            ctxs.append(UserContext(user_id=u, history=[*h[1:], h[0]]))
+    ctxs.append(UserContext(user_id=None, history=[]))  # nothing known: no opinion
+    return ctxs
+
+
+def test_sasrec_kept_states_equal_the_forward_pass_on_every_demo_reader(tmp_path):
+    from retrieval.config import SASRecConfig
+    from retrieval.data import load_demo
+    from retrieval.sasrec import train_sasrec
+
+    ds = load_demo()
+    vecs = np.zeros((len(ds.books), 4), np.float32)
+    lib = Library(ds.books, vecs, ds.ratings, ds.has_timestamps, None, ds.name, True)
+    model = train_sasrec(lib, SASRecConfig(max_epochs=2, patience=1, threads=1), progress=False)
+    users = list(lib.user_ids)
+    hits = _sasrec_fast_equals_plain(lib, model, _sasrec_contexts(lib, users), tmp_path)
+    # every ingested reader came from the precomputed rows (twice: score and score_batch)
+    assert hits >= 2 * len(users)
+
+
+def test_sasrec_kept_states_equal_the_forward_pass_on_goodbooks_sample_readers(tmp_path):
+    from retrieval.config import SASRecConfig
+    from retrieval.sasrec import train_sasrec
+
+    ds = load_dataset("goodbooks", directory=shared("goodbooks-sample"))
+    vecs = np.zeros((len(ds.books), 4), np.float32)
+    lib = Library(ds.books, vecs, ds.ratings, ds.has_timestamps, ds.to_read, ds.name, True)
+    model = train_sasrec(lib, SASRecConfig(max_epochs=1, patience=1, threads=1), progress=False)
+    counts = lib.R.getnnz(axis=1)
+    # the longest histories (truncated to max_len) and a seeded sample of the rest
+    rows = np.argsort(-counts, kind="stable")
+    pick = np.concatenate([rows[:50], np.random.default_rng(1).choice(rows[50:], 250, False)])
+    users = [lib.user_ids[r] for r in pick]
+    assert counts[pick].max() > model.cfg.max_len
+    hits = _sasrec_fast_equals_plain(lib, model, _sasrec_contexts(lib, users), tmp_path)
+    assert hits >= 2 * len(users)
