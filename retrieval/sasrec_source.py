@@ -55,10 +55,9 @@ def _keys(tails: Sequence[np.ndarray]) -> list[bytes]:
 def _forward(model: SASRecModel, tails: Sequence[np.ndarray], batch: int = 512) -> np.ndarray:
     """(readers, hidden) float64 final states of non-empty sequence tails.
 
-    Batches are bucketed by length and padded to their longest sequence, not to ``max_len``:
-    positions count back from the newest book and padded keys are masked, so a reader's state
-    is the one ``next_scores`` computes (to ~1e-13), in a fraction of the time (most readers
-    have a dozen books, not 50).
+    Padded to ``max_len`` as ``SASRecModel.next_scores`` pads (a reader's state must not
+    depend on the batch it was computed in); batched by length, so a batch of short readers
+    and one of long readers are each one pass.
     """
     import torch
 
@@ -68,7 +67,7 @@ def _forward(model: SASRecModel, tails: Sequence[np.ndarray], batch: int = 512) 
         for s in range(0, len(order), batch):
             idx = order[s : s + batch]
             part = [tails[i].astype(np.int64) for i in idx]
-            X = torch.from_numpy(_pad_left(part, max(len(p) for p in part)))
+            X = torch.from_numpy(_pad_left(part, model.cfg.max_len))
             out[idx] = model.net(X)[:, -1].numpy()
     return out
 
