@@ -13,7 +13,13 @@ def cmd_serve(args) -> int:
     from .rest import serve
 
     s = _settings(args)
-    serve(s, host=args.host or s.rest.host, port=args.port or s.rest.port, json_out=args.json)
+    serve(
+        s,
+        host=args.host or s.rest.host,
+        port=args.port or s.rest.port,
+        json_out=args.json,
+        workers=args.workers if args.workers is not None else s.rest.workers,
+    )
     return 0
 
 
@@ -63,6 +69,13 @@ def add_rest_commands(sub, common) -> None:
     a = sub.add_parser("serve", parents=[common], help="start the REST API (FastAPI, /v1, /docs)")
     a.add_argument("--host", default=None, help="bind address (default rest.host: 127.0.0.1)")
     a.add_argument("--port", type=int, default=None, help="port (default rest.port: 8080)")
+    a.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes sharing the port (default rest.workers: 1; more than 1 needs "
+        '[chroma] mode = "http")',
+    )
     a.add_argument("--llm", help="LLM backend: none | local | HF model id or path | URL")
     a.add_argument("--llm-model")
     a.set_defaults(func=cmd_serve)

@@ -207,6 +207,7 @@ def build_app(svc: ReaderService, keys: KeyStore, max_body: int = MAX_BODY_BYTES
             "dataset": rec.meta.get("label", rec.dataset),
             "books": len(rec.books),
             "uptime_s": round(time.time() - started, 1),
+            "worker": os.getpid(),  # which process answered (``serve --workers N``)
         }
 
     @app.post("/v1/recommend", tags=["recommend"])
@@ -306,51 +307,10 @@ def open_service(settings: Settings) -> ReaderService:
     return svc
 
 
-def serve(
-    settings: Settings,
-    host: str = "127.0.0.1",
-    port: int = 8080,
-    block: bool = True,
-    json_out: bool = False,
-) -> Any:
-    """Start ``readnext serve``: load and warm everything, then listen on ``host:port``.
-
-    Args:
-        settings: the configuration (``settings.home`` is the data dir).
-        host: bind address (loopback by default; every route but healthz needs a key anyway).
-        port: TCP port.
-        block: run until interrupted (False: return the started ``uvicorn.Server``, for tests).
-        json_out: print the start-up line as JSON (``readnext serve --json``).
-
-    Returns:
-        The uvicorn server (after it stopped, when ``block``).
-    """
-    import threading
-
+def _uvicorn_config(app, host: str, port: int):
     import uvicorn
 
-    keys = KeyStore.for_home(settings.home)
-    t0 = time.perf_counter()
-    svc = open_service(settings)
-    app = build_app(svc, keys)
-    n = len(keys)
-    ready = round(time.perf_counter() - t0, 1)
-    if json_out:
-        info = {"url": f"http://{host}:{port}/v1", "docs": f"http://{host}:{port}/docs"}
-        print(json.dumps({**info, "api_keys": n, "ready_s": ready}), flush=True)
-    else:
-        print(
-            f"readnext REST API on http://{host}:{port}/v1  (docs: /docs; data: "
-            f"{svc.rec.meta.get('label')}; {n} API key(s); ready in {ready} s)",
-            flush=True,
-        )
-    if n == 0 and not json_out:
-        print(
-            "note: no API keys yet: create one with `readnext keys create --reader ID` "
-            "(or --admin); every route but /v1/healthz needs one",
-            flush=True,
-        )
-    cfg = uvicorn.Config(
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -360,10 +320,203 @@ def serve(
         limit_concurrency=256,
         timeout_keep_alive=30,
     )
-    server = uvicorn.Server(cfg)
+
+
+def _check_workers(settings: Settings, workers: int) -> None:
+    if not isinstance(workers, int) or workers < 1:
+        raise ReadnextError(f"--workers must be a whole number >= 1, got {workers!r}")
+    if workers > 1 and settings.chroma.mode == "embedded":
+        # Chroma's embedded client is not process-safe for writers: each process keeps its own
+        # HNSW index in memory and flushes it, so two workers writing feedback profiles would
+        # overwrite each other's. A Chroma server is the one writer all workers share.
+        raise ReadnextError(
+            f"--workers {workers} needs Chroma as a server (feedback writes from several "
+            'processes): set [chroma] mode = "http" and start `chroma run` (docs/serving.md), '
+            "or serve with --workers 1"
+        )
+
+
+def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    block: bool = True,
+    json_out: bool = False,
+    workers: int = 1,
+) -> Any:
+    """Start ``readnext serve``: load and warm everything, then listen on ``host:port``.
+
+    Args:
+        settings: the configuration (``settings.home`` is the data dir).
+        host: bind address (loopback by default; every route but healthz needs a key anyway).
+        port: TCP port.
+        block: run until interrupted (False: return the started ``uvicorn.Server``, for tests;
+            with ``workers > 1``: the started :class:`Workers`).
+        json_out: print the start-up line as JSON (``readnext serve --json``).
+        workers: server processes sharing the port (each loads and warms its own index copy
+            before it accepts; more than 1 needs ``[chroma] mode = "http"``).
+
+    Returns:
+        The uvicorn server, or the :class:`Workers` (after they stopped, when ``block``).
+
+    Raises:
+        ReadnextError: a bad worker count, or several workers over an embedded Chroma.
+    """
+    _check_workers(settings, workers)
+    if workers > 1:
+        w = Workers(settings, host, port, workers, json_out)
+        w.start()
+        if block:
+            w.wait()
+        return w
+
+    import threading
+
+    import uvicorn
+
+    keys = KeyStore.for_home(settings.home)
+    t0 = time.perf_counter()
+    svc = open_service(settings)
+    app = build_app(svc, keys)
+    _ready_line(svc, host, port, len(keys), round(time.perf_counter() - t0, 1), json_out)
+    server = uvicorn.Server(_uvicorn_config(app, host, port))
     if block:
         server.run()
         return server
     th = threading.Thread(target=server.run, name="readnext-rest", daemon=True)
     th.start()
     return server
+
+
+def _ready_line(
+    svc: ReaderService,
+    host: str,
+    port: int,
+    n: int,
+    ready: float,
+    json_out: bool,
+    worker: str = "",
+) -> None:
+    if json_out:
+        info = {"url": f"http://{host}:{port}/v1", "docs": f"http://{host}:{port}/docs"}
+        print(json.dumps({**info, "api_keys": n, "ready_s": ready, "worker": worker}), flush=True)
+    else:
+        print(
+            f"readnext REST API on http://{host}:{port}/v1  (docs: /docs; data: "
+            f"{svc.rec.meta.get('label')}; {n} API key(s); ready in {ready} s"
+            + (f"; worker {worker}" if worker else "")
+            + ")",
+            flush=True,
+        )
+    if n == 0 and not json_out:
+        print(
+            "note: no API keys yet: create one with `readnext keys create --reader ID` "
+            "(or --admin); every route but /v1/healthz needs one",
+            flush=True,
+        )
+
+
+def _worker_main(settings: Settings, sock, host: str, port: int, no: int, json_out: bool) -> None:
+    """One worker process: open and warm its own service, then accept on the shared socket."""
+    import signal
+
+    import uvicorn
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops workers with SIGTERM
+    t0 = time.perf_counter()
+    keys = KeyStore.for_home(settings.home)
+    svc = open_service(settings)
+    app = build_app(svc, keys)
+    ready = round(time.perf_counter() - t0, 1)
+    _ready_line(svc, host, port, len(keys), ready, json_out, f"{no} (pid {os.getpid()})")
+    server = uvicorn.Server(_uvicorn_config(app, host, port))
+    server.run(sockets=[sock])  # SIGTERM: uvicorn finishes the requests in flight, then exits
+
+
+class Workers:
+    """``readnext serve --workers N``: N server processes accepting on one listening socket.
+
+    Each worker is a fresh (spawned) process that opens and warms its own Recommender and only
+    then accepts connections, so no request waits for a cold worker. They share the data dir
+    the way separate servers do: feedback goes to ``feedback.sqlite`` (every recommend reads a
+    reader's events from it, so a rating taken by one worker is in the next list from any
+    other), profile writes go to the Chroma server under the per-reader file lock, API keys are
+    re-read when their file changes. A worker that dies is replaced.
+
+    Args:
+        settings: the configuration (pickled to each worker).
+        host: bind address.
+        port: TCP port (0: any free port, see :attr:`port`).
+        n: number of workers.
+        json_out: workers print their ready line as JSON.
+    """
+
+    def __init__(self, settings: Settings, host: str, port: int, n: int, json_out: bool) -> None:
+        import socket
+
+        self.settings, self.host, self.n, self.json_out = settings, host, n, json_out
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.listen(2048)
+        self.port = self.sock.getsockname()[1]
+        self.procs: list = []
+        self._stop = False
+
+    def _spawn(self, no: int):
+        import multiprocessing as mp
+
+        args = (self.settings, self.sock, self.host, self.port, no, self.json_out)
+        p = mp.get_context("spawn").Process(
+            target=_worker_main, args=args, name=f"readnext-rest-{no}"
+        )
+        p.start()
+        return p
+
+    def start(self) -> None:
+        """Spawn the workers (each starts accepting once warm)."""
+        self.procs = [self._spawn(i) for i in range(self.n)]
+        if not self.json_out:
+            print(
+                f"readnext REST API: {self.n} workers on http://{self.host}:{self.port}/v1 "
+                f"(pids {', '.join(str(p.pid) for p in self.procs)})",
+                flush=True,
+            )
+
+    def wait(self) -> None:
+        """Supervise until SIGINT/SIGTERM: replace dead workers, then stop them all."""
+        import signal
+
+        def _stop(*_):
+            self._stop = True
+
+        old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not self._stop:
+                time.sleep(0.5)
+                for i, p in enumerate(self.procs):
+                    if not p.is_alive() and not self._stop:
+                        print(f"worker {i} (pid {p.pid}) exited ({p.exitcode}): restarting")
+                        self.procs[i] = self._spawn(i)
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM every worker (requests in flight finish), wait, then close the socket.
+
+        Args:
+            timeout: seconds to wait for each worker before it is killed.
+        """
+        self._stop = True
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+        self.sock.close()

@@ -75,14 +75,14 @@ def build_goodbooks_home(base: Path) -> Path:
 class Server:
     """A ``readnext`` server subprocess (``serve`` or ``chat``) on a random loopback port."""
 
-    def __init__(self, kind: str, home: Path, log: Path) -> None:
+    def __init__(self, kind: str, home: Path, log: Path, extra: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log, "w")
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "assistant.cli", kind, "--port", str(self.port)]
-            + ["--data-dir", str(home)],
+            + ["--data-dir", str(home), *extra],
             cwd=ROOT,
             env={**os.environ, **ENV},
             stdout=self._log,
@@ -117,8 +117,36 @@ class Server:
         self._log.close()
 
 
-def drive(call, readers: list[str], clients: int, seconds: float) -> dict:
-    """Run ``call(client_no, reader, query)`` from ``clients`` threads for ``seconds``."""
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d)] = (int(parts[1]), (int(parts[11]) + int(parts[12])) / tick)
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, (pp, _) in stats.items() if pp in tree and p not in tree}
+        tree |= more
+        grew = bool(more)
+    return sum(stats[p][1] for p in tree if p in stats)
+
+
+def drive(
+    call, readers: list[str], clients: int, seconds: float, server_pid: int | None = None
+) -> dict:
+    """Run ``call(client_no, reader, query)`` from ``clients`` threads for ``seconds``.
+
+    Also reports the CPU seconds per request of this (client) process and, given
+    ``server_pid``, of the server's process tree: unlike latency, those hardly depend on what
+    else runs on the machine.
+    """
     lat: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -144,13 +172,19 @@ def drive(call, readers: list[str], clients: int, seconds: float) -> dict:
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
+    cpu0 = time.process_time()
+    srv0 = _tree_cpu_s(server_pid) if server_pid else 0.0
+    load0 = os.getloadavg()[0]
     stop_at[0] = time.perf_counter() + seconds
     t0 = time.perf_counter()
     start.wait()
     for t in threads:
         t.join(seconds + 120)
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    srv = (_tree_cpu_s(server_pid) - srv0) if server_pid else float("nan")
     a = np.array(lat) if lat else np.array([np.nan])
+    n = max(len(lat), 1)
     return {
         "clients": clients,
         "requests": len(lat),
@@ -159,6 +193,10 @@ def drive(call, readers: list[str], clients: int, seconds: float) -> dict:
         "p95_ms": round(float(np.percentile(a, 95)), 1),
         "errors": len(errors),
         "error_examples": errors[:3],
+        "client_cpu_ms_per_request": round(cpu / n * 1e3, 2),
+        "client_cpu_share_of_2_cores": round(cpu / wall / 2, 2),
+        "server_cpu_ms_per_request": round(srv / n * 1e3, 2),
+        "load_avg_1m_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -171,18 +209,30 @@ def _readers(home: Path, n: int = 500) -> list[str]:
     return [str(x) for x in rnd.choice(ids, size=min(n, len(ids)), replace=False)]
 
 
-def bench_rest(home: Path, clients, seconds: float, logdir: Path) -> dict:
-    """``POST /v1/recommend`` with an admin key (created here, revoked at the end)."""
+def bench_rest(home: Path, clients, seconds: float, logdir: Path, workers: int = 1) -> dict:
+    """``POST /v1/recommend`` with an admin key (created here, revoked at the end).
+
+    ``workers > 1`` starts ``readnext serve --workers N`` (which needs ``[chroma] mode =
+    "http"`` in the environment or config of ``home``) and waits until every worker answers.
+    """
     import httpx
 
     from assistant.api_keys import KeyStore
 
     keys = KeyStore.for_home(home)
     key = keys.create(admin=True, label="bench_rest (temporary)")
-    srv = Server("serve", home, logdir / "serve.log")
-    out: dict = {}
+    extra = ("--workers", str(workers)) if workers > 1 else ()
+    srv = Server("serve", home, logdir / "serve.log", extra)
+    out: dict = {"workers": workers}
     try:
         out["ready_s"] = round(srv.wait("/v1/healthz"), 1)
+        if workers > 1:  # every worker warm: each answers on its own connection
+            seen: set[int] = set()
+            end = time.monotonic() + 600
+            while len(seen) < workers and time.monotonic() < end:
+                with httpx.Client(base_url=srv.url, timeout=30) as one:
+                    seen.add(one.get("/v1/healthz").json()["worker"])
+            out["all_workers_ready_s"] = round(time.monotonic() - srv.t0, 1)
         readers = _readers(home)
         h = {"Authorization": f"Bearer {key}"}
         with httpx.Client(base_url=srv.url, headers=h, timeout=60) as c:
@@ -207,12 +257,14 @@ def bench_rest(home: Path, clients, seconds: float, logdir: Path) -> dict:
         try:
             for n in clients:
                 service_ms.clear()
-                out[f"clients_{n}"] = res = drive(call, readers, n, seconds)
+                out[f"clients_{n}"] = res = drive(call, readers, n, seconds, srv.proc.pid)
                 # the service's own time per request (Server-Timing): the rest is HTTP + waiting
                 res["service_p50_ms"] = round(float(np.percentile(service_ms, 50)), 1)
                 res["service_p95_ms"] = round(float(np.percentile(service_ms, 95)), 1)
             # the HTTP stack's ceiling: a route that does no work, with the most clients
-            out["healthz_ceiling"] = drive(health, readers, max(clients), min(seconds, 5.0))
+            out["healthz_ceiling"] = drive(
+                health, readers, max(clients), min(seconds, 5.0), srv.proc.pid
+            )
         finally:
             pool.close()
     finally:
@@ -222,7 +274,9 @@ def bench_rest(home: Path, clients, seconds: float, logdir: Path) -> dict:
 
 
 def bench_chat(home: Path, clients, seconds: float, logdir: Path) -> dict:
-    """The chat's Gradio ``/recommend`` API (``/gradio_api/call`` protocol, as gradio_client)."""
+    """The chat's Gradio ``/recommend`` API: queued (``/gradio_api/call`` + its SSE stream, as
+    gradio_client calls it; ``clients_N``) and direct (``POST /gradio_api/run/recommend``, one
+    JSON reply; ``direct_clients_N``)."""
     import httpx
 
     srv = Server("chat", home, logdir / "chat.log")
@@ -249,10 +303,21 @@ def bench_chat(home: Path, clients, seconds: float, logdir: Path) -> dict:
                     return
             raise RuntimeError(f"no result: {body[:100]!r}")
 
+        def run_direct(n: int, u: str, q: str) -> None:
+            # the same endpoint without the queue: one POST, the result in its JSON reply
+            r = pool.post("/gradio_api/run/recommend", json={"data": [u, q, 10]})
+            r.raise_for_status()
+            res = r.json()["data"][0]
+            if "error" in res or not res.get("items"):
+                raise RuntimeError(str(res)[:100])
+
         try:
             call(0, readers[0], QUERIES[0])  # the first call pays for Gradio's lazy start-up
+            run_direct(0, readers[0], QUERIES[0])
             for n in clients:
-                out[f"clients_{n}"] = drive(call, readers, n, seconds)
+                out[f"clients_{n}"] = drive(call, readers, n, seconds, srv.proc.pid)
+            for n in clients:
+                out[f"direct_clients_{n}"] = drive(run_direct, readers, n, seconds, srv.proc.pid)
         finally:
             pool.close()
     finally:
@@ -308,6 +373,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--clients", default="1,8")
     ap.add_argument("--only", choices=["rest", "chat"], help="measure only one server")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="REST: serve --workers N (needs a Chroma server)"
+    )
     ap.add_argument("--json", action="store_true", help="(the output is always JSON)")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -315,8 +383,11 @@ def main() -> int:
         home = Path(args.home) if args.home else None
         with tempfile.TemporaryDirectory(prefix="readnext-bench-rest-") as tmp:
             home = home or build_goodbooks_home(Path(tmp))
-            fn = bench_rest if args.only == "rest" else bench_chat
-            out = {args.only: fn(home, clients, args.seconds, Path(tmp))}
+            if args.only == "rest":
+                res = bench_rest(home, clients, args.seconds, Path(tmp), args.workers)
+            else:
+                res = bench_chat(home, clients, args.seconds, Path(tmp))
+            out = {args.only: res}
     else:
         out = run(Path(args.home) if args.home else None, clients, args.seconds)
     print(json.dumps(out, indent=2))

@@ -542,13 +542,19 @@ class RestConfig:
 
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1  # server processes sharing the port (> 1 needs [chroma] mode = "http")
 
     def validate(self, where: str = "rest") -> None:
-        """Refuse a port no server can bind."""
+        """Refuse a port no server can bind, and a worker count below 1."""
         _need(
             isinstance(self.port, int) and 1 <= self.port <= 65535,
             where,
             f"port must be 1-65535, got {self.port!r}",
+        )
+        _need(
+            isinstance(self.workers, int) and self.workers >= 1,
+            where,
+            f"workers must be a whole number >= 1, got {self.workers!r}",
         )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .types import Book
 
 LIGHT_TAGS = {
@@ -115,6 +117,62 @@ class Constraints:
             s *= 1.0 + max(0, min(b.year, 2030) - 1950) / 150
         return s
 
+    def allow_mask(self, facets: BookFacets) -> np.ndarray:
+        """``allows`` for every book of ``facets`` at once.
+
+        Args:
+            facets: the catalog's :class:`BookFacets`.
+
+        Returns:
+            A boolean array over the books.
+        """
+        ok = np.ones(len(facets.books), dtype=bool)
+        for t in self.exclude_tags:
+            ok &= ~facets.mask(t.lower())
+        if self.authors:
+            wanted = [a.lower() for a in self.authors]
+            names = facets.authors_lower()
+            ok &= np.fromiter((any(a in n for a in wanted) for n in names), bool, len(names))
+        y, has = facets.year, facets.has_year
+        if self.year_min is not None:
+            ok &= has & (y >= self.year_min)
+        if self.year_max is not None:
+            ok &= has & (y <= self.year_max)
+        if self.newer and self.ref_year is not None:
+            ok &= has & (y > self.ref_year)
+        if self.older and self.ref_year is not None:
+            ok &= has & (y < self.ref_year)
+        return ok
+
+    def boost_vector(self, facets: BookFacets) -> np.ndarray:
+        """``boost`` for every book of ``facets`` at once (bit for bit).
+
+        Args:
+            facets: the catalog's :class:`BookFacets`.
+
+        Returns:
+            A float64 array over the books.
+        """
+        n = len(facets.books)
+        wanted = np.zeros(n, dtype=np.int64)
+        for t in self.include_tags:
+            wanted += facets.mask(t.lower())
+        s = np.ones(n, dtype=np.float64)
+        if self.include_tags:
+            powers = np.array([self.tag_boost**w for w in range(int(wanted.max()) + 1)])
+            s = s * powers[wanted]
+        wish_on = max(self.tag_boost, 1.5)
+        wish = np.where(wanted > 0, wish_on, 1.0) if self.include_tags else np.full(n, wish_on)
+        if self.shorter:
+            s *= np.where(facets.mask("short"), wish, np.where(facets.mask("long"), 0.7, 1.0))
+        if self.lighter:
+            light, dark = facets.any_of(LIGHT_TAGS), facets.any_of(DARK_TAGS)
+            s *= np.where(light, wish, np.where(dark, 0.7, 1.0))
+        if self.newer and self.ref_year is None:
+            f = 1.0 + np.maximum(0.0, np.minimum(facets.year, 2030.0) - 1950.0) / 150
+            s *= np.where(facets.has_year, f, 1.0)
+        return s
+
     def describe(self) -> str:
         parts = []
         if self.include_tags:
@@ -131,6 +189,57 @@ class Constraints:
             if getattr(self, flag):
                 parts.append(flag)
         return "; ".join(parts)
+
+
+class BookFacets:
+    """What constraints look at, for a whole catalog at once: lower-cased tag sets, tag masks,
+    years, authors. :meth:`Constraints.allow_mask` and :meth:`Constraints.boost_vector` give
+    exactly ``[c.allows(b) for b in books]`` and ``[c.boost(b) for b in books]`` (the same
+    tests and the same float operations in the same order) without a Python loop per book:
+    those loops lower-cased every tag of every book twice per request (~50 ms of a topical
+    request on 10k books).
+
+    Args:
+        books: the catalog, in index order.
+    """
+
+    def __init__(self, books: Sequence[Book]) -> None:
+        self.books = books
+        self.tagsets = [frozenset(t.lower() for t in b.tags) for b in books]
+        self.vocabulary = frozenset().union(*self.tagsets) if self.tagsets else frozenset()
+        self.has_year = np.array([b.year is not None for b in books], dtype=bool)
+        self.year = np.array([b.year if b.year is not None else 0 for b in books], np.float64)
+        self._masks: dict[str, np.ndarray] = {}
+        self._authors: list[str] | None = None
+
+    def mask(self, tag: str) -> np.ndarray:
+        """Books carrying ``tag`` (lower-cased already); cached for catalog tags only.
+
+        Args:
+            tag: a lower-cased tag.
+
+        Returns:
+            A boolean array over the books (read-only).
+        """
+        m = self._masks.get(tag)
+        if m is None:
+            if tag not in self.vocabulary:  # a request's word no book carries: not cached
+                return np.zeros(len(self.books), dtype=bool)
+            m = np.fromiter((tag in ts for ts in self.tagsets), bool, len(self.tagsets))
+            m.flags.writeable = False
+            self._masks[tag] = m
+        return m
+
+    def any_of(self, tags: set[str]) -> np.ndarray:
+        out = np.zeros(len(self.books), dtype=bool)
+        for t in tags:
+            out |= self.mask(t)
+        return out
+
+    def authors_lower(self) -> list[str]:
+        if self._authors is None:
+            self._authors = [" ".join(b.authors).lower() for b in self.books]
+        return self._authors
 
 
 def filter_books(books: Sequence[Book], c: Constraints | None) -> list[Book]:

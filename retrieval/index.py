@@ -388,16 +388,20 @@ def _train_sasrec(
     if lib.R.shape[0] < 2 or not (lib.pop_count > 0).any():
         return {"trained": False, "reason": "too few ratings to train on"}
     from .sasrec import train_sasrec
+    from .sasrec_source import STATES_FILE, save_reader_states
 
-    model = train_sasrec(lib, cfg, progress=progress, cache_dir=settings.home / "cache" / "sasrec")
+    cache = settings.home / "cache" / "sasrec"
+    model = train_sasrec(lib, cfg, progress=progress, cache_dir=cache)
     model.save(out / "sasrec.pt")
+    # every reader's final state, so serving scores a reader with one matmul (sasrec_source)
+    states = save_reader_states(model, lib, out / STATES_FILE, cache_dir=cache)
     r = model.report
     _log(
         f"sasrec: {r.epochs} epochs (best {r.best_epoch}, validation ndcg@10 "
         f"{r.best_val_ndcg:.4f}) in {r.seconds:.0f}s" + (" (cached)" if r.from_cache else ""),
         quiet,
     )
-    return {"trained": True, **r.to_dict()}
+    return {"trained": True, **r.to_dict(), "reader_states": states}
 
 
 @dataclass
@@ -493,10 +497,13 @@ class Index:
         return ItemScorer.load(p) if p.exists() else None
 
     def sasrec_model(self):
-        """The SASRec model trained at ingest, or None (unordered data, disabled, older index)."""
+        """The SASRec model trained at ingest with its readers' final states (a
+        ``FittedSASRec``), or None (unordered data, disabled, older index)."""
         p = self.path / "sasrec.pt"
         if not p.exists():
             return None
         from .sasrec import SASRecModel
+        from .sasrec_source import STATES_FILE, FittedSASRec, load_reader_states
 
-        return SASRecModel.load(p)
+        m = SASRecModel.load(p)
+        return FittedSASRec(m, load_reader_states(m, self.path / STATES_FILE))

@@ -212,7 +212,8 @@ def purge_from_collection(store, collection: str, ids: Sequence[str], batch: int
     if not present:
         return 0
     client = store.client
-    kw = {
+    # the collection's own settings (the users' wider HNSW search included), else the default
+    kw = getattr(store, "create_kwargs", {}).get(collection) or {
         "configuration": {"hnsw": {"space": "cosine"}},
         "embedding_function": col._embedding_function,
     }

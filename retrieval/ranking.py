@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .constraints import Constraints
+from .constraints import BookFacets, Constraints
 from .fusion import top_k_matrix
 from .library import Library
 from .sources import CandidateSource, exclude_mask, top_mask
@@ -166,8 +166,11 @@ def constraint_scores(
     depth: int = DEFAULT_DEPTH,
 ) -> np.ndarray:
     """Rank scores under ``constraints`` (step 4 of the module docstring), readers x items."""
-    allow = np.array([constraints.allows(b) for b in lib.books], dtype=bool)
-    boost = np.array([constraints.boost(b) for b in lib.books], dtype=np.float64)
+    facets = lib.__dict__.get("_book_facets")
+    if facets is None:  # built once per library: tag sets, tag masks, years
+        facets = lib.__dict__["_book_facets"] = BookFacets(lib.books)
+    allow = constraints.allow_mask(facets)
+    boost = constraints.boost_vector(facets)
     out = np.full(S.shape, NEG)
     if S.shape[1] == 0:
         return out

@@ -177,7 +177,8 @@ def _sasrec(lib: Library, cfg: SASRecConfig, deps: BuildDeps):
             "re-ingest, or set sasrec.enabled and check the data has an order)"
         )
     cfg.validate("sasrec")
-    return SASRecSource(lib, getattr(model, "model", model))
+    # an index's model comes with its readers' kept states (FittedSASRec); eval's, without
+    return SASRecSource(lib, getattr(model, "model", model), getattr(model, "states", None))
 
 
 def _readers(lib: Library, cfg: ReadersConfig, deps: BuildDeps):

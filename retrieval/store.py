@@ -173,6 +173,9 @@ class VectorStore:
                 },
             }
             self.users = self.client.get_or_create_collection(self.names[USERS], **ukw)
+            # how each collection is (re)created: a rebuild (privacy.purge_from_collection)
+            # must keep the HNSW settings, or `users` loses its wider search after a forget
+            self.create_kwargs: dict[str, dict[str, Any]] = {BOOKS: kw, USERS: ukw}
 
     def _batches(self, n: int) -> Iterable[slice]:
         size = min(4000, self.client.get_max_batch_size())

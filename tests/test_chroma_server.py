@@ -129,3 +129,113 @@ def test_chroma_settings_are_validated():
         Settings.load(env={"READNEXT_CHROMA_MODE": "cloud"})
     with pytest.raises(ReadnextError, match="chroma.port"):
         Settings.load(env={"READNEXT_CHROMA_PORT": "70000"})
+
+
+def test_rest_workers_share_feedback_through_a_chroma_server(chroma_server, tmp_path, emb_cache):
+    """``readnext serve --workers 2``: a rating taken by one worker is in the next list that the
+    other worker answers, and its profile reaches the Chroma server both share."""
+    from retrieval.data import load_demo
+    from retrieval.index import ingest
+    from retrieval.store import VectorStore
+
+    from .conftest import ROOT
+
+    port, _ = chroma_server
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(emb_cache, target_is_directory=True)
+    s = _settings(home, port)
+    out = ingest(load_demo(), s, progress=False, quiet=True)
+    env = dict(
+        os.environ,
+        READNEXT_CHROMA_MODE="http",
+        READNEXT_CHROMA_PORT=str(port),
+        READNEXT_LLM_BACKEND="none",
+    )
+    key = subprocess.run(
+        [sys.executable, "-m", "assistant.cli", "keys", "create", "--admin", "--json"]
+        + ["--data-dir", str(home)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    key = __import__("json").loads(key)["key"]
+    rest_port = free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "assistant.cli", "serve", "--workers", "2"]
+        + ["--port", str(rest_port), "--data-dir", str(home)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{rest_port}"
+    clients: dict[int, httpx.Client] = {}
+    try:
+        end = time.monotonic() + 240
+        # one keep-alive connection per client: each sticks to the worker that accepted it
+        while len(clients) < 2:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < end, "two workers did not answer in 240 s"
+            c = httpx.Client(
+                base_url=url,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+                limits=httpx.Limits(max_connections=1),
+            )
+            try:
+                pid = c.get("/v1/healthz").json()["worker"]
+            except httpx.HTTPError:
+                c.close()
+                time.sleep(0.3)
+                continue
+            if pid in clients:
+                c.close()
+            else:
+                clients[pid] = c
+        (pa, a), (pb, b) = clients.items()
+        assert pa != pb and a.get("/v1/healthz").json()["worker"] == pa
+        body = {"reader": "u0001", "query": "what should I read next?", "k": 5}
+        top = b.post("/v1/recommend", json=body).json()["items"][0]["book_id"]
+        before = VectorStore(out / "chroma", chroma=s.chroma).get_vectors("users", ["u0001"])
+        fb = a.post("/v1/feedback", json={"reader": "u0001", "book_id": top, "signal": 1})
+        assert fb.status_code == 200, fb.text
+        assert b.get("/v1/healthz").json()["worker"] == pb  # the other worker answers next
+        ids = [r["book_id"] for r in b.post("/v1/recommend", json=body).json()["items"]]
+        assert top not in ids
+        hist = b.get("/v1/readers/u0001/history").json()["items"]
+        assert hist[-1]["book_id"] == top and hist[-1]["rating"] == 1
+        after = VectorStore(out / "chroma", chroma=s.chroma).get_vectors("users", ["u0001"])
+        assert not (before["u0001"] == after["u0001"]).all()  # written to the shared server
+    finally:
+        for c in clients.values():
+            c.close()
+        proc.terminate()  # the parent stops its workers (SIGTERM) and exits
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()[-2000:]
+    assert "worker 1" in (tmp_path / "serve.log").read_text()
+
+
+def test_several_workers_over_an_embedded_chroma_are_refused(tmp_path):
+    from .conftest import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-m", "assistant.cli", "serve", "--workers", "3"]
+        + ["--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=dict(os.environ, READNEXT_LLM_BACKEND="none"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    msg = out.stderr.strip()
+    assert "\n" not in msg and "--workers 3 needs Chroma as a server" in msg, msg

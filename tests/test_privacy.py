@@ -209,3 +209,26 @@ def test_reingest_leaves_erased_readers_out(home):
     assert any("erased with `readnext forget`" in n for n in meta["notes"])
     assert id_hits(home, GONE) == []
     assert run_cli("history", "--user", KEPT, home=home).returncode == 0
+
+
+def test_purging_a_reader_keeps_the_users_collection_hnsw_settings(tmp_path):
+    """The rebuild after a forget recreates ``users`` with its own (wider) HNSW search, not
+    Chroma's default: readers-like-you stays as exact after a forget as before it."""
+    from retrieval.privacy import purge_from_collection
+    from retrieval.store import USERS_EF_SEARCH, VectorStore
+
+    vs = VectorStore(tmp_path / "chroma")
+    rng = np.random.default_rng(0)
+    vs.upsert("users", ["a", "b", "c"], rng.normal(size=(3, 8)).astype(np.float32))
+    before = vs.users.configuration["hnsw"]
+    assert before["ef_search"] == USERS_EF_SEARCH
+    assert purge_from_collection(vs, "users", ["a"]) == 1
+    assert vs.users.configuration["hnsw"] == before and vs.count("users") == 2
+    vs.close()
+    again = VectorStore(tmp_path / "chroma")  # as the next process opens it
+    try:
+        assert again.users.configuration["hnsw"] == before
+        assert again.books.configuration["hnsw"]["ef_search"] != USERS_EF_SEARCH
+        assert sorted(again.users.get()["ids"]) == ["b", "c"]
+    finally:
+        again.close()

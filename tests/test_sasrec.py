@@ -147,3 +147,27 @@ def test_trained_on_the_demo_it_learns_the_next_book(demo):
     # measured: 0.050 against a chance level of 0.016 (3.1x)
     assert sas > 2.5 * chance, (sas, chance, model.report)
     assert model.report.best_val_ndcg > 2 * model.report.history[0]
+
+
+def test_reader_states_are_saved_for_every_reader_and_reused_from_the_cache(
+    demo, fast_model, tmp_path
+):
+    from retrieval.sasrec import training_sequences
+    from retrieval.sasrec_source import _keys, _tail, load_reader_states, save_reader_states
+
+    lib, _ = demo
+    first = save_reader_states(fast_model, lib, tmp_path / "a.npz", cache_dir=tmp_path / "c")
+    again = save_reader_states(fast_model, lib, tmp_path / "b.npz", cache_dir=tmp_path / "c")
+    assert not first["from_cache"] and again["from_cache"]
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    states = load_reader_states(fast_model, tmp_path / "b.npz")
+    _, seqs = training_sequences(lib)
+    # every digest survives the file exactly (raw bytes: a trailing NUL byte is kept too)
+    assert set(states._row) == set(_keys(_tail(fast_model, seqs)))
+    assert len(states) == first["readers"] == len(lib.user_ids)
+    # a changed model is another key: its states are computed, not taken from the cache
+    other = train_sasrec(lib, dataclasses.replace(FAST, seed=1), progress=False)
+    assert not save_reader_states(other, lib, tmp_path / "d.npz", tmp_path / "c")["from_cache"]
+    # a file of another architecture is ignored (all computed lazily), never misread
+    wide = train_sasrec(lib, dataclasses.replace(FAST, hidden=32, max_epochs=1), progress=False)
+    assert len(load_reader_states(wide, tmp_path / "b.npz")) == 0
