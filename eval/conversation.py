@@ -311,13 +311,15 @@ def run_conversation_eval(
                 msg, kind = sim.opening(), "opening"
                 found, log = None, []
                 last_rank = None
+                ids: list[str] = []
                 for t in range(turns):
                     n_turns += 1
                     leaks += names_target(msg, target)
                     kinds[kind.split(":")[0]] += 1
                     reply = list(eng.respond(st, msg))[-1]
                     st = reply.state
-                    ids = [c.book_id for c in reply.cards][:k]
+                    if reply.cards is not None:  # None: no new list, the reader's cards stay
+                        ids = [c.book_id for c in reply.cards][:k]
                     rank = ids.index(target_id) + 1 if target_id in ids else None
                     last_rank = rank
                     log.append(
