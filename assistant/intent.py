@@ -44,6 +44,11 @@ from retrieval.types import Book
 
 __all__ = [
     "INTENT_SCHEMA",
+    "PARSER_MODES",
+    "combine_intents",
+    "unexplained_words",
+    "intent_from_json",
+    "intent_schema",
     "Intent",
     "IntentKind",
     "IntentParser",
@@ -1027,43 +1032,80 @@ KINDS: tuple[str, ...] = (
     "greeting",
     "help",
 )
+FLAGS: tuple[str, ...] = ("shorter", "lighter", "newer", "older")
+# Tags the schema never offers: length is the ``shorter`` flag, not a wanted tag.
+_FLAG_TAGS = {"short", "long"}
 _NULL_INT = {"type": ["integer", "null"]}
-_STRS = {"type": "array", "items": {"type": "string"}, "maxItems": 8}
-INTENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
+_NULL_STR = {"type": ["string", "null"], "maxLength": 80}
+
+
+def intent_schema(tags: Sequence[str] = ()) -> dict[str, Any]:
+    """The JSON the LLM must produce (chat_intent v3), for one catalog.
+
+    Only ``kind`` is required (it comes first); every other key is written only when the message
+    states it, in this order, so a typical answer is ~15 tokens instead of ~55 (decoding time is
+    the cost on a CPU: one token per step, forced keys included).
+
+    Args:
+        tags: the catalog's tags; ``want``/``avoid`` become enums of them (minus ``short`` /
+            ``long``, which are the ``shorter`` flag), so a constrained decoder cannot invent a
+            tag. Empty: free strings (mapped through the synonym table afterwards).
+
+    Returns:
+        A JSON schema (``additionalProperties`` false).
+    """
+    vocab = [t for t in tags if t not in _FLAG_TAGS]
+    item: dict[str, Any] = {"type": "string", "enum": vocab} if vocab else {"type": "string"}
+    tag_list = {"type": "array", "items": item, "minItems": 1, "maxItems": 6}
+    props: dict[str, Any] = {
         "kind": {"type": "string", "enum": list(KINDS)},
-        "anchor_title": {"type": ["string", "null"]},
-        "ref_index": _NULL_INT,
-        "include_tags": _STRS,
-        "exclude_tags": _STRS,
-        "authors": _STRS,
-        "year_min": _NULL_INT,
-        "year_max": _NULL_INT,
-        "shorter": {"type": "boolean"},
-        "lighter": {"type": "boolean"},
-        "newer": {"type": "boolean"},
-        "older": {"type": "boolean"},
-        "query_text": {"type": "string"},
-    },
-    "required": [
-        "kind",
-        "anchor_title",
-        "ref_index",
-        "include_tags",
-        "exclude_tags",
-        "authors",
-        "year_min",
-        "year_max",
-        "shorter",
-        "lighter",
-        "newer",
-        "older",
-        "query_text",
-    ],
-    "additionalProperties": False,
-}
-"""The JSON the LLM must produce (passed to ``generate_json`` where the backend has it)."""
+        "title": {"type": "string", "maxLength": 80},
+        "ref": {"type": "integer"},
+        "authors": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 60},
+            "minItems": 1,
+            "maxItems": 3,
+        },
+        "want": tag_list,
+        "avoid": tag_list,
+        "year_min": {"type": "integer"},
+        "year_max": {"type": "integer"},
+        "flags": {
+            "type": "array",
+            "items": {"type": "string", "enum": list(FLAGS)},
+            "minItems": 1,
+            "maxItems": 4,
+        },
+        "topic": {"type": "string", "maxLength": 60},
+    }
+    return {
+        "type": "object",
+        "properties": props,
+        "required": ["kind"],
+        "additionalProperties": False,
+    }
+
+
+INTENT_SCHEMA: dict[str, Any] = intent_schema()
+"""The catalog-independent shape of :func:`intent_schema` (tags as free strings)."""
+
+
+def _example_json(ex: dict[str, Any]) -> str:
+    """A worked example's answer in the model's format: ``kind`` first, then only the keys the
+    message states, in schema order."""
+    import json
+
+    keys = list(intent_schema()["properties"])
+    return json.dumps({k: ex[k] for k in keys if k in ex and k != "text"})
+
+
+def prompt_examples() -> list[dict[str, Any]]:
+    """The worked examples of the ``chat_intent`` prompt (``[[examples]]``: ``text`` + answer)."""
+    from prompts import prompt_meta
+
+    exs = prompt_meta("chat_intent").get("examples") or []
+    return [dict(e) for e in exs if isinstance(e, dict) and "text" in e and "kind" in e]
 
 
 def _json_object(raw: str) -> dict | None:
@@ -1079,14 +1121,44 @@ def _json_object(raw: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def intent_from_json(data: Any, tags: Sequence[str], matcher: CatalogMatcher) -> Intent | None:
-    """Validate the LLM's JSON and keep only what the catalog knows.
+# How much of a named title / author must appear in the message (rapidfuzz partial_ratio on
+# folded text): "like the hunger gmaes" evidences "The Hunger Games"; "a cozy mystery" does not
+# evidence "The Great Gatsby" (an invented anchor measured on the held-out set, v2 prompt).
+EVIDENCE_CUTOFF = 80.0
+
+
+def in_text(name: str, text: str) -> bool:
+    """Whether ``name`` (a title or author as the model wrote it) appears in ``text``, allowing
+    typos: fuzzy partial match of the folded strings at :data:`EVIDENCE_CUTOFF`."""
+    from rapidfuzz import fuzz
+
+    from retrieval.matcher import fold
+
+    a, b = fold(name), fold(text)
+    a = re.sub(r"^(?:the|a|an)\s+", "", a)
+    if len(a) < 3:
+        return False
+    if len(a) > len(b):
+        return fuzz.ratio(a, b) >= EVIDENCE_CUTOFF
+    return fuzz.partial_ratio(a, b) >= EVIDENCE_CUTOFF
+
+
+def intent_from_json(
+    data: Any, tags: Sequence[str], matcher: CatalogMatcher, text: str | None = None
+) -> Intent | None:
+    """Validate the LLM's JSON and keep only what the catalog (and the message) supports.
+
+    Accepts the v3 keys (:func:`intent_schema`) and the v2 flat keys (``anchor_title``,
+    ``ref_index``, ``include_tags``, ``exclude_tags``, booleans, ``query_text``).
 
     Args:
         data: the decoded JSON object.
         tags: the catalog's tags (a tag outside them is mapped through the synonym table or
             dropped, never invented).
-        matcher: resolves ``anchor_title`` and ``authors`` to the catalog's own.
+        matcher: resolves the title and authors to the catalog's own.
+        text: the reader's message; when given, a title or author is kept only if the message
+            names it (:func:`in_text`): the model may not invent an anchor the reader never
+            mentioned.
 
     Returns:
         The intent, or None when the object is not an intent at all (no valid ``kind``).
@@ -1096,6 +1168,9 @@ def intent_from_json(data: Any, tags: Sequence[str], matcher: CatalogMatcher) ->
     intent = Intent(kind=data.get("kind", data.get("intent")))
     table = _tag_table(tuple(tags))
 
+    def get(new: str, old: str) -> Any:
+        return data[new] if new in data else data.get(old)
+
     def known_tags(xs: Any) -> list[str]:
         out: list[str] = []
         for x in xs if isinstance(xs, list) else []:
@@ -1104,51 +1179,119 @@ def intent_from_json(data: Any, tags: Sequence[str], matcher: CatalogMatcher) ->
                     out.append(t)
         return out
 
-    intent.include_tags = known_tags(data.get("include_tags"))
-    intent.exclude_tags = known_tags(data.get("exclude_tags"))
+    intent.include_tags = known_tags(get("want", "include_tags"))
+    intent.exclude_tags = known_tags(get("avoid", "exclude_tags"))
     intent.include_tags = [t for t in intent.include_tags if t not in intent.exclude_tags]
     for a in data.get("authors") or []:
-        name = matcher.author(str(a)) if isinstance(a, str) else None
+        if not isinstance(a, str) or (text is not None and not in_text(a, text)):
+            continue
+        name = matcher.author(a)
         if name and name not in intent.authors:
             intent.authors.append(name)
     for key in ("year_min", "year_max"):
         v = data.get(key)
         ok = isinstance(v, int) and not isinstance(v, bool) and -3000 < v < 2100
         setattr(intent, key, v if ok else None)
-    for key in ("shorter", "lighter", "newer", "older"):
-        setattr(intent, key, data.get(key) is True)
-    ref = data.get("ref_index")
+    flags = data.get("flags")
+    for key in FLAGS:
+        on = key in flags if isinstance(flags, list) else data.get(key) is True
+        setattr(intent, key, on)
+    ref = get("ref", "ref_index")
     if isinstance(ref, int) and not isinstance(ref, bool) and (ref == -1 or 1 <= ref <= 50):
         intent.ref_index = ref
-    title = data.get("anchor_title")
+    title = get("title", "anchor_title")
     if isinstance(title, str) and title.strip():
         num = re.fullmatch(r"#?\s*(\d{1,2})", title.strip())
         if num and intent.ref_index is None:
             intent.ref_index = int(num.group(1))
-        else:
+        elif text is None or in_text(title, text):
             hit = matcher.title(title)
             intent.title_ref = hit.title if hit else None
-    q = data.get("query_text")
+    q = get("topic", "query_text")
     intent.query_text = " ".join(q.split())[:200] if isinstance(q, str) else ""
-    if (
-        intent.kind == "more_like"
-        and intent.title_ref is None
-        and intent.ref_index is None
-        and (intent.query_text or intent.include_tags)
-    ):
-        intent.kind = "recommend"  # "like a cozy mystery": no book named
+    # "something like a cozy mystery", "books by X": no book named, so a fresh request (with
+    # nothing at all named, "more like this" means the book under discussion)
+    named = intent.title_ref is not None or intent.ref_index is not None
+    topical = bool(intent.query_text or intent.include_tags or intent.authors)
+    if intent.kind == "more_like" and not named and topical:
+        intent.kind = "recommend"
     return intent
 
 
+def unexplained_words(rules: Intent) -> list[str]:
+    """Words of a message the rules did not account for: the rules' leftover text
+    (``query_text``) minus filler and minus the words of the tags they matched.
+
+    Args:
+        rules: :func:`parse_intent` of the message.
+
+    Returns:
+        The folded words, in order ("a story about wizards" -> ["story", "wizards"]; "recommend
+        me a memoir" -> [] once the rules matched the ``memoir`` tag).
+    """
+    from retrieval.matcher import fold
+
+    tag_words = {w for t in rules.include_tags + rules.exclude_tags for w in fold(t).split()}
+    skip = _FILLER | _GENERIC_WORDS | _NOT_TAGS | tag_words
+    return [w for w in fold(rules.query_text or "").split() if w not in skip and len(w) > 1]
+
+
+def combine_intents(llm: Intent, rules: Intent) -> Intent:
+    """The *rules + LLM* parse: the rules' parse, with the LLM filling what they left out.
+
+    The rules decide what is a fact of the text's surface: the kind of message (the dialogue
+    act: why / details / read it / dismiss / like X / a new request / a refinement), list
+    references, years, the shorter/lighter/newer/older cue words, and every tag, title and
+    author they matched. Only when the message holds words the rules did not account for
+    (:func:`unexplained_words`: "a story about wizards") are the LLM's content fields added:
+    its tags (the rules' polarity wins a conflict), a title the rules did not find (then the
+    kind becomes ``more_like`` when the LLM says so) and authors, all already checked against
+    the catalog and the message (:func:`intent_from_json` with ``text``). So the LLM adds
+    understanding where the rules have none and cannot undo what they read exactly.
+
+    Args:
+        llm: the validated LLM parse (:func:`intent_from_json` with the message).
+        rules: :func:`parse_intent` of the same message.
+
+    Returns:
+        A new intent.
+    """
+    out = Intent(**{k: v for k, v in vars(rules).items()})
+    out.include_tags, out.exclude_tags = list(rules.include_tags), list(rules.exclude_tags)
+    out.authors = list(rules.authors)
+    if not unexplained_words(rules):
+        return out
+    taken = set(rules.include_tags) | set(rules.exclude_tags)
+    out.include_tags += [t for t in llm.include_tags if t not in taken]
+    out.exclude_tags += [
+        t for t in llm.exclude_tags if t not in taken and t not in out.include_tags
+    ]
+    out.authors += [a for a in llm.authors if a not in out.authors]
+    if rules.title_ref is None and llm.title_ref is not None:
+        out.title_ref = llm.title_ref
+        if llm.kind == "more_like" and rules.kind in ("recommend", "refine"):
+            out.kind = "more_like"
+    return out
+
+
+PARSER_MODES = ("llm", "llm+rules")
+
+
 class IntentParser:
-    """Parses requests for one catalog: the LLM under :data:`INTENT_SCHEMA` when ``llm`` is
+    """Parses requests for one catalog: the LLM under :func:`intent_schema` when ``llm`` is
     given, else (and whenever its answer fails validation) the rules.
 
     Args:
         books: the catalog, most popular first (ties in title lookup go to the first).
         llm: an ``LLMBackend`` or None for rules only.
-        prompt_tags: how many of the most common tags the prompt lists.
+        prompt_tags: how many of the most common tags the prompt lists (and the schema allows).
         deadline_s: time the LLM gets per message (backends with ``generate_json`` honour it).
+        mode: with an LLM, ``"llm"`` (its validated answer alone) or ``"llm+rules"``
+            (:func:`combine_intents`: the rules' parse, the LLM filling in what they left out).
+        cache_size: LLM answers kept per message text (greedy decoding: the same message gives
+            the same answer, so a repeat costs nothing); 0 turns the cache off.
+        cache: an answer cache to share with another parser of the same catalog and model
+            (e.g. to score ``llm`` and ``llm+rules`` from one model call per message).
     """
 
     def __init__(
@@ -1157,7 +1300,12 @@ class IntentParser:
         llm: Any = None,
         prompt_tags: int = 120,
         deadline_s: float = 20.0,
+        mode: str = "llm",
+        cache_size: int = 512,
+        cache: dict[str, dict[str, Any] | None] | None = None,
     ) -> None:
+        if mode not in PARSER_MODES:
+            raise ValueError(f"mode must be one of {PARSER_MODES}, got {mode!r}")
         counts: dict[str, int] = {}
         for b in books:
             for t in b.tags:
@@ -1167,6 +1315,13 @@ class IntentParser:
         self.llm = llm
         self.prompt_tags = prompt_tags
         self.deadline_s = deadline_s
+        self.mode = mode
+        self.cache_size = cache_size
+        self.schema = intent_schema(self.tags[:prompt_tags])
+        self.cache: dict[str, dict[str, Any] | None] = {} if cache is None else cache
+        self._shots: list[dict[str, str]] | None = None
+        self.cache_hits = 0
+        self.llm_calls = 0
         self.fallbacks = 0
         self.last_source = "rules"
         self.last_error: str | None = None
@@ -1180,12 +1335,15 @@ class IntentParser:
 
         Args:
             text: the reader's message.
-            shown: titles of the list the reader sees now (numbered from 1), for "#2" context.
+            shown: titles of the list the reader sees now (numbered from 1). Not sent to the
+                model since prompt v3 (a reference is a number in the text, resolved by the
+                caller against this list), kept for callers and future prompts.
             llm: a per-turn view of the backend (its time budget) to use instead of ``self.llm``;
                 ignored when this parser has no LLM.
 
         Returns:
-            The intent; ``last_source`` says which parser produced it ("llm" or "rules").
+            The intent; ``last_source`` says which parser produced it ("llm", "llm+rules" or
+            "rules").
         """
         self.last_source = "rules"
         if self.llm is None:
@@ -1198,36 +1356,77 @@ class IntentParser:
         if got is None:
             self.fallbacks += 1
             return self.rules(text)
-        self.last_source = "llm"
+        if self.mode == "llm+rules":
+            got = combine_intents(got, self.rules(text))
+        self.last_source = self.mode
         return got
 
-    def llm_parse(self, text: str, shown: Sequence[str] = (), llm: Any = None) -> Intent | None:
-        """The LLM's parse, validated, or None when it produced no usable intent."""
-        llm = llm or self.llm
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """The chat messages sent to the model: the system text, the worked examples as
+        user/assistant turns (a prefix shared by every call, so llama.cpp evaluates it once),
+        then the reader's message."""
+        if self._shots is None:
+            shots: list[dict[str, str]] = []
+            for ex in prompt_examples():
+                shots.append(self._render(ex["text"])[-1])
+                shots.append({"role": "assistant", "content": _example_json(ex)})
+            self._shots = shots
+        msgs = self._render(text)
+        return msgs[:-1] + self._shots + msgs[-1:]
+
+    def _render(self, text: str) -> list[dict[str, str]]:
         from prompts import delimit, render_messages
 
-        context = "\n".join(f"#{i + 1} {t}" for i, t in enumerate(list(shown)[:10])) or "(none)"
         msgs, _version = render_messages(
             "chat_intent",
-            context=context,
             utterance=delimit(text, 500),
-            tags=", ".join(self.tags[: self.prompt_tags]),
+            tags=", ".join(t for t in self.tags[: self.prompt_tags] if t not in _FLAG_TAGS),
         )
+        return msgs
+
+    def llm_json(self, text: str, llm: Any = None) -> dict[str, Any] | None:
+        """The model's raw JSON answer for ``text`` (cached per message), or None."""
+        key = " ".join((text or "").split())
+        if self.cache_size and key in self.cache:
+            self.cache_hits += 1
+            return self.cache[key]
+        llm = llm or self.llm
+        msgs = self.messages(text)
         # A wrapper (ResilientBackend) always has generate_json; use it only when the wrapped
         # backend implements it too (every LLMBackend does; a bare generate-only object not).
         inner = getattr(llm, "inner", llm)
         gen_json = getattr(llm, "generate_json", None)
+        self.llm_calls += 1
         if callable(gen_json) and callable(getattr(inner, "generate_json", None)):
             import time
 
             data = gen_json(
-                msgs, INTENT_SCHEMA, max_new_tokens=200, deadline=time.monotonic() + self.deadline_s
+                msgs, self.schema, max_new_tokens=160, deadline=time.monotonic() + self.deadline_s
             )
             if isinstance(data, str):
                 data = _json_object(data)
         else:
-            data = _json_object(llm.generate(msgs, max_new_tokens=200))
-        return intent_from_json(data, self.tags, self.matcher)
+            data = _json_object(llm.generate(msgs, max_new_tokens=160))
+        data = data if isinstance(data, dict) else None
+        if self.cache_size:
+            if len(self.cache) >= self.cache_size:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = data
+        return data
+
+    def llm_parse(self, text: str, shown: Sequence[str] = (), llm: Any = None) -> Intent | None:
+        """The LLM's parse, validated against the catalog and the message, or None when it
+        produced no usable intent.
+
+        Args:
+            text: the reader's message.
+            shown: see :meth:`parse` (not sent to the model).
+            llm: a per-turn backend view, as in :meth:`parse`.
+
+        Returns:
+            The validated intent or None.
+        """
+        return intent_from_json(self.llm_json(text, llm), self.tags, self.matcher, text=text)
 
 
 def use_llm_for_intents(mode: str, spec: Any, llm: Any) -> bool:
@@ -1254,7 +1453,11 @@ def intent_parser(rec: Any) -> IntentParser:
         and (mode == "on" or str(spec).lower() != "local")
     ):
         llm = rec.llm
-    return IntentParser(books, llm if use_llm_for_intents(mode, spec, llm) else None)
+    # "llm+rules", not the LLM alone: on the development requests the combination scored 1.000
+    # and the LLM alone 0.588 (eval/results/intent/report.md; chosen there, not on held-out)
+    return IntentParser(
+        books, llm if use_llm_for_intents(mode, spec, llm) else None, mode="llm+rules"
+    )
 
 
 # ---------------------------------------------------------------------------- follow-ups

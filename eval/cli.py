@@ -190,10 +190,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the simulated-reader conversation study through ChatEngine (eval/conversation.py) "
         "instead of the ranking study; uses --dataset (default: the demo), --users, --seed, "
-        "--llm (adds LLM intent parsing beside rules), --out",
+        "--llm (adds LLM intent parsing beside rules, for the first --llm-users readers), "
+        "--config (e.g. the dataset's own tuned-config.toml), --out",
     )
     p.add_argument(
         "--turns", type=_positive, default=5, help="conversation turns per reader (default 5)"
+    )
+    p.add_argument(
+        "--llm-budget",
+        type=float,
+        default=None,
+        help="with --conversation --llm: start no LLM reader after this many seconds (the "
+        "LLM side covers the first readers that fit; default: no limit)",
+    )
+    p.add_argument(
+        "--intent-mode",
+        choices=("llm", "llm+rules", "both"),
+        default="llm",
+        help="with --conversation --llm: the LLM parser alone (validated), the rules' parse "
+        "with the LLM filling what they left out, or both side by side (default llm)",
     )
     p.add_argument(
         "--no-sasrec-shuffled",
@@ -358,8 +373,18 @@ def run_from_args(args: argparse.Namespace) -> int:
             readers=args.users or 100,
             turns=args.turns,
             seed=args.seed,
-            parsers=("rules", "llm") if args.llm else ("rules",),
+            parsers=(
+                ("rules",)
+                if not args.llm
+                else ("rules", "llm", "llm+rules")
+                if args.intent_mode == "both"
+                else ("rules", "llm")
+            ),
             llm=args.llm,
+            llm_readers=args.llm_users if args.llm else None,
+            llm_budget_s=args.llm_budget,
+            llm_mode="llm" if args.intent_mode == "both" else args.intent_mode,
+            config=args.config,
             out=args.out,
             cache_dir=args.cache_dir,
             n_boot=args.n_boot,

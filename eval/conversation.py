@@ -189,7 +189,12 @@ def run_conversation_eval(
     turns: int = 5,
     seed: int = 42,
     parsers: Sequence[str] = ("rules",),
-    llm: str | None = None,
+    llm: Any = None,
+    llm_readers: int | None = None,
+    llm_budget_s: float | None = None,
+    llm_mode: str = "llm",
+    llm_deadline_s: float = 150.0,
+    config: str | Path | None = None,
     out: str | Path | None = None,
     cache_dir: str | Path | None = None,
     min_ratings: int = 10,
@@ -204,8 +209,20 @@ def run_conversation_eval(
         readers: how many simulated readers (seeded sample).
         turns: the most turns per reader (the first is the opening request).
         seed: seed of the reader sample, the targets and each reader's choices.
-        parsers: "rules" and/or "llm" (LLM intent parsing; needs ``llm``).
-        llm: the LLM backend spec for the "llm" parser (local | HF id | URL).
+        parsers: any of "rules", "llm" (LLM intent parsing in ``llm_mode``; needs ``llm``) and
+            "llm+rules" (the LLM in mode ``llm+rules``); the LLM parsers share one answer cache.
+        llm: the LLM backend for the "llm" parser: a spec (local | HF id | URL) or a backend
+            object (e.g. a scripted one in tests).
+        llm_readers: the LLM parser talks to the first this many sampled readers only (the
+            rules to all; the side-by-side comparison is on these same readers). None: all.
+        llm_budget_s: no LLM reader starts after this many seconds of the LLM parser's run
+            (a CPU-bound study sized to the time it has): the LLM side then covers the first
+            readers that fit, the count is recorded, and the comparison is on those readers.
+        llm_mode: the LLM parser's mode, ``"llm"`` (its validated answer alone) or
+            ``"llm+rules"`` (:func:`assistant.intent.combine_intents`).
+        llm_deadline_s: seconds the LLM gets per message before the rules answer instead.
+        config: a TOML config file for the study's index and recommender (e.g. a dataset's own
+            tuned fusion weights from ``readnext eval --quick``); None: the shipped defaults.
         out: folder for ``metrics.json``, ``report.md`` and ``conversations.jsonl``.
         cache_dir: embedding cache to reuse (content-addressed), e.g. ``~/.readnext/cache``.
         min_ratings: readers need this many ratings to be sampled.
@@ -237,32 +254,53 @@ def run_conversation_eval(
         home = Path(tmp)
         if cache_dir is not None and Path(cache_dir).expanduser().is_dir():
             (home / "cache").symlink_to(Path(cache_dir).expanduser(), target_is_directory=True)
-        settings = Settings.load(home=home, env={})
+        settings = Settings.load(home=home, config_file=config, env={})
         settings.llm.backend = "none"
         ingest(ds, settings, progress=False, quiet=True)
         results: dict[str, Any] = {}
         convs: list[dict[str, Any]] = []
+        answers: dict[str, Any] = {}  # LLM answers per message, shared by the LLM parsers
+        backend = None
         for parser_name in parsers:
             rec = Recommender.open(home, settings=settings, llm="none")
             eng = ChatEngine(rec, k=k, llm_picks=0)
-            if parser_name == "llm":
+            is_llm = parser_name in _LLM_PARSERS
+            if is_llm:
                 if not llm:
                     raise ValueError("the llm parser needs --llm MODEL")
                 from assistant.llm import load_backend
 
+                if backend is None:
+                    backend = load_backend(llm) if isinstance(llm, str) else llm
                 lib = rec.lib
                 books = [
                     lib.books[i]
                     for i in sorted(range(lib.n_items), key=lambda i: -int(lib.pop_count[i]))
                 ]
-                eng.intents = IntentParser(books, load_backend(llm), deadline_s=150.0)
-            per_turn_hit = np.zeros((len(picks), turns))
-            per_turn_ndcg = np.zeros((len(picks), turns))
+                eng.intents = IntentParser(
+                    books,
+                    backend,
+                    deadline_s=llm_deadline_s,
+                    mode=llm_mode if parser_name == "llm" else parser_name,
+                    cache=answers,
+                )
+            talkers = picks if not is_llm or llm_readers is None else picks[:llm_readers]
+            t_parser = time.perf_counter()
+            per_turn_hit = np.zeros((len(talkers), turns))
+            per_turn_ndcg = np.zeros((len(talkers), turns))
             hit_turn: list[int | None] = []
             leaks = n_turns = 0
             kinds: Counter = Counter()
-            it = tqdm(picks, desc=f"conversation ({parser_name})", disable=not progress)
+            it = tqdm(talkers, desc=f"conversation ({parser_name})", disable=not progress)
+            done = 0
             for ri, (uid, target_id) in enumerate(it):
+                if (
+                    is_llm
+                    and llm_budget_s is not None
+                    and time.perf_counter() - t_parser > llm_budget_s
+                ):
+                    break
+                done += 1
                 target = rec.books[target_id]
                 hist = rec.history(uid)
                 liked = [
@@ -273,13 +311,15 @@ def run_conversation_eval(
                 msg, kind = sim.opening(), "opening"
                 found, log = None, []
                 last_rank = None
+                ids: list[str] = []
                 for t in range(turns):
                     n_turns += 1
                     leaks += names_target(msg, target)
                     kinds[kind.split(":")[0]] += 1
                     reply = list(eng.respond(st, msg))[-1]
                     st = reply.state
-                    ids = [c.book_id for c in reply.cards][:k]
+                    if reply.cards is not None:  # None: no new list, the reader's cards stay
+                        ids = [c.book_id for c in reply.cards][:k]
                     rank = ids.index(target_id) + 1 if target_id in ids else None
                     last_rank = rank
                     log.append(
@@ -315,15 +355,24 @@ def run_conversation_eval(
                         "turns": log,
                     }
                 )
+            per_turn_hit, per_turn_ndcg = per_turn_hit[:done], per_turn_ndcg[:done]
+            talkers = talkers[:done]
             res: dict[str, Any] = {
-                "readers": len(picks),
+                "readers": len(talkers),
                 "turns": turns,
                 "leak_rate": leaks / max(n_turns, 1),
                 "turns_total": n_turns,
                 "feedback_kinds": dict(kinds),
                 "intent_fallbacks": eng.intents.fallbacks,
+                "seconds": round(time.perf_counter() - t_parser, 1),
                 "per_turn": [],
             }
+            if is_llm:
+                res.update(
+                    mode=eng.intents.mode,
+                    model_calls=eng.intents.llm_calls,
+                    cached_parses=eng.intents.cache_hits,
+                )
             for t in range(turns):
                 m1, lo1, hi1 = bootstrap_ci(per_turn_hit[:, t], n_boot=n_boot, seed=seed)
                 m2, lo2, hi2 = bootstrap_ci(per_turn_ndcg[:, t], n_boot=n_boot, seed=seed)
@@ -337,7 +386,7 @@ def run_conversation_eval(
                     }
                 )
             hits = [h for h in hit_turn if h is not None]
-            res["found_within"] = round(len(hits) / max(len(picks), 1), 4)
+            res["found_within"] = round(len(hits) / max(len(talkers), 1), 4)
             res["mean_turns_to_hit"] = round(float(np.mean(hits)), 3) if hits else None
             r1 = res["per_turn"][0]["recall@10"]
             r3 = res["per_turn"][min(2, turns - 1)]["recall@10"]
@@ -352,10 +401,20 @@ def run_conversation_eval(
             res["_hits"] = per_turn_hit.tolist()
             results[parser_name] = res
             rec.close()
-    if "rules" in results and "llm" in results:
-        a = np.array(results["llm"]["_hits"])[:, -1] - np.array(results["rules"]["_hits"])[:, -1]
-        m, lo, hi = bootstrap_ci(a, n_boot=n_boot, seed=seed)
-        results["llm_minus_rules_found"] = {"mean": round(m, 4), "ci": [round(lo, 4), round(hi, 4)]}
+    for name in _LLM_PARSERS:
+        if "rules" not in results or name not in results:
+            continue
+        # paired, on the readers both parsers talked to (the LLM's are the first of the sample)
+        la = np.array(results[name]["_hits"]).reshape(-1, turns)
+        ra = np.array(results["rules"]["_hits"])[: len(la)].reshape(-1, turns)
+        results[_same_key(name)] = _summary(ra, n_boot, seed)
+        diff: dict[str, Any] = {}
+        for what, col in (("turn1", 0), ("turn3", min(2, turns - 1)), ("found", turns - 1)):
+            m, lo, hi = bootstrap_ci(la[:, col] - ra[:, col], n_boot=n_boot, seed=seed)
+            diff[what] = {"mean": round(m, 4), "ci": [round(lo, 4), round(hi, 4)]}
+        results[f"{name}_minus_rules"] = diff
+    if "llm_minus_rules" in results:
+        results["llm_minus_rules_found"] = results["llm_minus_rules"]["found"]
     for v in results.values():
         if isinstance(v, dict):
             v.pop("_hits", None)
@@ -366,7 +425,9 @@ def run_conversation_eval(
         "seed": seed,
         "k": k,
         "min_ratings": min_ratings,
-        "llm": llm,
+        "llm": llm if isinstance(llm, str) or llm is None else getattr(llm, "model_id", "llm"),
+        "llm_readers": {n: results[n]["readers"] for n in _LLM_PARSERS if n in results} or None,
+        "config": str(config) if config else None,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     out_obj = {"meta": meta, "results": results}
@@ -379,6 +440,26 @@ def run_conversation_eval(
             for c in convs:
                 f.write(json.dumps(c) + "\n")
     return out_obj
+
+
+_LLM_PARSERS = ("llm", "llm+rules")
+
+
+def _same_key(name: str) -> str:
+    """Results key of the rules' numbers on the readers LLM parser ``name`` talked to."""
+    return f"rules_on_{name}_readers"
+
+
+def _summary(hits: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
+    """Recall@10 per turn with CIs (and the found share) of a readers x turns hit matrix."""
+    out: dict[str, Any] = {"readers": int(hits.shape[0]), "recall_per_turn": []}
+    for t in range(hits.shape[1]):
+        m, lo, hi = bootstrap_ci(hits[:, t], n_boot=n_boot, seed=seed)
+        out["recall_per_turn"].append(
+            {"turn": t + 1, "recall@10": round(m, 4), "ci": [round(lo, 4), round(hi, 4)]}
+        )
+    out["found_within"] = round(float(hits[:, -1].mean()), 4) if len(hits) else 0.0
+    return out
 
 
 def report(obj: dict[str, Any]) -> str:
@@ -397,7 +478,7 @@ def report(obj: dict[str, Any]) -> str:
         if not isinstance(r, dict) or "per_turn" not in r:
             continue
         lines += [
-            f"## {name} parsing",
+            f"## {name} parsing ({r['readers']} readers)",
             "",
             "| turn | Recall@10 [95% CI] | NDCG@10 [95% CI] |",
             "|---|---|---|",
@@ -421,10 +502,33 @@ def report(obj: dict[str, Any]) -> str:
             f"{r['intent_fallbacks']}",
             "",
         ]
-    if "llm_minus_rules_found" in obj["results"]:
-        d = obj["results"]["llm_minus_rules_found"]
-        lines.append(
-            f"LLM minus rules, found within the turns (paired): {d['mean']:+.3f} "
-            f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
-        )
+    res = obj["results"]
+    for pname in _LLM_PARSERS:
+        if _same_key(pname) not in res or pname not in res:
+            continue
+        same, llm = res[_same_key(pname)], res[pname]
+        n = same["readers"]
+        lines += [
+            f"## Side by side on the same {n} readers (parser `{pname}`)",
+            "",
+            f"LLM: {m.get('llm')}, mode `{llm.get('mode', pname)}`; "
+            f"{llm.get('model_calls', '?')} model calls, {llm.get('cached_parses', '?')} "
+            "repeated messages answered from the parse cache (greedy decoding: same answer), "
+            f"{llm['intent_fallbacks']} fell back to rules; {llm.get('seconds', '?')} s.",
+            "",
+            "| turn | rules Recall@10 [95% CI] | LLM Recall@10 [95% CI] |",
+            "|---|---|---|",
+        ]
+        for a, b in zip(same["recall_per_turn"], llm["per_turn"], strict=True):
+            lines.append(
+                f"| {a['turn']} | {a['recall@10']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}] | "
+                f"{b['recall@10']:.3f} [{b['recall_ci'][0]:.3f}, {b['recall_ci'][1]:.3f}] |"
+            )
+        lines.append("")
+        for what, d in res[f"{pname}_minus_rules"].items():
+            lines.append(
+                f"- `{pname}` minus rules, {what} (paired): {d['mean']:+.3f} "
+                f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+            )
+        lines.append("")
     return "\n".join(lines)

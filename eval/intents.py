@@ -116,8 +116,112 @@ def score(
 HELDOUT_SET = DEFAULT_SET.with_name("intent_requests_heldout.jsonl")
 
 
+def run(
+    books: Sequence[Any],
+    requests: Sequence[str | Path] = (DEFAULT_SET, HELDOUT_SET),
+    llm: Any = None,
+    llm_deadline: float = 150.0,
+    out: str | Path | None = None,
+    cache: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Score the rules (and, with ``llm``, the LLM alone and LLM + rules) on labelled sets.
+
+    Args:
+        books: the demo catalog, most popular first.
+        requests: JSONL files of labelled requests.
+        llm: an LLM backend, or None for the rules only.
+        llm_deadline: seconds the LLM gets per request.
+        out: folder for ``intent_scores.json``, ``report.md`` and ``llm_answers.jsonl``.
+        cache: LLM answers already computed for these requests (message -> JSON), e.g. by a
+            driver that logs them as they come; missing ones are computed.
+        timings: seconds each cached answer took to compute (message -> s), so the LLM rows
+            report the model's time per request rather than a cache lookup's.
+
+    Returns:
+        ``{"sets": {name: {"n", parser: score(...)}}, "prompt_examples": [...]}``.
+    """
+    from assistant.intent import IntentParser, prompt_examples
+
+    parsers = {"rules": IntentParser(books)}
+    if llm is not None:
+        # one model call per request: "llm+rules" reuses the "llm" parser's answers
+        alone = IntentParser(books, llm, deadline_s=llm_deadline, mode="llm", cache=cache)
+        parsers["llm"] = alone
+        parsers["llm+rules"] = IntentParser(
+            books, llm, deadline_s=llm_deadline, mode="llm+rules", cache=alone.cache
+        )
+    shots = {" ".join(e["text"].split()) for e in prompt_examples()}
+    res: dict[str, Any] = {"sets": {}, "prompt_examples": sorted(shots)}
+    sets: list[tuple[str, list[dict[str, Any]]]] = []
+    for path in requests:
+        reqs = load_requests(path)
+        sets.append((Path(path).stem, reqs))
+        unseen = [r for r in reqs if " ".join(r["text"].split()) not in shots]
+        if llm is not None and len(unseen) < len(reqs):
+            # the LLM prompt shows these requests as worked examples: score it without them too
+            sets.append((Path(path).stem + "_minus_prompt_examples", unseen))
+    for name_set, reqs in sets:
+        one: dict[str, Any] = {"n": len(reqs)}
+        for name, parser in parsers.items():
+            before, calls_before = parser.fallbacks, parser.llm_calls
+            one[name] = score(parser.parse, reqs)
+            if name != "rules":
+                calls = parser.llm_calls - calls_before
+                one[name].update(
+                    model=llm.describe(),
+                    fallbacks_to_rules=parser.fallbacks - before,
+                    model_calls=calls,
+                    generate_json=callable(getattr(llm, "generate_json", None)),
+                )
+                took = [timings.get(" ".join(r["text"].split())) for r in reqs] if timings else []
+                if took and all(t is not None for t in took):
+                    one[name]["seconds_per_request"] = round(sum(took) / len(took), 2)
+        res["sets"][name_set] = one
+    if out is not None:
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        (o / "intent_scores.json").write_text(json.dumps(res, indent=2) + "\n")
+        (o / "report.md").write_text(report(res) + "\n")
+        if llm is not None:
+            with open(o / "llm_answers.jsonl", "w") as f:
+                for key, data in parsers["llm"].cache.items():
+                    row = {"text": key, "answer": data}
+                    if timings and key in timings:
+                        row["seconds"] = timings[key]
+                    f.write(json.dumps(row) + "\n")
+    return res
+
+
+class RecordedAnswers:
+    """A stand-in backend that replays recorded LLM answers (``llm_answers.jsonl``), so the
+    scores (e.g. of a changed combination) are recomputed without running the model again.
+
+    Args:
+        path: the JSONL file (``{"text", "answer", "seconds"?}`` per line).
+        model: the model that produced the answers (for the report).
+    """
+
+    def __init__(self, path: str | Path, model: str) -> None:
+        self.answers: dict[str, Any] = {}
+        self.seconds: dict[str, float] = {}
+        for row in load_requests(path):
+            self.answers[row["text"]] = row["answer"]
+            if "seconds" in row:
+                self.seconds[row["text"]] = row["seconds"]
+        self.model = model
+
+    def describe(self) -> str:
+        """The recorded model's name, marked as replayed."""
+        return f"{self.model} (recorded answers)"
+
+    def generate_json(self, messages: Any, schema: Any, **kw: Any) -> Any:
+        """Never called for a recorded message (the parsers' cache holds it): a message
+        without a recorded answer is an error, so the rules answer it and it is counted."""
+        raise LookupError("no recorded answer for this message")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from assistant.intent import IntentParser
     from assistant.recommender import Recommender
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -126,7 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--llm", help="also score the LLM parser with this backend (local | HF id | URL)"
     )
-    p.add_argument("--out", help="write intent_scores.json and report.md here")
+    p.add_argument("--out", help="write intent_scores.json, report.md, llm_answers.jsonl here")
+    p.add_argument(
+        "--answers",
+        help="re-score the LLM answers recorded in this llm_answers.jsonl instead of running "
+        "--llm (which then only names the model)",
+    )
     p.add_argument(
         "--llm-deadline",
         type=float,
@@ -137,34 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec = Recommender.open(a.data_dir, llm="none")
     lib = rec.lib
     books = [lib.books[i] for i in sorted(range(lib.n_items), key=lambda i: -int(lib.pop_count[i]))]
-    parsers = {"rules": IntentParser(books)}
-    llm = None
-    if a.llm:
+    llm, cache, timings = None, None, None
+    if a.answers:
+        llm = RecordedAnswers(a.answers, a.llm or "LLM")
+        cache, timings = dict(llm.answers), llm.seconds
+    elif a.llm:
         from assistant.llm import load_backend
 
         llm = load_backend(a.llm)
-        parsers["llm"] = IntentParser(books, llm, deadline_s=a.llm_deadline)
-    res: dict[str, Any] = {"sets": {}}
-    for path in a.requests:
-        reqs = load_requests(path)
-        one: dict[str, Any] = {"path": str(Path(path).name), "n": len(reqs)}
-        for name, parser in parsers.items():
-            before = parser.fallbacks
-            one[name] = score(parser.parse, reqs)
-            if name == "llm":
-                one[name].update(
-                    model=llm.describe(),
-                    fallbacks_to_rules=parser.fallbacks - before,
-                    generate_json=callable(getattr(llm, "generate_json", None)),
-                )
-        res["sets"][Path(path).stem] = one
-    text = report(res)
-    print(text)
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "intent_scores.json").write_text(json.dumps(res, indent=2) + "\n")
-        (out / "report.md").write_text(text + "\n")
+    res = run(books, a.requests, llm, a.llm_deadline, a.out, cache=cache, timings=timings)
+    print(report(res))
     return 0
 
 
@@ -178,7 +269,7 @@ def report(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for set_name, one in res["sets"].items():
-        for name in ("rules", "llm"):
+        for name in ("rules", "llm", "llm+rules"):
             r = one.get(name)
             if not r:
                 continue
@@ -186,7 +277,10 @@ def report(res: dict[str, Any]) -> str:
             label = (
                 name
                 if name == "rules"
-                else (f"LLM {r.get('model')} ({r.get('fallbacks_to_rules')} fell back to rules)")
+                else (
+                    f"{'LLM alone' if name == 'llm' else 'LLM + rules'} {r.get('model')} "
+                    f"({r.get('fallbacks_to_rules')} fell back to rules)"
+                )
             )
             lines.append(
                 f"| {set_name} | {label} | {r['n']} | {r['fully_correct']:.3f} "
@@ -196,7 +290,7 @@ def report(res: dict[str, Any]) -> str:
                 f"{r['seconds_per_request']} |"
             )
     for set_name, one in res["sets"].items():
-        for name in ("rules", "llm"):
+        for name in ("rules", "llm", "llm+rules"):
             r = one.get(name)
             if r and r["failures"]:
                 lines += ["", f"## {set_name}, {name}: failures", ""]

@@ -18,7 +18,10 @@ Every ranking a reader sees or eval scores goes through :func:`rank_matrix`: the
    ``request_pool`` rankable, allowed books most relevant to the request alone
    (:meth:`HybridSource.request_relevance`) rank above every other book, in the order of step
    4: the reader's history orders the answer but cannot replace its topic, and a short pool is
-   filled from the rest rather than left empty;
+   filled from the rest rather than left empty. Within the pool, a book carrying the request's
+   own words (not the tags it named: "dragons" in "a fantasy with dragons") has its rank score
+   multiplied by ``word_boost`` per word (:meth:`HybridSource.request_words`), so the words a
+   reader describes weigh in the order, not only in who gets into the pool;
 6. **top k**: higher score first, then the lower catalog index (deterministic ties).
 
 Evidence is a separate step after ranking (:meth:`Ranked.candidates`), on the final list only.
@@ -192,6 +195,8 @@ def rank_matrix(
     depth: int = DEFAULT_DEPTH,
     relevance: Sequence | None = None,
     pool: int = 0,
+    words: Sequence | None = None,
+    word_boost: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 2-6 of the module docstring on a score matrix (readers x items) for ``ctxs``.
 
@@ -205,6 +210,8 @@ def rank_matrix(
         depth: the rank-score depth for constraints (the hybrid's ``depth``).
         relevance: per reader, the request-only relevance of every book, or None (step 5).
         pool: how many of the most relevant books rank first (step 5; 0 = off).
+        words: per reader, how many of the request's own words each book carries, or None.
+        word_boost: rank-score factor per such word within the pool (1 = off).
 
     Returns:
         ``(idx, valid, final)``: the top ``k`` item indices per row, best first; which of them
@@ -217,14 +224,26 @@ def rank_matrix(
     if constraints is not None and not constraints.is_empty():
         S = constraint_scores(lib, S, ~blocked & np.isfinite(S), constraints, depth)
     if relevance is not None and pool > 0:
-        S = pool_first(S, relevance, blocked, pool)
+        S = pool_first(S, relevance, blocked, pool, words, word_boost, depth)
     idx, valid = top_k_matrix(S, blocked, k)
     return idx, valid, S
 
 
-def pool_first(S: np.ndarray, relevance: Sequence, blocked: np.ndarray, pool: int) -> np.ndarray:
+def pool_first(
+    S: np.ndarray,
+    relevance: Sequence,
+    blocked: np.ndarray,
+    pool: int,
+    words: Sequence | None = None,
+    word_boost: float = 1.0,
+    depth: int = DEFAULT_DEPTH,
+) -> np.ndarray:
     """Step 5: per row with a relevance vector, its ``pool`` most relevant rankable books
-    first (their order kept), every other finite score shifted below them (order kept)."""
+    first, every other finite score shifted below them (order kept).
+
+    Without ``words`` the pool keeps the order of ``S``; with them, the pool is ordered by the
+    rank score ``1 / (depth + 1 + rank in S)`` times ``word_boost ** words``, the arithmetic of
+    a named tag's boost in step 4 (a described word counts like a named tag)."""
     S = S.copy()
     for r, rel in enumerate(relevance):
         if rel is None:
@@ -235,7 +254,15 @@ def pool_first(S: np.ndarray, relevance: Sequence, blocked: np.ndarray, pool: in
         chosen = top_mask(np.where(fin, rel, NEG), pool)
         row = S[r]
         span = float(row[fin].max() - row[fin].min()) + 1.0
-        S[r] = np.where(chosen | ~np.isfinite(row), row, row - span)
+        w = words[r] if words is not None else None
+        if w is not None and word_boost != 1.0 and np.any(w[chosen] > 0):
+            top = float(row[fin].max())
+            members = np.flatnonzero(chosen & np.isfinite(row))
+            members = members[np.argsort(-row[members], kind="stable")]
+            score = word_boost ** w[members] / (depth + 1.0 + np.arange(len(members)))
+            row = row.copy()
+            row[members] = top + 1.0 + score  # still above every shifted non-pool book
+        S[r] = np.where(chosen | ~np.isfinite(row), row, S[r] - span)
     return S
 
 
@@ -276,11 +303,22 @@ def rank(
         S, per = _scores(source, ctxs)
     depth = int(getattr(source, "depth", DEFAULT_DEPTH))
     pool = int(getattr(source, "request_pool", 0))
-    relevance = None
+    relevance = words = None
     if pool > 0:  # a hybrid: a topical request's relevance per reader (None without one)
         relevance = [source.request_relevance(c) for c in ctxs]  # type: ignore[attr-defined]
+        words = [source.request_words(c) for c in ctxs]  # type: ignore[attr-defined]
     idx, valid, final = rank_matrix(
-        source.lib, S, ctxs, k, constraints, series_order, depth, relevance, pool
+        source.lib,
+        S,
+        ctxs,
+        k,
+        constraints,
+        series_order,
+        depth,
+        relevance,
+        pool,
+        words,
+        float(getattr(source, "request_word_boost", 1.0)),
     )
     out = []
     for r, c in enumerate(ctxs):

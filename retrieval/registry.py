@@ -402,4 +402,7 @@ def build_sources(
     srcs["hybrid"] = build_hybrid(lib, srcs, fusion)
     request = getattr(settings, "request", None) if settings is not None else None
     srcs["hybrid"].request_pool = int(request.pool if request is not None else RequestConfig().pool)
+    srcs["hybrid"].request_word_boost = float(
+        request.tag_boost if request is not None else RequestConfig().tag_boost
+    )
     return srcs

@@ -1029,6 +1029,10 @@ class HybridSource(CandidateSource):
     # A topical request is answered from the books most relevant to it (RequestConfig.pool;
     # applied by the rank path, retrieval.ranking, step 5).
     request_pool: int = 0
+    # Within that pool, a book carrying a word of the request that is not a named tag
+    # ("dragons" in "a fantasy with dragons") gets this rank-score factor per word
+    # (RequestConfig.tag_boost: a described word counts like a named tag). 1 = off.
+    request_word_boost: float = 1.0
 
     def score_batch(self, ctxs: Sequence[UserContext]) -> np.ndarray:
         if not ctxs:
@@ -1066,6 +1070,30 @@ class HybridSource(CandidateSource):
             ranks[order] = np.arange(len(order))
             rel += np.where(np.isfinite(row), 1.0 / (60.0 + ranks), 0.0)
         return rel
+
+    def request_words(self, ctx: UserContext) -> np.ndarray | None:
+        """How many of the request's own words (not the tags it named) each book carries.
+
+        Args:
+            ctx: the reader's context; its ``query`` minus the words of its ``query_tags``.
+
+        Returns:
+            Per catalog book, the number of those words in its tags, authors, title or
+            description (BM25 index tokens, so "dragons" matches "dragon"); None when the
+            request has no such word or the hybrid has no lexical source.
+        """
+        lexical = self.sources.get("lexical")
+        if not ctx.query or not isinstance(lexical, LexicalSource):
+            return None
+        from .lexical import tokenize
+
+        named = {t for tag in ctx.query_tags for t in tokenize(tag.replace("-", " "))}
+        words = [w for w in dict.fromkeys(tokenize(ctx.query)) if w not in named]
+        index = lexical.index
+        cols = [index.vocab[w] for w in words if w in index.vocab]
+        if not cols:
+            return None
+        return np.asarray((index.weights[:, cols] > 0).sum(axis=1)).ravel().astype(np.float64)
 
     def score(self, ctx: UserContext) -> np.ndarray:
         return self.score_batch([ctx])[0]

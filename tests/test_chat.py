@@ -191,6 +191,8 @@ def test_llm_intent_is_validated_and_rules_are_the_fallback(chat_home):
     )
     rec = Recommender(Index.open(chat_home), s, llm=good)
     eng = ChatEngine(rec, k=5, llm_picks=0)
+    assert eng.intents.mode == "llm+rules"  # the chat's default with an LLM (measured best)
+    eng.intents.mode = "llm"  # here: the LLM's own answer, to check its validation
     it = eng.parse("give me something scary and recent")
     assert good.calls == 1 and it.kind == "refine"
     assert (

@@ -187,34 +187,73 @@ class _JsonLLM:
 def test_llm_intent_is_schema_constrained_and_validated(rec):
     books = list(rec.books.values())
     obj = {
-        "kind": "more_like",
-        "anchor_title": "the hunger gmaes",
-        "ref_index": None,
-        "include_tags": ["scary", "not-a-tag"],
-        "exclude_tags": ["romance"],
+        "title": "the hunger gmaes",
+        "ref": None,
         "authors": ["Nobody Atall", "pratchett"],
+        "want": ["scary", "not-a-tag"],
+        "avoid": ["romance"],
         "year_min": 2001,
         "year_max": None,
-        "shorter": True,
-        "lighter": False,
-        "newer": False,
-        "older": False,
-        "query_text": "x",
+        "flags": ["shorter"],
+        "kind": "more_like",
+        "topic": "x",
     }
     llm = _JsonLLM(obj)
     p = IntentParser(books, llm)
-    it = p.parse("whatever the reader said")
-    assert llm.calls == 1 and p.last_source == "llm" and llm.schemas[0]["required"]
+    it = p.parse("like the hunger gmaes, scary, by pratchett, no romance")
+    assert llm.calls == 1 and p.last_source == "llm"
+    schema = llm.schemas[0]
+    # the schema offers only the catalog's tags (length is the "shorter" flag, not a tag)
+    assert set(schema["properties"]["want"]["items"]["enum"]) == set(p.tags) - {"short", "long"}
     assert it.kind == "more_like" and it.title_ref == "The Hunger Games (The Hunger Games, #1)"
     assert it.include_tags == ["horror"] and it.exclude_tags == [
         "romance"
     ]  # synonyms, no invention
     assert it.authors == ["Terry Pratchett"] and it.year_min == 2001 and it.shorter
+    # a title or author the message never names is the model's invention: dropped
+    it2 = IntentParser(books, _JsonLLM(obj)).parse("a cozy mystery")
+    assert it2.title_ref is None and it2.authors == [] and it2.kind == "recommend"
+    # the same message again is answered from the cache (greedy decoding gives the same JSON)
+    p.parse("like the hunger  gmaes, scary, by pratchett, no romance")
+    assert llm.calls == 1 and p.cache_hits == 1
     for bad in ({"kind": "dance"}, "not json", RuntimeError("backend down")):
         p2 = IntentParser(books, _JsonLLM(bad))
         it2 = p2.parse("not romance")
         assert p2.fallbacks == 1 and p2.last_source == "rules"
         assert it2.kind == "refine" and it2.exclude_tags == ["romance"]
+
+
+def test_llm_plus_rules_keeps_the_rules_and_fills_what_they_left_out(rec):
+    from assistant.intent import unexplained_words
+
+    books = list(rec.books.values())
+    # the v2-prompt failure on "published before 1980" (held-out): kind more_like, older set
+    wrong = {"kind": "more_like", "want": ["mystery"], "flags": ["older"]}
+    alone = IntentParser(books, _JsonLLM(wrong), mode="llm")
+    both = IntentParser(books, _JsonLLM(wrong), mode="llm+rules")
+    a = alone.parse("published before 1980")
+    b = both.parse("published before 1980")
+    assert a.year_max is None and a.older and a.kind == "recommend"
+    assert both.last_source == "llm+rules"
+    # the rules read every word: nothing is left for the LLM to add
+    assert b.kind == "refine" and b.year_max == 1979 and not b.older and b.include_tags == []
+    # words the rules cannot place: the LLM's tags are added, the rules' polarity wins
+    words = unexplained_words(both.rules("a story about wizards, not romance"))
+    assert "wizards" in words and "romance" not in words
+    llm = {"kind": "recommend", "want": ["magic", "romance"], "avoid": ["horror"]}
+    c = IntentParser(books, _JsonLLM(llm), mode="llm+rules").parse(
+        "a story about wizards, not romance"
+    )
+    assert c.kind == "recommend" and c.include_tags == ["magic"]
+    assert c.exclude_tags == ["romance", "horror"]
+    # an anchor only the LLM found (and the message names) makes it "like X"
+    hg = {"kind": "more_like", "title": "the hunger gaems"}
+    msg = "that hunger gaems book was great"
+    assert IntentParser(books).parse(msg).title_ref is None  # the rules see no title here
+    d = IntentParser(books, _JsonLLM(hg), mode="llm+rules").parse(msg)
+    assert d.kind == "more_like" and d.title_ref == "The Hunger Games (The Hunger Games, #1)"
+    with pytest.raises(ValueError, match="mode"):
+        IntentParser(books, None, mode="llm-only")
 
 
 # ---------------------------------------------------------------------------- measured
@@ -253,6 +292,73 @@ def test_conversation_eval_runs_through_the_chat_engine(demo_home, tmp_path):
     convs = [json.loads(x) for x in (tmp_path / "conversations.jsonl").read_text().splitlines()]
     assert len(convs) == 12 and all(t["message"] for c in convs for t in c["turns"])
     assert (tmp_path / "report.md").read_text().startswith("# Simulated-reader conversations")
+
+
+class _RulesAsJSON:
+    """A scripted LLM whose JSON is the rules' own parse of the message (chat_intent v3 keys):
+    the LLM side of the study must then reproduce the rules side exactly."""
+
+    name = model_id = "rules-as-json"
+
+    def __init__(self, books):
+        self.parser = IntentParser(books)
+        self.calls = 0
+
+    def generate_json(self, messages, schema, max_new_tokens=256, deadline=None):
+        import re
+
+        self.calls += 1
+        text = re.search(r"<<<(.*)>>>", messages[-1]["content"], re.S).group(1)
+        it = self.parser.rules(text)
+        obj = {"kind": it.kind, "want": it.include_tags, "avoid": it.exclude_tags}
+        if it.title_ref:
+            obj["title"] = re.sub(r"\s*\([^)]*#[^)]*\)\s*$", "", it.title_ref)
+        if it.ref_index is not None:
+            obj["ref"] = it.ref_index
+        obj.update(authors=it.authors, year_min=it.year_min, year_max=it.year_max)
+        obj["flags"] = [f for f in ("shorter", "lighter", "newer", "older") if getattr(it, f)]
+        obj["topic"] = it.query_text
+        return obj
+
+
+@pytest.mark.slow
+def test_conversation_study_compares_parsers_on_the_same_readers(demo_home, tmp_path):
+    from eval.conversation import run_conversation_eval
+    from retrieval.data import load_demo
+
+    fake = _RulesAsJSON(load_demo().books)
+    out = run_conversation_eval(
+        "demo",
+        readers=10,
+        turns=3,
+        seed=7,
+        parsers=("rules", "llm", "llm+rules"),
+        llm=fake,
+        llm_readers=4,
+        out=tmp_path,
+        cache_dir=demo_home / "cache",
+        progress=False,
+        n_boot=100,
+    )
+    res = out["results"]
+    assert res["rules"]["readers"] == 10 and out["meta"]["llm_readers"] == {
+        "llm": 4,
+        "llm+rules": 4,
+    }
+    for name in ("llm", "llm+rules"):
+        same = res[f"rules_on_{name}_readers"]
+        assert res[name]["readers"] == 4 and same["readers"] == 4
+        # the same 4 readers, the same parses: the same lists, so every paired difference is 0
+        assert [p["recall@10"] for p in res[name]["per_turn"]] == [
+            p["recall@10"] for p in same["recall_per_turn"]
+        ]
+        assert all(d["mean"] == 0 for d in res[f"{name}_minus_rules"].values())
+        assert res[name]["intent_fallbacks"] == 0 and res[name]["mode"] == name
+        assert 0 < res[name]["model_calls"] + res[name]["cached_parses"] <= res[name]["turns_total"]
+    # the second LLM parser hears the same messages: every answer comes from the shared cache
+    assert res["llm+rules"]["model_calls"] == 0 and fake.calls == res["llm"]["model_calls"]
+    report = (tmp_path / "report.md").read_text()
+    assert "Side by side on the same 4 readers (parser `llm+rules`)" in report
 
 
 def test_a_follow_up_wish_changes_the_list_or_says_why_not(rec):

@@ -354,3 +354,40 @@ def test_query_match_evidence_names_only_words_the_book_holds(demo_home):
         "It is close in subject to what you asked"
     )
     rec.close()
+
+
+def test_a_requests_own_words_weigh_within_its_pool(demo_home):
+    """ "a fantasy with dragons": books carrying "dragon" move up the pool; "fantasy" (a named
+    tag, boosted by the constraints already) does not count twice."""
+    from retrieval.lexical import tokenize
+
+    rec = Recommender.open(demo_home)
+    hybrid = rec.sources["hybrid"]
+    assert hybrid.request_word_boost == Settings.load(home=demo_home, env={}).request.tag_boost > 1
+    reader = next(u["user_id"] for u in rec.users() if u["n_ratings"] >= 30)
+    ctx = rec.context(reader, None, "fantasy with dragons", (), (), ["fantasy"])
+    words = hybrid.request_words(ctx)
+    dragon = {
+        i
+        for i, b in enumerate(rec.lib.books)
+        if "dragon" in tokenize(" ".join([b.title, b.description, *b.tags]))
+    }
+    assert {int(i) for i in np.flatnonzero(words)} == dragon and words.max() == 1
+    on = rank_one(hybrid, ctx, 10).items.tolist()
+    hybrid.request_word_boost = 1.0
+    try:
+        off = rank_one(hybrid, ctx, 10).items.tolist()
+    finally:
+        hybrid.request_word_boost = Settings.load(home=demo_home, env={}).request.tag_boost
+    assert len(set(on) & dragon) >= len(set(off) & dragon)
+    # the pool's dragon books come first, each group in the reader's own order
+    n = len(set(on) & dragon)
+    assert n >= 2 and set(on[:n]) <= dragon and not set(on[n:]) & dragon
+    common = [i for i in off if i in set(on)]
+    for group in (dragon, set(range(rec.lib.n_items)) - dragon):
+        assert [i for i in on if i in group and i in common] == [i for i in common if i in group]
+    assert len(set(off[:n]) & dragon) < n  # without the words the reader's order had others first
+    # a request without own words (only the tag) is ordered as before
+    plain = rec.context(reader, None, "fantasy", (), (), ["fantasy"])
+    assert hybrid.request_words(plain) is None
+    rec.close()
