@@ -1370,8 +1370,11 @@ def check_claims(
 
 
 def jaccard(a: str, b: str, ctx: ClaimContext | None = None) -> float:
-    """Content-word (stem) Jaccard index of two texts; the book's own name words are ignored."""
+    """Content-word (stem) Jaccard index of two texts; the book's own name words and the frame
+    words that relate books ("similar", "book", "liked": :data:`FRAME_WORDS`) are ignored, so
+    two short fact sentences that cite different books are not near-duplicates."""
     skip = set(words(f"{ctx.book.title} {' '.join(ctx.book.authors)}")) if ctx else set()
+    skip |= FRAME_WORDS
     sa = {stem(w) for w in content_words(a) if w not in skip}
     sb = {stem(w) for w in content_words(b) if w not in skip}
     if not sa or not sb:

@@ -243,6 +243,12 @@ def test_near_duplicates_across_a_readers_picks(leviathan):
         is None
     )
     assert jaccard("a detective hunts an heiress", "a detective hunts an heiress") == 1.0
+    # found in the llama.cpp fact sentences: two picks citing different books are not repeats
+    # ("book", "similar", "liked" relate the books; they were 3 of the 5 words compared)
+    a = "This book is similar to Allegiant, which you liked."
+    b = "This book is similar to The Book Thief, which you liked."
+    assert jaccard(a, b) < 0.6 and jaccard(a, a) == 1.0
+    assert "near-duplicate" in check_claims(TRUE_WHY, None, leviathan, shown=[TRUE_WHY])
 
 
 def test_claims_only_mode_skips_the_usefulness_rules(leviathan):
@@ -546,3 +552,86 @@ def test_template_relations_pass():
         for e in c.evidence:
             text = render_evidence(e, BOOKS, rated)
             assert check_claims(text, None, c, rules="claims") is None, text
+
+
+# -- the llama.cpp explanation grammar: every sentence it can produce is true --------------------
+def _expand(rule: str) -> list[str]:
+    """All strings of a GBNF sequence made of "literals", ( a | b ) groups and juxtaposition
+    (the subset assistant.explainer.fact_clauses writes)."""
+    import re as _re
+
+    toks = _re.findall(r'"(?:[^"\\]|\\.)*"|[()|]', rule)
+
+    def seq(i: int) -> tuple[list[str], int]:
+        out = [""]
+        while i < len(toks) and toks[i] not in (")", "|"):
+            if toks[i] == "(":
+                alts, i = group(i + 1)
+            else:
+                alts, i = [bytes(toks[i][1:-1], "utf-8").decode("unicode_escape")], i + 1
+            out = [a + b for a in out for b in alts]
+        return out, i
+
+    def group(i: int) -> tuple[list[str], int]:
+        alts: list[str] = []
+        while True:
+            s, i = seq(i)
+            alts += s
+            if toks[i] == ")":
+                return alts, i + 1
+            i += 1  # "|"
+
+    return seq(0)[0]
+
+
+def _clause_texts(c: ClaimContext) -> list[str]:
+    from assistant.explainer import fact_clauses
+
+    out = []
+    for clause in fact_clauses(c.book, c.evidence, c.history, BOOKS, c.query):
+        out += [s + "." for s in _expand(clause)]
+    return out
+
+
+@pytest.mark.parametrize("make", [_brave_new_world, _the_giver], ids=["brave", "giver"])
+def test_every_sentence_the_fact_grammar_allows_passes_the_checker(make):
+    c = make()
+    texts = _clause_texts(c)
+    assert texts
+    bad = [(t, r) for t in texts if (r := check_claims(t, None, c))]
+    assert not bad, bad[:3]
+
+
+def test_the_fact_grammar_never_relates_the_pick_to_another_lines_book_or_tag():
+    c = _brave_new_world()
+    texts = _clause_texts(c)
+    # Allegiant is only in the similar_to line, Hill House only in the shared-tags line
+    assert not [t for t in texts if "shares the tags" in t and "Allegiant" in t]
+    assert not [t for t in texts if "similar to" in t and "Hill House" in t]
+    assert any("which you liked" in t for t in texts if "Allegiant" in t)
+    assert not [t for t in texts if "which you liked" in t and "Hill House" in t]
+    # a fact about the reader's own book (Allegiant) is offered, so one about books the reader
+    # never shelved (the shared-tags line's) is not
+    assert not [t for t in texts if "Hill House" in t]
+    # the same shape with the relation swapped by hand is caught by the checker
+    assert check_claims("This book shares the tags classic with Allegiant.", None, c)
+
+
+def test_the_fact_grammar_offers_real_choices():
+    texts = _clause_texts(_the_giver())
+    assert len(texts) > 10  # facts x the reader's books x tags
+    assert {t.split()[2] for t in texts} >= {"is", "shares"}  # similar to, shares the tags
+    assert any(t.startswith("90% of 12 readers who liked The Book Thief") for t in texts)
+
+
+def test_the_fact_grammar_leaves_out_books_already_cited_this_turn():
+    from assistant.explainer import fact_clauses
+
+    c = _the_giver()
+    first = fact_clauses(c.book, c.evidence, c.history, BOOKS)
+    later = fact_clauses(
+        c.book, c.evidence, c.history, BOOKS, avoid=["This book is similar to Allegiant."]
+    )
+    assert any("Allegiant" in x for x in first)
+    # the similar_to line still has The Hunger Games; the shared-tags line keeps its other books
+    assert not any('"Allegiant"' in x for x in later)

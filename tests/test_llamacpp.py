@@ -152,6 +152,77 @@ def test_deadline_stops_a_local_generation(qwen):
     )
 
 
+def test_lazy_grammar_sampling_picks_what_full_filtering_picks(qwen):
+    """stream_grammar tries the greedy candidates against the grammar one by one; the eager
+    llama.cpp sampler filters the whole vocabulary first. Greedy under the same grammar, they
+    must write the same text (the lazy one at a fraction of the CPU)."""
+    import llama_cpp
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from assistant.explainer import words_grammar
+
+    words = (
+        "a fireman who burns books begins to question his work after meeting a curious young "
+        "neighbour in a future where reading is banned"
+    )
+    gbnf = words_grammar(words.split(), 6, 14)
+    msgs = [
+        {
+            "role": "user",
+            "content": "Retell this description in one sentence: A fireman whose job is burning "
+            "books begins to question his work after meeting a curious young neighbour.",
+        }
+    ]
+    prefix = '{"blurb": "'
+    lazy = "".join(qwen.stream_grammar(msgs, gbnf, prefix=prefix, max_new_tokens=30))
+    assert '"' not in lazy and len(lazy.split()) >= 6
+    assert set(lazy.rstrip(".").replace(",", "").lower().split()) <= set(words.split())
+    llm = qwen._m.llm
+    toks = qwen._tokens([*msgs, {"role": "assistant", "content": prefix}])
+    out = []
+    for tok in llm.generate(toks, temp=0.0, grammar=LlamaGrammar.from_string(gbnf)):
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok) or len(out) >= 30:
+            break
+        out.append(tok)
+    assert llm.detokenize(out).decode() == lazy
+
+
+def test_a_grammar_that_does_not_parse_is_a_clear_error(qwen):
+    with pytest.raises(ValueError, match="GBNF"):
+        list(qwen.stream_grammar([{"role": "user", "content": "Hi"}], "root ::= (", "", 4))
+
+
+def test_saved_prefix_states_are_restored_and_give_the_same_scores(qwen):
+    """Two prompt families alternate (as the explanation and blurb prompts do in a turn): the
+    second visit to a family restores its saved KV state instead of re-evaluating the shared
+    head, and scores exactly as the live context does."""
+    head = "You judge books. " * 20  # a long shared head (~100 tokens)
+    sys_ = {"role": "system", "content": head}
+    a1 = [sys_, {"role": "user", "content": "Is Dune good? Yes or No."}]
+    a2 = [sys_, {"role": "user", "content": "Is Emma good? Yes or No."}]
+    other = [
+        {"role": "system", "content": "Something else entirely. " * 10},
+        {"role": "user", "content": "Is Emma good? Yes or No."},
+    ]
+    qwen._m.states.clear()
+    qwen.yes_no_scores([a2])
+    # Re-scoring a prompt the context already holds re-runs only its last token (a batch of
+    # one takes another float path: seen 0.11 off the cold batch), which a restore also does.
+    live = qwen.yes_no_scores([a2])[0]
+    qwen.yes_no_scores([a1])
+    qwen.yes_no_scores([other])  # the live context now holds another family
+    before = dict(qwen._m.stats)
+    restored = qwen.yes_no_scores([a2])[0]
+    assert qwen._m.stats["restored"] == before["restored"] + 1
+    # nothing but the last token was evaluated, not the ~100-token head
+    assert qwen._m.stats["evaluated_tokens"] - before["evaluated_tokens"] == 1
+    assert restored == pytest.approx(live, abs=1e-6)
+    # a prompt sharing only the head resumes from a saved state too
+    before = dict(qwen._m.stats)
+    qwen.yes_no_scores([a1[:1] + [{"role": "user", "content": "Is Ulysses good? Yes or No."}]])
+    assert qwen._m.stats["evaluated_tokens"] - before["evaluated_tokens"] < 20
+
+
 def test_slices_join_into_the_pinned_file(tmp_path):
     """The real join from the installed PyPI slices: atomic, verified, and a no-op the second
     time."""
