@@ -355,8 +355,16 @@ def fact_lines(
         return (mine, True) if mine else (other, False)
 
     def tags_rule(tags: Sequence[str]) -> str:
-        t = _alt([tag_phrase(x) for x in tags if tag_phrase(x)])
-        return f'({t} | {t} " and " {t} | {t} ", " {t} " and " {t})'
+        """One, two or three of the line's tags, each at most once, in the line's order."""
+        from itertools import combinations
+
+        ts = list(dict.fromkeys(p for p in (tag_phrase(x) for x in tags) if p))
+        alts = [
+            ", ".join(c[:-1]) + " and " + c[-1] if len(c) > 1 else c[0]
+            for n in (1, 2, 3)
+            for c in combinations(ts, n)
+        ]
+        return _alt(alts)
 
     out: list[tuple[Evidence, str, bool]] = []  # (line, clause, about the reader's own books)
     for e in evidence:
@@ -402,7 +410,7 @@ def explanation_grammar(clauses: Sequence[str]) -> str:
 GRAMMAR_PROMPT = "explain_facts"  # the explanation prompt of the GBNF path (llama.cpp)
 BLURB_MIN_WORDS, BLURB_MAX_WORDS = 8, 32  # one sentence: long enough to say something, short
 BLURB_MAX_TOKENS = 56  # to decode (32 words are ~42 tokens)
-EXPLANATION_MAX_TOKENS = 48  # the longest fact clause is ~30 tokens
+EXPLANATION_MAX_TOKENS = 96  # the grammar bounds the length; a subtitled title is ~50 tokens
 
 
 class Explainer:

@@ -174,7 +174,9 @@ def test_lazy_grammar_sampling_picks_what_full_filtering_picks(qwen):
         }
     ]
     prefix = '{"blurb": "'
-    lazy = "".join(qwen.stream_grammar(msgs, gbnf, prefix=prefix, max_new_tokens=30))
+    lazy = "".join(
+        qwen.stream_grammar(msgs, gbnf, prefix=prefix, max_new_tokens=30, no_repeat_ngram=0)
+    )
     assert '"' not in lazy and len(lazy.split()) >= 6
     assert set(lazy.rstrip(".").replace(",", "").lower().split()) <= set(words.split())
     llm = qwen._m.llm
@@ -185,6 +187,29 @@ def test_lazy_grammar_sampling_picks_what_full_filtering_picks(qwen):
             break
         out.append(tok)
     assert llm.detokenize(out).decode() == lazy
+
+
+def test_a_word_grammar_does_not_loop(qwen):
+    """Without the text to retell, a word grammar let the model loop ("Future books, books,
+    books, ..."); no token may repeat a 3-token run of the reply, so a run cannot repeat."""
+    from assistant.explainer import words_grammar
+
+    words = (
+        "a fireman who burns books begins to question his work after meeting a curious young "
+        "neighbour in a future where reading is banned"
+    )
+    gbnf = words_grammar(words.split(), 6, 14)
+    msgs = [{"role": "user", "content": "Describe Fahrenheit 451 in one sentence."}]
+    lead = '{"blurb": "'
+
+    def repeats(pieces: list[str]) -> bool:  # one piece per token
+        grams = [tuple(pieces[i : i + 3]) for i in range(len(pieces) - 2)]
+        return len(grams) != len(set(grams))
+
+    looped = list(qwen.stream_grammar(msgs, gbnf, lead, 30, no_repeat_ngram=0))
+    pieces = list(qwen.stream_grammar(msgs, gbnf, lead, 30))
+    assert repeats(looped) and "books, books, books" in "".join(looped)  # what it did
+    assert not repeats(pieces) and len("".join(pieces).split()) >= 6
 
 
 def test_a_grammar_that_does_not_parse_is_a_clear_error(qwen):

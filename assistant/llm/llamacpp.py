@@ -69,6 +69,7 @@ PROMPT_CHUNK = 128  # tokens per prompt decode: the granularity of deadline chec
 PREFIX_STATES = 8  # saved KV states (LRU) a later prompt may resume from
 PREFIX_MIN_GAIN = 16  # tokens a saved state must save over the live context to be restored
 LAZY_TOP_K = 48  # greedy candidates tried against a grammar before filtering the vocabulary
+NO_REPEAT_NGRAM = 3  # under a grammar, no token that would repeat a 3-token run of the reply
 _CACHE: dict[tuple[str, int, int], _Loaded] = {}
 _CACHE_LOCK = threading.Lock()
 INSTALL_HINT = (
@@ -534,12 +535,16 @@ class LlamaCppBackend(LLMBackend):
         prefix: str = "",
         max_new_tokens: int = 64,
         deadline: float | None = None,
+        no_repeat_ngram: int = NO_REPEAT_NGRAM,
     ) -> Iterator[str]:
         """Greedy text under a GBNF ``grammar`` (root rule ``root``), after a fixed ``prefix``.
 
         The prefix is appended to the prompt (evaluated in one batch with it, not decoded token
         by token) and is not yielded; the grammar constrains what follows and generation ends
-        when the grammar is complete (or at ``max_new_tokens``, or the deadline).
+        when the grammar is complete (or at ``max_new_tokens``, or the deadline). A token that
+        would repeat a run of ``no_repeat_ngram`` tokens of the reply is skipped while the
+        grammar allows another (a word grammar let Qwen loop: "the literary novelist, and the
+        literary novelist").
 
         Args:
             messages: the prompt (no trailing assistant message: ``prefix`` is the reply's
@@ -548,6 +553,7 @@ class LlamaCppBackend(LLMBackend):
             prefix: the reply's fixed first characters.
             max_new_tokens: cap on generated tokens.
             deadline: a ``time.monotonic()`` value; :class:`LLMTimeout` when passed.
+            no_repeat_ngram: the run length that may not repeat (0: off).
 
         Yields:
             Decoded text chunks after ``prefix``.
@@ -581,13 +587,25 @@ class LlamaCppBackend(LLMBackend):
             arr = llama_cpp.llama_token_data_array(one, 1, -1, False)
             dec = codecs.getincrementaldecoder("utf-8")("replace")
             ctx = llm._ctx.ctx
+            out: list[int] = []
+            k = no_repeat_ngram
             for n in range(1, max_new_tokens + 1):
                 logits = np.ctypeslib.as_array(
                     llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,)
                 )
+                banned: set[int] = set()
+                if k > 0 and len(out) >= k:
+                    tail = out[len(out) - k + 1 :]
+                    banned = {
+                        out[i + k - 1]
+                        for i in range(len(out) - k + 1)
+                        if out[i : i + k - 1] == tail
+                    }
                 top = np.argpartition(-logits, LAZY_TOP_K)[:LAZY_TOP_K]
                 tok = -1
                 for t in top[np.argsort(-logits[top])]:
+                    if int(t) in banned:
+                        continue
                     one[0].id, one[0].logit, one[0].p = int(t), float(logits[t]), 0.0
                     arr.data, arr.size, arr.selected, arr.sorted = one, 1, -1, False
                     llama_cpp.llama_sampler_apply(smpl, ctypes.byref(arr))
@@ -595,8 +613,9 @@ class LlamaCppBackend(LLMBackend):
                         tok = int(t)
                         break
                 if tok < 0:
-                    tok = self._grammar_argmax(smpl, logits)
+                    tok = self._grammar_argmax(smpl, logits, banned)
                 llama_cpp.llama_sampler_accept(smpl, tok)
+                out.append(tok)
                 if llama_cpp.llama_vocab_is_eog(vocab, tok):
                     break
                 stats["new_tokens"] = float(n)
@@ -622,8 +641,9 @@ class LlamaCppBackend(LLMBackend):
             self._m.lock.release()
 
     @staticmethod
-    def _grammar_argmax(smpl: Any, logits: np.ndarray) -> int:
-        """The best token the grammar allows, filtering the whole vocabulary (the slow path)."""
+    def _grammar_argmax(smpl: Any, logits: np.ndarray, banned: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+        """The best token the grammar allows, filtering the whole vocabulary (the slow path);
+        ``banned`` tokens only when the grammar allows nothing else."""
         import llama_cpp
 
         n = len(logits)
@@ -639,10 +659,16 @@ class LlamaCppBackend(LLMBackend):
         out = np.ctypeslib.as_array(
             ctypes.cast(arr.data, ctypes.POINTER(ctypes.c_float)), shape=(arr.size * 3,)
         ).reshape(arr.size, 3)
-        best = int(np.argmax(out[:, 1]))
-        if not np.isfinite(out[best, 1]):
+        ids = out[:, 0].copy().view(np.int32)
+        scores = out[:, 1].copy()
+        if banned:
+            ok = ~np.isin(ids, np.fromiter(banned, dtype=np.int32)) & np.isfinite(scores)
+            if ok.any():
+                scores[~ok] = -np.inf
+        best = int(np.argmax(scores))
+        if not np.isfinite(scores[best]):
             raise LLMBadOutput("the grammar allows no token here")
-        return int(out[best, :1].view(np.int32)[0])
+        return int(ids[best])
 
     def warm_up(self) -> float:
         """Touch every weight page and the sampler once (a 1-token generation)."""
