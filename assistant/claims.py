@@ -1269,6 +1269,9 @@ def _personal(text: str, ctx: ClaimContext) -> str | None:
     q = [w for w in content_words(ctx.query or "") if w not in FRAME_WORDS]
     if q and any(w in toks or any(_same(stem(w), stem(t)) for t in toks) for w in q):
         reader = True
+    # a request of frame words only ("something funny") is personal when quoted whole
+    if ctx.query and words(ctx.query) and _phrase_in(" ".join(words(ctx.query)), toks):
+        reader = True
     if not reader:
         return "not personal: names none of the reader's books or their request"
     ev = False

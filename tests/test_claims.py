@@ -635,3 +635,17 @@ def test_the_fact_grammar_leaves_out_books_already_cited_this_turn():
     assert any("Allegiant" in x for x in first)
     # the similar_to line still has The Hunger Games; the shared-tags line keeps its other books
     assert not any('"Allegiant"' in x for x in later)
+
+
+def test_a_request_of_frame_words_is_personal_when_quoted_whole():
+    """Found in the llama.cpp study: "something funny" is all frame words, so "This book
+    matches your request for something funny." was called not personal."""
+    c = ctx(
+        "The Colour of Magic",
+        [("Gone Girl", 4.0)],
+        [Evidence("query_match", tags=("funny",), text="something funny", value=0.2)],
+        query="something funny",
+    )
+    assert check_claims("This book matches your request for something funny.", None, c) is None
+    # naming a word of it is not quoting the request
+    assert "not personal" in check_claims("This book is funny.", None, c)
