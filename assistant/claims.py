@@ -1223,6 +1223,17 @@ def _relations(text: str, ctx: ClaimContext) -> str | None:
                             f"says it shares the tag {tag!r}{with_}, which that evidence does not "
                             "hold"
                         )
+                    # a line's tags are each shared with *some* of its books: the book named
+                    # must carry the tag itself (where its record has tags)
+                    for k in obj:
+                        for b in named[k]:
+                            own = {tag_phrase(t) for t in b.tags}
+                            if own and not any(_phrase_same(tag, x) for x in own):
+                                return (
+                                    f"says it shares the tag {tag!r} with "
+                                    f"{_title_main(b.title)!r}, which that book's record does "
+                                    "not hold"
+                                )
     return None
 
 

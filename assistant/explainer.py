@@ -374,8 +374,24 @@ def fact_lines(
         if e.kind == "similar_to" and b:
             out.append((e, f'"This book is similar to " {b}{which}', mine))
         elif e.kind == "shared_tags" and b and e.tags:
-            tags = tags_rule(e.tags)
-            out.append((e, f'"This book shares the tags " {tags} " with " {b}{which}', mine))
+            # The line's tags are each shared with *some* of its books, not with each (in the
+            # study 7 of 9 such sentences named a tag the named book lacks): per book, only the
+            # tags that book and the pick both carry.
+            pick_tags = {tag_phrase(t) for t in book.tags}
+            by_title = {
+                _title_main(books_by_id[i].title): books_by_id[i]
+                for i in e.book_ids
+                if i in books_by_id
+            }
+            per_book = []
+            for t in titles:
+                own = {tag_phrase(x) for x in by_title[t].tags} if t in by_title else set()
+                ts = [x for x in e.tags if tag_phrase(x) in own and tag_phrase(x) in pick_tags]
+                if ts:
+                    per_book.append(f'({tags_rule(ts)} " with " {gbnf_literal(t)})')
+            if per_book:
+                alts = " | ".join(per_book)
+                out.append((e, f'"This book shares the tags " ({alts}){which}', mine))
         elif e.kind == "same_author" and b and e.authors:
             a = _alt([x for x in e.authors if '"' not in x])
             out.append((e, f'"This book is by " {a} ", who also wrote " {b}{which}', mine))

@@ -505,7 +505,7 @@ def test_a_wrong_relation_fails(make, false, needle):
 
 
 @pytest.mark.parametrize(
-    "make, true",
+    "make, false",
     [
         (
             _brave_new_world,
@@ -516,12 +516,39 @@ def test_a_wrong_relation_fails(make, false, needle):
             f"You liked The Way of Kings, and this book {BNW_TAGS} The Haunting of Hill House and "
             "To Kill a Mockingbird.",
         ),
-        (_brave_new_world, "You liked Allegiant, and this book is similar to Allegiant."),
-        (_brave_new_world, "Like Allegiant, which you liked, Brave New World is dystopian."),
         (
             _the_giver,
             "You liked The Book Thief, and this book shares the tags young-adult, classic, "
             "dystopian, short with Mockingjay, which the reader liked.",
+        ),
+    ],
+)
+def test_a_tag_the_named_book_lacks_fails(make, false):
+    """Listed as true before the per-book tag rule: a shared-tags line holds tags each shared
+    with *some* of its books, and these name a tag the named book's own record lacks."""
+    reason = check_claims(false, None, make())
+    assert reason is not None and "record does not hold" in reason, reason
+
+
+@pytest.mark.parametrize(
+    "make, true",
+    [
+        (
+            _brave_new_world,
+            "You liked The Way of Kings, and this book shares the tags classic, thought-provoking "
+            "with To Kill a Mockingbird.",
+        ),
+        (
+            _brave_new_world,
+            "You liked The Way of Kings, and this book shares the tag classic with The Haunting of "
+            "Hill House and To Kill a Mockingbird.",
+        ),
+        (_brave_new_world, "You liked Allegiant, and this book is similar to Allegiant."),
+        (_brave_new_world, "Like Allegiant, which you liked, Brave New World is dystopian."),
+        (
+            _the_giver,
+            "You liked The Book Thief, and this book shares the tags young-adult, dystopian with "
+            "Mockingjay, which the reader liked.",
         ),
         (_the_giver, "You liked Mockingjay, and this book is similar to The Hunger Games."),
         (_the_giver, "Readers who liked The Book Thief rated it highly."),
@@ -619,7 +646,7 @@ def test_the_fact_grammar_never_relates_the_pick_to_another_lines_book_or_tag():
 
 def test_the_fact_grammar_offers_real_choices():
     texts = _clause_texts(_the_giver())
-    assert len(texts) > 10  # facts x the reader's books x tags
+    assert len(texts) > 5  # facts x the reader's books x tags
     assert {t.split()[2] for t in texts} >= {"is", "shares"}  # similar to, shares the tags
     assert any(t.startswith("90% of 12 readers who liked The Book Thief") for t in texts)
 
@@ -649,3 +676,38 @@ def test_a_request_of_frame_words_is_personal_when_quoted_whole():
     assert check_claims("This book matches your request for something funny.", None, c) is None
     # naming a word of it is not quoting the request
     assert "not personal" in check_claims("This book is funny.", None, c)
+
+
+def test_shares_the_tags_names_only_tags_the_named_book_holds():
+    """Found by hand-reading the llama.cpp study: a shared-tags line holds tags each shared with
+    *some* of its books, and 7 of 9 shown sentences named a tag the named book lacks ("shares
+    the tags classic, war and satire with I, Robot": I, Robot is not war or satire)."""
+    from assistant.claims import tag_phrase
+
+    c = _the_giver()
+    for t in _clause_texts(c):
+        if "shares the tags" not in t:
+            continue
+        named = next(
+            b
+            for b in (BY_TITLE["Allegiant"], BY_TITLE["Mockingjay"])
+            if b.title.split(" (")[0] in t
+        )
+        said = t.split("shares the tags ")[1].split(" with ")[0].replace(" and ", ", ").split(", ")
+        assert set(said) <= {tag_phrase(x) for x in named.tags}, t
+    # the checker says so too
+    giver_tags = [x for x in BY_TITLE["The Giver"].tags if x not in BY_TITLE["Allegiant"].tags]
+    assert giver_tags
+    lie = f"This book shares the tags {tag_phrase(giver_tags[0])} with Allegiant, which you liked."
+    c2 = ctx(
+        "The Giver",
+        [("Allegiant", 4.0)],
+        [
+            Evidence(
+                "shared_tags",
+                book_ids=(bid("Allegiant"), bid("Mockingjay")),
+                tags=(giver_tags[0], BY_TITLE["Allegiant"].tags[0]),
+            )
+        ],
+    )
+    assert "does not hold" in (check_claims(lie, None, c2) or "")

@@ -265,3 +265,44 @@ def test_slices_join_into_the_pinned_file(tmp_path):
     t0 = time.monotonic()
     mf.join_parts(dest, progress=False)  # verified stamp: nothing to do
     assert dest.stat().st_mtime_ns == mtime and time.monotonic() - t0 < 2.0
+
+
+def test_chat_turn_with_the_default_model_streams_checked_fact_sentences(qwen, demo_home):
+    """End to end with the real default model: cards first, LLM text streams into them, and
+    every shown model explanation is one of the fact sentences the grammar allows, checked."""
+    import shutil
+
+    from assistant import Recommender
+    from assistant.chat_engine import ChatEngine
+    from assistant.claims import check_claims
+    from retrieval.config import Settings
+    from retrieval.index import Index
+
+    home = demo_home.parent / "llamacpp-chat"
+    if not home.exists():
+        shutil.copytree(demo_home, home, symlinks=True)
+    s = Settings.load(home=home, env={})
+    s.llm.rerank_weight = 0.0
+    s.llm.timeout_s, s.llm.turn_budget_s = 600.0, 1800.0  # a busy shared CPU: test text, not speed
+    rec = Recommender(Index.open(home), s, llm=qwen)
+    assert rec.explainer().prime() > 100  # the system heads are cached at start-up
+    eng = ChatEngine(rec, k=3, llm_picks=3)
+    u = next(x["user_id"] for x in rec.users() if x["n_ratings"] >= 30)
+    st, _ = eng.select_reader(u)
+    sources = []
+    replies = []
+    for r in eng.respond(st, "what should I read next?"):
+        replies.append(r)
+        sources.append([c.explanation_source for c in r.cards])
+    assert sources[0] == ["template"] * 3 and any("streaming" in x for x in sources)
+    final = replies[-1]
+    assert final.streaming is False
+    ctx = rec.context(st.user_id)
+    hist = rec._history_books(ctx)
+    shown = [c for c in final.cards if c.explanation_source == "llm"]
+    assert shown, [n for n in final.notes]
+    heads = ("This book ", "You asked for", "You saved")
+    for c in shown:
+        assert c.explanation.startswith(heads) or "readers who liked" in c.explanation
+        cc = rec.explainer().claim_context(rec.books[c.book_id], c.evidence, hist, rec.books)
+        assert check_claims(c.explanation, c.blurb, cc, rules="claims") is None
