@@ -55,6 +55,9 @@ PLOT_SUPPORT = 0.75  # share of a plot sentence's content words found in the boo
 MIN_FACETS = 3  # distinct description words / tags a blurb must carry beyond title and author
 DUPLICATE_JACCARD = 0.6  # content-word Jaccard at which two texts of one reader are near-duplicates
 LIKED_RATING = 4.0
+# Words an English sentence does not end on: a text ending "... and its." was cut at a limit.
+_DANGLING = "the a an and or but nor its their his her my our your that which whose of with by to"
+DANGLING_WORDS = frozenset([*_DANGLING.split(), "than", "this", "every"])
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _SENT = re.compile(r"(?<=[.!?;])\s+|\n+")
@@ -1371,6 +1374,11 @@ def check_claims(
     for field_name, text in (("explanation", explanation), ("blurb", blurb)):
         if text and not re.search(r"[.!?…][\"”’')\]]*\s*$", text):
             return f"{field_name} is cut off mid-sentence"
+        # "... and the story of the school and its.": a full stop after a word no sentence
+        # ends on is a sentence cut at a length limit
+        last = words(text)[-1:] if text else []
+        if last and last[0] in DANGLING_WORDS:
+            return f"{field_name} is cut off mid-sentence (ends on {last[0]!r})"
     if blurb and facets(blurb, ctx) < MIN_FACETS:
         return f"blurb is a tautology: fewer than {MIN_FACETS} facts beyond title and author"
     reason = _personal(explanation, ctx)

@@ -277,14 +277,20 @@ def _alt(options: Sequence[str]) -> str:
 
 def words_grammar(vocab: Sequence[str], min_words: int, max_words: int) -> str:
     """GBNF for one sentence of ``vocab``'s words (the first capitalised), ``min_words`` to
-    ``max_words`` long, separated by spaces or commas, ending in a full stop."""
+    ``max_words`` long, separated by spaces or commas, ending in a full stop after a word a
+    sentence can end on (not "the", "and", "its": :data:`assistant.claims.DANGLING_WORDS`; a
+    blurb cut at the length limit ended "... the story of the school and its.")."""
+    from assistant.claims import DANGLING_WORDS
+
     words = sorted({w for w in vocab if w and _plain_literal(w)})
     caps = sorted({w[:1].upper() + w[1:] for w in words if w[:1].isalpha()})
+    ends = [w for w in words if w.lower() not in DANGLING_WORDS] or words
     return (
-        f'root ::= first (sep word){{{max(0, min_words - 1)},{max_words - 1}}} "."\n'
+        f'root ::= first (sep word){{{max(0, min_words - 2)},{max_words - 2}}} sep end "."\n'
         'sep ::= " " | ", "\n'
         f"first ::= {_alt(caps)}\n"
         f"word ::= {_alt(words)}\n"
+        f"end ::= {_alt(ends)}\n"
     )
 
 
@@ -360,7 +366,7 @@ def fact_lines(
 
         ts = list(dict.fromkeys(p for p in (tag_phrase(x) for x in tags) if p))
         alts = [
-            ", ".join(c[:-1]) + " and " + c[-1] if len(c) > 1 else c[0]
+            "the tags " + ", ".join(c[:-1]) + " and " + c[-1] if len(c) > 1 else "the tag " + c[0]
             for n in (1, 2, 3)
             for c in combinations(ts, n)
         ]
@@ -391,7 +397,7 @@ def fact_lines(
                     per_book.append(f'({tags_rule(ts)} " with " {gbnf_literal(t)})')
             if per_book:
                 alts = " | ".join(per_book)
-                out.append((e, f'"This book shares the tags " ({alts}){which}', mine))
+                out.append((e, f'"This book shares " ({alts}){which}', mine))
         elif e.kind == "same_author" and b and e.authors:
             a = _alt([x for x in e.authors if '"' not in x])
             out.append((e, f'"This book is by " {a} ", who also wrote " {b}{which}', mine))
@@ -404,7 +410,7 @@ def fact_lines(
             series = gbnf_literal(e.series)
             out.append((e, f'"This book is the next volume of the series " {series}{after}', mine))
         elif e.kind == "anchor" and b:
-            tags = f' ", and this book shares the tags " {tags_rule(e.tags)}' if e.tags else ""
+            tags = f' ", and this book shares " {tags_rule(e.tags)}' if e.tags else ""
             out.append((e, f'"You asked for books like " {b}{tags}', True))
         elif e.kind == "query_match" and query and _plain_literal(query.strip()):
             req = gbnf_literal(query.strip())
@@ -425,6 +431,7 @@ def explanation_grammar(clauses: Sequence[str]) -> str:
 
 GRAMMAR_PROMPT = "explain_facts"  # the explanation prompt of the GBNF path (llama.cpp)
 BLURB_MIN_WORDS, BLURB_MAX_WORDS = 8, 32  # one sentence: long enough to say something, short
+BLURB_EXTRA_WORDS = 4  # words a blurb may run past its description's length
 BLURB_MAX_TOKENS = 56  # to decode (32 words are ~42 tokens)
 EXPLANATION_MAX_TOKENS = 96  # the grammar bounds the length; a subtitled title is ~50 tokens
 
@@ -590,8 +597,13 @@ class Explainer:
                 # the blurb's words: its description and tags, not its title or author (a blurb
                 # that names them says nothing the card does not)
                 own = f"{' '.join(book.tags)} {book.description}".replace("-", " ")
+                # a few words past the description's length: past them the study's blurbs
+                # rambled on in tag words ("..., a classic war satire with a funny and satire.")
+                cap = min(BLURB_MAX_WORDS, len(book.description.split()) + BLURB_EXTRA_WORDS)
                 bg = words_grammar(
-                    fact_words(own, glue=BLURB_GLUE_WORDS), BLURB_MIN_WORDS, BLURB_MAX_WORDS
+                    fact_words(own, glue=BLURB_GLUE_WORDS),
+                    BLURB_MIN_WORDS,
+                    max(BLURB_MIN_WORDS, cap),
                 )
             grammars = (explanation_grammar(clauses) if clauses else None, bg)
         return msgs, version, check, ctx, schema, opening, blurb, grammars
