@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -55,6 +56,7 @@ PLOT_SUPPORT = 0.75  # share of a plot sentence's content words found in the boo
 MIN_FACETS = 3  # distinct description words / tags a blurb must carry beyond title and author
 DUPLICATE_JACCARD = 0.6  # content-word Jaccard at which two texts of one reader are near-duplicates
 LIKED_RATING = 4.0
+MAX_REPEATS = 3  # a content word this often in one text: a loop ("dark, dark, and dark")
 # Words an English sentence does not end on: a text ending "... and its." was cut at a limit.
 _DANGLING = "the a an and or but nor its their his her my our your that which whose of with by to"
 DANGLING_WORDS = frozenset([*_DANGLING.split(), "than", "this", "every"])
@@ -1379,6 +1381,11 @@ def check_claims(
         last = words(text)[-1:] if text else []
         if last and last[0] in DANGLING_WORDS:
             return f"{field_name} is cut off mid-sentence (ends on {last[0]!r})"
+    for field_name, text in (("explanation", explanation), ("blurb", blurb)):
+        counts = Counter(stem(w) for w in content_words(text) if w not in FRAME_WORDS)
+        word, n = counts.most_common(1)[0] if counts else ("", 0)
+        if n >= MAX_REPEATS:
+            return f"{field_name} repeats itself ({word!r} {n} times)"
     if blurb and facets(blurb, ctx) < MIN_FACETS:
         return f"blurb is a tautology: fewer than {MIN_FACETS} facts beyond title and author"
     reason = _personal(explanation, ctx)

@@ -341,7 +341,7 @@ def fact_lines(
     from assistant.claims import _title_main, tag_phrase
 
     liked = _liked_ids(history)
-    shown_text = " ".join(avoid).lower()
+    shown_text = " ".join(avoid)
 
     def names(ids: Sequence[str]) -> tuple[list[str], bool]:
         """The line's titles the clause may name, and whether they are the reader's liked
@@ -354,8 +354,12 @@ def fact_lines(
 
         mine = titles([i for i in ids if i in liked])
         other = titles([i for i in ids if i not in liked])
+
+        def cited(t: str) -> bool:  # as words: "It" is not cited by "with it"
+            return re.search(rf"(?<!\w){re.escape(t)}(?!\w)", shown_text) is not None
+
         for pool, is_mine in ((mine, True), (other, False)):
-            fresh = [t for t in pool if t.lower() not in shown_text]
+            fresh = [t for t in pool if not cited(t)]
             if fresh:
                 return fresh, is_mine
         return (mine, True) if mine else (other, False)
@@ -364,7 +368,9 @@ def fact_lines(
         """One, two or three of the line's tags, each at most once, in the line's order."""
         from itertools import combinations
 
-        ts = list(dict.fromkeys(p for p in (tag_phrase(x) for x in tags) if p))
+        # "non-fiction" and "nonfiction" are one tag to a reader
+        ts = list({p.replace(" ", ""): p for p in map(tag_phrase, reversed(tags)) if p}.values())
+        ts.reverse()
         alts = [
             "the tags " + ", ".join(c[:-1]) + " and " + c[-1] if len(c) > 1 else "the tag " + c[0]
             for n in (1, 2, 3)

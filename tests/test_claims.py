@@ -743,3 +743,35 @@ def test_the_blurb_grammar_cannot_end_on_a_dangling_word():
     end = next(x for x in g.splitlines() if x.startswith("end ::="))
     assert '"school"' in end and '"friend"' in end
     assert not any(f'"{w}"' in end for w in ("a", "the", "and", "its"))
+
+
+def test_a_text_that_repeats_itself_fails():
+    """Found by hand-reading the llama.cpp study: word-grammar blurbs that looped passed every
+    claim rule ("... on a dark adventure in the dark, dark, and dark, but not so dark ...")."""
+    c = ctx("The Last Wish", [("Gone Girl", 4.0)])
+    loop = (
+        "Geralt of Rivia, a monster hunter for hire, is on a dark adventure in the dark, dark, and "
+        "dark, but not so dark, as the dark of the dark."
+    )
+    assert "repeats itself ('dark'" in (check_claims("", loop, c) or "")
+    ok = "Geralt of Rivia, a monster hunter for hire, meets twisted fairy tales in dark stories."
+    assert "repeats itself" not in (check_claims("", ok, c) or "")
+
+
+def test_a_tag_spelled_two_ways_is_offered_once():
+    from assistant.explainer import fact_clauses
+
+    c = ctx(
+        "The Glass Castle" if "The Glass Castle" in BY_TITLE else "The Giver",
+        [("Allegiant", 4.0)],
+    )
+    book = c.book
+    allegiant = BY_TITLE["Allegiant"]
+    from dataclasses import replace
+
+    b2 = replace(book, tags=("non-fiction", "nonfiction", "dystopian"))
+    a2 = replace(allegiant, tags=("non-fiction", "nonfiction", "dystopian"))
+    books = {**BOOKS, b2.book_id: b2, a2.book_id: a2}
+    ev = [Evidence("shared_tags", book_ids=(a2.book_id,), tags=("non-fiction", "nonfiction"))]
+    texts = [t for cl in fact_clauses(b2, ev, [(a2, 4.0)], books) for t in _expand(cl)]
+    assert texts and not any("non fiction and nonfiction" in t for t in texts), texts
