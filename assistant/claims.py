@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -55,6 +56,10 @@ PLOT_SUPPORT = 0.75  # share of a plot sentence's content words found in the boo
 MIN_FACETS = 3  # distinct description words / tags a blurb must carry beyond title and author
 DUPLICATE_JACCARD = 0.6  # content-word Jaccard at which two texts of one reader are near-duplicates
 LIKED_RATING = 4.0
+MAX_REPEATS = 3  # a content word this often in one text: a loop ("dark, dark, and dark")
+# Words an English sentence does not end on: a text ending "... and its." was cut at a limit.
+_DANGLING = "the a an and or but nor its their his her my our your that which whose of with by to"
+DANGLING_WORDS = frozenset([*_DANGLING.split(), "than", "this", "every"])
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _SENT = re.compile(r"(?<=[.!?;])\s+|\n+")
@@ -1223,6 +1228,17 @@ def _relations(text: str, ctx: ClaimContext) -> str | None:
                             f"says it shares the tag {tag!r}{with_}, which that evidence does not "
                             "hold"
                         )
+                    # a line's tags are each shared with *some* of its books: the book named
+                    # must carry the tag itself (where its record has tags)
+                    for k in obj:
+                        for b in named[k]:
+                            own = {tag_phrase(t) for t in b.tags}
+                            if own and not any(_phrase_same(tag, x) for x in own):
+                                return (
+                                    f"says it shares the tag {tag!r} with "
+                                    f"{_title_main(b.title)!r}, which that book's record does "
+                                    "not hold"
+                                )
     return None
 
 
@@ -1268,6 +1284,9 @@ def _personal(text: str, ctx: ClaimContext) -> str | None:
     )
     q = [w for w in content_words(ctx.query or "") if w not in FRAME_WORDS]
     if q and any(w in toks or any(_same(stem(w), stem(t)) for t in toks) for w in q):
+        reader = True
+    # a request of frame words only ("something funny") is personal when quoted whole
+    if ctx.query and words(ctx.query) and _phrase_in(" ".join(words(ctx.query)), toks):
         reader = True
     if not reader:
         return "not personal: names none of the reader's books or their request"
@@ -1357,6 +1376,16 @@ def check_claims(
     for field_name, text in (("explanation", explanation), ("blurb", blurb)):
         if text and not re.search(r"[.!?…][\"”’')\]]*\s*$", text):
             return f"{field_name} is cut off mid-sentence"
+        # "... and the story of the school and its.": a full stop after a word no sentence
+        # ends on is a sentence cut at a length limit
+        last = words(text)[-1:] if text else []
+        if last and last[0] in DANGLING_WORDS:
+            return f"{field_name} is cut off mid-sentence (ends on {last[0]!r})"
+    for field_name, text in (("explanation", explanation), ("blurb", blurb)):
+        counts = Counter(stem(w) for w in content_words(text) if w not in FRAME_WORDS)
+        word, n = counts.most_common(1)[0] if counts else ("", 0)
+        if n >= MAX_REPEATS:
+            return f"{field_name} repeats itself ({word!r} {n} times)"
     if blurb and facets(blurb, ctx) < MIN_FACETS:
         return f"blurb is a tautology: fewer than {MIN_FACETS} facts beyond title and author"
     reason = _personal(explanation, ctx)
@@ -1370,8 +1399,11 @@ def check_claims(
 
 
 def jaccard(a: str, b: str, ctx: ClaimContext | None = None) -> float:
-    """Content-word (stem) Jaccard index of two texts; the book's own name words are ignored."""
+    """Content-word (stem) Jaccard index of two texts; the book's own name words and the frame
+    words that relate books ("similar", "book", "liked": :data:`FRAME_WORDS`) are ignored, so
+    two short fact sentences that cite different books are not near-duplicates."""
     skip = set(words(f"{ctx.book.title} {' '.join(ctx.book.authors)}")) if ctx else set()
+    skip |= FRAME_WORDS
     sa = {stem(w) for w in content_words(a) if w not in skip}
     sb = {stem(w) for w in content_words(b) if w not in skip}
     if not sa or not sb:

@@ -204,14 +204,24 @@ that who whom which their his her he she they them you your also too same both l
 into through after before while when where how one what has have had not all than so book books
 story stories novel readers reader rated liked loved enjoyed shares share tags tagged similar"""
 GLUE_WORDS = tuple(_GLUE.split())
+# A blurb speaks of the book, not of the reader or the catalog: no "rated", "liked", "tags".
+_NOT_BLURB_TEXT = (
+    "readers reader rated liked loved enjoyed shares share tags tagged similar you your"
+)
+_NOT_BLURB = frozenset(_NOT_BLURB_TEXT.split())
+BLURB_GLUE_WORDS = tuple(w for w in GLUE_WORDS if w not in _NOT_BLURB)
 _FACT_WORD = re.compile(r"[^\W_]+(?:['’.%-][^\W_]+)*%?")
 
 
-def fact_words(*texts: str) -> list[str]:
-    """The distinct words (case kept) of ``texts`` plus :data:`GLUE_WORDS`: a sentence's
-    vocabulary."""
+def fact_words(*texts: str, glue: Sequence[str] = GLUE_WORDS) -> list[str]:
+    """The distinct words (case kept) of ``texts`` plus ``glue``: a sentence's vocabulary.
+
+    Args:
+        texts: the facts.
+        glue: grammar words any sentence may use (default :data:`GLUE_WORDS`).
+    """
     seen: dict[str, None] = {}
-    for t in (*texts, " ".join(GLUE_WORDS)):
+    for t in (*texts, " ".join(glue)):
         for w in _FACT_WORD.findall(t or ""):
             if _plain_literal(w):
                 seen.setdefault(w, None)
@@ -253,6 +263,183 @@ def explanation_schema(
     # the base's property order is the order the model writes them in
     props = {k: {"type": "string", "pattern": pats[k]} for k in base["properties"]}  # type: ignore[index]
     return {**dict(base), "properties": props}
+
+
+# -- GBNF grammars of the llama.cpp path ---------------------------------------------------------
+def gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _alt(options: Sequence[str]) -> str:
+    return "(" + " | ".join(gbnf_literal(o) for o in dict.fromkeys(options)) + ")"
+
+
+def words_grammar(vocab: Sequence[str], min_words: int, max_words: int) -> str:
+    """GBNF for one sentence of ``vocab``'s words (the first capitalised), ``min_words`` to
+    ``max_words`` long, separated by spaces or commas, ending in a full stop after a word a
+    sentence can end on (not "the", "and", "its": :data:`assistant.claims.DANGLING_WORDS`; a
+    blurb cut at the length limit ended "... the story of the school and its.")."""
+    from assistant.claims import DANGLING_WORDS
+
+    words = sorted({w for w in vocab if w and _plain_literal(w)})
+    caps = sorted({w[:1].upper() + w[1:] for w in words if w[:1].isalpha()})
+    ends = [w for w in words if w.lower() not in DANGLING_WORDS] or words
+    return (
+        f'root ::= first (sep word){{{max(0, min_words - 2)},{max_words - 2}}} sep end "."\n'
+        'sep ::= " " | ", "\n'
+        f"first ::= {_alt(caps)}\n"
+        f"word ::= {_alt(words)}\n"
+        f"end ::= {_alt(ends)}\n"
+    )
+
+
+def _liked_ids(history: Sequence[tuple[Book, float | None]]) -> set[str]:
+    unrated = all(r is None for _, r in history)
+    return {
+        b.book_id
+        for b, r in history
+        if (r is None if unrated else r is not None and r >= LIKED_RATING)
+    }
+
+
+def fact_clauses(
+    book: Book,
+    evidence: Sequence[Evidence],
+    history: Sequence[tuple[Book, float | None]],
+    books_by_id: Mapping[str, Book],
+    query: str | None = None,
+    avoid: Sequence[str] = (),
+) -> list[str]:
+    """The GBNF clauses of :func:`fact_lines`, without their evidence lines."""
+    return [c for _, c in fact_lines(book, evidence, history, books_by_id, query, avoid)]
+
+
+def fact_lines(
+    book: Book,
+    evidence: Sequence[Evidence],
+    history: Sequence[tuple[Book, float | None]],
+    books_by_id: Mapping[str, Book],
+    query: str | None = None,
+    avoid: Sequence[str] = (),
+) -> list[tuple[Evidence, str]]:
+    """One GBNF sequence per link fact the explanation may state, each true by construction.
+
+    Every clause is built from one evidence line alone: the books it names are that line's
+    (the reader's liked ones where the line has any, marked "which you liked" only then), the
+    tags are that line's, the numbers are its own. The model chooses the fact, the book and
+    the tags; it cannot relate the pick to a book or tag another line holds (the mistake the
+    hand-read found in 5 of 12 free explanations). Books named in ``avoid`` (texts already shown
+    this turn) are left out where the line names others, so a reader's three picks do not all
+    lean on the same book.
+
+    Returns:
+        (evidence line, GBNF sequence) pairs (possibly none: no line that ties the pick to the
+        reader); when a line names the reader's own books or request, lines that do not are
+        left out.
+    """
+    from assistant.claims import _title_main, tag_phrase
+
+    liked = _liked_ids(history)
+    shown_text = " ".join(avoid)
+
+    def names(ids: Sequence[str]) -> tuple[list[str], bool]:
+        """The line's titles the clause may name, and whether they are the reader's liked
+        books: liked ones first, books already cited this turn only when nothing else is left."""
+        ids = [i for i in ids if i in books_by_id and i != book.book_id]
+
+        def titles(pool: list[str]) -> list[str]:
+            ts = [_title_main(books_by_id[i].title) for i in pool]
+            return [t for t in ts if t and '"' not in t and "\\" not in t]
+
+        mine = titles([i for i in ids if i in liked])
+        other = titles([i for i in ids if i not in liked])
+
+        def cited(t: str) -> bool:  # as words: "It" is not cited by "with it"
+            return re.search(rf"(?<!\w){re.escape(t)}(?!\w)", shown_text) is not None
+
+        for pool, is_mine in ((mine, True), (other, False)):
+            fresh = [t for t in pool if not cited(t)]
+            if fresh:
+                return fresh, is_mine
+        return (mine, True) if mine else (other, False)
+
+    def tags_rule(tags: Sequence[str]) -> str:
+        """One, two or three of the line's tags, each at most once, in the line's order."""
+        from itertools import combinations
+
+        # "non-fiction" and "nonfiction" are one tag to a reader
+        ts = list({p.replace(" ", ""): p for p in map(tag_phrase, reversed(tags)) if p}.values())
+        ts.reverse()
+        alts = [
+            "the tags " + ", ".join(c[:-1]) + " and " + c[-1] if len(c) > 1 else "the tag " + c[0]
+            for n in (1, 2, 3)
+            for c in combinations(ts, n)
+        ]
+        return _alt(alts)
+
+    out: list[tuple[Evidence, str, bool]] = []  # (line, clause, about the reader's own books)
+    for e in evidence:
+        titles, mine = names(e.book_ids)
+        b = _alt(titles) if titles else ""
+        which = ' ", which you liked"' if mine else ""
+        if e.kind == "similar_to" and b:
+            out.append((e, f'"This book is similar to " {b}{which}', mine))
+        elif e.kind == "shared_tags" and b and e.tags:
+            # The line's tags are each shared with *some* of its books, not with each (in the
+            # study 7 of 9 such sentences named a tag the named book lacks): per book, only the
+            # tags that book and the pick both carry.
+            pick_tags = {tag_phrase(t) for t in book.tags}
+            by_title = {
+                _title_main(books_by_id[i].title): books_by_id[i]
+                for i in e.book_ids
+                if i in books_by_id
+            }
+            per_book = []
+            for t in titles:
+                own = {tag_phrase(x) for x in by_title[t].tags} if t in by_title else set()
+                ts = [x for x in e.tags if tag_phrase(x) in own and tag_phrase(x) in pick_tags]
+                if ts:
+                    per_book.append(f'({tags_rule(ts)} " with " {gbnf_literal(t)})')
+            if per_book:
+                alts = " | ".join(per_book)
+                out.append((e, f'"This book shares " ({alts}){which}', mine))
+        elif e.kind == "same_author" and b and e.authors:
+            a = _alt([x for x in e.authors if '"' not in x])
+            out.append((e, f'"This book is by " {a} ", who also wrote " {b}{which}', mine))
+        elif e.kind == "co_readers" and b and e.count:
+            share = f"{e.share:.0%} of " if e.share is not None else ""
+            lead = gbnf_literal(f"{share}{e.count} readers who liked ")
+            out.append((e, f'{lead} {b} " rated it 4 or 5"', mine))
+        elif e.kind == "series_next" and e.series and '"' not in e.series:
+            after = f' ", after " {b}' if b else ""
+            series = gbnf_literal(e.series)
+            out.append((e, f'"This book is the next volume of the series " {series}{after}', mine))
+        elif e.kind == "anchor" and b:
+            tags = f' ", and this book shares " {tags_rule(e.tags)}' if e.tags else ""
+            out.append((e, f'"You asked for books like " {b}{tags}', True))
+        elif e.kind == "query_match" and query and _plain_literal(query.strip()):
+            req = gbnf_literal(query.strip())
+            out.append((e, f'"This book matches your request for " {req}', True))
+        elif e.kind == "to_read":
+            out.append((e, '"You saved this book to read later"', True))
+    # A fact about the reader's own books or request beats one about other books: when there is
+    # one, the others are not offered.
+    if any(m for *_, m in out):
+        return [(e, c) for e, c, m in out if m]
+    return [(e, c) for e, c, _ in out]
+
+
+def explanation_grammar(clauses: Sequence[str]) -> str:
+    """GBNF: one of ``clauses``, then a full stop."""
+    return "root ::= (" + " | ".join(f"({c})" for c in clauses) + ') "."\n'
+
+
+GRAMMAR_PROMPT = "explain_facts"  # the explanation prompt of the GBNF path (llama.cpp)
+BLURB_MIN_WORDS, BLURB_MAX_WORDS = 8, 32  # one sentence: long enough to say something, short
+BLURB_EXTRA_WORDS = 4  # words a blurb may run past its description's length
+BLURB_MAX_TOKENS = 56  # to decode (32 words are ~42 tokens)
+EXPLANATION_MAX_TOKENS = 96  # the grammar bounds the length; a subtitled title is ~50 tokens
 
 
 class Explainer:
@@ -346,6 +533,7 @@ class Explainer:
         books_by_id: Mapping[str, Book],
         template_text: str,
         query: str | None,
+        shown: Sequence[str] = (),
     ):
         pairs = _pairs(history)
         history_books = [b for b, _ in pairs]
@@ -399,7 +587,56 @@ class Explainer:
         blurb = self._blurb_prompt(book)
         if blurb is not None:
             check["facts_text"] += "\n" + blurb[0][-1]["content"]
-        return msgs, version, check, ctx, schema, opening, blurb
+        grammars = None
+        if self._grammar_backend():
+            lines = fact_lines(book, evidence, pairs, books_by_id, query, avoid=shown)
+            clauses = [c for _, c in lines]
+            # the lean prompt of the grammar path: the book, the request, the facts on offer
+            msgs, version = render_messages(
+                GRAMMAR_PROMPT,
+                candidate=format_book(book, 0),
+                evidence=format_evidence([e for e, _ in lines], books_by_id, numbered=True),
+                query=delimit(query, 300) if query else "(none)",
+            )
+            bg = None
+            if blurb is not None:
+                # the blurb's words: its description and tags, not its title or author (a blurb
+                # that names them says nothing the card does not)
+                own = f"{' '.join(book.tags)} {book.description}".replace("-", " ")
+                # a few words past the description's length: past them the study's blurbs
+                # rambled on in tag words ("..., a classic war satire with a funny and satire.")
+                cap = min(BLURB_MAX_WORDS, len(book.description.split()) + BLURB_EXTRA_WORDS)
+                bg = words_grammar(
+                    fact_words(own, glue=BLURB_GLUE_WORDS),
+                    BLURB_MIN_WORDS,
+                    max(BLURB_MIN_WORDS, cap),
+                )
+            grammars = (explanation_grammar(clauses) if clauses else None, bg)
+        return msgs, version, check, ctx, schema, opening, blurb, grammars
+
+    def prime(self) -> int:
+        """Evaluate and cache the prompts' shared heads (the system texts) on a backend that can
+        (llama.cpp), so a reader's first pick starts past them; call once at start-up.
+
+        Returns:
+            Prompt tokens now cached (0 on other backends).
+        """
+        prime = getattr(self.backend, "prime", None)
+        if not callable(prime) or not self._grammar_backend():
+            return 0
+        n = 0
+        for name in (GRAMMAR_PROMPT, self.blurb_prompt):
+            if name:
+                n += prime(
+                    [
+                        {"role": "system", "content": system_text(name)},
+                        {"role": "user", "content": ""},
+                    ]
+                )
+        return n
+
+    def _grammar_backend(self) -> bool:
+        return bool(getattr(self.backend, "supports_grammar", False)) and self.vocab_constrained
 
     def _raw_chunks(
         self,
@@ -463,6 +700,28 @@ class Explainer:
         if blurb_msgs is None or '"blurb"' in first:
             return
         yield from one(blurb_msgs, blurb_schema, self._blurb_lead)
+
+    def _grammar_chunks(
+        self,
+        msgs: list[dict[str, str]],
+        grammars: tuple[str | None, str | None],
+        blurb_msgs: list[dict[str, str]] | None,
+    ) -> Iterator[str]:
+        """The llama.cpp path: the blurb (its prompt is short and holds no reader data, so its
+        first word comes soonest), then the explanation, each under its GBNF grammar, as two
+        JSON objects the caller merges; the JSON syntax is written here, not decoded."""
+        expl, blurb = grammars
+        stream = self.backend.stream_grammar  # type: ignore[attr-defined]
+        if blurb is not None and blurb_msgs is not None:
+            lead = '{"blurb": "'
+            yield lead
+            yield from stream(blurb_msgs, blurb, prefix=lead, max_new_tokens=BLURB_MAX_TOKENS)
+            yield '"}'
+        if expl is not None:
+            lead = '{"explanation": "'
+            yield lead
+            yield from stream(msgs, expl, prefix=lead, max_new_tokens=EXPLANATION_MAX_TOKENS)
+            yield '"}'
 
     def _finish(
         self,
@@ -549,19 +808,33 @@ class Explainer:
         if self.backend.name == "none":
             yield self._finish(None, "LLM disabled", {}, None, "none", template_text, shown)
             return
-        msgs, version, check, ctx, schema, opening, blurb = self._prepare(
-            book, evidence, history_books, books_by_id, template_text, query
+        msgs, version, check, ctx, schema, opening, blurb, grammars = self._prepare(
+            book, evidence, history_books, books_by_id, template_text, query, shown
         )
         blurb_msgs, blurb_schema = blurb if blurb is not None else (None, None)
         raw, error, text_so_far = "", None, ""
+        if grammars is not None and grammars[0] is None:
+            yield self._finish(
+                None,
+                "no evidence line ties the book to the reader's books or request",
+                check,
+                ctx,
+                version,
+                template_text,
+                shown,
+            )
+            return
+        chunks = (
+            self._grammar_chunks(msgs, grammars, blurb_msgs)
+            if grammars is not None
+            else self._raw_chunks(msgs, streaming, schema, opening, blurb_msgs, blurb_schema)
+        )
         try:
-            for chunk in self._raw_chunks(
-                msgs, streaming, schema, opening, blurb_msgs, blurb_schema
-            ):
+            for chunk in chunks:
                 raw += chunk
                 if streaming:
                     why, blurb = partial_fields(raw)
-                    text = why + (f"\n\n{blurb}" if blurb else "")
+                    text = "\n\n".join(x for x in (why, blurb) if x)
                     if text != text_so_far:
                         text_so_far = text
                         yield text

@@ -376,7 +376,14 @@ class Recommender:
             Seconds taken, or ``None`` when no LLM is configured.
         """
         llm = self.llm
-        return None if llm is None or llm.name == "none" else llm.warm_up()
+        if llm is None or llm.name == "none":
+            return None
+        t0 = time.perf_counter()
+        llm.warm_up()
+        # the explainer's system texts, evaluated once and kept: every reader's first pick
+        # starts past them
+        self.explainer().prime()
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         """Close the store and release the index folder (it may then be collected)."""

@@ -142,7 +142,10 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     books = load_books(path)
     by_id = {b.book_id: b for b in books}
     readers = synthetic_readers(
-        books, max(args.users, args.json_users, args.explain, 1), args.seed, n_cand=args.candidates
+        books,
+        max(args.users, args.json_users, args.explain, args.turns, 1),
+        args.seed,
+        n_cand=args.candidates,
     )
     log = lambda *a: print(*a, file=sys.stderr, flush=True)
 
@@ -217,6 +220,59 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         f"[{args.llm}] first streamed token: p50 {res['first_token_s']['p50']}s p95 "
         f"{res['first_token_s']['p95']}s"
     )
+
+    # Real chat turns: the Explainer's top-3 (explanation + blurb each, streamed) per reader,
+    # after the start-up prime of the prompts' shared heads, as the chat runs them.
+    if args.turns:
+        ex = Explainer(backend, max_new_tokens=80)
+        t = time.perf_counter()
+        res["prime_tokens"] = ex.prime()
+        res["prime_s"] = round(time.perf_counter() - t, 2)
+        rng = random.Random(args.seed + 2)
+        turn_s, turn_cpu, first, pick_s, gens = [], [], [], [], []
+        sources: dict[str, int] = {}
+        for hist, cands in readers[: args.turns]:
+            shown: list[str] = []
+            t0, c0, first_t = time.perf_counter(), _cpu(), None
+            for book, _ in cands[:3]:
+                ev = evidence_for(book, hist, rng)
+                tp = time.perf_counter()
+                final = None
+                for part in ex.stream_explain(
+                    book, ev, hist, by_id, template_for(ev, by_id, hist), shown=shown
+                ):
+                    if isinstance(part, str):
+                        if first_t is None and part.strip():
+                            first_t = time.perf_counter() - t0
+                    else:
+                        final = part
+                pick_s.append(time.perf_counter() - tp)
+                gens.append(dict(getattr(backend, "last_generation", {}) or {}))
+                assert final is not None
+                sources[final.source] = sources.get(final.source, 0) + 1
+                if final.source == "llm":
+                    shown += [final.why, final.blurb or ""]
+            turn_s.append(time.perf_counter() - t0)
+            turn_cpu.append(_cpu() - c0)
+            if first_t is not None:
+                first.append(first_t)
+        res["turns"] = {
+            "n": len(turn_s),
+            "top3_p50_s": round(percentile(turn_s, 50), 2),
+            "top3_p95_s": round(percentile(turn_s, 95), 2),
+            "top3_cpu_s_p50": round(percentile(turn_cpu, 50), 2),
+            "first_token_p50_s": round(percentile(first, 50), 2) if first else None,
+            "first_token_p95_s": round(percentile(first, 95), 2) if first else None,
+            "per_pick_p50_s": round(percentile(pick_s, 50), 2),
+            "per_pick_p95_s": round(percentile(pick_s, 95), 2),
+            "sources": sources,
+            "explainer": ex.counter.as_dict(),
+            "last_call": gens[-1] if gens else None,
+        }
+        m = getattr(getattr(backend, "_m", None), "stats", None)
+        if m:
+            res["kv_prefix"] = dict(m)
+        log(f"[{args.llm}] top-3 turns: {res['turns']}")
 
     # Yes/No rerank over N candidates per reader.
     reranker = LLMReranker(backend, weight=1.0, top_n=args.candidates)
@@ -312,6 +368,18 @@ ROWS = [
         "  CPU-s p50 (prompt tokens)",
         lambda r: _pair(r.get("first_token_s"), "cpu_s_p50", "prompt_tokens"),
     ),
+    (
+        "Explainer top-3 turn p50 / p95 (s)",
+        lambda r: _pair(r.get("turns"), "top3_p50_s", "top3_p95_s"),
+    ),
+    (
+        "  first streamed token p50 / p95 (s)",
+        lambda r: _pair(r.get("turns"), "first_token_p50_s", "first_token_p95_s"),
+    ),
+    (
+        "  per pick p50 / p95 (s)",
+        lambda r: _pair(r.get("turns"), "per_pick_p50_s", "per_pick_p95_s"),
+    ),
     ("yes/no rerank p50 / p95 (s)", lambda r: _pair(r.get("rerank"), "p50_s", "p95_s")),
     (
         "  candidates; CPU-s per candidate",
@@ -364,6 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--candidates", type=int, default=20, help="candidates per rerank")
     ap.add_argument(
         "--json-users", type=int, default=5, help="readers for the top-3 JSON texts and first token"
+    )
+    ap.add_argument(
+        "--turns",
+        type=int,
+        default=3,
+        help="readers whose top-3 explanations + blurbs go through the real Explainer, streamed",
     )
     ap.add_argument(
         "--explain", type=int, default=0, help="explanations through the Explainer (guard stats)"

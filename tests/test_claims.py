@@ -7,6 +7,8 @@ The false texts include the ones a reader saw shown as "checked" before the chec
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from assistant.claims import (
@@ -243,6 +245,12 @@ def test_near_duplicates_across_a_readers_picks(leviathan):
         is None
     )
     assert jaccard("a detective hunts an heiress", "a detective hunts an heiress") == 1.0
+    # found in the llama.cpp fact sentences: two picks citing different books are not repeats
+    # ("book", "similar", "liked" relate the books; they were 3 of the 5 words compared)
+    a = "This book is similar to Allegiant, which you liked."
+    b = "This book is similar to The Book Thief, which you liked."
+    assert jaccard(a, b) < 0.6 and jaccard(a, a) == 1.0
+    assert "near-duplicate" in check_claims(TRUE_WHY, None, leviathan, shown=[TRUE_WHY])
 
 
 def test_claims_only_mode_skips_the_usefulness_rules(leviathan):
@@ -340,7 +348,8 @@ def test_the_request_does_not_make_a_genre_claim_true_in_the_blurb():
     )
     assert "thriller" not in " ".join(BY_TITLE["Six of Crows"].tags)
     why = "You liked Nimona, and this book shares its fantasy with Nimona."
-    desc_words = " ".join(BY_TITLE["Six of Crows"].description.split()[:12])
+    # the whole description: a cut one ("... for a.") now fails as cut off
+    desc_words = BY_TITLE["Six of Crows"].description.rstrip(".")
     reason = check_claims(why, f"A dark, tense thriller: {desc_words}.", c)
     # any of the request's genre words may be the one named
     assert reason is not None and any(f"'{w}'" in reason for w in ("thriller", "tense", "dark")), (
@@ -499,7 +508,7 @@ def test_a_wrong_relation_fails(make, false, needle):
 
 
 @pytest.mark.parametrize(
-    "make, true",
+    "make, false",
     [
         (
             _brave_new_world,
@@ -510,12 +519,39 @@ def test_a_wrong_relation_fails(make, false, needle):
             f"You liked The Way of Kings, and this book {BNW_TAGS} The Haunting of Hill House and "
             "To Kill a Mockingbird.",
         ),
-        (_brave_new_world, "You liked Allegiant, and this book is similar to Allegiant."),
-        (_brave_new_world, "Like Allegiant, which you liked, Brave New World is dystopian."),
         (
             _the_giver,
             "You liked The Book Thief, and this book shares the tags young-adult, classic, "
             "dystopian, short with Mockingjay, which the reader liked.",
+        ),
+    ],
+)
+def test_a_tag_the_named_book_lacks_fails(make, false):
+    """Listed as true before the per-book tag rule: a shared-tags line holds tags each shared
+    with *some* of its books, and these name a tag the named book's own record lacks."""
+    reason = check_claims(false, None, make())
+    assert reason is not None and "record does not hold" in reason, reason
+
+
+@pytest.mark.parametrize(
+    "make, true",
+    [
+        (
+            _brave_new_world,
+            "You liked The Way of Kings, and this book shares the tags classic, thought-provoking "
+            "with To Kill a Mockingbird.",
+        ),
+        (
+            _brave_new_world,
+            "You liked The Way of Kings, and this book shares the tag classic with The Haunting of "
+            "Hill House and To Kill a Mockingbird.",
+        ),
+        (_brave_new_world, "You liked Allegiant, and this book is similar to Allegiant."),
+        (_brave_new_world, "Like Allegiant, which you liked, Brave New World is dystopian."),
+        (
+            _the_giver,
+            "You liked The Book Thief, and this book shares the tags young-adult, dystopian with "
+            "Mockingjay, which the reader liked.",
         ),
         (_the_giver, "You liked Mockingjay, and this book is similar to The Hunger Games."),
         (_the_giver, "Readers who liked The Book Thief rated it highly."),
@@ -546,3 +582,196 @@ def test_template_relations_pass():
         for e in c.evidence:
             text = render_evidence(e, BOOKS, rated)
             assert check_claims(text, None, c, rules="claims") is None, text
+
+
+# -- the llama.cpp explanation grammar: every sentence it can produce is true --------------------
+def _expand(rule: str) -> list[str]:
+    """All strings of a GBNF sequence made of "literals", ( a | b ) groups and juxtaposition
+    (the subset assistant.explainer.fact_clauses writes)."""
+    import re as _re
+
+    toks = _re.findall(r'"(?:[^"\\]|\\.)*"|[()|]', rule)
+
+    def seq(i: int) -> tuple[list[str], int]:
+        out = [""]
+        while i < len(toks) and toks[i] not in (")", "|"):
+            if toks[i] == "(":
+                alts, i = group(i + 1)
+            else:
+                alts, i = [bytes(toks[i][1:-1], "utf-8").decode("unicode_escape")], i + 1
+            out = [a + b for a in out for b in alts]
+        return out, i
+
+    def group(i: int) -> tuple[list[str], int]:
+        alts: list[str] = []
+        while True:
+            s, i = seq(i)
+            alts += s
+            if toks[i] == ")":
+                return alts, i + 1
+            i += 1  # "|"
+
+    return seq(0)[0]
+
+
+def _clause_texts(c: ClaimContext) -> list[str]:
+    from assistant.explainer import fact_clauses
+
+    out = []
+    for clause in fact_clauses(c.book, c.evidence, c.history, BOOKS, c.query):
+        out += [s + "." for s in _expand(clause)]
+    return out
+
+
+@pytest.mark.parametrize("make", [_brave_new_world, _the_giver], ids=["brave", "giver"])
+def test_every_sentence_the_fact_grammar_allows_passes_the_checker(make):
+    c = make()
+    texts = _clause_texts(c)
+    assert texts
+    bad = [(t, r) for t in texts if (r := check_claims(t, None, c))]
+    assert not bad, bad[:3]
+
+
+def test_the_fact_grammar_never_relates_the_pick_to_another_lines_book_or_tag():
+    c = _brave_new_world()
+    texts = _clause_texts(c)
+    # Allegiant is only in the similar_to line, Hill House only in the shared-tags line
+    assert not [t for t in texts if "shares the tag" in t and "Allegiant" in t]
+    assert not [t for t in texts if "similar to" in t and "Hill House" in t]
+    assert any("which you liked" in t for t in texts if "Allegiant" in t)
+    assert not [t for t in texts if "which you liked" in t and "Hill House" in t]
+    # a fact about the reader's own book (Allegiant) is offered, so one about books the reader
+    # never shelved (the shared-tags line's) is not
+    assert not [t for t in texts if "Hill House" in t]
+    # the same shape with the relation swapped by hand is caught by the checker
+    assert check_claims("This book shares the tags classic with Allegiant.", None, c)
+
+
+def test_the_fact_grammar_offers_real_choices():
+    texts = _clause_texts(_the_giver())
+    assert len(texts) > 5  # facts x the reader's books x tags
+    assert {t.split()[2] for t in texts} >= {"is", "shares"}  # similar to, shares the tags
+    # one tag reads "the tag", more "the tags"
+    assert any("shares the tag dystopian with" in t for t in texts)
+    assert not any(re.search(r"the tag \w+( \w+)? and", t) for t in texts)
+    assert any(t.startswith("90% of 12 readers who liked The Book Thief") for t in texts)
+
+
+def test_the_fact_grammar_leaves_out_books_already_cited_this_turn():
+    from assistant.explainer import fact_clauses
+
+    c = _the_giver()
+    first = fact_clauses(c.book, c.evidence, c.history, BOOKS)
+    later = fact_clauses(
+        c.book, c.evidence, c.history, BOOKS, avoid=["This book is similar to Allegiant."]
+    )
+    assert any("Allegiant" in x for x in first)
+    # the similar_to line still has The Hunger Games; the shared-tags line keeps its other books
+    assert not any('"Allegiant"' in x for x in later)
+
+
+def test_a_request_of_frame_words_is_personal_when_quoted_whole():
+    """Found in the llama.cpp study: "something funny" is all frame words, so "This book
+    matches your request for something funny." was called not personal."""
+    c = ctx(
+        "The Colour of Magic",
+        [("Gone Girl", 4.0)],
+        [Evidence("query_match", tags=("funny",), text="something funny", value=0.2)],
+        query="something funny",
+    )
+    assert check_claims("This book matches your request for something funny.", None, c) is None
+    # naming a word of it is not quoting the request
+    assert "not personal" in check_claims("This book is funny.", None, c)
+
+
+def test_shares_the_tags_names_only_tags_the_named_book_holds():
+    """Found by hand-reading the llama.cpp study: a shared-tags line holds tags each shared with
+    *some* of its books, and 7 of 9 shown sentences named a tag the named book lacks ("shares
+    the tags classic, war and satire with I, Robot": I, Robot is not war or satire)."""
+    from assistant.claims import tag_phrase
+
+    c = _the_giver()
+    for t in _clause_texts(c):
+        if "shares the tag" not in t:
+            continue
+        named = next(
+            b
+            for b in (BY_TITLE["Allegiant"], BY_TITLE["Mockingjay"])
+            if b.title.split(" (")[0] in t
+        )
+        said = re.split(r"shares the tags? ", t)[1].split(" with ")[0]
+        said = said.replace(" and ", ", ").split(", ")
+        assert set(said) <= {tag_phrase(x) for x in named.tags}, t
+    # the checker says so too
+    giver_tags = [x for x in BY_TITLE["The Giver"].tags if x not in BY_TITLE["Allegiant"].tags]
+    assert giver_tags
+    lie = f"This book shares the tags {tag_phrase(giver_tags[0])} with Allegiant, which you liked."
+    c2 = ctx(
+        "The Giver",
+        [("Allegiant", 4.0)],
+        [
+            Evidence(
+                "shared_tags",
+                book_ids=(bid("Allegiant"), bid("Mockingjay")),
+                tags=(giver_tags[0], BY_TITLE["Allegiant"].tags[0]),
+            )
+        ],
+    )
+    assert "does not hold" in (check_claims(lie, None, c2) or "")
+
+
+def test_a_text_ending_on_a_dangling_word_is_cut_off():
+    """Found by hand-reading the llama.cpp study: blurbs cut at the word limit ended "... the
+    story of the school and its." and "... a satire and funny story that."."""
+    c = ctx("The Nickel Boys", [("Gone Girl", 4.0)])
+    cut = (
+        "A Black teenager is sent to a brutal reform school in 1960s Florida, where he makes an "
+        "unlikely friend and the story of the school and its."
+    )
+    whole = (
+        "A bright Black teenager in 1960s Florida is sent to a brutal reform school, where he "
+        "makes an unlikely friend."
+    )
+    assert "cut off" in (check_claims("", cut, c) or "")
+    assert "cut off" not in (check_claims("", whole, c) or "")
+
+
+def test_the_blurb_grammar_cannot_end_on_a_dangling_word():
+    from assistant.explainer import words_grammar
+
+    g = words_grammar(["a", "the", "school", "and", "its", "friend"], 3, 8)
+    end = next(x for x in g.splitlines() if x.startswith("end ::="))
+    assert '"school"' in end and '"friend"' in end
+    assert not any(f'"{w}"' in end for w in ("a", "the", "and", "its"))
+
+
+def test_a_text_that_repeats_itself_fails():
+    """Found by hand-reading the llama.cpp study: word-grammar blurbs that looped passed every
+    claim rule ("... on a dark adventure in the dark, dark, and dark, but not so dark ...")."""
+    c = ctx("The Last Wish", [("Gone Girl", 4.0)])
+    loop = (
+        "Geralt of Rivia, a monster hunter for hire, is on a dark adventure in the dark, dark, and "
+        "dark, but not so dark, as the dark of the dark."
+    )
+    assert "repeats itself ('dark'" in (check_claims("", loop, c) or "")
+    ok = "Geralt of Rivia, a monster hunter for hire, meets twisted fairy tales in dark stories."
+    assert "repeats itself" not in (check_claims("", ok, c) or "")
+
+
+def test_a_tag_spelled_two_ways_is_offered_once():
+    from assistant.explainer import fact_clauses
+
+    c = ctx(
+        "The Glass Castle" if "The Glass Castle" in BY_TITLE else "The Giver",
+        [("Allegiant", 4.0)],
+    )
+    book = c.book
+    allegiant = BY_TITLE["Allegiant"]
+    from dataclasses import replace
+
+    b2 = replace(book, tags=("non-fiction", "nonfiction", "dystopian"))
+    a2 = replace(allegiant, tags=("non-fiction", "nonfiction", "dystopian"))
+    books = {**BOOKS, b2.book_id: b2, a2.book_id: a2}
+    ev = [Evidence("shared_tags", book_ids=(a2.book_id,), tags=("non-fiction", "nonfiction"))]
+    texts = [t for cl in fact_clauses(b2, ev, [(a2, 4.0)], books) for t in _expand(cl)]
+    assert texts and not any("non fiction and nonfiction" in t for t in texts), texts

@@ -332,7 +332,7 @@ def test_grounded_scripted_reply_is_used():
     ex, r = explain(Scripted([reply[:-1]]))  # the '}' stop string is cut off by the backend
     assert (r.source, r.rejected_reason) == ("llm", None)
     assert r.why.startswith("You read The Hunger Games") and r.blurb.startswith("Katniss")
-    assert r.prompt_version == "6"
+    assert r.prompt_version == "7"
     assert (ex.counter.llm, ex.counter.template) == (1, 0)
 
 

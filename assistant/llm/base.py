@@ -120,6 +120,9 @@ class LLMBackend(ABC):
     # Whether generate_json is *constrained* (grammar / server-side schema) rather than
     # validate-and-retry.
     constrained_json: bool = False
+    # Whether ``stream_grammar(messages, gbnf, prefix, max_new_tokens, deadline)`` exists
+    # (llama.cpp): decoding under a GBNF grammar with a batch-evaluated fixed prefix.
+    supports_grammar: bool = False
 
     @abstractmethod
     def yes_no_scores(self, prompts: list[list[Message]]) -> list[float]:

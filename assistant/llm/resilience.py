@@ -178,6 +178,10 @@ class ResilientBackend(LLMBackend):
     def constrained_json(self) -> bool:  # type: ignore[override]
         return bool(getattr(self.inner, "constrained_json", False))
 
+    @property
+    def supports_grammar(self) -> bool:  # type: ignore[override]
+        return bool(getattr(self.inner, "supports_grammar", False))
+
     def __getattr__(self, attr: str) -> Any:  # render, last_generation, load_seconds, ...
         if attr == "inner":
             raise AttributeError(attr)
@@ -358,6 +362,29 @@ class ResilientBackend(LLMBackend):
         return self._stream(
             lambda dl: inner(messages, schema, max_new_tokens, **self._kw(dl)), deadline
         )
+
+    def stream_grammar(
+        self,
+        messages: list[Message],
+        grammar: str,
+        prefix: str = "",
+        max_new_tokens: int = 64,
+        deadline: float | None = None,
+    ) -> Iterator[str]:
+        """The inner backend's GBNF-constrained stream (see
+        :meth:`assistant.llm.llamacpp.LlamaCppBackend.stream_grammar`), same deadlines as
+        :meth:`stream`."""
+        inner = getattr(self.inner, "stream_grammar", None)
+        if not callable(inner):
+            raise LLMError(f"{self.describe()} cannot decode under a GBNF grammar")
+        return self._stream(
+            lambda dl: inner(messages, grammar, prefix, max_new_tokens, **self._kw(dl)), deadline
+        )
+
+    def prime(self, messages: list[Message]) -> int:
+        """Cache the KV state of a shared prompt head (no deadline: start-up work)."""
+        p = getattr(self.inner, "prime", None)
+        return p(messages) if callable(p) else 0
 
     def _stream(
         self, make: Callable[[float], Iterator[str]], deadline: float | None
