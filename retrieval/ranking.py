@@ -221,10 +221,11 @@ def rank_matrix(
     blocked = exclude_mask(lib, ctxs)
     if series_order:
         blocked |= series_mask(lib, ctxs)
-    if constraints is not None and not constraints.is_empty():
+    ranked = constraints is not None and not constraints.is_empty()
+    if ranked:
         S = constraint_scores(lib, S, ~blocked & np.isfinite(S), constraints, depth)
     if relevance is not None and pool > 0:
-        S = pool_first(S, relevance, blocked, pool, words, word_boost, depth)
+        S = pool_first(S, relevance, blocked, pool, words, word_boost, depth, ranked)
     idx, valid = top_k_matrix(S, blocked, k)
     return idx, valid, S
 
@@ -237,13 +238,18 @@ def pool_first(
     words: Sequence | None = None,
     word_boost: float = 1.0,
     depth: int = DEFAULT_DEPTH,
+    ranked: bool = False,
 ) -> np.ndarray:
     """Step 5: per row with a relevance vector, its ``pool`` most relevant rankable books
     first, every other finite score shifted below them (order kept).
 
-    Without ``words`` the pool keeps the order of ``S``; with them, the pool is ordered by the
-    rank score ``1 / (depth + 1 + rank in S)`` times ``word_boost ** words``, the arithmetic of
-    a named tag's boost in step 4 (a described word counts like a named tag)."""
+    Without ``words`` the pool keeps the order of ``S``; with them, each pool book's rank score
+    is multiplied by ``word_boost ** words``, the arithmetic of a named tag's boost in step 4.
+    ``ranked``: ``S`` already holds step 4's rank scores (named tags' boosts included), which
+    are kept and multiplied; else the rank score is ``1 / (depth + 1 + rank in S)``. Keeping
+    them matters: ranking the pool by position alone let one described word outweigh two named
+    tags ("a funny fantasy with dragons" showed no funny book, The Girl with the Dragon Tattoo
+    at #4)."""
     S = S.copy()
     for r, rel in enumerate(relevance):
         if rel is None:
@@ -259,7 +265,8 @@ def pool_first(
             top = float(row[fin].max())
             members = np.flatnonzero(chosen & np.isfinite(row))
             members = members[np.argsort(-row[members], kind="stable")]
-            score = word_boost ** w[members] / (depth + 1.0 + np.arange(len(members)))
+            base = row[members] if ranked else 1.0 / (depth + 1.0 + np.arange(len(members)))
+            score = base * word_boost ** w[members]
             row = row.copy()
             row[members] = top + 1.0 + score  # still above every shifted non-pool book
         S[r] = np.where(chosen | ~np.isfinite(row), row, S[r] - span)

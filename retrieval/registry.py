@@ -402,7 +402,10 @@ def build_sources(
     srcs["hybrid"] = build_hybrid(lib, srcs, fusion)
     request = getattr(settings, "request", None) if settings is not None else None
     srcs["hybrid"].request_pool = int(request.pool if request is not None else RequestConfig().pool)
-    srcs["hybrid"].request_word_boost = float(
-        request.tag_boost if request is not None else RequestConfig().tag_boost
+    # a described word weighs less than a named tag (the square root of its boost): "a funny
+    # fantasy with dragons" ranks funny fantasies with dragons first, then funny fantasies,
+    # never a dragon thriller above them
+    srcs["hybrid"].request_word_boost = (
+        float(request.tag_boost if request is not None else RequestConfig().tag_boost) ** 0.5
     )
     return srcs

@@ -1031,7 +1031,8 @@ class HybridSource(CandidateSource):
     request_pool: int = 0
     # Within that pool, a book carrying a word of the request that is not a named tag
     # ("dragons" in "a fantasy with dragons") gets this rank-score factor per word
-    # (RequestConfig.tag_boost: a described word counts like a named tag). 1 = off.
+    # (the square root of RequestConfig.tag_boost: a described word counts less than a named
+    # tag). 1 = off.
     request_word_boost: float = 1.0
 
     def score_batch(self, ctxs: Sequence[UserContext]) -> np.ndarray:

@@ -363,7 +363,8 @@ def test_a_requests_own_words_weigh_within_its_pool(demo_home):
 
     rec = Recommender.open(demo_home)
     hybrid = rec.sources["hybrid"]
-    assert hybrid.request_word_boost == Settings.load(home=demo_home, env={}).request.tag_boost > 1
+    tag_boost = Settings.load(home=demo_home, env={}).request.tag_boost
+    assert hybrid.request_word_boost == tag_boost**0.5 > 1  # a word counts less than a tag
     reader = next(u["user_id"] for u in rec.users() if u["n_ratings"] >= 30)
     ctx = rec.context(reader, None, "fantasy with dragons", (), (), ["fantasy"])
     words = hybrid.request_words(ctx)
@@ -373,20 +374,32 @@ def test_a_requests_own_words_weigh_within_its_pool(demo_home):
         if "dragon" in tokenize(" ".join([b.title, b.description, *b.tags]))
     }
     assert {int(i) for i in np.flatnonzero(words)} == dragon and words.max() == 1
-    on = rank_one(hybrid, ctx, 10).items.tolist()
+    from retrieval.constraints import Constraints
+
+    # as the chat asks it: the named tag is a wanted tag (step 4's boost) and the pool's topic
+    more = Constraints(include_tags=["fantasy"], tag_boost=tag_boost)
+    on = rank_one(hybrid, ctx, 10, constraints=more).items.tolist()
     hybrid.request_word_boost = 1.0
     try:
-        off = rank_one(hybrid, ctx, 10).items.tolist()
+        off = rank_one(hybrid, ctx, 10, constraints=more).items.tolist()
     finally:
         hybrid.request_word_boost = Settings.load(home=demo_home, env={}).request.tag_boost
     assert len(set(on) & dragon) >= len(set(off) & dragon)
-    # the pool's dragon books come first, each group in the reader's own order
-    n = len(set(on) & dragon)
-    assert n >= 2 and set(on[:n]) <= dragon and not set(on[n:]) & dragon
+    # the pool's fantasy books with dragons come first; a dragon book without the named tag
+    # never outranks a fantasy book (a described word weighs less than a named tag); within
+    # each group (tag, word) the reader's own order
+    fantasy = {i for i, b in enumerate(rec.lib.books) if "fantasy" in b.tags}
+    both = dragon & fantasy
+    n = len(set(on) & both)
+    assert n >= 2 and set(on[:n]) <= both and not set(on[n:]) & both
+    for a in set(on) & (dragon - fantasy):
+        assert all(on.index(b) < on.index(a) for b in set(on) & fantasy)
     common = [i for i in off if i in set(on)]
-    for group in (dragon, set(range(rec.lib.n_items)) - dragon):
-        assert [i for i in on if i in group and i in common] == [i for i in common if i in group]
-    assert len(set(off[:n]) & dragon) < n  # without the words the reader's order had others first
+    for tag_in in (True, False):
+        for word_in in (True, False):
+            g = {i for i in common if (i in fantasy) == tag_in and (i in dragon) == word_in}
+            assert [i for i in on if i in g] == [i for i in common if i in g]
+    assert on != off  # without the words the reader's order had others first
     # a request without own words (only the tag) is ordered as before
     plain = rec.context(reader, None, "fantasy", (), (), ["fantasy"])
     assert hybrid.request_words(plain) is None
