@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,18 +178,14 @@ class ChatEngine:
         LLM text as it is written)."""
         st, msg = self.new_reader(name, loved, genres)
         yield Reply(msg + "\n\nFinding your first picks…", state=st, streaming=True)
-        for r in self._recommend(st, Constraints(include_tags=list(genres or []))):
-            r.text = msg + "\n\n" + r.text
-            yield r
+        yield from _after(msg, self._recommend(st, Constraints(include_tags=list(genres or []))))
 
     def import_file(self, path: str | Path, name: str | None) -> Iterator[Reply]:
         """The import turn, streamed: a note at once, the import summary, then the first picks."""
         yield Reply("Reading your export…", state=ChatState(), streaming=True)
         st, msg, _ = self.import_goodreads(path, name)
         yield Reply(msg + "\n\nFinding your first picks…", state=st, streaming=True)
-        for r in self._recommend(st, Constraints()):
-            r.text = msg + "\n\n" + r.text
-            yield r
+        yield from _after(msg, self._recommend(st, Constraints()))
 
     def import_goodreads(self, path: str | Path, name: str | None) -> tuple[ChatState, str, dict]:
         """Import an export as reader ``name`` (idempotent; see :mod:`assistant.importer`)."""
@@ -503,3 +499,12 @@ def card_html(r: Recommendation, n: int) -> str:
 
 def history_from_pairs(pairs: list[tuple[str, float]], user: str = "guest") -> list[Rating]:
     return [Rating(user, b, float(r), float(i)) for i, (b, r) in enumerate(pairs)]
+
+
+def _after(msg: str, replies: Iterable[Reply]) -> Iterator[Reply]:
+    """``replies`` with ``msg`` before their text, once: a streamed turn yields the same Reply
+    again as its LLM text arrives (prefixing each yield showed the welcome twice)."""
+    for r in replies:
+        if not r.text.startswith(msg):
+            r.text = msg + "\n\n" + r.text
+        yield r

@@ -78,6 +78,23 @@ def test_onboarding_and_import_stream(rec):
     assert "Imported 19 rated books" in imp[1].text and len(imp[-1].cards) == 5
 
 
+def test_a_streamed_first_list_shows_the_welcome_once(rec, monkeypatch):
+    """The LLM stage re-yields the same Reply as its text arrives: the welcome stays single."""
+    eng = ChatEngine(rec, k=5, llm_picks=0)
+    real = eng._recommend
+
+    def twice(st, constraints):
+        for r in real(st, constraints):
+            yield r
+            yield r  # as the LLM stage does, with the cards' text updated in place
+
+    monkeypatch.setattr(eng, "_recommend", twice)
+    last = list(eng.onboard("ux-new-twice", "The Hobbit"))[-1]
+    assert last.text.count("Welcome") == 1 and last.cards
+    last = list(eng.import_file(EXPORT, "ux-import-twice"))[-1]
+    assert last.text.count("Imported 19 rated books") == 1 and last.cards
+
+
 def test_every_chat_handler_is_a_generator(rec):
     """Each event that writes to the chat yields (streams) rather than returning once."""
     from assistant.chat import build_app

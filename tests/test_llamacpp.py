@@ -150,6 +150,11 @@ def test_deadline_stops_a_local_generation(qwen):
     assert qwen.generate(
         [{"role": "user", "content": "Say OK."}], max_new_tokens=2, deadline=time.monotonic() + 120
     )
+    # the backend's own deadline check is reported as a timeout, not as "decode failed" (the
+    # chat's note said "the LLM failed (llama.cpp decode failed: ... past its deadline)")
+    with pytest.raises(LLMTimeout, match="past its deadline") as e:
+        qwen.generate(msgs, max_new_tokens=400, deadline=time.monotonic() + 0.3)
+    assert "decode failed" not in str(e.value)
 
 
 def test_lazy_grammar_sampling_picks_what_full_filtering_picks(qwen):

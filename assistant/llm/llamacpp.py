@@ -290,6 +290,9 @@ class LlamaCppBackend(LLMBackend):
             for i in range(keep, len(tokens), PROMPT_CHUNK):
                 check_deadline(deadline, "LLM prompt evaluation")
                 llm.eval(tokens[i : i + PROMPT_CHUNK])
+        except LLMError:  # our deadline (an LLMTimeout): say so, not "decode failed"
+            llm.n_tokens = 0
+            raise
         except RuntimeError as e:  # llama_decode failure
             llm.n_tokens = 0
             raise LLMError(f"llama.cpp decode failed: {e}") from e
@@ -631,6 +634,9 @@ class LlamaCppBackend(LLMBackend):
             tail = dec.decode(b"", final=True)
             if tail:
                 yield tail
+        except LLMError:  # our deadline (an LLMTimeout): say so, not "decode failed"
+            llm.n_tokens = 0
+            raise
         except RuntimeError as e:
             llm.n_tokens = 0
             raise LLMError(f"llama.cpp decode failed: {e}") from e
